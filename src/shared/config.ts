@@ -1,0 +1,117 @@
+// Configuration from the environment (CONTRACT.md section 3). Every variable is optional; a bad value
+// stops the process at start-up with a message naming the variable.
+import type { Config } from './interfaces.js';
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Record<string, string | undefined>;
+
+function value(env: Env, name: string): string | undefined {
+  const raw = env[name]?.trim();
+  return raw === '' ? undefined : raw;
+}
+
+function url(env: Env, name: string, fallback: string, protocols: string[]): string {
+  const raw = value(env, name) ?? fallback;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} is not a URL: ${JSON.stringify(raw)}`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(
+      `${name} must be a ${protocols.join(' or ')} URL, got ${JSON.stringify(parsed.protocol)}`,
+    );
+  }
+  return raw;
+}
+
+function integer(
+  env: Env,
+  name: string,
+  fallback: number | undefined,
+  min: number,
+  max: number,
+): number | undefined {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new ConfigError(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
+function boolean(env: Env, name: string): boolean {
+  const raw = value(env, name)?.toLowerCase();
+  if (raw === undefined || raw === 'false' || raw === '0') return false;
+  if (raw === 'true' || raw === '1') return true;
+  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(env[name])}`);
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const REDIS = ['redis:', 'rediss:'];
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export function loadConfig(env: Env = process.env): Config {
+  const redisUrl = url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', REDIS);
+  const lockRedisUrls = (value(env, 'LOCK_REDIS_URLS') ?? redisUrl)
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean)
+    .map((u) => url({ LOCK_REDIS_URLS: u }, 'LOCK_REDIS_URLS', u, REDIS));
+  if (lockRedisUrls.length === 2) {
+    throw new ConfigError(
+      'LOCK_REDIS_URLS names 2 nodes: give 1 (a single lock node) or 3 or more (Redlock quorum)',
+    );
+  }
+
+  const queuePrefix = value(env, 'QUEUE_PREFIX') ?? 'wsjobs';
+  if (!/^[\w{}.-]+$/.test(queuePrefix)) {
+    throw new ConfigError(
+      `QUEUE_PREFIX may only hold letters, digits, _ . - { }, got ${JSON.stringify(queuePrefix)}`,
+    );
+  }
+
+  const logLevel = value(env, 'LOG_LEVEL') ?? 'info';
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(
+      `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`,
+    );
+  }
+
+  const accessUrl = value(env, 'ACCESS_URL');
+  if (accessUrl !== undefined) url(env, 'ACCESS_URL', accessUrl, ['http:', 'https:']);
+
+  const dashboardUser = value(env, 'DASHBOARD_USER');
+  const dashboardPassword = value(env, 'DASHBOARD_PASSWORD');
+  if ((dashboardUser === undefined) !== (dashboardPassword === undefined)) {
+    throw new ConfigError('DASHBOARD_USER and DASHBOARD_PASSWORD must be set together');
+  }
+
+  return {
+    redisUrl,
+    lockRedisUrls,
+    databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/workspace_jobs', [
+      'postgres:',
+      'postgresql:',
+    ]),
+    queuePrefix,
+    workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 50, 1, 10_000)!,
+    buildTimeoutMs: integer(env, 'BUILD_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
+    agentConnectTimeoutMs: integer(env, 'AGENT_CONNECT_TIMEOUT_MS', 120_000, 1, DAY_MS)!,
+    startupScriptTimeoutMs: integer(env, 'STARTUP_SCRIPT_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
+    jobAttempts: integer(env, 'JOB_ATTEMPTS', 5, 1, 100)!,
+    accessUrl: accessUrl?.replace(/\/+$/, ''),
+    logLevel,
+    dashboardPort: integer(env, 'DASHBOARD_PORT', 3000, 0, 65_535)!,
+    dashboardHost: value(env, 'DASHBOARD_HOST') ?? '127.0.0.1',
+    dashboardUser,
+    dashboardPassword,
+    dashboardReadOnly: boolean(env, 'DASHBOARD_READ_ONLY'),
+    metricsPort: integer(env, 'METRICS_PORT', undefined, 0, 65_535),
+  };
+}

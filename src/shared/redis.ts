@@ -1,0 +1,42 @@
+// ioredis connections. BullMQ needs `maxRetriesPerRequest: null` on the connections it blocks on; every
+// other client fails commands after a few retries so that a Redis outage surfaces as an error, not a hang.
+import { Redis, type RedisOptions } from 'ioredis';
+
+export type { Redis };
+
+export interface RedisConnectionOptions {
+  /** For BullMQ workers and subscribers: retry commands forever while reconnecting. Default false. */
+  blocking?: boolean;
+  /** A name shown in `CLIENT LIST`. */
+  name?: string;
+}
+
+export function createRedis(url: string, options: RedisConnectionOptions = {}): Redis {
+  const redisOptions: RedisOptions = {
+    connectionName: options.name,
+    maxRetriesPerRequest: options.blocking ? null : 3,
+    enableOfflineQueue: true,
+    connectTimeout: 10_000,
+    // Reconnect with a capped backoff rather than giving up.
+    retryStrategy: (times) => Math.min(times * 200, 5_000),
+  };
+  return new Redis(url, redisOptions);
+}
+
+/** Closes a connection, falling back to a hard disconnect when QUIT does not answer in time. */
+export async function closeRedis(client: Redis, timeoutMs = 2_000): Promise<void> {
+  if (client.status === 'end') return;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      client.quit(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('quit timed out')), timeoutMs);
+      }),
+    ]);
+  } catch {
+    client.disconnect();
+  } finally {
+    clearTimeout(timer);
+  }
+}
