@@ -352,3 +352,16 @@ export interface JobContext {
   signal: AbortSignal;
   accessUrl?: string;
 }
+
+/**
+ * A job's BullMQ progress: the last event it published. A job that ends with a failure result is failed
+ * in BullMQ (so operators see it in Bull Board's failed list) and keeps its full result here.
+ */
+export interface JobProgress {
+  stage: ProgressStage | ResultStage;
+  message: string;
+  at: string;
+  /** How many times the job found the chat lock busy and was re-delayed. */
+  lockWaits?: number;
+  result?: JobResult;
+}
