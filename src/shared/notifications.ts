@@ -1,0 +1,185 @@
+// One LISTEN connection per process, fanning Postgres notifications out to any number of waiters
+// (START_WORKSPACE.md D6). Coder polls every 2 s per waiting tool call; with hundreds of jobs waiting
+// that is hundreds of queries a second, where this costs one idle connection and a slow safety re-check.
+import pg from 'pg';
+import { sleep, WaitTimeoutError } from './errors.js';
+import type { ChangeWaiter } from './interfaces.js';
+import type { Logger } from './logger.js';
+
+/** Channels raised by the triggers in migrations/0001_schema.sql, and the topic each payload maps to. */
+const CHANNELS: Record<string, (payload: { id?: string }) => string | undefined> = {
+  provisioner_job_changed: (p) => (p.id ? `provisioner_job:${p.id}` : undefined),
+  workspace_agent_changed: (p) => (p.id ? `workspace_agent:${p.id}` : undefined),
+};
+
+/** A topic that every notification on a channel also reaches (the provisioner waits on new jobs). */
+export const channelTopic = (channel: string) => `channel:${channel}`;
+
+export interface PgNotificationHubOptions {
+  /**
+   * How often every waiter re-checks even without a notification, covering notifications lost while
+   * the LISTEN connection was down and changes no trigger reports. Default 10000.
+   */
+  safetyRecheckMs?: number;
+  /** Delay before reconnecting a lost LISTEN connection. Default 1000. */
+  reconnectDelayMs?: number;
+  log?: Logger;
+}
+
+type Listener = () => void;
+
+export class PgNotificationHub implements ChangeWaiter {
+  private client: pg.Client | undefined;
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly safetyRecheckMs: number;
+  private readonly reconnectDelayMs: number;
+  private readonly stopping = new AbortController();
+  private connecting: Promise<void> | undefined;
+
+  constructor(
+    private readonly databaseUrl: string,
+    private readonly options: PgNotificationHubOptions = {},
+  ) {
+    this.safetyRecheckMs = options.safetyRecheckMs ?? 10_000;
+    this.reconnectDelayMs = options.reconnectDelayMs ?? 1_000;
+  }
+
+  /** Connects and LISTENs; resolves once notifications flow. */
+  async start(): Promise<void> {
+    await this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    const client = this.client;
+    this.client = undefined;
+    await client?.end().catch(() => {});
+  }
+
+  /** Calls `listener` on every notification for `topic`; returns the unsubscribe function. */
+  on(topic: string, listener: Listener): () => void {
+    let set = this.listeners.get(topic);
+    if (!set) this.listeners.set(topic, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(topic);
+    };
+  }
+
+  async waitFor<T>(
+    topics: string[],
+    check: () => Promise<T | undefined>,
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<T> {
+    const { timeoutMs, signal } = options;
+    signal?.throwIfAborted();
+    const done = new AbortController();
+    const abort = () => done.abort(signal?.reason);
+    signal?.addEventListener('abort', abort, { once: true });
+    const timer = setTimeout(
+      () => done.abort(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
+      timeoutMs,
+    );
+
+    // A notification that arrives while a check runs must cause one more check afterwards.
+    let wake: () => void = () => {};
+    let pending: boolean;
+    const notify = () => {
+      pending = true;
+      wake();
+    };
+    const offs = topics.map((t) => this.on(t, notify));
+    try {
+      for (;;) {
+        pending = false;
+        const result = await check();
+        if (result !== undefined) return result;
+        done.signal.throwIfAborted();
+        if (pending) continue;
+        await new Promise<void>((resolve) => {
+          const recheck = setTimeout(resolve, this.safetyRecheckMs);
+          const finish = () => {
+            clearTimeout(recheck);
+            done.signal.removeEventListener('abort', finish);
+            resolve();
+          };
+          wake = finish;
+          done.signal.addEventListener('abort', finish, { once: true });
+        });
+        wake = () => {};
+        done.signal.throwIfAborted();
+      }
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
+      offs.forEach((off) => off());
+    }
+  }
+
+  private emit(topic: string): void {
+    for (const listener of this.listeners.get(topic) ?? []) listener();
+  }
+
+  /** Wakes every waiter: after a reconnect we cannot know what we missed. */
+  private emitAll(): void {
+    for (const set of this.listeners.values()) for (const listener of set) listener();
+  }
+
+  private connect(): Promise<void> {
+    this.connecting ??= this.open().finally(() => {
+      this.connecting = undefined;
+    });
+    return this.connecting;
+  }
+
+  private async open(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.databaseUrl,
+      application_name: 'workspace-jobs-listener',
+      connectionTimeoutMillis: 10_000,
+      keepAlive: true,
+    });
+    client.on('notification', (msg) => {
+      const toTopic = CHANNELS[msg.channel];
+      this.emit(channelTopic(msg.channel));
+      if (!toTopic || !msg.payload) return;
+      try {
+        const topic = toTopic(JSON.parse(msg.payload) as { id?: string });
+        if (topic) this.emit(topic);
+      } catch {
+        this.options.log?.warn({ channel: msg.channel }, 'unparseable notification payload');
+      }
+    });
+    client.on('error', (error) => {
+      this.options.log?.warn({ err: error }, 'LISTEN connection failed; reconnecting');
+      void this.reconnect(client);
+    });
+    client.on('end', () => void this.reconnect(client));
+    await client.connect();
+    for (const channel of Object.keys(CHANNELS)) await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    if (this.stopping.signal.aborted) {
+      await client.end().catch(() => {});
+      return;
+    }
+    this.client = client;
+  }
+
+  private async reconnect(lost: pg.Client): Promise<void> {
+    if (this.client !== lost || this.stopping.signal.aborted) return;
+    this.client = undefined;
+    lost.end().catch(() => {});
+    while (!this.stopping.signal.aborted) {
+      try {
+        await sleep(this.reconnectDelayMs, this.stopping.signal);
+        await this.connect();
+        this.options.log?.info('LISTEN connection restored');
+        this.emitAll();
+        return;
+      } catch (error) {
+        if (this.stopping.signal.aborted) return;
+        this.options.log?.warn({ err: error }, 'LISTEN reconnect failed; retrying');
+      }
+    }
+  }
+}

@@ -1,0 +1,106 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { WaitTimeoutError } from '../../src/shared/errors.js';
+import { channelTopic, PgNotificationHub } from '../../src/shared/notifications.js';
+import { topics } from '../../src/shared/interfaces.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+
+describe('PgNotificationHub', () => {
+  let db: TestDatabase;
+  let hub: PgNotificationHub;
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    // A long safety re-check, so that only notifications can wake a waiter in these tests.
+    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000, reconnectDelayMs: 50 });
+    await hub.start();
+  });
+
+  afterEach(async () => {
+    await hub.stop();
+    await db.drop();
+  });
+
+  async function insertJob(): Promise<string> {
+    const { rows } = await db.pool.query<{ id: string }>(
+      'INSERT INTO provisioner_jobs DEFAULT VALUES RETURNING id',
+    );
+    return rows[0]!.id;
+  }
+
+  async function status(jobId: string): Promise<string> {
+    const { rows } = await db.pool.query<{ job_status: string }>(
+      'SELECT job_status FROM provisioner_jobs WHERE id = $1',
+      [jobId],
+    );
+    return rows[0]!.job_status;
+  }
+
+  it('when a provisioner job changes › wakes the waiter on that job at once', async () => {
+    const jobId = await insertJob();
+    let checks = 0;
+    const waiting = hub.waitFor(
+      [topics.provisionerJob(jobId)],
+      async () => {
+        checks++;
+        const s = await status(jobId);
+        return s === 'succeeded' ? s : undefined;
+      },
+      { timeoutMs: 10_000 },
+    );
+    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
+    await expect(waiting).resolves.toBe('succeeded');
+    // The first check, plus at most one per notification (the insert's may arrive late, then two updates).
+    expect(checks).toBeGreaterThanOrEqual(2);
+    expect(checks).toBeLessThanOrEqual(4);
+  });
+
+  it('when a new job is inserted › wakes channel-wide listeners', async () => {
+    const woken = new Promise<void>((resolve) => hub.on(channelTopic('provisioner_job_changed'), resolve));
+    await insertJob();
+    await expect(woken).resolves.toBeUndefined();
+  });
+
+  it('when nothing changes › rejects with WaitTimeoutError after the timeout', async () => {
+    const jobId = await insertJob();
+    await expect(
+      hub.waitFor([topics.provisionerJob(jobId)], async () => undefined, { timeoutMs: 150 }),
+    ).rejects.toBeInstanceOf(WaitTimeoutError);
+  });
+
+  it('when the signal aborts › rejects with its reason', async () => {
+    const controller = new AbortController();
+    const waiting = hub.waitFor(['x'], async () => undefined, {
+      timeoutMs: 10_000,
+      signal: controller.signal,
+    });
+    controller.abort(new Error('lock lost'));
+    await expect(waiting).rejects.toThrow('lock lost');
+  });
+
+  it('when the LISTEN connection is killed › reconnects and re-checks every waiter', async () => {
+    let ready = false;
+    let checks = 0;
+    const waiting = hub.waitFor(
+      ['nothing-will-notify-this'],
+      async () => {
+        checks++;
+        return ready ? 'rechecked' : undefined;
+      },
+      { timeoutMs: 10_000 },
+    );
+    await expect.poll(() => checks).toBe(1);
+    ready = true;
+    await db.pool.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
+    );
+    await expect(waiting).resolves.toBe('rechecked');
+
+    // And notifications flow again on the new connection.
+    const jobId = await insertJob();
+    const woken = new Promise<void>((resolve) => hub.on(topics.provisionerJob(jobId), resolve));
+    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await expect(woken).resolves.toBeUndefined();
+  });
+});
