@@ -6,14 +6,14 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-type Env = Record<string, string | undefined>;
+export type Env = Record<string, string | undefined>;
 
-function value(env: Env, name: string): string | undefined {
+export function value(env: Env, name: string): string | undefined {
   const raw = env[name]?.trim();
   return raw === '' ? undefined : raw;
 }
 
-function url(env: Env, name: string, fallback: string, protocols: string[]): string {
+export function url(env: Env, name: string, fallback: string, protocols: string[]): string {
   const raw = value(env, name) ?? fallback;
   let parsed: URL;
   try {
@@ -29,7 +29,7 @@ function url(env: Env, name: string, fallback: string, protocols: string[]): str
   return raw;
 }
 
-function integer(
+export function integer(
   env: Env,
   name: string,
   fallback: number | undefined,
@@ -45,7 +45,7 @@ function integer(
   return n;
 }
 
-function boolean(env: Env, name: string): boolean {
+export function boolean(env: Env, name: string): boolean {
   const raw = value(env, name)?.toLowerCase();
   if (raw === undefined || raw === 'false' || raw === '0') return false;
   if (raw === 'true' || raw === '1') return true;
