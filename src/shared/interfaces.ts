@@ -363,5 +363,7 @@ export interface JobProgress {
   at: string;
   /** How many times the job found the chat lock busy and was re-delayed. */
   lockWaits?: number;
+  /** When the job first found the chat lock busy (ISO 8601); bounds how long it may keep waiting. */
+  lockWaitStartedAt?: string;
   result?: JobResult;
 }

@@ -1,0 +1,91 @@
+// Agent readiness after a start (Coder's waitForAgentAndRespond + waitForAgentReady): choose the chat
+// agent, wait for it to connect, then for its startup scripts. Problems are reported in the result,
+// never as a failure: the workspace did start.
+import { WaitTimeoutError } from '../shared/errors.js';
+import { topics, type Agent, type AgentReadiness, type JobContext } from '../shared/interfaces.js';
+import { isAgentConnected, selectChatAgent } from './agent-selection.js';
+
+/** Lifecycle states in which the startup scripts are still running. */
+const STARTING = new Set(['created', 'starting']);
+
+export async function agentReadiness(ctx: JobContext, workspaceId: string): Promise<AgentReadiness> {
+  let agents: Agent[];
+  try {
+    agents = await ctx.store.getAgentsOfLatestBuild(workspaceId);
+  } catch {
+    // Coder reports a failed agent lookup as no agent too.
+    agents = [];
+  }
+  if (agents.length === 0) return { agent_status: 'no_agent' };
+  const selection = selectChatAgent(agents);
+  if (!selection.ok) return { agent_status: 'selection_error', agent_error: selection.error };
+  const chosen = selection.agent;
+  const data = { agent_id: chosen.id, agent_name: chosen.name };
+
+  const wait = <T>(check: (agent: Agent) => Promise<T | undefined>, timeoutMs: number) =>
+    ctx.waiter.waitFor<T | 'gone'>(
+      [topics.agent(chosen.id)],
+      async () => {
+        const agent = await ctx.store.getAgent(chosen.id);
+        return agent ? check(agent) : 'gone';
+      },
+      { timeoutMs, signal: ctx.signal },
+    );
+  const gone: AgentReadiness = {
+    agent_status: 'not_ready',
+    agent_error: `agent "${chosen.name}" no longer exists`,
+  };
+
+  // Phase 1: reachability.
+  let announced = false;
+  try {
+    const connected = await wait(async (agent) => {
+      if (isAgentConnected(agent)) return true;
+      if (!announced) {
+        announced = true;
+        await ctx.progress(
+          'agent_connecting',
+          `Waiting for agent "${chosen.name}" to connect`,
+          data,
+          workspaceId,
+        );
+      }
+      return undefined;
+    }, ctx.timeouts.agentConnectTimeoutMs);
+    if (connected === 'gone') return gone;
+  } catch (error) {
+    if (!(error instanceof WaitTimeoutError)) throw error;
+    return {
+      agent_status: 'not_ready',
+      agent_error: `agent "${chosen.name}" did not connect within ${ctx.timeouts.agentConnectTimeoutMs} ms`,
+    };
+  }
+
+  // Phase 2: startup scripts, through the agent's lifecycle.
+  let lastState: string | undefined;
+  try {
+    const outcome = await wait<AgentReadiness>(async (agent) => {
+      const state = agent.lifecycleState;
+      if (state !== lastState) {
+        lastState = state;
+        if (state === 'starting') {
+          await ctx.progress(
+            'agent_starting',
+            `Agent "${chosen.name}" is running its startup scripts`,
+            data,
+            workspaceId,
+          );
+        } else if (state === 'ready') {
+          await ctx.progress('agent_ready', `Agent "${chosen.name}" is ready`, data, workspaceId);
+        }
+      }
+      if (STARTING.has(state)) return undefined;
+      if (state === 'ready') return {};
+      return { startup_scripts: 'startup_scripts_failed', lifecycle_state: state };
+    }, ctx.timeouts.startupScriptTimeoutMs);
+    return outcome === 'gone' ? gone : outcome;
+  } catch (error) {
+    if (error instanceof WaitTimeoutError) return { startup_scripts: 'startup_scripts_timeout' };
+    throw error;
+  }
+}

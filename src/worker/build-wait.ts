@@ -1,0 +1,69 @@
+// Waiting for a workspace build's provisioner job (Coder's waitForBuild), driven by notifications, with
+// a progress event for each status the job passes through.
+import { WaitTimeoutError } from '../shared/errors.js';
+import { topics, type Build, type FailureCode, type JobContext } from '../shared/interfaces.js';
+
+export type BuildOutcome = { ok: true; build: Build } | { ok: false; reason: string; code: FailureCode };
+
+const STAGE_OF_STATUS = {
+  pending: 'build_queued',
+  running: 'build_running',
+  succeeded: 'build_succeeded',
+} as const;
+
+export async function waitForBuild(
+  ctx: JobContext,
+  build: Build,
+  workspaceId: string,
+): Promise<BuildOutcome> {
+  let reported: string | undefined;
+  const report = async (b: Build) => {
+    const stage = STAGE_OF_STATUS[b.jobStatus as keyof typeof STAGE_OF_STATUS];
+    if (!stage || reported === stage) return;
+    reported = stage;
+    const verb = { build_queued: 'is queued', build_running: 'is running', build_succeeded: 'succeeded' }[
+      stage
+    ];
+    await ctx.progress(
+      stage,
+      `Build #${b.buildNumber} ${verb}`,
+      { build_id: b.id, build_number: b.buildNumber, transition: b.transition },
+      workspaceId,
+    );
+  };
+
+  try {
+    return await ctx.waiter.waitFor<BuildOutcome>(
+      [topics.provisionerJob(build.jobId)],
+      async () => {
+        const current = await ctx.store.getBuild(build.id);
+        if (!current) throw new Error(`get build: build ${build.id} not found`);
+        await report(current);
+        switch (current.jobStatus) {
+          case 'succeeded':
+            return { ok: true, build: current };
+          case 'failed':
+            return { ok: false, reason: current.jobError || 'build failed', code: 'build_failed' };
+          case 'canceled':
+            return { ok: false, reason: 'build was canceled', code: 'build_canceled' };
+          case 'pending':
+          case 'running':
+          case 'canceling':
+            return undefined;
+          default:
+            return { ok: false, reason: `unexpected job status: ${current.jobStatus}`, code: 'build_failed' };
+        }
+      },
+      { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: ctx.signal },
+    );
+  } catch (error) {
+    if (error instanceof WaitTimeoutError) {
+      return {
+        ok: false,
+        reason: `timed out waiting for workspace build: ${error.message}`,
+        code: 'build_timeout',
+      };
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,249 @@
+// The worker's database interface on Postgres. SQL stays SQL; rows are mapped to the camel-cased types
+// of interfaces.ts in one place each.
+import { randomUUID } from 'node:crypto';
+import type {
+  Agent,
+  Build,
+  BuildParameter,
+  BuildTransaction,
+  Chat,
+  NewBuild,
+  Template,
+  TemplateVersionParameter,
+  User,
+  Workspace,
+  WorkspaceStore,
+} from '../shared/interfaces.js';
+import { withTransaction, type Pool, type PoolClient } from '../shared/postgres.js';
+
+type Queryable = Pick<Pool, 'query'> | Pick<PoolClient, 'query'>;
+type Row = Record<string, unknown>;
+
+const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.template_version_id, b.job_id,
+  j.job_status, j.error`;
+
+const WORKSPACE_COLUMNS = 'id, owner_id, template_id, name, deleted, automatic_updates';
+
+const toChat = (r: Row): Chat => ({
+  id: r.id as string,
+  ownerId: r.owner_id as string,
+  parentChatId: r.parent_chat_id as string | null,
+  workspaceId: r.workspace_id as string | null,
+  buildId: r.build_id as string | null,
+  agentId: r.agent_id as string | null,
+});
+
+const toWorkspace = (r: Row): Workspace => ({
+  id: r.id as string,
+  ownerId: r.owner_id as string,
+  templateId: r.template_id as string,
+  name: r.name as string,
+  deleted: r.deleted as boolean,
+  automaticUpdates: r.automatic_updates as Workspace['automaticUpdates'],
+});
+
+const toBuild = (r: Row): Build => ({
+  id: r.id as string,
+  workspaceId: r.workspace_id as string,
+  buildNumber: r.build_number as number,
+  transition: r.transition as Build['transition'],
+  templateVersionId: r.template_version_id as string,
+  jobId: r.job_id as string,
+  jobStatus: r.job_status as Build['jobStatus'],
+  jobError: r.error as string | null,
+});
+
+const toAgent = (r: Row): Agent => ({
+  id: r.id as string,
+  name: r.name as string,
+  parentId: r.parent_id as string | null,
+  displayOrder: r.display_order as number,
+  lifecycleState: r.lifecycle_state as Agent['lifecycleState'],
+  firstConnectedAt: r.first_connected_at as Date | null,
+  lastConnectedAt: r.last_connected_at as Date | null,
+  disconnectedAt: r.disconnected_at as Date | null,
+});
+
+const toParameter = (r: Row): TemplateVersionParameter => ({
+  name: r.name as string,
+  displayName: r.display_name as string,
+  type: r.type as string,
+  mutable: r.mutable as boolean,
+  required: r.required as boolean,
+  ephemeral: r.ephemeral as boolean,
+  defaultValue: r.default_value as string,
+  options: r.options as TemplateVersionParameter['options'],
+  validationRegex: r.validation_regex as string | null,
+  validationMin: r.validation_min as number | null,
+  validationMax: r.validation_max as number | null,
+  validationMonotonic: r.validation_monotonic as TemplateVersionParameter['validationMonotonic'],
+  validationError: r.validation_error as string,
+});
+
+async function one<T>(db: Queryable, map: (r: Row) => T, sql: string, params: unknown[]): Promise<T | null> {
+  const { rows } = await db.query<Row>(sql, params);
+  return rows[0] ? map(rows[0]) : null;
+}
+
+function latestBuild(db: Queryable, workspaceId: string): Promise<Build | null> {
+  return one(
+    db,
+    toBuild,
+    `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+     WHERE b.workspace_id = $1 ORDER BY b.build_number DESC LIMIT 1`,
+    [workspaceId],
+  );
+}
+
+export class PgWorkspaceStore implements WorkspaceStore {
+  constructor(private readonly pool: Pool) {}
+
+  getChat(chatId: string): Promise<Chat | null> {
+    return one(
+      this.pool,
+      toChat,
+      'SELECT id, owner_id, parent_chat_id, workspace_id, build_id, agent_id FROM chats WHERE id = $1',
+      [chatId],
+    );
+  }
+
+  getUser(userId: string): Promise<User | null> {
+    return one(
+      this.pool,
+      (r) => r as unknown as User,
+      'SELECT id, username, status, deleted FROM users WHERE id = $1',
+      [userId],
+    );
+  }
+
+  getWorkspace(workspaceId: string): Promise<Workspace | null> {
+    return one(this.pool, toWorkspace, `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1`, [
+      workspaceId,
+    ]);
+  }
+
+  getLatestBuild(workspaceId: string): Promise<Build | null> {
+    return latestBuild(this.pool, workspaceId);
+  }
+
+  getBuild(buildId: string): Promise<Build | null> {
+    return one(
+      this.pool,
+      toBuild,
+      `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
+      [buildId],
+    );
+  }
+
+  async getAgentsOfLatestBuild(workspaceId: string): Promise<Agent[]> {
+    const { rows } = await this.pool.query<Row>(
+      `SELECT a.* FROM workspace_agents a
+       JOIN workspace_resources r ON r.id = a.resource_id
+       JOIN workspace_builds b ON b.job_id = r.job_id
+       WHERE b.workspace_id = $1 AND NOT a.deleted
+         AND b.build_number = (SELECT max(build_number) FROM workspace_builds WHERE workspace_id = $1)`,
+      [workspaceId],
+    );
+    return rows.map(toAgent);
+  }
+
+  getAgent(agentId: string): Promise<Agent | null> {
+    return one(this.pool, toAgent, 'SELECT * FROM workspace_agents WHERE id = $1 AND NOT deleted', [agentId]);
+  }
+
+  async bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
+    await this.pool.query(
+      `UPDATE chats SET workspace_id = $2, build_id = $3, agent_id = NULL, updated_at = now() WHERE id = $1`,
+      [chatId, workspaceId, buildId],
+    );
+  }
+
+  transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T> {
+    return withTransaction(this.pool, (client) => fn(new PgBuildTransaction(client)));
+  }
+}
+
+class PgBuildTransaction implements BuildTransaction {
+  constructor(private readonly client: PoolClient) {}
+
+  lockWorkspace(workspaceId: string): Promise<Workspace | null> {
+    return one(
+      this.client,
+      toWorkspace,
+      `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1 FOR UPDATE`,
+      [workspaceId],
+    );
+  }
+
+  getLatestBuild(workspaceId: string): Promise<Build | null> {
+    return latestBuild(this.client, workspaceId);
+  }
+
+  getTemplate(templateId: string): Promise<Template | null> {
+    return one(
+      this.client,
+      (r) => ({
+        id: r.id as string,
+        name: r.name as string,
+        activeVersionId: r.active_version_id as string,
+        requireActiveVersion: r.require_active_version as boolean,
+      }),
+      'SELECT id, name, active_version_id, require_active_version FROM templates WHERE id = $1',
+      [templateId],
+    );
+  }
+
+  async getTemplateVersionParameters(templateVersionId: string): Promise<TemplateVersionParameter[]> {
+    const { rows } = await this.client.query<Row>(
+      `SELECT * FROM template_version_parameters WHERE template_version_id = $1 ORDER BY display_order, name`,
+      [templateVersionId],
+    );
+    return rows.map(toParameter);
+  }
+
+  async getBuildParameters(buildId: string): Promise<BuildParameter[]> {
+    const { rows } = await this.client.query<BuildParameter>(
+      'SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $1 ORDER BY name',
+      [buildId],
+    );
+    return rows;
+  }
+
+  async insertBuild(input: NewBuild): Promise<Build> {
+    const buildId = randomUUID();
+    const {
+      rows: [job],
+    } = await this.client.query<{ id: string; job_status: Build['jobStatus'] }>(
+      `INSERT INTO provisioner_jobs (type, input) VALUES ('workspace_build', $1) RETURNING id, job_status`,
+      [{ workspace_build_id: buildId }],
+    );
+    await this.client.query(
+      `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+      [
+        buildId,
+        input.workspaceId,
+        input.templateVersionId,
+        input.buildNumber,
+        input.transition,
+        input.initiatorId,
+        job!.id,
+      ],
+    );
+    await this.client.query(
+      `INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
+       SELECT $1, name, value FROM unnest($2::text[], $3::text[]) AS p(name, value)`,
+      [buildId, input.parameters.map((p) => p.name), input.parameters.map((p) => p.value)],
+    );
+    return {
+      id: buildId,
+      workspaceId: input.workspaceId,
+      buildNumber: input.buildNumber,
+      transition: input.transition,
+      templateVersionId: input.templateVersionId,
+      jobId: job!.id,
+      jobStatus: job!.job_status,
+      jobError: null,
+    };
+  }
+}

@@ -1,0 +1,28 @@
+// Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
+import type { FailureCode, JobFailure } from '../shared/interfaces.js';
+
+export const messages = {
+  noWorkspace: 'chat has no workspace; use create_workspace first',
+  workspaceDeleted: 'workspace was deleted; use create_workspace to make a new one',
+  workspaceChanged: "the chat's workspace changed since the job was enqueued; enqueue again",
+  buildActive: 'A workspace build is already active.',
+  // Coder PR #24434's wording: the model reads it and retries with parameters.
+  manualUpdateRequired:
+    "The workspace needs the template's active version before it can start. Use read_template with this " +
+    "workspace's template_id to inspect the active version's required parameters, then retry start_workspace " +
+    'with a parameters object that supplies any missing or changed values.',
+  updateReasonRequireActive: 'template requires active versions',
+  updateReasonAutomaticUpdates: 'workspace automatic updates are set to always',
+  updatedMessage: (reason: string) =>
+    `Workspace started and was updated to the active template version because ${reason}.`,
+};
+
+/** Coder's flagged, plain precondition failures (`is_error: true`). */
+export function flagged(code: FailureCode, error: string): JobFailure {
+  return { error, code, is_error: true };
+}
+
+/** Coder's unflagged failures that keep structured fields (`is_error: false`). */
+export function unflagged(code: FailureCode, error: string, fields: Partial<JobFailure> = {}): JobFailure {
+  return { error, code, is_error: false, ...fields };
+}

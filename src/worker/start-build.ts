@@ -1,0 +1,108 @@
+// Creating a start build in one transaction (Coder's wsbuilder, for a chat start): choose the template
+// version, resolve the parameters, refuse when a build is still active, insert job + build + parameters.
+// A parameter failure persists nothing.
+import type { Build, BuildTransaction, JobContext, Validation } from '../shared/interfaces.js';
+import { resolveParameters } from './parameters.js';
+import { messages } from './results.js';
+
+export interface StartBuildRequest {
+  workspaceId: string;
+  initiatorId: string;
+  /** Values from the job; they override the previous build's. */
+  parameters: Record<string, string>;
+}
+
+export type StartBuildOutcome =
+  | {
+      kind: 'created';
+      build: Build;
+      previousBuild: Build | null;
+      /** Why the build moved to the template's active version; absent when the version did not change. */
+      updateReason?: string;
+    }
+  | { kind: 'deleted' }
+  | { kind: 'build_active'; build: Build }
+  | {
+      kind: 'invalid_parameters';
+      versionChanged: boolean;
+      templateId: string;
+      message: string;
+      detail: string;
+      validations: Validation[];
+    };
+
+/** Job statuses during which a build is still active (Coder's builder counts canceling too). */
+const ACTIVE = new Set(['pending', 'running', 'canceling']);
+
+async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<StartBuildOutcome> {
+  const workspace = await tx.lockWorkspace(request.workspaceId);
+  if (!workspace || workspace.deleted) return { kind: 'deleted' };
+
+  // Read under the workspace lock: no other build can be inserted until we commit (Coder reads the
+  // template and latest build outside its transaction, a TOCTOU its §9.10 describes).
+  const previousBuild = await tx.getLatestBuild(workspace.id);
+  if (previousBuild && ACTIVE.has(previousBuild.jobStatus))
+    return { kind: 'build_active', build: previousBuild };
+
+  const template = await tx.getTemplate(workspace.templateId);
+  if (!template) throw new Error(`get template: template ${workspace.templateId} not found`);
+
+  // D4: Coder's chat start honours only require_active_version; autobuild also honours automatic_updates.
+  // A workspace without builds (an error in Coder's builder) starts on the active version.
+  let targetVersionId = previousBuild?.templateVersionId ?? template.activeVersionId;
+  let updateReason: string | undefined;
+  if (template.requireActiveVersion) {
+    targetVersionId = template.activeVersionId;
+    updateReason = messages.updateReasonRequireActive;
+  } else if (workspace.automaticUpdates === 'always') {
+    targetVersionId = template.activeVersionId;
+    updateReason = messages.updateReasonAutomaticUpdates;
+  }
+  const versionChanged = previousBuild !== null && previousBuild.templateVersionId !== targetVersionId;
+
+  const resolved = resolveParameters({
+    parameters: await tx.getTemplateVersionParameters(targetVersionId),
+    previous: previousBuild ? await tx.getBuildParameters(previousBuild.id) : [],
+    provided: request.parameters,
+    firstBuild: previousBuild === null,
+  });
+  if (!resolved.ok) {
+    return {
+      kind: 'invalid_parameters',
+      versionChanged,
+      templateId: template.id,
+      message: resolved.message,
+      detail: resolved.detail,
+      validations: resolved.validations,
+    };
+  }
+
+  const build = await tx.insertBuild({
+    workspaceId: workspace.id,
+    templateVersionId: targetVersionId,
+    buildNumber: (previousBuild?.buildNumber ?? 0) + 1,
+    transition: 'start',
+    initiatorId: request.initiatorId,
+    parameters: resolved.values,
+  });
+  return { kind: 'created', build, previousBuild, updateReason: versionChanged ? updateReason : undefined };
+}
+
+export async function createStartBuild(
+  ctx: JobContext,
+  request: StartBuildRequest,
+): Promise<StartBuildOutcome> {
+  // Never create a build for an attempt that has already lost its lock.
+  ctx.signal.throwIfAborted();
+  try {
+    return await ctx.store.transaction((tx) => plan(tx, request));
+  } catch (error) {
+    // The unique (workspace_id, build_number) index caught a concurrent insert the row lock did not
+    // (e.g. a build inserted by something that does not lock the workspace row).
+    if ((error as { code?: string }).code === '23505') {
+      const latest = await ctx.store.getLatestBuild(request.workspaceId);
+      if (latest) return { kind: 'build_active', build: latest };
+    }
+    throw error;
+  }
+}

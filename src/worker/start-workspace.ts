@@ -1,0 +1,186 @@
+// The start-workspace job's decision procedure (START_WORKSPACE.md), a port of Coder's chat
+// start_workspace tool with its auto-update to the template's active version. Plain functions over the
+// JobContext: the processor takes the chat lock and validates the payload before calling in.
+import type {
+  AgentReadiness,
+  Build,
+  Chat,
+  JobContext,
+  JobFailure,
+  StartWorkspacePayload,
+  StartWorkspaceResult,
+  User,
+  Workspace,
+} from '../shared/interfaces.js';
+import { agentReadiness } from './agent-readiness.js';
+import { waitForBuild } from './build-wait.js';
+import { flagged, messages, unflagged } from './results.js';
+import { createStartBuild } from './start-build.js';
+
+// Re-reading after waiting for a stop or a cancellation (D2, D3) loops; a workspace that keeps
+// changing under us this many times is reported rather than chased forever.
+const MAX_PASSES = 5;
+
+export async function startWorkspace(
+  ctx: JobContext,
+  payload: StartWorkspacePayload,
+): Promise<StartWorkspaceResult> {
+  await ctx.progress('checking', 'Checking the chat and its workspace', undefined, payload.workspaceId);
+  const checked = await checkChat(ctx, payload);
+  if ('error' in checked) return checked;
+  const { chat, owner } = checked;
+
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    const workspace = await ctx.store.getWorkspace(payload.workspaceId);
+    if (!workspace || workspace.deleted) return flagged('workspace_deleted', messages.workspaceDeleted);
+    if (workspace.ownerId !== owner.id) {
+      return flagged('forbidden', `workspace ${workspace.id} does not belong to the chat's owner`);
+    }
+
+    const latest = await ctx.store.getLatestBuild(workspace.id);
+    switch (latest?.jobStatus) {
+      case 'pending':
+      case 'running': {
+        await ctx.store.bindChat(chat.id, workspace.id, latest.id);
+        await ctx.progress(
+          'waiting_for_existing_build',
+          `Waiting for the workspace's ${latest.transition} build #${latest.buildNumber}`,
+          { build_id: latest.id, build_number: latest.buildNumber, transition: latest.transition },
+          workspace.id,
+        );
+        const outcome = await waitForBuild(ctx, latest, workspace.id);
+        if (!outcome.ok) {
+          return unflagged(outcome.code, `waiting for in-progress build: ${outcome.reason}`, {
+            build_id: latest.id,
+          });
+        }
+        // D2: Coder reports a finished stop or delete as "started"; we look again and start it.
+        if (latest.transition !== 'start') continue;
+        return started(workspace, { build_id: latest.id }, await agentReadiness(ctx, workspace.id));
+      }
+      case 'canceling':
+        // D3: Coder tries to start at once and gets a 409; we let the cancellation settle first.
+        await ctx.progress(
+          'waiting_for_existing_build',
+          `Waiting for the cancellation of build #${latest.buildNumber} to finish`,
+          { build_id: latest.id, build_number: latest.buildNumber, transition: latest.transition },
+          workspace.id,
+        );
+        await waitForBuild(ctx, latest, workspace.id);
+        continue;
+      case 'succeeded':
+        if (latest.transition === 'start') {
+          // Already running: no build; D9: a ready agent answers at once (readiness checks before waiting).
+          return started(workspace, { no_build: true }, await agentReadiness(ctx, workspace.id));
+        }
+        break;
+    }
+    return start(ctx, payload, chat, owner, workspace);
+  }
+  return flagged('internal', `the workspace's state kept changing; gave up after ${MAX_PASSES} looks`);
+}
+
+type CheckedChat = { chat: Chat; owner: User } | JobFailure;
+
+/** Steps 3-4: the chat, its owner (D7), and that it still points at the job's workspace (D10). */
+async function checkChat(ctx: JobContext, payload: StartWorkspacePayload): Promise<CheckedChat> {
+  const chat = await ctx.store.getChat(payload.chatId);
+  if (!chat) return flagged('invalid_payload', `load chat: chat ${payload.chatId} not found`);
+  if (chat.ownerId !== payload.ownerId) {
+    return flagged('forbidden', `user ${payload.ownerId} does not own chat ${chat.id}`);
+  }
+  if (chat.parentChatId !== null) {
+    return flagged('forbidden', 'only root chats can start workspaces; this chat is a sub-chat');
+  }
+  const owner = await ctx.store.getUser(chat.ownerId);
+  if (!owner || owner.deleted || owner.status !== 'active') {
+    return flagged('forbidden', `load user authorization: user ${chat.ownerId} is not an active user`);
+  }
+  if (!chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
+  if (chat.workspaceId !== payload.workspaceId)
+    return flagged('workspace_changed', messages.workspaceChanged);
+  return { chat, owner };
+}
+
+/** Steps 7-9: create the start build, wait for it and for the agent. */
+async function start(
+  ctx: JobContext,
+  payload: StartWorkspacePayload,
+  chat: Chat,
+  owner: User,
+  workspace: Workspace,
+): Promise<StartWorkspaceResult> {
+  const outcome = await createStartBuild(ctx, {
+    workspaceId: workspace.id,
+    initiatorId: owner.id,
+    parameters: payload.parameters ?? {},
+  });
+  switch (outcome.kind) {
+    case 'deleted':
+      return flagged('workspace_deleted', messages.workspaceDeleted);
+    case 'build_active':
+      return unflagged('build_active', messages.buildActive, {
+        detail: messages.buildActive,
+        template_id: workspace.templateId,
+        build_id: outcome.build.id,
+      });
+    case 'invalid_parameters': {
+      const fields = { template_id: outcome.templateId, validations: outcome.validations };
+      if (!outcome.versionChanged) {
+        return unflagged('invalid_parameters', outcome.message, { ...fields, detail: outcome.detail });
+      }
+      return unflagged('manual_update_required', messages.manualUpdateRequired, {
+        ...fields,
+        detail: `${outcome.message}: ${outcome.detail}`,
+        // D5: the follow-up Coder left out, a direct link for the user.
+        ...(ctx.accessUrl
+          ? {
+              settings_url: `${ctx.accessUrl}/@${owner.username}/${encodeURIComponent(workspace.name)}/settings`,
+            }
+          : {}),
+      });
+    }
+    case 'created':
+      break;
+  }
+
+  const { build, previousBuild, updateReason } = outcome;
+  if (updateReason) {
+    await ctx.progress(
+      'updating_to_active_version',
+      `Updating to the template's active version because ${updateReason}`,
+      {
+        build_id: build.id,
+        previous_template_version_id: previousBuild?.templateVersionId,
+        template_version_id: build.templateVersionId,
+        update_reason: updateReason,
+      },
+      workspace.id,
+    );
+  }
+  await ctx.store.bindChat(chat.id, workspace.id, build.id);
+
+  const waited = await waitForBuild(ctx, build, workspace.id);
+  if (!waited.ok) {
+    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, { build_id: build.id });
+  }
+  const result = started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
+  if (updateReason && previousBuild) {
+    Object.assign(result, {
+      updated_to_active_version: true,
+      update_reason: updateReason,
+      message: messages.updatedMessage(updateReason),
+      previous_template_version_id: previousBuild.templateVersionId,
+      template_version_id: build.templateVersionId,
+    });
+  }
+  return result;
+}
+
+function started(
+  workspace: Workspace,
+  build: { build_id: Build['id'] } | { no_build: true },
+  readiness: AgentReadiness,
+): StartWorkspaceResult {
+  return { started: true, workspace_name: workspace.name, ...build, ...readiness };
+}
