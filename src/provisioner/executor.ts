@@ -1,0 +1,69 @@
+// What a provisioner daemon hands to the thing that actually builds a workspace. The daemon owns the
+// provisioner job row (claim, heartbeat, cancellation, completion, resources and agents); an executor only
+// does the build and says which agents it created, so executors stay small and easy to swap.
+import type { WorkspaceTransition } from '../shared/interfaces.js';
+
+/** Coder's log stage names for the apply step, so build logs read like a real build's. */
+export const APPLY_STAGE: Record<WorkspaceTransition, string> = {
+  start: 'Starting workspace',
+  stop: 'Stopping workspace',
+  delete: 'Destroying workspace',
+};
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+
+/** One claimed workspace build, with everything an executor needs to build it. */
+export interface BuildJob {
+  jobId: string;
+  buildId: string;
+  workspaceId: string;
+  workspaceName: string;
+  ownerId: string;
+  templateVersionId: string;
+  buildNumber: number;
+  transition: WorkspaceTransition;
+  /** The build's full parameter set (workspace_build_parameters). */
+  parameters: Record<string, string>;
+}
+
+export interface ExecutorContext {
+  /** Aborted when the job is canceled, the daemon shuts down, or another daemon took the job over. */
+  signal: AbortSignal;
+  /**
+   * Appends a line to provisioner_job_logs (source `provisioner`). Lines are written in call order and
+   * are all stored before the job completes, so executors may call this without awaiting it. Never rejects.
+   */
+  log(level: LogLevel, output: string, stage?: string): Promise<void>;
+}
+
+export interface ExecutorResult {
+  /**
+   * Agents the build created, in display order. Only used for `start` builds; the daemon writes them
+   * in the transaction that completes the job. None or empty = a workspace without agents.
+   */
+  agents?: string[];
+  /** `workspace_resources.type` of the resource the agents belong to. Default `'workspace'`. */
+  resourceType?: string;
+}
+
+/** An agent row the daemon committed for a succeeded start build. */
+export interface CommittedAgent {
+  id: string;
+  name: string;
+}
+
+export interface Executor {
+  /**
+   * Builds the workspace. Resolving means success; throwing means failure, and the error's message
+   * becomes provisioner_jobs.error. Should stop soon after `ctx.signal` aborts (the daemon does not wait
+   * for it to settle the job, but a process left running is the executor's to clean up).
+   */
+  run(job: BuildJob, ctx: ExecutorContext): Promise<ExecutorResult | void>;
+  /**
+   * Called after the daemon committed a succeeded job, with the agents it inserted (start builds only;
+   * empty for other transitions). The simulator uses it to play the agents' part. Must not throw.
+   */
+  afterCommit?(job: BuildJob, agents: CommittedAgent[]): void;
+  /** Ends background work (simulated agents, leftover processes); the daemon calls it once it is idle. */
+  stop?(): Promise<void>;
+}

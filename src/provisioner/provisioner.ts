@@ -1,0 +1,530 @@
+// A provisioner daemon: claims pending workspace-build jobs from Postgres, runs them with an executor and
+// settles them. Any number of daemons may share one database: a job is claimed with
+// FOR UPDATE SKIP LOCKED (exactly one daemon gets it, nobody blocks), completion is guarded by
+// ownership, and a daemon that dies mid-job is detected by its missing heartbeat and its jobs failed by
+// whichever daemon notices first.
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import { topics } from '../shared/interfaces.js';
+import type { Logger } from '../shared/logger.js';
+import { channelTopic, type PgNotificationHub } from '../shared/notifications.js';
+import { withTransaction, type Pool } from '../shared/postgres.js';
+import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
+import type { BuildJob, CommittedAgent, Executor, ExecutorContext, ExecutorResult } from './executor.js';
+import { JobLogWriter } from './job-log-writer.js';
+
+export interface ProvisionerOptions {
+  pool: Pool;
+  /** Wakes the daemon on new jobs and tells it about cancellations; the caller starts and stops it. */
+  hub: Pick<PgNotificationHub, 'on'>;
+  executor: Executor;
+  /** Written to provisioner_jobs.worker_id of every job this daemon claims. Default a random uuid. */
+  id?: string;
+  /** Jobs run at once. Default 4. */
+  concurrency?: number;
+  /**
+   * Safety poll: claims, reaps stale jobs and settles jobs canceled while pending even without a
+   * notification (notifications are lost while the LISTEN connection is down). Default 5000.
+   */
+  pollIntervalMs?: number;
+  /** How often the updated_at of this daemon's running jobs is refreshed. Default 5000. */
+  heartbeatMs?: number;
+  /**
+   * A running job whose updated_at is older than this is failed with 'provisioner stopped responding'
+   * by any daemon (its own daemon crashed). Must be well above heartbeatMs. Default 120000.
+   */
+  staleAfterMs?: number;
+  log?: Logger;
+}
+
+export interface StopOptions {
+  /** How long running jobs may keep going before they are aborted and failed. Default 30000. */
+  graceMs?: number;
+}
+
+/** The error written to a job whose daemon stopped heart-beating. */
+export const STALE_JOB_ERROR = 'provisioner stopped responding';
+
+type Outcome =
+  | { kind: 'succeeded'; result: ExecutorResult }
+  | { kind: 'failed'; message: string }
+  | { kind: 'aborted'; reason: unknown };
+
+interface RunningJob {
+  job: BuildJob;
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+interface ClaimRow {
+  job_id: string;
+  build_id: string | null;
+  workspace_id: string;
+  workspace_name: string;
+  owner_id: string;
+  template_version_id: string;
+  build_number: number;
+  transition: BuildJob['transition'];
+  parameters: Record<string, string>;
+}
+
+const MAX_ERROR_LENGTH = 4000;
+
+export class Provisioner {
+  readonly id: string;
+  private readonly pool: Pool;
+  private readonly executor: Executor;
+  private readonly concurrency: number;
+  private readonly pollIntervalMs: number;
+  private readonly heartbeatMs: number;
+  private readonly staleAfterMs: number;
+  private readonly log: Logger;
+
+  private state: 'new' | 'running' | 'stopping' = 'new';
+  private readonly running = new Map<string, RunningJob>();
+  private pollTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private offWake: (() => void) | undefined;
+  private pumping: Promise<void> | undefined;
+  private pumpAgain = false;
+  private ticking: Promise<void> | undefined;
+  private heartbeating: Promise<void> | undefined;
+  private stopped: Promise<void> | undefined;
+
+  constructor(private readonly options: ProvisionerOptions) {
+    this.id = options.id ?? randomUUID();
+    this.pool = options.pool;
+    this.executor = options.executor;
+    this.concurrency = options.concurrency ?? 4;
+    this.pollIntervalMs = options.pollIntervalMs ?? 5_000;
+    this.heartbeatMs = options.heartbeatMs ?? 5_000;
+    this.staleAfterMs = options.staleAfterMs ?? 120_000;
+    this.log = (options.log ?? pino({ level: 'silent' })).child({ provisionerId: this.id });
+    if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
+      throw new RangeError(`concurrency must be a whole number of at least 1, got ${this.concurrency}`);
+    }
+    // Two missed heartbeats must not be enough to declare a live daemon dead.
+    if (this.staleAfterMs < 3 * this.heartbeatMs) {
+      throw new RangeError(
+        `staleAfterMs (${this.staleAfterMs}) must be at least three heartbeats (${3 * this.heartbeatMs})`,
+      );
+    }
+  }
+
+  /** Jobs this daemon is running now. */
+  get runningJobs(): number {
+    return this.running.size;
+  }
+
+  /** Starts claiming jobs. Database errors do not stop the daemon; they are logged and retried. */
+  start(): void {
+    if (this.state !== 'new') throw new Error('a Provisioner can only be started once');
+    this.state = 'running';
+    this.offWake = this.options.hub.on(channelTopic('provisioner_job_changed'), () => this.wake());
+    this.pollTimer = setInterval(() => this.tick(), this.pollIntervalMs);
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs);
+    this.log.info({ concurrency: this.concurrency }, 'provisioner started');
+    this.tick();
+  }
+
+  /**
+   * Stops claiming, lets running jobs finish for `graceMs`, then aborts the rest and fails them with
+   * 'provisioner shut down' (when the database is unreachable they are left to the stale reaper).
+   * Resolves when nothing runs any more and the executor's background work has ended.
+   */
+  stop(options: StopOptions = {}): Promise<void> {
+    this.stopped ??= this.shutdown(options.graceMs ?? 30_000);
+    return this.stopped;
+  }
+
+  private async shutdown(graceMs: number): Promise<void> {
+    const wasRunning = this.state === 'running';
+    this.state = 'stopping';
+    this.offWake?.();
+    clearInterval(this.pollTimer);
+    // A claim in flight completes (and hands its job back) before we count what is running.
+    await Promise.allSettled([this.pumping, this.ticking]);
+    if (this.running.size > 0) {
+      this.log.info({ jobs: this.running.size, graceMs }, 'waiting for running jobs before shutting down');
+      const timer = setTimeout(() => {
+        for (const { controller } of this.running.values()) controller.abort(new ProvisionerShutdownError());
+      }, graceMs);
+      // Jobs settle promptly once aborted: the daemon does not wait for the executor to wind down.
+      while (this.running.size > 0) {
+        await Promise.allSettled([...this.running.values()].map((r) => r.done));
+      }
+      clearTimeout(timer);
+    }
+    // Heartbeats continue during the grace period; only now is there nothing left to keep alive.
+    clearInterval(this.heartbeatTimer);
+    await this.heartbeating;
+    await this.executor.stop?.().catch((error: unknown) => {
+      this.log.warn({ err: error }, 'executor did not stop cleanly');
+    });
+    if (wasRunning) this.log.info('provisioner stopped');
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Claiming
+
+  /** Claims jobs until the slots are full or none is pending. Calls while a pump runs coalesce into one more. */
+  private wake(): void {
+    if (this.state !== 'running') return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = this.pump()
+      .catch((error: unknown) => this.log.warn({ err: error }, 'claiming provisioner jobs failed'))
+      .finally(() => {
+        this.pumping = undefined;
+        if (this.pumpAgain) {
+          this.pumpAgain = false;
+          this.wake();
+        }
+      });
+  }
+
+  private async pump(): Promise<void> {
+    while (this.state === 'running' && this.running.size < this.concurrency) {
+      const row = await this.claim();
+      if (!row) return;
+      if (row.build_id === null) {
+        // A job without a build cannot be built; failing it beats leaving it for the reaper.
+        await this.settle(row.job_id, 'workspace build not found for provisioner job');
+        continue;
+      }
+      const job = toBuildJob(row);
+      if (this.state !== 'running') {
+        await this.release(job.jobId);
+        return;
+      }
+      this.launch(job);
+    }
+  }
+
+  private async claim(): Promise<ClaimRow | undefined> {
+    const { rows } = await this.pool.query<ClaimRow>(
+      `WITH claimed AS (
+         UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1
+         WHERE id = (
+           SELECT id FROM provisioner_jobs
+           WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
+             AND type = 'workspace_build'
+           ORDER BY created_at
+           LIMIT 1
+           FOR UPDATE SKIP LOCKED)
+         RETURNING id
+       )
+       SELECT c.id AS job_id, b.id AS build_id, b.workspace_id, w.name AS workspace_name, w.owner_id,
+              b.template_version_id, b.build_number, b.transition,
+              coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
+                        WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
+       FROM claimed c
+       LEFT JOIN workspace_builds b ON b.job_id = c.id
+       LEFT JOIN workspaces w ON w.id = b.workspace_id`,
+      [this.id],
+    );
+    return rows[0];
+  }
+
+  /** Hands a job claimed during shutdown back, so another daemon starts it at once. */
+  private async release(jobId: string): Promise<void> {
+    await this.pool.query(
+      `UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL, updated_at = now()
+       WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL`,
+      [jobId, this.id],
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Running one job
+
+  private launch(job: BuildJob): void {
+    const controller = new AbortController();
+    const entry = { job, controller } as RunningJob;
+    this.running.set(job.jobId, entry);
+    entry.done = this.execute(job, controller)
+      .catch((error: unknown) => this.log.error({ err: error, jobId: job.jobId }, 'provisioner job crashed'))
+      .finally(() => {
+        this.running.delete(job.jobId);
+        this.wake();
+      });
+  }
+
+  private async execute(job: BuildJob, controller: AbortController): Promise<void> {
+    const log = this.log.child({ jobId: job.jobId, buildId: job.buildId, transition: job.transition });
+    const logs = new JobLogWriter({ pool: this.pool, jobId: job.jobId, log });
+    const off = this.options.hub.on(topics.provisionerJob(job.jobId), () =>
+      this.checkJob(job.jobId, controller),
+    );
+    try {
+      log.info('running provisioner job');
+      void logs.append(
+        'provisioner_daemon',
+        'info',
+        `Provisioner ${this.id} acquired the job: ${job.transition} of workspace ${job.workspaceName} (build #${job.buildNumber})`,
+        'Setting up',
+      );
+      // A cancellation between the claim and the subscription above sent its notification to nobody.
+      this.checkJob(job.jobId, controller);
+      const ctx: ExecutorContext = {
+        signal: controller.signal,
+        log: (level, output, stage) => logs.append('provisioner', level, output, stage),
+      };
+      const outcome = await this.runExecutor(job, ctx);
+      // Our own completion notifies too; it must not abort anything.
+      off();
+
+      if (outcome.kind === 'aborted') {
+        const { reason } = outcome;
+        if (reason instanceof JobLostError) {
+          log.warn('job was settled elsewhere (stale reaper?); dropping its outcome');
+          await logs.flush();
+          return;
+        }
+        if (reason instanceof JobCanceledError) {
+          void logs.append('provisioner_daemon', 'warn', 'Job canceled', 'Cleaning Up');
+          await logs.flush();
+          await this.settle(job.jobId, null);
+          log.info('job canceled');
+          return;
+        }
+        const message = reason instanceof Error ? reason.message : 'provisioner job aborted';
+        void logs.append('provisioner_daemon', 'error', message, 'Cleaning Up');
+        await logs.flush();
+        await this.settle(job.jobId, message);
+        log.warn({ error: message }, 'job aborted');
+        return;
+      }
+      if (outcome.kind === 'failed') {
+        void logs.append('provisioner_daemon', 'error', `Build failed: ${outcome.message}`, 'Cleaning Up');
+        await logs.flush();
+        await this.settle(job.jobId, outcome.message);
+        log.info({ error: outcome.message }, 'job failed');
+        return;
+      }
+      void logs.append('provisioner_daemon', 'info', 'Build succeeded', 'Cleaning Up');
+      await logs.flush();
+      const agents = await this.succeed(job, outcome.result);
+      if (agents === undefined) return;
+      log.info({ agents: agents.length }, 'job succeeded');
+      try {
+        this.executor.afterCommit?.(job, agents);
+      } catch (error) {
+        log.warn({ err: error }, 'executor afterCommit failed');
+      }
+    } finally {
+      off();
+    }
+  }
+
+  /** Runs the executor; an abort settles the outcome at once, without waiting for the executor to notice. */
+  private runExecutor(job: BuildJob, ctx: ExecutorContext): Promise<Outcome> {
+    const { signal } = ctx;
+    return new Promise<Outcome>((resolve) => {
+      const onAbort = () => resolve({ kind: 'aborted', reason: signal.reason });
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      new Promise<ExecutorResult | void>((res) => res(this.executor.run(job, ctx)))
+        .then(
+          (result) => resolve({ kind: 'succeeded', result: result ?? {} }),
+          (error: unknown) => resolve({ kind: 'failed', message: errorMessage(error) }),
+        )
+        .finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  /**
+   * Completes a succeeded job and, for a start build, writes its resource and agents in the same
+   * transaction, so a succeeded start build always has its agents. Returns the agents, or undefined
+   * when the job was no longer ours or was canceled meanwhile (then nothing is written).
+   */
+  private async succeed(job: BuildJob, result: ExecutorResult): Promise<CommittedAgent[] | undefined> {
+    try {
+      return await withTransaction(this.pool, async (client) => {
+        const { rows } = await client.query<{ canceled: boolean }>(
+          `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
+           WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL
+           RETURNING canceled_at IS NOT NULL AS canceled`,
+          [job.jobId, this.id],
+        );
+        const row = rows[0];
+        if (!row) {
+          this.log.warn({ jobId: job.jobId }, 'job was settled elsewhere before it could complete');
+          return undefined;
+        }
+        // Canceled while the executor finished: the job now reads 'canceled'; a canceled build has no agents.
+        if (row.canceled || job.transition !== 'start') return row.canceled ? undefined : [];
+        const { rows: resources } = await client.query<{ id: string }>(
+          `INSERT INTO workspace_resources (job_id, transition, type, name)
+           VALUES ($1, $2, $3, 'dev') RETURNING id`,
+          [job.jobId, job.transition, result.resourceType ?? 'workspace'],
+        );
+        const names = [...new Set(result.agents ?? [])];
+        if (names.length === 0) return [];
+        const { rows: agents } = await client.query<{ id: string; name: string; display_order: number }>(
+          `INSERT INTO workspace_agents (resource_id, name, display_order)
+           SELECT $1, t.name, t.n - 1 FROM unnest($2::text[]) WITH ORDINALITY AS t(name, n)
+           RETURNING id, name, display_order`,
+          [resources[0]!.id, names],
+        );
+        return agents.sort((a, b) => a.display_order - b.display_order).map(({ id, name }) => ({ id, name }));
+      });
+    } catch (error) {
+      // Most likely the database is gone; the stale reaper settles the job once it is back.
+      this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
+      return undefined;
+    }
+  }
+
+  /** Completes a job as failed (`error` set) or canceled (`error` null), if it is still ours. */
+  private async settle(jobId: string, error: string | null): Promise<void> {
+    try {
+      await this.pool.query(
+        `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3
+         WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL`,
+        [jobId, this.id, error],
+      );
+    } catch (err) {
+      this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
+    }
+  }
+
+  /** Aborts the executor when the job was canceled or is no longer ours. */
+  private checkJob(jobId: string, controller: AbortController): void {
+    if (controller.signal.aborted) return;
+    this.pool
+      .query<{ canceled: boolean; ours: boolean }>(
+        `SELECT canceled_at IS NOT NULL AS canceled,
+                (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid) AS ours
+         FROM provisioner_jobs WHERE id = $1`,
+        [jobId, this.id],
+      )
+      .then(({ rows }) => {
+        const row = rows[0];
+        if (!row?.ours) controller.abort(new JobLostError());
+        else if (row.canceled) controller.abort(new JobCanceledError());
+      })
+      // The heartbeat checks again; a failed check must not abort a healthy job.
+      .catch((error: unknown) => this.log.debug({ err: error, jobId }, 'job check failed'));
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Heartbeat, stale reaper, jobs canceled while pending
+
+  /** Keeps this daemon's jobs fresh for the reaper, and notices cancellations a lost notification hid. */
+  private heartbeat(): void {
+    if (this.heartbeating || this.running.size === 0) return;
+    const entries = new Map(this.running);
+    this.heartbeating = this.pool
+      .query<{ id: string; canceled: boolean }>(
+        `UPDATE provisioner_jobs SET updated_at = now()
+         WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND completed_at IS NULL
+         RETURNING id, canceled_at IS NOT NULL AS canceled`,
+        [[...entries.keys()], this.id],
+      )
+      .then(({ rows }) => {
+        const alive = new Map(rows.map((r) => [r.id, r.canceled]));
+        for (const [jobId, { controller }] of entries) {
+          if (controller.signal.aborted) continue;
+          const canceled = alive.get(jobId);
+          if (canceled === undefined) controller.abort(new JobLostError());
+          else if (canceled) controller.abort(new JobCanceledError());
+        }
+      })
+      .catch((error: unknown) => this.log.warn({ err: error }, 'provisioner heartbeat failed'))
+      .finally(() => {
+        this.heartbeating = undefined;
+      });
+  }
+
+  private tick(): void {
+    if (this.state !== 'running' || this.ticking) return;
+    this.ticking = (async () => {
+      await this.reapStale().catch((error: unknown) =>
+        this.log.warn({ err: error }, 'stale job reaper failed'),
+      );
+      await this.settleCanceledPending().catch((error: unknown) =>
+        this.log.warn({ err: error }, 'settling canceled pending jobs failed'),
+      );
+    })().finally(() => {
+      this.ticking = undefined;
+      this.wake();
+    });
+  }
+
+  /**
+   * Settles running jobs whose daemon stopped heart-beating: failed, or canceled when a cancellation was
+   * already asked for. SKIP LOCKED: daemons reaping at the same moment split the work.
+   */
+  private async reapStale(): Promise<void> {
+    const { rows } = await this.pool.query<{ id: string; worker_id: string | null }>(
+      `WITH stale AS (
+         UPDATE provisioner_jobs
+         SET completed_at = now(), updated_at = now(),
+             error = CASE WHEN canceled_at IS NULL THEN $2 END
+         WHERE id IN (
+           SELECT id FROM provisioner_jobs
+           WHERE started_at IS NOT NULL AND completed_at IS NULL AND type = 'workspace_build'
+             AND updated_at < now() - $1::float8 * interval '1 millisecond'
+           FOR UPDATE SKIP LOCKED)
+         RETURNING id, worker_id, error
+       ), logged AS (
+         INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
+         SELECT id, 'provisioner_daemon', 'error', 'Cleaning Up',
+                format('Provisioner %s stopped responding; job %s by provisioner %s',
+                       coalesce(worker_id::text, '(unknown)'),
+                       CASE WHEN error IS NULL THEN 'canceled' ELSE 'failed' END, $3::text)
+         FROM stale
+       )
+       SELECT id, worker_id FROM stale`,
+      [this.staleAfterMs, STALE_JOB_ERROR, this.id],
+    );
+    for (const row of rows) {
+      this.log.warn({ jobId: row.id, deadProvisionerId: row.worker_id }, 'reaped a stale provisioner job');
+    }
+  }
+
+  /** A job canceled before any daemon claimed it completes as canceled without running. */
+  private async settleCanceledPending(): Promise<void> {
+    const { rows } = await this.pool.query<{ id: string }>(
+      `WITH canceled AS (
+         UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
+         WHERE id IN (
+           SELECT id FROM provisioner_jobs
+           WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
+             AND type = 'workspace_build'
+           FOR UPDATE SKIP LOCKED)
+         RETURNING id
+       ), logged AS (
+         INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
+         SELECT id, 'provisioner_daemon', 'warn', 'Cleaning Up', 'Job canceled before it started'
+         FROM canceled
+       )
+       SELECT id FROM canceled`,
+    );
+    for (const row of rows) this.log.info({ jobId: row.id }, 'settled a job canceled while pending');
+  }
+}
+
+function toBuildJob(row: ClaimRow): BuildJob {
+  return {
+    jobId: row.job_id,
+    buildId: row.build_id!,
+    workspaceId: row.workspace_id,
+    workspaceName: row.workspace_name,
+    ownerId: row.owner_id,
+    templateVersionId: row.template_version_id,
+    buildNumber: row.build_number,
+    transition: row.transition,
+    parameters: row.parameters,
+  };
+}
+
+function errorMessage(error: unknown): string {
+  const message = (error instanceof Error ? error.message : String(error)).trim();
+  // An empty error would make job_status read 'succeeded' (nullif(error, '')).
+  if (message === '') return 'build failed';
+  return message.length > MAX_ERROR_LENGTH ? `${message.slice(0, MAX_ERROR_LENGTH)}…` : message;
+}

@@ -1,0 +1,266 @@
+// Rows the provisioner tests need, inserted with plain SQL, and small bounded waits.
+import { randomBytes } from 'node:crypto';
+import { pino } from 'pino';
+import type { Pool } from '../../src/shared/postgres.js';
+import { withTransaction } from '../../src/shared/postgres.js';
+import type { BuildJob, Executor, ExecutorContext, ExecutorResult } from '../../src/provisioner/executor.js';
+
+export const silentLog = pino({ level: 'silent' });
+
+export interface Fixture {
+  userId: string;
+  templateId: string;
+  versionId: string;
+}
+
+/** A user and a template with an active version. */
+export async function createFixture(pool: Pool): Promise<Fixture> {
+  const suffix = randomBytes(4).toString('hex');
+  return withTransaction(pool, async (c) => {
+    const user = await c.query<{ id: string }>(
+      `INSERT INTO users (username, email) VALUES ($1, $1 || '@example.com') RETURNING id`,
+      [`user-${suffix}`],
+    );
+    const template = await c.query<{ id: string }>(`INSERT INTO templates (name) VALUES ($1) RETURNING id`, [
+      `template-${suffix}`,
+    ]);
+    const version = await c.query<{ id: string }>(
+      `INSERT INTO template_versions (template_id, name) VALUES ($1, 'v1') RETURNING id`,
+      [template.rows[0]!.id],
+    );
+    // active_version_id is a DEFERRABLE foreign key: fine to set inside the same transaction.
+    await c.query(`UPDATE templates SET active_version_id = $2 WHERE id = $1`, [
+      template.rows[0]!.id,
+      version.rows[0]!.id,
+    ]);
+    return { userId: user.rows[0]!.id, templateId: template.rows[0]!.id, versionId: version.rows[0]!.id };
+  });
+}
+
+export async function createWorkspace(pool: Pool, fixture: Fixture, name?: string): Promise<string> {
+  const { rows } = await pool.query<{ id: string }>(
+    `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING id`,
+    [fixture.userId, fixture.templateId, name ?? `ws-${randomBytes(4).toString('hex')}`],
+  );
+  return rows[0]!.id;
+}
+
+export interface InsertBuildOptions {
+  transition?: 'start' | 'stop' | 'delete';
+  parameters?: Record<string, string>;
+  /** Inserts the job already canceled (still pending). */
+  canceled?: boolean;
+}
+
+export interface InsertedBuild {
+  jobId: string;
+  buildId: string;
+  buildNumber: number;
+}
+
+/** A pending provisioner job and its build (next build number) with parameters, as a worker inserts them. */
+export async function insertBuild(
+  pool: Pool,
+  fixture: Fixture,
+  workspaceId: string,
+  options: InsertBuildOptions = {},
+): Promise<InsertedBuild> {
+  return withTransaction(pool, async (c) => {
+    const job = await c.query<{ id: string }>(
+      `INSERT INTO provisioner_jobs (canceled_at) VALUES (CASE WHEN $1 THEN now() END) RETURNING id`,
+      [options.canceled ?? false],
+    );
+    const jobId = job.rows[0]!.id;
+    const build = await c.query<{ id: string; build_number: number }>(
+      `INSERT INTO workspace_builds (workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+       VALUES ($1, $2,
+               (SELECT coalesce(max(build_number), 0) + 1 FROM workspace_builds WHERE workspace_id = $1),
+               $3, $4, $5)
+       RETURNING id, build_number`,
+      [workspaceId, fixture.versionId, options.transition ?? 'start', fixture.userId, jobId],
+    );
+    const buildId = build.rows[0]!.id;
+    for (const [name, value] of Object.entries(options.parameters ?? {})) {
+      await c.query(
+        `INSERT INTO workspace_build_parameters (workspace_build_id, name, value) VALUES ($1, $2, $3)`,
+        [buildId, name, value],
+      );
+    }
+    return { jobId, buildId, buildNumber: build.rows[0]!.build_number };
+  });
+}
+
+export interface JobRow {
+  job_status: string;
+  error: string | null;
+  worker_id: string | null;
+  started_at: Date | null;
+  completed_at: Date | null;
+  canceled_at: Date | null;
+}
+
+export async function getJob(pool: Pool, jobId: string): Promise<JobRow> {
+  const { rows } = await pool.query<JobRow>(
+    `SELECT job_status, error, worker_id, started_at, completed_at, canceled_at FROM provisioner_jobs WHERE id = $1`,
+    [jobId],
+  );
+  return rows[0]!;
+}
+
+/** Polls until `check` returns something other than undefined; throws after `timeoutMs`. */
+export async function eventually<T>(
+  what: string,
+  check: () => Promise<T | undefined>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const result = await check();
+    if (result !== undefined) return result;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+const FINAL = ['succeeded', 'failed', 'canceled'];
+
+/** Waits until the job is completed (succeeded, failed or canceled) and returns its row. */
+export function waitForCompletion(pool: Pool, jobId: string, timeoutMs = 10_000): Promise<JobRow> {
+  return eventually(
+    `job ${jobId} to complete`,
+    async () => {
+      const job = await getJob(pool, jobId);
+      return FINAL.includes(job.job_status) ? job : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+export function waitForStatus(
+  pool: Pool,
+  jobId: string,
+  status: string,
+  timeoutMs = 10_000,
+): Promise<JobRow> {
+  return eventually(
+    `job ${jobId} to be ${status}`,
+    async () => {
+      const job = await getJob(pool, jobId);
+      return job.job_status === status ? job : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+export interface LogRow {
+  source: string;
+  level: string;
+  stage: string;
+  output: string;
+}
+
+export async function getLogs(pool: Pool, jobId: string): Promise<LogRow[]> {
+  const { rows } = await pool.query<LogRow>(
+    `SELECT source, level, stage, output FROM provisioner_job_logs WHERE job_id = $1 ORDER BY id`,
+    [jobId],
+  );
+  return rows;
+}
+
+export interface AgentRow {
+  id: string;
+  name: string;
+  display_order: number;
+  lifecycle_state: string;
+  first_connected_at: Date | null;
+  last_connected_at: Date | null;
+  disconnected_at: Date | null;
+  started_at: Date | null;
+  ready_at: Date | null;
+  resource_type: string;
+  resource_name: string;
+  resource_transition: string;
+}
+
+export async function getAgents(pool: Pool, jobId: string): Promise<AgentRow[]> {
+  const { rows } = await pool.query<AgentRow>(
+    `SELECT a.id, a.name, a.display_order, a.lifecycle_state, a.first_connected_at, a.last_connected_at,
+            a.disconnected_at, a.started_at, a.ready_at,
+            r.type AS resource_type, r.name AS resource_name, r.transition AS resource_transition
+     FROM workspace_agents a JOIN workspace_resources r ON r.id = a.resource_id
+     WHERE r.job_id = $1 ORDER BY a.display_order`,
+    [jobId],
+  );
+  return rows;
+}
+
+export async function countResources(pool: Pool, jobId: string): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM workspace_resources WHERE job_id = $1`,
+    [jobId],
+  );
+  return rows[0]!.n;
+}
+
+/**
+ * An executor for daemon tests: records every run, how many ran at once, and lets a test hold runs
+ * until it releases them (or the daemon aborts them).
+ */
+export class RecordingExecutor implements Executor {
+  readonly runs: string[] = [];
+  readonly aborted: string[] = [];
+  running = 0;
+  maxRunning = 0;
+  private readonly gates = new Map<string, () => void>();
+  private readonly started = new Map<string, () => void>();
+  private readonly startedPromises = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly options: {
+      /** Hold every run until release(jobId) (or abort). */
+      hold?: boolean;
+      delayMs?: () => number;
+      agents?: string[];
+      fail?: string;
+    } = {},
+  ) {}
+
+  /** Resolves when a run of `jobId` has started. */
+  whenStarted(jobId: string): Promise<void> {
+    let promise = this.startedPromises.get(jobId);
+    if (!promise) {
+      promise = new Promise<void>((resolve) => this.started.set(jobId, resolve));
+      this.startedPromises.set(jobId, promise);
+    }
+    return promise;
+  }
+
+  release(jobId: string): void {
+    this.gates.get(jobId)?.();
+  }
+
+  async run(job: BuildJob, ctx: ExecutorContext): Promise<ExecutorResult> {
+    this.runs.push(job.jobId);
+    this.running++;
+    this.maxRunning = Math.max(this.maxRunning, this.running);
+    void this.whenStarted(job.jobId);
+    this.started.get(job.jobId)?.();
+    try {
+      void ctx.log('info', `recording ${job.transition}`, 'Test');
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => {
+          this.aborted.push(job.jobId);
+          reject(ctx.signal.reason);
+        };
+        if (ctx.signal.aborted) return onAbort();
+        ctx.signal.addEventListener('abort', onAbort, { once: true });
+        if (this.options.hold) this.gates.set(job.jobId, resolve);
+        else setTimeout(resolve, this.options.delayMs?.() ?? 0);
+      });
+      if (this.options.fail) throw new Error(this.options.fail);
+      return { agents: this.options.agents ?? [], resourceType: 'test' };
+    } finally {
+      this.running--;
+    }
+  }
+}

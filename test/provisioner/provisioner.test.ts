@@ -1,0 +1,379 @@
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
+import { PgNotificationHub } from '../../src/shared/notifications.js';
+import { createPool, type Pool } from '../../src/shared/postgres.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import {
+  countResources,
+  createFixture,
+  createWorkspace,
+  eventually,
+  getAgents,
+  getJob,
+  getLogs,
+  insertBuild,
+  RecordingExecutor,
+  silentLog,
+  waitForCompletion,
+  waitForStatus,
+  type Fixture,
+} from './helpers.js';
+
+describe('Provisioner', () => {
+  let db: TestDatabase;
+  let fixture: Fixture;
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    fixture = await createFixture(db.pool);
+  });
+
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+    await db.drop();
+  });
+
+  async function startHub(): Promise<PgNotificationHub> {
+    // A long safety re-check: claims in these tests come from notifications (or the daemon's own poll).
+    const hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+    await hub.start();
+    cleanups.push(() => hub.stop());
+    return hub;
+  }
+
+  async function startProvisioner(
+    options: Partial<ProvisionerOptions> & Pick<ProvisionerOptions, 'executor'>,
+  ): Promise<Provisioner> {
+    const hub = options.hub ?? (await startHub());
+    const provisioner = new Provisioner({
+      pool: db.pool,
+      // Long by default, so a test that passes shows the notifications did the waking.
+      pollIntervalMs: 60_000,
+      log: silentLog,
+      ...options,
+      hub,
+    });
+    provisioner.start();
+    cleanups.push(() => provisioner.stop({ graceMs: 0 }));
+    return provisioner;
+  }
+
+  it('when a start build is pending › claims it, logs, succeeds and writes its resource and agents', async () => {
+    const executor = new RecordingExecutor({ agents: ['main', 'dev-coderd-chat'] });
+    const provisioner = await startProvisioner({ executor });
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const build = await insertBuild(db.pool, fixture, workspaceId, { parameters: { region: 'eu' } });
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'succeeded', error: null, worker_id: provisioner.id });
+    expect(job.started_at).not.toBeNull();
+    expect(executor.runs).toEqual([build.jobId]);
+    const agents = await getAgents(db.pool, build.jobId);
+    expect(agents.map((a) => [a.name, a.display_order, a.lifecycle_state])).toEqual([
+      ['main', 0, 'created'],
+      ['dev-coderd-chat', 1, 'created'],
+    ]);
+    expect(agents[0]).toMatchObject({
+      resource_type: 'test',
+      resource_name: 'dev',
+      resource_transition: 'start',
+    });
+    const logs = await getLogs(db.pool, build.jobId);
+    expect(logs.map((l) => [l.source, l.output])).toEqual([
+      ['provisioner_daemon', expect.stringContaining(`Provisioner ${provisioner.id} acquired the job`)],
+      ['provisioner', 'recording start'],
+      ['provisioner_daemon', 'Build succeeded'],
+    ]);
+  });
+
+  it('when the executor passes the build details › they match the build and its parameters', async () => {
+    const seen: unknown[] = [];
+    const executor = new RecordingExecutor();
+    const run = executor.run.bind(executor);
+    executor.run = (job, ctx) => {
+      seen.push(job);
+      return run(job, ctx);
+    };
+    await startProvisioner({ executor });
+    const workspaceId = await createWorkspace(db.pool, fixture, 'my-ws');
+    const build = await insertBuild(db.pool, fixture, workspaceId, {
+      transition: 'start',
+      parameters: { region: 'eu', 'cpu count': '4' },
+    });
+    await waitForCompletion(db.pool, build.jobId);
+
+    expect(seen).toEqual([
+      {
+        jobId: build.jobId,
+        buildId: build.buildId,
+        workspaceId,
+        workspaceName: 'my-ws',
+        ownerId: fixture.userId,
+        templateVersionId: fixture.versionId,
+        buildNumber: 1,
+        transition: 'start',
+        parameters: { region: 'eu', 'cpu count': '4' },
+      },
+    ]);
+  });
+
+  it('when the executor throws › the job fails with its message and no resources', async () => {
+    const executor = new RecordingExecutor({ fail: 'terraform apply failed', agents: ['main'] });
+    await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'failed', error: 'terraform apply failed' });
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+    const logs = await getLogs(db.pool, build.jobId);
+    expect(logs.at(-1)).toMatchObject({ level: 'error', output: 'Build failed: terraform apply failed' });
+  });
+
+  it('when a stop build succeeds › no resource or agents are written', async () => {
+    const executor = new RecordingExecutor({ agents: ['main'] });
+    await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture), {
+      transition: 'stop',
+    });
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+  });
+
+  it('when three daemons share one database › each of 30 jobs runs exactly once, within each concurrency', async () => {
+    const concurrency = 3;
+    const runsPerJob = new Map<string, number>();
+    const executors: RecordingExecutor[] = [];
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      // Each daemon has its own pool and LISTEN connection, as separate processes would.
+      const pool: Pool = createPool(db.url, { max: concurrency + 3 });
+      cleanups.push(() => pool.end());
+      const executor = new RecordingExecutor({
+        delayMs: () => Math.floor(Math.random() * 30),
+        agents: ['main'],
+      });
+      const run = executor.run.bind(executor);
+      executor.run = (job, ctx) => {
+        runsPerJob.set(job.jobId, (runsPerJob.get(job.jobId) ?? 0) + 1);
+        return run(job, ctx);
+      };
+      executors.push(executor);
+      const provisioner = await startProvisioner({ executor, pool, concurrency });
+      ids.push(provisioner.id);
+    }
+
+    const workspaces = await Promise.all(Array.from({ length: 10 }, () => createWorkspace(db.pool, fixture)));
+    const jobIds: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (const workspaceId of workspaces)
+        jobIds.push((await insertBuild(db.pool, fixture, workspaceId)).jobId);
+    }
+
+    const jobs = await Promise.all(jobIds.map((id) => waitForCompletion(db.pool, id, 20_000)));
+
+    expect(jobs.map((j) => j.job_status)).toEqual(jobIds.map(() => 'succeeded'));
+    expect(jobIds.map((id) => runsPerJob.get(id))).toEqual(jobIds.map(() => 1));
+    expect(runsPerJob.size).toBe(30);
+    for (const job of jobs) expect(ids).toContain(job.worker_id);
+    for (const executor of executors) expect(executor.maxRunning).toBeLessThanOrEqual(concurrency);
+    // Exactly one resource with one agent per job: completion ran once too.
+    const { rows } = await db.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM workspace_agents a JOIN workspace_resources r ON r.id = a.resource_id
+       WHERE r.job_id = ANY($1::uuid[])`,
+      [jobIds],
+    );
+    expect(rows[0]!.n).toBe(30);
+  });
+
+  it('when more jobs are pending than its concurrency › runs at most that many at once', async () => {
+    const executor = new RecordingExecutor({ hold: true });
+    const provisioner = await startProvisioner({ executor, concurrency: 2 });
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const builds = [];
+    for (let i = 0; i < 4; i++) builds.push(await insertBuild(db.pool, fixture, workspaceId));
+
+    await executor.whenStarted(builds[0]!.jobId);
+    await executor.whenStarted(builds[1]!.jobId);
+    expect((await getJob(db.pool, builds[2]!.jobId)).job_status).toBe('pending');
+    expect(provisioner.runningJobs).toBe(2);
+
+    // A freed slot claims the next job, oldest first.
+    executor.release(builds[0]!.jobId);
+    await executor.whenStarted(builds[2]!.jobId);
+    for (const b of builds.slice(1)) {
+      await executor.whenStarted(b.jobId);
+      executor.release(b.jobId);
+    }
+    for (const b of builds) expect((await waitForCompletion(db.pool, b.jobId)).job_status).toBe('succeeded');
+    expect(executor.runs).toEqual(builds.map((b) => b.jobId));
+    expect(executor.maxRunning).toBe(2);
+  });
+
+  it('when a running job is canceled › the executor is aborted and the job completes as canceled', async () => {
+    const executor = new RecordingExecutor({ hold: true, agents: ['main'] });
+    await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+
+    await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [build.jobId]);
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'canceled', error: null });
+    expect(executor.aborted).toEqual([build.jobId]);
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+    expect((await getLogs(db.pool, build.jobId)).at(-1)).toMatchObject({ output: 'Job canceled' });
+  });
+
+  it('when a job is canceled while pending › it completes as canceled without running', async () => {
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const canceled = await insertBuild(db.pool, fixture, workspaceId, { canceled: true });
+    const executor = new RecordingExecutor();
+    await startProvisioner({ executor, pollIntervalMs: 100 });
+    // A later job still runs: the canceled one does not block the queue.
+    const next = await insertBuild(db.pool, fixture, workspaceId);
+
+    const job = await waitForCompletion(db.pool, canceled.jobId);
+    await waitForCompletion(db.pool, next.jobId);
+
+    expect(job).toMatchObject({ job_status: 'canceled', error: null, started_at: null });
+    expect(executor.runs).toEqual([next.jobId]);
+    expect(await getLogs(db.pool, canceled.jobId)).toEqual([
+      expect.objectContaining({ output: 'Job canceled before it started' }),
+    ]);
+  });
+
+  it('when a running job belongs to a dead daemon › the reaper fails it as stale', async () => {
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const build = await insertBuild(db.pool, fixture, workspaceId);
+    const deadDaemon = randomUUID();
+    await db.pool.query(
+      `UPDATE provisioner_jobs SET started_at = now() - interval '1 hour', updated_at = now() - interval '1 hour',
+       worker_id = $2 WHERE id = $1`,
+      [build.jobId, deadDaemon],
+    );
+    const executor = new RecordingExecutor();
+    await startProvisioner({ executor, pollIntervalMs: 100, heartbeatMs: 100, staleAfterMs: 1_000 });
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'failed', error: STALE_JOB_ERROR, worker_id: deadDaemon });
+    expect(executor.runs).toEqual([]);
+    expect((await getLogs(db.pool, build.jobId)).at(-1)?.output).toContain(
+      `Provisioner ${deadDaemon} stopped responding`,
+    );
+  });
+
+  it('when a daemon is alive › its heartbeat keeps other daemons from reaping its long job', async () => {
+    const executor = new RecordingExecutor({ hold: true });
+    const options = { pollIntervalMs: 100, heartbeatMs: 100, staleAfterMs: 600 };
+    await startProvisioner({ executor, ...options });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+    await startProvisioner({ executor: new RecordingExecutor(), ...options });
+
+    // Several stale periods pass while the job runs.
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect((await getJob(db.pool, build.jobId)).job_status).toBe('running');
+
+    executor.release(build.jobId);
+    expect((await waitForCompletion(db.pool, build.jobId)).job_status).toBe('succeeded');
+  });
+
+  it('when the reaper settles a job its daemon still runs › the daemon aborts it and writes nothing', async () => {
+    const executor = new RecordingExecutor({ hold: true, agents: ['main'] });
+    const provisioner = await startProvisioner({ executor, heartbeatMs: 100, staleAfterMs: 60_000 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+
+    // What another daemon's reaper does after a long network partition of this one.
+    await db.pool.query(`UPDATE provisioner_jobs SET completed_at = now(), error = $2 WHERE id = $1`, [
+      build.jobId,
+      STALE_JOB_ERROR,
+    ]);
+    await eventually('the executor to be aborted', async () =>
+      executor.aborted.length > 0 ? true : undefined,
+    );
+    await eventually('the daemon to be idle', async () => (provisioner.runningJobs === 0 ? true : undefined));
+
+    expect(await getJob(db.pool, build.jobId)).toMatchObject({
+      job_status: 'failed',
+      error: STALE_JOB_ERROR,
+    });
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+  });
+
+  it('when stopped with a running job › lets it finish within the grace period', async () => {
+    const executor = new RecordingExecutor({ hold: true, agents: ['main'] });
+    const provisioner = await startProvisioner({ executor });
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const build = await insertBuild(db.pool, fixture, workspaceId);
+    await executor.whenStarted(build.jobId);
+
+    let stopped = false;
+    const stopping = provisioner.stop({ graceMs: 10_000 }).then(() => (stopped = true));
+    // No new claims once stopping.
+    const later = await insertBuild(db.pool, fixture, workspaceId);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(stopped).toBe(false);
+
+    executor.release(build.jobId);
+    await stopping;
+
+    expect(await getJob(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+    expect(await getAgents(db.pool, build.jobId)).toHaveLength(1);
+    expect(await getJob(db.pool, later.jobId)).toMatchObject({ job_status: 'pending', worker_id: null });
+    expect(executor.runs).toEqual([build.jobId]);
+  });
+
+  it('when stopped and the grace period runs out › aborts the job and fails it as shut down', async () => {
+    const executor = new RecordingExecutor({ hold: true });
+    const provisioner = await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+
+    await provisioner.stop({ graceMs: 100 });
+
+    expect(executor.aborted).toEqual([build.jobId]);
+    expect(await getJob(db.pool, build.jobId)).toMatchObject({
+      job_status: 'failed',
+      error: 'provisioner shut down',
+    });
+    expect(provisioner.runningJobs).toBe(0);
+  });
+
+  it('when a job has no build › it is failed instead of left running', async () => {
+    const executor = new RecordingExecutor();
+    await startProvisioner({ executor });
+    const { rows } = await db.pool.query<{ id: string }>(
+      `INSERT INTO provisioner_jobs DEFAULT VALUES RETURNING id`,
+    );
+
+    const job = await waitForCompletion(db.pool, rows[0]!.id);
+
+    expect(job).toMatchObject({
+      job_status: 'failed',
+      error: 'workspace build not found for provisioner job',
+    });
+    expect(executor.runs).toEqual([]);
+  });
+
+  it('when the executor logs many lines without awaiting › all are stored in order before completion', async () => {
+    const executor = new RecordingExecutor();
+    executor.run = async (_job, ctx) => {
+      for (let i = 0; i < 500; i++) void ctx.log('info', `line ${i}`, 'Test');
+      return {};
+    };
+    await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    await waitForStatus(db.pool, build.jobId, 'succeeded');
+    const lines = (await getLogs(db.pool, build.jobId)).filter((l) => l.source === 'provisioner');
+
+    expect(lines.map((l) => l.output)).toEqual(Array.from({ length: 500 }, (_, i) => `line ${i}`));
+  });
+});
