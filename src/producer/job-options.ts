@@ -1,0 +1,46 @@
+// BullMQ options of every job the producer adds (CONTRACT.md section 4). Kept apart from the producer so
+// that the worker, the CLI and tests can see exactly what a job was enqueued with.
+import type { JobsOptions } from 'bullmq';
+import type { JobName } from '../shared/interfaces.js';
+
+/** JOB_ATTEMPTS' default. */
+export const DEFAULT_JOB_ATTEMPTS = 5;
+
+/**
+ * Exponential backoff from 2 s with 50% jitter: BullMQ 6.7 computes the retry delay of attempt n as a
+ * random value in [0.5, 1) x 2000 x 2^(n-1) ms, so retries of many jobs that failed together spread out.
+ */
+export const JOB_BACKOFF = { type: 'exponential', delay: 2_000, jitter: 0.5 } as const;
+
+/** Completed jobs stay a day (and at most 5000 of them), so `waitForResult` and Bull Board can read them. */
+export const REMOVE_ON_COMPLETE = { age: 24 * 60 * 60, count: 5_000 } as const;
+
+/** Failed jobs stay a week: operators look at them in Bull Board. */
+export const REMOVE_ON_FAIL = { age: 7 * 24 * 60 * 60 } as const;
+
+export interface JobOptionsInput {
+  /** A fresh job id; a duplicate add returns the existing job's id instead, which is how dedup is seen. */
+  jobId: string;
+  /** BullMQ deduplication id (`dedupeIds.start(workspaceId)` / `dedupeIds.create(chatId)`). */
+  deduplicationId: string;
+  attempts?: number;
+}
+
+export function jobOptions(input: JobOptionsInput): JobsOptions {
+  return {
+    jobId: input.jobId,
+    // Only while the job is waiting, delayed or active: the key goes when the job completes or fails, so
+    // the next start of the same workspace creates a new job. Never dedupe with jobId itself: a finished
+    // job with that id would swallow every later add until it is removed.
+    deduplication: { id: input.deduplicationId },
+    attempts: input.attempts ?? DEFAULT_JOB_ATTEMPTS,
+    backoff: { ...JOB_BACKOFF },
+    removeOnComplete: { ...REMOVE_ON_COMPLETE },
+    removeOnFail: { ...REMOVE_ON_FAIL },
+  };
+}
+
+export const JOB_NAMES = {
+  start: 'start-workspace',
+  create: 'create-workspace',
+} as const satisfies Record<string, JobName>;

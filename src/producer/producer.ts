@@ -1,0 +1,404 @@
+// The chat backend's side of workspace-jobs (CONTRACT.md section 4): validates payloads, enqueues
+// deduplicated jobs on the `workspaces` queue, announces them on the chat's event stream, and lets the
+// backend follow a job's events or wait for its result.
+import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { pino } from 'pino';
+import { z } from 'zod';
+import { WaitTimeoutError } from '../shared/errors.js';
+import { EventPublisher, EventSubscriber } from '../shared/events.js';
+import {
+  QUEUE_NAME,
+  type Config,
+  type CreateWorkspacePayload,
+  type EventDraft,
+  type JobFailure,
+  type JobName,
+  type JobProgress,
+  type JobResult,
+  type StartWorkspacePayload,
+  type WorkspaceJobEvent,
+} from '../shared/interfaces.js';
+import { dedupeIds } from '../shared/keys.js';
+import type { Logger } from '../shared/logger.js';
+import { createPool, type Pool } from '../shared/postgres.js';
+import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
+import {
+  ValidationError,
+  createWorkspacePayloadSchema,
+  parseOrThrow,
+  startWorkspaceInputSchema,
+} from '../shared/schemas.js';
+import { DEFAULT_JOB_ATTEMPTS, JOB_NAMES, jobOptions } from './job-options.js';
+
+export interface ProducerOptions {
+  /** Redis for the queue and events (not closed by the producer when passed in). */
+  connection: Redis;
+  /** Postgres, to resolve the workspace from chats.workspace_id when the caller omits it. */
+  pool: Pool;
+  /** QUEUE_PREFIX. */
+  prefix: string;
+  /** JOB_ATTEMPTS, default 5. */
+  attempts?: number;
+  log?: Logger;
+  /**
+   * While `waitForResult` waits for the result event, it also re-reads the job's state this often, in
+   * case the result event was never published or has already left the replay stream. Default 5000.
+   */
+  resultRecheckMs?: number;
+}
+
+export interface EnqueuedJob {
+  /** The job that will do the work: a new one, or the one already queued for the same thing. */
+  jobId: string;
+  /** True when an equal job was already waiting, delayed or active and no new job was added. */
+  deduplicated: boolean;
+}
+
+export interface EnqueuedStart extends EnqueuedJob {
+  workspaceId: string;
+}
+
+export interface WaitForResultOptions {
+  timeoutMs: number;
+}
+
+export interface SubscribeOptions {
+  /** Replay the chat's stream after this entry id first (`'0'` = everything still kept). */
+  since?: string;
+}
+
+/** `waitForResult` was asked about a job that does not exist (never added, or already removed). */
+export class JobNotFoundError extends Error {
+  override name = 'JobNotFoundError';
+  constructor(readonly jobId: string) {
+    super(`job ${jobId} not found`);
+  }
+}
+
+/** The producer was closed while a call was in flight or before it was made. */
+export class ProducerClosedError extends Error {
+  override name = 'ProducerClosedError';
+  constructor() {
+    super('the workspace-jobs producer is closed');
+  }
+}
+
+type JobData = StartWorkspacePayload | CreateWorkspacePayload;
+type WorkspaceQueue = Queue<JobData, JobResult, JobName>;
+
+const chatIdSchema = z.uuid();
+const DEFAULT_RESULT_RECHECK_MS = 5_000;
+
+interface Owned {
+  redisUrl: string;
+  closeConnection: boolean;
+  closePool: boolean;
+}
+
+export class WorkspaceJobsProducer {
+  private readonly connection: Redis;
+  private readonly pool: Pool;
+  private readonly prefix: string;
+  private readonly attempts: number;
+  private readonly log: Logger;
+  private readonly resultRecheckMs: number;
+  private readonly queue: WorkspaceQueue;
+  private readonly publisher: EventPublisher;
+  /** Set by fromConfig: connections the producer built and must close. */
+  private owned: Owned | undefined;
+  private subscriberConnection: Redis | undefined;
+  private subscriber: EventSubscriber | undefined;
+  /** Aborted by close(): every pending waitForResult rejects. */
+  private readonly closing = new AbortController();
+  private closed: Promise<void> | undefined;
+
+  constructor(options: ProducerOptions) {
+    this.connection = options.connection;
+    this.pool = options.pool;
+    this.prefix = options.prefix;
+    this.attempts = options.attempts ?? DEFAULT_JOB_ATTEMPTS;
+    this.log = options.log ?? pino({ level: 'silent' });
+    this.resultRecheckMs = options.resultRecheckMs ?? DEFAULT_RESULT_RECHECK_MS;
+    this.queue = new Queue<JobData, JobResult, JobName>(QUEUE_NAME, {
+      connection: this.connection,
+      prefix: this.prefix,
+    });
+    // An EventEmitter without an 'error' listener would throw; connection trouble surfaces on the calls.
+    this.queue.on('error', (error) => this.log.warn({ err: error }, 'workspace-jobs queue error'));
+    this.publisher = new EventPublisher(this.connection, this.prefix, { log: this.log });
+  }
+
+  /** Builds its own connections from config; close() then closes them. */
+  static fromConfig(config: Config, log?: Logger): WorkspaceJobsProducer {
+    const producer = new WorkspaceJobsProducer({
+      connection: createRedis(config.redisUrl, { name: 'workspace-jobs-producer' }),
+      pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer' }),
+      prefix: config.queuePrefix,
+      attempts: config.jobAttempts,
+      log,
+    });
+    producer.owned = { redisUrl: config.redisUrl, closeConnection: true, closePool: true };
+    return producer;
+  }
+
+  /**
+   * Enqueues a start of the chat's workspace, at most one per workspace while one is waiting, delayed or
+   * active. `workspaceId` is looked up from the chat when omitted. Throws ValidationError (nothing
+   * enqueued) for a payload that does not validate, an unknown chat or a chat without a workspace.
+   * Ownership is not checked here: the worker does that.
+   */
+  async startWorkspace(input: unknown): Promise<EnqueuedStart> {
+    this.assertOpen();
+    const parsed = parseOrThrow(startWorkspaceInputSchema, 'start-workspace payload', input);
+    const workspaceId = parsed.workspaceId ?? (await this.workspaceOfChat(parsed.chatId));
+    const payload: StartWorkspacePayload = {
+      chatId: parsed.chatId,
+      ownerId: parsed.ownerId,
+      workspaceId,
+      ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
+      ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
+    };
+    const enqueued = await this.enqueue(JOB_NAMES.start, payload, dedupeIds.start(workspaceId));
+    await this.announce({
+      type: 'progress',
+      stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
+      job: { id: enqueued.jobId, name: JOB_NAMES.start, attempt: 0 },
+      chatId: payload.chatId,
+      workspaceId,
+      message: enqueued.deduplicated
+        ? `A start of this workspace is already queued as job ${enqueued.jobId}`
+        : `Start of workspace ${workspaceId} queued`,
+      ...(payload.requestId !== undefined && { data: { request_id: payload.requestId } }),
+    });
+    return { ...enqueued, workspaceId };
+  }
+
+  /**
+   * Enqueues the creation of a workspace for the chat, at most one per chat while one is waiting, delayed
+   * or active. Throws ValidationError (nothing enqueued) for a payload that does not validate.
+   */
+  async createWorkspace(input: unknown): Promise<EnqueuedJob> {
+    this.assertOpen();
+    const parsed = parseOrThrow(createWorkspacePayloadSchema, 'create-workspace payload', input);
+    const payload: CreateWorkspacePayload = {
+      chatId: parsed.chatId,
+      ownerId: parsed.ownerId,
+      templateId: parsed.templateId,
+      ...(parsed.name !== undefined && { name: parsed.name }),
+      ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
+      ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
+    };
+    const enqueued = await this.enqueue(JOB_NAMES.create, payload, dedupeIds.create(payload.chatId));
+    await this.announce({
+      type: 'progress',
+      stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
+      job: { id: enqueued.jobId, name: JOB_NAMES.create, attempt: 0 },
+      chatId: payload.chatId,
+      message: enqueued.deduplicated
+        ? `A creation of a workspace for this chat is already queued as job ${enqueued.jobId}`
+        : `Creation of ${payload.name === undefined ? 'a workspace' : `workspace ${payload.name}`} queued`,
+      ...(payload.requestId !== undefined && { data: { request_id: payload.requestId } }),
+    });
+    return enqueued;
+  }
+
+  /**
+   * Resolves with the job's result (CONTRACT.md section 7), success or failure alike: it rejects only
+   * when the job does not exist (JobNotFoundError), on timeout (WaitTimeoutError) or when the producer
+   * closes. The result comes from the job's `result` event on the chat's stream, or from the job itself
+   * when it has already finished (so a stream that has expired does not matter).
+   */
+  async waitForResult(jobId: string, options: WaitForResultOptions): Promise<JobResult> {
+    this.assertOpen();
+    const job = await this.queue.getJob(jobId);
+    if (!job) throw new JobNotFoundError(jobId);
+    const chatId = job.data.chatId;
+
+    let done = false;
+    let resolveResult!: (result: JobResult) => void;
+    let rejectResult!: (error: unknown) => void;
+    const outcome = new Promise<JobResult>((resolve, reject) => {
+      resolveResult = resolve;
+      rejectResult = reject;
+    });
+    const timer = setTimeout(
+      () =>
+        rejectResult(
+          new WaitTimeoutError(`job ${jobId} has no result after ${options.timeoutMs} ms`, options.timeoutMs),
+        ),
+      options.timeoutMs,
+    );
+    const onClose = () => rejectResult(new ProducerClosedError());
+    this.closing.signal.addEventListener('abort', onClose, { once: true });
+    let recheck: NodeJS.Timeout | undefined;
+    let unsubscribe: (() => Promise<void>) | undefined;
+
+    const checkState = async () => {
+      const result = await this.resultFromJob(jobId);
+      if (result) resolveResult(result);
+    };
+    const watching = (async () => {
+      // Subscribe first (replaying the whole stream), then read the job: a job that finishes in between
+      // is seen by one or the other.
+      unsubscribe = await this.subscribe(
+        chatId,
+        (event) => {
+          if (event.type === 'result' && event.job.id === jobId && event.data) {
+            resolveResult(event.data as unknown as JobResult);
+          }
+        },
+        { since: '0' },
+      );
+      if (done) return;
+      await checkState();
+      if (done) return;
+      recheck = setInterval(() => {
+        checkState().catch((error: unknown) =>
+          this.log.warn({ err: error, jobId }, 'could not re-read the state of a job being waited for'),
+        );
+      }, this.resultRecheckMs);
+    })();
+    watching.catch(rejectResult);
+
+    try {
+      return await outcome;
+    } finally {
+      done = true;
+      clearTimeout(timer);
+      clearInterval(recheck);
+      this.closing.signal.removeEventListener('abort', onClose);
+      // A subscription still being set up is removed as soon as it exists.
+      void watching
+        .catch(() => {})
+        .then(() => unsubscribe?.())
+        .catch((error: unknown) => this.log.warn({ err: error, chatId }, 'could not unsubscribe'));
+    }
+  }
+
+  /**
+   * Calls `onEvent` with the chat's events: first those after `since` still in the replay stream, then
+   * live ones. Resolves once subscribed, with a function that unsubscribes.
+   */
+  async subscribe(
+    chatId: string,
+    onEvent: (event: WorkspaceJobEvent) => void,
+    options: SubscribeOptions = {},
+  ): Promise<() => Promise<void>> {
+    this.assertOpen();
+    if (!chatIdSchema.safeParse(chatId).success) {
+      throw new ValidationError(`invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
+    }
+    return this.eventSubscriber().subscribe(chatId, onEvent, options);
+  }
+
+  /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
+  close(): Promise<void> {
+    this.closed ??= this.doClose();
+    return this.closed;
+  }
+
+  private async doClose(): Promise<void> {
+    this.closing.abort();
+    const errors: unknown[] = [];
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (error) {
+        this.log.warn({ err: error }, `could not close the producer's ${what}`);
+        errors.push(error);
+      }
+    };
+    if (this.subscriber) await step('event subscriber', () => this.subscriber!.close());
+    if (this.subscriberConnection)
+      await step('subscriber connection', () => closeRedis(this.subscriberConnection!));
+    await step('queue', () => this.queue.close());
+    if (this.owned?.closeConnection) await step('Redis connection', () => closeRedis(this.connection));
+    if (this.owned?.closePool) await step('Postgres pool', () => this.pool.end());
+  }
+
+  private assertOpen(): void {
+    if (this.closing.signal.aborted) throw new ProducerClosedError();
+  }
+
+  private async workspaceOfChat(chatId: string): Promise<string> {
+    const { rows } = await this.pool.query<{ workspace_id: string | null; owner_id: string }>(
+      'SELECT workspace_id, owner_id FROM chats WHERE id = $1',
+      [chatId],
+    );
+    const chat = rows[0];
+    if (!chat) throw new ValidationError(`chat ${chatId} not found`);
+    if (!chat.workspace_id) {
+      throw new ValidationError(`chat ${chatId} has no workspace; use create_workspace first`);
+    }
+    return chat.workspace_id;
+  }
+
+  private async enqueue(name: JobName, data: JobData, deduplicationId: string): Promise<EnqueuedJob> {
+    const jobId = randomUUID();
+    const job = await this.queue.add(
+      name,
+      data,
+      jobOptions({ jobId, deduplicationId, attempts: this.attempts }),
+    );
+    // A duplicate add returns a Job carrying the id of the job that holds the deduplication key.
+    const actualId = job.id ?? jobId;
+    const deduplicated = actualId !== jobId;
+    this.log.debug({ jobId: actualId, name, deduplicated, deduplicationId }, 'workspace job enqueued');
+    return { jobId: actualId, deduplicated };
+  }
+
+  /** Publishes a queued/deduplicated event; a failure is logged, never thrown: the job is enqueued. */
+  private async announce(draft: EventDraft): Promise<void> {
+    try {
+      await this.publisher.publish(draft);
+    } catch (error) {
+      this.log.warn(
+        { err: error, jobId: draft.job.id, chatId: draft.chatId, stage: draft.stage },
+        'job enqueued, but its event could not be published',
+      );
+    }
+  }
+
+  /** The result of a finished job read from BullMQ, or undefined while it has not finished (or is gone). */
+  private async resultFromJob(jobId: string): Promise<JobResult | undefined> {
+    const state = await this.queue.getJobState(jobId);
+    if (state !== 'completed' && state !== 'failed') return undefined;
+    const job = await this.queue.getJob(jobId);
+    if (!job) return undefined;
+    const progress = job.progress as Partial<JobProgress> | number | string | boolean | null | undefined;
+    const fromProgress =
+      progress !== null && typeof progress === 'object' && isResult(progress.result)
+        ? progress.result
+        : undefined;
+    if (state === 'completed') {
+      if (isResult(job.returnvalue)) return job.returnvalue;
+      return fromProgress ?? internalFailure(`job ${jobId} completed without a result`, 'no return value');
+    }
+    return fromProgress ?? internalFailure(job.failedReason || `job ${jobId} failed`);
+  }
+
+  private eventSubscriber(): EventSubscriber {
+    if (!this.subscriber) {
+      // Subscriber mode takes a connection of its own; it retries forever while Redis reconnects.
+      this.subscriberConnection = this.owned
+        ? createRedis(this.owned.redisUrl, { blocking: true, name: 'workspace-jobs-producer-sub' })
+        : this.connection.duplicate({ maxRetriesPerRequest: null });
+      this.subscriber = new EventSubscriber({
+        subscriber: this.subscriberConnection,
+        commands: this.connection,
+        prefix: this.prefix,
+        log: this.log,
+      });
+    }
+    return this.subscriber;
+  }
+}
+
+function isResult(value: unknown): value is JobResult {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function internalFailure(error: string, detail?: string): JobFailure {
+  return { error, code: 'internal', is_error: true, ...(detail !== undefined && { detail }) };
+}
