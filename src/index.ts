@@ -1,0 +1,54 @@
+// The package entry (`import { WorkspaceJobsProducer } from 'workspace-jobs'`): what the chat backend
+// needs to enqueue jobs and follow them, and the public shapes of CONTRACT.md sections 3, 4, 6 and 7.
+export {
+  WorkspaceJobsProducer,
+  JobNotFoundError,
+  ProducerClosedError,
+  type ProducerOptions,
+  type EnqueuedJob,
+  type EnqueuedStart,
+  type WaitForResultOptions,
+  type SubscribeOptions,
+} from './producer/producer.js';
+export {
+  DEFAULT_JOB_ATTEMPTS,
+  JOB_BACKOFF,
+  JOB_NAMES,
+  REMOVE_ON_COMPLETE,
+  REMOVE_ON_FAIL,
+} from './producer/job-options.js';
+
+export {
+  QUEUE_NAME,
+  PROGRESS_STAGES,
+  isFailure,
+  type Config,
+  type JobName,
+  type StartWorkspacePayload,
+  type CreateWorkspacePayload,
+  type ProgressStage,
+  type ResultStage,
+  type JobRef,
+  type WorkspaceJobEvent,
+  type EventDraft,
+  type AgentReadiness,
+  type StartWorkspaceSuccess,
+  type CreateWorkspaceSuccess,
+  type FailureCode,
+  type Validation,
+  type JobFailure,
+  type StartWorkspaceResult,
+  type CreateWorkspaceResult,
+  type JobResult,
+  type JobProgress,
+} from './shared/interfaces.js';
+export {
+  ValidationError,
+  startWorkspacePayloadSchema,
+  startWorkspaceInputSchema,
+  createWorkspacePayloadSchema,
+  workspaceJobEventSchema,
+} from './shared/schemas.js';
+export { WaitTimeoutError } from './shared/errors.js';
+export { ConfigError, loadConfig } from './shared/config.js';
+export { dedupeIds, redisKeys } from './shared/keys.js';
