@@ -1,0 +1,514 @@
+// Job events (CONTRACT.md section 6): every event is appended to the chat's capped replay stream, whose entry
+// id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
+// Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
+import type { Redis } from 'ioredis';
+import type { EventDraft, WorkspaceJobEvent } from './interfaces.js';
+import { redisKeys, type RedisKeys } from './keys.js';
+import type { Logger } from './logger.js';
+import { ValidationError, describeIssues, workspaceJobEventSchema } from './schemas.js';
+
+/** The stream entry's only field: the envelope as JSON, without `seq` (that is the entry id). */
+const EVENT_FIELD = 'event';
+/** XRANGE page size for replays. */
+const PAGE_SIZE = 500;
+/** An UNSUBSCRIBE waits at most this long; the local subscription is gone at once either way. */
+const UNSUBSCRIBE_WAIT_MS = 2_000;
+
+// ---------------------------------------------------------------------------------------------------
+// Stream ids (`ms-n`, both parts unsigned 64-bit), compared as numbers, never as strings.
+
+const STREAM_ID = /^(\d+)(?:-(\d+))?$/;
+const MAX_U64 = (1n << 64n) - 1n;
+
+function parseStreamId(id: string): [bigint, bigint] {
+  const match = STREAM_ID.exec(id);
+  if (!match)
+    throw new ValidationError(
+      `invalid event seq ${JSON.stringify(id)}: expected a stream id like 1732190000000-0`,
+    );
+  // A bare `ms` means `ms-0`, as it does for XRANGE's start.
+  return [BigInt(match[1]!), BigInt(match[2] ?? '0')];
+}
+
+/** Orders two event seqs (stream ids): negative when a comes first, 0 when equal, positive when a comes later. */
+export function compareSeq(a: string, b: string): number {
+  const [am, an] = parseStreamId(a);
+  const [bm, bn] = parseStreamId(b);
+  if (am !== bm) return am < bm ? -1 : 1;
+  return an === bn ? 0 : an < bn ? -1 : 1;
+}
+
+function maxSeq(a: string | undefined, b: string): string {
+  return a === undefined || compareSeq(b, a) > 0 ? b : a;
+}
+
+/** XRANGE's inclusive start for "after `id`": the next possible id (works on Redis 5, unlike `(id`). */
+function startAfter(id: string): string {
+  const [ms, n] = parseStreamId(id);
+  if (ms === 0n && n === 0n) return '-';
+  return n === MAX_U64 ? `${ms + 1n}-0` : `${ms}-${n + 1n}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reading the replay stream
+
+function decodeEntry(id: string, fields: string[], log: Logger | undefined): WorkspaceJobEvent | undefined {
+  const index = fields.indexOf(EVENT_FIELD);
+  const raw = index >= 0 && index % 2 === 0 ? fields[index + 1] : undefined;
+  let body: unknown;
+  try {
+    body = raw === undefined ? undefined : JSON.parse(raw);
+  } catch {
+    body = undefined;
+  }
+  const parsed = workspaceJobEventSchema.safeParse(
+    body !== null && typeof body === 'object' ? { ...body, seq: id } : undefined,
+  );
+  if (!parsed.success) {
+    log?.warn(
+      { seq: id, issues: parsed.error.issues },
+      'skipping a replay stream entry that is not an event',
+    );
+    return undefined;
+  }
+  return parsed.data as WorkspaceJobEvent;
+}
+
+interface Page {
+  events: WorkspaceJobEvent[];
+  /** Id of the last entry read (valid or not): where the next page starts. */
+  lastId: string | undefined;
+  entries: number;
+}
+
+async function readPage(
+  redis: Redis,
+  key: string,
+  after: string,
+  count: number,
+  log: Logger | undefined,
+): Promise<Page> {
+  const entries = await redis.xrange(key, startAfter(after), '+', 'COUNT', count);
+  const events: WorkspaceJobEvent[] = [];
+  for (const [id, fields] of entries) {
+    const event = decodeEntry(id, fields, log);
+    if (event) events.push(event);
+  }
+  return { events, lastId: entries.at(-1)?.[0], entries: entries.length };
+}
+
+/**
+ * Replay: events after `since` (exclusive; '0' = everything retained), oldest first. With `count`, at most
+ * that many entries are read (entries that are not valid events are skipped and logged).
+ */
+export async function readChatEvents(
+  redis: Redis,
+  prefix: string,
+  chatId: string,
+  since: string,
+  count?: number,
+  log?: Logger,
+): Promise<WorkspaceJobEvent[]> {
+  parseStreamId(since);
+  const key = redisKeys(prefix).chatLog(chatId);
+  if (count !== undefined) return (await readPage(redis, key, since, count, log)).events;
+  const events: WorkspaceJobEvent[] = [];
+  let after = since;
+  for (;;) {
+    const page = await readPage(redis, key, after, PAGE_SIZE, log);
+    events.push(...page.events);
+    if (page.entries < PAGE_SIZE || page.lastId === undefined) return events;
+    after = page.lastId;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Publishing
+
+export interface EventPublisherOptions {
+  /** About how many entries the replay stream keeps (XADD MAXLEN ~). Default 1000. */
+  maxLen?: number;
+  /** The stream expires this long after its last write; also the life of a result marker. Default 86400. */
+  ttlSeconds?: number;
+  log?: Logger;
+}
+
+export class EventPublisher {
+  private readonly keys: RedisKeys;
+  private readonly maxLen: number;
+  private readonly ttlSeconds: number;
+
+  constructor(
+    private readonly redis: Redis,
+    prefix: string,
+    options: EventPublisherOptions = {},
+  ) {
+    this.keys = redisKeys(prefix);
+    this.maxLen = options.maxLen ?? 1000;
+    this.ttlSeconds = options.ttlSeconds ?? 86_400;
+    if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
+      throw new RangeError(`maxLen must be a positive whole number, got ${this.maxLen}`);
+    }
+    if (!Number.isInteger(this.ttlSeconds) || this.ttlSeconds < 1) {
+      throw new RangeError(`ttlSeconds must be a positive whole number, got ${this.ttlSeconds}`);
+    }
+  }
+
+  /**
+   * XADDs the event to `<prefix>:events:chat:<chatId>:log` (MAXLEN ~ maxLen, EXPIRE ttl after each write);
+   * seq = the stream entry id; then PUBLISHes the full envelope on `<prefix>:events:chat:<chatId>` and, when
+   * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`.
+   *
+   * A `result` event is published at most once per job id (SET NX on the job's result marker, EX ttlSeconds,
+   * before writing): returns null when the job's result was already published. If the XADD fails the marker
+   * is removed again and the error thrown, so a retry can publish. If only the PUBLISH fails, the error is
+   * thrown but the event stays in the replay stream (and counts as published).
+   */
+  async publish(draft: EventDraft): Promise<WorkspaceJobEvent | null> {
+    const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
+    const logKey = this.keys.chatLog(draft.chatId);
+
+    let marker: string | undefined;
+    if (draft.type === 'result') {
+      marker = this.keys.resultMarker(draft.job.id);
+      const set = await this.redis.set(marker, body.at, 'EX', this.ttlSeconds, 'NX');
+      if (set !== 'OK') return null;
+    }
+
+    let seq: string | null;
+    try {
+      seq = await this.redis.xadd(
+        logKey,
+        'MAXLEN',
+        '~',
+        this.maxLen,
+        '*',
+        EVENT_FIELD,
+        JSON.stringify({ v, ...body }),
+      );
+      if (seq === null) throw new Error(`XADD to ${logKey} returned no id`);
+    } catch (error) {
+      if (marker) await this.redis.del(marker).catch(() => {});
+      throw error;
+    }
+
+    const event: WorkspaceJobEvent = { v, seq, ...body };
+    const json = JSON.stringify(event);
+    const multi = this.redis.multi().publish(this.keys.chatChannel(draft.chatId), json);
+    if (draft.workspaceId !== undefined) multi.publish(this.keys.workspaceChannel(draft.workspaceId), json);
+    multi.expire(logKey, this.ttlSeconds);
+    const results = await multi.exec();
+    const failed = results?.find(([error]) => error);
+    if (!results || failed) {
+      throw new Error(`event ${seq} was added to ${logKey} but not published`, { cause: failed?.[0] });
+    }
+    return event;
+  }
+
+  /** The envelope in the contract's field order; throws a ValidationError naming bad fields. */
+  private envelope(draft: EventDraft, seq: string): WorkspaceJobEvent {
+    const event: WorkspaceJobEvent = {
+      v: 1,
+      seq,
+      type: draft.type,
+      stage: draft.stage,
+      job: draft.job,
+      chatId: draft.chatId,
+      ...(draft.workspaceId !== undefined && { workspaceId: draft.workspaceId }),
+      at: new Date().toISOString(),
+      message: draft.message,
+      ...(draft.data !== undefined && { data: draft.data }),
+    };
+    // Subscribers drop envelopes that do not validate; refuse to write one.
+    const parsed = workspaceJobEventSchema.safeParse(event);
+    if (!parsed.success) throw new ValidationError(describeIssues('event', parsed.error));
+    return event;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Subscribing
+
+export interface SubscribeOptions {
+  /** Replay entries after this id first, gap-free, then live; omitted = live only. */
+  since?: string;
+}
+
+export type Unsubscribe = () => Promise<void>;
+
+class Subscription {
+  /** `syncing`: live messages are buffered while the stream is read. */
+  state: 'syncing' | 'live' | 'closed' = 'syncing';
+  buffer: WorkspaceJobEvent[] = [];
+  /** Every event up to here was replayed (or is before `since`): live copies of them are duplicates. */
+  cutoff: string | undefined;
+  /** The highest seq handled so far: where a catch-up after a reconnect starts. */
+  position: string | undefined;
+  /** The subscriber connection came back while this subscription was running: catch up from `position`. */
+  catchUpWanted = false;
+
+  constructor(
+    readonly chatId: string,
+    readonly onEvent: (event: WorkspaceJobEvent) => void,
+  ) {}
+}
+
+interface Channel {
+  subscriptions: Set<Subscription>;
+  /** Resolves once Redis has confirmed the SUBSCRIBE (renewed after every reconnect). */
+  ready: Promise<void>;
+}
+
+/**
+ * One subscriber connection (pub/sub mode) and one command connection, shared by any number of chat
+ * subscriptions: one SUBSCRIBE per chat channel, however many subscriptions it has (reference counted).
+ *
+ * Gap-free replay: SUBSCRIBE first and buffer live messages, then XRANGE after `since`, deliver those, then the
+ * buffer minus anything already replayed. An event is either in the stream before the XRANGE reads it, or is
+ * added (and so published) after, when the SUBSCRIBE already holds.
+ *
+ * Reconnects: ioredis resubscribes by itself, but pub/sub is at-most-once, so messages published while the
+ * connection was down are gone. On every reconnect each subscription replays the stream after the last event
+ * it handled (the same buffer-then-replay dance), so they are delivered late rather than lost. A live-only
+ * subscription that has seen nothing yet catches up from the stream's last id at the time it subscribed.
+ * What cannot be recovered: events trimmed or expired from the stream in the meantime, and (rarely) an event
+ * from a second publisher that arrived out of seq order within the gap.
+ */
+export class EventSubscriber {
+  private readonly subscriber: Redis;
+  private readonly commands: Redis;
+  private readonly keys: RedisKeys;
+  private readonly log: Logger | undefined;
+  private readonly channels = new Map<string, Channel>();
+  private connectionLost = false;
+  private closed = false;
+
+  constructor(options: { subscriber: Redis; commands: Redis; prefix: string; log?: Logger }) {
+    if (options.subscriber === options.commands) {
+      throw new Error('EventSubscriber needs two connections: a subscriber connection cannot run XRANGE');
+    }
+    this.subscriber = options.subscriber;
+    this.commands = options.commands;
+    this.keys = redisKeys(options.prefix);
+    this.log = options.log;
+    this.subscriber.on('message', this.onMessage);
+    this.subscriber.on('close', this.onClose);
+    this.subscriber.on('ready', this.onReady);
+  }
+
+  /**
+   * Calls `onEvent` with the chat's events: with `since`, first those after it still in the replay stream,
+   * then live ones; without, live ones only. Resolves once subscribed (and replayed).
+   */
+  async subscribe(
+    chatId: string,
+    onEvent: (e: WorkspaceJobEvent) => void,
+    options: SubscribeOptions = {},
+  ): Promise<Unsubscribe> {
+    if (this.closed) throw new Error('the event subscriber is closed');
+    const { since } = options;
+    if (since !== undefined) parseStreamId(since);
+
+    const name = this.keys.chatChannel(chatId);
+    let channel = this.channels.get(name);
+    if (!channel) {
+      const created: Channel = { subscriptions: new Set(), ready: this.subscribeChannel(name) };
+      // A failed SUBSCRIBE is reported to every waiting subscribe(); forget the channel so a later one retries.
+      created.ready.catch(() => {
+        if (this.channels.get(name) === created && created.subscriptions.size === 0)
+          this.channels.delete(name);
+      });
+      this.channels.set(name, created);
+      channel = created;
+    }
+    const subscription = new Subscription(chatId, onEvent);
+    channel.subscriptions.add(subscription); // buffering from here on
+
+    try {
+      await channel.ready;
+      if (since !== undefined) {
+        subscription.cutoff = since;
+        subscription.position = since;
+        await this.replay(subscription);
+      } else {
+        subscription.position = await this.lastId(chatId);
+      }
+    } catch (error) {
+      await this.remove(name, subscription);
+      throw error;
+    }
+    this.goLive(subscription);
+    if (subscription.catchUpWanted) void this.catchUp(subscription, channel);
+
+    let unsubscribed: Promise<void> | undefined;
+    return () => (unsubscribed ??= this.remove(name, subscription));
+  }
+
+  /** Unsubscribes everything; does not close the connections it was given. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.subscriber.off('message', this.onMessage);
+    this.subscriber.off('close', this.onClose);
+    this.subscriber.off('ready', this.onReady);
+    const names = [...this.channels.keys()];
+    for (const channel of this.channels.values()) {
+      for (const subscription of channel.subscriptions) subscription.state = 'closed';
+    }
+    this.channels.clear();
+    if (names.length > 0) await this.unsubscribeChannels(names);
+  }
+
+  private async subscribeChannel(name: string): Promise<void> {
+    await this.subscriber.subscribe(name);
+  }
+
+  private async unsubscribeChannels(names: string[]): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.subscriber.unsubscribe(...names),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error('UNSUBSCRIBE timed out')), UNSUBSCRIBE_WAIT_MS);
+        }),
+      ]);
+    } catch (error) {
+      this.log?.warn({ err: error, channels: names }, 'could not unsubscribe from event channels');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async remove(name: string, subscription: Subscription): Promise<void> {
+    subscription.state = 'closed';
+    subscription.buffer = [];
+    const channel = this.channels.get(name);
+    if (!channel?.subscriptions.delete(subscription)) return;
+    if (channel.subscriptions.size > 0) return;
+    // The last one out unsubscribes. A subscribe() for the same chat that starts meanwhile sends its SUBSCRIBE
+    // after this UNSUBSCRIBE on the same connection, so Redis ends up subscribed.
+    this.channels.delete(name);
+    await this.unsubscribeChannels([name]);
+  }
+
+  /** Reads the stream after the subscription's position, delivers it, and moves the cutoff past it. */
+  private async replay(subscription: Subscription): Promise<void> {
+    let after = subscription.position;
+    // A live-only subscription whose starting point could not be read has nothing to catch up from.
+    if (after === undefined) return;
+    const key = this.keys.chatLog(subscription.chatId);
+    for (;;) {
+      const page = await readPage(this.commands, key, after, PAGE_SIZE, this.log);
+      for (const event of page.events) {
+        if (subscription.state === 'closed') return;
+        this.deliver(subscription, event);
+      }
+      if (page.lastId !== undefined) after = page.lastId;
+      // A short page: nothing more was in the stream when it was read; anything newer arrives live.
+      if (page.entries < PAGE_SIZE) break;
+    }
+    subscription.cutoff = maxSeq(subscription.cutoff, after);
+    subscription.position = maxSeq(subscription.position, after);
+  }
+
+  /** Where a live-only subscription would catch up from after a reconnect: the stream's last id now. */
+  private async lastId(chatId: string): Promise<string | undefined> {
+    try {
+      const [last] = await this.commands.xrevrange(this.keys.chatLog(chatId), '+', '-', 'COUNT', 1);
+      return last?.[0] ?? '0';
+    } catch (error) {
+      // Live delivery does not need it; only a catch-up after a reconnect would.
+      this.log?.warn({ err: error, chatId }, 'could not read the end of the replay stream');
+      return undefined;
+    }
+  }
+
+  /** Ends a sync: delivers the buffered live messages that were not replayed. */
+  private goLive(subscription: Subscription): void {
+    if (subscription.state !== 'syncing') return;
+    subscription.state = 'live';
+    const buffered = subscription.buffer;
+    subscription.buffer = [];
+    for (const event of buffered) this.receive(subscription, event);
+  }
+
+  private receive(subscription: Subscription, event: WorkspaceJobEvent): void {
+    if (subscription.state === 'syncing') {
+      subscription.buffer.push(event);
+    } else if (
+      subscription.state === 'live' &&
+      (subscription.cutoff === undefined || compareSeq(event.seq, subscription.cutoff) > 0)
+    ) {
+      this.deliver(subscription, event);
+    }
+  }
+
+  private deliver(subscription: Subscription, event: WorkspaceJobEvent): void {
+    if (subscription.state === 'closed') return;
+    subscription.position = maxSeq(subscription.position, event.seq);
+    try {
+      subscription.onEvent(event);
+    } catch (error) {
+      this.log?.error({ err: error, seq: event.seq, chatId: subscription.chatId }, 'an event handler threw');
+    }
+  }
+
+  /** Replays what a subscription may have missed while the subscriber connection was down. */
+  private async catchUp(subscription: Subscription, channel: Channel): Promise<void> {
+    while (subscription.catchUpWanted && subscription.state === 'live') {
+      subscription.catchUpWanted = false;
+      subscription.state = 'syncing';
+      try {
+        await channel.ready;
+        await this.replay(subscription);
+      } catch (error) {
+        this.log?.warn(
+          { err: error, chatId: subscription.chatId },
+          'could not replay the events published while the subscriber was disconnected; some may be missing',
+        );
+      }
+      this.goLive(subscription);
+    }
+  }
+
+  private readonly onMessage = (name: string, message: string): void => {
+    const channel = this.channels.get(name);
+    if (!channel) return;
+    let body: unknown;
+    try {
+      body = JSON.parse(message);
+    } catch {
+      body = undefined;
+    }
+    const parsed = workspaceJobEventSchema.safeParse(body);
+    if (!parsed.success) {
+      this.log?.warn(
+        { channel: name, issues: parsed.error.issues },
+        'skipping a message that is not an event',
+      );
+      return;
+    }
+    const event = parsed.data as WorkspaceJobEvent;
+    for (const subscription of [...channel.subscriptions]) this.receive(subscription, event);
+  };
+
+  private readonly onClose = (): void => {
+    this.connectionLost = true;
+  };
+
+  private readonly onReady = (): void => {
+    if (!this.connectionLost) return;
+    this.connectionLost = false;
+    for (const [name, channel] of this.channels) {
+      // 'ready' is emitted before ioredis sends its own resubscription; our SUBSCRIBE (a no-op for Redis when
+      // it is already subscribed) tells us when the channel is live again, so a replay cannot miss anything.
+      channel.ready = this.subscribeChannel(name);
+      channel.ready.catch(() => {}); // reported by catchUp
+      for (const subscription of channel.subscriptions) {
+        subscription.catchUpWanted = true;
+        // A subscription still syncing checks the flag when it goes live.
+        if (subscription.state === 'live') void this.catchUp(subscription, channel);
+      }
+    }
+  };
+}

@@ -1,0 +1,272 @@
+// Events on the real Redis: live order, gap-free replay under concurrent publishing, shared subscriptions,
+// stream capping, reconnects.
+import { randomUUID } from 'node:crypto';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { EventPublisher, EventSubscriber, readChatEvents } from '../../src/shared/events.js';
+import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { closeRedis, type Redis } from '../../src/shared/redis.js';
+import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+function draft(chatId: string, n: number, overrides: Partial<EventDraft> = {}): EventDraft {
+  return {
+    type: 'progress',
+    stage: 'build_running',
+    job: { id: 'job-1', name: 'start-workspace', attempt: 1 },
+    chatId,
+    message: `event ${n}`,
+    data: { n },
+    ...overrides,
+  };
+}
+
+const numbers = (events: WorkspaceJobEvent[]) => events.map((e) => e.data?.n);
+
+describe('events on the real Redis', () => {
+  let prefix: string;
+  const connections: Redis[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
+
+  function connection(): Redis {
+    const redis = testRedis();
+    connections.push(redis);
+    return redis;
+  }
+
+  function eventSubscriber(commands: Redis): { events: EventSubscriber; connection: Redis } {
+    const subscriberConnection = connection();
+    const events = new EventSubscriber({ subscriber: subscriberConnection, commands, prefix });
+    cleanups.push(() => events.close());
+    return { events, connection: subscriberConnection };
+  }
+
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+    const cleaner = testRedis();
+    await deleteKeys(cleaner, prefix);
+    await closeRedis(cleaner);
+    await Promise.all(connections.splice(0).map((redis) => closeRedis(redis)));
+  });
+
+  it('a subscriber gets live events in publish order, each with the seq the publisher returned', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(redis, prefix);
+    const received: WorkspaceJobEvent[] = [];
+    await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e));
+
+    const published: WorkspaceJobEvent[] = [];
+    for (let n = 0; n < 50; n++) published.push((await publisher.publish(draft(chatId, n)))!);
+
+    await waitFor(() => received.length >= 50, '50 live events');
+    expect(received).toEqual(published);
+    expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual(published);
+  });
+
+  it('since replays without gaps or duplicates while events are published during the subscribe', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const publisherConnection = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(publisherConnection, prefix);
+    // 600 before: the replay spans more than one XRANGE page.
+    const before: WorkspaceJobEvent[] = [];
+    for (let n = 0; n < 600; n++) before.push((await publisher.publish(draft(chatId, n)))!);
+    const since = before[99]!.seq;
+
+    let published = 0;
+    const during = (async () => {
+      for (let n = 600; n < 800; n++) {
+        await publisher.publish(draft(chatId, n));
+        published++;
+      }
+    })();
+    await waitFor(() => published >= 20, 'publishing to be under way');
+    const received: WorkspaceJobEvent[] = [];
+    await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e), { since });
+    expect(published).toBeLessThan(200); // the subscribe really overlapped the publishing
+    await during;
+
+    await waitFor(() => received.length >= 700, '700 events');
+    await new Promise((resolve) => setTimeout(resolve, 50)); // room for a stray duplicate to show up
+    expect(numbers(received)).toEqual(Array.from({ length: 700 }, (_, i) => i + 100));
+    expect(received.map((e) => e.seq)).toEqual(
+      (await readChatEvents(redis, prefix, chatId, since)).map((e) => e.seq),
+    );
+  });
+
+  it('an event published just after the replay read reaches the subscriber through the live buffer', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(connection(), prefix);
+    await publisher.publish(draft(chatId, 0));
+    // Widen the window between "XRANGE has read the stream" and "the subscription is live" on purpose.
+    const xrange = redis.xrange.bind(redis);
+    let injected = false;
+    vi.spyOn(redis, 'xrange').mockImplementation((async (...args: Parameters<typeof xrange>) => {
+      const page = await xrange(...args);
+      if (!injected) {
+        injected = true;
+        await publisher.publish(draft(chatId, 1)); // not in `page`: only pub/sub can deliver it
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return page;
+    }) as typeof xrange);
+    const received: WorkspaceJobEvent[] = [];
+
+    await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e), { since: '0' });
+    await publisher.publish(draft(chatId, 2));
+
+    await waitFor(() => received.length >= 3, '3 events');
+    expect(numbers(received)).toEqual([0, 1, 2]);
+  });
+
+  it("since '0' replays everything retained", async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(redis, prefix);
+    for (let n = 0; n < 5; n++) await publisher.publish(draft(chatId, n));
+    const received: WorkspaceJobEvent[] = [];
+
+    await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e), { since: '0' });
+
+    expect(numbers(received)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('two subscriptions on one chat share one SUBSCRIBE; each gets every event; the last one out unsubscribes', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const channel = `${prefix}:events:chat:${chatId}`;
+    const publisher = new EventPublisher(redis, prefix);
+    const { events } = eventSubscriber(redis);
+    const first: WorkspaceJobEvent[] = [];
+    const second: WorkspaceJobEvent[] = [];
+    const numsub = async () => ((await redis.pubsub('NUMSUB', channel)) as [string, number])[1];
+
+    const [unsubscribeFirst, unsubscribeSecond] = await Promise.all([
+      events.subscribe(chatId, (e) => first.push(e)),
+      events.subscribe(chatId, (e) => second.push(e), { since: '0' }),
+    ]);
+    expect(await numsub()).toBe(1);
+    for (let n = 0; n < 10; n++) await publisher.publish(draft(chatId, n));
+    await waitFor(() => first.length >= 10 && second.length >= 10, 'both subscriptions to get 10 events');
+
+    await unsubscribeFirst();
+    expect(await numsub()).toBe(1);
+    await publisher.publish(draft(chatId, 10));
+    await waitFor(() => second.length >= 11, 'the remaining subscription to get event 10');
+    expect(numbers(first)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(numbers(second)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+
+    await unsubscribeSecond();
+    expect(await numsub()).toBe(0);
+  });
+
+  it('unsubscribe stops delivery', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(redis, prefix);
+    const { events } = eventSubscriber(redis);
+    const received: WorkspaceJobEvent[] = [];
+    const unsubscribe = await events.subscribe(chatId, (e) => received.push(e));
+    await publisher.publish(draft(chatId, 0));
+    await waitFor(() => received.length === 1, 'the first event');
+
+    await unsubscribe();
+    const witness: WorkspaceJobEvent[] = [];
+    await events.subscribe(chatId, (e) => witness.push(e));
+    await publisher.publish(draft(chatId, 1));
+    await waitFor(() => witness.length === 1, 'the witness subscription to get event 1');
+
+    expect(numbers(received)).toEqual([0]);
+  });
+
+  it('publishes on the workspace channel too, with the same envelope', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const listener = connection();
+    const chatId = randomUUID();
+    const workspaceId = randomUUID();
+    const messages: string[] = [];
+    listener.on('message', (_channel: string, message: string) => messages.push(message));
+    await listener.subscribe(`${prefix}:events:workspace:${workspaceId}`);
+
+    const event = await new EventPublisher(redis, prefix).publish(draft(chatId, 0, { workspaceId }));
+
+    await waitFor(() => messages.length === 1, 'the workspace channel message');
+    expect(JSON.parse(messages[0]!)).toEqual(event);
+  });
+
+  it('caps the stream at about maxLen entries and sets its TTL', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const key = `${prefix}:events:chat:${chatId}:log`;
+    const publisher = new EventPublisher(redis, prefix, { maxLen: 10 });
+
+    for (let n = 0; n < 500; n++) await publisher.publish(draft(chatId, n));
+
+    const length = await redis.xlen(key);
+    expect(length).toBeGreaterThanOrEqual(10);
+    // `~` trims whole stream nodes (stream-node-max-entries, 100 by default), so "about" 10.
+    expect(length).toBeLessThan(500);
+    const retained = await readChatEvents(redis, prefix, chatId, '0');
+    expect(retained.at(-1)?.data?.n).toBe(499);
+    const ttl = await redis.ttl(key);
+    expect(ttl).toBeGreaterThan(86_000);
+    expect(ttl).toBeLessThanOrEqual(86_400);
+  });
+
+  it('under concurrent publishers › a job result is published exactly once', async () => {
+    prefix = uniquePrefix('events');
+    const chatId = randomUUID();
+    const publishers = Array.from({ length: 4 }, () => new EventPublisher(connection(), prefix));
+    const result = draft(chatId, 0, { type: 'result', stage: 'completed', data: { started: true } });
+
+    const outcomes = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => publishers[i % 4]!.publish(result)),
+    );
+
+    expect(outcomes.filter((e) => e !== null)).toHaveLength(1);
+    expect(await readChatEvents(connection(), prefix, chatId, '0')).toHaveLength(1);
+  });
+
+  it('after the subscriber connection drops and comes back › events published meanwhile are delivered once', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(redis, prefix);
+    const { events, connection: subscriberConnection } = eventSubscriber(redis);
+    const live: WorkspaceJobEvent[] = [];
+    const replaying: WorkspaceJobEvent[] = [];
+    await events.subscribe(chatId, (e) => live.push(e));
+    await events.subscribe(chatId, (e) => replaying.push(e), { since: '0' });
+    await publisher.publish(draft(chatId, 0));
+    await waitFor(() => live.length === 1 && replaying.length === 1, 'event 0');
+
+    subscriberConnection.disconnect();
+    await waitFor(() => subscriberConnection.status === 'end', 'the connection to close');
+    for (let n = 1; n <= 3; n++) await publisher.publish(draft(chatId, n)); // nobody is listening
+    await subscriberConnection.connect();
+    await waitFor(() => live.length >= 4 && replaying.length >= 4, 'the missed events');
+    await publisher.publish(draft(chatId, 4));
+
+    await waitFor(() => live.length >= 5 && replaying.length >= 5, 'event 4');
+    await new Promise((resolve) => setTimeout(resolve, 50)); // room for a stray duplicate to show up
+    expect(numbers(live)).toEqual([0, 1, 2, 3, 4]);
+    expect(numbers(replaying)).toEqual([0, 1, 2, 3, 4]);
+  });
+});

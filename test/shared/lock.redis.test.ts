@@ -1,0 +1,202 @@
+// The chat lock on the real Redis: mutual exclusion, Redlock across three nodes, loss and expiry.
+import { randomUUID } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import { sleep } from '../../src/shared/errors.js';
+import { ChatLocks, LockLostError, type HeldLock } from '../../src/shared/lock.js';
+import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
+import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
+
+/** Resolves with the signal's abort reason; rejects when it has not aborted within `timeoutMs`. */
+function aborted(signal: AbortSignal, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(signal.reason);
+    const timer = setTimeout(() => reject(new Error(`not aborted within ${timeoutMs} ms`)), timeoutMs);
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
+
+/** Calls `tryAcquire` until it wins; fails after `timeoutMs`. */
+async function acquireWithin(locks: ChatLocks, chatId: string, timeoutMs: number): Promise<HeldLock> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const lock = await locks.tryAcquire(chatId);
+    if (lock) return lock;
+    if (Date.now() > deadline) throw new Error(`lock not acquired within ${timeoutMs} ms`);
+    await sleep(25);
+  }
+}
+
+function redisOnDb(db: number): Redis {
+  const url = new URL(TEST_REDIS_URL);
+  url.pathname = `/${db}`;
+  return createRedis(url.toString(), { name: 'workspace-jobs-test-lock' });
+}
+
+describe('ChatLocks on the real Redis', () => {
+  let prefix: string;
+  const held: HeldLock[] = [];
+  const clients: Redis[] = [];
+  /** Databases the test wrote to, by a client that stays connected until cleanup. */
+  const cleaners = new Map<number, Redis>();
+
+  function client(db = 0): Redis {
+    const redis = db === 0 ? testRedis() : redisOnDb(db);
+    clients.push(redis);
+    if (!cleaners.has(db)) cleaners.set(db, db === 0 ? testRedis() : redisOnDb(db));
+    return redis;
+  }
+
+  function keep<T extends HeldLock | null>(lock: T): T {
+    if (lock) held.push(lock);
+    return lock;
+  }
+
+  afterEach(async () => {
+    await Promise.all(held.splice(0).map((lock) => lock.release()));
+    for (const redis of cleaners.values()) {
+      await deleteKeys(redis, prefix);
+      await closeRedis(redis);
+    }
+    cleaners.clear();
+    await Promise.all(clients.splice(0).map((redis) => closeRedis(redis)));
+  });
+
+  describe('one node', () => {
+    it('writes exactly the contract key, with a TTL', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = client();
+      const chatId = randomUUID();
+      const lock = keep(await new ChatLocks([redis], prefix, { lockTimeoutMs: 10_000 }).tryAcquire(chatId))!;
+
+      const keys = await redis.keys(`*${chatId}*`);
+      expect(keys).toEqual([`${prefix}:lock:chat:${chatId}`]);
+      const ttl = await redis.pttl(lock.resource);
+      expect(ttl).toBeGreaterThan(0);
+      expect(ttl).toBeLessThanOrEqual(10_000);
+    });
+
+    it('under 20 concurrent tryAcquire calls from 4 connections › exactly one wins', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = [client(), client(), client(), client()];
+      const chatId = randomUUID();
+      const attempts = Array.from({ length: 20 }, (_, i) =>
+        new ChatLocks([redis[i % 4]!], prefix).tryAcquire(chatId).then(keep),
+      );
+
+      const results = await Promise.all(attempts);
+
+      expect(results.filter((lock) => lock !== null)).toHaveLength(1);
+    });
+
+    it('after the holder releases › the next one gets it', async () => {
+      prefix = uniquePrefix('lock');
+      const locks = new ChatLocks([client()], prefix);
+      const chatId = randomUUID();
+      const first = keep(await locks.tryAcquire(chatId))!;
+      expect(await locks.tryAcquire(chatId)).toBeNull();
+
+      await first.release();
+
+      expect(keep(await locks.tryAcquire(chatId))).not.toBeNull();
+    });
+
+    it('when the key is removed externally › the holder is aborted with a LockLostError', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = client();
+      const lock = keep(
+        await new ChatLocks([redis], prefix, { lockTimeoutMs: 2_000, refreshIntervalMs: 100 }).tryAcquire(
+          randomUUID(),
+        ),
+      )!;
+
+      await redis.del(lock.resource);
+
+      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+    });
+
+    it('when the holder stops refreshing › it is aborted first, then the TTL frees the lock for another worker', async () => {
+      prefix = uniquePrefix('lock');
+      const holderConnection = client();
+      const chatId = randomUUID();
+      const options = { lockTimeoutMs: 1_000, refreshIntervalMs: 200 };
+      const holder = keep(await new ChatLocks([holderConnection], prefix, options).tryAcquire(chatId))!;
+      const order: string[] = [];
+      holder.signal.addEventListener('abort', () => order.push('holder aborted'));
+
+      // The holder's connection dies: its refreshes fail, and the key is left to expire.
+      holderConnection.disconnect();
+      const other = new ChatLocks([client()], prefix, options);
+      expect(await other.tryAcquire(chatId)).toBeNull();
+      const next = keep(await acquireWithin(other, chatId, 5_000));
+      order.push('other acquired');
+
+      expect(holder.signal.reason).toBeInstanceOf(LockLostError);
+      expect(order).toEqual(['holder aborted', 'other acquired']);
+      await expect(holder.release()).resolves.toBeUndefined();
+      expect(next.signal.aborted).toBe(false);
+    });
+  });
+
+  describe('three nodes (Redlock)', () => {
+    it('under 20 concurrent tryAcquire calls › exactly one wins, holding the key on every node', async () => {
+      prefix = uniquePrefix('lock');
+      // Three databases stand in for three independent nodes; each ChatLocks gets connections of its own.
+      const chatId = randomUUID();
+      const attempts = Array.from({ length: 20 }, () =>
+        new ChatLocks([client(1), client(2), client(3)], prefix).tryAcquire(chatId).then(keep),
+      );
+
+      const winners = (await Promise.all(attempts)).filter((lock) => lock !== null);
+
+      expect(winners).toHaveLength(1);
+      const nodes = [1, 2, 3].map((db) => cleaners.get(db)!);
+      const resource = `${prefix}:lock:chat:${chatId}`;
+      expect(await Promise.all(nodes.map((r) => r.exists(resource)))).toEqual([1, 1, 1]);
+
+      await winners[0]!.release();
+
+      expect(await Promise.all(nodes.map((r) => r.exists(resource)))).toEqual([0, 0, 0]);
+    });
+
+    it('with one node down › still acquires and keeps the lock (2 of 3)', async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      nodes[2]!.disconnect();
+      const locks = new ChatLocks(nodes, prefix, { lockTimeoutMs: 1_000, refreshIntervalMs: 100 });
+
+      const lock = keep(await locks.tryAcquire(randomUUID()));
+      expect(lock).not.toBeNull();
+      await sleep(1_500);
+
+      expect(lock!.signal.aborted).toBe(false);
+    });
+
+    it('with two nodes down › cannot acquire (null)', async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      nodes[1]!.disconnect();
+      nodes[2]!.disconnect();
+
+      expect(await new ChatLocks(nodes, prefix).tryAcquire(randomUUID())).toBeNull();
+    });
+
+    it('when a majority of nodes loses the key › the holder is aborted', async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      const locks = new ChatLocks(nodes, prefix, { lockTimeoutMs: 2_000, refreshIntervalMs: 100 });
+      const lock = keep(await locks.tryAcquire(randomUUID()))!;
+
+      await cleaners.get(1)!.del(lock.resource);
+      await cleaners.get(2)!.del(lock.resource);
+
+      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+    });
+  });
+});

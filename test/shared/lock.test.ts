@@ -1,0 +1,316 @@
+// The chat lock wrapper on ioredis-mock: acquire/release, busy, loss detection. Real-Redis behaviour
+// (concurrency, Redlock across nodes, expiry) is in lock.redis.test.ts.
+import { randomBytes, randomUUID } from 'node:crypto';
+import RedisMock from 'ioredis-mock';
+import type { Redis } from 'ioredis';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ChatLocks, LockLostError, type HeldLock } from '../../src/shared/lock.js';
+import { sleep } from '../../src/shared/errors.js';
+import type { Logger } from '../../src/shared/logger.js';
+
+function uniquePrefix(): string {
+  return `wsjmock-lock-${randomBytes(5).toString('hex')}`;
+}
+
+/** Resolves with the signal's abort reason; rejects when it has not aborted within `timeoutMs`. */
+function aborted(signal: AbortSignal, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(signal.reason);
+    const timer = setTimeout(() => reject(new Error(`not aborted within ${timeoutMs} ms`)), timeoutMs);
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
+
+describe('ChatLocks on one node (ioredis-mock)', () => {
+  const held: HeldLock[] = [];
+  const clients: Redis[] = [];
+
+  function client(db = 0): Redis {
+    const redis = new RedisMock({ db });
+    clients.push(redis);
+    return redis;
+  }
+
+  async function acquire(locks: ChatLocks, chatId: string): Promise<HeldLock> {
+    const lock = await locks.tryAcquire(chatId);
+    expect(lock).not.toBeNull();
+    held.push(lock!);
+    return lock!;
+  }
+
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    await Promise.all(held.splice(0).map((lock) => lock.release()));
+    for (const redis of clients.splice(0)) {
+      await redis.flushall();
+      redis.disconnect();
+    }
+  });
+
+  describe('tryAcquire', () => {
+    it('takes a free lock under the contract key <prefix>:lock:chat:<chatId>, with the TTL set', async () => {
+      const redis = client();
+      const prefix = uniquePrefix();
+      const chatId = randomUUID();
+      const lock = await acquire(new ChatLocks([redis], prefix, { lockTimeoutMs: 5_000 }), chatId);
+
+      expect(lock.resource).toBe(`${prefix}:lock:chat:${chatId}`);
+      expect(lock.signal.aborted).toBe(false);
+      expect(await redis.exists(`${prefix}:lock:chat:${chatId}`)).toBe(1);
+      expect(await redis.exists(`mutex:${prefix}:lock:chat:${chatId}`)).toBe(0);
+      const ttl = await redis.pttl(lock.resource);
+      expect(ttl).toBeGreaterThan(0);
+      expect(ttl).toBeLessThanOrEqual(5_000);
+    });
+
+    it('when someone else holds the lock › returns null', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix());
+      const chatId = randomUUID();
+      await acquire(locks, chatId);
+
+      expect(await locks.tryAcquire(chatId)).toBeNull();
+    });
+
+    it('locks each chat separately', async () => {
+      const locks = new ChatLocks([client()], uniquePrefix());
+      await acquire(locks, randomUUID());
+      await acquire(locks, randomUUID());
+    });
+
+    it('when Redis rejects the command › throws (it is not "busy")', async () => {
+      const redis = client();
+      vi.spyOn(redis, 'set').mockRejectedValue(new Error('Connection is closed.'));
+      await expect(new ChatLocks([redis], uniquePrefix()).tryAcquire(randomUUID())).rejects.toThrow(
+        'Connection is closed.',
+      );
+    });
+  });
+
+  describe('release', () => {
+    it('frees the lock for the next holder', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix());
+      const chatId = randomUUID();
+      const lock = await acquire(locks, chatId);
+
+      await lock.release();
+
+      expect(await redis.exists(lock.resource)).toBe(0);
+      await acquire(locks, chatId);
+    });
+
+    it('is idempotent and does not abort the signal', async () => {
+      const locks = new ChatLocks([client()], uniquePrefix());
+      const lock = await acquire(locks, randomUUID());
+
+      await lock.release();
+      await lock.release();
+
+      expect(lock.signal.aborted).toBe(false);
+    });
+
+    it('never deletes a lock that another holder has taken over', async () => {
+      const redis = client();
+      const lock = await acquire(
+        new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 5_000 }),
+        randomUUID(),
+      );
+      await redis.set(lock.resource, 'someone-else', 'PX', 5_000);
+
+      await lock.release();
+
+      expect(await redis.get(lock.resource)).toBe('someone-else');
+    });
+
+    it('when Redis rejects the release › resolves anyway and logs', async () => {
+      const redis = client();
+      const warn = vi.fn();
+      const log = { warn } as unknown as Logger;
+      const lock = await acquire(new ChatLocks([redis], uniquePrefix(), { log }), randomUUID());
+      vi.spyOn(redis, 'evalsha').mockRejectedValue(new Error('Connection is closed.'));
+
+      await expect(lock.release()).resolves.toBeUndefined();
+      expect(warn).toHaveBeenCalledWith(
+        expect.objectContaining({ resource: lock.resource }),
+        expect.stringContaining('could not release'),
+      );
+    });
+
+    it('stops refreshing', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 300, refreshIntervalMs: 50 });
+      const lock = await acquire(locks, randomUUID());
+      const scripts = vi.spyOn(redis, 'evalsha');
+      await sleep(200);
+      expect(scripts).toHaveBeenCalled(); // refreshing while held
+
+      await lock.release();
+      scripts.mockClear();
+      await sleep(300);
+
+      expect(scripts).not.toHaveBeenCalled();
+      expect(lock.signal.aborted).toBe(false);
+    });
+  });
+
+  describe('while held', () => {
+    it('refreshes the TTL: the key outlives its TTL and the signal stays quiet', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 300, refreshIntervalMs: 50 });
+      const lock = await acquire(locks, randomUUID());
+
+      await sleep(900);
+
+      expect(await redis.exists(lock.resource)).toBe(1);
+      expect(lock.signal.aborted).toBe(false);
+    });
+  });
+
+  describe('when the lock is lost', () => {
+    it('after the key is deleted › aborts the signal with a LockLostError', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 50 });
+      const lock = await acquire(locks, randomUUID());
+
+      await redis.del(lock.resource);
+
+      const reason = await aborted(lock.signal, 5_000);
+      expect(reason).toBeInstanceOf(LockLostError);
+      expect((reason as Error).name).toBe('LockLostError');
+      expect((reason as Error).message).toContain(lock.resource);
+    });
+
+    it('after another holder overwrites the key › aborts the signal and leaves their key alone', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 50 });
+      const lock = await acquire(locks, randomUUID());
+
+      await redis.set(lock.resource, 'another-holder', 'PX', 10_000);
+
+      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await lock.release();
+      expect(await redis.get(lock.resource)).toBe('another-holder');
+    });
+
+    it('when refreshes cannot reach Redis › aborts before the TTL runs out, with no unhandled rejection', async () => {
+      const redis = client();
+      const observer = client(); // same data, not broken
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 100 });
+      const lock = await acquire(locks, randomUUID());
+      // The refresh script goes through EVALSHA, falling back to EVAL; both fail as on a dead connection.
+      vi.spyOn(redis, 'evalsha').mockRejectedValue(new Error('Connection is closed.'));
+      vi.spyOn(redis, 'eval').mockRejectedValue(new Error('Connection is closed.'));
+
+      const remaining = new Promise<number>((resolve) =>
+        lock.signal.addEventListener('abort', () => resolve(observer.pttl(lock.resource)), { once: true }),
+      );
+      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      // The key (what other workers see) had not expired yet when this holder gave up.
+      expect(await remaining).toBeGreaterThan(0);
+    });
+
+    it('a refresh failure that recovers in time does not lose the lock', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 100 });
+      const lock = await acquire(locks, randomUUID());
+      const evalsha = vi.spyOn(redis, 'evalsha').mockRejectedValueOnce(new Error('Connection is closed.'));
+
+      await sleep(1_200);
+
+      expect(evalsha.mock.calls.length).toBeGreaterThan(1);
+      expect(lock.signal.aborted).toBe(false);
+      expect(await redis.exists(lock.resource)).toBe(1);
+    });
+  });
+
+  describe('options', () => {
+    it('refuses 0 or 2 nodes', () => {
+      expect(() => new ChatLocks([], 'p')).toThrow(/at least one/);
+      expect(() => new ChatLocks([client(1), client(2)], 'p')).toThrow(/not 2/);
+    });
+
+    it('refuses a refresh interval the TTL would not survive', () => {
+      expect(() => new ChatLocks([client()], 'p', { lockTimeoutMs: 1_000, refreshIntervalMs: 950 })).toThrow(
+        RangeError,
+      );
+      expect(() => new ChatLocks([client()], 'p', { lockTimeoutMs: 0 })).toThrow(RangeError);
+    });
+  });
+});
+
+describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
+  const clients: Redis[] = [];
+  afterEach(async () => {
+    for (const redis of clients.splice(0)) {
+      await redis.flushall();
+      redis.disconnect();
+    }
+  });
+
+  function nodes(): Redis[] {
+    // Separate databases of the mock do not share data: three independent nodes.
+    const created = [1, 2, 3].map((db) => new RedisMock({ db }));
+    clients.push(...created);
+    return created;
+  }
+
+  it('writes the lock on every node and frees it on release', async () => {
+    const redis = nodes();
+    const lock = await new ChatLocks(redis, uniquePrefix()).tryAcquire(randomUUID());
+    expect(lock).not.toBeNull();
+    expect(await Promise.all(redis.map((r) => r.exists(lock!.resource)))).toEqual([1, 1, 1]);
+
+    await lock!.release();
+
+    expect(await Promise.all(redis.map((r) => r.exists(lock!.resource)))).toEqual([0, 0, 0]);
+  });
+
+  it('when a majority of nodes is held by someone else › returns null and leaves no key behind', async () => {
+    const redis = nodes();
+    const prefix = uniquePrefix();
+    const chatId = randomUUID();
+    const resource = `${prefix}:lock:chat:${chatId}`;
+    await redis[0]!.set(resource, 'other', 'PX', 10_000);
+    await redis[1]!.set(resource, 'other', 'PX', 10_000);
+
+    expect(await new ChatLocks(redis, prefix).tryAcquire(chatId)).toBeNull();
+    expect(await redis[2]!.exists(resource)).toBe(0);
+  });
+
+  it('when a majority of keys is lost › aborts the signal', async () => {
+    const redis = nodes();
+    const locks = new ChatLocks(redis, uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 50 });
+    const lock = (await locks.tryAcquire(randomUUID()))!;
+    try {
+      await redis[0]!.del(lock.resource);
+      await redis[1]!.del(lock.resource);
+
+      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it('when one node loses the key › keeps the lock (quorum still holds)', async () => {
+    const redis = nodes();
+    const locks = new ChatLocks(redis, uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 50 });
+    const lock = (await locks.tryAcquire(randomUUID()))!;
+    try {
+      await redis[2]!.del(lock.resource);
+      await sleep(300);
+      expect(lock.signal.aborted).toBe(false);
+      // redis-semaphore re-takes the key on the node that lost it during the next refresh.
+      expect(await redis[2]!.exists(lock.resource)).toBe(1);
+    } finally {
+      await lock.release();
+    }
+  });
+});
