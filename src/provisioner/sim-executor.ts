@@ -1,0 +1,229 @@
+// The default executor: pretends to build a workspace, then plays the workspace agent's part (connect,
+// run startup scripts, report ready), so the whole start-workspace flow can be run and demonstrated
+// without real infrastructure. Durations and failure rates come from the options; with a seed the
+// sequence of outcomes is reproducible.
+import { pino } from 'pino';
+import { sleep } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import type { Pool } from '../shared/postgres.js';
+import {
+  APPLY_STAGE,
+  type BuildJob,
+  type CommittedAgent,
+  type Executor,
+  type ExecutorContext,
+  type ExecutorResult,
+} from './executor.js';
+import { mulberry32 } from './random.js';
+
+export interface SimExecutorOptions {
+  /** Drives the simulated agents and stops the agents of stopped workspaces. */
+  pool: Pool;
+  /** How long a build takes. Default 3000. */
+  buildMs?: number;
+  /** A random extra of up to this much per build. Default 0. */
+  buildJitterMs?: number;
+  /** Share of builds that fail with 'simulated build failure', 0..1. Default 0. */
+  failureRate?: number;
+  /**
+   * Seeds the random draws (duration, failure, startup failure), one fixed set per build in the order
+   * builds start; the same seed replays the same outcomes. Unseeded: Math.random.
+   */
+  seed?: number;
+  /** Agents every start build creates, in display order. Default ['main']; [] = no agents. */
+  agentNames?: string[];
+  /** From the build's completion until an agent connects (lifecycle 'starting'). Default 1000. */
+  agentConnectMs?: number;
+  /** How long an agent's startup scripts run (then 'ready'). Default 2000. */
+  startupMs?: number;
+  /** Share of agents whose startup scripts fail (lifecycle 'start_error'), 0..1. Default 0. */
+  startupFailureRate?: number;
+  /** workspace_resources.type of the simulated resource. Default 'sim_container'. */
+  resourceType?: string;
+  log?: Logger;
+}
+
+export const SIMULATED_BUILD_FAILURE = 'simulated build failure';
+
+interface Plan {
+  durationMs: number;
+  fails: boolean;
+  startupFails: boolean[];
+}
+
+export class SimExecutor implements Executor {
+  private readonly pool: Pool;
+  private readonly buildMs: number;
+  private readonly buildJitterMs: number;
+  private readonly failureRate: number;
+  private readonly agentNames: string[];
+  private readonly agentConnectMs: number;
+  private readonly startupMs: number;
+  private readonly startupFailureRate: number;
+  private readonly resourceType: string;
+  private readonly random: () => number;
+  private readonly log: Logger;
+  /** Startup outcomes drawn by run(), used by afterCommit(). */
+  private readonly startups = new Map<string, boolean[]>();
+  /** One controller per workspace with simulated agents; a stop build or stop() aborts it. */
+  private readonly agentRuns = new Map<string, AbortController>();
+  private readonly background = new Set<Promise<void>>();
+  private stopped = false;
+
+  constructor(options: SimExecutorOptions) {
+    this.pool = options.pool;
+    this.buildMs = options.buildMs ?? 3_000;
+    this.buildJitterMs = options.buildJitterMs ?? 0;
+    this.failureRate = options.failureRate ?? 0;
+    this.agentNames = options.agentNames ?? ['main'];
+    this.agentConnectMs = options.agentConnectMs ?? 1_000;
+    this.startupMs = options.startupMs ?? 2_000;
+    this.startupFailureRate = options.startupFailureRate ?? 0;
+    this.resourceType = options.resourceType ?? 'sim_container';
+    this.random = options.seed === undefined ? Math.random : mulberry32(options.seed);
+    this.log = options.log ?? pino({ level: 'silent' });
+    for (const [name, rate] of [
+      ['failureRate', this.failureRate],
+      ['startupFailureRate', this.startupFailureRate],
+    ] as const) {
+      if (!(rate >= 0 && rate <= 1)) throw new RangeError(`${name} must be from 0 to 1, got ${rate}`);
+    }
+  }
+
+  async run(job: BuildJob, ctx: ExecutorContext): Promise<ExecutorResult> {
+    // Every draw happens here, synchronously and in the same number whatever the transition, so the
+    // n-th build of a seeded run always gets the same outcome.
+    const plan = this.plan();
+    const { signal } = ctx;
+    const stage = APPLY_STAGE[job.transition];
+    const agents = job.transition === 'start' ? this.agentNames : [];
+
+    void ctx.log(
+      'info',
+      `Simulated ${job.transition} of workspace ${job.workspaceName} (build #${job.buildNumber})`,
+      'Planning infrastructure',
+    );
+    const names = Object.keys(job.parameters);
+    void ctx.log(
+      'info',
+      `Parameters: ${names.length === 0 ? '(none)' : names.sort().join(', ')}`,
+      'Planning infrastructure',
+    );
+    await sleep(plan.durationMs * 0.3, signal);
+    void ctx.log(
+      'info',
+      job.transition === 'start'
+        ? `Plan: 1 resource with ${agents.length} agent(s) to create`
+        : `Plan: the workspace's resources to ${job.transition}`,
+      'Planning infrastructure',
+    );
+
+    void ctx.log(
+      'info',
+      `${this.resourceType}.dev: ${job.transition === 'start' ? 'Creating' : 'Stopping'}...`,
+      stage,
+    );
+    if (plan.fails) {
+      await sleep(plan.durationMs * 0.35, signal);
+      void ctx.log('error', `Error: ${SIMULATED_BUILD_FAILURE}`, stage);
+      throw new Error(SIMULATED_BUILD_FAILURE);
+    }
+    await sleep(plan.durationMs * 0.7, signal);
+
+    if (job.transition !== 'start') {
+      // The workspace's earlier agents go away with it, as real agents do when their machine stops.
+      this.agentRuns.get(job.workspaceId)?.abort();
+      this.agentRuns.delete(job.workspaceId);
+      const stoppedAgents = await this.disconnectEarlierAgents(job);
+      void ctx.log(
+        'info',
+        `${this.resourceType}.dev: Stopped (${stoppedAgents} agent(s) disconnected)`,
+        stage,
+      );
+      return {};
+    }
+    for (const name of agents)
+      void ctx.log('info', `${this.resourceType}.dev: agent "${name}" created`, stage);
+    void ctx.log('info', `${this.resourceType}.dev: Creation complete`, stage);
+    this.startups.set(job.jobId, plan.startupFails);
+    return { agents: [...agents], resourceType: this.resourceType };
+  }
+
+  /** Plays the agents of a committed start build: connect, run startup scripts, report ready. */
+  afterCommit(job: BuildJob, agents: CommittedAgent[]): void {
+    const startupFails = this.startups.get(job.jobId) ?? [];
+    this.startups.delete(job.jobId);
+    if (this.stopped || agents.length === 0) return;
+    // A newer start build replaces the simulation of the workspace's older agents.
+    this.agentRuns.get(job.workspaceId)?.abort();
+    const controller = new AbortController();
+    this.agentRuns.set(job.workspaceId, controller);
+    const runs = agents.map((agent, i) =>
+      this.simulateAgent(agent, startupFails[i] ?? false, controller.signal),
+    );
+    const done = Promise.allSettled(runs).then(() => {
+      if (this.agentRuns.get(job.workspaceId) === controller) this.agentRuns.delete(job.workspaceId);
+      this.background.delete(done);
+    });
+    this.background.add(done);
+  }
+
+  /** Cancels every simulated agent and resolves when their timers are gone. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const controller of this.agentRuns.values()) controller.abort();
+    this.agentRuns.clear();
+    await Promise.allSettled([...this.background]);
+  }
+
+  private plan(): Plan {
+    const jitter = this.random();
+    const fail = this.random();
+    const startup = this.agentNames.map(() => this.random());
+    return {
+      durationMs: this.buildMs + Math.floor(jitter * this.buildJitterMs),
+      fails: fail < this.failureRate,
+      startupFails: startup.map((r) => r < this.startupFailureRate),
+    };
+  }
+
+  private async simulateAgent(
+    agent: CommittedAgent,
+    startupFails: boolean,
+    signal: AbortSignal,
+  ): Promise<void> {
+    try {
+      await sleep(this.agentConnectMs, signal);
+      // Guards: an agent a stop build already switched off stays off.
+      await this.pool.query(
+        `UPDATE workspace_agents
+         SET first_connected_at = coalesce(first_connected_at, now()), last_connected_at = now(),
+             lifecycle_state = 'starting', started_at = now(), updated_at = now()
+         WHERE id = $1 AND lifecycle_state = 'created' AND disconnected_at IS NULL`,
+        [agent.id],
+      );
+      await sleep(this.startupMs, signal);
+      await this.pool.query(
+        `UPDATE workspace_agents
+         SET lifecycle_state = $2, ready_at = now(), last_connected_at = now(), updated_at = now()
+         WHERE id = $1 AND lifecycle_state = 'starting' AND disconnected_at IS NULL`,
+        [agent.id, startupFails ? 'start_error' : 'ready'],
+      );
+    } catch (error) {
+      if (!signal.aborted) this.log.warn({ err: error, agentId: agent.id }, 'simulated agent failed');
+    }
+  }
+
+  private async disconnectEarlierAgents(job: BuildJob): Promise<number> {
+    const { rowCount } = await this.pool.query(
+      `UPDATE workspace_agents a
+       SET disconnected_at = now(), lifecycle_state = 'off', updated_at = now()
+       FROM workspace_resources r
+       JOIN workspace_builds b ON b.job_id = r.job_id
+       WHERE a.resource_id = r.id AND b.workspace_id = $1 AND b.build_number < $2
+         AND a.disconnected_at IS NULL`,
+      [job.workspaceId, job.buildNumber],
+    );
+    return rowCount ?? 0;
+  }
+}

@@ -1,0 +1,215 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Provisioner } from '../../src/provisioner/provisioner.js';
+import {
+  SIMULATED_BUILD_FAILURE,
+  SimExecutor,
+  type SimExecutorOptions,
+} from '../../src/provisioner/sim-executor.js';
+import { PgNotificationHub } from '../../src/shared/notifications.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import {
+  createFixture,
+  createWorkspace,
+  eventually,
+  getAgents,
+  getLogs,
+  insertBuild,
+  silentLog,
+  waitForCompletion,
+  type AgentRow,
+  type Fixture,
+} from './helpers.js';
+
+describe('SimExecutor', () => {
+  let db: TestDatabase;
+  let hub: PgNotificationHub;
+  let fixture: Fixture;
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+    await hub.start();
+    fixture = await createFixture(db.pool);
+  });
+
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+    await hub.stop();
+    await db.drop();
+  });
+
+  /** A daemon running a fast simulator. */
+  function startSim(options: Partial<SimExecutorOptions> = {}, concurrency = 4): SimExecutor {
+    const executor = new SimExecutor({
+      pool: db.pool,
+      buildMs: 30,
+      agentConnectMs: 30,
+      startupMs: 30,
+      log: silentLog,
+      ...options,
+    });
+    const provisioner = new Provisioner({ pool: db.pool, hub, executor, concurrency, log: silentLog });
+    provisioner.start();
+    cleanups.push(() => provisioner.stop({ graceMs: 0 }));
+    return executor;
+  }
+
+  function waitForAgents(jobId: string, done: (agents: AgentRow[]) => boolean): Promise<AgentRow[]> {
+    return eventually(`agents of job ${jobId}`, async () => {
+      const agents = await getAgents(db.pool, jobId);
+      return agents.length > 0 && done(agents) ? agents : undefined;
+    });
+  }
+
+  it('when a start build runs › succeeds with logs, then its agents connect, start and become ready', async () => {
+    startSim({ agentNames: ['main', 'dev-coderd-chat'] });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture, 'dev'), {
+      parameters: { region: 'eu' },
+    });
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'succeeded',
+      error: null,
+    });
+    const stages = new Set((await getLogs(db.pool, build.jobId)).map((l) => l.stage));
+    expect([...stages]).toEqual([
+      'Setting up',
+      'Planning infrastructure',
+      'Starting workspace',
+      'Cleaning Up',
+    ]);
+
+    const agents = await waitForAgents(build.jobId, (as) => as.every((a) => a.lifecycle_state === 'ready'));
+    expect(agents.map((a) => [a.name, a.display_order])).toEqual([
+      ['main', 0],
+      ['dev-coderd-chat', 1],
+    ]);
+    for (const agent of agents) {
+      expect(agent).toMatchObject({
+        resource_type: 'sim_container',
+        resource_name: 'dev',
+        disconnected_at: null,
+      });
+      expect(agent.first_connected_at).not.toBeNull();
+      expect(agent.last_connected_at).not.toBeNull();
+      // 'ready' is only written over 'starting', so started_at set and not after ready_at shows the order.
+      expect(agent.started_at!.getTime()).toBeLessThanOrEqual(agent.ready_at!.getTime());
+    }
+  });
+
+  it('when agents are connecting › they pass through starting before ready', async () => {
+    // A startup long enough to observe 'starting'; the test ends once 'starting' is seen.
+    startSim({ agentConnectMs: 0, startupMs: 60_000 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await waitForCompletion(db.pool, build.jobId);
+
+    const created = await getAgents(db.pool, build.jobId);
+    expect(created.map((a) => a.lifecycle_state)).toEqual([expect.stringMatching(/^(created|starting)$/)]);
+    const [agent] = await waitForAgents(build.jobId, (as) => as[0]!.lifecycle_state === 'starting');
+    expect(agent!.first_connected_at).not.toBeNull();
+    expect(agent!.ready_at).toBeNull();
+  });
+
+  it('when the failure rate is 1 › the build fails with the simulated error, logs and no agents', async () => {
+    startSim({ failureRate: 1 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'failed', error: SIMULATED_BUILD_FAILURE });
+    const logs = await getLogs(db.pool, build.jobId);
+    expect(logs.filter((l) => l.source === 'provisioner').length).toBeGreaterThanOrEqual(3);
+    expect(logs).toContainEqual(
+      expect.objectContaining({ level: 'error', output: `Error: ${SIMULATED_BUILD_FAILURE}` }),
+    );
+    expect(await getAgents(db.pool, build.jobId)).toEqual([]);
+  });
+
+  it('when startup scripts fail › the agent ends in start_error', async () => {
+    startSim({ startupFailureRate: 1 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await waitForCompletion(db.pool, build.jobId);
+
+    const [agent] = await waitForAgents(
+      build.jobId,
+      (as) => as[0]!.lifecycle_state !== 'created' && as[0]!.lifecycle_state !== 'starting',
+    );
+
+    expect(agent!.lifecycle_state).toBe('start_error');
+  });
+
+  it('when the workspace is stopped › the agents of its earlier build disconnect and go off', async () => {
+    startSim();
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const start = await insertBuild(db.pool, fixture, workspaceId);
+    await waitForCompletion(db.pool, start.jobId);
+    await waitForAgents(start.jobId, (as) => as[0]!.lifecycle_state === 'ready');
+
+    const stop = await insertBuild(db.pool, fixture, workspaceId, { transition: 'stop' });
+    expect(await waitForCompletion(db.pool, stop.jobId)).toMatchObject({ job_status: 'succeeded' });
+
+    const [agent] = await getAgents(db.pool, start.jobId);
+    expect(agent!.lifecycle_state).toBe('off');
+    expect(agent!.disconnected_at).not.toBeNull();
+    expect(await getAgents(db.pool, stop.jobId)).toEqual([]);
+    expect((await getLogs(db.pool, stop.jobId)).map((l) => l.stage)).toContain('Stopping workspace');
+  });
+
+  it('when stopped before its agents connect › the agents stay as the build left them', async () => {
+    const executor = startSim({ agentConnectMs: 60_000 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await waitForCompletion(db.pool, build.jobId);
+    // afterCommit runs right after the completing transaction.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+
+    // Resolves at once: the pending agent timers are cancelled, not awaited.
+    await executor.stop();
+
+    expect((await getAgents(db.pool, build.jobId)).map((a) => a.lifecycle_state)).toEqual(['created']);
+  });
+
+  it('when seeded › the same seed replays the same sequence of outcomes', async () => {
+    async function outcomes(seed: number): Promise<string[]> {
+      const executor = startSim({ seed, failureRate: 0.5, buildMs: 0, buildJitterMs: 20, agentNames: [] }, 1);
+      const workspaceId = await createWorkspace(db.pool, fixture);
+      const jobIds: string[] = [];
+      for (let i = 0; i < 12; i++) jobIds.push((await insertBuild(db.pool, fixture, workspaceId)).jobId);
+      const jobs = [];
+      for (const id of jobIds) jobs.push(await waitForCompletion(db.pool, id));
+      await cleanups.pop()!();
+      await executor.stop();
+      return jobs.map((j) => j.job_status);
+    }
+
+    const first = await outcomes(42);
+    const second = await outcomes(42);
+    const other = await outcomes(7);
+
+    expect(second).toEqual(first);
+    expect(new Set(first)).toEqual(new Set(['succeeded', 'failed']));
+    expect(other).not.toEqual(first);
+  });
+
+  it('when the build is aborted › run rejects promptly with the abort reason', async () => {
+    const executor = new SimExecutor({ pool: db.pool, buildMs: 60_000 });
+    const controller = new AbortController();
+    const running = executor.run(
+      {
+        jobId: '00000000-0000-0000-0000-000000000001',
+        buildId: '00000000-0000-0000-0000-000000000002',
+        workspaceId: '00000000-0000-0000-0000-000000000003',
+        workspaceName: 'dev',
+        ownerId: '00000000-0000-0000-0000-000000000004',
+        templateVersionId: '00000000-0000-0000-0000-000000000005',
+        buildNumber: 1,
+        transition: 'start',
+        parameters: {},
+      },
+      { signal: controller.signal, log: async () => {} },
+    );
+    controller.abort(new Error('canceled by test'));
+
+    await expect(running).rejects.toThrow('canceled by test');
+  });
+});
