@@ -1,0 +1,223 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  buildEnvironment,
+  CommandExecutor,
+  parameterEnvName,
+  type CommandExecutorOptions,
+} from '../../src/provisioner/command-executor.js';
+import type { BuildJob } from '../../src/provisioner/executor.js';
+import { Provisioner } from '../../src/provisioner/provisioner.js';
+import { PgNotificationHub } from '../../src/shared/notifications.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import {
+  createFixture,
+  createWorkspace,
+  eventually,
+  getAgents,
+  getLogs,
+  insertBuild,
+  silentLog,
+  waitForCompletion,
+  waitForStatus,
+  type Fixture,
+} from './helpers.js';
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('CommandExecutor', () => {
+  let db: TestDatabase;
+  let hub: PgNotificationHub;
+  let fixture: Fixture;
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+    await hub.start();
+    fixture = await createFixture(db.pool);
+  });
+
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+    await hub.stop();
+    await db.drop();
+  });
+
+  function startCommand(options: CommandExecutorOptions): CommandExecutor {
+    const executor = new CommandExecutor({ log: silentLog, ...options });
+    const provisioner = new Provisioner({ pool: db.pool, hub, executor, log: silentLog });
+    provisioner.start();
+    cleanups.push(() => provisioner.stop({ graceMs: 0 }));
+    return executor;
+  }
+
+  async function outputOf(jobId: string, source = 'provisioner') {
+    return (await getLogs(db.pool, jobId)).filter((l) => l.source === source);
+  }
+
+  it('when the command runs › sees the build in its environment and its output becomes info logs', async () => {
+    startCommand({
+      command:
+        'echo "t=$WSJOBS_TRANSITION n=$WSJOBS_BUILD_NUMBER ws=$WSJOBS_WORKSPACE_NAME region=$WSJOBS_PARAM_REGION cpu=$WSJOBS_PARAM_CPU_COUNT extra=$EXTRA"; ' +
+        'echo "$WSJOBS_PARAMETERS"; echo "$WSJOBS_JOB_ID $WSJOBS_BUILD_ID $WSJOBS_WORKSPACE_ID $WSJOBS_OWNER_ID $WSJOBS_TEMPLATE_VERSION_ID"',
+      env: { EXTRA: 'yes' },
+    });
+    const workspaceId = await createWorkspace(db.pool, fixture, 'dev');
+    const build = await insertBuild(db.pool, fixture, workspaceId, {
+      parameters: { region: 'eu', 'cpu-count': '4' },
+    });
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'succeeded',
+      error: null,
+    });
+    const lines = await outputOf(build.jobId);
+
+    expect(lines.map((l) => [l.level, l.stage, l.output])).toEqual([
+      ['info', 'Starting workspace', expect.stringMatching(/^Running the build command/)],
+      ['info', 'Starting workspace', 't=start n=1 ws=dev region=eu cpu=4 extra=yes'],
+      ['info', 'Starting workspace', JSON.stringify({ region: 'eu', 'cpu-count': '4' })],
+      [
+        'info',
+        'Starting workspace',
+        `${build.jobId} ${build.buildId} ${workspaceId} ${fixture.userId} ${fixture.versionId}`,
+      ],
+    ]);
+    // No agent declared: a start build without agents.
+    expect(await getAgents(db.pool, build.jobId)).toEqual([]);
+  });
+
+  it('when the command exits non-zero › the build fails with the code and the last stderr line', async () => {
+    startCommand({ command: 'echo working; echo "first problem" >&2; echo "quota exceeded" >&2; exit 3' });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'failed', error: 'command exited with code 3: quota exceeded' });
+    const lines = await outputOf(build.jobId);
+    expect(lines.slice(1).map((l) => [l.level, l.output])).toEqual([
+      ['info', 'working'],
+      ['warn', 'first problem'],
+      ['warn', 'quota exceeded'],
+    ]);
+  });
+
+  it('when the command prints wsjobs-agent lines › the build gets those agents in order', async () => {
+    startCommand({
+      command:
+        'echo "wsjobs-agent: main"; echo "wsjobs-agent: dev-coderd-chat"; echo "wsjobs-agent: main"; echo "wsjobs-agent: bad name!"',
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+
+    const agents = await getAgents(db.pool, build.jobId);
+    expect(agents.map((a) => [a.name, a.display_order, a.lifecycle_state, a.resource_type])).toEqual([
+      ['main', 0, 'created', 'command'],
+      ['dev-coderd-chat', 1, 'created', 'command'],
+    ]);
+    expect(await outputOf(build.jobId)).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        output: expect.stringContaining('ignored agent name "bad name!"'),
+      }),
+    );
+  });
+
+  it('when the command runs too long › its whole process group is killed and the build fails', async () => {
+    startCommand({ command: 'sleep 30 & echo "child=$!"; wait', timeoutMs: 300, killGraceMs: 1_000 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'failed', error: 'command timed out after 300 ms' });
+    const line = (await outputOf(build.jobId)).find((l) => l.output.startsWith('child='));
+    const child = Number(line!.output.slice('child='.length));
+    await eventually('the background child to die', async () => (isAlive(child) ? undefined : true), 5_000);
+  });
+
+  it('when the command ignores SIGTERM › it is killed with SIGKILL after the grace period', async () => {
+    const executor = startCommand({
+      command: "trap '' TERM; echo ready; sleep 30",
+      timeoutMs: 200,
+      killGraceMs: 200,
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'failed',
+      error: 'command timed out after 200 ms',
+    });
+    // stop() waits for the killed command, bounded by the grace period.
+    await executor.stop();
+  });
+
+  it('when the job is canceled › the command is killed and the job completes as canceled', async () => {
+    startCommand({ command: 'echo "pid=$$"; sleep 30' });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    const line = await eventually('the command to start', async () =>
+      (await outputOf(build.jobId)).find((l) => l.output.startsWith('pid=')),
+    );
+    await waitForStatus(db.pool, build.jobId, 'running');
+
+    await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [build.jobId]);
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'canceled',
+      error: null,
+    });
+    const pid = Number(line.output.slice('pid='.length));
+    await eventually('the command to die', async () => (isAlive(pid) ? undefined : true), 5_000);
+  });
+
+  it('when a line is huge or lacks a trailing newline › lines are capped and the last one kept', async () => {
+    startCommand({
+      command: `head -c 10000 /dev/zero | tr '\\0' x; echo; printf 'no newline'`,
+      maxLineLength: 100,
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    await waitForCompletion(db.pool, build.jobId);
+
+    expect((await outputOf(build.jobId)).slice(1).map((l) => l.output)).toEqual([
+      `${'x'.repeat(100)}…`,
+      'no newline',
+    ]);
+  });
+
+  it('when building the environment › parameter names are upper-cased with non-alphanumerics as _', () => {
+    const job: BuildJob = {
+      jobId: 'j',
+      buildId: 'b',
+      workspaceId: 'w',
+      workspaceName: 'dev',
+      ownerId: 'o',
+      templateVersionId: 'v',
+      buildNumber: 7,
+      transition: 'stop',
+      parameters: { 'Disk size (GB)': '50', region: 'eu' },
+    };
+
+    expect(parameterEnvName('dotfiles.repo-url')).toBe('WSJOBS_PARAM_DOTFILES_REPO_URL');
+    expect(buildEnvironment(job)).toEqual({
+      WSJOBS_JOB_ID: 'j',
+      WSJOBS_BUILD_ID: 'b',
+      WSJOBS_WORKSPACE_ID: 'w',
+      WSJOBS_WORKSPACE_NAME: 'dev',
+      WSJOBS_OWNER_ID: 'o',
+      WSJOBS_TRANSITION: 'stop',
+      WSJOBS_BUILD_NUMBER: '7',
+      WSJOBS_TEMPLATE_VERSION_ID: 'v',
+      WSJOBS_PARAMETERS: '{"Disk size (GB)":"50","region":"eu"}',
+      WSJOBS_PARAM_DISK_SIZE__GB_: '50',
+      WSJOBS_PARAM_REGION: 'eu',
+    });
+  });
+});
