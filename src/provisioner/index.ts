@@ -1,0 +1,99 @@
+// The provisioner daemon as the CLI runs it (`workspace-jobs provisioner`), plus its parts for tests and
+// embedding. startProvisioner owns its pool and LISTEN hub and closes both on stop.
+import type { Config } from '../shared/interfaces.js';
+import type { Logger } from '../shared/logger.js';
+import { PgNotificationHub } from '../shared/notifications.js';
+import { createPool } from '../shared/postgres.js';
+import { createExecutor, type ProvisionerConfig } from './provisioner-config.js';
+import { Provisioner } from './provisioner.js';
+
+export { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions, type StopOptions } from './provisioner.js';
+export {
+  APPLY_STAGE,
+  type BuildJob,
+  type CommittedAgent,
+  type Executor,
+  type ExecutorContext,
+  type ExecutorResult,
+  type LogLevel,
+} from './executor.js';
+export { SimExecutor, SIMULATED_BUILD_FAILURE, type SimExecutorOptions } from './sim-executor.js';
+export {
+  CommandExecutor,
+  buildEnvironment,
+  parameterEnvName,
+  type CommandExecutorOptions,
+} from './command-executor.js';
+export {
+  createExecutor,
+  loadProvisionerConfig,
+  type ExecutorDeps,
+  type ProvisionerConfig,
+  type SimSettings,
+} from './provisioner-config.js';
+export { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
+
+export interface RunningProvisioner {
+  /** provisioner_jobs.worker_id of the jobs this daemon claims. */
+  id: string;
+  /**
+   * Stops claiming, gives running jobs `graceMs` (default 30000) to finish, fails the rest with
+   * 'provisioner shut down', then closes the hub and the pool. Safe to call more than once.
+   */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Connects to DATABASE_URL, starts listening for jobs and runs them until stop(). */
+export async function startProvisioner(
+  config: Config,
+  provisionerConfig: ProvisionerConfig,
+  log: Logger,
+): Promise<RunningProvisioner> {
+  // A connection per running job (logs, completion) plus claims, heartbeat, reaper and the simulator.
+  const pool = createPool(config.databaseUrl, {
+    max: provisionerConfig.concurrency + 4,
+    applicationName: 'workspace-jobs-provisioner',
+  });
+  const hub = new PgNotificationHub(config.databaseUrl, { log });
+  try {
+    await hub.start();
+  } catch (error) {
+    await hub.stop();
+    await pool.end();
+    throw error;
+  }
+  const executor = createExecutor(provisionerConfig, { pool, log });
+  const provisioner = new Provisioner({
+    pool,
+    hub,
+    executor,
+    concurrency: provisionerConfig.concurrency,
+    staleAfterMs: provisionerConfig.staleAfterMs,
+    log,
+  });
+  provisioner.start();
+  log.info(
+    {
+      provisionerId: provisioner.id,
+      executor: provisionerConfig.executor,
+      concurrency: provisionerConfig.concurrency,
+    },
+    'provisioner daemon running',
+  );
+
+  let stopping: Promise<void> | undefined;
+  return {
+    id: provisioner.id,
+    stop(graceMs = 30_000) {
+      stopping ??= (async () => {
+        try {
+          await provisioner.stop({ graceMs });
+        } finally {
+          await hub.stop();
+          await pool.end();
+        }
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,66 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
+import { loadConfig } from '../../src/shared/config.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import {
+  createFixture,
+  createWorkspace,
+  eventually,
+  getAgents,
+  insertBuild,
+  silentLog,
+  waitForCompletion,
+} from './helpers.js';
+
+describe('startProvisioner', () => {
+  let db: TestDatabase;
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+  });
+
+  afterEach(async () => {
+    await db.drop();
+  });
+
+  async function connections(): Promise<number> {
+    const { rows } = await db.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity
+       WHERE datname = current_database() AND application_name LIKE 'workspace-jobs-%'
+         AND application_name <> 'workspace-jobs-test'`,
+    );
+    return rows[0]!.n;
+  }
+
+  it('when started from the environment › runs sim builds to ready agents, and stop closes its connections', async () => {
+    const config = loadConfig({ DATABASE_URL: db.url });
+    const provisionerConfig = loadProvisionerConfig({
+      SIM_BUILD_MS: '20',
+      SIM_AGENT_CONNECT_MS: '20',
+      SIM_STARTUP_MS: '20',
+      SIM_SEED: '1',
+    });
+    const daemon = await startProvisioner(config, provisionerConfig, silentLog);
+    const fixture = await createFixture(db.pool);
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+    await eventually('the agent to be ready', async () => {
+      const agents = await getAgents(db.pool, build.jobId);
+      return agents[0]?.lifecycle_state === 'ready' ? agents : undefined;
+    });
+    expect(job).toMatchObject({ job_status: 'succeeded', worker_id: daemon.id });
+
+    await daemon.stop(1_000);
+    await daemon.stop(1_000);
+    await eventually('the daemon connections to close', async () =>
+      (await connections()) === 0 ? true : undefined,
+    );
+  });
+
+  it('when the database is unreachable › rejects instead of running', async () => {
+    const config = loadConfig({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nowhere' });
+
+    await expect(startProvisioner(config, loadProvisionerConfig({}), silentLog)).rejects.toThrow();
+  });
+});
