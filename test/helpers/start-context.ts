@@ -1,0 +1,227 @@
+// A JobContext for start/create-workspace tests: the real PgWorkspaceStore on the test database, a real
+// PgNotificationHub (short safety re-check), a recording progress reporter, short timeouts and an
+// AbortController. The waiter is wrapped so a test can tell when the job is *actually* waiting on a
+// provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
+// way Coder's tests complete the job after the tool's first read.
+import { expect } from 'vitest';
+import { PgNotificationHub } from '../../src/shared/notifications.js';
+import type {
+  ChangeWaiter,
+  JobContext,
+  ProgressStage,
+  WaitTimeouts,
+  WorkspaceStore,
+} from '../../src/shared/interfaces.js';
+import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
+import type { TestDatabase } from './database.js';
+
+export interface RecordedProgress {
+  stage: ProgressStage;
+  message: string;
+  data: Record<string, unknown> | undefined;
+  workspaceId: string | undefined;
+}
+
+export interface RecordedWait {
+  topics: string[];
+  timeoutMs: number;
+  /** The first check found nothing: the job is now waiting for a change. */
+  blocked: boolean;
+  /** How the wait ended: undefined while still waiting. */
+  outcome?: 'resolved' | 'rejected';
+}
+
+export interface StartContextOptions {
+  timeouts?: Partial<WaitTimeouts>;
+  accessUrl?: string;
+  /** The hub's safety re-check. Default 200 ms. */
+  safetyRecheckMs?: number;
+  /** Wraps the real store, e.g. to make two jobs meet at a point. */
+  wrapStore?: (store: WorkspaceStore) => WorkspaceStore;
+}
+
+export interface StartContext {
+  ctx: JobContext;
+  /** Every progress event, in order. */
+  events: RecordedProgress[];
+  /** Every ChangeWaiter.waitFor call, in order. */
+  waits: RecordedWait[];
+  store: PgWorkspaceStore;
+  hub: PgNotificationHub;
+  abort: AbortController;
+  stages(): ProgressStage[];
+  /** Resolves once an event of `stage` has been recorded (at once if it already has). */
+  waitForStage(stage: ProgressStage, timeoutMs?: number): Promise<RecordedProgress>;
+  /** Resolves once a waitFor on `topic` is blocked (its first check found nothing). */
+  waitingOn(topic: string, timeoutMs?: number): Promise<RecordedWait>;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_TEST_TIMEOUTS: WaitTimeouts = {
+  buildTimeoutMs: 10_000,
+  agentConnectTimeoutMs: 5_000,
+  startupScriptTimeoutMs: 5_000,
+};
+
+/** Polls `probe` every 10 ms until it returns something other than undefined, or fails after `timeoutMs`. */
+export async function until<T>(
+  what: string,
+  probe: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 5_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+export async function createStartContext(
+  db: TestDatabase,
+  options: StartContextOptions = {},
+): Promise<StartContext> {
+  const hub = new PgNotificationHub(db.url, {
+    safetyRecheckMs: options.safetyRecheckMs ?? 200,
+    reconnectDelayMs: 50,
+  });
+  await hub.start();
+  const store = new PgWorkspaceStore(db.pool);
+  const events: RecordedProgress[] = [];
+  const waits: RecordedWait[] = [];
+  const abort = new AbortController();
+
+  const waiter: ChangeWaiter = {
+    waitFor(topics, check, waitOptions) {
+      const wait: RecordedWait = { topics: [...topics], timeoutMs: waitOptions.timeoutMs, blocked: false };
+      waits.push(wait);
+      let first = true;
+      const recordingCheck = async () => {
+        const result = await check();
+        if (first) {
+          first = false;
+          if (result === undefined) wait.blocked = true;
+        }
+        return result;
+      };
+      return hub.waitFor(topics, recordingCheck, waitOptions).then(
+        (value) => {
+          wait.outcome = 'resolved';
+          return value;
+        },
+        (error: unknown) => {
+          wait.outcome = 'rejected';
+          throw error;
+        },
+      );
+    },
+  };
+
+  const ctx: JobContext = {
+    store: options.wrapStore ? options.wrapStore(store) : store,
+    waiter,
+    progress: async (stage, message, data, workspaceId) => {
+      events.push({ stage, message, data, workspaceId });
+    },
+    timeouts: { ...DEFAULT_TEST_TIMEOUTS, ...options.timeouts },
+    signal: abort.signal,
+    accessUrl: options.accessUrl,
+  };
+
+  return {
+    ctx,
+    events,
+    waits,
+    store,
+    hub,
+    abort,
+    stages: () => events.map((e) => e.stage),
+    waitForStage: (stage, timeoutMs = 5_000) =>
+      until(
+        `progress stage ${stage} (seen: ${events.map((e) => e.stage).join(', ')})`,
+        () => events.find((e) => e.stage === stage),
+        timeoutMs,
+      ),
+    waitingOn: (topic, timeoutMs = 5_000) =>
+      until(
+        `a blocked wait on ${topic}`,
+        () => waits.find((w) => w.blocked && w.outcome === undefined && w.topics.includes(topic)),
+        timeoutMs,
+      ),
+    async close() {
+      abort.abort(new Error('test finished'));
+      await hub.stop();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reading back what a job did.
+
+export interface BuildRow {
+  id: string;
+  build_number: number;
+  transition: string;
+  template_version_id: string;
+  initiator_id: string;
+  job_id: string;
+  job_status: string;
+}
+
+export async function listBuilds(db: TestDatabase, workspaceId: string): Promise<BuildRow[]> {
+  const { rows } = await db.pool.query<BuildRow>(
+    `SELECT b.id, b.build_number, b.transition, b.template_version_id, b.initiator_id, b.job_id, j.job_status
+       FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+      WHERE b.workspace_id = $1 ORDER BY b.build_number`,
+    [workspaceId],
+  );
+  return rows;
+}
+
+/** Waits until the workspace has a build with this number (the job inserted it) and returns it. */
+export function awaitBuild(
+  db: TestDatabase,
+  workspaceId: string,
+  buildNumber: number,
+  timeoutMs = 5_000,
+): Promise<BuildRow> {
+  return until(
+    `build #${buildNumber} of workspace ${workspaceId}`,
+    async () => (await listBuilds(db, workspaceId)).find((b) => b.build_number === buildNumber),
+    timeoutMs,
+  );
+}
+
+export async function chatBinding(
+  db: TestDatabase,
+  chatId: string,
+): Promise<{ workspace_id: string | null; build_id: string | null; agent_id: string | null }> {
+  const { rows } = await db.pool.query<{
+    workspace_id: string | null;
+    build_id: string | null;
+    agent_id: string | null;
+  }>('SELECT workspace_id, build_id, agent_id FROM chats WHERE id = $1', [chatId]);
+  expect(rows).toHaveLength(1);
+  return rows[0]!;
+}
+
+export async function buildParameters(db: TestDatabase, buildId: string): Promise<Record<string, string>> {
+  const { rows } = await db.pool.query<{ name: string; value: string }>(
+    'SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $1 ORDER BY name',
+    [buildId],
+  );
+  return Object.fromEntries(rows.map((r) => [r.name, r.value]));
+}
+
+/** Row counts of everything a start may write; equal before and after = nothing persisted. */
+export async function rowCounts(
+  db: TestDatabase,
+): Promise<{ builds: number; jobs: number; parameters: number }> {
+  const { rows } = await db.pool.query<{ builds: number; jobs: number; parameters: number }>(
+    `SELECT (SELECT count(*)::int FROM workspace_builds) AS builds,
+            (SELECT count(*)::int FROM provisioner_jobs) AS jobs,
+            (SELECT count(*)::int FROM workspace_build_parameters) AS parameters`,
+  );
+  return rows[0]!;
+}
