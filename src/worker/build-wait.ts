@@ -32,6 +32,8 @@ export async function waitForBuild(
     );
   };
 
+  // The status the caller saw first (a new build is pending), even if the provisioner is quicker than our check.
+  await report(build);
   try {
     return await ctx.waiter.waitFor<BuildOutcome>(
       [topics.provisionerJob(build.jobId)],

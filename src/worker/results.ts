@@ -13,8 +13,11 @@ export const messages = {
     'with a parameters object that supplies any missing or changed values.',
   updateReasonRequireActive: 'template requires active versions',
   updateReasonAutomaticUpdates: 'workspace automatic updates are set to always',
+  /** Coder's sentence for the template's rule; the same shape for automatic updates. */
   updatedMessage: (reason: string) =>
-    `Workspace started and was updated to the active template version because ${reason}.`,
+    `Workspace started and was updated to the active template version because ${
+      reason === 'template requires active versions' ? `the ${reason}` : reason
+    }.`,
 };
 
 /** Coder's flagged, plain precondition failures (`is_error: true`). */

@@ -1,0 +1,237 @@
+// The BullMQ side of a job: validate the payload, take the chat lock (re-delaying the job while it is
+// busy), run the domain logic with events wired to the job, and end with exactly one result event.
+// Thrown errors are transient and retried by BullMQ with backoff; failures the domain logic reports are
+// final and fail the job without retries.
+import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
+import type { z } from 'zod';
+import type { EventPublisher } from '../shared/events.js';
+import {
+  isFailure,
+  type ChangeWaiter,
+  type CreateWorkspaceSuccess,
+  type StartWorkspaceSuccess,
+  type JobContext,
+  type JobFailure,
+  type JobName,
+  type JobProgress,
+  type JobRef,
+  type JobResult,
+  type ProgressStage,
+  type WaitTimeouts,
+  type WorkspaceStore,
+} from '../shared/interfaces.js';
+import type { ChatLocks } from '../shared/lock.js';
+import type { Logger } from '../shared/logger.js';
+import { describeIssues, startWorkspacePayloadSchema } from '../shared/schemas.js';
+import { startWorkspace } from './start-workspace.js';
+
+export interface ProcessorOptions {
+  locks: ChatLocks;
+  publisher: EventPublisher;
+  store: WorkspaceStore;
+  waiter: ChangeWaiter;
+  timeouts: WaitTimeouts;
+  accessUrl?: string;
+  log: Logger;
+  /** First re-delay of a job that found its chat lock busy; doubles per wait. Default 1000. */
+  lockRetryMinMs?: number;
+  /** Longest re-delay. Default 15000. */
+  lockRetryMaxMs?: number;
+  /**
+   * How long a job may wait for its chat lock before it fails. Default: the longest a holder can keep
+   * it (build + agent connect + startup script timeouts) plus a minute.
+   */
+  lockWaitTimeoutMs?: number;
+  /** Observes each lock-held interval (the race tests record them). */
+  onLockHeld?: (event: { chatId: string; jobId: string; phase: 'acquired' | 'released' }) => void;
+}
+
+type Handler = (ctx: JobContext, payload: never) => Promise<JobResult>;
+
+const HANDLERS: Partial<Record<JobName, { schema: z.ZodType; run: Handler }>> = {
+  'start-workspace': { schema: startWorkspacePayloadSchema, run: startWorkspace as Handler },
+};
+
+/** What every payload has, whatever its kind: who and which chat. */
+interface ChatPayload {
+  chatId: string;
+  workspaceId?: string;
+}
+
+export function createProcessor(options: ProcessorOptions) {
+  const { locks, publisher, log } = options;
+  const retryMin = options.lockRetryMinMs ?? 1_000;
+  const retryMax = options.lockRetryMaxMs ?? 15_000;
+  const { buildTimeoutMs, agentConnectTimeoutMs, startupScriptTimeoutMs } = options.timeouts;
+  const lockWaitTimeoutMs =
+    options.lockWaitTimeoutMs ?? buildTimeoutMs + agentConnectTimeoutMs + startupScriptTimeoutMs + 60_000;
+
+  return async function process(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
+    const ref: JobRef = { id: job.id!, name: job.name as JobName, attempt: job.attemptsMade + 1 };
+    const jobLog = log.child({
+      jobId: ref.id,
+      jobName: ref.name,
+      attempt: ref.attempt,
+      chatId: job.data?.chatId,
+    });
+    const handler = HANDLERS[ref.name];
+    if (!handler) throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
+
+    const parsed = handler.schema.safeParse(job.data);
+    if (!parsed.success) {
+      const failure: JobFailure = {
+        error: describeIssues(`${ref.name} payload`, parsed.error),
+        code: 'invalid_payload',
+        is_error: true,
+      };
+      // Only a chat id that parses can carry events; otherwise the failed job itself is the report.
+      const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
+      if (typeof chatId === 'string' && /^[\w-]{1,64}$/.test(chatId))
+        await finish(job, ref, { chatId }, failure);
+      jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
+      throw new UnrecoverableError(failure.error);
+    }
+    const payload = parsed.data as ChatPayload;
+    const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
+    const progress = job.progress as Partial<JobProgress> | undefined;
+
+    const held = await locks.tryAcquire(payload.chatId);
+    if (!held) {
+      const lockWaits = (progress?.lockWaits ?? 0) + 1;
+      const since = progress?.lockWaitStartedAt ?? new Date().toISOString();
+      if (Date.now() - Date.parse(since) > lockWaitTimeoutMs) {
+        const failure: JobFailure = {
+          error: `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`,
+          code: 'internal',
+          is_error: true,
+        };
+        await finish(job, ref, payload, failure);
+        throw new UnrecoverableError(failure.error);
+      }
+      const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
+      if (lockWaits === 1) {
+        await emit(job, ref, payload, 'waiting_for_lock', 'Another job for this chat is running; waiting', {
+          retry_in_ms: Math.round(delay),
+        });
+      }
+      await job.updateProgress({ ...(job.progress as JobProgress), lockWaits, lockWaitStartedAt: since });
+      workspaceLog.debug({ lockWaits, delay }, 'chat lock busy; re-delaying');
+      // Re-delay without counting an attempt and without holding a worker slot while we wait.
+      await job.moveToDelayed(Date.now() + Math.round(delay), token);
+      throw new DelayedError();
+    }
+
+    options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
+    const aborted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
+    try {
+      await emit(job, ref, payload, 'lock_acquired', 'Chat lock acquired');
+      const ctx: JobContext = {
+        store: options.store,
+        waiter: options.waiter,
+        timeouts: options.timeouts,
+        accessUrl: options.accessUrl,
+        signal: aborted,
+        progress: (stage, message, data, workspaceId) =>
+          emit(
+            job,
+            ref,
+            { ...payload, workspaceId: workspaceId ?? payload.workspaceId },
+            stage,
+            message,
+            data,
+          ),
+      };
+      let result: JobResult;
+      try {
+        result = await handler.run(ctx, parsed.data as never);
+      } catch (error) {
+        if (signal?.aborted && !held.signal.aborted) {
+          // The worker is shutting down: hand the job back without spending an attempt.
+          workspaceLog.info('worker shutting down; returning the job to the queue');
+          await emit(
+            job,
+            ref,
+            payload,
+            'retrying',
+            'The worker is shutting down; the job goes back to the queue',
+          );
+          await job.moveToDelayed(Date.now(), token);
+          throw new DelayedError();
+        }
+        const reason = aborted.aborted ? aborted.reason : error;
+        const message = reason instanceof Error ? reason.message : String(reason);
+        const finalAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+        if (finalAttempt) {
+          workspaceLog.error({ err: reason }, 'job failed on its last attempt');
+          await finish(job, ref, payload, { error: message, code: 'internal', is_error: true });
+          throw new UnrecoverableError(message);
+        }
+        workspaceLog.warn({ err: reason }, 'attempt failed; BullMQ will retry');
+        await emit(job, ref, payload, 'retrying', `Attempt ${ref.attempt} failed (${message}); retrying`, {
+          error: message,
+        });
+        throw reason instanceof Error ? reason : new Error(message);
+      }
+      await finish(job, ref, payload, result);
+      workspaceLog.info({ outcome: isFailure(result) ? result.code : 'ok' }, 'job finished');
+      if (isFailure(result)) throw new UnrecoverableError(result.error);
+      return result;
+    } finally {
+      await held.release();
+      options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'released' });
+    }
+  };
+
+  /** A progress event; a publish failure is logged, never fatal to the job. */
+  async function emit(
+    job: Job,
+    ref: JobRef,
+    payload: ChatPayload,
+    stage: ProgressStage,
+    message: string,
+    data?: Record<string, unknown>,
+  ): Promise<void> {
+    try {
+      await publisher.publish({
+        type: 'progress',
+        stage,
+        job: ref,
+        chatId: payload.chatId,
+        workspaceId: payload.workspaceId,
+        message,
+        data,
+      });
+      await job.updateProgress({ ...(job.progress as object), stage, message, at: new Date().toISOString() });
+    } catch (error) {
+      log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
+    }
+  }
+
+  /**
+   * The job's one result event, and its result kept in the job's progress. Throws when the event cannot
+   * be published, so that BullMQ retries the attempt rather than end the job silently.
+   */
+  async function finish(job: Job, ref: JobRef, payload: ChatPayload, result: JobResult): Promise<void> {
+    const failed = isFailure(result);
+    const message = failed ? result.error : describeSuccess(result);
+    await publisher.publish({
+      type: 'result',
+      stage: failed ? 'failed' : 'completed',
+      job: ref,
+      chatId: payload.chatId,
+      workspaceId: payload.workspaceId,
+      message,
+      data: result as unknown as Record<string, unknown>,
+    });
+    const stage = failed ? 'failed' : 'completed';
+    await job.updateProgress({ stage, message, at: new Date().toISOString(), result } satisfies JobProgress);
+  }
+}
+
+function describeSuccess(result: StartWorkspaceSuccess | CreateWorkspaceSuccess): string {
+  if ('started' in result) {
+    if (result.no_build) return `Workspace ${result.workspace_name} is already running`;
+    return result.message ?? `Workspace ${result.workspace_name} started`;
+  }
+  return result.message ?? `Workspace ${result.workspace_name} ${result.created ? 'created' : 'exists'}`;
+}
