@@ -1,0 +1,59 @@
+// Command-line parsing on node:util's parseArgs, turning its errors into one-line usage errors (exit 2).
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+/** Bad flags or values: the CLI prints the message and exits 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+type FlagValue<T> = T extends { type: 'boolean' }
+  ? boolean
+  : T extends { multiple: true }
+    ? string[]
+    : string;
+export type Flags<O> = { [K in keyof O]?: FlagValue<O[K]> } & { help?: boolean };
+
+export function parseFlags<O extends Options>(args: string[], options: O): { values: Flags<O> } {
+  try {
+    const { values } = parseArgs({
+      args,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    });
+    return { values: values as Flags<O> };
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+/** `--param k=v` pairs into an object; names a malformed pair. */
+export function parseParams(pairs: string[] | undefined): Record<string, string> | undefined {
+  if (!pairs?.length) return undefined;
+  const parameters: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--param must be name=value, got ${JSON.stringify(pair)}`);
+    parameters[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return parameters;
+}
+
+export function parseMs(flag: string, raw: string | undefined, fallback: number): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n <= 0) {
+    throw new UsageError(
+      `${flag} must be a positive whole number of milliseconds, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return n;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export function requireId(flag: string, value: string | undefined): string {
+  if (value === undefined) throw new UsageError(`${flag} is required`);
+  if (!UUID.test(value)) throw new UsageError(`${flag} must be a UUID, got ${JSON.stringify(value)}`);
+  return value;
+}

@@ -1,0 +1,177 @@
+// `workspace-jobs demo`: everything a newcomer needs to see it work, in one command. Migrates, seeds a
+// fresh set, runs worker + provisioner (simulated, fast) + dashboard as child processes, then starts
+// seeded workspaces through the queue exactly as the chat backend would, printing their events.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Config, JobResult } from '../shared/interfaces.js';
+import { isFailure } from '../shared/interfaces.js';
+import type { Logger } from '../shared/logger.js';
+import { migrate } from '../shared/migrate.js';
+import { createPool } from '../shared/postgres.js';
+import { sleep } from '../shared/errors.js';
+import { WorkspaceJobsProducer } from '../producer/producer.js';
+import { parseFlags } from './args.js';
+import { follow, lastEventId } from './enqueue.js';
+import { untilSignal } from './lifecycle.js';
+import { seed, type SeedResult } from './seed.js';
+
+export const DEMO_HELP = `Usage: workspace-jobs demo [--exit]
+
+Migrates the database, seeds a fresh demo set, starts a worker, a provisioner (simulated builds) and the
+dashboard as child processes, then enqueues start jobs for the seeded chats and prints their events and
+results. Child logs go to ./demo-logs/. Stops everything on Ctrl-C.
+
+  --exit   stop after the scenarios (exit 0 when each ended as expected, 1 otherwise)`;
+
+interface Scenario {
+  title: string;
+  chatId: string;
+  parameters?: Record<string, string>;
+  /** What the result must show for the scenario to count as working. */
+  check: (result: JobResult) => boolean;
+}
+
+function scenarios(seeded: SeedResult): Scenario[] {
+  const { chats } = seeded;
+  const started = (r: JobResult) => 'started' in r && r.started === true;
+  return [
+    {
+      title: 'Start a stopped workspace',
+      chatId: chats.stopped.chatId,
+      check: (r) => started(r) && !('no_build' in r),
+    },
+    {
+      title: 'Start a stopped workspace whose template requires the active version (auto-update)',
+      chatId: chats.autoUpdate.chatId,
+      check: (r) => started(r) && 'updated_to_active_version' in r,
+    },
+    {
+      title: 'Start one whose active version adds a required parameter (manual update required)',
+      chatId: chats.manualUpdate.chatId,
+      check: (r) => isFailure(r) && r.code === 'manual_update_required',
+    },
+    {
+      title: 'Retry it with --param region=eu-west-1',
+      chatId: chats.manualUpdate.chatId,
+      parameters: { region: 'eu-west-1' },
+      check: (r) => started(r) && 'updated_to_active_version' in r,
+    },
+    {
+      title: 'Start a workspace that is already running',
+      chatId: chats.running.chatId,
+      check: (r) => started(r) && 'no_build' in r,
+    },
+  ];
+}
+
+/** Fast simulated builds unless the user chose timings. */
+const DEMO_SIM_ENV: Record<string, string> = {
+  SIM_BUILD_MS: '2000',
+  SIM_AGENT_CONNECT_MS: '1000',
+  SIM_STARTUP_MS: '1500',
+};
+
+export async function demoCommand(args: string[], config: Config, log: Logger): Promise<number> {
+  const { values } = parseFlags(args, { exit: { type: 'boolean' } });
+  if (values.help) {
+    console.log(DEMO_HELP);
+    return 0;
+  }
+
+  const migrated = await migrate(config.databaseUrl);
+  console.log(`Database ready (${migrated.applied.length} migration(s) applied).`);
+  const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-demo' });
+  const seeded = await seed(pool).finally(() => pool.end());
+  console.log(`Seeded demo set ${seeded.suffix} for user ${seeded.user.username}.`);
+
+  const logDir = resolve('demo-logs');
+  mkdirSync(logDir, { recursive: true });
+  const children = ['worker', 'provisioner', 'dashboard'].map((command) => spawnChild(command, logDir));
+  const stopChildren = () => Promise.all(children.map((c) => stopChild(c)));
+  const crashed = new Promise<never>((_, reject) => {
+    for (const child of children) {
+      child.once('exit', (code) =>
+        reject(new Error(`the ${child.spawnargs.at(-1)} exited early (code ${code}); see ${logDir}`)),
+      );
+    }
+  });
+  crashed.catch(() => {});
+  console.log(`Started worker, provisioner and dashboard (logs in ${logDir}).`);
+
+  const producer = WorkspaceJobsProducer.fromConfig(config, log);
+  let allGood = true;
+  try {
+    const dashboardUrl = await Promise.race([waitForDashboard(config), crashed]);
+    for (const [index, scenario] of scenarios(seeded).entries()) {
+      console.log(`\n=== ${index + 1}. ${scenario.title}`);
+      console.log(`    chat ${scenario.chatId}`);
+      const since = await lastEventId(config, scenario.chatId);
+      const enqueued = await producer.startWorkspace({
+        chatId: scenario.chatId,
+        ownerId: seeded.user.id,
+        parameters: scenario.parameters,
+      });
+      const result = await Promise.race([
+        follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, false),
+        crashed,
+      ]);
+      console.log(JSON.stringify(result, null, 2));
+      if (!scenario.check(result)) {
+        allGood = false;
+        console.log('!!! not the expected outcome');
+      }
+    }
+    console.log(
+      `\n${allGood ? 'All scenarios ended as expected.' : 'Some scenarios did not end as expected.'}`,
+    );
+    console.log(`Bull Board: ${dashboardUrl}/admin/queues`);
+    console.log(
+      `More chats to try: npx workspace-jobs seed; npx workspace-jobs enqueue start --chat <id> --wait`,
+    );
+    if (!values.exit) {
+      console.log('Press Ctrl-C to stop.');
+      await Promise.race([untilSignal(async () => {}, log), crashed]);
+    }
+  } finally {
+    await producer.close();
+    await stopChildren();
+  }
+  return allGood ? 0 : 1;
+}
+
+function spawnChild(command: string, logDir: string): ChildProcess {
+  const entry = process.argv[1]!;
+  const child = spawn(process.execPath, [...process.execArgv, entry, command], {
+    env: { ...DEMO_SIM_ENV, ...process.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out = createWriteStream(join(logDir, `${command}.log`), { flags: 'a' });
+  child.stdout!.pipe(out);
+  child.stderr!.pipe(out);
+  return child;
+}
+
+async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function waitForDashboard(config: Config, timeoutMs = 30_000): Promise<string> {
+  const url = `http://${config.dashboardHost.includes(':') ? `[${config.dashboardHost}]` : config.dashboardHost}:${config.dashboardPort}`;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2_000) });
+      if (res.ok) return url;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  throw new Error(`the dashboard did not answer at ${url}/healthz within ${timeoutMs} ms`);
+}

@@ -1,0 +1,137 @@
+// The `workspace-jobs` command line (CONTRACT.md section 2). Exit codes: 0 success, 1 failure (or a failed
+// job result with --wait), 2 bad usage, configuration or input.
+import { ConfigError, loadConfig } from '../shared/config.js';
+import type { Config } from '../shared/interfaces.js';
+import { createLogger, type Logger } from '../shared/logger.js';
+import { migrate } from '../shared/migrate.js';
+import { createPool } from '../shared/postgres.js';
+import { ValidationError } from '../shared/schemas.js';
+import { startDashboard } from '../dashboard/server.js';
+import { loadProvisionerConfig, startProvisioner } from '../provisioner/index.js';
+import { WorkspaceWorker } from '../worker/worker.js';
+import { parseFlags, UsageError } from './args.js';
+import { DEMO_HELP, demoCommand } from './demo.js';
+import { enqueueCommand } from './enqueue.js';
+import { graceMs, untilSignal } from './lifecycle.js';
+import { formatSeedResult, seed } from './seed.js';
+import { watchCommand } from './watch.js';
+
+const HELP = `Usage: workspace-jobs <command> [options]
+
+Commands:
+  migrate        create the database if missing and apply schema migrations (idempotent)
+  worker         run a worker process (start-workspace jobs); stops gracefully on SIGTERM/SIGINT
+  provisioner    run a provisioner daemon (executors: sim, command)
+  dashboard      HTTP server: Bull Board at /admin/queues, /healthz
+  seed           insert a fresh demo data set and print its ids
+  enqueue start  enqueue a start-workspace job as the chat backend would (--wait to follow it)
+  watch          print a chat's events (replayed, then live) as JSON lines
+  demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
+
+Run 'workspace-jobs <command> --help' for a command's options. Configuration comes from the environment
+(REDIS_URL, DATABASE_URL, QUEUE_PREFIX, ...; see the README).`;
+
+const SIMPLE_HELP: Record<string, string> = {
+  migrate:
+    'Usage: workspace-jobs migrate\n\nCreates the database named in DATABASE_URL when missing and applies migrations/*.sql.',
+  worker:
+    'Usage: workspace-jobs worker\n\nRuns WORKER_CONCURRENCY jobs at once. On SIGTERM/SIGINT it stops taking jobs and waits up to\nSHUTDOWN_GRACE_MS (default 30000) for active ones, then hands them back to the queue. METRICS_PORT is not served yet.',
+  provisioner:
+    'Usage: workspace-jobs provisioner\n\nClaims pending provisioner jobs and runs them. PROVISIONER_EXECUTOR=sim (default; SIM_BUILD_MS,\nSIM_FAILURE_RATE, SIM_SEED, SIM_AGENT_NAMES, SIM_AGENT_CONNECT_MS, SIM_STARTUP_MS) or command\n(PROVISIONER_COMMAND, run with sh -c). PROVISIONER_CONCURRENCY jobs at once.',
+  dashboard:
+    'Usage: workspace-jobs dashboard\n\nServes Bull Board at /admin/queues and /healthz on DASHBOARD_HOST:DASHBOARD_PORT. Basic auth with\nDASHBOARD_USER/DASHBOARD_PASSWORD; without them it only binds to loopback. DASHBOARD_READ_ONLY=true for a read-only board.',
+  seed: 'Usage: workspace-jobs seed\n\nAdds a fresh, independent demo set (new ids, unique names) and prints what it made.',
+};
+
+async function runService(log: Logger, start: () => Promise<{ stop: () => Promise<void> }>): Promise<number> {
+  const service = await start();
+  await untilSignal(service.stop, log);
+  return 0;
+}
+
+async function run(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(HELP);
+    return command === undefined ? 2 : 0;
+  }
+  if (SIMPLE_HELP[command]) {
+    const { values } = parseFlags(args, {});
+    if (values.help) {
+      console.log(SIMPLE_HELP[command]);
+      return 0;
+    }
+  }
+  if (command === 'demo' && (args.includes('--help') || args.includes('-h'))) {
+    console.log(DEMO_HELP);
+    return 0;
+  }
+  const config: Config = loadConfig();
+  const log = createLogger(config.logLevel, `workspace-jobs-${command}`);
+
+  switch (command) {
+    case 'migrate': {
+      const result = await migrate(config.databaseUrl);
+      console.log(
+        `${result.createdDatabase ? 'created the database; ' : ''}applied ${result.applied.length} migration(s)` +
+          (result.applied.length ? `: ${result.applied.join(', ')}` : '') +
+          `; ${result.alreadyApplied.length} already applied`,
+      );
+      return 0;
+    }
+    case 'seed': {
+      const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-seed' });
+      try {
+        console.log(formatSeedResult(await seed(pool)));
+      } finally {
+        await pool.end();
+      }
+      return 0;
+    }
+    case 'worker': {
+      const grace = graceMs();
+      return runService(log, async () => {
+        const worker = await WorkspaceWorker.start(config, log);
+        return { stop: () => worker.close(grace) };
+      });
+    }
+    case 'provisioner': {
+      const grace = graceMs();
+      const provisionerConfig = loadProvisionerConfig(process.env);
+      return runService(log, async () => {
+        const provisioner = await startProvisioner(config, provisionerConfig, log);
+        return { stop: () => provisioner.stop(grace) };
+      });
+    }
+    case 'dashboard':
+      return runService(log, async () => {
+        const dashboard = await startDashboard(config, log);
+        return { stop: dashboard.close };
+      });
+    case 'enqueue':
+      return enqueueCommand(args, config, log);
+    case 'watch':
+      return watchCommand(args, config, log);
+    case 'demo':
+      return demoCommand(args, config, log);
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}; run 'workspace-jobs --help'`);
+  }
+}
+
+/** Every command closes what it opened; should a handle still be open, do not hang on it. */
+function exitSoon(code: number): void {
+  process.exitCode = code;
+  setTimeout(() => {
+    console.error('workspace-jobs: a connection was still open 5 s after the command ended; exiting');
+    process.exit(code);
+  }, 5_000).unref();
+}
+
+run(process.argv.slice(2)).then(exitSoon, (error: unknown) => {
+  const usage =
+    error instanceof UsageError || error instanceof ConfigError || error instanceof ValidationError;
+  console.error(`workspace-jobs: ${error instanceof Error ? error.message : String(error)}`);
+  if (!usage && process.env.LOG_LEVEL === 'debug' && error instanceof Error) console.error(error.stack);
+  exitSoon(usage ? 2 : 1);
+});
