@@ -66,7 +66,15 @@ export async function startWorkspace(
           { build_id: latest.id, build_number: latest.buildNumber, transition: latest.transition },
           workspace.id,
         );
-        await waitForBuild(ctx, latest, workspace.id);
+        {
+          const settled = await waitForBuild(ctx, latest, workspace.id);
+          // Canceled, failed or even succeeded: look again. Only a cancellation that never settles ends here.
+          if (!settled.ok && settled.code === 'build_timeout') {
+            return unflagged('build_timeout', `waiting for in-progress build: ${settled.reason}`, {
+              build_id: latest.id,
+            });
+          }
+        }
         continue;
       case 'succeeded':
         if (latest.transition === 'start') {
