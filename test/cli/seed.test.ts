@@ -1,6 +1,10 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { completeJob, insertAgents } from '../../src/cli/fixtures.js';
 import { formatSeedResult, seed, type SeedResult } from '../../src/cli/seed.js';
+import { isFailure, topics, type StartWorkspaceResult } from '../../src/shared/interfaces.js';
+import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { awaitBuild, createStartContext, listBuilds, type StartContext } from '../helpers/start-context.js';
 
 describe('seed', () => {
   let db: TestDatabase;
@@ -314,5 +318,62 @@ describe('seed', () => {
     }
     expect(text).toContain(r.templates.dev.name);
     expect(text).toContain(r.user.username);
+  });
+
+  it('each scenario does what it says when a start job runs', async () => {
+    const r = await seed(db.pool);
+    const t: StartContext = await createStartContext(db);
+    try {
+      const run = async (key: keyof SeedResult['chats'], parameters?: Record<string, string>) => {
+        const s = r.chats[key];
+        return startWorkspace(t.ctx, {
+          chatId: s.chatId,
+          ownerId: s.ownerId,
+          workspaceId: s.workspaceId ?? '00000000-0000-4000-8000-000000000000',
+          parameters,
+        });
+      };
+      /** Runs a start that needs a build #n, playing the provisioner once the job waits on it. */
+      const runBuilding = async (
+        key: keyof SeedResult['chats'],
+        buildNumber: number,
+        parameters?: Record<string, string>,
+      ): Promise<StartWorkspaceResult> => {
+        const running = run(key, parameters);
+        const build = await awaitBuild(db, r.chats[key].workspaceId!, buildNumber);
+        await t.waitingOn(topics.provisionerJob(build.job_id));
+        await insertAgents(db.pool, build.job_id, [
+          { name: 'dev', connected: true, lifecycleState: 'ready' },
+        ]);
+        await completeJob(db.pool, build.job_id);
+        return running;
+      };
+
+      expect(await runBuilding('stopped', 3)).toMatchObject({ started: true });
+      expect(await run('running')).toMatchObject({ started: true, no_build: true });
+      expect(await run('noWorkspace')).toMatchObject({ code: 'no_workspace' });
+      const building = await runBuilding('building', 3);
+      expect(building).toMatchObject({ started: true });
+      expect(await listBuilds(db, r.chats.building.workspaceId!)).toHaveLength(3);
+      expect(await runBuilding('autoUpdate', 3)).toMatchObject({
+        updated_to_active_version: true,
+        update_reason: 'template requires active versions',
+        template_version_id: r.templates.autoUpdate.activeVersionId,
+      });
+      const manual = await run('manualUpdate');
+      expect(isFailure(manual) && manual.code).toBe('manual_update_required');
+      expect(await listBuilds(db, r.chats.manualUpdate.workspaceId!)).toHaveLength(2);
+      expect(await runBuilding('manualUpdate', 3, { region: 'eu-west-1' })).toMatchObject({
+        updated_to_active_version: true,
+        template_version_id: r.templates.manualUpdate.activeVersionId,
+      });
+      expect(await runBuilding('automaticUpdates', 3)).toMatchObject({
+        updated_to_active_version: true,
+        update_reason: 'workspace automatic updates are set to always',
+        template_version_id: r.templates.newerVersion.activeVersionId,
+      });
+    } finally {
+      await t.close();
+    }
   });
 });
