@@ -221,9 +221,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     expect(startBuild).toMatchObject({ transition: 'start', build_number: 3 });
   });
 
-  // Fails against 619525e (reported to the lead): the canceling branch ignores the wait's outcome and re-reads,
-  // so a cancellation that never settles is waited for MAX_PASSES (5) times the build timeout and ends with
-  // { code: 'internal', is_error: true } instead of build_timeout after one build timeout (D8).
+  // Before 968bd25 the canceling branch ignored the wait's outcome and re-read, waiting 5 build timeouts and
+  // ending with { code: 'internal', is_error: true }.
   it('D3 + D8: a cancellation that never settles ends with build_timeout after the build timeout', async () => {
     const t = await context({ timeouts: { buildTimeoutMs: 300 } });
     const w = await world({ then: { transition: 'start', status: 'canceling' } });
