@@ -55,7 +55,14 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
     const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters });
     console.log(JSON.stringify(enqueued));
     if (!values.wait) return 0;
-    const result = await follow(producer, chatId, enqueued.jobId, since!, timeoutMs, Boolean(values.json));
+    const result = await follow(
+      producer,
+      chatId,
+      enqueued.jobId,
+      since!,
+      timeoutMs,
+      values.json ? 'json' : 'auto',
+    );
     console.log(JSON.stringify(result, null, 2));
     return isFailure(result) ? 1 : 0;
   } finally {
@@ -70,9 +77,10 @@ export async function follow(
   jobId: string,
   since: string,
   timeoutMs: number,
-  json: boolean,
+  /** `auto`: JSON lines when stdout is not a terminal. */
+  format: 'json' | 'pretty' | 'auto',
 ): Promise<JobResult> {
-  const asJson = json || !process.stdout.isTTY;
+  const asJson = format === 'json' || (format === 'auto' && !process.stdout.isTTY);
   let resultEvent: (() => void) | undefined;
   const sawResult = new Promise<void>((resolve) => (resultEvent = resolve));
   const unsubscribe = await producer.subscribe(
