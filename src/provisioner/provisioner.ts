@@ -355,7 +355,11 @@ export class Provisioner {
           return undefined;
         }
         // Canceled while the executor finished: the job now reads 'canceled'; a canceled build has no agents.
-        if (row.canceled || job.transition !== 'start') return row.canceled ? undefined : [];
+        if (row.canceled) {
+          this.log.info({ jobId: job.jobId }, 'job was canceled as it finished; completed as canceled');
+          return undefined;
+        }
+        if (job.transition !== 'start') return [];
         const { rows: resources } = await client.query<{ id: string }>(
           `INSERT INTO workspace_resources (job_id, transition, type, name)
            VALUES ($1, $2, $3, 'dev') RETURNING id`,
@@ -372,8 +376,10 @@ export class Provisioner {
         return agents.sort((a, b) => a.display_order - b.display_order).map(({ id, name }) => ({ id, name }));
       });
     } catch (error) {
-      // Most likely the database is gone; the stale reaper settles the job once it is back.
+      // Fail the job rather than leave it running; if the database is gone this fails too, and the
+      // stale reaper settles the job once it is back.
       this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
+      await this.settle(job.jobId, `could not record the build's results: ${errorMessage(error)}`);
       return undefined;
     }
   }

@@ -133,6 +133,19 @@ describe('Provisioner', () => {
     expect(logs.at(-1)).toMatchObject({ level: 'error', output: 'Build failed: terraform apply failed' });
   });
 
+  it('when the results cannot be recorded › the job fails and no resource is left behind', async () => {
+    // Postgres text cannot hold NUL, so inserting this agent fails inside the completing transaction.
+    const executor = new RecordingExecutor({ agents: ['main', 'bad\0name'] });
+    await startProvisioner({ executor });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job.job_status).toBe('failed');
+    expect(job.error).toMatch(/^could not record the build's results: /);
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+  });
+
   it('when a stop build succeeds › no resource or agents are written', async () => {
     const executor = new RecordingExecutor({ agents: ['main'] });
     await startProvisioner({ executor });
