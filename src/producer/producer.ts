@@ -211,9 +211,13 @@ export class WorkspaceJobsProducer {
    */
   async waitForResult(jobId: string, options: WaitForResultOptions): Promise<JobResult> {
     this.assertOpen();
+    if (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0) {
+      throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${options.timeoutMs}`);
+    }
     const job = await this.queue.getJob(jobId);
     if (!job) throw new JobNotFoundError(jobId);
-    const chatId = job.data.chatId;
+    // Someone who bypassed the producer may have added a job without a valid chat: then only its state tells.
+    const chatId = chatIdSchema.safeParse(job.data?.chatId).success ? job.data.chatId : undefined;
 
     let done = false;
     let resolveResult!: (result: JobResult) => void;
@@ -241,15 +245,17 @@ export class WorkspaceJobsProducer {
     const watching = (async () => {
       // Subscribe first (replaying the whole stream), then read the job: a job that finishes in between
       // is seen by one or the other.
-      unsubscribe = await this.subscribe(
-        chatId,
-        (event) => {
-          if (event.type === 'result' && event.job.id === jobId && event.data) {
-            resolveResult(event.data as unknown as JobResult);
-          }
-        },
-        { since: '0' },
-      );
+      if (chatId !== undefined) {
+        unsubscribe = await this.subscribe(
+          chatId,
+          (event) => {
+            if (event.type === 'result' && event.job.id === jobId && event.data) {
+              resolveResult(event.data as unknown as JobResult);
+            }
+          },
+          { since: '0' },
+        );
+      }
       if (done) return;
       await checkState();
       if (done) return;

@@ -182,6 +182,20 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
     await vi.waitFor(async () => expect(await listeners(chatId)).toBe(0));
   });
 
+  it('still follows a job added without a valid chat (the producer bypassed), by its state', async () => {
+    const job = await queue.add('start-workspace', { chatId: 'not-a-chat' }, { jobId: randomUUID() });
+    const waiting = producer.waitForResult(job.id!, { timeoutMs: 10_000 });
+    startWorker(async () => success);
+    await expect(waiting).resolves.toEqual(success);
+  });
+
+  it('rejects a timeout that is not a positive number', async () => {
+    const { jobId } = await enqueue();
+    for (const timeoutMs of [0, -1, Number.NaN]) {
+      await expect(producer.waitForResult(jobId, { timeoutMs })).rejects.toBeInstanceOf(RangeError);
+    }
+  });
+
   it('rejects a job that does not exist', async () => {
     const jobId = randomUUID();
     await expect(producer.waitForResult(jobId, { timeoutMs: 1_000 })).rejects.toThrow(
