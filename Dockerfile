@@ -18,12 +18,9 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY bin ./bin
 COPY src ./src
 COPY migrations ./migrations
-# The migration runner resolves migrations/ relative to its compiled file (dist/src/shared/ -> dist/), so
-# the SQL files go next to the compiled code too.
 RUN npm rebuild \
  && npm run build \
- && npm prune --omit=dev --ignore-scripts \
- && cp -r migrations dist/migrations
+ && npm prune --omit=dev --ignore-scripts
 
 # --- runtime: compiled code and production dependencies only, as the unprivileged `node` user ---------
 FROM node:20-bookworm-slim
