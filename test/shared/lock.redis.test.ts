@@ -145,7 +145,7 @@ describe('ChatLocks on the real Redis', () => {
   });
 
   describe('three nodes (Redlock)', () => {
-    it('under 20 concurrent tryAcquire calls › exactly one wins, holding the key on every node', async () => {
+    it('under 20 concurrent tryAcquire calls › exactly one wins, holding the key on a quorum of nodes', async () => {
       prefix = uniquePrefix('lock');
       // Three databases stand in for three independent nodes; each ChatLocks gets connections of its own.
       const chatId = randomUUID();
@@ -158,7 +158,9 @@ describe('ChatLocks on the real Redis', () => {
       expect(winners).toHaveLength(1);
       const nodes = [1, 2, 3].map((db) => cleaners.get(db)!);
       const resource = `${prefix}:lock:chat:${chatId}`;
-      expect(await Promise.all(nodes.map((r) => r.exists(resource)))).toEqual([1, 1, 1]);
+      // A loser may have taken one node before losing the vote; the winner holds at least a majority.
+      const held = (await Promise.all(nodes.map((r) => r.exists(resource)))).reduce((a, b) => a + b, 0);
+      expect(held).toBeGreaterThanOrEqual(2);
 
       await winners[0]!.release();
 
