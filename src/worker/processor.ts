@@ -228,6 +228,32 @@ export function createProcessor(options: ProcessorOptions) {
   }
 }
 
+/**
+ * For BullMQ's `failed` event: a job can fail without our processor publishing its result, e.g. when it
+ * stalled more often than maxStalledCount and BullMQ fails it before calling us. A final failure then
+ * gets its one result event here; the publisher's per-job marker makes this a no-op for jobs whose
+ * result is already out.
+ */
+export async function publishMissingResult(publisher: EventPublisher, job: Job, error: Error): Promise<void> {
+  const final =
+    error instanceof UnrecoverableError ||
+    error.name === 'UnrecoverableError' ||
+    job.attemptsMade >= (job.opts.attempts ?? 1) ||
+    Boolean(job.deferredFailure);
+  const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
+  if (!final || typeof chatId !== 'string' || !/^[\w-]{1,64}$/.test(chatId)) return;
+  const failure: JobFailure = { error: error.message, code: 'internal', is_error: true };
+  await publisher.publish({
+    type: 'result',
+    stage: 'failed',
+    job: { id: job.id!, name: job.name as JobName, attempt: job.attemptsMade },
+    chatId,
+    workspaceId: (job.data as Partial<ChatPayload>).workspaceId,
+    message: failure.error,
+    data: failure as unknown as Record<string, unknown>,
+  });
+}
+
 function describeSuccess(result: StartWorkspaceSuccess | CreateWorkspaceSuccess): string {
   if ('started' in result) {
     if (result.no_build) return `Workspace ${result.workspace_name} is already running`;

@@ -10,7 +10,7 @@ import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
 import { PgWorkspaceStore } from './pg-store.js';
-import { createProcessor, type ProcessorOptions } from './processor.js';
+import { createProcessor, publishMissingResult, type ProcessorOptions } from './processor.js';
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -53,9 +53,10 @@ export class WorkspaceWorker {
       throw error;
     }
 
+    const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const processor = createProcessor({
       locks: new ChatLocks(lockClients, config.queuePrefix, { log }),
-      publisher: new EventPublisher(eventsRedis, config.queuePrefix, { log }),
+      publisher,
       store: new PgWorkspaceStore(pool),
       waiter: hub,
       timeouts: config,
@@ -74,6 +75,12 @@ export class WorkspaceWorker {
     worker.on('error', (err) => log.error({ err }, 'worker error'));
     worker.on('lockRenewalFailed', (jobIds) => log.warn({ jobIds }, 'could not renew BullMQ job locks'));
     worker.on('stalled', (jobId) => log.warn({ jobId }, 'job stalled; it will be retried'));
+    worker.on('failed', (job, error) => {
+      if (!job) return;
+      publishMissingResult(publisher, job, error).catch((err) =>
+        log.warn({ err, jobId: job.id }, 'could not publish the result of a failed job'),
+      );
+    });
     log.info(
       { queue: QUEUE_NAME, prefix: config.queuePrefix, concurrency: config.workerConcurrency },
       'worker started',
