@@ -4,13 +4,18 @@
 // provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
 // way Coder's tests complete the job after the tool's first read.
 import { expect } from 'vitest';
+import type { AgentInput } from '../../src/cli/fixtures.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
-import type {
-  ChangeWaiter,
-  JobContext,
-  ProgressStage,
-  WaitTimeouts,
-  WorkspaceStore,
+import {
+  isFailure,
+  type ChangeWaiter,
+  type JobContext,
+  type JobFailure,
+  type StartWorkspaceResult,
+  type StartWorkspaceSuccess,
+  type ProgressStage,
+  type WaitTimeouts,
+  type WorkspaceStore,
 } from '../../src/shared/interfaces.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import type { TestDatabase } from './database.js';
@@ -225,3 +230,18 @@ export async function rowCounts(
   );
   return rows[0]!;
 }
+
+/** The result as a success, or a test failure that shows what came back instead. */
+export function success(result: StartWorkspaceResult): StartWorkspaceSuccess {
+  if (isFailure(result)) throw new Error(`expected success, got ${JSON.stringify(result)}`);
+  return result;
+}
+
+/** The result as a failure, or a test failure that shows what came back instead. */
+export function failure(result: StartWorkspaceResult): JobFailure {
+  if (!isFailure(result)) throw new Error(`expected failure, got ${JSON.stringify(result)}`);
+  return result;
+}
+
+/** One connected, ready root agent: a running workspace the chat can use at once. */
+export const READY_AGENT: AgentInput[] = [{ name: 'dev', connected: true, lifecycleState: 'ready' }];

@@ -19,13 +19,9 @@ import {
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
 import {
-  isFailure,
   PROGRESS_STAGES,
   topics,
-  type JobFailure,
   type StartWorkspacePayload,
-  type StartWorkspaceResult,
-  type StartWorkspaceSuccess,
   type WorkspaceStore,
   type WorkspaceTransition,
 } from '../../src/shared/interfaces.js';
@@ -38,21 +34,12 @@ import {
   createStartContext,
   listBuilds,
   rowCounts,
+  failure,
+  READY_AGENT,
+  success,
   type StartContext,
   type StartContextOptions,
 } from '../helpers/start-context.js';
-
-function success(result: StartWorkspaceResult): StartWorkspaceSuccess {
-  if (isFailure(result)) throw new Error(`expected success, got ${JSON.stringify(result)}`);
-  return result;
-}
-
-function failure(result: StartWorkspaceResult): JobFailure {
-  if (!isFailure(result)) throw new Error(`expected failure, got ${JSON.stringify(result)}`);
-  return result;
-}
-
-const READY_AGENT: AgentInput[] = [{ name: 'dev', connected: true, lifecycleState: 'ready' }];
 
 describe('startWorkspace: deviations from Coder and extra cases', () => {
   let db: TestDatabase;

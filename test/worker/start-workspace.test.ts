@@ -17,14 +17,7 @@ import {
   type AgentInput,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import {
-  isFailure,
-  topics,
-  type JobFailure,
-  type StartWorkspacePayload,
-  type StartWorkspaceResult,
-  type StartWorkspaceSuccess,
-} from '../../src/shared/interfaces.js';
+import { topics, type StartWorkspacePayload } from '../../src/shared/interfaces.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
@@ -34,6 +27,9 @@ import {
   createStartContext,
   listBuilds,
   rowCounts,
+  failure,
+  READY_AGENT,
+  success,
   type StartContext,
   type StartContextOptions,
 } from '../helpers/start-context.js';
@@ -42,18 +38,6 @@ const MANUAL_UPDATE_MESSAGE =
   "The workspace needs the template's active version before it can start. Use read_template with this " +
   "workspace's template_id to inspect the active version's required parameters, then retry start_workspace " +
   'with a parameters object that supplies any missing or changed values.';
-
-function success(result: StartWorkspaceResult): StartWorkspaceSuccess {
-  if (isFailure(result)) throw new Error(`expected success, got ${JSON.stringify(result)}`);
-  return result;
-}
-
-function failure(result: StartWorkspaceResult): JobFailure {
-  if (!isFailure(result)) throw new Error(`expected failure, got ${JSON.stringify(result)}`);
-  return result;
-}
-
-const READY_AGENT: AgentInput[] = [{ name: 'dev', connected: true, lifecycleState: 'ready' }];
 
 describe('startWorkspace: Coder TestStartWorkspace', () => {
   let db: TestDatabase;
