@@ -1,6 +1,7 @@
 // The chat backend's side of workspace-jobs (CONTRACT.md section 4): validates payloads, enqueues
 // deduplicated jobs on the `workspaces` queue, announces them on the chat's event stream, and lets the
 // backend follow a job's events or wait for its result.
+import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -120,6 +121,8 @@ export class WorkspaceJobsProducer {
     this.attempts = options.attempts ?? DEFAULT_JOB_ATTEMPTS;
     this.log = options.log ?? pino({ level: 'silent' });
     this.resultRecheckMs = options.resultRecheckMs ?? DEFAULT_RESULT_RECHECK_MS;
+    // Every pending waitForResult listens here (and removes its listener); many at once is normal.
+    setMaxListeners(0, this.closing.signal);
     this.queue = new Queue<JobData, JobResult, JobName>(QUEUE_NAME, {
       connection: this.connection,
       prefix: this.prefix,

@@ -5,7 +5,8 @@
 //   under the prefix keeps Redis Cluster hash tags and prefix-wide cleanup working), so the subclasses below
 //   overwrite the protected `_key` with the bare resource name.
 // - tryAcquire: a loop of `SET key id PX ttl NX` bounded by acquireTimeout/acquireAttemptsLimit, sleeping
-//   retryInterval after every miss. One attempt and no sleep = "try once, never wait".
+//   retryInterval after every miss. One attempt with retryInterval 0 = "try once": the library still
+//   awaits a 0 ms timer after the miss, so a refusal costs about 1 ms (bench/lock.ts), not a real wait.
 //   Mutex: a connection error rejects. RedlockMutex: an unreachable node counts as a "no" (errors are
 //   swallowed per node), so a majority of unreachable nodes looks like "held by someone else" (null here).
 // - Refresh: an unref'd setInterval runs a Lua "PEXPIRE if the value is still ours". A refresh that answers
@@ -107,7 +108,7 @@ class ChatLock implements HeldLock {
       {
         lockTimeout: lockTimeoutMs,
         refreshInterval: refreshIntervalMs,
-        // Try once and do not sleep after a miss: a busy chat is re-delayed by the caller instead.
+        // Try once (only a 0 ms timer after a miss): a busy chat is re-delayed by the caller instead.
         acquireAttemptsLimit: 1,
         acquireTimeout: lockTimeoutMs,
         retryInterval: 0,

@@ -98,7 +98,8 @@ export class PgNotificationHub implements ChangeWaiter {
         done.signal.throwIfAborted();
         if (pending) continue;
         await new Promise<void>((resolve) => {
-          const recheck = setTimeout(resolve, this.safetyRecheckMs);
+          // ±20% jitter: waiters that started together must not all re-check in the same instant.
+          const recheck = setTimeout(resolve, this.safetyRecheckMs * (0.8 + Math.random() * 0.4));
           const finish = () => {
             clearTimeout(recheck);
             done.signal.removeEventListener('abort', finish);
