@@ -16,6 +16,11 @@ export interface ResolveParametersInput {
   provided: Record<string, string>;
   /** True for a workspace's first build (no previous values; immutable parameters may be set freely). */
   firstBuild: boolean;
+  /**
+   * Report every failing parameter instead of the first (Coder's builder stops at the first; a create
+   * request names them all, so the caller can fix them in one go). Default false.
+   */
+  allFailures?: boolean;
 }
 
 export type ResolveParametersResult =
@@ -36,20 +41,28 @@ export function resolveParameters(input: ResolveParametersInput): ResolveParamet
   // Only the target version's parameters are iterated, so provided values for names it doesn't have and
   // previous values of parameters it removed are dropped: every build stores exactly its version's set.
   const values: BuildParameter[] = [];
+  const validations: Validation[] = [];
   for (const param of input.parameters) {
     const outcome = resolveOne(param, providedValue(input.provided, param.name), previous.get(param.name));
-    if (!outcome.ok) {
-      return {
-        ok: false,
-        name: param.name,
-        message: `Unable to validate parameter ${quote(param.name)}`,
-        detail: outcome.reason,
-        validations: [{ field: param.name, detail: outcome.reason }],
-      };
+    if (outcome.ok) {
+      values.push({ name: param.name, value: outcome.value });
+      continue;
     }
-    values.push({ name: param.name, value: outcome.value });
+    validations.push({ field: param.name, detail: outcome.reason });
+    if (!input.allFailures) break;
   }
-  return { ok: true, values };
+  if (validations.length === 0) return { ok: true, values };
+  const [first] = validations as [Validation, ...Validation[]];
+  return {
+    ok: false,
+    name: first.field,
+    message:
+      validations.length === 1
+        ? `Unable to validate parameter ${quote(first.field)}`
+        : `Unable to validate parameters ${validations.map((v) => quote(v.field)).join(', ')}`,
+    detail: validations.map((v) => v.detail).join('\n'),
+    validations,
+  };
 }
 
 type Outcome = { ok: true; value: string } | { ok: false; reason: string };

@@ -187,6 +187,27 @@ describe('resolveParameters', () => {
       ]);
     });
 
+    it('when several fail › stops at the first, like Coder’s builder', () => {
+      const parameters = [param('region', { required: true }), param('project', { required: true })];
+      expect(failure(resolve({ parameters }), 'region')).toBe(
+        'Parameter "region" is required but not provided',
+      );
+    });
+
+    it('when several fail and allFailures is set › names every one', () => {
+      const parameters = [
+        param('region', { required: true }),
+        param('size', { options: options('s', 'l'), defaultValue: 's' }),
+        param('project', { required: true }),
+      ];
+      const result = resolve({ parameters, firstBuild: true, allFailures: true, provided: { size: 'xl' } });
+      if (result.ok) throw new Error('expected a failure');
+      expect(result.message).toBe('Unable to validate parameters "region", "size", "project"');
+      expect(result.validations.map((v) => v.field)).toEqual(['region', 'size', 'project']);
+      expect(result.validations[0]!.detail).toBe('Parameter "region" is required but not provided');
+      expect(result.detail.split('\n')).toEqual(result.validations.map((v) => v.detail));
+    });
+
     it('when a required parameter has a previous value › keeps it', () => {
       const result = resolve({
         parameters: [param('region', { required: true })],
