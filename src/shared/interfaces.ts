@@ -266,7 +266,13 @@ export interface Agent {
   firstConnectedAt: Date | null;
   lastConnectedAt: Date | null;
   disconnectedAt: Date | null;
+  createdAt: Date;
+  /** 0 = never times out while connecting. */
+  connectionTimeoutSeconds: number;
 }
+
+/** Coder's derived agent connection status (not stored). */
+export type AgentConnectionStatus = 'connecting' | 'connected' | 'disconnected' | 'timeout';
 
 // ---------------------------------------------------------------------------------------------------
 // What the worker's domain logic runs over (src/worker). Implemented on Postgres by PgWorkspaceStore.

@@ -1,7 +1,7 @@
 // Which agent of a workspace the chat talks to (Coder's agentselect.FindChatAgent, PR #23741; reference
 // section 4.1), and whether an agent is reachable. Pure: no I/O.
 
-import type { Agent } from '../shared/interfaces.js';
+import type { Agent, AgentConnectionStatus } from '../shared/interfaces.js';
 
 /** A template marks the agent meant for chats by giving it a name ending in this (case-insensitive). */
 export const CHAT_AGENT_SUFFIX = '-coderd-chat';
@@ -39,6 +39,22 @@ export function isAgentConnected(agent: Agent): boolean {
   // calls an agent whose disconnected_at >= last_connected_at "disconnected".
   if (agent.lastConnectedAt === null) return false;
   return agent.disconnectedAt === null || agent.disconnectedAt.getTime() < agent.lastConnectedAt.getTime();
+}
+
+/**
+ * Coder's WorkspaceAgent.Status as create_workspace uses it: never connected → `timeout` once its
+ * connection timeout has passed, else `connecting`; disconnected since its last connection →
+ * `disconnected`; else `connected`. (Coder also calls an agent silent for longer than the inactivity
+ * timeout disconnected; agents here do not heartbeat last_connected_at, so that rule is left out.)
+ */
+export function agentConnectionStatus(agent: Agent, now = new Date()): AgentConnectionStatus {
+  if (agent.firstConnectedAt === null && agent.lastConnectedAt === null) {
+    const waitedMs = now.getTime() - agent.createdAt.getTime();
+    return agent.connectionTimeoutSeconds > 0 && waitedMs > agent.connectionTimeoutSeconds * 1000
+      ? 'timeout'
+      : 'connecting';
+  }
+  return isAgentConnected(agent) ? 'connected' : 'disconnected';
 }
 
 function compareAgents(a: Agent, b: Agent): number {

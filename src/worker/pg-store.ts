@@ -62,6 +62,8 @@ const toAgent = (r: Row): Agent => ({
   firstConnectedAt: r.first_connected_at as Date | null,
   lastConnectedAt: r.last_connected_at as Date | null,
   disconnectedAt: r.disconnected_at as Date | null,
+  createdAt: r.created_at as Date,
+  connectionTimeoutSeconds: r.connection_timeout_seconds as number,
 });
 
 const toParameter = (r: Row): TemplateVersionParameter => ({

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import type { Agent } from '../../src/shared/interfaces.js';
-import { CHAT_AGENT_SUFFIX, isAgentConnected, selectChatAgent } from '../../src/worker/agent-selection.js';
+import {
+  agentConnectionStatus,
+  CHAT_AGENT_SUFFIX,
+  isAgentConnected,
+  selectChatAgent,
+} from '../../src/worker/agent-selection.js';
 
 let nextId = 0;
 
@@ -15,6 +20,8 @@ function agent(name: string, displayOrder = 0, overrides: Partial<Agent> = {}): 
     firstConnectedAt: null,
     lastConnectedAt: null,
     disconnectedAt: null,
+    createdAt: new Date('2026-01-01T00:00:00Z'),
+    connectionTimeoutSeconds: 0,
     ...overrides,
   };
 }
@@ -190,5 +197,26 @@ describe('isAgentConnected', () => {
 
   it('when only a disconnection is recorded › is false', () => {
     expect(isAgentConnected(agent('dev', 0, { disconnectedAt: t1 }))).toBe(false);
+  });
+});
+
+describe('agentConnectionStatus', () => {
+  const created = new Date('2026-01-01T00:00:00Z');
+  const at = (seconds: number) => new Date(created.getTime() + seconds * 1000);
+
+  it('when the agent never connected › connecting, until its connection timeout passes', () => {
+    const waiting = agent('dev', 0, { createdAt: created, connectionTimeoutSeconds: 60 });
+    expect(agentConnectionStatus(waiting, at(30))).toBe('connecting');
+    expect(agentConnectionStatus(waiting, at(61))).toBe('timeout');
+  });
+
+  it('when the agent has no connection timeout › connecting forever', () => {
+    expect(agentConnectionStatus(agent('dev', 0, { createdAt: created }), at(86_400))).toBe('connecting');
+  });
+
+  it('when connected and not disconnected since › connected; disconnected since › disconnected', () => {
+    const connected = agent('dev', 0, { firstConnectedAt: at(1), lastConnectedAt: at(5) });
+    expect(agentConnectionStatus(connected, at(10))).toBe('connected');
+    expect(agentConnectionStatus({ ...connected, disconnectedAt: at(6) }, at(10))).toBe('disconnected');
   });
 });
