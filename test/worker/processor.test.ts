@@ -1,0 +1,312 @@
+// The worker's processor on real Redis and Postgres, driven through the producer (or queue.add where a test
+// needs to bypass it): the events a job publishes, its BullMQ outcome, retries and deduplication.
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  PROGRESS_STAGES,
+  type JobFailure,
+  type JobProgress,
+  type StartWorkspaceSuccess,
+  type WorkspaceStore,
+} from '../../src/shared/interfaces.js';
+import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
+import { redisKeys } from '../../src/shared/keys.js';
+import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
+import {
+  WAIT_MS,
+  WorkerHarness,
+  eventually,
+  stagesOf,
+  type SeededWorkspace,
+} from '../helpers/worker-harness.js';
+
+/** Fast retries for jobs added with queue.add. */
+const FAST_RETRIES = { attempts: 3, backoff: { type: 'fixed', delay: 10 } } as const;
+
+describe('start-workspace processor', () => {
+  let h: WorkerHarness;
+
+  beforeEach(async () => {
+    h = await WorkerHarness.create();
+  });
+
+  afterEach(async () => {
+    await h.close();
+  });
+
+  describe('a start of a stopped workspace', () => {
+    it('runs end to end: progress in contract order, then exactly one result event, last on the stream', async () => {
+      await h.startWorker();
+      const ws = await h.seedStoppedWorkspace();
+
+      const { jobId, deduplicated } = await h.producer.startWorkspace({
+        chatId: ws.chatId,
+        ownerId: ws.ownerId,
+      });
+      expect(deduplicated).toBe(false);
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+
+      const job = await h.waitForState(jobId, ['completed']);
+      expect(result).toEqual(job.returnvalue);
+      const [build] = await h.newStartBuilds(ws.workspaceId);
+      expect(build).toBeDefined();
+      expect(result).toEqual({ started: true, workspace_name: ws.workspaceName, build_id: build!.id });
+
+      const events = await h.events(ws.chatId);
+      expect(events.every((e) => e.job.id === jobId)).toBe(true);
+      const results = events.filter((e) => e.type === 'result');
+      expect(results).toHaveLength(1);
+      const last = events.at(-1)!;
+      expect(last).toBe(results[0]);
+      expect(last).toMatchObject({ type: 'result', stage: 'completed', chatId: ws.chatId });
+      expect(last.data).toMatchObject({ started: true, build_id: build!.id });
+      expect(last.data).toEqual(result);
+
+      // Progress: the stages that must appear, each once, in the contract's order.
+      const progress = stagesOf(events.filter((e) => e.type === 'progress'));
+      for (const stage of [
+        'queued',
+        'lock_acquired',
+        'checking',
+        'build_queued',
+        'build_succeeded',
+        'agent_ready',
+      ])
+        expect(progress).toContain(stage);
+      expect(new Set(progress).size).toBe(progress.length);
+      const order = progress.map((stage) =>
+        PROGRESS_STAGES.indexOf(stage as (typeof PROGRESS_STAGES)[number]),
+      );
+      expect(order.every((index) => index >= 0)).toBe(true);
+      expect(order).toEqual([...order].sort((a, b) => a - b));
+      expect(progress).not.toContain('retrying');
+      expect(progress).not.toContain('waiting_for_lock');
+
+      // The chat is bound to the new build, and the chat lock is free again.
+      const { rows } = await h.db.pool.query<{ build_id: string }>(
+        'SELECT build_id FROM chats WHERE id = $1',
+        [ws.chatId],
+      );
+      expect(rows[0]?.build_id).toBe(build!.id);
+      expect(await h.redis.exists(redisKeys(h.prefix).chatLock(ws.chatId))).toBe(0);
+    });
+  });
+
+  describe('a start served by the real provisioner daemon (simulated executor)', () => {
+    it('completes with the agent ready, stages in contract order and the result last', async () => {
+      h.provisioner.pause(); // the daemon, not the SQL stand-in, runs the build
+      const daemon = await startProvisioner(
+        h.config(),
+        loadProvisionerConfig({ SIM_BUILD_MS: '200', SIM_AGENT_CONNECT_MS: '50', SIM_STARTUP_MS: '100' }),
+        h.log,
+      );
+      h.onClose(() => daemon.stop(1_000));
+      await h.startWorker();
+      const ws = await h.seedStoppedWorkspace();
+
+      const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      const [build] = await h.newStartBuilds(ws.workspaceId);
+      expect(result).toEqual({ started: true, workspace_name: ws.workspaceName, build_id: build!.id });
+      const { rows } = await h.db.pool.query<{ worker_id: string; job_status: string }>(
+        `SELECT j.worker_id, j.job_status FROM provisioner_jobs j JOIN workspace_builds b ON b.job_id = j.id
+          WHERE b.id = $1`,
+        [build!.id],
+      );
+      expect(rows[0]).toEqual({ worker_id: daemon.id, job_status: 'succeeded' });
+
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.filter((e) => e.type === 'result')).toHaveLength(1);
+      expect(events.at(-1)).toMatchObject({ type: 'result', stage: 'completed', data: result });
+      const progress = stagesOf(events.filter((e) => e.type === 'progress'));
+      for (const stage of ['queued', 'lock_acquired', 'checking', 'build_succeeded', 'agent_ready'])
+        expect(progress).toContain(stage);
+      const order = progress.map((stage) =>
+        PROGRESS_STAGES.indexOf(stage as (typeof PROGRESS_STAGES)[number]),
+      );
+      expect(order.every((index) => index >= 0)).toBe(true);
+      expect(order).toEqual([...order].sort((a, b) => a - b));
+    });
+  });
+
+  describe('a payload that does not validate (added without the producer)', () => {
+    it('fails at once without retries, naming the field, with an invalid_payload result event', async () => {
+      await h.startWorker();
+      const chatId = randomUUID();
+      const job = await h.queue.add(
+        'start-workspace',
+        { chatId, ownerId: 'not-a-uuid', workspaceId: randomUUID() },
+        { ...FAST_RETRIES, attempts: 5 },
+      );
+
+      const failed = await h.waitForState(job.id!, ['failed']);
+      expect(failed.attemptsMade).toBe(1);
+      expect(failed.failedReason).toContain('ownerId');
+
+      const events = await eventually(async () => {
+        const found = await h.events(chatId);
+        expect(found.filter((e) => e.type === 'result')).toHaveLength(1);
+        return found;
+      });
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ type: 'result', stage: 'failed', job: { id: job.id, attempt: 1 } });
+      const data = events[0]!.data as unknown as JobFailure;
+      expect(data.code).toBe('invalid_payload');
+      expect(data.is_error).toBe(true);
+      expect(data.error).toContain('ownerId');
+      expect(data.error).toBe(failed.failedReason);
+    });
+
+    it('fails at once without any event when even the chat id is unusable', async () => {
+      await h.startWorker();
+      const chatId = 'not a chat id';
+      const job = await h.queue.add(
+        'start-workspace',
+        { chatId, ownerId: randomUUID(), workspaceId: randomUUID() },
+        FAST_RETRIES,
+      );
+
+      const failed = await h.waitForState(job.id!, ['failed']);
+      expect(failed.attemptsMade).toBe(1);
+      expect(failed.failedReason).toContain('chatId');
+      expect(await h.events(chatId)).toEqual([]);
+    });
+  });
+
+  describe('a transient error on every attempt', () => {
+    it('publishes retrying per failed attempt, then exactly one internal failure after the last', async () => {
+      const store = new PgWorkspaceStore(h.db.pool);
+      const broken = new Proxy(store, {
+        get(target, property, receiver) {
+          if (property === 'getChat') {
+            return () => Promise.reject(new Error('connection reset (simulated by the test)'));
+          }
+          const value: unknown = Reflect.get(target, property, receiver);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      }) as WorkspaceStore;
+      await h.startWorker({ processor: { store: broken } });
+      const ws = await h.seedStoppedWorkspace();
+
+      const job = await h.queue.add(
+        'start-workspace',
+        { chatId: ws.chatId, ownerId: ws.ownerId, workspaceId: ws.workspaceId },
+        FAST_RETRIES,
+      );
+      const failed = await h.waitForState(job.id!, ['failed']);
+      expect(failed.attemptsMade).toBe(3);
+      expect(failed.failedReason).toContain('connection reset');
+
+      const events = await h.jobEvents(ws.chatId, job.id!);
+      const retrying = events.filter((e) => e.stage === 'retrying');
+      expect(retrying.map((e) => e.job.attempt)).toEqual([1, 2]);
+      for (const e of retrying) expect(e.data?.error).toContain('connection reset');
+      const results = events.filter((e) => e.type === 'result');
+      expect(results).toHaveLength(1);
+      expect(events.at(-1)).toBe(results[0]);
+      expect(results[0]).toMatchObject({ stage: 'failed', job: { attempt: 3 } });
+      expect(results[0]!.data).toMatchObject({ code: 'internal', is_error: true });
+      expect(String(results[0]!.data?.error)).toContain('connection reset');
+
+      // Nothing was built, and every attempt released the chat lock.
+      expect(await h.newStartBuilds()).toEqual([]);
+      expect(await h.redis.exists(redisKeys(h.prefix).chatLock(ws.chatId))).toBe(0);
+      expect(await h.producer.waitForResult(job.id!, { timeoutMs: WAIT_MS })).toEqual(results[0]!.data);
+    });
+  });
+
+  describe('a failure result (a chat without a workspace)', () => {
+    it('fails the BullMQ job without retries and keeps the full result in its progress', async () => {
+      await h.startWorker();
+      const ws = await h.seedStoppedWorkspace();
+      // A second chat of the owner with no workspace; the producer is told the workspace explicitly.
+      const { rows } = await h.db.pool.query<{ id: string }>(
+        'INSERT INTO chats (owner_id) VALUES ($1) RETURNING id',
+        [ws.ownerId],
+      );
+      const chatId = rows[0]!.id;
+
+      const { jobId } = await h.producer.startWorkspace({
+        chatId,
+        ownerId: ws.ownerId,
+        workspaceId: ws.workspaceId,
+      });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      expect(result).toEqual({
+        error: 'chat has no workspace; use create_workspace first',
+        code: 'no_workspace',
+        is_error: true,
+      });
+
+      const job = await h.waitForState(jobId, ['failed']);
+      expect(job.attemptsMade).toBe(1);
+      expect(job.failedReason).toBe((result as JobFailure).error);
+      expect((job.progress as JobProgress).result).toEqual(result);
+      expect((job.progress as JobProgress).stage).toBe('failed');
+
+      const results = (await h.jobEvents(chatId, jobId)).filter((e) => e.type === 'result');
+      expect(results).toHaveLength(1);
+      expect(results[0]).toMatchObject({ stage: 'failed', data: result });
+      expect(await h.newStartBuilds()).toEqual([]);
+    });
+  });
+
+  describe('deduplication end to end', () => {
+    it('turns 1000 concurrent starts of 10 workspaces into 10 jobs, 10 builds and one result each', async () => {
+      // Builds stay pending until every call has returned, so every job is still active while the calls
+      // arrive and each later call must be deduplicated onto it.
+      h.provisioner.pause();
+      await Promise.all([h.startWorker(), h.startWorker()]);
+      const owner = await h.seedOwner();
+      const workspaces: SeededWorkspace[] = [];
+      for (let i = 0; i < 10; i++) workspaces.push(await h.seedStoppedWorkspace(owner));
+
+      const calls = await Promise.all(
+        Array.from({ length: 1000 }, (_, i) => {
+          const ws = workspaces[i % 10]!;
+          // Half name the workspace, half let the producer look it up from the chat.
+          return h.producer.startWorkspace({
+            chatId: ws.chatId,
+            ownerId: ws.ownerId,
+            ...(i % 2 === 0 && { workspaceId: ws.workspaceId }),
+          });
+        }),
+      );
+      expect(calls.filter((c) => !c.deduplicated)).toHaveLength(10);
+      const jobIds = new Set(calls.map((c) => c.jobId));
+      expect(jobIds.size).toBe(10);
+      for (const [i, call] of calls.entries()) expect(call.workspaceId).toBe(workspaces[i % 10]!.workspaceId);
+      h.provisioner.resume();
+
+      const results = await Promise.all(
+        [...jobIds].map((id) => h.producer.waitForResult(id, { timeoutMs: WAIT_MS })),
+      );
+      for (const result of results) expect((result as StartWorkspaceSuccess).started).toBe(true);
+
+      // The result event is published just before BullMQ moves the job to completed.
+      await eventually(async () => {
+        const counts = await h.queue.getJobCounts();
+        expect(counts.completed).toBe(10);
+        expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(10);
+      });
+
+      const builds = await h.newStartBuilds();
+      expect(builds).toHaveLength(10);
+      expect(new Set(builds.map((b) => b.workspace_id))).toEqual(
+        new Set(workspaces.map((w) => w.workspaceId)),
+      );
+
+      for (const ws of workspaces) {
+        const events = await h.events(ws.chatId);
+        const jobsOfChat = new Set(events.map((e) => e.job.id));
+        expect(jobsOfChat.size).toBe(1);
+        const results = events.filter((e) => e.type === 'result');
+        expect(results).toHaveLength(1);
+        expect(events.at(-1)).toBe(results[0]);
+        expect(results[0]!.stage).toBe('completed');
+        expect(events.filter((e) => e.stage === 'queued')).toHaveLength(1);
+        expect(events.filter((e) => e.stage === 'deduplicated')).toHaveLength(99);
+      }
+    });
+  });
+});
