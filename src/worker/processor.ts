@@ -177,8 +177,9 @@ export function createProcessor(options: ProcessorOptions) {
       if (isFailure(result)) throw new UnrecoverableError(result.error);
       return result;
     } finally {
-      await held.release();
+      // Reported before the release: once released, the next holder may already report `acquired`.
       options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'released' });
+      await held.release();
     }
   };
 
@@ -201,7 +202,9 @@ export function createProcessor(options: ProcessorOptions) {
         message,
         data,
       });
-      await job.updateProgress({ ...(job.progress as object), stage, message, at: new Date().toISOString() });
+      // Only the lock-wait path keeps lockWaits; any other event, lock_acquired first, resets it, so that a
+      // retry that finds the lock busy again waits with a fresh bound.
+      await job.updateProgress({ stage, message, at: new Date().toISOString() } satisfies JobProgress);
     } catch (error) {
       log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
     }

@@ -190,66 +190,59 @@ describe('the chat lock', () => {
       expect(await h.redis.exists(lockKey)).toBe(0);
     });
 
-    // KNOWN BUG (src/worker/processor.ts:100-101 with :117 and :204): the lock-wait bookkeeping in the job's
-    // progress (lockWaitStartedAt, lockWaits) survives the acquisition, so the retry measures its wait from
-    // the first attempt's wait and fails at once ("timed out after 1000 ms waiting for the chat lock"), and
-    // emits no waiting_for_lock. Marked `fails` so the suite stays green; drop `.fails` once it is fixed.
-    it.fails(
-      'waits for the lock again on the retry, its lock-wait bound counted afresh, when someone else took it',
-      async () => {
-        h.provisioner.pause();
-        const lockWaitTimeoutMs = 1_000;
-        await h.startWorker({
-          processor: {
-            locks: h.locks({ lockTimeoutMs: 1_500 }),
-            lockWaitTimeoutMs,
-            lockRetryMinMs: 50,
-            lockRetryMaxMs: 100,
-          },
-        });
-        const ws = await h.seedStoppedWorkspace();
-        const lockKey = redisKeys(h.prefix).chatLock(ws.chatId);
-        const testLocks = h.locks();
+    it('waits for the lock again on the retry, its lock-wait bound counted afresh, when someone else took it', async () => {
+      h.provisioner.pause();
+      const lockWaitTimeoutMs = 1_000;
+      await h.startWorker({
+        processor: {
+          locks: h.locks({ lockTimeoutMs: 1_500 }),
+          lockWaitTimeoutMs,
+          lockRetryMinMs: 50,
+          lockRetryMaxMs: 100,
+        },
+      });
+      const ws = await h.seedStoppedWorkspace();
+      const lockKey = redisKeys(h.prefix).chatLock(ws.chatId);
+      const testLocks = h.locks();
 
-        // The job first waits briefly for the lock, then gets it and starts the build.
-        const first = await testLocks.tryAcquire(ws.chatId);
-        expect(first).not.toBeNull();
-        const job = await h.queue.add(
-          'start-workspace',
-          { chatId: ws.chatId, ownerId: ws.ownerId, workspaceId: ws.workspaceId },
-          { jobId: WorkerHarness.jobId(), attempts: 3, backoff: { type: 'fixed', delay: 10 } },
-        );
-        const jobId = job.id!;
-        const waited = await h.waitForEvent(ws.chatId, 'waiting_for_lock');
-        await first!.release();
-        await h.waitForEvent(ws.chatId, 'build_queued');
-        // The build runs longer than the lock-wait bound: that is running, not waiting.
-        await eventually(() =>
-          expect(Date.now() - Date.parse(waited.at)).toBeGreaterThan(lockWaitTimeoutMs + 200),
-        );
+      // The job first waits briefly for the lock, then gets it and starts the build.
+      const first = await testLocks.tryAcquire(ws.chatId);
+      expect(first).not.toBeNull();
+      const job = await h.queue.add(
+        'start-workspace',
+        { chatId: ws.chatId, ownerId: ws.ownerId, workspaceId: ws.workspaceId },
+        { jobId: WorkerHarness.jobId(), attempts: 3, backoff: { type: 'fixed', delay: 10 } },
+      );
+      const jobId = job.id!;
+      const waited = await h.waitForEvent(ws.chatId, 'waiting_for_lock');
+      await first!.release();
+      await h.waitForEvent(ws.chatId, 'build_queued');
+      // The build runs longer than the lock-wait bound: that is running, not waiting.
+      await eventually(() =>
+        expect(Date.now() - Date.parse(waited.at)).toBeGreaterThan(lockWaitTimeoutMs + 200),
+      );
 
-        // The lock is lost and someone else takes it before the job notices.
-        await h.redis.del(lockKey);
-        const second = await testLocks.tryAcquire(ws.chatId);
-        expect(second).not.toBeNull();
-        h.onClose(() => second!.release());
-        await h.waitForEvent(ws.chatId, 'retrying');
+      // The lock is lost and someone else takes it before the job notices.
+      await h.redis.del(lockKey);
+      const second = await testLocks.tryAcquire(ws.chatId);
+      expect(second).not.toBeNull();
+      h.onClose(() => second!.release());
+      await h.waitForEvent(ws.chatId, 'retrying');
 
-        // The retry finds the lock busy: it must wait (re-delayed), not fail at once on the old wait's clock.
-        const retry = await eventually(async () => {
-          const current = await h.queue.getJob(jobId);
-          const state = await h.queue.getJobState(jobId);
-          const events = state === 'failed' ? [] : await h.jobEvents(ws.chatId, jobId);
-          const waitingAgain = events.some((e) => e.stage === 'waiting_for_lock' && e.job.attempt === 2);
-          if (state !== 'failed' && !waitingAgain) throw new Error('the retry has not met the lock yet');
-          return { state, failedReason: current?.failedReason };
-        });
-        expect(retry.state, `the retry failed: ${retry.failedReason}`).not.toBe('failed');
-        await second!.release();
-        h.provisioner.resume();
-        const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
-        expect(result).toMatchObject({ started: true });
-      },
-    );
+      // The retry finds the lock busy: it must wait (re-delayed), not fail at once on the old wait's clock.
+      const retry = await eventually(async () => {
+        const current = await h.queue.getJob(jobId);
+        const state = await h.queue.getJobState(jobId);
+        const events = state === 'failed' ? [] : await h.jobEvents(ws.chatId, jobId);
+        const waitingAgain = events.some((e) => e.stage === 'waiting_for_lock' && e.job.attempt === 2);
+        if (state !== 'failed' && !waitingAgain) throw new Error('the retry has not met the lock yet');
+        return { state, failedReason: current?.failedReason };
+      });
+      expect(retry.state, `the retry failed: ${retry.failedReason}`).not.toBe('failed');
+      await second!.release();
+      h.provisioner.resume();
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      expect(result).toMatchObject({ started: true });
+    });
   });
 });
