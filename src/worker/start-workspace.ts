@@ -6,13 +6,13 @@ import type {
   Build,
   Chat,
   JobContext,
-  JobFailure,
   StartWorkspacePayload,
   StartWorkspaceResult,
   User,
   Workspace,
 } from '../shared/interfaces.js';
 import { agentReadiness } from './agent-readiness.js';
+import { checkChatAccess, type ChatAccess } from './chat-access.js';
 import { waitForBuild } from './build-wait.js';
 import { flagged, messages, unflagged } from './results.js';
 import { createStartBuild } from './start-build.js';
@@ -88,26 +88,14 @@ export async function startWorkspace(
   return flagged('internal', `the workspace's state kept changing; gave up after ${MAX_PASSES} looks`);
 }
 
-type CheckedChat = { chat: Chat; owner: User } | JobFailure;
-
-/** Steps 3-4: the chat, its owner (D7), and that it still points at the job's workspace (D10). */
-async function checkChat(ctx: JobContext, payload: StartWorkspacePayload): Promise<CheckedChat> {
-  const chat = await ctx.store.getChat(payload.chatId);
-  if (!chat) return flagged('invalid_payload', `load chat: chat ${payload.chatId} not found`);
-  if (chat.ownerId !== payload.ownerId) {
-    return flagged('forbidden', `user ${payload.ownerId} does not own chat ${chat.id}`);
-  }
-  if (chat.parentChatId !== null) {
-    return flagged('forbidden', 'only root chats can start workspaces; this chat is a sub-chat');
-  }
-  const owner = await ctx.store.getUser(chat.ownerId);
-  if (!owner || owner.deleted || owner.status !== 'active') {
-    return flagged('forbidden', `load user authorization: user ${chat.ownerId} is not an active user`);
-  }
-  if (!chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
-  if (chat.workspaceId !== payload.workspaceId)
+/** Steps 3-4: who may act (D7), and that the chat still points at the job's workspace (D10). */
+async function checkChat(ctx: JobContext, payload: StartWorkspacePayload): Promise<ChatAccess> {
+  const access = await checkChatAccess(ctx, payload.chatId, payload.ownerId);
+  if ('error' in access) return access;
+  if (!access.chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
+  if (access.chat.workspaceId !== payload.workspaceId)
     return flagged('workspace_changed', messages.workspaceChanged);
-  return { chat, owner };
+  return access;
 }
 
 /** Steps 7-9: create the start build, wait for it and for the agent. */
