@@ -1,4 +1,4 @@
-// `workspace-jobs enqueue start …`: enqueue as the chat backend would, and with --wait follow the job's
+// `workspace-jobs enqueue start|create …`: enqueue as the chat backend would, and with --wait follow the job's
 // events and exit by its result (0 success, 1 failure).
 import type { Config, JobResult, WorkspaceJobEvent } from '../shared/interfaces.js';
 import { isFailure } from '../shared/interfaces.js';
@@ -11,10 +11,14 @@ import { parseFlags, parseMs, parseParams, requireId, UsageError } from './args.
 import { formatEvent } from './format.js';
 
 export const ENQUEUE_HELP = `Usage: workspace-jobs enqueue start --chat ID [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
+       workspace-jobs enqueue create --chat ID --template ID [--name NAME] [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
 
-Enqueues a start-workspace job for the chat's workspace, as the chat backend would.
+Enqueues a job as the chat backend would: start the chat's workspace, or create one for the chat from a template
+(a chat whose workspace is usable keeps it: the result then says already_exists or stopped).
 
   --chat ID          the chat (required)
+  --template ID      create: the template (required)
+  --name NAME        create: the workspace name (default: the template's name and a random suffix)
   --owner ID         the chat's owner (default: read from the chat)
   --param name=value a parameter value for the build; repeatable
   --wait             follow the job's events; exit 0 on success, 1 on a failed result; the result JSON is printed last
@@ -28,10 +32,14 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
     console.log(ENQUEUE_HELP);
     return kind === undefined ? 2 : 0;
   }
-  if (kind !== 'start') throw new UsageError(`unknown job kind ${JSON.stringify(kind)}; expected "start"`);
+  if (kind !== 'start' && kind !== 'create') {
+    throw new UsageError(`unknown job kind ${JSON.stringify(kind)}; expected "start" or "create"`);
+  }
   const { values } = parseFlags(rest, {
     chat: { type: 'string' },
     owner: { type: 'string' },
+    template: { type: 'string' },
+    name: { type: 'string' },
     param: { type: 'string', multiple: true },
     wait: { type: 'boolean' },
     timeout: { type: 'string' },
@@ -42,6 +50,10 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
     return 0;
   }
   const chatId = requireId('--chat', values.chat);
+  if (kind === 'start' && (values.template !== undefined || values.name !== undefined)) {
+    throw new UsageError('--template and --name are for enqueue create');
+  }
+  const templateId = kind === 'create' ? requireId('--template', values.template) : undefined;
   const ownerId =
     values.owner === undefined ? await ownerOfChat(config, chatId) : requireId('--owner', values.owner);
   const parameters = parseParams(values.param);
@@ -52,17 +64,13 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {
     const since = values.wait ? await lastEventId(config, chatId) : undefined;
-    const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters });
+    const enqueued = templateId
+      ? await producer.createWorkspace({ chatId, ownerId, templateId, name: values.name, parameters })
+      : await producer.startWorkspace({ chatId, ownerId, parameters });
     console.log(JSON.stringify(enqueued));
     if (!values.wait) return 0;
-    const result = await follow(
-      producer,
-      chatId,
-      enqueued.jobId,
-      since!,
-      timeoutMs,
-      values.json ? 'json' : 'auto',
-    );
+    const format = values.json ? 'json' : 'auto';
+    const result = await follow(producer, chatId, enqueued.jobId, since!, timeoutMs, format);
     console.log(JSON.stringify(result, null, 2));
     return isFailure(result) ? 1 : 0;
   } finally {

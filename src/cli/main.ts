@@ -20,11 +20,12 @@ const HELP = `Usage: workspace-jobs <command> [options]
 
 Commands:
   migrate        create the database if missing and apply schema migrations (idempotent)
-  worker         run a worker process (start-workspace jobs); stops gracefully on SIGTERM/SIGINT
+  worker         run a worker process (start- and create-workspace jobs); stops gracefully on SIGTERM/SIGINT
   provisioner    run a provisioner daemon (executors: sim, command)
   dashboard      HTTP server: Bull Board at /admin/queues, /healthz
   seed           insert a fresh demo data set and print its ids
   enqueue start  enqueue a start-workspace job as the chat backend would (--wait to follow it)
+  enqueue create enqueue a create-workspace job for a chat from a template (--wait to follow it)
   watch          print a chat's events (replayed, then live) as JSON lines
   demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
 

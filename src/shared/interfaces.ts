@@ -303,6 +303,17 @@ export interface BuildTransaction {
   getBuildParameters(buildId: string): Promise<BuildParameter[]>;
   /** Inserts a pending provisioner job, the build and its full parameter set. */
   insertBuild(input: NewBuild): Promise<Build>;
+  /** Whether the owner has a live workspace of that name (names are unique per owner, case-insensitively). */
+  workspaceNameTaken(ownerId: string, name: string): Promise<boolean>;
+  insertWorkspace(input: NewWorkspace): Promise<Workspace>;
+  /** As WorkspaceStore.bindChat, inside the transaction. */
+  bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
+}
+
+export interface NewWorkspace {
+  ownerId: string;
+  templateId: string;
+  name: string;
 }
 
 export interface NewBuild {

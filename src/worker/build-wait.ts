@@ -11,6 +11,11 @@ const STAGE_OF_STATUS = {
   succeeded: 'build_succeeded',
 } as const;
 
+/** How a build appears in progress events. */
+export function buildData(build: Build) {
+  return { build_id: build.id, build_number: build.buildNumber, transition: build.transition };
+}
+
 export async function waitForBuild(
   ctx: JobContext,
   build: Build,
@@ -24,12 +29,7 @@ export async function waitForBuild(
     const verb = { build_queued: 'is queued', build_running: 'is running', build_succeeded: 'succeeded' }[
       stage
     ];
-    await ctx.progress(
-      stage,
-      `Build #${b.buildNumber} ${verb}`,
-      { build_id: b.id, build_number: b.buildNumber, transition: b.transition },
-      workspaceId,
-    );
+    await ctx.progress(stage, `Build #${b.buildNumber} ${verb}`, buildData(b), workspaceId);
   };
 
   // The status the caller saw first (a new build is pending), even if the provisioner is quicker than our check.

@@ -8,6 +8,7 @@ import type {
   BuildTransaction,
   Chat,
   NewBuild,
+  NewWorkspace,
   Template,
   TemplateVersionParameter,
   User,
@@ -97,6 +98,13 @@ function latestBuild(db: Queryable, workspaceId: string): Promise<Build | null> 
   );
 }
 
+async function bindChat(db: Queryable, chatId: string, workspaceId: string, buildId: string): Promise<void> {
+  await db.query(
+    `UPDATE chats SET workspace_id = $2, build_id = $3, agent_id = NULL, updated_at = now() WHERE id = $1`,
+    [chatId, workspaceId, buildId],
+  );
+}
+
 export class PgWorkspaceStore implements WorkspaceStore {
   constructor(private readonly pool: Pool) {}
 
@@ -153,11 +161,8 @@ export class PgWorkspaceStore implements WorkspaceStore {
     return one(this.pool, toAgent, 'SELECT * FROM workspace_agents WHERE id = $1 AND NOT deleted', [agentId]);
   }
 
-  async bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
-    await this.pool.query(
-      `UPDATE chats SET workspace_id = $2, build_id = $3, agent_id = NULL, updated_at = now() WHERE id = $1`,
-      [chatId, workspaceId, buildId],
-    );
+  bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
+    return bindChat(this.pool, chatId, workspaceId, buildId);
   }
 
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T> {
@@ -209,6 +214,28 @@ class PgBuildTransaction implements BuildTransaction {
       [buildId],
     );
     return rows;
+  }
+
+  bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
+    return bindChat(this.client, chatId, workspaceId, buildId);
+  }
+
+  async workspaceNameTaken(ownerId: string, name: string): Promise<boolean> {
+    const { rowCount } = await this.client.query(
+      'SELECT 1 FROM workspaces WHERE owner_id = $1 AND lower(name) = lower($2) AND NOT deleted',
+      [ownerId, name],
+    );
+    return (rowCount ?? 0) > 0;
+  }
+
+  async insertWorkspace(input: NewWorkspace): Promise<Workspace> {
+    const row = await one(
+      this.client,
+      toWorkspace,
+      `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING ${WORKSPACE_COLUMNS}`,
+      [input.ownerId, input.templateId, input.name],
+    );
+    return row!;
   }
 
   async insertBuild(input: NewBuild): Promise<Build> {

@@ -22,7 +22,12 @@ import {
 } from '../shared/interfaces.js';
 import type { ChatLocks } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
-import { describeIssues, startWorkspacePayloadSchema } from '../shared/schemas.js';
+import {
+  createWorkspacePayloadSchema,
+  describeIssues,
+  startWorkspacePayloadSchema,
+} from '../shared/schemas.js';
+import { createWorkspace } from './create-workspace.js';
 import { startWorkspace } from './start-workspace.js';
 
 export interface ProcessorOptions {
@@ -48,8 +53,9 @@ export interface ProcessorOptions {
 
 type Handler = (ctx: JobContext, payload: never) => Promise<JobResult>;
 
-const HANDLERS: Partial<Record<JobName, { schema: z.ZodType; run: Handler }>> = {
+const HANDLERS: Record<JobName, { schema: z.ZodType; run: Handler }> = {
   'start-workspace': { schema: startWorkspacePayloadSchema, run: startWorkspace as Handler },
+  'create-workspace': { schema: createWorkspacePayloadSchema, run: createWorkspace as Handler },
 };
 
 /** What every payload has, whatever its kind: who and which chat. */
@@ -74,7 +80,7 @@ export function createProcessor(options: ProcessorOptions) {
       attempt: ref.attempt,
       chatId: job.data?.chatId,
     });
-    const handler = HANDLERS[ref.name];
+    const handler = HANDLERS[ref.name] as (typeof HANDLERS)[JobName] | undefined;
     if (!handler) throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
 
     const parsed = handler.schema.safeParse(job.data);
@@ -91,7 +97,8 @@ export function createProcessor(options: ProcessorOptions) {
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       throw new UnrecoverableError(failure.error);
     }
-    const payload = parsed.data as ChatPayload;
+    // A copy: the events' workspace id changes as a create job goes, the handler's payload does not.
+    const payload: ChatPayload = { ...(parsed.data as ChatPayload) };
     const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
     const progress = job.progress as Partial<JobProgress> | undefined;
 
@@ -131,15 +138,11 @@ export function createProcessor(options: ProcessorOptions) {
         timeouts: options.timeouts,
         accessUrl: options.accessUrl,
         signal: aborted,
-        progress: (stage, message, data, workspaceId) =>
-          emit(
-            job,
-            ref,
-            { ...payload, workspaceId: workspaceId ?? payload.workspaceId },
-            stage,
-            message,
-            data,
-          ),
+        progress: (stage, message, data, workspaceId) => {
+          // A create job learns its workspace as it goes; later events, the result too, carry it.
+          if (workspaceId) payload.workspaceId = workspaceId;
+          return emit(job, ref, payload, stage, message, data);
+        },
       };
       let result: JobResult;
       try {

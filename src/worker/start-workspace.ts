@@ -13,7 +13,7 @@ import type {
 } from '../shared/interfaces.js';
 import { agentReadiness } from './agent-readiness.js';
 import { checkChatAccess, type ChatAccess } from './chat-access.js';
-import { waitForBuild } from './build-wait.js';
+import { buildData, waitForBuild } from './build-wait.js';
 import { flagged, messages, unflagged } from './results.js';
 import { createStartBuild } from './start-build.js';
 
@@ -45,7 +45,7 @@ export async function startWorkspace(
         await ctx.progress(
           'waiting_for_existing_build',
           `Waiting for the workspace's ${latest.transition} build #${latest.buildNumber}`,
-          { build_id: latest.id, build_number: latest.buildNumber, transition: latest.transition },
+          buildData(latest),
           workspace.id,
         );
         const outcome = await waitForBuild(ctx, latest, workspace.id);
@@ -63,7 +63,7 @@ export async function startWorkspace(
         await ctx.progress(
           'waiting_for_existing_build',
           `Waiting for the cancellation of build #${latest.buildNumber} to finish`,
-          { build_id: latest.id, build_number: latest.buildNumber, transition: latest.transition },
+          buildData(latest),
           workspace.id,
         );
         {
