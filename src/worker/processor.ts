@@ -128,6 +128,7 @@ export function createProcessor(options: ProcessorOptions) {
       throw new DelayedError();
     }
 
+    workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
     options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
     const aborted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
     try {
@@ -182,6 +183,7 @@ export function createProcessor(options: ProcessorOptions) {
     } finally {
       // Reported before the release: once released, the next holder may already report `acquired`.
       options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'released' });
+      workspaceLog.debug({ lock: held.resource }, 'chat lock releasing');
       await held.release();
     }
   };
