@@ -69,3 +69,22 @@ export async function waitForBuild(
     throw error;
   }
 }
+
+/**
+ * A build already in flight when the job looked (Coder binds the chat to it and waits): the chat is bound
+ * to it, its wait announced, and its outcome returned.
+ */
+export async function waitForBuildInFlight(
+  ctx: JobContext,
+  chatId: string,
+  build: Build,
+): Promise<BuildOutcome> {
+  await ctx.store.bindChat(chatId, build.workspaceId, build.id);
+  await ctx.progress(
+    'waiting_for_existing_build',
+    `Waiting for the workspace's ${build.transition} build #${build.buildNumber}`,
+    buildData(build),
+    build.workspaceId,
+  );
+  return waitForBuild(ctx, build, build.workspaceId);
+}

@@ -17,7 +17,7 @@ import type {
 } from '../shared/interfaces.js';
 import { agentReadiness } from './agent-readiness.js';
 import { agentConnectionStatus, selectChatAgent } from './agent-selection.js';
-import { buildData, waitForBuild } from './build-wait.js';
+import { waitForBuild, waitForBuildInFlight } from './build-wait.js';
 import { checkChatAccess } from './chat-access.js';
 import { resolveParameters } from './parameters.js';
 import { flagged, unflagged } from './results.js';
@@ -64,14 +64,7 @@ async function checkExistingWorkspace(
   switch (latest.jobStatus) {
     case 'pending':
     case 'running': {
-      await ctx.store.bindChat(chat.id, workspace.id, latest.id);
-      await ctx.progress(
-        'waiting_for_existing_build',
-        `Waiting for the workspace's ${latest.transition} build #${latest.buildNumber}`,
-        buildData(latest),
-        workspace.id,
-      );
-      const outcome = await waitForBuild(ctx, latest, workspace.id);
+      const outcome = await waitForBuildInFlight(ctx, chat.id, latest);
       if (!outcome.ok) {
         return unflagged(outcome.code, `existing workspace build failed: ${outcome.reason}`, {
           build_id: latest.id,

@@ -13,7 +13,7 @@ import type {
 } from '../shared/interfaces.js';
 import { agentReadiness } from './agent-readiness.js';
 import { checkChatAccess, type ChatAccess } from './chat-access.js';
-import { buildData, waitForBuild } from './build-wait.js';
+import { buildData, waitForBuild, waitForBuildInFlight } from './build-wait.js';
 import { flagged, messages, unflagged } from './results.js';
 import { createStartBuild } from './start-build.js';
 
@@ -41,14 +41,7 @@ export async function startWorkspace(
     switch (latest?.jobStatus) {
       case 'pending':
       case 'running': {
-        await ctx.store.bindChat(chat.id, workspace.id, latest.id);
-        await ctx.progress(
-          'waiting_for_existing_build',
-          `Waiting for the workspace's ${latest.transition} build #${latest.buildNumber}`,
-          buildData(latest),
-          workspace.id,
-        );
-        const outcome = await waitForBuild(ctx, latest, workspace.id);
+        const outcome = await waitForBuildInFlight(ctx, chat.id, latest);
         if (!outcome.ok) {
           return unflagged(outcome.code, `waiting for in-progress build: ${outcome.reason}`, {
             build_id: latest.id,
