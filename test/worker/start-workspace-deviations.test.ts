@@ -7,24 +7,15 @@ import {
   completeJob,
   connectAgent,
   insertAgents,
-  insertBuild,
   insertChat,
-  insertTemplate,
   insertUser,
   insertWorkspace,
   setAgentLifecycle,
   startJob,
   type AgentInput,
-  type BuildStatus,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import {
-  PROGRESS_STAGES,
-  topics,
-  type StartWorkspacePayload,
-  type WorkspaceStore,
-  type WorkspaceTransition,
-} from '../../src/shared/interfaces.js';
+import { PROGRESS_STAGES, topics, type WorkspaceStore } from '../../src/shared/interfaces.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
@@ -40,6 +31,7 @@ import {
   type StartContext,
   type StartContextOptions,
 } from '../helpers/start-context.js';
+import { createWorld, type World, type WorldOptions } from '../helpers/start-world.js';
 
 describe('startWorkspace: deviations from Coder and extra cases', () => {
   let db: TestDatabase;
@@ -60,75 +52,7 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     return tc;
   }
 
-  interface World {
-    ownerId: string;
-    username: string;
-    templateId: string;
-    versionIds: string[];
-    workspaceId: string;
-    workspaceName: string;
-    chatId: string;
-    payload: StartWorkspacePayload;
-    latest: { buildId: string; jobId: string; agentIds: string[] };
-  }
-
-  /**
-   * A user, a template (versions oldest first, the last active unless `activeVersionIndex`), a workspace
-   * whose build #1 succeeded `start` on the first version, then `then` (the latest build), and a chat bound
-   * to the workspace and its latest build.
-   */
-  async function world(
-    options: {
-      then?: { transition: WorkspaceTransition; status: BuildStatus; agents?: AgentInput[] };
-      firstAgents?: AgentInput[];
-      versions?: ParameterInput[][];
-      activeVersionIndex?: number;
-      requireActiveVersion?: boolean;
-      automaticUpdates?: 'always' | 'never';
-      buildParameters?: Record<string, string>;
-    } = {},
-  ): Promise<World> {
-    const user = await insertUser(db.pool);
-    const template = await insertTemplate(db.pool, {
-      requireActiveVersion: options.requireActiveVersion,
-      versions: (options.versions ?? [[]]).map((parameters) => ({ parameters })),
-      activeVersionIndex: options.activeVersionIndex,
-    });
-    const ws = await insertWorkspace(db.pool, {
-      ownerId: user.userId,
-      templateId: template.templateId,
-      automaticUpdates: options.automaticUpdates,
-    });
-    const common = {
-      workspaceId: ws.workspaceId,
-      templateVersionId: template.versionIds[0]!,
-      initiatorId: user.userId,
-      parameters: options.buildParameters,
-    };
-    let latest = await insertBuild(db.pool, {
-      ...common,
-      transition: 'start',
-      status: 'succeeded',
-      agents: options.firstAgents ?? READY_AGENT,
-    });
-    if (options.then) latest = await insertBuild(db.pool, { ...common, ...options.then });
-    const { chatId } = await insertChat(db.pool, {
-      ownerId: user.userId,
-      workspaceId: ws.workspaceId,
-      buildId: latest.buildId,
-    });
-    return {
-      ownerId: user.userId,
-      username: user.username,
-      templateId: template.templateId,
-      versionIds: template.versionIds,
-      workspaceId: ws.workspaceId,
-      workspaceName: ws.name,
-      chatId,
-      payload: { chatId, ownerId: user.userId, workspaceId: ws.workspaceId },
-      latest,
-    };
-  }
+  const world = (options?: WorldOptions): Promise<World> => createWorld(db, options);
 
   const stopped = { transition: 'stop', status: 'succeeded' } as const;
 

@@ -8,16 +8,12 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   completeJob,
   insertAgents,
-  insertBuild,
   insertChat,
-  insertTemplate,
-  insertUser,
-  insertWorkspace,
   startJob,
   type AgentInput,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import { topics, type StartWorkspacePayload } from '../../src/shared/interfaces.js';
+import { topics } from '../../src/shared/interfaces.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
@@ -33,6 +29,7 @@ import {
   type StartContext,
   type StartContextOptions,
 } from '../helpers/start-context.js';
+import { createWorld, type World } from '../helpers/start-world.js';
 
 const MANUAL_UPDATE_MESSAGE =
   "The workspace needs the template's active version before it can start. Use read_template with this " +
@@ -58,17 +55,6 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     return tc;
   }
 
-  interface World {
-    ownerId: string;
-    username: string;
-    templateId: string;
-    versionIds: string[];
-    workspaceId: string;
-    workspaceName: string;
-    chatId: string;
-    payload: StartWorkspacePayload;
-  }
-
   /** A user, a template, a workspace whose latest build is `latest`, and a chat bound to it. */
   async function world(options: {
     latest: 'stopped' | 'running' | 'running-start' | 'deleted';
@@ -79,58 +65,25 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     /** A second, active version (the workspace's builds stay on the first). */
     activeVersion?: { parameters?: ParameterInput[] };
   }): Promise<World & { latestBuildId: string; latestJobId: string }> {
-    const user = await insertUser(db.pool);
-    const template = await insertTemplate(db.pool, {
-      requireActiveVersion: options.requireActiveVersion,
+    const stop = { transition: 'stop', status: 'succeeded' } as const;
+    const then = {
+      stopped: [stop],
+      running: [],
+      'running-start': [stop, { transition: 'start', status: 'running' } as const],
+      deleted: [{ transition: 'delete', status: 'succeeded' } as const],
+    }[options.latest];
+    const w = await createWorld(db, {
+      then,
+      firstAgents: options.latest === 'running' ? (options.agents ?? []) : undefined,
       versions: [
-        { parameters: options.parameters },
-        ...(options.activeVersion ? [{ parameters: options.activeVersion.parameters }] : []),
+        options.parameters ?? [],
+        ...(options.activeVersion ? [options.activeVersion.parameters ?? []] : []),
       ],
-    });
-    const ws = await insertWorkspace(db.pool, {
-      ownerId: user.userId,
-      templateId: template.templateId,
+      requireActiveVersion: options.requireActiveVersion,
+      buildParameters: options.buildParameters,
       deleted: options.latest === 'deleted',
     });
-    const common = {
-      workspaceId: ws.workspaceId,
-      templateVersionId: template.versionIds[0]!,
-      initiatorId: user.userId,
-      parameters: options.buildParameters,
-    };
-    // Build #1 started the workspace once; what follows sets the latest build.
-    const first = await insertBuild(db.pool, {
-      ...common,
-      transition: 'start',
-      status: 'succeeded',
-      agents: options.latest === 'running' ? options.agents : READY_AGENT,
-    });
-    let latest = first;
-    if (options.latest === 'stopped') {
-      latest = await insertBuild(db.pool, { ...common, transition: 'stop', status: 'succeeded' });
-    } else if (options.latest === 'running-start') {
-      await insertBuild(db.pool, { ...common, transition: 'stop', status: 'succeeded' });
-      latest = await insertBuild(db.pool, { ...common, transition: 'start', status: 'running' });
-    } else if (options.latest === 'deleted') {
-      latest = await insertBuild(db.pool, { ...common, transition: 'delete', status: 'succeeded' });
-    }
-    const { chatId } = await insertChat(db.pool, {
-      ownerId: user.userId,
-      workspaceId: ws.workspaceId,
-      buildId: latest.buildId,
-    });
-    return {
-      ownerId: user.userId,
-      username: user.username,
-      templateId: template.templateId,
-      versionIds: template.versionIds,
-      workspaceId: ws.workspaceId,
-      workspaceName: ws.name,
-      chatId,
-      payload: { chatId, ownerId: user.userId, workspaceId: ws.workspaceId },
-      latestBuildId: latest.buildId,
-      latestJobId: latest.jobId,
-    };
+    return { ...w, latestBuildId: w.latest.buildId, latestJobId: w.latest.jobId };
   }
 
   /**
