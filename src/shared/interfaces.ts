@@ -359,6 +359,12 @@ export type ProgressReporter = (
   workspaceId?: string,
 ) => Promise<void>;
 
+/** Told what a job did, for metrics. Called after the fact; it must not throw. */
+export interface JobObserver {
+  /** A build was created and its transaction committed; `updateReason` when it moved to the active version. */
+  buildCreated(build: Build, updateReason?: string): void;
+}
+
 /** Everything the domain logic of one job needs; the processor builds it. */
 export interface JobContext {
   store: WorkspaceStore;
@@ -368,6 +374,7 @@ export interface JobContext {
   /** Aborted when the chat lock is lost or the worker shuts down. */
   signal: AbortSignal;
   accessUrl?: string;
+  observe?: JobObserver;
 }
 
 /**
@@ -382,5 +389,11 @@ export interface JobProgress {
   lockWaits?: number;
   /** When the job first found the chat lock busy (ISO 8601); bounds how long it may keep waiting. */
   lockWaitStartedAt?: string;
+  /**
+   * When a worker first picked the job up (ISO 8601; BullMQ's `processedOn` of the first attempt, which
+   * BullMQ itself overwrites on every attempt and re-delay). Kept across attempts; the job's duration
+   * metric counts from here.
+   */
+  startedAt?: string;
   result?: JobResult;
 }

@@ -162,6 +162,8 @@ async function create(
   }
 
   const { workspace, build } = outcome;
+  // Committed: the workspace and its first build exist now.
+  ctx.observe?.buildCreated(build);
   const name = `${owner.username}/${workspace.name}`;
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {

@@ -2,6 +2,10 @@
 // busy), run the domain logic with events wired to the job, and end with exactly one result event.
 // Thrown errors are transient and retried by BullMQ with backoff; failures the domain logic reports are
 // final and fail the job without retries.
+//
+// Metrics (when `metrics` is given): a job's outcome is counted where it is decided, here for every outcome
+// the processor reports, and by observeFailedJob (the worker's `failed` event) for retried attempts and for
+// failures BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { z } from 'zod';
 import type { EventPublisher } from '../shared/events.js';
@@ -20,14 +24,16 @@ import {
   type WaitTimeouts,
   type WorkspaceStore,
 } from '../shared/interfaces.js';
-import type { ChatLocks } from '../shared/lock.js';
+import { LockLostError, type ChatLocks } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
 import {
   createWorkspacePayloadSchema,
   describeIssues,
   startWorkspacePayloadSchema,
 } from '../shared/schemas.js';
 import { createWorkspace } from './create-workspace.js';
+import { messages } from './results.js';
 import { startWorkspace } from './start-workspace.js';
 
 export interface ProcessorOptions {
@@ -49,6 +55,8 @@ export interface ProcessorOptions {
   lockWaitTimeoutMs?: number;
   /** Observes each lock-held interval (the race tests record them). */
   onLockHeld?: (event: { chatId: string; jobId: string; phase: 'acquired' | 'released' }) => void;
+  /** Where jobs, lock waits, builds and event failures are counted; absent = not counted. */
+  metrics?: Metrics;
 }
 
 type Handler = (ctx: JobContext, payload: never) => Promise<JobResult>;
@@ -58,6 +66,34 @@ const HANDLERS: Record<JobName, { schema: z.ZodType; run: Handler }> = {
   'create-workspace': { schema: createWorkspacePayloadSchema, run: createWorkspace as Handler },
 };
 
+/** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
+function nameLabel(name: string): string {
+  return Object.hasOwn(HANDLERS, name) ? name : 'unknown';
+}
+
+/** The `reason` label of an auto-update: short and from a closed set. */
+function updateReasonLabel(reason: string): string {
+  if (reason === messages.updateReasonRequireActive) return 'require_active_version';
+  if (reason === messages.updateReasonAutomaticUpdates) return 'automatic_updates';
+  return 'other';
+}
+
+/** When a worker first picked the job up: kept in its progress across attempts, else this attempt's start. */
+function startedAtOf(job: Job): string {
+  const kept = (job.progress as Partial<JobProgress> | undefined)?.startedAt;
+  if (typeof kept === 'string' && !Number.isNaN(Date.parse(kept))) return kept;
+  return new Date(job.processedOn ?? Date.now()).toISOString();
+}
+
+/** Counts a job's end: `outcome` is `ok` or the failure code; its duration runs from its first pickup. */
+function recordFinished(metrics: Metrics | undefined, job: Job, outcome: string): void {
+  if (!metrics) return;
+  const labels = { name: nameLabel(job.name), outcome };
+  metrics.jobsFinished.inc(labels);
+  const seconds = (Date.now() - Date.parse(startedAtOf(job))) / 1_000;
+  metrics.jobDuration.observe(labels, Math.max(0, seconds));
+}
+
 /** What every payload has, whatever its kind: who and which chat. */
 interface ChatPayload {
   chatId: string;
@@ -65,7 +101,13 @@ interface ChatPayload {
 }
 
 export function createProcessor(options: ProcessorOptions) {
-  const { locks, publisher, log } = options;
+  const { locks, publisher, log, metrics } = options;
+  const observe: JobContext['observe'] = metrics && {
+    buildCreated(build, updateReason) {
+      metrics.buildsStarted.inc({ transition: build.transition });
+      if (updateReason) metrics.autoUpdates.inc({ reason: updateReasonLabel(updateReason) });
+    },
+  };
   const retryMin = options.lockRetryMinMs ?? 1_000;
   const retryMax = options.lockRetryMaxMs ?? 15_000;
   const { buildTimeoutMs, agentConnectTimeoutMs, startupScriptTimeoutMs } = options.timeouts;
@@ -81,7 +123,12 @@ export function createProcessor(options: ProcessorOptions) {
       chatId: job.data?.chatId,
     });
     const handler = HANDLERS[ref.name] as (typeof HANDLERS)[JobName] | undefined;
-    if (!handler) throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
+    if (!handler) {
+      recordFinished(metrics, job, 'invalid_payload');
+      throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
+    }
+    // Kept in every progress update from here on, so that it survives attempts and re-delays.
+    const startedAt = startedAtOf(job);
 
     const parsed = handler.schema.safeParse(job.data);
     if (!parsed.success) {
@@ -94,6 +141,7 @@ export function createProcessor(options: ProcessorOptions) {
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
       if (typeof chatId === 'string' && /^[\w-]{1,64}$/.test(chatId))
         await finish(job, ref, { chatId }, failure);
+      recordFinished(metrics, job, failure.code);
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       throw new UnrecoverableError(failure.error);
     }
@@ -113,6 +161,7 @@ export function createProcessor(options: ProcessorOptions) {
           is_error: true,
         };
         await finish(job, ref, payload, failure);
+        recordFinished(metrics, job, failure.code);
         throw new UnrecoverableError(failure.error);
       }
       const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
@@ -121,16 +170,31 @@ export function createProcessor(options: ProcessorOptions) {
           retry_in_ms: Math.round(delay),
         });
       }
-      await job.updateProgress({ ...(job.progress as JobProgress), lockWaits, lockWaitStartedAt: since });
+      await job.updateProgress({
+        ...(job.progress as JobProgress),
+        lockWaits,
+        lockWaitStartedAt: since,
+        startedAt,
+      });
       workspaceLog.debug({ lockWaits, delay }, 'chat lock busy; re-delaying');
       // Re-delay without counting an attempt and without holding a worker slot while we wait.
       await job.moveToDelayed(Date.now() + Math.round(delay), token);
+      metrics?.lockBusy.inc();
       throw new DelayedError();
+    }
+    // Read before lock_acquired's progress update drops it.
+    const lockWaitStartedAt = progress?.lockWaitStartedAt;
+    if (metrics && lockWaitStartedAt !== undefined && !Number.isNaN(Date.parse(lockWaitStartedAt))) {
+      metrics.lockWait.observe(Math.max(0, (Date.now() - Date.parse(lockWaitStartedAt)) / 1_000));
     }
 
     workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
     options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
     const aborted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
+    const onLockLost = () => {
+      if (held.signal.reason instanceof LockLostError) metrics?.locksLost.inc();
+    };
+    held.signal.addEventListener('abort', onLockLost, { once: true });
     try {
       await emit(job, ref, payload, 'lock_acquired', 'Chat lock acquired');
       const ctx: JobContext = {
@@ -139,6 +203,7 @@ export function createProcessor(options: ProcessorOptions) {
         timeouts: options.timeouts,
         accessUrl: options.accessUrl,
         signal: aborted,
+        observe,
         progress: (stage, message, data, workspaceId) => {
           // A create job learns its workspace as it goes; later events, the result too, carry it.
           if (workspaceId) payload.workspaceId = workspaceId;
@@ -168,6 +233,7 @@ export function createProcessor(options: ProcessorOptions) {
         if (finalAttempt) {
           workspaceLog.error({ err: reason }, 'job failed on its last attempt');
           await finish(job, ref, payload, { error: message, code: 'internal', is_error: true });
+          recordFinished(metrics, job, 'internal');
           throw new UnrecoverableError(message);
         }
         workspaceLog.warn({ err: reason }, 'attempt failed; BullMQ will retry');
@@ -177,10 +243,13 @@ export function createProcessor(options: ProcessorOptions) {
         throw reason instanceof Error ? reason : new Error(message);
       }
       await finish(job, ref, payload, result);
-      workspaceLog.info({ outcome: isFailure(result) ? result.code : 'ok' }, 'job finished');
+      const outcome = isFailure(result) ? result.code : 'ok';
+      recordFinished(metrics, job, outcome);
+      workspaceLog.info({ outcome }, 'job finished');
       if (isFailure(result)) throw new UnrecoverableError(result.error);
       return result;
     } finally {
+      held.signal.removeEventListener('abort', onLockLost);
       // Reported before the release: once released, the next holder may already report `acquired`.
       options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'released' });
       workspaceLog.debug({ lock: held.resource }, 'chat lock releasing');
@@ -207,11 +276,25 @@ export function createProcessor(options: ProcessorOptions) {
         message,
         data,
       });
+    } catch (error) {
+      metrics?.eventPublishFailures.inc({ type: 'progress' });
+      log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
+      return;
+    }
+    try {
       // Only the lock-wait path keeps lockWaits; any other event, lock_acquired first, resets it, so that a
       // retry that finds the lock busy again waits with a fresh bound.
-      await job.updateProgress({ stage, message, at: new Date().toISOString() } satisfies JobProgress);
+      await job.updateProgress({
+        stage,
+        message,
+        at: new Date().toISOString(),
+        startedAt: startedAtOf(job),
+      } satisfies JobProgress);
     } catch (error) {
-      log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
+      log.warn(
+        { err: error, jobId: ref.id, stage },
+        "could not record a progress event in the job's progress",
+      );
     }
   }
 
@@ -222,17 +305,28 @@ export function createProcessor(options: ProcessorOptions) {
   async function finish(job: Job, ref: JobRef, payload: ChatPayload, result: JobResult): Promise<void> {
     const failed = isFailure(result);
     const message = failed ? result.error : describeSuccess(result);
-    await publisher.publish({
-      type: 'result',
-      stage: failed ? 'failed' : 'completed',
-      job: ref,
-      chatId: payload.chatId,
-      workspaceId: payload.workspaceId,
-      message,
-      data: result as unknown as Record<string, unknown>,
-    });
+    try {
+      await publisher.publish({
+        type: 'result',
+        stage: failed ? 'failed' : 'completed',
+        job: ref,
+        chatId: payload.chatId,
+        workspaceId: payload.workspaceId,
+        message,
+        data: result as unknown as Record<string, unknown>,
+      });
+    } catch (error) {
+      metrics?.eventPublishFailures.inc({ type: 'result' });
+      throw error;
+    }
     const stage = failed ? 'failed' : 'completed';
-    await job.updateProgress({ stage, message, at: new Date().toISOString(), result } satisfies JobProgress);
+    await job.updateProgress({
+      stage,
+      message,
+      at: new Date().toISOString(),
+      startedAt: startedAtOf(job),
+      result,
+    } satisfies JobProgress);
   }
 }
 
@@ -243,11 +337,7 @@ export function createProcessor(options: ProcessorOptions) {
  * result is already out.
  */
 export async function publishMissingResult(publisher: EventPublisher, job: Job, error: Error): Promise<void> {
-  const final =
-    error instanceof UnrecoverableError ||
-    error.name === 'UnrecoverableError' ||
-    job.attemptsMade >= (job.opts.attempts ?? 1) ||
-    Boolean(job.deferredFailure);
+  const final = isFinalFailure(job, error);
   const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
   if (!final || typeof chatId !== 'string' || !/^[\w-]{1,64}$/.test(chatId)) return;
   const failure: JobFailure = { error: error.message, code: 'internal', is_error: true };
@@ -260,6 +350,32 @@ export async function publishMissingResult(publisher: EventPublisher, job: Job, 
     message: failure.error,
     data: failure as unknown as Record<string, unknown>,
   });
+}
+
+/** Whether a `failed` job is failed for good (no attempt follows). */
+function isFinalFailure(job: Job, error: Error): boolean {
+  return (
+    error instanceof UnrecoverableError ||
+    error.name === 'UnrecoverableError' ||
+    job.attemptsMade >= (job.opts.attempts ?? 1) ||
+    Boolean(job.deferredFailure)
+  );
+}
+
+/**
+ * For BullMQ's `failed` event: counts an attempt that will be retried, and a final failure the processor
+ * did not count itself (it counts every UnrecoverableError it throws): attempts used up by thrown errors,
+ * or a job BullMQ failed without running it (stalled more often than maxStalledCount).
+ */
+export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: Error): void {
+  if (!metrics) return;
+  if (!isFinalFailure(job, error)) {
+    metrics.jobRetries.inc({ name: nameLabel(job.name) });
+    return;
+  }
+  const countedByProcessor =
+    (error instanceof UnrecoverableError || error.name === 'UnrecoverableError') && !job.deferredFailure;
+  if (!countedByProcessor) recordFinished(metrics, job, 'internal');
 }
 
 function describeSuccess(result: StartWorkspaceSuccess | CreateWorkspaceSuccess): string {

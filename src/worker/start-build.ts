@@ -95,7 +95,10 @@ export async function createStartBuild(
   // Never create a build for an attempt that has already lost its lock.
   ctx.signal.throwIfAborted();
   try {
-    return await ctx.store.transaction((tx) => plan(tx, request));
+    const outcome = await ctx.store.transaction((tx) => plan(tx, request));
+    // Committed: the build exists now.
+    if (outcome.kind === 'created') ctx.observe?.buildCreated(outcome.build, outcome.updateReason);
+    return outcome;
   } catch (error) {
     // The unique (workspace_id, build_number) index caught a concurrent insert the row lock did not
     // (e.g. a build inserted by something that does not lock the workspace row).
