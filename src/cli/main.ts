@@ -36,7 +36,7 @@ const SIMPLE_HELP: Record<string, string> = {
   migrate:
     'Usage: workspace-jobs migrate\n\nCreates the database named in DATABASE_URL when missing and applies migrations/*.sql.',
   worker:
-    'Usage: workspace-jobs worker\n\nRuns WORKER_CONCURRENCY jobs at once. On SIGTERM/SIGINT it stops taking jobs and waits up to\nSHUTDOWN_GRACE_MS (default 30000) for active ones, then hands them back to the queue. METRICS_PORT is not served yet.',
+    'Usage: workspace-jobs worker\n\nRuns WORKER_CONCURRENCY jobs at once. On SIGTERM/SIGINT it stops taking jobs and waits up to\nSHUTDOWN_GRACE_MS (default 30000) for active ones, then hands them back to the queue; a second signal\nexits at once (code 1). With METRICS_PORT set it serves GET /metrics (Prometheus) and GET /healthz (200 when\nRedis, Postgres and the worker are fine, else 503) on METRICS_HOST (default 0.0.0.0).',
   provisioner:
     'Usage: workspace-jobs provisioner\n\nClaims pending provisioner jobs and runs them. PROVISIONER_EXECUTOR=sim (default; SIM_BUILD_MS,\nSIM_FAILURE_RATE, SIM_SEED, SIM_AGENT_NAMES, SIM_AGENT_CONNECT_MS, SIM_STARTUP_MS) or command\n(PROVISIONER_COMMAND, run with sh -c). PROVISIONER_CONCURRENCY jobs at once.',
   dashboard:

@@ -113,5 +113,6 @@ export function loadConfig(env: Env = process.env): Config {
     dashboardPassword,
     dashboardReadOnly: boolean(env, 'DASHBOARD_READ_ONLY'),
     metricsPort: integer(env, 'METRICS_PORT', undefined, 0, 65_535),
+    metricsHost: value(env, 'METRICS_HOST') ?? '0.0.0.0',
   };
 }

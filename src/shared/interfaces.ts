@@ -32,7 +32,13 @@ export interface Config {
   dashboardUser?: string;
   dashboardPassword?: string;
   dashboardReadOnly: boolean;
+  /** The worker serves /metrics and /healthz on this port when set (0 = any free port). */
   metricsPort?: number;
+  /**
+   * Where the worker's metrics server listens. Default 0.0.0.0: scrapers and probes come from outside the
+   * container, and nothing it serves is sensitive (see metrics-server.ts).
+   */
+  metricsHost?: string;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,16 +1,38 @@
 // A worker process: one BullMQ Worker on queue `workspaces` plus the connections its jobs share (Redis
 // for BullMQ, events and the lock; a Postgres pool; one LISTEN connection). Closing is graceful: stop
 // taking jobs, let active ones finish within the grace period, then hand the rest back to the queue.
-import { Worker } from 'bullmq';
+// With METRICS_PORT set it serves /metrics and /healthz (metrics-server.ts) until it has stopped.
+import { Queue, Worker } from 'bullmq';
 import { EventPublisher } from '../shared/events.js';
 import { QUEUE_NAME, type Config } from '../shared/interfaces.js';
 import { ChatLocks } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
+import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
+import { HealthStateError, startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
-import { createProcessor, publishMissingResult, type ProcessorOptions } from './processor.js';
+import {
+  createProcessor,
+  observeFailedJob,
+  publishMissingResult,
+  type ProcessorOptions,
+} from './processor.js';
+
+/** The job states `wsjobs_queue_jobs` reports. */
+export const QUEUE_JOB_STATES = [
+  'waiting',
+  'active',
+  'delayed',
+  'completed',
+  'failed',
+  'prioritized',
+  'waiting-children',
+] as const;
+
+/** Bound of the queue count read on each scrape (the worker's connection retries forever). */
+const QUEUE_COUNTS_TIMEOUT_MS = 5_000;
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -21,14 +43,41 @@ export interface WorkspaceWorkerOptions {
   lockDurationMs?: number;
   /** See BullMQ's stalledInterval. Default 30000. */
   stalledIntervalMs?: number;
+  /**
+   * Where the worker counts. Default: with METRICS_PORT set, a registry of its own with the queue's job
+   * counts and Node's process metrics; without, nothing is counted. A registry passed here is served on
+   * METRICS_PORT as it is (its queueCounts are the caller's).
+   */
+  metrics?: Metrics;
+  /** Bound of each /healthz check. Default 3000. */
+  healthCheckTimeoutMs?: number;
+}
+
+interface Resources {
+  redis: Redis[];
+  pool: Pool;
+  hub: PgNotificationHub;
+  /** Reads the job counts for the metrics, on the worker's connection. */
+  queue?: Queue;
+  server?: MetricsServer;
 }
 
 export class WorkspaceWorker {
+  /** Set when close() begins. */
+  private closing = false;
+
   private constructor(
     readonly worker: Worker,
-    private readonly resources: { redis: Redis[]; pool: Pool; hub: PgNotificationHub },
+    private readonly resources: Resources,
     private readonly log: Logger,
+    /** What this worker counts, when it counts. */
+    readonly metrics: Metrics | undefined,
   ) {}
+
+  /** Where /metrics and /healthz are served (METRICS_PORT set), e.g. http://0.0.0.0:9464. */
+  get metricsUrl(): string | undefined {
+    return this.resources.server?.url;
+  }
 
   static async start(
     config: Config,
@@ -53,6 +102,31 @@ export class WorkspaceWorker {
       throw error;
     }
 
+    let metrics = options.metrics;
+    let queue: Queue | undefined;
+    if (!metrics && config.metricsPort !== undefined) {
+      const countsQueue = new Queue(QUEUE_NAME, { connection: bullConnection, prefix: config.queuePrefix });
+      countsQueue.on('error', (err) => log.warn({ err }, 'metrics queue error'));
+      queue = countsQueue;
+      const created = createMetrics({
+        queueCounts: async () => {
+          try {
+            return await withTimeout(
+              countsQueue.getJobCounts(...QUEUE_JOB_STATES),
+              QUEUE_COUNTS_TIMEOUT_MS,
+              'reading the queue job counts',
+            );
+          } catch (err) {
+            // No numbers rather than stale ones; the rest of the scrape still goes out.
+            log.warn({ err }, 'could not read the queue job counts for /metrics');
+            created.queueJobs.reset();
+            return {};
+          }
+        },
+      });
+      metrics = created;
+    }
+
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const processor = createProcessor({
       locks: new ChatLocks(lockClients, config.queuePrefix, { log }),
@@ -62,8 +136,48 @@ export class WorkspaceWorker {
       timeouts: config,
       accessUrl: config.accessUrl,
       log,
+      metrics,
       ...options.processor,
     });
+
+    // Served before the worker takes jobs: a port that cannot be bound stops the start-up.
+    // Filled in once they exist; until then /healthz says the worker is starting.
+    const started: { bull?: Worker; worker?: WorkspaceWorker } = {};
+    let server: MetricsServer | undefined;
+    if (config.metricsPort !== undefined && metrics) {
+      try {
+        server = await startMetricsServer({
+          port: config.metricsPort,
+          host: config.metricsHost ?? '0.0.0.0',
+          registry: metrics.registry,
+          checkTimeoutMs: options.healthCheckTimeoutMs,
+          log,
+          checks: {
+            redis: async () => {
+              await Promise.all([bullConnection.ping(), eventsRedis.ping()]);
+            },
+            postgres: async () => {
+              await pool.query('SELECT 1');
+            },
+            worker: async () => {
+              const { bull, worker } = started;
+              if (!bull || !worker) throw new HealthStateError('starting');
+              if (worker.closing || bull.closing) throw new HealthStateError('closing');
+              if (!bull.isRunning()) throw new HealthStateError('stopped');
+              return 'running';
+            },
+          },
+        });
+      } catch (error) {
+        await queue?.close().catch(() => {});
+        await hub.stop();
+        await pool.end();
+        await Promise.all(redis.map((r) => closeRedis(r)));
+        throw error;
+      }
+      log.info({ url: server.url }, 'serving /metrics and /healthz');
+    }
+
     const worker = new Worker(QUEUE_NAME, processor, {
       connection: bullConnection,
       prefix: config.queuePrefix,
@@ -77,15 +191,19 @@ export class WorkspaceWorker {
     worker.on('stalled', (jobId) => log.warn({ jobId }, 'job stalled; it will be retried'));
     worker.on('failed', (job, error) => {
       if (!job) return;
-      publishMissingResult(publisher, job, error).catch((err) =>
-        log.warn({ err, jobId: job.id }, 'could not publish the result of a failed job'),
-      );
+      observeFailedJob(metrics, job, error);
+      publishMissingResult(publisher, job, error).catch((err) => {
+        metrics?.eventPublishFailures.inc({ type: 'result' });
+        log.warn({ err, jobId: job.id }, 'could not publish the result of a failed job');
+      });
     });
     log.info(
       { queue: QUEUE_NAME, prefix: config.queuePrefix, concurrency: config.workerConcurrency },
       'worker started',
     );
-    return new WorkspaceWorker(worker, { redis, pool, hub }, log);
+    started.bull = worker;
+    started.worker = new WorkspaceWorker(worker, { redis, pool, hub, queue, server }, log, metrics);
+    return started.worker;
   }
 
   /**
@@ -93,6 +211,8 @@ export class WorkspaceWorker {
    * go back to the queue (without spending an attempt) for another worker. Then closes every connection.
    */
   async close(graceMs = 30_000): Promise<void> {
+    // From here /healthz answers 503 (worker: closing) while /metrics stays up until the jobs are out.
+    this.closing = true;
     const closing = this.worker.close();
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'timeout'>((resolve) => {
@@ -104,9 +224,23 @@ export class WorkspaceWorker {
       await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 10_000))]);
     }
     clearTimeout(timer);
+    await this.resources.server?.close();
+    await this.resources.queue?.close().catch((err: unknown) => {
+      this.log.warn({ err }, 'could not close the metrics queue');
+    });
     await this.resources.hub.stop();
     await this.resources.pool.end();
     await Promise.all(this.resources.redis.map((r) => closeRedis(r)));
     this.log.info('worker stopped');
   }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }
