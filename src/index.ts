@@ -52,3 +52,6 @@ export {
 export { WaitTimeoutError } from './shared/errors.js';
 export { ConfigError, loadConfig } from './shared/config.js';
 export { dedupeIds, redisKeys } from './shared/keys.js';
+// The chat backend can count its enqueues: `new WorkspaceJobsProducer({ ..., metrics: createMetrics() })`
+// and serve `metrics.registry` on its own /metrics.
+export { createMetrics, type Metrics, type MetricsOptions } from './shared/metrics.js';

@@ -22,6 +22,7 @@ import {
 } from '../shared/interfaces.js';
 import { dedupeIds } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
 import {
@@ -47,6 +48,8 @@ export interface ProducerOptions {
    * case the result event was never published or has already left the replay stream. Default 5000.
    */
   resultRecheckMs?: number;
+  /** Counts enqueues (added or deduplicated, by job name) and announcements that failed; absent = not counted. */
+  metrics?: Metrics;
 }
 
 export interface EnqueuedJob {
@@ -104,6 +107,7 @@ export class WorkspaceJobsProducer {
   private readonly attempts: number;
   private readonly log: Logger;
   private readonly resultRecheckMs: number;
+  private readonly metrics: Metrics | undefined;
   private readonly queue: WorkspaceQueue;
   private readonly publisher: EventPublisher;
   /** Set by fromConfig: connections the producer built and must close. */
@@ -121,6 +125,7 @@ export class WorkspaceJobsProducer {
     this.attempts = options.attempts ?? DEFAULT_JOB_ATTEMPTS;
     this.log = options.log ?? pino({ level: 'silent' });
     this.resultRecheckMs = options.resultRecheckMs ?? DEFAULT_RESULT_RECHECK_MS;
+    this.metrics = options.metrics;
     // Every pending waitForResult listens here (and removes its listener); many at once is normal.
     setMaxListeners(0, this.closing.signal);
     this.queue = new Queue<JobData, JobResult, JobName>(QUEUE_NAME, {
@@ -133,13 +138,18 @@ export class WorkspaceJobsProducer {
   }
 
   /** Builds its own connections from config; close() then closes them. */
-  static fromConfig(config: Config, log?: Logger): WorkspaceJobsProducer {
+  static fromConfig(
+    config: Config,
+    log?: Logger,
+    options: Pick<ProducerOptions, 'metrics'> = {},
+  ): WorkspaceJobsProducer {
     const producer = new WorkspaceJobsProducer({
       connection: createRedis(config.redisUrl, { name: 'workspace-jobs-producer' }),
       pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer' }),
       prefix: config.queuePrefix,
       attempts: config.jobAttempts,
       log,
+      metrics: options.metrics,
     });
     producer.owned = { redisUrl: config.redisUrl, closeConnection: true, closePool: true };
     return producer;
@@ -353,6 +363,7 @@ export class WorkspaceJobsProducer {
     // A duplicate add returns a Job carrying the id of the job that holds the deduplication key.
     const actualId = job.id ?? jobId;
     const deduplicated = actualId !== jobId;
+    (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
     this.log.debug({ jobId: actualId, name, deduplicated, deduplicationId }, 'workspace job enqueued');
     return { jobId: actualId, deduplicated };
   }
@@ -362,6 +373,7 @@ export class WorkspaceJobsProducer {
     try {
       await this.publisher.publish(draft);
     } catch (error) {
+      this.metrics?.eventPublishFailures.inc({ type: draft.type });
       this.log.warn(
         { err: error, jobId: draft.job.id, chatId: draft.chatId, stage: draft.stage },
         'job enqueued, but its event could not be published',
