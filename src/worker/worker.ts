@@ -31,6 +31,8 @@ export const QUEUE_JOB_STATES = [
   'waiting-children',
 ] as const;
 
+/** How long close() waits, after the grace period, for aborted jobs to be handed back. */
+const HAND_BACK_MS = 10_000;
 /** Bound of the queue count read on each scrape (the worker's connection retries forever). */
 const QUEUE_COUNTS_TIMEOUT_MS = 5_000;
 
@@ -221,7 +223,10 @@ export class WorkspaceWorker {
     if ((await Promise.race([closing, graceOver])) === 'timeout') {
       this.log.warn({ graceMs }, 'grace period over; handing active jobs back to the queue');
       this.worker.cancelAllJobs('worker shutting down');
-      await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+      // Bounded, and the timer cleared: a pending timer would keep the process alive after close().
+      let handBack: NodeJS.Timeout | undefined;
+      await Promise.race([closing, new Promise((resolve) => (handBack = setTimeout(resolve, HAND_BACK_MS)))]);
+      clearTimeout(handBack);
     }
     clearTimeout(timer);
     await this.resources.server?.close();
