@@ -1,0 +1,182 @@
+// The live chat page's JSON API: recent chats and templates (plain SQL over the Postgres schema), and the two
+// actions the chat backend takes, start and create, through the same producer a backend would use. The
+// dashboard acts as the chat's owner (the owner is read from the chat), so the worker's ownership checks pass.
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { z } from 'zod';
+import type { WorkspaceJobsProducer } from '../producer/producer.js';
+import type { Logger } from '../shared/logger.js';
+import type { Pool } from '../shared/postgres.js';
+import { ValidationError } from '../shared/schemas.js';
+
+/** How many chats and templates the page lists: the most recent ones. */
+export const LIST_LIMIT = 50;
+
+const uuid = z.uuid();
+
+// One row per chat: its owner, its workspace and the workspace's latest build with the build's job status,
+// which is what "state" means on the page (e.g. `stop` + `succeeded` = stopped, `start` + `running` = starting).
+const CHATS_SQL = `
+SELECT c.id,
+       c.title,
+       c.parent_chat_id,
+       c.created_at,
+       c.owner_id,
+       u.username          AS owner_username,
+       w.id                AS workspace_id,
+       w.name              AS workspace_name,
+       w.deleted           AS workspace_deleted,
+       w.automatic_updates,
+       w.template_id,
+       t.name              AS template_name,
+       b.build_number,
+       b.transition,
+       j.job_status
+  FROM chats c
+  JOIN users u ON u.id = c.owner_id
+  LEFT JOIN workspaces w ON w.id = c.workspace_id
+  LEFT JOIN templates t ON t.id = w.template_id
+  LEFT JOIN LATERAL (
+        SELECT build_number, transition, job_id
+          FROM workspace_builds
+         WHERE workspace_id = w.id
+         ORDER BY build_number DESC
+         LIMIT 1
+       ) b ON true
+  LEFT JOIN provisioner_jobs j ON j.id = b.job_id
+ ORDER BY c.created_at DESC, c.title, c.id
+ LIMIT $1`;
+
+// Templates with their active version and that version's parameters (for the create form).
+const TEMPLATES_SQL = `
+SELECT t.id,
+       t.name,
+       t.display_name,
+       t.require_active_version,
+       t.active_version_id,
+       v.name AS active_version_name,
+       COALESCE(
+         (SELECT json_agg(json_build_object(
+                   'name', p.name,
+                   'display_name', p.display_name,
+                   'description', p.description,
+                   'type', p.type,
+                   'required', p.required,
+                   'default_value', p.default_value,
+                   'options', p.options)
+                 ORDER BY p.display_order, p.name)
+            FROM template_version_parameters p
+           WHERE p.template_version_id = t.active_version_id),
+         '[]'::json) AS parameters
+  FROM templates t
+  LEFT JOIN template_versions v ON v.id = t.active_version_id
+ ORDER BY t.created_at DESC, t.name
+ LIMIT $1`;
+
+/** A 4xx answer with `{ error }`; the page shows the message as it is. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The JSON body as an object holding only `allowed` fields; anything else is named in a 400. */
+function body(req: Request, allowed: readonly string[]): Record<string, unknown> {
+  const raw: unknown = req.body ?? {};
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new HttpError(400, 'the request body must be a JSON object');
+  }
+  const unknown = Object.keys(raw).filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw new HttpError(
+      400,
+      `unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => JSON.stringify(k)).join(', ')}; ` +
+        `expected ${allowed.join(', ')}`,
+    );
+  }
+  return raw as Record<string, unknown>;
+}
+
+function chatIdParam(req: Request): string {
+  const chatId = String(req.params.chatId);
+  if (!uuid.safeParse(chatId).success) {
+    throw new HttpError(400, `invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
+  }
+  return chatId;
+}
+
+export function apiRouter(deps: { pool: Pool; producer: WorkspaceJobsProducer; log: Logger }): Router {
+  const { pool, producer, log } = deps;
+  const router = express.Router();
+  router.use(express.json({ limit: '64kb' }));
+
+  const ownerOf = async (chatId: string): Promise<string> => {
+    const { rows } = await pool.query<{ owner_id: string }>('SELECT owner_id FROM chats WHERE id = $1', [
+      chatId,
+    ]);
+    if (!rows[0]) throw new HttpError(404, `chat ${chatId} not found`);
+    return rows[0].owner_id;
+  };
+
+  router.get('/chats', async (_req, res) => {
+    const { rows } = await pool.query(CHATS_SQL, [LIST_LIMIT]);
+    res.json({ chats: rows });
+  });
+
+  router.get('/templates', async (_req, res) => {
+    const { rows } = await pool.query(TEMPLATES_SQL, [LIST_LIMIT]);
+    res.json({ templates: rows });
+  });
+
+  // Start the chat's workspace: { parameters?: { name: value } }. 202 with the job (maybe deduplicated).
+  router.post('/chats/:chatId/start', async (req, res) => {
+    const chatId = chatIdParam(req);
+    const { parameters } = body(req, ['parameters']);
+    const ownerId = await ownerOf(chatId);
+    const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters });
+    log.info({ chatId, ...enqueued }, 'start requested from the live chat page');
+    res.status(202).json(enqueued);
+  });
+
+  // Create a workspace for the chat: { templateId, name?, parameters? }.
+  router.post('/chats/:chatId/create', async (req, res) => {
+    const chatId = chatIdParam(req);
+    const { templateId, name, parameters } = body(req, ['templateId', 'name', 'parameters']);
+    const ownerId = await ownerOf(chatId);
+    const enqueued = await producer.createWorkspace({ chatId, ownerId, templateId, name, parameters });
+    log.info({ chatId, ...enqueued }, 'create requested from the live chat page');
+    res.status(202).json(enqueued);
+  });
+
+  router.use((_req, res) => {
+    res.status(404).json({ error: 'no such API endpoint' });
+  });
+
+  // Bad input (ours, the producer's ValidationError naming the field, malformed JSON) is a 400 the page shows;
+  // anything else is logged and answered with a 500 that does not leak internals.
+  router.use((error: unknown, req: Request, res: Response, _next: NextFunction) => {
+    if (error instanceof HttpError) {
+      res.status(error.status).json({ error: error.message });
+    } else if (error instanceof ValidationError) {
+      res.status(400).json({ error: error.message });
+    } else if (isBodyParserError(error)) {
+      res.status(error.status).json({ error: `invalid request body: ${error.message}` });
+    } else {
+      log.error({ err: error, method: req.method, path: req.originalUrl }, 'dashboard API request failed');
+      res.status(500).json({ error: 'internal error; see the dashboard log' });
+    }
+  });
+  return router;
+}
+
+function isBodyParserError(error: unknown): error is { status: number; message: string } {
+  return (
+    error instanceof Error &&
+    'status' in error &&
+    typeof error.status === 'number' &&
+    error.status >= 400 &&
+    error.status < 500
+  );
+}

@@ -1,0 +1,214 @@
+// GET /chats/:chatId/events on a real Redis: replay after Last-Event-ID (or ?since=), gap-free and in
+// order, then live events; reconnects; validation; heartbeats; one shared subscription; cleanup on
+// disconnect and on close.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { EventPublisher } from '../../src/shared/events.js';
+import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { redisKeys } from '../../src/shared/keys.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { openSse, startTestDashboard, type SseClient, type TestDashboard } from './helpers.js';
+
+let db: TestDatabase;
+let t: TestDashboard;
+let publisher: EventPublisher;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  t = await startTestDashboard({ db, dashboard: { sse: { heartbeatMs: 100 } } });
+  publisher = new EventPublisher(t.redis, t.prefix);
+});
+
+afterAll(async () => {
+  await t?.close();
+  await db?.drop();
+});
+
+const jobId = randomUUID();
+
+async function publish(chatId: string, n: number, from = 1): Promise<WorkspaceJobEvent[]> {
+  const events: WorkspaceJobEvent[] = [];
+  for (let i = from; i < from + n; i++) {
+    const event = await publisher.publish({
+      type: 'progress',
+      stage: 'checking',
+      job: { id: jobId, name: 'start-workspace', attempt: 1 },
+      chatId,
+      message: `event ${i}`,
+    });
+    events.push(event!);
+  }
+  return events;
+}
+
+/** Takes `n` events off the stream and checks each `id:` line matches the envelope's seq. */
+async function take(client: SseClient, n: number): Promise<WorkspaceJobEvent[]> {
+  const events: WorkspaceJobEvent[] = [];
+  for (let i = 0; i < n; i++) {
+    const message = await client.next();
+    const event = JSON.parse(message.data) as WorkspaceJobEvent;
+    expect(message.id).toBe(event.seq);
+    events.push(event);
+  }
+  return events;
+}
+
+const messages = (events: WorkspaceJobEvent[]) => events.map((e) => e.message);
+const subscribers = async (chatId: string) => {
+  const [, count] = (await t.redis.pubsub('NUMSUB', redisKeys(t.prefix).chatChannel(chatId))) as [
+    string,
+    number,
+  ];
+  return count;
+};
+
+describe('replay and live delivery', () => {
+  it('with Last-Event-ID = the k-th seq it sends exactly events k+1..N, then live ones, in order', async () => {
+    const chatId = randomUUID();
+    const published = await publish(chatId, 6);
+    const client = await openSse(t.url(`/chats/${chatId}/events`), { lastEventId: published[1]!.seq });
+    try {
+      expect(client.status).toBe(200);
+      expect(client.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      expect(client.headers.get('cache-control')).toContain('no-cache');
+      const replayed = await take(client, 4);
+      expect(replayed.map((e) => e.seq)).toEqual(published.slice(2).map((e) => e.seq));
+      await client.comment('live');
+      expect(client.retry).toBe(2000);
+
+      const live = await publish(chatId, 3, 7);
+      expect(await take(client, 3)).toEqual(live);
+      // Nothing else: no duplicate of a replayed event, no stray event.
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      expect(client.pending()).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('takes ?since= on a first connection, and prefers Last-Event-ID when both are sent', async () => {
+    const chatId = randomUUID();
+    const published = await publish(chatId, 5);
+    const first = await openSse(t.url(`/chats/${chatId}/events?since=${published[2]!.seq}`));
+    try {
+      expect(messages(await take(first, 2))).toEqual(['event 4', 'event 5']);
+    } finally {
+      first.close();
+    }
+    const all = await openSse(t.url(`/chats/${chatId}/events?since=0`));
+    try {
+      expect(messages(await take(all, 5))).toEqual(['event 1', 'event 2', 'event 3', 'event 4', 'event 5']);
+    } finally {
+      all.close();
+    }
+    // What EventSource does on a reconnect: the original URL (?since=0) plus the header.
+    const both = await openSse(t.url(`/chats/${chatId}/events?since=0`), { lastEventId: published[3]!.seq });
+    try {
+      expect(messages(await take(both, 1))).toEqual(['event 5']);
+      await both.comment('live');
+      expect(both.pending()).toEqual([]);
+    } finally {
+      both.close();
+    }
+  });
+
+  it('without since, sends live events only', async () => {
+    const chatId = randomUUID();
+    await publish(chatId, 3);
+    const client = await openSse(t.url(`/chats/${chatId}/events`));
+    try {
+      await client.comment('live');
+      const live = await publish(chatId, 2, 4);
+      expect(await take(client, 2)).toEqual(live);
+      expect(client.pending()).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('a reconnect with the last id it saw continues without a gap or a duplicate', async () => {
+    const chatId = randomUUID();
+    await publish(chatId, 3);
+    const first = await openSse(t.url(`/chats/${chatId}/events?since=0`));
+    const seen = await take(first, 3);
+    first.close();
+    // Published while the client is away.
+    await publish(chatId, 2, 4);
+    const again = await openSse(t.url(`/chats/${chatId}/events?since=0`), { lastEventId: seen.at(-1)!.seq });
+    try {
+      seen.push(...(await take(again, 2)));
+      await again.comment('live');
+      await publish(chatId, 1, 6);
+      seen.push(...(await take(again, 1)));
+      expect(messages(seen)).toEqual(['event 1', 'event 2', 'event 3', 'event 4', 'event 5', 'event 6']);
+      expect(new Set(seen.map((e) => e.seq)).size).toBe(6);
+    } finally {
+      again.close();
+    }
+  });
+});
+
+describe('validation', () => {
+  it('answers 400 with a reason for a chat id that is not a UUID, and for a bad Last-Event-ID or since', async () => {
+    const bad = await fetch(t.url('/chats/not-a-chat/events'));
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toEqual({ error: expect.stringContaining('invalid chatId') });
+
+    const chatId = randomUUID();
+    const badHeader = await fetch(t.url(`/chats/${chatId}/events`), {
+      headers: { 'Last-Event-ID': 'yesterday' },
+    });
+    expect(badHeader.status).toBe(400);
+    expect(await badHeader.json()).toEqual({ error: expect.stringContaining('Last-Event-ID') });
+
+    const badQuery = await fetch(t.url(`/chats/${chatId}/events?since=abc`));
+    expect(badQuery.status).toBe(400);
+    expect(await badQuery.json()).toEqual({ error: expect.stringContaining('invalid since') });
+
+    const twoQueries = await fetch(t.url(`/chats/${chatId}/events?since=0&since=1`));
+    expect(twoQueries.status).toBe(400);
+  });
+});
+
+describe('connection handling', () => {
+  it('sends heartbeat comments while idle', async () => {
+    const client = await openSse(t.url(`/chats/${randomUUID()}/events`));
+    try {
+      await client.comment('heartbeat', 2_000);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('shares one subscription per chat between clients and unsubscribes when the last one leaves', async () => {
+    const chatId = randomUUID();
+    const a = await openSse(t.url(`/chats/${chatId}/events`));
+    const b = await openSse(t.url(`/chats/${chatId}/events`));
+    await Promise.all([a.comment('live'), b.comment('live')]);
+    expect(await subscribers(chatId)).toBe(1);
+
+    const [event] = await publish(chatId, 1);
+    expect((await take(a, 1))[0]).toEqual(event);
+    expect((await take(b, 1))[0]).toEqual(event);
+
+    a.close();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await subscribers(chatId)).toBe(1);
+    b.close();
+    await vi.waitFor(async () => expect(await subscribers(chatId)).toBe(0), { timeout: 5_000 });
+  });
+
+  it('ends open streams and closes everything on close()', async () => {
+    const own = await startTestDashboard({ db });
+    const chatId = randomUUID();
+    const client = await openSse(own.url(`/chats/${chatId}/events`));
+    await client.comment('live');
+    const started = Date.now();
+    await own.dashboard.close();
+    expect(Date.now() - started).toBeLessThan(4_000);
+    await client.ended; // the server ended the response
+    expect(await subscribers(chatId)).toBe(0);
+    await expect(fetch(own.url('/healthz'))).rejects.toThrow();
+    await own.close(); // idempotent
+  });
+});
