@@ -290,12 +290,13 @@ function jobCard(ref) {
 
 function renderJobHead(job) {
   const tone = { queued: 'muted', running: 'busy', completed: 'ok', failed: 'bad' }[job.status];
-  job.head.replaceChildren(
+  const parts = [
     h('span', { class: 'job-name' }, job.name),
     h('span', { class: 'mono muted-text', title: job.id }, `job ${short(job.id)}`),
     job.attempt > 1 ? h('span', { class: 'muted-text' }, `attempt ${job.attempt}`) : null,
     h('span', { class: `badge ${tone} job-status` }, job.status),
-  );
+  ];
+  job.head.replaceChildren(...parts.filter(Boolean));
 }
 
 const AGENT_STATE = { agent_connecting: 'connecting', agent_starting: 'starting', agent_ready: 'ready' };
@@ -317,12 +318,16 @@ function timelineRow(event) {
         : 'stage';
   return h(
     'li',
-    { class: `event ${event.type}`, 'data-stage': event.stage, title: `seq ${event.seq}` },
+    { class: `event event-${event.type}`, 'data-stage': event.stage, title: `seq ${event.seq}` },
     h('time', { class: 'mono', datetime: event.at }, clock(event.at)),
     h('span', { class: `badge ${tone}` }, event.stage),
     h('span', { class: 'message' }, event.message),
-    h('span', { class: 'mono build' }, build),
-    h('span', { class: 'agent' }, agent),
+    h(
+      'span',
+      { class: 'meta-cell' },
+      build ? h('span', { class: 'mono build', title: 'build' }, build) : null,
+      agent ? h('span', { class: 'agent', title: 'agent state' }, agent) : null,
+    ),
   );
 }
 
@@ -349,8 +354,9 @@ function renderResult(event) {
         'div',
         { class: 'result-title' },
         h('span', { class: 'badge bad' }, result.code ?? 'error'),
-        result.error,
+        'Failed',
       ),
+      h('p', { class: 'result-error' }, result.error),
       h(
         'dl',
         { class: 'kvs' },
