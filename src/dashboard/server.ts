@@ -77,6 +77,9 @@ export async function startDashboard(
   const pool = createPool(config.databaseUrl, { max: 4, applicationName: 'workspace-jobs-dashboard' });
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix: config.queuePrefix });
   queue.on('error', (err) => log.warn({ err }, 'dashboard queue error'));
+  // /metrics: the queue's job counts (read on each scrape), the counters of the producer below, and Node's
+  // process metrics.
+  const metrics = createMetrics({ queueCounts: () => queue.getJobCounts() });
   // One producer for the whole process: the page's start/create calls, and one shared event subscriber
   // (its own Redis connection in subscriber mode) behind every SSE client.
   const producer = new WorkspaceJobsProducer({
@@ -85,8 +88,8 @@ export async function startDashboard(
     prefix: config.queuePrefix,
     attempts: config.jobAttempts,
     log,
+    metrics,
   });
-  const metrics = createMetrics({ queueCounts: () => queue.getJobCounts() });
   const streams = new ChatEventStreams(producer, log, options.sse);
 
   const board = new ExpressAdapter();

@@ -133,6 +133,11 @@ describe('POST /api/chats/:chatId/start', () => {
     // The page sees both through the chat's events.
     const events = await readChatEvents(t.redis, t.prefix, scenario.chatId, '0');
     expect(events.map((e) => e.stage)).toEqual(['queued', 'deduplicated']);
+
+    // The dashboard's producer counts them on /metrics.
+    const metrics = await (await fetch(t.url('/metrics'))).text();
+    expect(metrics).toMatch(/^wsjobs_enqueued_total\{name="start-workspace"\} [1-9]/m);
+    expect(metrics).toMatch(/^wsjobs_deduplicated_enqueues_total\{name="start-workspace"\} 1$/m);
   });
 
   it('passes parameters through', async () => {
