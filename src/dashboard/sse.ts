@@ -68,11 +68,6 @@ export class ChatEventStreams {
     this.maxBufferedBytes = options.maxBufferedBytes ?? 1024 * 1024;
   }
 
-  /** Open streams right now. */
-  get size(): number {
-    return this.streams.size;
-  }
-
   readonly handle = async (req: Request, res: Response): Promise<void> => {
     // 1. Validate before committing to a 200: a bad id gets a plain 400, which also stops EventSource from
     //    retrying (it only reconnects after a stream that started fine).
@@ -97,7 +92,8 @@ export class ChatEventStreams {
     }
 
     // 2. Commit to the stream: headers now (the browser's EventSource opens), then the retry delay.
-    //    `no-transform` and `X-Accel-Buffering: no` ask proxies (nginx) not to buffer or compress the stream.
+    //    `no-transform` and `X-Accel-Buffering: no` ask proxies (nginx) not to buffer or compress the stream;
+    //    `Connection: close` because a connection that carried a stream is never reused for a request.
     res.status(200).set({
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-cache, no-transform',

@@ -199,6 +199,27 @@ describe('the live chat page', () => {
     await page.close();
   });
 
+  it('creates a workspace for the chat without one, from the template picked on the page', async () => {
+    const page = await context.newPage();
+    const chat = seeded.chats.noWorkspace;
+    await openChat(page, chat.chatId);
+    await page.locator('#create-template').selectOption(seeded.templates.dev.id);
+    await page.locator('#template-params', { hasText: 'cpu: default "2"' }).waitFor();
+    await page.locator('#create-name').fill('from-the-page');
+    await page.locator('#create').click();
+
+    const created = newestJob(page).locator('.result-ok');
+    await created.waitFor({ timeout: RUN_MS });
+    expect(await newestJob(page).locator('.job-name').textContent()).toBe('create-workspace');
+    expect(await created.locator('.result-title').textContent()).toContain('created: true');
+    expect(await created.textContent()).toContain(`${seeded.user.username}/from-the-page`);
+    expect(await stagesOf(page)).toEqual(
+      expect.arrayContaining(['build_succeeded', 'agent_ready', 'completed']),
+    );
+    await page.locator(`[data-chat-id="${chat.chatId}"] .badge`, { hasText: 'running' }).waitFor();
+    await page.close();
+  });
+
   it('shows a bad parameters field as an error from the server', async () => {
     const page = await context.newPage();
     await openChat(page, seeded.chats.running.chatId);
