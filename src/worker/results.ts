@@ -15,10 +15,14 @@ export const messages = {
   updateReasonAutomaticUpdates: 'workspace automatic updates are set to always',
   /** Coder's sentence for the template's rule; the same shape for automatic updates. */
   updatedMessage: (reason: string) =>
-    `Workspace started and was updated to the active template version because ${
-      reason === 'template requires active versions' ? `the ${reason}` : reason
-    }.`,
+    `Workspace started and was updated to the active template version because ${because(reason)}.`,
+  updatingMessage: (reason: string) => `Updating to the template's active version because ${because(reason)}`,
 };
+
+/** An update reason as the end of a sentence: Coder's reason reads "template requires active versions". */
+function because(reason: string): string {
+  return reason === 'template requires active versions' ? `the ${reason}` : reason;
+}
 
 /** Coder's flagged, plain precondition failures (`is_error: true`). */
 export function flagged(code: FailureCode, error: string): JobFailure {

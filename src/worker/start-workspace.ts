@@ -137,7 +137,7 @@ async function start(
   if (updateReason) {
     await ctx.progress(
       'updating_to_active_version',
-      `Updating to the template's active version because ${updateReason}`,
+      messages.updatingMessage(updateReason),
       {
         build_id: build.id,
         previous_template_version_id: previousBuild?.templateVersionId,
