@@ -31,6 +31,8 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/bin ./bin
 COPY --from=build /app/migrations ./migrations
+# The live chat page's static files; the compiled dashboard serves them from the package's src/.
+COPY --from=build /app/src/dashboard/public ./src/dashboard/public
 USER node
 # Dashboard (3000) and the worker's METRICS_PORT (9464 in docker-compose.yml).
 EXPOSE 3000 9464

@@ -125,7 +125,8 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
     console.log(
       `\n${allGood ? 'All scenarios ended as expected.' : 'Some scenarios did not end as expected.'}`,
     );
-    console.log(`Bull Board: ${dashboardUrl}/admin/queues`);
+    console.log(`Live chat page: ${dashboardUrl}/  (pick a chat, press Start, watch its events)`);
+    console.log(`Bull Board:     ${dashboardUrl}/admin/queues`);
     console.log(
       `More chats to try: npx workspace-jobs seed; npx workspace-jobs enqueue start --chat <id> --wait`,
     );

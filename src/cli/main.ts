@@ -22,7 +22,7 @@ Commands:
   migrate        create the database if missing and apply schema migrations (idempotent)
   worker         run a worker process (start- and create-workspace jobs); stops gracefully on SIGTERM/SIGINT
   provisioner    run a provisioner daemon (executors: sim, command)
-  dashboard      HTTP server: Bull Board at /admin/queues, /healthz
+  dashboard      HTTP server: live chat page, Bull Board at /admin/queues, SSE events, /metrics, /healthz
   seed           insert a fresh demo data set and print its ids
   enqueue start  enqueue a start-workspace job as the chat backend would (--wait to follow it)
   enqueue create enqueue a create-workspace job for a chat from a template (--wait to follow it)
@@ -40,7 +40,7 @@ const SIMPLE_HELP: Record<string, string> = {
   provisioner:
     'Usage: workspace-jobs provisioner\n\nClaims pending provisioner jobs and runs them. PROVISIONER_EXECUTOR=sim (default; SIM_BUILD_MS,\nSIM_FAILURE_RATE, SIM_SEED, SIM_AGENT_NAMES, SIM_AGENT_CONNECT_MS, SIM_STARTUP_MS) or command\n(PROVISIONER_COMMAND, run with sh -c). PROVISIONER_CONCURRENCY jobs at once.',
   dashboard:
-    'Usage: workspace-jobs dashboard\n\nServes Bull Board at /admin/queues and /healthz on DASHBOARD_HOST:DASHBOARD_PORT. Basic auth with\nDASHBOARD_USER/DASHBOARD_PASSWORD; without them it only binds to loopback. DASHBOARD_READ_ONLY=true for a read-only board.',
+    "Usage: workspace-jobs dashboard\n\nServes on DASHBOARD_HOST:DASHBOARD_PORT (0 = a free port): the live chat page at /, Bull Board at\n/admin/queues, chat events as Server-Sent Events at /chats/:chatId/events (Last-Event-ID resumes),\nthe page's JSON API under /api, /metrics and /healthz. Basic auth with DASHBOARD_USER/DASHBOARD_PASSWORD\n(everything but /healthz); without them it only binds to loopback. DASHBOARD_READ_ONLY=true for a read-only board.",
   seed: 'Usage: workspace-jobs seed\n\nAdds a fresh, independent demo set (new ids, unique names) and prints what it made.',
 };
 
