@@ -24,7 +24,7 @@ import { dedupeIds } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
-import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
+import { closeRedis, createRedis, SUBSCRIBER_OPTIONS, type Redis } from '../shared/redis.js';
 import {
   ValidationError,
   createWorkspacePayloadSchema,
@@ -403,8 +403,8 @@ export class WorkspaceJobsProducer {
     if (!this.subscriber) {
       // Subscriber mode takes a connection of its own; it retries forever while Redis reconnects.
       this.subscriberConnection = this.owned
-        ? createRedis(this.owned.redisUrl, { blocking: true, name: 'workspace-jobs-producer-sub' })
-        : this.connection.duplicate({ maxRetriesPerRequest: null });
+        ? createRedis(this.owned.redisUrl, { subscriber: true, name: 'workspace-jobs-producer-sub' })
+        : this.connection.duplicate(SUBSCRIBER_OPTIONS);
       this.subscriber = new EventSubscriber({
         subscriber: this.subscriberConnection,
         commands: this.connection,

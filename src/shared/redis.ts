@@ -7,14 +7,27 @@ export type { Redis };
 export interface RedisConnectionOptions {
   /** For BullMQ workers and subscribers: retry commands forever while reconnecting. Default false. */
   blocking?: boolean;
+  /**
+   * For a pub/sub subscriber connection: retries forever like `blocking`, and skips ioredis's ready check,
+   * whose INFO a connection already in subscriber mode refuses (a SUBSCRIBE sent while connecting can
+   * get there first). Default false.
+   */
+  subscriber?: boolean;
   /** A name shown in `CLIENT LIST`. */
   name?: string;
 }
+
+/** The options that make a connection fit for subscribing (see RedisConnectionOptions.subscriber). */
+export const SUBSCRIBER_OPTIONS = {
+  maxRetriesPerRequest: null,
+  enableReadyCheck: false,
+} satisfies RedisOptions;
 
 export function createRedis(url: string, options: RedisConnectionOptions = {}): Redis {
   const redisOptions: RedisOptions = {
     connectionName: options.name,
     maxRetriesPerRequest: options.blocking ? null : 3,
+    ...(options.subscriber ? SUBSCRIBER_OPTIONS : {}),
     enableOfflineQueue: true,
     connectTimeout: 10_000,
     // Reconnect with a capped backoff rather than giving up.
