@@ -23,7 +23,8 @@ export function parseFlags<O extends Options>(args: string[], options: O): { val
     });
     return { values: values as Flags<O> };
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // node:util's messages can span lines (e.g. an ambiguous value that starts with a dash); keep one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, ' '));
   }
 }
 

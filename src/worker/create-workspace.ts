@@ -57,9 +57,11 @@ async function checkExistingWorkspace(
   if (workspace.ownerId !== owner.id) {
     return flagged('forbidden', `workspace ${workspace.id} does not belong to the chat's owner`);
   }
+  const name = `${owner.username}/${workspace.name}`;
+  // Names the workspace for the job's later events and its result, whatever the outcome.
+  await ctx.progress('checking', `The chat has workspace ${name}`, undefined, workspace.id);
   const latest = await ctx.store.getLatestBuild(workspace.id);
   if (!latest) return 'create';
-  const name = `${owner.username}/${workspace.name}`;
 
   switch (latest.jobStatus) {
     case 'pending':

@@ -1019,12 +1019,7 @@ describe('createWorkspace through the producer and a worker', () => {
     expect(await h.newStartBuilds()).toEqual([]);
   });
 
-  // KNOWN BUG (src/worker/create-workspace.ts checkExistingWorkspace, 'succeeded' + 'stop' branch, with
-  // src/worker/processor.ts ctx.progress): a create job learns its workspace id only from progress events
-  // that pass one. The "stopped" answer publishes none, so its result event has no workspaceId and is not
-  // published on `<prefix>:events:workspace:<id>`, although the job knows the workspace (CONTRACT.md
-  // section 6: the workspace channel "once the workspace is known"). Expected: the result names the workspace.
-  it.fails('a chat with a stopped workspace: the result event names the workspace', async () => {
+  it('a chat with a stopped workspace: the result event names the workspace', async () => {
     await h.startWorker();
     const ws = await h.seedStoppedWorkspace();
     const { rows } = await h.db.pool.query<{ template_id: string }>(
