@@ -3,124 +3,20 @@
 // with nothing left open; a worker lets an active job finish within SHUTDOWN_GRACE_MS, or hands it back to
 // the queue without spending an attempt when the grace period ends first; a second signal exits at once
 // with code 1.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
+import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
 import { WAIT_MS, WorkerHarness } from '../helpers/worker-harness.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-/** How long a process may take to start (tsx compiles on the fly) and to exit after the grace period. */
-const START_MS = 20_000;
+/** How long a process may take to exit after its grace period. */
 const EXIT_MS = 10_000;
 /** What main.ts prints when a command returned but a handle kept the process alive. */
 const LEFT_OPEN = 'a connection was still open';
 
-interface LogLine {
-  msg: string;
-  [field: string]: unknown;
-}
-
-/** One CLI process: its output lines, its pino JSON log lines, and its exit. */
-class Cli {
-  readonly stdout: string[] = [];
-  readonly stderr: string[] = [];
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private done = false;
-  private readonly child: ChildProcess;
-
-  constructor(
-    readonly command: string,
-    env: Record<string, string>,
-  ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', command], {
-      cwd: REPO_ROOT,
-      // Only what the command needs: nothing leaks in from the test runner's environment.
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    lines(this.child.stdout!, this.stdout);
-    lines(this.child.stderr!, this.stderr);
-    this.exited = new Promise((resolve) => {
-      // 'close' comes after stdout and stderr ended: the output is complete then.
-      this.child.on('close', (code, signal) => {
-        this.done = true;
-        resolve({ code, signal });
-      });
-    });
-  }
-
-  logs(): LogLine[] {
-    return this.stdout.flatMap((line) => {
-      try {
-        const parsed = JSON.parse(line) as Partial<LogLine>;
-        return typeof parsed.msg === 'string' ? [parsed as LogLine] : [];
-      } catch {
-        return [];
-      }
-    });
-  }
-
-  async waitForLog(match: (line: LogLine) => boolean, what: string, timeoutMs = START_MS): Promise<LogLine> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.logs().find(match);
-      if (found) return found;
-      if (this.done) throw new Error(`${this.command} exited before ${what}: ${this.describe()}`);
-      if (Date.now() > deadline)
-        throw new Error(`${this.command}: no ${what} in ${timeoutMs} ms: ${this.describe()}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-
-  signal(signal: NodeJS.Signals): void {
-    this.child.kill(signal);
-  }
-
-  /** The exit, at most `timeoutMs` from now; then the process is killed and the test fails. */
-  async exit(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        this.exited,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            this.kill();
-            reject(new Error(`${this.command} did not exit within ${timeoutMs} ms: ${this.describe()}`));
-          }, timeoutMs);
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  kill(): void {
-    if (!this.done) this.child.kill('SIGKILL');
-  }
-
-  describe(): string {
-    return JSON.stringify({ stdout: this.stdout.slice(-12), stderr: this.stderr.slice(-12) });
-  }
-}
-
-function lines(stream: NodeJS.ReadableStream, into: string[]): void {
-  let rest = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    const parts = (rest + chunk).split('\n');
-    rest = parts.pop()!;
-    into.push(...parts);
-  });
-  stream.on('end', () => {
-    if (rest) into.push(rest);
-  });
-}
-
 describe('graceful shutdown of the long-running commands', () => {
   let h: WorkerHarness;
-  const processes: Cli[] = [];
+  const processes: CliProcess[] = [];
 
   beforeEach(async () => {
     h = await WorkerHarness.create({ provisioner: { paused: true } });
@@ -130,13 +26,13 @@ describe('graceful shutdown of the long-running commands', () => {
     // A test that failed half-way leaves no process behind.
     for (const cli of processes.splice(0)) {
       cli.kill();
-      await cli.exit(EXIT_MS).catch(() => {});
+      await cli.waitForExit(EXIT_MS).catch(() => {});
     }
     await h.close();
   });
 
-  function run(command: string, env: Record<string, string> = {}): Cli {
-    const cli = new Cli(command, {
+  function run(command: string, env: Record<string, string> = {}): CliProcess {
+    const cli = new CliProcess(command, [command], {
       REDIS_URL: TEST_REDIS_URL,
       DATABASE_URL: h.db.url,
       QUEUE_PREFIX: h.prefix,
@@ -152,13 +48,13 @@ describe('graceful shutdown of the long-running commands', () => {
   }
 
   /** A worker process with its metrics server on an ephemeral loopback port, once it takes jobs. */
-  async function startWorker(graceMs: number): Promise<Cli> {
+  async function startWorker(graceMs: number): Promise<CliProcess> {
     const worker = run('worker', {
       SHUTDOWN_GRACE_MS: String(graceMs),
       METRICS_PORT: '0',
       METRICS_HOST: '127.0.0.1',
     });
-    await worker.waitForLog((l) => l.msg === 'worker started', 'worker started');
+    await worker.waitForLog('worker started', (l) => l.msg === 'worker started');
     return worker;
   }
 
@@ -171,7 +67,7 @@ describe('graceful shutdown of the long-running commands', () => {
     return { ws, jobId, buildId: queued.data?.build_id as string };
   }
 
-  function expectCleanExit(cli: Cli): void {
+  function expectCleanExit(cli: CliProcess): void {
     expect(cli.stderr.join('\n')).not.toContain(LEFT_OPEN);
   }
 
@@ -179,14 +75,14 @@ describe('graceful shutdown of the long-running commands', () => {
     it('worker: serves /healthz while running, then exits 0 with nothing left open', async () => {
       const worker = await startWorker(30_000);
       const serving = await worker.waitForLog(
-        (l) => l.msg === 'serving /metrics and /healthz',
         'metrics url',
+        (l) => l.msg === 'serving /metrics and /healthz',
       );
       const health = await fetch(`${String(serving.url)}/healthz`, { signal: AbortSignal.timeout(5_000) });
       expect(health.status).toBe(200);
 
       worker.signal('SIGTERM');
-      expect(await worker.exit(EXIT_MS)).toEqual({ code: 0, signal: null });
+      expect(await worker.waitForExit(EXIT_MS)).toEqual({ code: 0, signal: null });
       expectCleanExit(worker);
       expect(worker.logs().map((l) => l.msg)).toContain('worker stopped');
       expect(await h.queue.getWorkers()).toEqual([]);
@@ -194,17 +90,17 @@ describe('graceful shutdown of the long-running commands', () => {
 
     it('provisioner: exits 0 with nothing left open', async () => {
       const provisioner = run('provisioner', { SHUTDOWN_GRACE_MS: '30000' });
-      await provisioner.waitForLog((l) => l.msg === 'provisioner daemon running', 'provisioner running');
+      await provisioner.waitForLog('provisioner running', (l) => l.msg === 'provisioner daemon running');
       provisioner.signal('SIGTERM');
-      expect(await provisioner.exit(EXIT_MS)).toEqual({ code: 0, signal: null });
+      expect(await provisioner.waitForExit(EXIT_MS)).toEqual({ code: 0, signal: null });
       expectCleanExit(provisioner);
     });
 
     it('dashboard: exits 0 with nothing left open', async () => {
       const dashboard = run('dashboard', { DASHBOARD_PORT: '0', DASHBOARD_HOST: '127.0.0.1' });
-      await dashboard.waitForLog((l) => l.msg.startsWith('dashboard listening'), 'dashboard listening');
+      await dashboard.waitForLog('dashboard listening', (l) => l.msg.startsWith('dashboard listening'));
       dashboard.signal('SIGTERM');
-      expect(await dashboard.exit(EXIT_MS)).toEqual({ code: 0, signal: null });
+      expect(await dashboard.waitForExit(EXIT_MS)).toEqual({ code: 0, signal: null });
       expectCleanExit(dashboard);
     });
   });
@@ -215,10 +111,10 @@ describe('graceful shutdown of the long-running commands', () => {
       const { jobId, buildId } = await activeJob();
 
       worker.signal('SIGTERM');
-      await worker.waitForLog((l) => l.msg === 'stopping', 'stopping');
+      await worker.waitForLog('stopping', (l) => l.msg === 'stopping');
       // The build finishes while the worker is shutting down: the job completes on this worker.
       h.provisioner.resume();
-      expect(await worker.exit(WAIT_MS + EXIT_MS)).toEqual({ code: 0, signal: null });
+      expect(await worker.waitForExit(WAIT_MS + EXIT_MS)).toEqual({ code: 0, signal: null });
       expectCleanExit(worker);
 
       const done = await h.waitForState(jobId, ['completed']);
@@ -235,7 +131,7 @@ describe('graceful shutdown of the long-running commands', () => {
       const { ws, jobId, buildId } = await activeJob();
 
       worker.signal('SIGTERM');
-      expect(await worker.exit(graceMs + EXIT_MS)).toEqual({ code: 0, signal: null });
+      expect(await worker.waitForExit(graceMs + EXIT_MS)).toEqual({ code: 0, signal: null });
       expectCleanExit(worker);
       expect(worker.logs().map((l) => l.msg)).toContain(
         'grace period over; handing active jobs back to the queue',
@@ -264,10 +160,10 @@ describe('graceful shutdown of the long-running commands', () => {
       await activeJob();
 
       worker.signal('SIGTERM');
-      await worker.waitForLog((l) => l.msg === 'stopping', 'stopping');
+      await worker.waitForLog('stopping', (l) => l.msg === 'stopping');
       worker.signal('SIGINT');
       // Far sooner than the 2-minute grace period.
-      expect(await worker.exit(EXIT_MS)).toEqual({ code: 1, signal: null });
+      expect(await worker.waitForExit(EXIT_MS)).toEqual({ code: 1, signal: null });
       expect(worker.logs().map((l) => l.msg)).toContain('second signal; exiting now');
     });
   });

@@ -96,7 +96,17 @@ export class CliProcess {
 
   /** Sends `signal` and waits at most `timeoutMs` for the exit; on timeout kills it and throws. */
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 15_000): Promise<Exit> {
+    this.signal(signal);
+    return this.waitForExit(timeoutMs, `of ${signal}`);
+  }
+
+  /** Sends `signal` without waiting (e.g. a second signal during a graceful shutdown). */
+  signal(signal: NodeJS.Signals): void {
     if (!this.hasExited) this.child.kill(signal);
+  }
+
+  /** The exit, at most `timeoutMs` from now; then the process is killed and this throws. */
+  async waitForExit(timeoutMs: number, since = 'from now'): Promise<Exit> {
     let timer: NodeJS.Timeout | undefined;
     try {
       return await Promise.race([
@@ -105,7 +115,7 @@ export class CliProcess {
           timer = setTimeout(() => {
             this.child.kill('SIGKILL');
             reject(
-              new Error(`${this.label} did not exit within ${timeoutMs} ms of ${signal}: ${this.describe()}`),
+              new Error(`${this.label} did not exit within ${timeoutMs} ms ${since}: ${this.describe()}`),
             );
           }, timeoutMs);
         }),
