@@ -133,6 +133,25 @@ export interface EventPublisherOptions {
   log?: Logger;
 }
 
+// KEYS: the chat's stream, the job's result marker (the stream again for progress events; both keys share
+// the prefix, so one hash tag keeps them in one Redis Cluster slot). ARGV: once ('1' for a result), the
+// stored envelope, the envelope without v for splicing, ttl seconds, maxlen, then the channels.
+// The marker is checked first and set only after XADD succeeded: scripts do not roll back.
+const PUBLISH_SCRIPT = `
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', '${EVENT_FIELD}', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[1] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[4]) end
+local message = '{"v":1,"seq":"' .. id .. '",' .. string.sub(ARGV[3], 2)
+for i = 6, #ARGV do redis.call('PUBLISH', ARGV[i], message) end
+return id`;
+
+const PUBLISH_COMMAND = 'wsjobsPublishEvent';
+
+type ScriptedRedis = Redis & {
+  [PUBLISH_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
+};
+
 export class EventPublisher {
   private readonly keys: RedisKeys;
   private readonly maxLen: number;
@@ -144,6 +163,8 @@ export class EventPublisher {
     options: EventPublisherOptions = {},
   ) {
     this.keys = redisKeys(prefix);
+    if (!(PUBLISH_COMMAND in redis))
+      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 2, lua: PUBLISH_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
     this.ttlSeconds = options.ttlSeconds ?? 86_400;
     if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
@@ -155,54 +176,31 @@ export class EventPublisher {
   }
 
   /**
-   * XADDs the event to `<prefix>:events:chat:<chatId>:log` (MAXLEN ~ maxLen, EXPIRE ttl after each write);
-   * seq = the stream entry id; then PUBLISHes the full envelope on `<prefix>:events:chat:<chatId>` and, when
-   * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`.
-   *
-   * A `result` event is published at most once per job id (SET NX on the job's result marker, EX ttlSeconds,
-   * before writing): returns null when the job's result was already published. If the XADD fails the marker
-   * is removed again and the error thrown, so a retry can publish. If only the PUBLISH fails, the error is
-   * thrown but the event stays in the replay stream (and counts as published).
+   * Appends the event to `<prefix>:events:chat:<chatId>:log` (MAXLEN ~ maxLen, EXPIRE ttl) with seq = the
+   * stream entry id, then PUBLISHes the full envelope on `<prefix>:events:chat:<chatId>` and, when
+   * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`. A `result` event is published at most once
+   * per job id: returns null when the job's result is already out. All of it is one script, so a crash
+   * cannot leave a result marker without its event, or a stream without its expiry.
    */
   async publish(draft: EventDraft): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
-    const logKey = this.keys.chatLog(draft.chatId);
-
-    let marker: string | undefined;
-    if (draft.type === 'result') {
-      marker = this.keys.resultMarker(draft.job.id);
-      const set = await this.redis.set(marker, body.at, 'EX', this.ttlSeconds, 'NX');
-      if (set !== 'OK') return null;
-    }
-
-    let seq: string | null;
-    try {
-      seq = await this.redis.xadd(
-        logKey,
-        'MAXLEN',
-        '~',
-        this.maxLen,
-        '*',
-        EVENT_FIELD,
-        JSON.stringify({ v, ...body }),
-      );
-      if (seq === null) throw new Error(`XADD to ${logKey} returned no id`);
-    } catch (error) {
-      if (marker) await this.redis.del(marker).catch(() => {});
-      throw error;
-    }
-
-    const event: WorkspaceJobEvent = { v, seq, ...body };
-    const json = JSON.stringify(event);
-    const multi = this.redis.multi().publish(this.keys.chatChannel(draft.chatId), json);
-    if (draft.workspaceId !== undefined) multi.publish(this.keys.workspaceChannel(draft.workspaceId), json);
-    multi.expire(logKey, this.ttlSeconds);
-    const results = await multi.exec();
-    const failed = results?.find(([error]) => error);
-    if (!results || failed) {
-      throw new Error(`event ${seq} was added to ${logKey} but not published`, { cause: failed?.[0] });
-    }
-    return event;
+    // The stream holds the envelope without seq (its entry id is the seq); the script splices seq in.
+    const tail = JSON.stringify(body);
+    const stored = `{"v":${v},${tail.slice(1)}`;
+    const channels = [this.keys.chatChannel(draft.chatId)];
+    if (draft.workspaceId !== undefined) channels.push(this.keys.workspaceChannel(draft.workspaceId));
+    const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
+      this.keys.chatLog(draft.chatId),
+      draft.type === 'result' ? this.keys.resultMarker(draft.job.id) : this.keys.chatLog(draft.chatId),
+      draft.type === 'result' ? '1' : '',
+      stored,
+      tail,
+      this.ttlSeconds,
+      this.maxLen,
+      ...channels,
+    )) as string | null | false;
+    if (!seq) return null;
+    return { v, seq, ...body };
   }
 
   /** The envelope in the contract's field order; throws a ValidationError naming bad fields. */

@@ -56,6 +56,22 @@ describe('events on the real Redis', () => {
     await Promise.all(connections.splice(0).map((redis) => closeRedis(redis)));
   });
 
+  it('when the XADD of a result fails › throws and leaves no marker, so a retry can publish it', async () => {
+    prefix = uniquePrefix('events');
+    const redis = connection();
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(redis, prefix);
+    const result = draft(chatId, 0, { type: 'result', stage: 'failed', data: { error: 'x' } });
+    // A key of the wrong type makes the XADD inside the publish script fail (WRONGTYPE).
+    await redis.set(`${prefix}:events:chat:${chatId}:log`, 'not a stream');
+
+    await expect(publisher.publish(result)).rejects.toThrow(/WRONGTYPE/);
+    expect(await redis.exists(`${prefix}:result:job-1`)).toBe(0);
+    await redis.del(`${prefix}:events:chat:${chatId}:log`);
+    expect(await publisher.publish(result)).not.toBeNull();
+    expect(await redis.ttl(`${prefix}:events:chat:${chatId}:log`)).toBeGreaterThan(0);
+  });
+
   it('a subscriber gets live events in publish order, each with the seq the publisher returned', async () => {
     prefix = uniquePrefix('events');
     const redis = connection();

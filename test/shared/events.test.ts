@@ -193,18 +193,6 @@ describe('events on ioredis-mock', () => {
       expect(await publisher.publish(draft(chatId))).not.toBeNull();
     });
 
-    it('when the XADD of a result fails › throws and frees the marker, so a retry can publish it', async () => {
-      const redis = client();
-      const prefix = uniquePrefix();
-      const publisher = new EventPublisher(redis, prefix);
-      const result = draft(randomUUID(), { type: 'result', stage: 'failed', data: { error: 'x' } });
-      vi.spyOn(redis, 'xadd').mockRejectedValueOnce(new Error('Connection is closed.'));
-
-      await expect(publisher.publish(result)).rejects.toThrow('Connection is closed.');
-      expect(await redis.exists(`${prefix}:result:42`)).toBe(0);
-      expect(await publisher.publish(result)).not.toBeNull();
-    });
-
     it('refuses an event that subscribers would reject, writing nothing', async () => {
       const redis = client();
       const prefix = uniquePrefix();
