@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { topics } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
-import { channelTopic, type PgNotificationHub } from '../shared/notifications.js';
+import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
 import { withTransaction, type Pool } from '../shared/postgres.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
 import type { BuildJob, CommittedAgent, Executor, ExecutorContext, ExecutorResult } from './executor.js';
@@ -15,7 +15,10 @@ import { JobLogWriter } from './job-log-writer.js';
 
 export interface ProvisionerOptions {
   pool: Pool;
-  /** Wakes the daemon on new jobs and tells it about cancellations; the caller starts and stops it. */
+  /**
+   * Wakes the daemon when a job becomes pending and tells it about cancellations; the caller starts and
+   * stops it.
+   */
   hub: Pick<PgNotificationHub, 'on'>;
   executor: Executor;
   /** Written to provisioner_jobs.worker_id of every job this daemon claims. Default a random uuid. */
@@ -120,7 +123,8 @@ export class Provisioner {
   start(): void {
     if (this.state !== 'new') throw new Error('a Provisioner can only be started once');
     this.state = 'running';
-    this.offWake = this.options.hub.on(channelTopic('provisioner_job_changed'), () => this.wake());
+    // Only a job becoming pending (inserted, or handed back) can give work; the poll covers lost ones.
+    this.offWake = this.options.hub.on(PENDING_JOB_TOPIC, () => this.wake());
     this.pollTimer = setInterval(() => this.tick(), this.pollIntervalMs);
     this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs);
     this.log.info({ concurrency: this.concurrency }, 'provisioner started');

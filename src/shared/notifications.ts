@@ -6,13 +6,27 @@ import { sleep, WaitTimeoutError } from './errors.js';
 import type { ChangeWaiter } from './interfaces.js';
 import type { Logger } from './logger.js';
 
-/** Channels raised by the triggers in migrations/0001_schema.sql, and the topic each payload maps to. */
-const CHANNELS: Record<string, (payload: { id?: string }) => string | undefined> = {
-  provisioner_job_changed: (p) => (p.id ? `provisioner_job:${p.id}` : undefined),
-  workspace_agent_changed: (p) => (p.id ? `workspace_agent:${p.id}` : undefined),
+/**
+ * A topic reached whenever a provisioner job becomes `pending` (inserted, or handed back by a daemon):
+ * the only change that can give an idle provisioner daemon work.
+ */
+export const PENDING_JOB_TOPIC = 'provisioner_job:pending';
+
+interface Payload {
+  id?: string;
+  job_status?: string;
+}
+
+/** Channels raised by the triggers in migrations/0001_schema.sql, and the topics each payload maps to. */
+const CHANNELS: Record<string, (payload: Payload) => (string | undefined)[]> = {
+  provisioner_job_changed: (p) => [
+    p.id ? `provisioner_job:${p.id}` : undefined,
+    p.job_status === 'pending' ? PENDING_JOB_TOPIC : undefined,
+  ],
+  workspace_agent_changed: (p) => [p.id ? `workspace_agent:${p.id}` : undefined],
 };
 
-/** A topic that every notification on a channel also reaches (the provisioner waits on new jobs). */
+/** A topic that every notification on a channel also reaches. */
 export const channelTopic = (channel: string) => `channel:${channel}`;
 
 export interface PgNotificationHubOptions {
@@ -142,12 +156,11 @@ export class PgNotificationHub implements ChangeWaiter {
       keepAlive: true,
     });
     client.on('notification', (msg) => {
-      const toTopic = CHANNELS[msg.channel];
+      const toTopics = CHANNELS[msg.channel];
       this.emit(channelTopic(msg.channel));
-      if (!toTopic || !msg.payload) return;
+      if (!toTopics || !msg.payload) return;
       try {
-        const topic = toTopic(JSON.parse(msg.payload) as { id?: string });
-        if (topic) this.emit(topic);
+        for (const topic of toTopics(JSON.parse(msg.payload) as Payload)) if (topic) this.emit(topic);
       } catch {
         this.options.log?.warn({ channel: msg.channel }, 'unparseable notification payload');
       }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
+import { topics } from '../../src/shared/interfaces.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import { createPool, type Pool } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
@@ -87,6 +88,59 @@ describe('Provisioner', () => {
       ['provisioner', 'recording start'],
       ['provisioner_daemon', 'Build succeeded'],
     ]);
+  });
+
+  it('when a job becomes pending › an idle daemon claims it at once; other job changes run no claim', async () => {
+    // Counts the daemon's claim queries.
+    let claims = 0;
+    const pool = new Proxy(db.pool, {
+      get(target, property) {
+        if (property === 'query') {
+          return (...args: Parameters<Pool['query']>) => {
+            const isClaim = String(args[0]).includes('UPDATE provisioner_jobs SET started_at = now()');
+            if (isClaim) claims++;
+            return (target.query as (...a: unknown[]) => unknown)(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const hub = await startHub();
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    // A job a dead daemon was running; it is handed back below.
+    const handedBack = await insertBuild(db.pool, fixture, workspaceId);
+    await db.pool.query(`UPDATE provisioner_jobs SET started_at = now(), worker_id = $2 WHERE id = $1`, [
+      handedBack.jobId,
+      randomUUID(),
+    ]);
+    const executor = new RecordingExecutor();
+    await startProvisioner({ executor, pool: pool as Pool, hub });
+    // The start-up claim finds nothing.
+    await eventually('the start-up claim', async () => (claims === 1 ? true : undefined));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+
+    // Jobs going running, canceling and completed give no work: the daemon stays quiet.
+    const otherId = randomUUID();
+    const seen: string[] = [];
+    hub.on(topics.provisionerJob(otherId), () => seen.push('change'));
+    await db.pool.query(`INSERT INTO provisioner_jobs (id, started_at) VALUES ($1, now())`, [otherId]);
+    await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [otherId]);
+    await db.pool.query(`UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1`, [otherId]);
+    await eventually('the notifications', async () => (seen.length === 3 ? true : undefined));
+    expect(claims).toBe(1);
+
+    // A job handed back to pending is claimed at once (the poll is a minute away).
+    await db.pool.query(`UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL WHERE id = $1`, [
+      handedBack.jobId,
+    ]);
+    expect(await waitForCompletion(db.pool, handedBack.jobId, 5_000)).toMatchObject({
+      job_status: 'succeeded',
+    });
+    // And so is a new one.
+    const fresh = await insertBuild(db.pool, fixture, workspaceId);
+    expect(await waitForCompletion(db.pool, fresh.jobId, 5_000)).toMatchObject({ job_status: 'succeeded' });
+    expect(executor.runs).toEqual([handedBack.jobId, fresh.jobId]);
   });
 
   it('when the executor passes the build details › they match the build and its parameters', async () => {

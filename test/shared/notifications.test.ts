@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
-import { channelTopic, PgNotificationHub } from '../../src/shared/notifications.js';
+import { channelTopic, PENDING_JOB_TOPIC, PgNotificationHub } from '../../src/shared/notifications.js';
 import { topics } from '../../src/shared/interfaces.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 
@@ -59,6 +59,26 @@ describe('PgNotificationHub', () => {
     const woken = new Promise<void>((resolve) => hub.on(channelTopic('provisioner_job_changed'), resolve));
     await insertJob();
     await expect(woken).resolves.toBeUndefined();
+  });
+
+  it('when a job becomes pending › reaches the pending-job topic, and only then', async () => {
+    const pending: number[] = [];
+    let changes = 0;
+    hub.on(PENDING_JOB_TOPIC, () => pending.push(changes));
+    hub.on(channelTopic('provisioner_job_changed'), () => changes++);
+
+    // Inserted pending (1), claimed (2), handed back (3), claimed again (4), completed (5).
+    const jobId = await insertJob();
+    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await db.pool.query('UPDATE provisioner_jobs SET started_at = NULL WHERE id = $1', [jobId]);
+    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
+    // A job inserted already running is no work for anyone (6).
+    await db.pool.query('INSERT INTO provisioner_jobs (started_at) VALUES (now())');
+
+    await expect.poll(() => changes).toBe(6);
+    // Channel-wide listeners run first, so each entry is the count including the pending notification.
+    expect(pending).toEqual([1, 3]);
   });
 
   it('when nothing changes › rejects with WaitTimeoutError after the timeout', async () => {
