@@ -20,6 +20,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { QUEUE_NAME, type Config } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
+import { DEFAULT_CHECK_TIMEOUT_MS, runHealthChecks } from '../shared/health.js';
 import { createMetrics } from '../shared/metrics.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
@@ -79,7 +80,7 @@ export async function startDashboard(
   queue.on('error', (err) => log.warn({ err }, 'dashboard queue error'));
   // /metrics: the queue's job counts (read on each scrape), the counters of the producer below, and Node's
   // process metrics.
-  const metrics = createMetrics({ queueCounts: () => queue.getJobCounts() });
+  const metrics = createMetrics({ queueCounts: () => queue.getJobCounts(), log });
   // One producer for the whole process: the page's start/create calls, and one shared event subscriber
   // (its own Redis connection in subscriber mode) behind every SSE client.
   const producer = new WorkspaceJobsProducer({
@@ -103,14 +104,15 @@ export async function startDashboard(
   app.disable('x-powered-by');
   // Health is for orchestrators and stays open; everything else needs the credentials when configured.
   app.get('/healthz', async (_req, res) => {
-    const checks = await Promise.allSettled([redis.ping(), pool.query('SELECT 1')]);
-    const [redisCheck, postgresCheck] = checks.map((c) =>
-      c.status === 'fulfilled' ? 'ok' : String(c.reason),
+    const report = await runHealthChecks(
+      {
+        redis: async () => void (await redis.ping()),
+        postgres: async () => void (await pool.query('SELECT 1')),
+      },
+      DEFAULT_CHECK_TIMEOUT_MS,
+      log,
     );
-    const ok = redisCheck === 'ok' && postgresCheck === 'ok';
-    res
-      .status(ok ? 200 : 503)
-      .json({ status: ok ? 'ok' : 'unavailable', redis: redisCheck, postgres: postgresCheck });
+    res.status(report.ok ? 200 : 503).json(report.body);
   });
   if (config.dashboardUser && config.dashboardPassword) {
     app.use(basicAuth(config.dashboardUser, config.dashboardPassword));

@@ -26,3 +26,14 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/** `promise`, or a WaitTimeoutError naming `what` once `ms` have passed (the timer is always cleared). */
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new WaitTimeoutError(`${what} took longer than ${ms} ms`, ms)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}

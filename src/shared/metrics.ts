@@ -1,6 +1,8 @@
 // Prometheus metrics (prom-client). One registry per process; each process serves it on /metrics (the
 // worker on METRICS_PORT, the dashboard on its own port). Metric names are part of the operations
 // contract: change them only with a note in the README.
+import { withTimeout } from './errors.js';
+import type { Logger } from './logger.js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 export interface Metrics {
@@ -34,15 +36,23 @@ export interface Metrics {
 export interface MetricsOptions {
   /** Include Node's process metrics (CPU, memory, event loop lag). Default true. */
   defaultMetrics?: boolean;
-  /** Called on each scrape to refresh `queueJobs`; e.g. `queue.getJobCounts()`. */
+  /**
+   * Called on each scrape to refresh `queueJobs`; e.g. `() => queue.getJobCounts()`. Bounded by
+   * QUEUE_COUNTS_TIMEOUT_MS; when it fails the gauge is emptied (no numbers rather than stale ones) and the
+   * rest of the scrape still goes out.
+   */
   queueCounts?: () => Promise<Record<string, number>>;
+  /** Where a failed queue count is reported. */
+  log?: Logger;
 }
+
+export const QUEUE_COUNTS_TIMEOUT_MS = 5_000;
 
 export function createMetrics(options: MetricsOptions = {}): Metrics {
   const registry = new Registry();
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'wsjobs_' });
   const registers = [registry];
-  const queueCounts = options.queueCounts;
+  const { queueCounts, log } = options;
   return {
     registry,
     jobsFinished: new Counter({
@@ -117,8 +127,17 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
       registers,
       async collect() {
         if (!queueCounts) return;
-        const counts = await queueCounts();
-        for (const [state, count] of Object.entries(counts)) this.set({ state }, count);
+        try {
+          const counts = await withTimeout(
+            queueCounts(),
+            QUEUE_COUNTS_TIMEOUT_MS,
+            'reading the queue job counts',
+          );
+          for (const [state, count] of Object.entries(counts)) this.set({ state }, count);
+        } catch (err) {
+          log?.warn({ err }, 'could not read the queue job counts for /metrics');
+          this.reset();
+        }
       },
     }),
   };

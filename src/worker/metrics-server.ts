@@ -10,19 +10,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { DEFAULT_CHECK_TIMEOUT_MS, runHealthChecks, type HealthCheck } from '../shared/health.js';
 import type { Logger } from '../shared/logger.js';
-
-/** A check that fails with this reports its message as its state (e.g. the worker's `closing`). */
-export class HealthStateError extends Error {
-  override name = 'HealthStateError';
-}
-
-/**
- * One part of /healthz. Resolves when healthy, with its state (default `ok`); rejects when not: a
- * HealthStateError's message is reported as the state, anything else as `error`; a check that does not
- * settle within the timeout is `timeout`.
- */
-export type HealthCheck = () => Promise<string | void>;
 
 export interface MetricsServerOptions {
   port: number;
@@ -41,52 +30,6 @@ export interface MetricsServer {
   port: number;
   close(): Promise<void>;
 }
-
-export interface HealthReport {
-  ok: boolean;
-  body: Record<string, string>;
-}
-
-const DEFAULT_CHECK_TIMEOUT_MS = 3_000;
-
-/** Runs every check at once, each bounded by `timeoutMs`. */
-export async function runHealthChecks(
-  checks: Record<string, HealthCheck>,
-  timeoutMs: number,
-  log?: Logger,
-): Promise<HealthReport> {
-  const names = Object.keys(checks);
-  const states = await Promise.all(
-    names.map(async (name): Promise<[string, boolean]> => {
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        const state = await Promise.race([
-          checks[name]!(),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new HealthTimeout()), timeoutMs);
-          }),
-        ]);
-        return [state || 'ok', true];
-      } catch (error) {
-        if (error instanceof HealthStateError) return [error.message, false];
-        if (error instanceof HealthTimeout) {
-          log?.warn({ check: name, timeoutMs }, 'health check timed out');
-          return ['timeout', false];
-        }
-        log?.warn({ err: error, check: name }, 'health check failed');
-        return ['error', false];
-      } finally {
-        clearTimeout(timer);
-      }
-    }),
-  );
-  const ok = states.every(([, healthy]) => healthy);
-  const body: Record<string, string> = { status: ok ? 'ok' : 'unavailable' };
-  names.forEach((name, i) => (body[name] = states[i]![0]));
-  return { ok, body };
-}
-
-class HealthTimeout extends Error {}
 
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
   const { registry, checks, log } = options;

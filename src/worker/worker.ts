@@ -11,7 +11,8 @@ import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
-import { HealthStateError, startMetricsServer, type MetricsServer } from './metrics-server.js';
+import { HealthStateError } from '../shared/health.js';
+import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
 import {
   createProcessor,
@@ -20,21 +21,8 @@ import {
   type ProcessorOptions,
 } from './processor.js';
 
-/** The job states `wsjobs_queue_jobs` reports. */
-export const QUEUE_JOB_STATES = [
-  'waiting',
-  'active',
-  'delayed',
-  'completed',
-  'failed',
-  'prioritized',
-  'waiting-children',
-] as const;
-
 /** How long close() waits, after the grace period, for aborted jobs to be handed back. */
 const HAND_BACK_MS = 10_000;
-/** Bound of the queue count read on each scrape (the worker's connection retries forever). */
-const QUEUE_COUNTS_TIMEOUT_MS = 5_000;
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -110,23 +98,7 @@ export class WorkspaceWorker {
       const countsQueue = new Queue(QUEUE_NAME, { connection: bullConnection, prefix: config.queuePrefix });
       countsQueue.on('error', (err) => log.warn({ err }, 'metrics queue error'));
       queue = countsQueue;
-      const created = createMetrics({
-        queueCounts: async () => {
-          try {
-            return await withTimeout(
-              countsQueue.getJobCounts(...QUEUE_JOB_STATES),
-              QUEUE_COUNTS_TIMEOUT_MS,
-              'reading the queue job counts',
-            );
-          } catch (err) {
-            // No numbers rather than stale ones; the rest of the scrape still goes out.
-            log.warn({ err }, 'could not read the queue job counts for /metrics');
-            created.queueJobs.reset();
-            return {};
-          }
-        },
-      });
-      metrics = created;
+      metrics = createMetrics({ queueCounts: () => countsQueue.getJobCounts(), log });
     }
 
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
@@ -238,14 +210,4 @@ export class WorkspaceWorker {
     await Promise.all(this.resources.redis.map((r) => closeRedis(r)));
     this.log.info('worker stopped');
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

@@ -154,6 +154,27 @@ describe('with DASHBOARD_USER and DASHBOARD_PASSWORD', () => {
   });
 });
 
+describe('/healthz when Postgres is unreachable', () => {
+  it('answers 503 naming the part, with no error text in its open body', async () => {
+    const prefix = uniquePrefix('dash');
+    // A database that does not exist: every Postgres check fails with an error that names it.
+    const missing = `wsjobs_test_missing_${randomUUID().slice(0, 8)}`;
+    const config = loadConfig(
+      dashboardEnv(db, prefix, { DATABASE_URL: db.url.replace(/\/[^/]+$/, `/${missing}`) }),
+    );
+    const dashboard = await startDashboard(config, createLogger('silent'));
+    try {
+      const res = await fetch(`${dashboard.url}/healthz`);
+      expect(res.status).toBe(503);
+      const body = await res.text();
+      expect(JSON.parse(body)).toEqual({ status: 'unavailable', redis: 'ok', postgres: 'error' });
+      expect(body).not.toContain(missing);
+    } finally {
+      await dashboard.close();
+    }
+  });
+});
+
 describe('binding', () => {
   it('refuses a non-loopback host without credentials (ConfigError) and opens nothing', async () => {
     const config = loadConfig(dashboardEnv(db, uniquePrefix('dash'), { DASHBOARD_HOST: '0.0.0.0' }));
