@@ -60,8 +60,11 @@ export interface Executor {
    */
   run(job: BuildJob, ctx: ExecutorContext): Promise<ExecutorResult | void>;
   /**
-   * Called after the daemon committed a succeeded job, with the agents it inserted (start builds only;
-   * empty for other transitions). The simulator uses it to play the agents' part. Must not throw.
+   * Called exactly once for every run() that resolved, after the daemon is done with the job: with the
+   * agents it committed for a succeeded start build (empty for other transitions), or empty when nothing
+   * was committed (the job was canceled as it finished, was taken over or aborted, or its results could
+   * not be written). Whatever run() kept for the job can be let go here; the simulator also plays the
+   * agents' part. Not called for a run() that rejected. Must not throw.
    */
   afterCommit?(job: BuildJob, agents: CommittedAgent[]): void;
   /** Ends background work (simulated agents, leftover processes); the daemon calls it once it is idle. */

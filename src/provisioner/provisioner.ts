@@ -311,32 +311,47 @@ export class Provisioner {
       void logs.append('provisioner_daemon', 'info', 'Build succeeded', 'Cleaning Up');
       await logs.flush();
       const agents = await this.succeed(job, outcome.result);
-      if (agents === undefined) return;
-      log.info({ agents: agents.length }, 'job succeeded');
-      try {
-        this.executor.afterCommit?.(job, agents);
-      } catch (error) {
-        log.warn({ err: error }, 'executor afterCommit failed');
-      }
+      if (agents !== undefined) log.info({ agents: agents.length }, 'job succeeded');
+      // Also when nothing was committed, so the executor can let go of what run() kept for the job.
+      this.afterCommit(job, agents ?? []);
     } finally {
       off();
     }
   }
 
-  /** Runs the executor; an abort settles the outcome at once, without waiting for the executor to notice. */
+  /**
+   * Runs the executor; an abort settles the outcome at once, without waiting for the executor to notice.
+   * A run that still resolves after that gets its afterCommit call (with no agents) then.
+   */
   private runExecutor(job: BuildJob, ctx: ExecutorContext): Promise<Outcome> {
     const { signal } = ctx;
     return new Promise<Outcome>((resolve) => {
-      const onAbort = () => resolve({ kind: 'aborted', reason: signal.reason });
+      let aborted = false;
+      const onAbort = () => {
+        aborted = true;
+        resolve({ kind: 'aborted', reason: signal.reason });
+      };
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       new Promise<ExecutorResult | void>((res) => res(this.executor.run(job, ctx)))
         .then(
-          (result) => resolve({ kind: 'succeeded', result: result ?? {} }),
+          (result) => {
+            if (aborted) this.afterCommit(job, []);
+            else resolve({ kind: 'succeeded', result: result ?? {} });
+          },
           (error: unknown) => resolve({ kind: 'failed', message: errorMessage(error) }),
         )
         .finally(() => signal.removeEventListener('abort', onAbort));
     });
+  }
+
+  /** Tells the executor a resolved run is over; see Executor.afterCommit. */
+  private afterCommit(job: BuildJob, agents: CommittedAgent[]): void {
+    try {
+      this.executor.afterCommit?.(job, agents);
+    } catch (error) {
+      this.log.warn({ err: error, jobId: job.jobId }, 'executor afterCommit failed');
+    }
   }
 
   /**

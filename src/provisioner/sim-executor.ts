@@ -63,7 +63,7 @@ export class SimExecutor implements Executor {
   private readonly resourceType: string;
   private readonly random: () => number;
   private readonly log: Logger;
-  /** Startup outcomes drawn by run(), used by afterCommit(). */
+  /** Startup outcomes drawn by run(), taken by afterCommit() (the daemon calls it for every resolved run). */
   private readonly startups = new Map<string, boolean[]>();
   /** One controller per workspace with simulated agents; a stop build or stop() aborts it. */
   private readonly agentRuns = new Map<string, AbortController>();

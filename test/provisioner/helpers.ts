@@ -3,7 +3,13 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import type { Pool } from '../../src/shared/postgres.js';
 import { withTransaction } from '../../src/shared/postgres.js';
-import type { BuildJob, Executor, ExecutorContext, ExecutorResult } from '../../src/provisioner/executor.js';
+import type {
+  BuildJob,
+  CommittedAgent,
+  Executor,
+  ExecutorContext,
+  ExecutorResult,
+} from '../../src/provisioner/executor.js';
 
 export const silentLog = pino({ level: 'silent' });
 
@@ -209,6 +215,8 @@ export async function countResources(pool: Pool, jobId: string): Promise<number>
 export class RecordingExecutor implements Executor {
   readonly runs: string[] = [];
   readonly aborted: string[] = [];
+  /** Every afterCommit call: job id and agent names. */
+  readonly afterCommits: [string, string[]][] = [];
   running = 0;
   maxRunning = 0;
   private readonly gates = new Map<string, () => void>();
@@ -262,5 +270,9 @@ export class RecordingExecutor implements Executor {
     } finally {
       this.running--;
     }
+  }
+
+  afterCommit(job: BuildJob, agents: CommittedAgent[]): void {
+    this.afterCommits.push([job.jobId, agents.map((a) => a.name)]);
   }
 }

@@ -200,6 +200,54 @@ describe('Provisioner', () => {
     expect(await countResources(db.pool, build.jobId)).toBe(0);
   });
 
+  it('when a run resolves but nothing is committed › afterCommit is still called, with no agents', async () => {
+    const executor = new RecordingExecutor();
+    const started: string[] = [];
+    let releaseLate: () => void = () => {};
+    executor.run = async (job) => {
+      started.push(job.jobId);
+      const mode = job.parameters.mode;
+      if (mode === 'canceled as it finished') {
+        await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [job.jobId]);
+      } else if (mode === 'taken over as it finished') {
+        await db.pool.query(`UPDATE provisioner_jobs SET completed_at = now(), error = $2 WHERE id = $1`, [
+          job.jobId,
+          STALE_JOB_ERROR,
+        ]);
+      } else if (mode === 'resolves after its abort') {
+        // Ignores the signal: resolves only when the test says so, long after the cancellation.
+        await new Promise<void>((resolve) => (releaseLate = resolve));
+      }
+      // Postgres text cannot hold NUL: these results cannot be written.
+      return { agents: mode === 'unrecordable' ? ['main', 'bad\0name'] : ['main'] };
+    };
+    await startProvisioner({ executor });
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const run = async (mode: string) => {
+      const build = await insertBuild(db.pool, fixture, workspaceId, { parameters: { mode } });
+      if (mode === 'resolves after its abort') {
+        await eventually('the run to start', async () => (started.includes(build.jobId) ? true : undefined));
+        await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [build.jobId]);
+      }
+      const { job_status } = await waitForCompletion(db.pool, build.jobId);
+      if (mode === 'resolves after its abort') releaseLate();
+      const calls = await eventually('afterCommit', async () => {
+        const found = executor.afterCommits.filter(([jobId]) => jobId === build.jobId);
+        return found.length > 0 ? found : undefined;
+      });
+      return { job_status, afterCommits: calls.map(([, agents]) => agents) };
+    };
+
+    expect(await run('committed')).toEqual({ job_status: 'succeeded', afterCommits: [['main']] });
+    expect(await run('unrecordable')).toEqual({ job_status: 'failed', afterCommits: [[]] });
+    expect(await run('canceled as it finished')).toEqual({ job_status: 'canceled', afterCommits: [[]] });
+    expect(await run('taken over as it finished')).toEqual({ job_status: 'failed', afterCommits: [[]] });
+    expect(await run('resolves after its abort')).toEqual({ job_status: 'canceled', afterCommits: [[]] });
+    // Exactly once per run.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(executor.afterCommits).toHaveLength(5);
+  });
+
   it('when a stop build succeeds › no resource or agents are written', async () => {
     const executor = new RecordingExecutor({ agents: ['main'] });
     await startProvisioner({ executor });

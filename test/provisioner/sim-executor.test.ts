@@ -169,6 +169,19 @@ describe('SimExecutor', () => {
     expect((await getAgents(db.pool, build.jobId)).map((a) => a.lifecycle_state)).toEqual(['created']);
   });
 
+  it('when a start build succeeds but is not committed › the startup outcomes it drew are let go', async () => {
+    // Postgres text cannot hold NUL, so recording this agent fails and the job is failed instead.
+    const executor = startSim({ agentNames: ['main', 'bad\0name'] });
+    const startups = (executor as unknown as { startups: Map<string, unknown> }).startups;
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect((await waitForCompletion(db.pool, build.jobId)).job_status).toBe('failed');
+    await eventually('the startup outcomes to be let go', async () =>
+      startups.size === 0 ? true : undefined,
+    );
+    expect(await getAgents(db.pool, build.jobId)).toEqual([]);
+  });
+
   it('when seeded › the same seed replays the same sequence of outcomes', async () => {
     async function outcomes(seed: number): Promise<string[]> {
       const executor = startSim({ seed, failureRate: 0.5, buildMs: 0, buildJitterMs: 20, agentNames: [] }, 1);
