@@ -122,7 +122,8 @@ export function createProcessor(options: ProcessorOptions) {
       attempt: ref.attempt,
       chatId: job.data?.chatId,
     });
-    const handler = HANDLERS[ref.name] as (typeof HANDLERS)[JobName] | undefined;
+    // Own keys only: a job named e.g. `constructor` must fail as unknown, not find Object's.
+    const handler = Object.hasOwn(HANDLERS, job.name) ? HANDLERS[ref.name] : undefined;
     if (!handler) {
       recordFinished(metrics, job, 'invalid_payload');
       throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
@@ -139,8 +140,7 @@ export function createProcessor(options: ProcessorOptions) {
       };
       // Only a chat id that parses can carry events; otherwise the failed job itself is the report.
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
-      if (typeof chatId === 'string' && /^[\w-]{1,64}$/.test(chatId))
-        await finish(job, ref, { chatId }, failure);
+      if (isChatId(chatId)) await finish(job, ref, { chatId }, failure);
       recordFinished(metrics, job, failure.code);
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       throw new UnrecoverableError(failure.error);
@@ -339,7 +339,7 @@ export function createProcessor(options: ProcessorOptions) {
 export async function publishMissingResult(publisher: EventPublisher, job: Job, error: Error): Promise<void> {
   const final = isFinalFailure(job, error);
   const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
-  if (!final || typeof chatId !== 'string' || !/^[\w-]{1,64}$/.test(chatId)) return;
+  if (!final || !isChatId(chatId)) return;
   const failure: JobFailure = { error: error.message, code: 'internal', is_error: true };
   await publisher.publish({
     type: 'result',
@@ -355,11 +355,18 @@ export async function publishMissingResult(publisher: EventPublisher, job: Job, 
 /** Whether a `failed` job is failed for good (no attempt follows). */
 function isFinalFailure(job: Job, error: Error): boolean {
   return (
-    error instanceof UnrecoverableError ||
-    error.name === 'UnrecoverableError' ||
-    job.attemptsMade >= (job.opts.attempts ?? 1) ||
-    Boolean(job.deferredFailure)
+    isUnrecoverable(error) || job.attemptsMade >= (job.opts.attempts ?? 1) || Boolean(job.deferredFailure)
   );
+}
+
+/** By name too: an error that crossed a process boundary (sandboxed processors) is no longer an instance. */
+function isUnrecoverable(error: Error): boolean {
+  return error instanceof UnrecoverableError || error.name === 'UnrecoverableError';
+}
+
+/** A chat id safe to put in a Redis key: only such a job can carry events, even with a bad payload. */
+function isChatId(chatId: unknown): chatId is string {
+  return typeof chatId === 'string' && /^[\w-]{1,64}$/.test(chatId);
 }
 
 /**
@@ -373,8 +380,7 @@ export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: 
     metrics.jobRetries.inc({ name: nameLabel(job.name) });
     return;
   }
-  const countedByProcessor =
-    (error instanceof UnrecoverableError || error.name === 'UnrecoverableError') && !job.deferredFailure;
+  const countedByProcessor = isUnrecoverable(error) && !job.deferredFailure;
   if (!countedByProcessor) recordFinished(metrics, job, 'internal');
 }
 

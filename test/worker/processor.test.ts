@@ -173,6 +173,26 @@ describe('start-workspace processor', () => {
     });
   });
 
+  describe('a job name the worker does not know (added without the producer)', () => {
+    it.each(['delete-workspace', 'constructor'])(
+      '%s › fails at once without retries, and without an event (the contract has no such job name)',
+      async (name) => {
+        await h.startWorker();
+        const chatId = randomUUID();
+        const job = await h.queue.add(
+          name,
+          { chatId, ownerId: randomUUID(), workspaceId: randomUUID() },
+          { ...FAST_RETRIES, attempts: 5 },
+        );
+
+        const failed = await h.waitForState(job.id!, ['failed']);
+        expect(failed.attemptsMade).toBe(1);
+        expect(failed.failedReason).toBe(`unknown job name "${name}"`);
+        expect(await h.events(chatId)).toEqual([]);
+      },
+    );
+  });
+
   describe('a transient error on every attempt', () => {
     it('publishes retrying per failed attempt, then exactly one internal failure after the last', async () => {
       const store = new PgWorkspaceStore(h.db.pool);
