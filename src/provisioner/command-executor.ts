@@ -15,7 +15,10 @@ import {
 import { LineSplitter } from './line-splitter.js';
 
 export interface CommandExecutorOptions {
-  /** Run with `sh -c`, in its own process group, inheriting the daemon's environment. */
+  /**
+   * Run with `sh -c`, in its own process group, inheriting the daemon's environment. Background
+   * processes it leaves in that group are killed once it exits (start long-lived ones with `setsid`).
+   */
   command: string;
   /** The command is killed and the build failed after this long. Default 600000 (Coder's 10 minutes). */
   timeoutMs?: number;
@@ -158,11 +161,14 @@ export class CommandExecutor implements Executor {
         child.stderr!.destroy();
         stdout.end();
         stderr.end();
-        if (killed) {
-          // Leftovers of a killed build get the SIGKILL too, but nobody waits for it.
-          killTimer?.unref();
-          return reject(killed);
+        if (!killed) {
+          // The build is over, so are background processes it left in its group: SIGTERM, then SIGKILL.
+          killGroup('SIGTERM');
+          killTimer = setTimeout(() => killGroup('SIGKILL'), this.killGraceMs);
         }
+        // Leftovers get the SIGKILL, but nobody waits for it.
+        killTimer?.unref();
+        if (killed) return reject(killed);
         if (error) return reject(error);
         if (code === 0) return resolve({ agents, resourceType: this.resourceType });
         if (code !== null) {

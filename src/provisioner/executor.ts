@@ -67,6 +67,6 @@ export interface Executor {
    * agents' part. Not called for a run() that rejected. Must not throw.
    */
   afterCommit?(job: BuildJob, agents: CommittedAgent[]): void;
-  /** Ends background work (simulated agents, leftover processes); the daemon calls it once it is idle. */
+  /** Ends background work (simulated agents, build commands still running); the daemon calls it once it is idle. */
   stop?(): Promise<void>;
 }

@@ -143,6 +143,23 @@ describe('CommandExecutor', () => {
     await eventually('the background child to die', async () => (isAlive(child) ? undefined : true), 5_000);
   });
 
+  it('when the command exits leaving background processes › they are killed, SIGKILL if they ignore SIGTERM', async () => {
+    startCommand({
+      command: `sleep 30 & echo "child=$!"; (trap '' TERM; exec sleep 30) & echo "stubborn=$!"`,
+      killGraceMs: 200,
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+    const pids = (await outputOf(build.jobId))
+      .filter((l) => /^(child|stubborn)=/.test(l.output))
+      .map((l) => Number(l.output.split('=')[1]));
+    expect(pids).toHaveLength(2);
+    for (const pid of pids) {
+      await eventually(`leftover ${pid} to die`, async () => (isAlive(pid) ? undefined : true), 5_000);
+    }
+  });
+
   it('when the command ignores SIGTERM › it is killed with SIGKILL after the grace period', async () => {
     const executor = startCommand({
       command: "trap '' TERM; echo ready; sleep 30",
