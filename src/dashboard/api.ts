@@ -84,6 +84,12 @@ class HttpError extends Error {
 
 /** The JSON body as an object holding only `allowed` fields; anything else is named in a 400. */
 function body(req: Request, allowed: readonly string[]): Record<string, unknown> {
+  // Only JSON: a cross-site form (text/plain, urlencoded) would otherwise count as an empty body and start
+  // a job with the browser's saved credentials; a JSON content type needs a CORS preflight nobody answers.
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError(415, 'send the request body as application/json');
+  }
   const raw: unknown = req.body ?? {};
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new HttpError(400, 'the request body must be a JSON object');

@@ -165,6 +165,18 @@ describe('POST /api/chats/:chatId/start', () => {
       expect(res.status, `${path} ${JSON.stringify(body ?? raw)}`).toBe(400);
       expect(res.body.error).toMatch(message);
     }
+    // What a cross-site HTML form can send without a CORS preflight: refused, not read as an empty body.
+    for (const [type, payload] of [
+      ['text/plain', '{}'],
+      ['application/x-www-form-urlencoded', 'parameters=x'],
+    ]) {
+      const res = await fetch(t.url(`/api/chats/${chatId}/start`), {
+        method: 'POST',
+        headers: { 'Content-Type': type! },
+        body: payload,
+      });
+      expect(res.status, type).toBe(415);
+    }
     const unknown = await post(`/api/chats/${randomUUID()}/start`, {});
     expect(unknown.status).toBe(404);
     expect(unknown.body.error).toMatch(/not found/);
