@@ -3,6 +3,7 @@
 import type { Config, JobResult, WorkspaceJobEvent } from '../shared/interfaces.js';
 import { isFailure } from '../shared/interfaces.js';
 import { redisKeys } from '../shared/keys.js';
+import { withTimeout } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
@@ -103,7 +104,7 @@ export async function follow(
   try {
     const result = await producer.waitForResult(jobId, { timeoutMs });
     // The result event is normally printed already; give a late live message a moment, never more.
-    await Promise.race([sawResult, new Promise((resolve) => setTimeout(resolve, 500))]);
+    await withTimeout(sawResult, 500, 'the result event').catch(() => {});
     return result;
   } finally {
     await unsubscribe();

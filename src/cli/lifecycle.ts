@@ -1,16 +1,11 @@
 // Long-running commands stop gracefully on SIGTERM/SIGINT; a second signal exits at once.
+import { integer, type Env } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 
-export const DEFAULT_GRACE_MS = 30_000;
-
-/** The shutdown grace period: SHUTDOWN_GRACE_MS, default 30 s. */
-export function graceMs(env = process.env): number {
-  const raw = env.SHUTDOWN_GRACE_MS;
-  if (raw === undefined || raw === '') return DEFAULT_GRACE_MS;
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw))
-    throw new Error(`SHUTDOWN_GRACE_MS must be a whole number, got ${JSON.stringify(raw)}`);
-  return n;
+/** The shutdown grace period: SHUTDOWN_GRACE_MS, default 30 s; a bad value is a ConfigError (exit 2). */
+export function graceMs(env: Env = process.env): number {
+  // At most what setTimeout can wait: a larger delay fires at once, which would mean no grace at all.
+  return integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 2_147_483_647)!;
 }
 
 /** Resolves once `stop` has finished after the first signal. */

@@ -33,14 +33,15 @@ export async function watchCommand(args: string[], config: Config, log: Logger):
     );
   }
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
-  const unsubscribe = await producer.subscribe(
-    chatId,
-    (event) => console.log(formatEvent(event, !values.pretty)),
-    since === '$' ? {} : { since },
-  );
-  await untilSignal(async () => {
-    await unsubscribe();
+  try {
+    const unsubscribe = await producer.subscribe(
+      chatId,
+      (event) => console.log(formatEvent(event, !values.pretty)),
+      since === '$' ? {} : { since },
+    );
+    await untilSignal(unsubscribe, log);
+  } finally {
     await producer.close();
-  }, log);
+  }
   return 0;
 }

@@ -11,6 +11,7 @@ import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
+import { withTimeout } from '../shared/errors.js';
 import { HealthStateError } from '../shared/health.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
@@ -55,6 +56,7 @@ interface Resources {
 export class WorkspaceWorker {
   /** Set when close() begins. */
   private closing = false;
+  private closed: Promise<void> | undefined;
 
   private constructor(
     readonly worker: Worker,
@@ -184,7 +186,13 @@ export class WorkspaceWorker {
    * Stops taking jobs and waits up to `graceMs` for active ones; after that their work is aborted and they
    * go back to the queue (without spending an attempt) for another worker. Then closes every connection.
    */
-  async close(graceMs = 30_000): Promise<void> {
+  close(graceMs = 30_000): Promise<void> {
+    // Safe to call twice (a signal and a caller's finally): the second call waits for the first.
+    this.closed ??= this.shutDown(graceMs);
+    return this.closed;
+  }
+
+  private async shutDown(graceMs: number): Promise<void> {
     // From here /healthz answers 503 (worker: closing) while /metrics stays up until the jobs are out.
     this.closing = true;
     const closing = this.worker.close();
@@ -196,9 +204,7 @@ export class WorkspaceWorker {
       this.log.warn({ graceMs }, 'grace period over; handing active jobs back to the queue');
       this.worker.cancelAllJobs('worker shutting down');
       // Bounded, and the timer cleared: a pending timer would keep the process alive after close().
-      let handBack: NodeJS.Timeout | undefined;
-      await Promise.race([closing, new Promise((resolve) => (handBack = setTimeout(resolve, HAND_BACK_MS)))]);
-      clearTimeout(handBack);
+      await withTimeout(closing, HAND_BACK_MS, 'handing the jobs back').catch(() => {});
     }
     clearTimeout(timer);
     await this.resources.server?.close();

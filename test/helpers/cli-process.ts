@@ -153,21 +153,8 @@ export async function runCli(
   timeoutMs = 30_000,
 ): Promise<{ exit: Exit; stdout: string[]; stderr: string[] }> {
   const cli = new CliProcess(`workspace-jobs ${args.join(' ')}`, args, env);
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const exit = await Promise.race([
-      cli.exited,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          cli.kill();
-          reject(new Error(`${cli.label} did not finish within ${timeoutMs} ms: ${cli.describe()}`));
-        }, timeoutMs);
-      }),
-    ]);
-    return { exit, stdout: cli.stdout, stderr: cli.stderr };
-  } finally {
-    clearTimeout(timer);
-  }
+  const exit = await cli.waitForExit(timeoutMs, 'of its start');
+  return { exit, stdout: cli.stdout, stderr: cli.stderr };
 }
 
 function collectLines(stream: NodeJS.ReadableStream, into: string[]): void {

@@ -101,5 +101,15 @@ describe('WorkspaceWorker.close', () => {
       for (const id of redisIds) expect(connected.has(id)).toBe(false);
       await eventually(async () => expect(await h.queue.getWorkers()).toHaveLength(0));
     });
+
+    it('when closed twice at once › both calls resolve (a signal and a finally may both close it)', async () => {
+      const worker = await h.startWorker();
+      h.workers.delete(worker);
+      await expect(Promise.all([worker.close(10_000), worker.close(10_000)])).resolves.toEqual([
+        undefined,
+        undefined,
+      ]);
+      await expect(worker.close()).resolves.toBeUndefined();
+    });
   });
 });
