@@ -1,11 +1,12 @@
 // The provisioner daemon's settings from the environment (on top of the shared Config: DATABASE_URL,
 // LOG_LEVEL). Like the shared settings every variable is optional, and a bad value stops the process at
 // start-up with a message naming the variable.
-import { ConfigError, integer, value, type Env } from '../shared/config.js';
+import { ConfigError, DAY_MS, integer, value, type Env } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { AGENT_NAME, CommandExecutor } from './command-executor.js';
 import type { Executor } from './executor.js';
+import { minStaleAfterMs } from './provisioner.js';
 import { SimExecutor } from './sim-executor.js';
 
 export interface SimSettings {
@@ -40,10 +41,6 @@ export interface ProvisionerConfig {
   staleAfterMs: number;
   sim: SimSettings;
 }
-
-const DAY_MS = 24 * 60 * 60 * 1000;
-/** The daemon's heartbeat interval (Provisioner default); staleness must allow a few missed ones. */
-const HEARTBEAT_MS = 5_000;
 
 function fraction(env: Env, name: string, fallback: number): number {
   const raw = value(env, name);
@@ -90,7 +87,7 @@ export function loadProvisionerConfig(env: Env = process.env): ProvisionerConfig
     command,
     commandTimeoutMs: integer(env, 'PROVISIONER_COMMAND_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
     concurrency: integer(env, 'PROVISIONER_CONCURRENCY', 4, 1, 1_000)!,
-    staleAfterMs: integer(env, 'PROVISIONER_STALE_AFTER_MS', 120_000, 3 * HEARTBEAT_MS, DAY_MS)!,
+    staleAfterMs: integer(env, 'PROVISIONER_STALE_AFTER_MS', 120_000, minStaleAfterMs(), DAY_MS)!,
     sim: {
       buildMs: integer(env, 'SIM_BUILD_MS', 3_000, 0, DAY_MS)!,
       buildJitterMs: integer(env, 'SIM_BUILD_JITTER_MS', 0, 0, DAY_MS)!,

@@ -30,11 +30,11 @@ export interface ProvisionerOptions {
    * notification (notifications are lost while the LISTEN connection is down). Default 5000.
    */
   pollIntervalMs?: number;
-  /** How often the updated_at of this daemon's running jobs is refreshed. Default 5000. */
+  /** How often the updated_at of this daemon's running jobs is refreshed. Default DEFAULT_HEARTBEAT_MS (5000). */
   heartbeatMs?: number;
   /**
    * A running job whose updated_at is older than this is failed with 'provisioner stopped responding'
-   * by any daemon (its own daemon crashed). Must be well above heartbeatMs. Default 120000.
+   * by any daemon (its own daemon crashed). At least minStaleAfterMs(heartbeatMs). Default 120000.
    */
   staleAfterMs?: number;
   log?: Logger;
@@ -47,6 +47,14 @@ export interface StopOptions {
 
 /** The error written to a job whose daemon stopped heart-beating. */
 export const STALE_JOB_ERROR = 'provisioner stopped responding';
+
+/** How often a daemon refreshes the updated_at of its running jobs unless told otherwise. */
+export const DEFAULT_HEARTBEAT_MS = 5_000;
+
+/** The shortest staleAfterMs for a heartbeat: two missed heartbeats must not declare a live daemon dead. */
+export function minStaleAfterMs(heartbeatMs = DEFAULT_HEARTBEAT_MS): number {
+  return 3 * heartbeatMs;
+}
 
 type Outcome =
   | { kind: 'succeeded'; result: ExecutorResult }
@@ -100,16 +108,16 @@ export class Provisioner {
     this.executor = options.executor;
     this.concurrency = options.concurrency ?? 4;
     this.pollIntervalMs = options.pollIntervalMs ?? 5_000;
-    this.heartbeatMs = options.heartbeatMs ?? 5_000;
+    this.heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
     this.staleAfterMs = options.staleAfterMs ?? 120_000;
     this.log = (options.log ?? pino({ level: 'silent' })).child({ provisionerId: this.id });
     if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
       throw new RangeError(`concurrency must be a whole number of at least 1, got ${this.concurrency}`);
     }
-    // Two missed heartbeats must not be enough to declare a live daemon dead.
-    if (this.staleAfterMs < 3 * this.heartbeatMs) {
+    const minStale = minStaleAfterMs(this.heartbeatMs);
+    if (this.staleAfterMs < minStale) {
       throw new RangeError(
-        `staleAfterMs (${this.staleAfterMs}) must be at least three heartbeats (${3 * this.heartbeatMs})`,
+        `staleAfterMs (${this.staleAfterMs}) must be at least three heartbeats (${minStale})`,
       );
     }
   }

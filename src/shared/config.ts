@@ -54,7 +54,7 @@ export function boolean(env: Env, name: string): boolean {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const REDIS = ['redis:', 'rediss:'];
-const DAY_MS = 24 * 60 * 60 * 1000;
+export const DAY_MS = 24 * 60 * 60 * 1000;
 
 export function loadConfig(env: Env = process.env): Config {
   const redisUrl = url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', REDIS);
