@@ -66,8 +66,8 @@ export class JobLogWriter {
   }
 
   private clean(text: string): string {
-    // Postgres text cannot hold NUL; terminal carriage returns only clutter the stored line.
-    const cleaned = text.replace(/\0/g, '').replace(/\r$/, '');
+    // Postgres text cannot hold NUL. (A build command's CRLF line endings are the LineSplitter's to drop.)
+    const cleaned = text.replace(/\0/g, '');
     return cleaned.length > this.maxLineLength ? `${cleaned.slice(0, this.maxLineLength)}…` : cleaned;
   }
 
