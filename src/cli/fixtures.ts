@@ -12,14 +12,7 @@ import type {
   TemplateVersionParameter,
   WorkspaceTransition,
 } from '../shared/interfaces.js';
-
-/** A pool, a pool client (e.g. inside a transaction) or a client. */
-export interface Queryable {
-  query<R extends pg.QueryResultRow = pg.QueryResultRow>(
-    text: string,
-    values?: unknown[],
-  ): Promise<pg.QueryResult<R>>;
-}
+import type { Queryable } from '../shared/postgres.js';
 
 /** 8 random hex characters. */
 export function randomSuffix(): string {
@@ -84,6 +77,7 @@ export interface TemplateInput {
 export interface InsertedTemplate {
   templateId: string;
   name: string;
+  requireActiveVersion: boolean;
   /** In the order given. */
   versionIds: string[];
   activeVersionId: string;
@@ -96,10 +90,11 @@ export async function insertTemplate(db: Queryable, input: TemplateInput): Promi
     throw new Error(`insertTemplate: activeVersionIndex ${activeIndex} is out of range`);
   }
   const name = input.name ?? `template-${randomSuffix()}`;
+  const requireActiveVersion = input.requireActiveVersion ?? false;
   const template = await one<{ id: string }>(
     db,
     `INSERT INTO templates (name, display_name, require_active_version) VALUES ($1, $1, $2) RETURNING id`,
-    [name, input.requireActiveVersion ?? false],
+    [name, requireActiveVersion],
   );
   const versionIds: string[] = [];
   for (const [index, version] of input.versions.entries()) {
@@ -112,7 +107,7 @@ export async function insertTemplate(db: Queryable, input: TemplateInput): Promi
   }
   const activeVersionId = versionIds[activeIndex]!;
   await setActiveVersion(db, template.id, activeVersionId);
-  return { templateId: template.id, name, versionIds, activeVersionId };
+  return { templateId: template.id, name, requireActiveVersion, versionIds, activeVersionId };
 }
 
 /** Adds a version to a template (not made active); returns its id. */

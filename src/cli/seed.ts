@@ -1,7 +1,7 @@
 // `workspace-jobs seed`: a fresh, independent demo data set per run (new ids, unique names), written in one
 // transaction, covering every path a start job can take. `formatSeedResult` prints it with the exact
 // commands to try; `demo` and the README use the ids through `SeedResult`.
-import { withTransaction, type Pool } from '../shared/postgres.js';
+import { withTransaction, type Pool, type Queryable } from '../shared/postgres.js';
 import {
   insertBuild,
   insertChat,
@@ -11,7 +11,6 @@ import {
   randomSuffix,
   type InsertedTemplate,
   type ParameterInput,
-  type Queryable,
 } from './fixtures.js';
 
 export interface SeedTemplate {
@@ -109,11 +108,11 @@ const START_COMMAND = (chatId: string, params: Record<string, string> = {}) =>
     '--wait',
   ].join(' ');
 
-function seedTemplate(t: InsertedTemplate, requireActiveVersion: boolean): SeedTemplate {
+function seedTemplate(t: InsertedTemplate): SeedTemplate {
   return {
     id: t.templateId,
     name: t.name,
-    requireActiveVersion,
+    requireActiveVersion: t.requireActiveVersion,
     activeVersionId: t.activeVersionId,
     versionIds: t.versionIds,
   };
@@ -268,10 +267,10 @@ async function seedWith(db: Queryable): Promise<SeedResult> {
     suffix,
     user: { id: ownerId, username: user.username },
     templates: {
-      dev: seedTemplate(dev, false),
-      autoUpdate: seedTemplate(autoUpdate, true),
-      manualUpdate: seedTemplate(manualUpdate, true),
-      newerVersion: seedTemplate(newerVersion, false),
+      dev: seedTemplate(dev),
+      autoUpdate: seedTemplate(autoUpdate),
+      manualUpdate: seedTemplate(manualUpdate),
+      newerVersion: seedTemplate(newerVersion),
     },
     chats: {
       stopped: scenario(

@@ -4,6 +4,14 @@ import pg from 'pg';
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
 
+/** A pool, a pool client (e.g. inside a transaction) or a client: anything that runs a query. */
+export interface Queryable {
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    text: string,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>>;
+}
+
 export interface PoolOptions {
   /** Default 10. */
   max?: number;

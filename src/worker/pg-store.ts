@@ -15,9 +15,8 @@ import type {
   Workspace,
   WorkspaceStore,
 } from '../shared/interfaces.js';
-import { withTransaction, type Pool, type PoolClient } from '../shared/postgres.js';
+import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
 
-type Queryable = Pick<Pool, 'query'> | Pick<PoolClient, 'query'>;
 type Row = Record<string, unknown>;
 
 const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.template_version_id, b.job_id,
