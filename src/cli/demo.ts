@@ -10,6 +10,7 @@ import type { Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';
 import { sleep } from '../shared/errors.js';
+import { httpUrl } from '../shared/http-url.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags } from './args.js';
 import { follow, lastEventId } from './enqueue.js';
@@ -163,7 +164,7 @@ async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
 }
 
 async function waitForDashboard(config: Config, timeoutMs = 30_000): Promise<string> {
-  const url = `http://${config.dashboardHost.includes(':') ? `[${config.dashboardHost}]` : config.dashboardHost}:${config.dashboardPort}`;
+  const url = httpUrl(config.dashboardHost, config.dashboardPort);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {

@@ -11,7 +11,6 @@
 import { existsSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -20,6 +19,8 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { QUEUE_NAME, type Config } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
+import { httpUrl } from '../shared/http-url.js';
+import { packageDir } from '../shared/package-dir.js';
 import { DEFAULT_CHECK_TIMEOUT_MS, runHealthChecks } from '../shared/health.js';
 import { createMetrics } from '../shared/metrics.js';
 import { createPool } from '../shared/postgres.js';
@@ -30,15 +31,8 @@ import { ChatEventStreams, type SseOptions } from './sse.js';
 
 export const BOARD_PATH = '/admin/queues';
 
-/**
- * The page's static files: src/dashboard/public/ next to this module when it runs from src/ (tsx, tests),
- * or the package's src/dashboard/public/ when it runs compiled from dist/src/dashboard/ (tsc copies no
- * assets), the way MIGRATIONS_DIR finds migrations/.
- */
-export const PUBLIC_DIR =
-  [new URL('./public/', import.meta.url), new URL('../../../src/dashboard/public/', import.meta.url)]
-    .map((url) => fileURLToPath(url))
-    .find((dir) => existsSync(`${dir}index.html`)) ?? fileURLToPath(new URL('./public/', import.meta.url));
+/** The page's static files (tsc copies no assets, so compiled code serves them from the package's src/). */
+const PUBLIC_DIR = packageDir('src/dashboard/public/');
 
 /** Only our own files, no inline script or style: the page needs nothing else. Not applied to Bull Board. */
 const PAGE_CSP = [
@@ -168,8 +162,7 @@ export async function startDashboard(
   }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.dashboardPort;
-  const host = config.dashboardHost.includes(':') ? `[${config.dashboardHost}]` : config.dashboardHost;
-  const url = `http://${host}:${port}`;
+  const url = httpUrl(config.dashboardHost, port);
   log.info(
     { url, board: `${url}${BOARD_PATH}`, auth: Boolean(config.dashboardUser) },
     `dashboard listening on ${url} (live chat page /, Bull Board ${BOARD_PATH})`,

@@ -2,16 +2,11 @@
 // with a checksum. Idempotent, safe to run from several processes at once (advisory lock), and it
 // creates the database first when it does not exist.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { packageDir } from './package-dir.js';
 
-/** The package's migrations/, from src/shared/ (tsx, tests) or from dist/src/shared/ (compiled). */
-export const MIGRATIONS_DIR =
-  [new URL('../../migrations/', import.meta.url), new URL('../../../migrations/', import.meta.url)]
-    .map((url) => fileURLToPath(url))
-    .find((dir) => existsSync(dir)) ?? fileURLToPath(new URL('../../migrations/', import.meta.url));
+export const MIGRATIONS_DIR = packageDir('migrations/');
 
 // Any constant works; it only has to be the same for every migrating process.
 const MIGRATION_LOCK_KEY = 7_419_203_311;

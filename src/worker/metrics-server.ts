@@ -10,6 +10,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { httpUrl } from '../shared/http-url.js';
 import { DEFAULT_CHECK_TIMEOUT_MS, runHealthChecks, type HealthCheck } from '../shared/health.js';
 import type { Logger } from '../shared/logger.js';
 
@@ -71,10 +72,9 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   server.on('error', (err) => log.warn({ err }, 'metrics server error'));
 
   const { port } = server.address() as AddressInfo;
-  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
   let closing: Promise<void> | undefined;
   return {
-    url: `http://${host}:${port}`,
+    url: httpUrl(options.host, port),
     port,
     close: () => (closing ??= closeServer(server)),
   };
