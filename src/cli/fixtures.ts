@@ -364,7 +364,7 @@ export async function cancelJob(
 // ---------------------------------------------------------------------------------------------------
 // Resources and agents
 
-export interface InsertedAgents {
+interface InsertedAgents {
   resourceId: string;
   /** In the order given. */
   agentIds: string[];

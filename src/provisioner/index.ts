@@ -1,5 +1,5 @@
-// The provisioner daemon as the CLI runs it (`workspace-jobs provisioner`), plus its parts for tests and
-// embedding. startProvisioner owns its pool and LISTEN hub and closes both on stop.
+// The provisioner daemon as the CLI runs it (`workspace-jobs provisioner`). startProvisioner owns its pool
+// and LISTEN hub and closes both on stop. Tests that need the parts import them from their own modules.
 import type { Config } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
 import { PgNotificationHub } from '../shared/notifications.js';
@@ -7,31 +7,7 @@ import { createPool } from '../shared/postgres.js';
 import { createExecutor, type ProvisionerConfig } from './provisioner-config.js';
 import { Provisioner } from './provisioner.js';
 
-export { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions, type StopOptions } from './provisioner.js';
-export {
-  APPLY_STAGE,
-  type BuildJob,
-  type CommittedAgent,
-  type Executor,
-  type ExecutorContext,
-  type ExecutorResult,
-  type LogLevel,
-} from './executor.js';
-export { SimExecutor, SIMULATED_BUILD_FAILURE, type SimExecutorOptions } from './sim-executor.js';
-export {
-  CommandExecutor,
-  buildEnvironment,
-  parameterEnvName,
-  type CommandExecutorOptions,
-} from './command-executor.js';
-export {
-  createExecutor,
-  loadProvisionerConfig,
-  type ExecutorDeps,
-  type ProvisionerConfig,
-  type SimSettings,
-} from './provisioner-config.js';
-export { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
+export { loadProvisionerConfig } from './provisioner-config.js';
 
 export interface RunningProvisioner {
   /** provisioner_jobs.worker_id of the jobs this daemon claims. */
