@@ -31,22 +31,24 @@ export async function startProvisioner(
     applicationName: 'workspace-jobs-provisioner',
   });
   const hub = new PgNotificationHub(config.databaseUrl, { log });
+  let provisioner: Provisioner;
   try {
     await hub.start();
+    const executor = createExecutor(provisionerConfig, { pool, log });
+    provisioner = new Provisioner({
+      pool,
+      hub,
+      executor,
+      concurrency: provisionerConfig.concurrency,
+      staleAfterMs: provisionerConfig.staleAfterMs,
+      log,
+    });
   } catch (error) {
+    // Nothing runs yet: close what is open, whichever step failed.
     await hub.stop();
     await pool.end();
     throw error;
   }
-  const executor = createExecutor(provisionerConfig, { pool, log });
-  const provisioner = new Provisioner({
-    pool,
-    hub,
-    executor,
-    concurrency: provisionerConfig.concurrency,
-    staleAfterMs: provisionerConfig.staleAfterMs,
-    log,
-  });
   provisioner.start();
   log.info(
     {

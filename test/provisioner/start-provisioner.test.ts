@@ -58,6 +58,23 @@ describe('startProvisioner', () => {
     );
   });
 
+  it('when its executor or daemon cannot be created › rejects and closes its connections', async () => {
+    const config = loadConfig({ DATABASE_URL: db.url });
+    const valid = loadProvisionerConfig({});
+
+    // The executor refuses an empty command; the daemon refuses a staleness below three heartbeats.
+    await expect(
+      startProvisioner(config, { ...valid, executor: 'command', command: ' ' }, silentLog),
+    ).rejects.toThrow('command must not be empty');
+    await expect(startProvisioner(config, { ...valid, staleAfterMs: 1 }, silentLog)).rejects.toThrow(
+      RangeError,
+    );
+
+    await eventually('the daemon connections to close', async () =>
+      (await connections()) === 0 ? true : undefined,
+    );
+  });
+
   it('when the database is unreachable › rejects instead of running', async () => {
     const config = loadConfig({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nowhere' });
 
