@@ -252,8 +252,14 @@ export class WorkspaceJobsProducer {
     let unsubscribe: (() => Promise<void>) | undefined;
 
     const checkState = async () => {
-      const result = await this.resultFromJob(jobId);
-      if (result) resolveResult(result);
+      try {
+        const result = await this.resultFromJob(jobId);
+        if (result) resolveResult(result);
+      } catch (error) {
+        // A removed job ends the wait at once; anything else (a Redis hiccup) waits for the next check.
+        if (error instanceof JobNotFoundError) rejectResult(error);
+        else throw error;
+      }
     };
     const watching = (async () => {
       // Subscribe first (replaying the whole stream), then read the job: a job that finishes in between
@@ -382,11 +388,13 @@ export class WorkspaceJobsProducer {
   }
 
   /** The result of a finished job read from BullMQ, or undefined while it has not finished (or is gone). */
+  /** The job's result once it finished; undefined before; JobNotFoundError when the job is gone. */
   private async resultFromJob(jobId: string): Promise<JobResult | undefined> {
-    const state = await this.queue.getJobState(jobId);
+    // Both at once: one round trip's wait, every safety re-check of every waiter.
+    const [state, job] = await Promise.all([this.queue.getJobState(jobId), this.queue.getJob(jobId)]);
+    // Removed while waited for (removeOnComplete/removeOnFail, or by hand): no result will ever come.
+    if (!job || state === 'unknown') throw new JobNotFoundError(jobId);
     if (state !== 'completed' && state !== 'failed') return undefined;
-    const job = await this.queue.getJob(jobId);
-    if (!job) return undefined;
     const progress = job.progress as Partial<JobProgress> | number | string | boolean | null | undefined;
     const fromProgress =
       progress !== null && typeof progress === 'object' && isResult(progress.result)

@@ -206,6 +206,14 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
     );
   });
 
+  it('when the job is removed while it waits › rejects with JobNotFoundError, not at its timeout', async () => {
+    const { jobId } = await enqueue();
+    const waiting = producer.waitForResult(jobId, { timeoutMs: 60_000 }).catch((e: unknown) => e);
+    await (await queue.getJob(jobId))!.remove();
+    // The wait's own timeout (60 s) is beyond the test's: only the early rejection lets this pass.
+    expect(await waiting).toBeInstanceOf(JobNotFoundError);
+  });
+
   it('rejects pending waits when the producer closes', async () => {
     const { jobId } = await enqueue();
     const waiting = expect(producer.waitForResult(jobId, { timeoutMs: 10_000 })).rejects.toBeInstanceOf(
