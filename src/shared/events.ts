@@ -2,6 +2,7 @@
 // id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
 import type { Redis } from 'ioredis';
+import { withTimeout } from './errors.js';
 import type { EventDraft, WorkspaceJobEvent } from './interfaces.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { Logger } from './logger.js';
@@ -362,18 +363,10 @@ export class EventSubscriber {
   }
 
   private async unsubscribeChannels(names: string[]): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
-        this.subscriber.unsubscribe(...names),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error('UNSUBSCRIBE timed out')), UNSUBSCRIBE_WAIT_MS);
-        }),
-      ]);
+      await withTimeout(this.subscriber.unsubscribe(...names), UNSUBSCRIBE_WAIT_MS, 'UNSUBSCRIBE');
     } catch (error) {
       this.log?.warn({ err: error, channels: names }, 'could not unsubscribe from event channels');
-    } finally {
-      clearTimeout(timer);
     }
   }
 

@@ -17,6 +17,7 @@
 //   key silently expires: loss is never reported. Hence the refresh guard and the watchdog below.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
 import type { Redis } from 'ioredis';
+import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
 import type { Logger } from './logger.js';
 
@@ -135,24 +136,16 @@ class ChatLock implements HeldLock {
   private async doRelease(): Promise<void> {
     this.released = true;
     clearTimeout(this.watchdog);
-    let timer: NodeJS.Timeout | undefined;
     try {
       // Deletes the key only while it still holds our identifier (Lua compare-and-delete), so releasing a
       // lost lock never frees someone else's.
-      await Promise.race([
-        this.mutex.release(),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error('release timed out')), MAX_RELEASE_WAIT_MS);
-        }),
-      ]);
+      await withTimeout(this.mutex.release(), MAX_RELEASE_WAIT_MS, 'releasing the chat lock');
     } catch (error) {
-      this.mutex.stopRefresh();
+      // redis-semaphore stopped refreshing before its first await, so a lock we could not free just expires.
       this.log?.warn(
         { err: error, resource: this.resource },
         'could not release the chat lock; it expires on its own',
       );
-    } finally {
-      clearTimeout(timer);
     }
   }
 

@@ -1,6 +1,7 @@
 // ioredis connections. BullMQ needs `maxRetriesPerRequest: null` on the connections it blocks on; every
 // other client fails commands after a few retries so that a Redis outage surfaces as an error, not a hang.
 import { Redis, type RedisOptions } from 'ioredis';
+import { withTimeout } from './errors.js';
 
 export type { Redis };
 
@@ -39,17 +40,9 @@ export function createRedis(url: string, options: RedisConnectionOptions = {}): 
 /** Closes a connection, falling back to a hard disconnect when QUIT does not answer in time. */
 export async function closeRedis(client: Redis, timeoutMs = 2_000): Promise<void> {
   if (client.status === 'end') return;
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
-      client.quit(),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error('quit timed out')), timeoutMs);
-      }),
-    ]);
+    await withTimeout(client.quit(), timeoutMs, 'QUIT');
   } catch {
     client.disconnect();
-  } finally {
-    clearTimeout(timer);
   }
 }
