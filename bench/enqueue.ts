@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { insertUser } from '../src/cli/fixtures.js';
 import { JOB_NAMES, jobOptions } from '../src/producer/job-options.js';
+import { DEFAULT_JOB_ATTEMPTS } from '../src/shared/config.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { QUEUE_NAME } from '../src/shared/interfaces.js';
 import { dedupeIds } from '../src/shared/keys.js';
@@ -94,7 +95,11 @@ await runBench('enqueue', 60_000, async (cleanup) => {
     return queue.add(
       JOB_NAMES.start,
       input,
-      jobOptions({ jobId, deduplicationId: dedupeIds.start(input.workspaceId!) }),
+      jobOptions({
+        jobId,
+        deduplicationId: dedupeIds.start(input.workspaceId!),
+        attempts: DEFAULT_JOB_ATTEMPTS,
+      }),
     );
   });
   expected += SEQUENTIAL;

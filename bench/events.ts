@@ -6,8 +6,8 @@ import { EventPublisher, EventSubscriber, compareSeq, readChatEvents } from '../
 import type { EventDraft, WorkspaceJobEvent } from '../src/shared/interfaces.js';
 import { redisKeys } from '../src/shared/keys.js';
 import { createLogger } from '../src/shared/logger.js';
-import { closeRedis, createRedis } from '../src/shared/redis.js';
-import { REDIS_URL, benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
+import { closeRedis, SUBSCRIBER_OPTIONS } from '../src/shared/redis.js';
+import { benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
 
 const SEQUENTIAL = 3_000;
 const CONCURRENT = 10_000;
@@ -46,7 +46,10 @@ await runBench('events', 45_000, async (cleanup) => {
   const redis = benchRedis(cleanup, prefix);
   const keys = redisKeys(prefix);
   const publisher = new EventPublisher(redis, prefix, { log });
-  const subscriberConnection = createRedis(REDIS_URL, { blocking: true, name: 'workspace-jobs-bench-sub' });
+  const subscriberConnection = redis.duplicate({
+    ...SUBSCRIBER_OPTIONS,
+    connectionName: 'workspace-jobs-bench-sub',
+  });
   cleanup.add('subscriber connection', () => closeRedis(subscriberConnection));
   const subscriber = new EventSubscriber({ subscriber: subscriberConnection, commands: redis, prefix, log });
   cleanup.add('event subscriber', () => subscriber.close());
@@ -70,7 +73,7 @@ await runBench('events', 45_000, async (cleanup) => {
     n: SEQUENTIAL,
     opsPerSec: seq.opsPerSec,
     latency: stats(seq.latencies),
-    notes: 'XADD + MULTI(PUBLISH x2, EXPIRE)',
+    notes: 'one script: XADD, EXPIRE, PUBLISH x2',
   });
   const chats = Array.from({ length: CHATS }, () => randomUUID());
   const conc = await timed(

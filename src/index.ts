@@ -10,13 +10,7 @@ export {
   type WaitForResultOptions,
   type SubscribeOptions,
 } from './producer/producer.js';
-export {
-  DEFAULT_JOB_ATTEMPTS,
-  JOB_BACKOFF,
-  JOB_NAMES,
-  REMOVE_ON_COMPLETE,
-  REMOVE_ON_FAIL,
-} from './producer/job-options.js';
+export { JOB_BACKOFF, JOB_NAMES, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from './producer/job-options.js';
 
 export {
   QUEUE_NAME,
@@ -50,7 +44,7 @@ export {
   workspaceJobEventSchema,
 } from './shared/schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
-export { ConfigError, loadConfig } from './shared/config.js';
+export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig } from './shared/config.js';
 export { dedupeIds, redisKeys } from './shared/keys.js';
 // The chat backend can count its enqueues: `new WorkspaceJobsProducer({ ..., metrics: createMetrics() })`
 // and serve `metrics.registry` on its own /metrics.

@@ -3,9 +3,6 @@
 import type { JobsOptions } from 'bullmq';
 import type { JobName } from '../shared/interfaces.js';
 
-/** JOB_ATTEMPTS' default. */
-export const DEFAULT_JOB_ATTEMPTS = 5;
-
 /**
  * Exponential backoff from 2 s with 50% jitter: BullMQ 6.7 computes the retry delay of attempt n as a
  * random value in [0.5, 1) x 2000 x 2^(n-1) ms, so retries of many jobs that failed together spread out.
@@ -23,7 +20,8 @@ export interface JobOptionsInput {
   jobId: string;
   /** BullMQ deduplication id (`dedupeIds.start(workspaceId)` / `dedupeIds.create(chatId)`). */
   deduplicationId: string;
-  attempts?: number;
+  /** JOB_ATTEMPTS. */
+  attempts: number;
 }
 
 export function jobOptions(input: JobOptionsInput): JobsOptions {
@@ -33,7 +31,7 @@ export function jobOptions(input: JobOptionsInput): JobsOptions {
     // the next start of the same workspace creates a new job. Never dedupe with jobId itself: a finished
     // job with that id would swallow every later add until it is removed.
     deduplication: { id: input.deduplicationId },
-    attempts: input.attempts ?? DEFAULT_JOB_ATTEMPTS,
+    attempts: input.attempts,
     backoff: { ...JOB_BACKOFF },
     removeOnComplete: { ...REMOVE_ON_COMPLETE },
     removeOnFail: { ...REMOVE_ON_FAIL },

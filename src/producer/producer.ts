@@ -24,6 +24,7 @@ import { dedupeIds } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
+import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
 import { closeRedis, createRedis, SUBSCRIBER_OPTIONS, type Redis } from '../shared/redis.js';
 import {
   ValidationError,
@@ -31,7 +32,7 @@ import {
   parseOrThrow,
   startWorkspaceInputSchema,
 } from '../shared/schemas.js';
-import { DEFAULT_JOB_ATTEMPTS, JOB_NAMES, jobOptions } from './job-options.js';
+import { JOB_NAMES, jobOptions } from './job-options.js';
 
 export interface ProducerOptions {
   /** Redis for the queue and events (not closed by the producer when passed in). */
@@ -94,12 +95,6 @@ type WorkspaceQueue = Queue<JobData, JobResult, JobName>;
 const chatIdSchema = z.uuid();
 const DEFAULT_RESULT_RECHECK_MS = 5_000;
 
-interface Owned {
-  redisUrl: string;
-  closeConnection: boolean;
-  closePool: boolean;
-}
-
 export class WorkspaceJobsProducer {
   private readonly connection: Redis;
   private readonly pool: Pool;
@@ -110,8 +105,8 @@ export class WorkspaceJobsProducer {
   private readonly metrics: Metrics | undefined;
   private readonly queue: WorkspaceQueue;
   private readonly publisher: EventPublisher;
-  /** Set by fromConfig: connections the producer built and must close. */
-  private owned: Owned | undefined;
+  /** Set by fromConfig: the producer built its connection and pool, so close() closes them. */
+  private ownsConnections = false;
   private subscriberConnection: Redis | undefined;
   private subscriber: EventSubscriber | undefined;
   /** Aborted by close(): every pending waitForResult rejects. */
@@ -151,7 +146,7 @@ export class WorkspaceJobsProducer {
       log,
       metrics: options.metrics,
     });
-    producer.owned = { redisUrl: config.redisUrl, closeConnection: true, closePool: true };
+    producer.ownsConnections = true;
     return producer;
   }
 
@@ -338,8 +333,10 @@ export class WorkspaceJobsProducer {
     if (this.subscriberConnection)
       await step('subscriber connection', () => closeRedis(this.subscriberConnection!));
     await step('queue', () => this.queue.close());
-    if (this.owned?.closeConnection) await step('Redis connection', () => closeRedis(this.connection));
-    if (this.owned?.closePool) await step('Postgres pool', () => this.pool.end());
+    if (this.ownsConnections) {
+      await step('Redis connection', () => closeRedis(this.connection));
+      await step('Postgres pool', () => this.pool.end());
+    }
   }
 
   private assertOpen(): void {
@@ -409,10 +406,12 @@ export class WorkspaceJobsProducer {
 
   private eventSubscriber(): EventSubscriber {
     if (!this.subscriber) {
-      // Subscriber mode takes a connection of its own; it retries forever while Redis reconnects.
-      this.subscriberConnection = this.owned
-        ? createRedis(this.owned.redisUrl, { subscriber: true, name: 'workspace-jobs-producer-sub' })
-        : this.connection.duplicate(SUBSCRIBER_OPTIONS);
+      // Subscriber mode takes a connection of its own (always closed by close()); it retries forever while
+      // Redis reconnects. duplicate() copies the connection's options: URL, TLS, password.
+      this.subscriberConnection = this.connection.duplicate({
+        ...SUBSCRIBER_OPTIONS,
+        connectionName: `${this.connection.options.connectionName ?? 'workspace-jobs-producer'}-sub`,
+      });
       this.subscriber = new EventSubscriber({
         subscriber: this.subscriberConnection,
         commands: this.connection,

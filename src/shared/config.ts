@@ -2,6 +2,9 @@
 // stops the process at start-up with a message naming the variable.
 import type { Config } from './interfaces.js';
 
+/** JOB_ATTEMPTS when unset: attempts for transient failures. */
+export const DEFAULT_JOB_ATTEMPTS = 5;
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -104,7 +107,7 @@ export function loadConfig(env: Env = process.env): Config {
     buildTimeoutMs: integer(env, 'BUILD_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
     agentConnectTimeoutMs: integer(env, 'AGENT_CONNECT_TIMEOUT_MS', 120_000, 1, DAY_MS)!,
     startupScriptTimeoutMs: integer(env, 'STARTUP_SCRIPT_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
-    jobAttempts: integer(env, 'JOB_ATTEMPTS', 5, 1, 100)!,
+    jobAttempts: integer(env, 'JOB_ATTEMPTS', DEFAULT_JOB_ATTEMPTS, 1, 100)!,
     accessUrl: accessUrl?.replace(/\/+$/, ''),
     logLevel,
     dashboardPort: integer(env, 'DASHBOARD_PORT', 3000, 0, 65_535)!,

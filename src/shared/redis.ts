@@ -6,19 +6,17 @@ import { withTimeout } from './errors.js';
 export type { Redis };
 
 export interface RedisConnectionOptions {
-  /** For BullMQ workers and subscribers: retry commands forever while reconnecting. Default false. */
+  /** For BullMQ workers: retry commands forever while reconnecting. Default false. */
   blocking?: boolean;
-  /**
-   * For a pub/sub subscriber connection: retries forever like `blocking`, and skips ioredis's ready check,
-   * whose INFO a connection already in subscriber mode refuses (a SUBSCRIBE sent while connecting can
-   * get there first). Default false.
-   */
-  subscriber?: boolean;
   /** A name shown in `CLIENT LIST`. */
   name?: string;
 }
 
-/** The options that make a connection fit for subscribing (see RedisConnectionOptions.subscriber). */
+/**
+ * What a pub/sub subscriber connection needs (pass to `duplicate()`): retry forever while reconnecting, and
+ * no ready check, whose INFO a connection already in subscriber mode refuses (a SUBSCRIBE sent while
+ * connecting can get there first).
+ */
 export const SUBSCRIBER_OPTIONS = {
   maxRetriesPerRequest: null,
   enableReadyCheck: false,
@@ -28,8 +26,6 @@ export function createRedis(url: string, options: RedisConnectionOptions = {}): 
   const redisOptions: RedisOptions = {
     connectionName: options.name,
     maxRetriesPerRequest: options.blocking ? null : 3,
-    ...(options.subscriber ? SUBSCRIBER_OPTIONS : {}),
-    enableOfflineQueue: true,
     connectTimeout: 10_000,
     // Reconnect with a capped backoff rather than giving up.
     retryStrategy: (times) => Math.min(times * 200, 5_000),
