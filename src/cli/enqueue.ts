@@ -11,7 +11,7 @@ import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags, parseMs, parseParams, requireId, UsageError } from './args.js';
 import { formatEvent } from './format.js';
 
-export const ENQUEUE_HELP = `Usage: workspace-jobs enqueue start --chat ID [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
+const ENQUEUE_HELP = `Usage: workspace-jobs enqueue start --chat ID [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
        workspace-jobs enqueue create --chat ID --template ID [--name NAME] [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
 
 Enqueues a job as the chat backend would: start the chat's workspace, or create one for the chat from a template

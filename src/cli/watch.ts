@@ -6,7 +6,7 @@ import { parseFlags, requireId, UsageError } from './args.js';
 import { formatEvent } from './format.js';
 import { untilSignal } from './lifecycle.js';
 
-export const WATCH_HELP = `Usage: workspace-jobs watch --chat ID [--since ID] [--pretty]
+const WATCH_HELP = `Usage: workspace-jobs watch --chat ID [--since ID] [--pretty]
 
 Prints the chat's events as JSON lines: those still in its replay stream (after --since, a stream entry id
 such as an event's "seq"; default: all of them), then live ones, until interrupted.

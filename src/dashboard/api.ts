@@ -9,7 +9,7 @@ import type { Pool } from '../shared/postgres.js';
 import { ValidationError } from '../shared/schemas.js';
 
 /** How many chats and templates the page lists: the most recent ones. */
-export const LIST_LIMIT = 50;
+const LIST_LIMIT = 50;
 
 const uuid = z.uuid();
 

@@ -29,7 +29,7 @@ import { apiRouter } from './api.js';
 import { assertSafeBinding, basicAuth } from './auth.js';
 import { ChatEventStreams, type SseOptions } from './sse.js';
 
-export const BOARD_PATH = '/admin/queues';
+const BOARD_PATH = '/admin/queues';
 
 /** The page's static files (tsc copies no assets, so compiled code serves them from the package's src/). */
 const PUBLIC_DIR = packageDir('src/dashboard/public/');

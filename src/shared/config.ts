@@ -16,7 +16,7 @@ export function value(env: Env, name: string): string | undefined {
   return raw === '' ? undefined : raw;
 }
 
-export function url(env: Env, name: string, fallback: string, protocols: string[]): string {
+function url(env: Env, name: string, fallback: string, protocols: string[]): string {
   const raw = value(env, name) ?? fallback;
   let parsed: URL;
   try {
@@ -48,7 +48,7 @@ export function integer(
   return n;
 }
 
-export function boolean(env: Env, name: string): boolean {
+function boolean(env: Env, name: string): boolean {
   const raw = value(env, name)?.toLowerCase();
   if (raw === undefined || raw === 'false' || raw === '0') return false;
   if (raw === 'true' || raw === '1') return true;
