@@ -1,5 +1,6 @@
 // Postgres pools. Statement and connection timeouts bound every query, so no wait is unbounded.
 import pg from 'pg';
+import type { Logger } from './logger.js';
 
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
@@ -17,6 +18,8 @@ export interface PoolOptions {
   max?: number;
   /** A name shown in pg_stat_activity. */
   applicationName?: string;
+  /** Where an idle client's lost connection is logged. Default: nowhere (the error is still handled). */
+  log?: Logger;
 }
 
 export function createPool(databaseUrl: string, options: PoolOptions = {}): pg.Pool {
@@ -29,8 +32,14 @@ export function createPool(databaseUrl: string, options: PoolOptions = {}): pg.P
     statement_timeout: 30_000,
     query_timeout: 35_000,
   });
-  // An idle client that loses its connection emits here; without a listener the process would crash.
-  pool.on('error', () => {});
+  // An idle client that loses its connection (e.g. pg_terminate_backend) emits here; without a listener the
+  // process would crash. The pool drops that client and opens a new one on the next query.
+  pool.on('error', (err) => {
+    options.log?.warn(
+      { err, pool: options.applicationName },
+      'idle Postgres connection lost; the pool replaces it',
+    );
+  });
   return pool;
 }
 
