@@ -6,7 +6,7 @@ import { EventPublisher, EventSubscriber, compareSeq, readChatEvents } from '../
 import type { EventDraft, WorkspaceJobEvent } from '../src/shared/interfaces.js';
 import { redisKeys } from '../src/shared/keys.js';
 import { createLogger } from '../src/shared/logger.js';
-import { closeRedis, SUBSCRIBER_OPTIONS } from '../src/shared/redis.js';
+import { closeRedis, logRedisErrors, SUBSCRIBER_OPTIONS } from '../src/shared/redis.js';
 import { benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
 
 const SEQUENTIAL = 3_000;
@@ -50,6 +50,7 @@ await runBench('events', 45_000, async (cleanup) => {
     ...SUBSCRIBER_OPTIONS,
     connectionName: 'workspace-jobs-bench-sub',
   });
+  logRedisErrors(subscriberConnection, log);
   cleanup.add('subscriber connection', () => closeRedis(subscriberConnection));
   const subscriber = new EventSubscriber({ subscriber: subscriberConnection, commands: redis, prefix, log });
   cleanup.add('event subscriber', () => subscriber.close());

@@ -82,7 +82,7 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
 
   const migrated = await migrate(config.databaseUrl);
   console.log(`Database ready (${migrated.applied.length} migration(s) applied).`);
-  const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-demo' });
+  const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-demo', log });
   const seeded = await seed(pool).finally(() => pool.end());
   console.log(`Seeded demo set ${seeded.suffix} for user ${seeded.user.username}.`);
 
@@ -107,7 +107,7 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
     for (const [index, scenario] of scenarios(seeded).entries()) {
       console.log(`\n=== ${index + 1}. ${scenario.title}`);
       console.log(`    chat ${scenario.chatId}`);
-      const since = await lastEventId(config, scenario.chatId);
+      const since = await lastEventId(config, scenario.chatId, log);
       const enqueued = await producer.startWorkspace({
         chatId: scenario.chatId,
         ownerId: seeded.user.id,

@@ -56,7 +56,7 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
   }
   const templateId = kind === 'create' ? requireId('--template', values.template) : undefined;
   const ownerId =
-    values.owner === undefined ? await ownerOfChat(config, chatId) : requireId('--owner', values.owner);
+    values.owner === undefined ? await ownerOfChat(config, chatId, log) : requireId('--owner', values.owner);
   const parameters = parseParams(values.param);
   const defaultTimeout =
     2 * (config.buildTimeoutMs + config.agentConnectTimeoutMs + config.startupScriptTimeoutMs) + 60_000;
@@ -64,7 +64,7 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
 
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {
-    const since = values.wait ? await lastEventId(config, chatId) : undefined;
+    const since = values.wait ? await lastEventId(config, chatId, log) : undefined;
     const enqueued = templateId
       ? await producer.createWorkspace({ chatId, ownerId, templateId, name: values.name, parameters })
       : await producer.startWorkspace({ chatId, ownerId, parameters });
@@ -111,8 +111,8 @@ export async function follow(
   }
 }
 
-async function ownerOfChat(config: Config, chatId: string): Promise<string> {
-  const pool = createPool(config.databaseUrl, { max: 1, applicationName: 'workspace-jobs-cli' });
+async function ownerOfChat(config: Config, chatId: string, log: Logger): Promise<string> {
+  const pool = createPool(config.databaseUrl, { max: 1, applicationName: 'workspace-jobs-cli', log });
   try {
     const { rows } = await pool.query<{ owner_id: string }>('SELECT owner_id FROM chats WHERE id = $1', [
       chatId,
@@ -125,8 +125,8 @@ async function ownerOfChat(config: Config, chatId: string): Promise<string> {
 }
 
 /** The id of the chat's newest event, so that --wait replays exactly what comes after the enqueue. */
-export async function lastEventId(config: Config, chatId: string): Promise<string> {
-  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-cli' });
+export async function lastEventId(config: Config, chatId: string, log: Logger): Promise<string> {
+  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-cli', log });
   try {
     const [last] = await redis.xrevrange(redisKeys(config.queuePrefix).chatLog(chatId), '+', '-', 'COUNT', 1);
     return last?.[0] ?? '0';

@@ -81,7 +81,7 @@ async function run(argv: string[]): Promise<number> {
       return 0;
     }
     case 'seed': {
-      const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-seed' });
+      const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-seed', log });
       try {
         console.log(formatSeedResult(await seed(pool)));
       } finally {

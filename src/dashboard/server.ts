@@ -68,8 +68,8 @@ export async function startDashboard(
   options: DashboardOptions = {},
 ): Promise<Dashboard> {
   assertSafeBinding(config.dashboardHost, { user: config.dashboardUser, password: config.dashboardPassword });
-  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-dashboard' });
-  const pool = createPool(config.databaseUrl, { max: 4, applicationName: 'workspace-jobs-dashboard' });
+  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-dashboard', log });
+  const pool = createPool(config.databaseUrl, { max: 4, applicationName: 'workspace-jobs-dashboard', log });
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix: config.queuePrefix });
   queue.on('error', (err) => log.warn({ err }, 'dashboard queue error'));
   // /metrics: the queue's job counts (read on each scrape), the counters of the producer below, and Node's

@@ -25,7 +25,7 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
-import { closeRedis, createRedis, SUBSCRIBER_OPTIONS, type Redis } from '../shared/redis.js';
+import { closeRedis, createRedis, logRedisErrors, SUBSCRIBER_OPTIONS, type Redis } from '../shared/redis.js';
 import {
   ValidationError,
   createWorkspacePayloadSchema,
@@ -139,8 +139,8 @@ export class WorkspaceJobsProducer {
     options: Pick<ProducerOptions, 'metrics'> = {},
   ): WorkspaceJobsProducer {
     const producer = new WorkspaceJobsProducer({
-      connection: createRedis(config.redisUrl, { name: 'workspace-jobs-producer' }),
-      pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer' }),
+      connection: createRedis(config.redisUrl, { name: 'workspace-jobs-producer', log }),
+      pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer', log }),
       prefix: config.queuePrefix,
       attempts: config.jobAttempts,
       log,
@@ -412,6 +412,8 @@ export class WorkspaceJobsProducer {
         ...SUBSCRIBER_OPTIONS,
         connectionName: `${this.connection.options.connectionName ?? 'workspace-jobs-producer'}-sub`,
       });
+      // A duplicate has none of the original's listeners.
+      logRedisErrors(this.subscriberConnection, this.log);
       this.subscriber = new EventSubscriber({
         subscriber: this.subscriberConnection,
         commands: this.connection,

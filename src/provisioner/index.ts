@@ -29,6 +29,7 @@ export async function startProvisioner(
   const pool = createPool(config.databaseUrl, {
     max: provisionerConfig.concurrency + 4,
     applicationName: 'workspace-jobs-provisioner',
+    log,
   });
   const hub = new PgNotificationHub(config.databaseUrl, { log });
   let provisioner: Provisioner;

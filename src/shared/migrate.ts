@@ -43,7 +43,7 @@ export async function ensureDatabase(databaseUrl: string): Promise<boolean> {
   const database = decodeURIComponent(url.pathname.replace(/^\//, ''));
   if (!database) throw new Error('DATABASE_URL names no database');
   url.pathname = '/postgres';
-  const client = new pg.Client({ connectionString: url.toString(), connectionTimeoutMillis: 10_000 });
+  const client = dedicatedClient(url.toString());
   await client.connect();
   try {
     const { rowCount } = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
@@ -63,10 +63,20 @@ export async function ensureDatabase(databaseUrl: string): Promise<boolean> {
   }
 }
 
+/**
+ * A client of its own. A lost connection (e.g. pg_terminate_backend) fails the query in flight with its
+ * cause, which the caller reports; the listener only keeps the 'error' event from crashing the process.
+ */
+function dedicatedClient(connectionString: string): pg.Client {
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => {});
+  return client;
+}
+
 export async function migrate(databaseUrl: string, dir = MIGRATIONS_DIR): Promise<MigrateResult> {
   const createdDatabase = await ensureDatabase(databaseUrl);
   const migrations = await readMigrations(dir);
-  const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 10_000 });
+  const client = dedicatedClient(databaseUrl);
   await client.connect();
   try {
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);

@@ -165,13 +165,17 @@ export class PgNotificationHub implements ChangeWaiter {
         this.options.log?.warn({ channel: msg.channel }, 'unparseable notification payload');
       }
     });
-    client.on('error', (error) => {
-      this.options.log?.warn({ err: error }, 'LISTEN connection failed; reconnecting');
-      void this.reconnect(client);
-    });
+    // A lost connection emits 'error' (often twice: the server's FATAL, then the socket's end) or only 'end'.
+    client.on('error', (error) => void this.reconnect(client, error));
     client.on('end', () => void this.reconnect(client));
-    await client.connect();
-    for (const channel of Object.keys(CHANNELS)) await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    try {
+      await client.connect();
+      for (const channel of Object.keys(CHANNELS))
+        await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    } catch (error) {
+      await client.end().catch(() => {});
+      throw error;
+    }
     if (this.stopping.signal.aborted) {
       await client.end().catch(() => {});
       return;
@@ -179,20 +183,23 @@ export class PgNotificationHub implements ChangeWaiter {
     this.client = client;
   }
 
-  private async reconnect(lost: pg.Client): Promise<void> {
+  private async reconnect(lost: pg.Client, cause?: Error): Promise<void> {
     if (this.client !== lost || this.stopping.signal.aborted) return;
     this.client = undefined;
+    this.options.log?.warn({ err: cause }, 'LISTEN connection lost; reconnecting');
     lost.end().catch(() => {});
+    let attempts = 0;
     while (!this.stopping.signal.aborted) {
       try {
         await sleep(this.reconnectDelayMs, this.stopping.signal);
         await this.connect();
-        this.options.log?.info('LISTEN connection restored');
+        this.options.log?.info({ attempts: attempts + 1 }, 'LISTEN connection restored');
         this.emitAll();
         return;
       } catch (error) {
         if (this.stopping.signal.aborted) return;
-        this.options.log?.warn({ err: error }, 'LISTEN reconnect failed; retrying');
+        // Once per outage: a long one would otherwise log every reconnectDelayMs.
+        if (attempts++ === 0) this.options.log?.warn({ err: error }, 'LISTEN reconnect failed; retrying');
       }
     }
   }

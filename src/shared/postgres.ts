@@ -40,6 +40,23 @@ export function createPool(databaseUrl: string, options: PoolOptions = {}): pg.P
       'idle Postgres connection lost; the pool replaces it',
     );
   });
+  // pg-pool listens on idle clients only: a checked-out client (a transaction, or one held between queries)
+  // that loses its backend would emit 'error' with no listener and crash the process. Each client gets a
+  // listener of its own; its queries fail with the cause and its release (withTransaction) discards it.
+  const checkedOut = new WeakSet<pg.PoolClient>();
+  pool.on('acquire', (client) => checkedOut.add(client));
+  pool.on('release', (_err, client) => checkedOut.delete(client));
+  pool.on('connect', (client) => {
+    let lost = false;
+    client.on('error', (err) => {
+      if (lost || !checkedOut.has(client)) return;
+      lost = true;
+      options.log?.warn(
+        { err, pool: options.applicationName },
+        'Postgres connection lost while in use; its query fails and the pool replaces it',
+      );
+    });
+  });
   return pool;
 }
 
@@ -49,15 +66,19 @@ export async function withTransaction<T>(
   fn: (client: pg.PoolClient) => Promise<T>,
 ): Promise<T> {
   const client = await pool.connect();
+  // Set when ROLLBACK fails: the connection is broken (or mid-transaction), so the pool must not reuse it.
+  let broken: Error | undefined;
   try {
     await client.query('BEGIN');
     const result = await fn(client);
     await client.query('COMMIT');
     return result;
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => {});
+    await client.query('ROLLBACK').catch((rollbackError: Error) => {
+      broken = rollbackError;
+    });
     throw error;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }

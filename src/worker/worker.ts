@@ -76,13 +76,20 @@ export class WorkspaceWorker {
     log: Logger,
     options: WorkspaceWorkerOptions = {},
   ): Promise<WorkspaceWorker> {
-    const bullConnection = createRedis(config.redisUrl, { blocking: true, name: 'workspace-jobs-worker' });
-    const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events' });
-    const lockClients = config.lockRedisUrls.map((url) => createRedis(url, { name: 'workspace-jobs-lock' }));
+    const bullConnection = createRedis(config.redisUrl, {
+      blocking: true,
+      name: 'workspace-jobs-worker',
+      log,
+    });
+    const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log });
+    const lockClients = config.lockRedisUrls.map((url) =>
+      createRedis(url, { name: 'workspace-jobs-lock', log }),
+    );
     const pool = createPool(config.databaseUrl, {
       // Each running job holds a connection only for single queries, never across a wait.
       max: Math.min(20, Math.max(4, Math.ceil(config.workerConcurrency / 5))),
       applicationName: 'workspace-jobs-worker',
+      log,
     });
     const hub = new PgNotificationHub(config.databaseUrl, { safetyRecheckMs: options.safetyRecheckMs, log });
     const redis = [bullConnection, eventsRedis, ...lockClients];
