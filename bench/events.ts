@@ -6,7 +6,7 @@ import { EventPublisher, EventSubscriber, compareSeq, readChatEvents } from '../
 import type { EventDraft, WorkspaceJobEvent } from '../src/shared/interfaces.js';
 import { redisKeys } from '../src/shared/keys.js';
 import { createLogger } from '../src/shared/logger.js';
-import { closeRedis, logRedisErrors, SUBSCRIBER_OPTIONS } from '../src/shared/redis.js';
+import { closeRedis, duplicateSubscriber } from '../src/shared/redis.js';
 import { benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
 
 const SEQUENTIAL = 3_000;
@@ -46,11 +46,7 @@ await runBench('events', 45_000, async (cleanup) => {
   const redis = benchRedis(cleanup, prefix);
   const keys = redisKeys(prefix);
   const publisher = new EventPublisher(redis, prefix, { log });
-  const subscriberConnection = redis.duplicate({
-    ...SUBSCRIBER_OPTIONS,
-    connectionName: 'workspace-jobs-bench-sub',
-  });
-  logRedisErrors(subscriberConnection, log);
+  const subscriberConnection = duplicateSubscriber(redis, 'workspace-jobs-bench-sub', log);
   cleanup.add('subscriber connection', () => closeRedis(subscriberConnection));
   const subscriber = new EventSubscriber({ subscriber: subscriberConnection, commands: redis, prefix, log });
   cleanup.add('event subscriber', () => subscriber.close());

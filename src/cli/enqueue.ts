@@ -126,7 +126,11 @@ async function ownerOfChat(config: Config, chatId: string, log: Logger): Promise
 
 /** The id of the chat's newest event, so that --wait replays exactly what comes after the enqueue. */
 export async function lastEventId(config: Config, chatId: string, log: Logger): Promise<string> {
-  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-cli', log });
+  const redis = createRedis(config.redisUrl, {
+    name: 'workspace-jobs-cli',
+    log,
+    cluster: config.redisCluster,
+  });
   try {
     const [last] = await redis.xrevrange(redisKeys(config.queuePrefix).chatLog(chatId), '+', '-', 'COUNT', 1);
     return last?.[0] ?? '0';

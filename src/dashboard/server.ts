@@ -68,7 +68,11 @@ export async function startDashboard(
   options: DashboardOptions = {},
 ): Promise<Dashboard> {
   assertSafeBinding(config.dashboardHost, { user: config.dashboardUser, password: config.dashboardPassword });
-  const redis = createRedis(config.redisUrl, { name: 'workspace-jobs-dashboard', log });
+  const redis = createRedis(config.redisUrl, {
+    name: 'workspace-jobs-dashboard',
+    log,
+    cluster: config.redisCluster,
+  });
   const pool = createPool(config.databaseUrl, { max: 4, applicationName: 'workspace-jobs-dashboard', log });
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix: config.queuePrefix });
   queue.on('error', (err) => log.warn({ err }, 'dashboard queue error'));

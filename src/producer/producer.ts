@@ -25,7 +25,13 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
-import { closeRedis, createRedis, logRedisErrors, SUBSCRIBER_OPTIONS, type Redis } from '../shared/redis.js';
+import {
+  closeRedis,
+  connectionNameOf,
+  createRedis,
+  duplicateSubscriber,
+  type RedisClient,
+} from '../shared/redis.js';
 import {
   ValidationError,
   createWorkspacePayloadSchema,
@@ -36,7 +42,7 @@ import { JOB_NAMES, jobOptions } from './job-options.js';
 
 export interface ProducerOptions {
   /** Redis for the queue and events (not closed by the producer when passed in). */
-  connection: Redis;
+  connection: RedisClient;
   /** Postgres, to resolve the workspace from chats.workspace_id when the caller omits it. */
   pool: Pool;
   /** QUEUE_PREFIX. */
@@ -96,7 +102,7 @@ const chatIdSchema = z.uuid();
 const DEFAULT_RESULT_RECHECK_MS = 5_000;
 
 export class WorkspaceJobsProducer {
-  private readonly connection: Redis;
+  private readonly connection: RedisClient;
   private readonly pool: Pool;
   private readonly prefix: string;
   private readonly attempts: number;
@@ -107,7 +113,7 @@ export class WorkspaceJobsProducer {
   private readonly publisher: EventPublisher;
   /** Set by fromConfig: the producer built its connection and pool, so close() closes them. */
   private ownsConnections = false;
-  private subscriberConnection: Redis | undefined;
+  private subscriberConnection: RedisClient | undefined;
   private subscriber: EventSubscriber | undefined;
   /** Aborted by close(): every pending waitForResult rejects. */
   private readonly closing = new AbortController();
@@ -139,7 +145,11 @@ export class WorkspaceJobsProducer {
     options: Pick<ProducerOptions, 'metrics'> = {},
   ): WorkspaceJobsProducer {
     const producer = new WorkspaceJobsProducer({
-      connection: createRedis(config.redisUrl, { name: 'workspace-jobs-producer', log }),
+      connection: createRedis(config.redisUrl, {
+        name: 'workspace-jobs-producer',
+        log,
+        cluster: config.redisCluster,
+      }),
       pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer', log }),
       prefix: config.queuePrefix,
       attempts: config.jobAttempts,
@@ -407,13 +417,13 @@ export class WorkspaceJobsProducer {
   private eventSubscriber(): EventSubscriber {
     if (!this.subscriber) {
       // Subscriber mode takes a connection of its own (always closed by close()); it retries forever while
-      // Redis reconnects. duplicate() copies the connection's options: URL, TLS, password.
-      this.subscriberConnection = this.connection.duplicate({
-        ...SUBSCRIBER_OPTIONS,
-        connectionName: `${this.connection.options.connectionName ?? 'workspace-jobs-producer'}-sub`,
-      });
-      // A duplicate has none of the original's listeners.
-      logRedisErrors(this.subscriberConnection, this.log);
+      // Redis reconnects. It has the connection's options (URL or cluster, TLS, password) and its own
+      // error listener (a duplicate has none of the original's listeners).
+      this.subscriberConnection = duplicateSubscriber(
+        this.connection,
+        `${connectionNameOf(this.connection) ?? 'workspace-jobs-producer'}-sub`,
+        this.log,
+      );
       this.subscriber = new EventSubscriber({
         subscriber: this.subscriberConnection,
         commands: this.connection,

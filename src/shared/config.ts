@@ -32,6 +32,28 @@ function url(env: Env, name: string, fallback: string, protocols: string[]): str
   return raw;
 }
 
+/** A comma-separated list of at least one URL, each checked like `url`. */
+function urlList(env: Env, name: string, fallback: string, protocols: string[]): string[] {
+  const urls = (value(env, name) ?? fallback)
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean)
+    .map((u) => url({ [name]: u }, name, u, protocols));
+  if (urls.length === 0) throw new ConfigError(`${name} names no URL`);
+  return urls;
+}
+
+/**
+ * The part of a key Redis Cluster hashes (its hash tag): what is between the first `{` and the next `}`,
+ * when that is not empty. Every key made from such a prefix lands in the slot of that tag.
+ */
+export function hashTag(key: string): string | undefined {
+  const open = key.indexOf('{');
+  if (open < 0) return undefined;
+  const close = key.indexOf('}', open + 1);
+  return close > open + 1 ? key.slice(open + 1, close) : undefined;
+}
+
 export function integer(
   env: Env,
   name: string,
@@ -60,22 +82,29 @@ const REDIS = ['redis:', 'rediss:'];
 export const DAY_MS = 24 * 60 * 60 * 1000;
 
 export function loadConfig(env: Env = process.env): Config {
-  const redisUrl = url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', REDIS);
-  const lockRedisUrls = (value(env, 'LOCK_REDIS_URLS') ?? redisUrl)
-    .split(',')
-    .map((u) => u.trim())
-    .filter(Boolean)
-    .map((u) => url({ LOCK_REDIS_URLS: u }, 'LOCK_REDIS_URLS', u, REDIS));
+  const redisCluster = boolean(env, 'REDIS_CLUSTER');
+  const redisUrl = redisCluster
+    ? urlList(env, 'REDIS_URL', 'redis://127.0.0.1:6379', REDIS).join(',')
+    : url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', REDIS);
+  const lockRedisUrls = value(env, 'LOCK_REDIS_URLS')
+    ? urlList(env, 'LOCK_REDIS_URLS', '', REDIS)
+    : [redisUrl];
   if (lockRedisUrls.length === 2) {
     throw new ConfigError(
       'LOCK_REDIS_URLS names 2 nodes: give 1 (a single lock node) or 3 or more (Redlock quorum)',
     );
   }
 
-  const queuePrefix = value(env, 'QUEUE_PREFIX') ?? 'wsjobs';
+  const queuePrefix = value(env, 'QUEUE_PREFIX') ?? (redisCluster ? '{wsjobs}' : 'wsjobs');
   if (!/^[\w{}.-]+$/.test(queuePrefix)) {
     throw new ConfigError(
       `QUEUE_PREFIX may only hold letters, digits, _ . - { }, got ${JSON.stringify(queuePrefix)}`,
+    );
+  }
+  if (redisCluster && hashTag(queuePrefix) === undefined) {
+    throw new ConfigError(
+      `QUEUE_PREFIX ${JSON.stringify(queuePrefix)} has no hash tag, but REDIS_CLUSTER=true: every key of the ` +
+        `queue and of a chat must be in one cluster slot, so wrap (part of) it in braces, e.g. "{${queuePrefix.replace(/[{}]/g, '')}}"`,
     );
   }
 
@@ -97,7 +126,10 @@ export function loadConfig(env: Env = process.env): Config {
 
   return {
     redisUrl,
+    redisCluster,
     lockRedisUrls,
+    // Without LOCK_REDIS_URLS the lock lives on the cluster itself (one logical node).
+    lockRedisCluster: redisCluster && value(env, 'LOCK_REDIS_URLS') === undefined,
     databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/workspace_jobs', [
       'postgres:',
       'postgresql:',

@@ -1,11 +1,11 @@
 // Job events (CONTRACT.md section 6): every event is appended to the chat's capped replay stream, whose entry
 // id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
-import type { Redis } from 'ioredis';
 import { withTimeout } from './errors.js';
 import type { EventDraft, WorkspaceJobEvent } from './interfaces.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { Logger } from './logger.js';
+import type { RedisClient } from './redis.js';
 import { ValidationError, describeIssues, workspaceJobEventSchema } from './schemas.js';
 
 /** The stream entry's only field: the envelope as JSON, without `seq` (that is the entry id). */
@@ -83,7 +83,7 @@ interface Page {
 }
 
 async function readPage(
-  redis: Redis,
+  redis: RedisClient,
   key: string,
   after: string,
   count: number,
@@ -103,7 +103,7 @@ async function readPage(
  * that many entries are read (entries that are not valid events are skipped and logged).
  */
 export async function readChatEvents(
-  redis: Redis,
+  redis: RedisClient,
   prefix: string,
   chatId: string,
   since: string,
@@ -149,7 +149,7 @@ return id`;
 
 const PUBLISH_COMMAND = 'wsjobsPublishEvent';
 
-type ScriptedRedis = Redis & {
+type ScriptedRedis = RedisClient & {
   [PUBLISH_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
 };
 
@@ -159,7 +159,7 @@ export class EventPublisher {
   private readonly ttlSeconds: number;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     prefix: string,
     options: EventPublisherOptions = {},
   ) {
@@ -274,15 +274,15 @@ interface Channel {
  * from a second publisher that arrived out of seq order within the gap.
  */
 export class EventSubscriber {
-  private readonly subscriber: Redis;
-  private readonly commands: Redis;
+  private readonly subscriber: RedisClient;
+  private readonly commands: RedisClient;
   private readonly keys: RedisKeys;
   private readonly log: Logger | undefined;
   private readonly channels = new Map<string, Channel>();
   private connectionLost = false;
   private closed = false;
 
-  constructor(options: { subscriber: Redis; commands: Redis; prefix: string; log?: Logger }) {
+  constructor(options: { subscriber: RedisClient; commands: RedisClient; prefix: string; log?: Logger }) {
     if (options.subscriber === options.commands) {
       throw new Error('EventSubscriber needs two connections: a subscriber connection cannot run XRANGE');
     }

@@ -6,13 +6,26 @@
 // Configuration (CONTRACT.md section 3)
 
 export interface Config {
-  /** Queue, events. Default `redis://127.0.0.1:6379`. */
+  /**
+   * Queue, events. Default `redis://127.0.0.1:6379`. With `redisCluster`, the cluster's seed nodes,
+   * comma-separated (one is enough; the others are discovered).
+   */
   redisUrl: string;
+  /** REDIS_CLUSTER: `redisUrl` is a Redis Cluster. Default false. */
+  redisCluster?: boolean;
   /** Independent Redis nodes for the chat lock; 3 or more = Redlock quorum. Default `[redisUrl]`. */
   lockRedisUrls: string[];
+  /**
+   * The lock's one node (`lockRedisUrls[0]`, then `redisUrl`) is a Redis Cluster: REDIS_CLUSTER without
+   * LOCK_REDIS_URLS. Default false.
+   */
+  lockRedisCluster?: boolean;
   /** Default `postgres://postgres@127.0.0.1:5432/workspace_jobs`. */
   databaseUrl: string;
-  /** BullMQ prefix and prefix of every Redis key and channel. Default `wsjobs`. */
+  /**
+   * BullMQ prefix and prefix of every Redis key and channel. Default `wsjobs` (`{wsjobs}` on a cluster,
+   * where it must carry a hash tag).
+   */
   queuePrefix: string;
   /** Jobs one worker process runs at once. Default 50. */
   workerConcurrency: number;

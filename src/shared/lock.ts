@@ -16,10 +16,10 @@
 //   interval callback leaves that rejection unhandled (Node's default then kills the process) while the
 //   key silently expires: loss is never reported. Hence the refresh guard and the watchdog below.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
-import type { Redis } from 'ioredis';
 import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
 import type { Logger } from './logger.js';
+import type { RedisClient } from './redis.js';
 
 export class LockLostError extends Error {
   override name = 'LockLostError';
@@ -55,7 +55,7 @@ type RefreshGuard = (refresh: Refresh) => Promise<boolean>;
 
 class SingleNodeMutex extends Mutex {
   constructor(
-    client: Redis,
+    client: RedisClient,
     key: string,
     options: LockOptions,
     private readonly guard: RefreshGuard,
@@ -71,7 +71,7 @@ class SingleNodeMutex extends Mutex {
 
 class QuorumMutex extends RedlockMutex {
   constructor(
-    clients: Redis[],
+    clients: RedisClient[],
     key: string,
     options: LockOptions,
     private readonly guard: RefreshGuard,
@@ -194,7 +194,7 @@ export class ChatLocks {
   private readonly log: Logger | undefined;
 
   /** One client → redis-semaphore Mutex; 3+ independent clients → RedlockMutex (quorum). 2 clients: throw. */
-  constructor(clients: Redis[], prefix: string, options: ChatLocksOptions = {}) {
+  constructor(clients: RedisClient[], prefix: string, options: ChatLocksOptions = {}) {
     if (clients.length === 0) throw new Error('ChatLocks needs at least one Redis client');
     if (clients.length === 2) {
       // A quorum of 2 is both nodes: no more available than one node, and twice the ways to fail.

@@ -2,11 +2,16 @@
 // other client fails commands after a few retries so that a Redis outage surfaces as an error, not a hang.
 // Every connection made here has an 'error' listener: ioredis without one prints "[ioredis] Unhandled error
 // event" stack traces on every reconnect attempt. An outage is logged once (warn) and its end once (info).
-import { Redis, type RedisOptions } from 'ioredis';
+// With `cluster` the connection is an ioredis Cluster (REDIS_CLUSTER): the same options apply to each of its
+// node connections, and it is used like a single Redis everywhere (`RedisClient`).
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { withTimeout } from './errors.js';
 import type { Logger } from './logger.js';
 
-export type { Redis };
+export type { Cluster, Redis };
+
+/** A single Redis or a Redis Cluster: whatever createRedis returns. */
+export type RedisClient = Redis | Cluster;
 
 export interface RedisConnectionOptions {
   /** For BullMQ workers: retry commands forever while reconnecting. Default false. */
@@ -23,20 +28,25 @@ export interface RedisConnectionOptions {
   name?: string;
   /** Where the connection's outages are logged. Default: nowhere (the error is still handled). */
   log?: Logger;
+  /** `url` is a Redis Cluster: a comma-separated list of seed node URLs. Default false. */
+  cluster?: boolean;
 }
 
 /**
- * What a pub/sub subscriber connection needs (pass to `duplicate()`): retry forever while reconnecting, and
+ * What a pub/sub subscriber connection needs (duplicateSubscriber): retry forever while reconnecting, and
  * no ready check, whose INFO a connection already in subscriber mode refuses (a SUBSCRIBE sent while
- * connecting can get there first). Give the duplicate its own listener with `logRedisErrors`.
+ * connecting can get there first).
  */
-export const SUBSCRIBER_OPTIONS = {
+const SUBSCRIBER_OPTIONS = {
   maxRetriesPerRequest: null,
   enableReadyCheck: false,
 } satisfies RedisOptions;
 
-export function createRedis(url: string, options: RedisConnectionOptions = {}): Redis {
-  const redisOptions: RedisOptions = {
+export function createRedis(url: string, options: RedisConnectionOptions & { cluster: true }): Cluster;
+export function createRedis(url: string, options?: RedisConnectionOptions & { cluster?: false }): Redis;
+export function createRedis(url: string, options?: RedisConnectionOptions): RedisClient;
+export function createRedis(url: string, options: RedisConnectionOptions = {}): RedisClient {
+  const { retryStrategy, ...redisOptions }: RedisOptions = {
     connectionName: options.name,
     maxRetriesPerRequest: options.blocking ? null : 3,
     connectTimeout: 10_000,
@@ -51,16 +61,79 @@ export function createRedis(url: string, options: RedisConnectionOptions = {}): 
       retryStrategy: (times: number) => Math.min(times * 100, 1_000),
     }),
   };
-  const client = new Redis(url, redisOptions);
+  const client = options.cluster
+    ? createCluster(url, redisOptions, retryStrategy)
+    : new Redis(url, { ...redisOptions, retryStrategy });
   logRedisErrors(client, options.log, options.name);
   return client;
+}
+
+/**
+ * The cluster takes the offline queue and the reconnect backoff for itself (its node connections get
+ * neither: a node that fails is dropped and rediscovered); every other option goes to each node connection.
+ * Credentials and TLS come from the first seed URL, since discovered nodes have no URL of their own.
+ */
+function createCluster(
+  urls: string,
+  { enableOfflineQueue, ...nodeOptions }: RedisOptions,
+  retryStrategy: RedisOptions['retryStrategy'],
+): Cluster {
+  const seeds = urls.split(',').map((u) => new URL(u.trim()));
+  const first = seeds[0]!;
+  const clusterOptions: ClusterOptions = {
+    ...(enableOfflineQueue !== undefined && { enableOfflineQueue }),
+    clusterRetryStrategy: retryStrategy,
+    redisOptions: {
+      ...nodeOptions,
+      ...(first.username && { username: decodeURIComponent(first.username) }),
+      ...(first.password && { password: decodeURIComponent(first.password) }),
+      ...(first.protocol === 'rediss:' && { tls: {} }),
+    },
+  };
+  const cluster = new Cluster(
+    seeds.map((seed) => ({ host: seed.hostname, port: Number(seed.port || 6379) })),
+    clusterOptions,
+  );
+  clusterUrls.set(cluster, urls);
+  return cluster;
+}
+
+/** The seed URLs each cluster was made from, for log lines (a Cluster keeps its seeds private). */
+const clusterUrls = new WeakMap<Cluster, string>();
+
+/**
+ * A connection for pub/sub subscriber mode with the options of `client` (URL, TLS, password) and
+ * SUBSCRIBER_OPTIONS, named `name`, its errors handled like createRedis's. A Cluster's duplicate takes
+ * its node options under `redisOptions`, a Redis's at the top.
+ */
+export function duplicateSubscriber(client: RedisClient, name: string, log?: Logger): RedisClient {
+  const subscriber =
+    client instanceof Cluster
+      ? client.duplicate([], {
+          redisOptions: { ...client.options.redisOptions, ...SUBSCRIBER_OPTIONS, connectionName: name },
+        })
+      : client.duplicate({ ...SUBSCRIBER_OPTIONS, connectionName: name });
+  if (client instanceof Cluster) clusterUrls.set(subscriber as Cluster, clusterUrls.get(client) ?? '');
+  logRedisErrors(subscriber, log, name);
+  return subscriber;
+}
+
+/** The name given to createRedis (shown in `CLIENT LIST`), for a Redis or a Cluster alike. */
+export function connectionNameOf(client: RedisClient): string | undefined {
+  return client instanceof Cluster
+    ? client.options.redisOptions?.connectionName
+    : client.options.connectionName;
 }
 
 /**
  * Handles a connection's 'error' events: the first error of an outage is logged as a warning with its
  * cause, the rest are dropped until the connection is ready again (logged once as info).
  */
-export function logRedisErrors(client: Redis, log: Logger | undefined, name = client.options.connectionName) {
+export function logRedisErrors(
+  client: RedisClient,
+  log: Logger | undefined,
+  name = connectionNameOf(client),
+) {
   let failing = false;
   client.on('error', (err: Error) => {
     if (failing) return;
@@ -77,13 +150,18 @@ export function logRedisErrors(client: Redis, log: Logger | undefined, name = cl
   });
 }
 
-function redisUrlOf(client: Redis): string {
+function redisUrlOf(client: RedisClient): string {
+  if (client instanceof Cluster) return clusterUrls.get(client) ?? '';
   const { host, port, db } = client.options;
   return `redis://${host ?? '127.0.0.1'}:${port ?? 6379}/${db ?? 0}`;
 }
 
-/** A URL fit for a log line or an error message: its password (and user) replaced by `***`. */
+/**
+ * A URL fit for a log line or an error message: its password (and user) replaced by `***`. A comma-separated
+ * list (a cluster's seeds) is redacted URL by URL.
+ */
 export function redactUrl(raw: string): string {
+  if (raw.includes(',')) return raw.split(',').map(redactUrl).join(',');
   try {
     const url = new URL(raw);
     if (url.password) url.password = '***';
@@ -94,7 +172,7 @@ export function redactUrl(raw: string): string {
 }
 
 /** Closes a connection, falling back to a hard disconnect when QUIT does not answer in time. */
-export async function closeRedis(client: Redis, timeoutMs = 2_000): Promise<void> {
+export async function closeRedis(client: RedisClient, timeoutMs = 2_000): Promise<void> {
   if (client.status === 'end') return;
   try {
     await withTimeout(client.quit(), timeoutMs, 'QUIT');

@@ -10,7 +10,7 @@ import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
-import { closeRedis, createRedis, type Redis } from '../shared/redis.js';
+import { closeRedis, createRedis, type RedisClient } from '../shared/redis.js';
 import { withTimeout } from '../shared/errors.js';
 import { HealthStateError } from '../shared/health.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
@@ -45,7 +45,7 @@ export interface WorkspaceWorkerOptions {
 }
 
 interface Resources {
-  redis: Redis[];
+  redis: RedisClient[];
   pool: Pool;
   hub: PgNotificationHub;
   /** Reads the job counts for the metrics, on the worker's connection. */
@@ -76,14 +76,16 @@ export class WorkspaceWorker {
     log: Logger,
     options: WorkspaceWorkerOptions = {},
   ): Promise<WorkspaceWorker> {
+    const cluster = config.redisCluster;
     const bullConnection = createRedis(config.redisUrl, {
       blocking: true,
       name: 'workspace-jobs-worker',
       log,
+      cluster,
     });
-    const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log });
+    const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log, cluster });
     const lockClients = config.lockRedisUrls.map((url) =>
-      createRedis(url, { name: 'workspace-jobs-lock', log }),
+      createRedis(url, { name: 'workspace-jobs-lock', log, cluster: config.lockRedisCluster }),
     );
     const pool = createPool(config.databaseUrl, {
       // Each running job holds a connection only for single queries, never across a wait.

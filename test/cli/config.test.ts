@@ -16,4 +16,12 @@ describe('configuration errors', () => {
     expect(stderr.filter((line) => line.trim())).toHaveLength(1);
     expect(stderr[0]).toContain(name);
   });
+
+  it('worker on a Redis Cluster with a QUEUE_PREFIX without a hash tag › exits 2 saying why', async () => {
+    const { exit, stderr } = await runCli(['worker'], { REDIS_CLUSTER: 'true', QUEUE_PREFIX: 'wsjobs' });
+    expect(exit).toEqual({ code: 2, signal: null });
+    expect(stderr.filter((line) => line.trim())).toEqual([
+      expect.stringMatching(/QUEUE_PREFIX "wsjobs" has no hash tag, but REDIS_CLUSTER=true.*"\{wsjobs\}"/),
+    ]);
+  });
 });
