@@ -1,5 +1,6 @@
 // Command-line parsing on node:util's parseArgs, turning its errors into one-line usage errors (exit 2).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { idSchema, parameterNameSchema } from '../shared/schemas.js';
 
 /** Bad flags or values: the CLI prints the message and exits 2. */
 export class UsageError extends Error {
@@ -28,14 +29,24 @@ export function parseFlags<O extends Options>(args: string[], options: O): { val
   }
 }
 
-/** `--param k=v` pairs into an object; names a malformed pair. */
+/**
+ * `--param k=v` pairs into a map without a prototype; names a malformed pair, a name the producer would refuse
+ * (the same rule) and a name given twice.
+ */
 export function parseParams(pairs: string[] | undefined): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
-  const parameters: Record<string, string> = {};
+  const parameters = Object.create(null) as Record<string, string>;
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
     if (eq <= 0) throw new UsageError(`--param must be name=value, got ${JSON.stringify(pair)}`);
-    parameters[pair.slice(0, eq)] = pair.slice(eq + 1);
+    const name = pair.slice(0, eq);
+    const checked = parameterNameSchema.safeParse(name);
+    if (!checked.success) {
+      throw new UsageError(`--param ${JSON.stringify(name)}: ${checked.error.issues[0]!.message}`);
+    }
+    if (Object.hasOwn(parameters, name))
+      throw new UsageError(`--param ${JSON.stringify(name)} is given twice`);
+    parameters[name] = pair.slice(eq + 1);
   }
   return parameters;
 }
@@ -51,10 +62,11 @@ export function parseMs(flag: string, raw: string | undefined, fallback: number)
   return n;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
+/** The producer's id rule (a UUID of version 1-8), so that the CLI refuses exactly what the producer would. */
 export function requireId(flag: string, value: string | undefined): string {
   if (value === undefined) throw new UsageError(`${flag} is required`);
-  if (!UUID.test(value)) throw new UsageError(`${flag} must be a UUID, got ${JSON.stringify(value)}`);
+  if (!idSchema.safeParse(value).success) {
+    throw new UsageError(`${flag} must be a UUID (version 1-8), got ${JSON.stringify(value)}`);
+  }
   return value;
 }

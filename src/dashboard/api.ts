@@ -2,16 +2,13 @@
 // actions the chat backend takes, start and create, through the same producer a backend would use. The
 // dashboard acts as the chat's owner (the owner is read from the chat), so the worker's ownership checks pass.
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { z } from 'zod';
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
-import { ValidationError } from '../shared/schemas.js';
+import { ValidationError, idSchema } from '../shared/schemas.js';
 
 /** How many chats and templates the page lists: the most recent ones. */
 const LIST_LIMIT = 50;
-
-const uuid = z.uuid();
 
 // One row per chat: its owner, its workspace and the workspace's latest build with the build's job status,
 // which is what "state" means on the page (e.g. `stop` + `succeeded` = stopped, `start` + `running` = starting).
@@ -107,7 +104,7 @@ function body(req: Request, allowed: readonly string[]): Record<string, unknown>
 
 function chatIdParam(req: Request): string {
   const chatId = String(req.params.chatId);
-  if (!uuid.safeParse(chatId).success) {
+  if (!idSchema.safeParse(chatId).success) {
     throw new HttpError(400, `invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
   }
   return chatId;

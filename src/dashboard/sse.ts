@@ -25,11 +25,11 @@
 // for it (it reconnects with Last-Event-ID and catches up from the stream, so nothing is lost and memory
 // stays bounded); closing the client's connection unsubscribes; and closing the dashboard ends every stream.
 import type { Request, Response } from 'express';
-import { z } from 'zod';
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import { compareSeq } from '../shared/events.js';
 import type { WorkspaceJobEvent } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
+import { idSchema } from '../shared/schemas.js';
 
 export interface SseOptions {
   /** A comment line this often, so idle streams stay open through proxies. Default 15000. */
@@ -40,7 +40,6 @@ export interface SseOptions {
   maxBufferedBytes?: number;
 }
 
-const uuid = z.uuid();
 /** A replay stream id (`ms-n`, or a bare `ms`); `0` means "from the beginning". */
 const SEQ = /^\d{1,20}(?:-\d{1,20})?$/;
 
@@ -72,7 +71,7 @@ export class ChatEventStreams {
     // 1. Validate before committing to a 200: a bad id gets a plain 400, which also stops EventSource from
     //    retrying (it only reconnects after a stream that started fine).
     const chatId = String(req.params.chatId);
-    if (!uuid.safeParse(chatId).success) {
+    if (!idSchema.safeParse(chatId).success) {
       res.status(400).json({ error: `invalid chatId: ${JSON.stringify(chatId)} is not a UUID` });
       return;
     }

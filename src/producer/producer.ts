@@ -5,7 +5,6 @@ import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { pino } from 'pino';
-import { z } from 'zod';
 import { WaitTimeoutError } from '../shared/errors.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import {
@@ -35,6 +34,7 @@ import {
 import {
   ValidationError,
   createWorkspacePayloadSchema,
+  idSchema,
   parseOrThrow,
   startWorkspaceInputSchema,
 } from '../shared/schemas.js';
@@ -98,7 +98,6 @@ export class ProducerClosedError extends Error {
 type JobData = StartWorkspacePayload | CreateWorkspacePayload;
 type WorkspaceQueue = Queue<JobData, JobResult, JobName>;
 
-const chatIdSchema = z.uuid();
 const DEFAULT_RESULT_RECHECK_MS = 5_000;
 
 export class WorkspaceJobsProducer {
@@ -235,7 +234,7 @@ export class WorkspaceJobsProducer {
     const job = await this.queue.getJob(jobId);
     if (!job) throw new JobNotFoundError(jobId);
     // Someone who bypassed the producer may have added a job without a valid chat: then only its state tells.
-    const chatId = chatIdSchema.safeParse(job.data?.chatId).success ? job.data.chatId : undefined;
+    const chatId = idSchema.safeParse(job.data?.chatId).success ? job.data.chatId : undefined;
 
     let done = false;
     let resolveResult!: (result: JobResult) => void;
@@ -316,7 +315,7 @@ export class WorkspaceJobsProducer {
     options: SubscribeOptions = {},
   ): Promise<() => Promise<void>> {
     this.assertOpen();
-    if (!chatIdSchema.safeParse(chatId).success) {
+    if (!idSchema.safeParse(chatId).success) {
       throw new ValidationError(`invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
     }
     return this.eventSubscriber().subscribe(chatId, onEvent, options);

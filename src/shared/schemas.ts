@@ -5,21 +5,61 @@ import { z } from 'zod';
 import { PROGRESS_STAGES } from './interfaces.js';
 import type { CreateWorkspacePayload, StartWorkspacePayload, WorkspaceJobEvent } from './interfaces.js';
 
-const id = z.uuid();
-const parameters = z.record(z.string().min(1).max(128), z.string().max(4096));
+/**
+ * Every id at every edge (producer, CLI, dashboard, worker): an RFC 9562 UUID of version 1-8 (or the nil/max
+ * UUID), so that a version-0 string the database would accept is refused the same way everywhere.
+ */
+export const idSchema = z.uuid();
+
+// Object.prototype's own keys (`__proto__`, `constructor`, `toString`, …): as a key of a plain object they
+// reach the prototype instead of a value (zod's z.record even drops `__proto__` silently), so none may name
+// a parameter.
+const PROTOTYPE_KEYS: ReadonlySet<string> = new Set(Object.getOwnPropertyNames(Object.prototype));
+const PROTOTYPE_KEY_MESSAGE = 'is reserved (a property of every JavaScript object), not a parameter name';
+
+/**
+ * A parameter name as Coder accepts it: Coder requires a non-empty name matching one the template declares
+ * ("workspace build parameter name is missing"), and allows spaces and punctuation in it (its provider hashes
+ * names into environment variables for that reason; Coder Tasks' parameter is "AI Prompt"). On top of that:
+ * at most 128 characters, no control or invisible format characters, no whitespace at either end (a pasting
+ * slip that never matches a declared name), and no Object.prototype key.
+ */
+export const parameterNameSchema = z
+  .string()
+  .min(1, { message: 'a parameter name must not be empty' })
+  .max(128, { message: 'a parameter name must be at most 128 characters' })
+  .regex(/^\P{C}*$/u, { message: 'a parameter name must not contain control or format characters' })
+  .regex(/^(?!\s)[^]*(?<!\s)$/u, { message: 'a parameter name must not start or end with whitespace' })
+  .refine((name) => !PROTOTYPE_KEYS.has(name), { message: PROTOTYPE_KEY_MESSAGE });
+
+/**
+ * `{ [name]: value }`, returned without a prototype. `__proto__` is checked before z.record, which skips
+ * that key without an issue.
+ */
+const parametersSchema = z
+  .preprocess(
+    (input, ctx) => {
+      if (input !== null && typeof input === 'object' && Object.hasOwn(input, '__proto__')) {
+        ctx.issues.push({ code: 'custom', message: PROTOTYPE_KEY_MESSAGE, path: ['__proto__'], input });
+      }
+      return input;
+    },
+    z.record(parameterNameSchema, z.string().max(4096)),
+  )
+  .transform((parameters) => Object.assign(Object.create(null) as Record<string, string>, parameters));
 const requestId = z.string().min(1).max(200);
 
 export const startWorkspacePayloadSchema = z.strictObject({
-  chatId: id,
-  ownerId: id,
-  workspaceId: id,
-  parameters: parameters.optional(),
+  chatId: idSchema,
+  ownerId: idSchema,
+  workspaceId: idSchema,
+  parameters: parametersSchema.optional(),
   requestId: requestId.optional(),
 }) satisfies z.ZodType<StartWorkspacePayload>;
 
 /** What the chat backend passes to `startWorkspace()`: the workspace is looked up from the chat when omitted. */
 export const startWorkspaceInputSchema = startWorkspacePayloadSchema.extend({
-  workspaceId: id.optional(),
+  workspaceId: idSchema.optional(),
 });
 
 // Workspace names follow Coder's rule: letters, digits and single hyphens, at most 32 characters.
@@ -28,11 +68,11 @@ export const workspaceNameSchema = z.string().regex(/^[a-zA-Z0-9](?:[a-zA-Z0-9]|
 });
 
 export const createWorkspacePayloadSchema = z.strictObject({
-  chatId: id,
-  ownerId: id,
-  templateId: id,
+  chatId: idSchema,
+  ownerId: idSchema,
+  templateId: idSchema,
   name: workspaceNameSchema.optional(),
-  parameters: parameters.optional(),
+  parameters: parametersSchema.optional(),
   requestId: requestId.optional(),
 }) satisfies z.ZodType<CreateWorkspacePayload>;
 
@@ -56,10 +96,19 @@ export const workspaceJobEventSchema = z.object({
 /** `invalid start-workspace payload: chatId: Invalid UUID; parameters.x: …` — names every bad field. */
 export function describeIssues(what: string, error: z.ZodError): string {
   const issues = error.issues.map((issue) => {
-    const path = issue.path.map(String).join('.');
-    return path ? `${path}: ${issue.message}` : issue.message;
+    const path = issue.path.map(pathSegment).join('.');
+    // A bad record key says only "Invalid key in record"; the key's own issue says what is wrong with it.
+    const message =
+      issue.code === 'invalid_key' ? issue.issues.map((i) => i.message).join('; ') : issue.message;
+    return path ? `${path}: ${message}` : message;
   });
   return `invalid ${what}: ${issues.join('; ')}`;
+}
+
+/** A key as is when it reads plainly (`parameters.region`), quoted otherwise (`parameters."AI Prompt"`). */
+function pathSegment(key: PropertyKey): string {
+  const text = String(key);
+  return /^[\w-]+$/.test(text) ? text : JSON.stringify(text);
 }
 
 /** Thrown at the edge (producer, CLI) for input that does not validate; nothing was enqueued. */

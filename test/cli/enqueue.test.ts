@@ -166,11 +166,34 @@ describe('workspace-jobs enqueue create', () => {
     const { chatId } = await insertChat(db.pool, { ownerId: owner.userId });
     const missingChat = '00000000-0000-4000-8000-000000000001';
     const cases: [string[], string][] = [
-      [['--chat', 'not-a-uuid', '--template', templateId], '--chat must be a UUID, got "not-a-uuid"'],
+      [
+        ['--chat', 'not-a-uuid', '--template', templateId],
+        '--chat must be a UUID (version 1-8), got "not-a-uuid"',
+      ],
       [['--chat', chatId], '--template is required'],
       [['--template', templateId], '--chat is required'],
-      [['--chat', chatId, '--template', 'nope'], '--template must be a UUID, got "nope"'],
+      [['--chat', chatId, '--template', 'nope'], '--template must be a UUID (version 1-8), got "nope"'],
       [['--chat', chatId, '--template', templateId, '--param', 'novalue'], '--param must be name=value'],
+      [
+        ['--chat', chatId, '--template', templateId, '--param', '__proto__=x'],
+        '--param "__proto__": is reserved',
+      ],
+      [
+        ['--chat', chatId, '--template', templateId, '--param', 'constructor=x'],
+        '--param "constructor": is reserved',
+      ],
+      [
+        ['--chat', chatId, '--template', templateId, '--param', 'region =x'],
+        '--param "region ": a parameter name must not start or end with whitespace',
+      ],
+      [
+        ['--chat', chatId, '--template', templateId, '--param', 'size=a', '--param', 'size=b'],
+        '--param "size" is given twice',
+      ],
+      [
+        ['--chat', chatId, '--template', templateId, '--owner', '12345678-1234-0234-8234-123456789abc'],
+        '--owner must be a UUID (version 1-8), got "12345678-1234-0234-8234-123456789abc"',
+      ],
       [['--chat', chatId, '--template', templateId, '--bogus'], "Unknown option '--bogus'"],
       [
         ['--chat', chatId, '--template', templateId, '--timeout=-5'],

@@ -220,6 +220,50 @@ describe('POST /api/chats/:chatId/create', () => {
     expect(await jobCount()).toBe(before);
   });
 
+  it('refuses a bad parameter name or a version-0 UUID with 400 naming the field, and enqueues nothing', async () => {
+    const chatId = seeded.chats.noWorkspace.chatId;
+    const startChatId = seeded.chats.autoUpdate.chatId;
+    const templateId = seeded.templates.dev.id;
+    const v0 = '12345678-1234-0234-8234-123456789abc';
+    const before = await jobCount();
+    // Raw bodies: JSON.stringify of an object literal would not carry an own `__proto__` key.
+    const cases: [string, string, RegExp][] = [
+      [
+        `/api/chats/${startChatId}/start`,
+        '{"parameters":{"__proto__":"x"}}',
+        /parameters\.__proto__: is reserved/,
+      ],
+      [
+        `/api/chats/${startChatId}/start`,
+        '{"parameters":{"constructor":"x"}}',
+        /parameters\.constructor: is reserved/,
+      ],
+      [
+        `/api/chats/${startChatId}/start`,
+        '{"parameters":{"":"x"}}',
+        /parameters\."": a parameter name must not be empty/,
+      ],
+      [
+        `/api/chats/${chatId}/create`,
+        `{"templateId":"${templateId}","parameters":{"__proto__":"x"}}`,
+        /parameters\.__proto__: is reserved/,
+      ],
+      [
+        `/api/chats/${chatId}/create`,
+        `{"templateId":"${templateId}","parameters":{"cpu\\u0000":"x"}}`,
+        /parameters\."cpu\\u0000": a parameter name must not contain control/,
+      ],
+      [`/api/chats/${chatId}/create`, `{"templateId":"${v0}"}`, /templateId: Invalid UUID/],
+      [`/api/chats/${v0}/start`, '{}', /invalid chatId/],
+    ];
+    for (const [path, raw, message] of cases) {
+      const res = await post(path, undefined, raw);
+      expect(res.status, `${path} ${raw}`).toBe(400);
+      expect(res.body.error, `${path} ${raw}`).toMatch(message);
+    }
+    expect(await jobCount()).toBe(before);
+  });
+
   it('answers unknown API paths with a JSON 404', async () => {
     const res = await fetch(t.url('/api/nothing'));
     expect(res.status).toBe(404);

@@ -163,6 +163,66 @@ describe('WorkspaceJobsProducer', () => {
       }
       expect(await queuedJobs()).toBe(0);
     });
+
+    // JSON.parse, as a request body is parsed: `__proto__` becomes an own key, as it does for a caller's JSON.
+    it.each([
+      ['__proto__', JSON.parse('{"__proto__": "x"}') as object, 'parameters.__proto__: is reserved'],
+      ['constructor', { constructor: 'x' }, 'parameters.constructor: is reserved'],
+      ['toString', { toString: 'x' }, 'parameters.toString: is reserved'],
+      ['an empty name', { '': 'x' }, 'parameters."": a parameter name must not be empty'],
+      [
+        'a name with a newline',
+        { 'a\nb': 'x' },
+        'parameters."a\\nb": a parameter name must not contain control',
+      ],
+      [
+        'a name ending in a space',
+        { 'region ': 'x' },
+        'parameters."region ": a parameter name must not start or end',
+      ],
+      [
+        'a name of 129 characters',
+        { ['p'.repeat(129)]: 'x' },
+        'a parameter name must be at most 128 characters',
+      ],
+    ])(
+      'rejects a parameter named by %s, naming it, and enqueues nothing',
+      async (_what, parameters, message) => {
+        const start = await producer
+          .startWorkspace({ chatId, ownerId, workspaceId, parameters })
+          .catch((e) => e);
+        const create = await producer
+          .createWorkspace({ chatId, ownerId, templateId, parameters })
+          .catch((e) => e);
+        for (const error of [start, create]) {
+          expect(error).toBeInstanceOf(ValidationError);
+          expect((error as Error).message).toContain(message);
+        }
+        expect(await queuedJobs()).toBe(0);
+        expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual([]);
+      },
+    );
+
+    it('rejects a version-0 UUID for every id, naming the field', async () => {
+      const v0 = '12345678-1234-0234-8234-123456789abc';
+      for (const [input, field] of [
+        [{ chatId: v0, ownerId, workspaceId }, 'chatId'],
+        [{ chatId, ownerId: v0, workspaceId }, 'ownerId'],
+        [{ chatId, ownerId, workspaceId: v0 }, 'workspaceId'],
+      ] as const) {
+        await expect(producer.startWorkspace(input)).rejects.toThrow(`${field}: Invalid UUID`);
+      }
+      await expect(producer.createWorkspace({ chatId, ownerId, templateId: v0 })).rejects.toThrow(
+        'templateId: Invalid UUID',
+      );
+      expect(await queuedJobs()).toBe(0);
+    });
+
+    it('accepts parameter names with spaces and punctuation, as Coder does ("AI Prompt")', async () => {
+      const parameters = { 'AI Prompt': 'fix the build', instance_type: 't3.large', 'cpu-count': '4' };
+      const { jobId } = await producer.startWorkspace({ chatId, ownerId, workspaceId, parameters });
+      expect((await queue.getJob(jobId))?.data.parameters).toEqual(parameters);
+    });
   });
 
   describe('workspace lookup', () => {
