@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';
 import { ValidationError } from '../shared/schemas.js';
+import { startTracing } from '../shared/telemetry.js';
 import { startDashboard } from '../dashboard/server.js';
 import { loadProvisionerConfig, startProvisioner } from '../provisioner/index.js';
 import { WorkspaceWorker } from '../worker/worker.js';
@@ -44,6 +45,15 @@ const SIMPLE_HELP: Record<string, string> = {
   seed: 'Usage: workspace-jobs seed\n\nAdds a fresh, independent demo set (new ids, unique names) and prints what it made.',
 };
 
+/** OTEL_SERVICE_NAME's default for each command that makes spans; the others never trace. */
+const SERVICE_NAMES = new Map([
+  ['worker', 'workspace-jobs-worker'],
+  ['provisioner', 'workspace-jobs-provisioner'],
+  ['dashboard', 'workspace-jobs-dashboard'],
+  ['enqueue', 'workspace-jobs-producer'],
+  ['demo', 'workspace-jobs-demo'],
+]);
+
 async function runService(log: Logger, start: () => Promise<{ stop: () => Promise<void> }>): Promise<number> {
   const service = await start();
   await untilSignal(service.stop, log);
@@ -69,7 +79,16 @@ async function run(argv: string[]): Promise<number> {
   }
   const config: Config = loadConfig();
   const log = createLogger(config.logLevel, `workspace-jobs-${command}`);
+  const serviceName = SERVICE_NAMES.get(command);
+  const tracing = serviceName === undefined ? undefined : await startTracing({ serviceName, log });
+  try {
+    return await runCommand(command, args, config, log);
+  } finally {
+    await tracing?.shutdown();
+  }
+}
 
+async function runCommand(command: string, args: string[], config: Config, log: Logger): Promise<number> {
   switch (command) {
     case 'migrate': {
       const result = await migrate(config.databaseUrl);

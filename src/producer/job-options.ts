@@ -2,6 +2,7 @@
 // that the worker, the CLI and tests can see exactly what a job was enqueued with.
 import type { JobsOptions } from 'bullmq';
 import type { JobName } from '../shared/interfaces.js';
+import type { TraceCarrier } from '../shared/telemetry.js';
 
 /**
  * Exponential backoff from 2 s with 50% jitter: BullMQ 6.7 computes the retry delay of attempt n as a
@@ -22,9 +23,17 @@ export interface JobOptionsInput {
   deduplicationId: string;
   /** JOB_ATTEMPTS. */
   attempts: number;
+  /** The enqueue span's context; each attempt's span links to it. */
+  traceContext?: TraceCarrier;
 }
 
-export function jobOptions(input: JobOptionsInput): JobsOptions {
+/** Our options on top of BullMQ's: BullMQ stores options it does not know with the job as they are. */
+export interface WorkspaceJobOptions extends JobsOptions {
+  /** The enqueue span's context (W3C Trace Context), absent when the enqueue was not traced. */
+  traceContext?: TraceCarrier;
+}
+
+export function jobOptions(input: JobOptionsInput): WorkspaceJobOptions {
   return {
     jobId: input.jobId,
     // Only while the job is waiting, delayed or active: the key goes when the job completes or fails, so
@@ -35,6 +44,10 @@ export function jobOptions(input: JobOptionsInput): JobsOptions {
     backoff: { ...JOB_BACKOFF },
     removeOnComplete: { ...REMOVE_ON_COMPLETE },
     removeOnFail: { ...REMOVE_ON_FAIL },
+    // BullMQ would carry its own span context in the job and parent every attempt's spans to the enqueue,
+    // retries included, in one trace; our attempts link to the enqueue span (traceContext) instead.
+    telemetry: { omitContext: true },
+    ...(input.traceContext !== undefined && { traceContext: input.traceContext }),
   };
 }
 

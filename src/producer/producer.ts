@@ -3,7 +3,8 @@
 // backend follow a job's events or wait for its result.
 import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { Queue } from 'bullmq';
+import { SpanKind } from '@opentelemetry/api';
+import { Queue, type Telemetry } from 'bullmq';
 import { pino } from 'pino';
 import { WaitTimeoutError } from '../shared/errors.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
@@ -24,6 +25,7 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool, type Pool } from '../shared/postgres.js';
 import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
+import { ATTR, bullmqTelemetry, inSpan, traceCarrier } from '../shared/telemetry.js';
 import {
   closeRedis,
   connectionNameOf,
@@ -57,6 +59,12 @@ export interface ProducerOptions {
   resultRecheckMs?: number;
   /** Counts enqueues (added or deduplicated, by job name) and announcements that failed; absent = not counted. */
   metrics?: Metrics;
+  /**
+   * BullMQ's own spans (e.g. `new BullMQOtel()` from bullmq-otel, for a host with its own OpenTelemetry
+   * SDK). Default: those of this process's startTracing while it runs, else none. The producer's own
+   * `enqueue` spans go to whatever tracer provider is registered.
+   */
+  telemetry?: Telemetry;
 }
 
 export interface EnqueuedJob {
@@ -131,6 +139,7 @@ export class WorkspaceJobsProducer {
     this.queue = new Queue<JobData, JobResult, JobName>(QUEUE_NAME, {
       connection: this.connection,
       prefix: this.prefix,
+      telemetry: options.telemetry ?? bullmqTelemetry(),
     });
     // An EventEmitter without an 'error' listener would throw; connection trouble surfaces on the calls.
     this.queue.on('error', (error) => this.log.warn({ err: error }, 'workspace-jobs queue error'));
@@ -365,19 +374,28 @@ export class WorkspaceJobsProducer {
     return chat.workspace_id;
   }
 
-  private async enqueue(name: JobName, data: JobData, deduplicationId: string): Promise<EnqueuedJob> {
-    const jobId = randomUUID();
-    const job = await this.queue.add(
-      name,
-      data,
-      jobOptions({ jobId, deduplicationId, attempts: this.attempts }),
-    );
-    // A duplicate add returns a Job carrying the id of the job that holds the deduplication key.
-    const actualId = job.id ?? jobId;
-    const deduplicated = actualId !== jobId;
-    (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
-    this.log.debug({ jobId: actualId, name, deduplicated, deduplicationId }, 'workspace job enqueued');
-    return { jobId: actualId, deduplicated };
+  /** One `enqueue` span per call; each attempt of the job links to it. */
+  private enqueue(name: JobName, data: JobData, deduplicationId: string): Promise<EnqueuedJob> {
+    const attributes = {
+      [ATTR.jobName]: name,
+      [ATTR.chatId]: data.chatId,
+      ...('workspaceId' in data && { [ATTR.workspaceId]: data.workspaceId }),
+    };
+    return inSpan(`enqueue ${name}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
+      const jobId = randomUUID();
+      const job = await this.queue.add(
+        name,
+        data,
+        jobOptions({ jobId, deduplicationId, attempts: this.attempts, traceContext: traceCarrier() }),
+      );
+      // A duplicate add returns a Job carrying the id of the job that holds the deduplication key.
+      const actualId = job.id ?? jobId;
+      const deduplicated = actualId !== jobId;
+      span.setAttributes({ [ATTR.jobId]: actualId, [ATTR.deduplicated]: deduplicated });
+      (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
+      this.log.debug({ jobId: actualId, name, deduplicated, deduplicationId }, 'workspace job enqueued');
+      return { jobId: actualId, deduplicated };
+    });
   }
 
   /** Publishes a queued/deduplicated event; a failure is logged, never thrown: the job is enqueued. */

@@ -10,6 +10,7 @@ import type { Logger } from '../shared/logger.js';
 import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
 import { withTransaction, type Pool } from '../shared/postgres.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
+import { recordBuildOutcome, traceBuild } from './build-span.js';
 import type { BuildJob, CommittedAgent, Executor, ExecutorContext, ExecutorResult } from './executor.js';
 import { JobLogWriter } from './job-log-writer.js';
 
@@ -77,6 +78,8 @@ interface ClaimRow {
   build_number: number;
   transition: BuildJob['transition'];
   parameters: Record<string, string>;
+  /** The span context of the job attempt that created the build (provisioner_jobs.trace_context). */
+  trace_context: unknown;
 }
 
 const MAX_ERROR_LENGTH = 4000;
@@ -211,7 +214,7 @@ export class Provisioner {
         await this.release(job.jobId);
         return;
       }
-      this.launch(job);
+      this.launch(job, row.trace_context);
     }
   }
 
@@ -226,9 +229,9 @@ export class Provisioner {
            ORDER BY created_at
            LIMIT 1
            FOR UPDATE SKIP LOCKED)
-         RETURNING id
+         RETURNING id, trace_context
        )
-       SELECT c.id AS job_id, b.id AS build_id, b.workspace_id, w.name AS workspace_name, w.owner_id,
+       SELECT c.id AS job_id, c.trace_context, b.id AS build_id, b.workspace_id, w.name AS workspace_name, w.owner_id,
               b.template_version_id, b.build_number, b.transition,
               coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
                         WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
@@ -252,11 +255,11 @@ export class Provisioner {
   // -------------------------------------------------------------------------------------------------
   // Running one job
 
-  private launch(job: BuildJob): void {
+  private launch(job: BuildJob, traceContext: unknown): void {
     const controller = new AbortController();
     const entry = { job, controller } as RunningJob;
     this.running.set(job.jobId, entry);
-    entry.done = this.execute(job, controller)
+    entry.done = traceBuild(this.id, job, traceContext, () => this.execute(job, controller))
       .catch((error: unknown) => this.log.error({ err: error, jobId: job.jobId }, 'provisioner job crashed'))
       .finally(() => {
         this.running.delete(job.jobId);
@@ -285,6 +288,7 @@ export class Provisioner {
         log: (level, output, stage) => logs.append('provisioner', level, output, stage),
       };
       const outcome = await this.runExecutor(job, ctx);
+      recordBuildOutcome(outcome);
       // Our own completion notifies too; it must not abort anything.
       off();
 

@@ -16,7 +16,7 @@ export function value(env: Env, name: string): string | undefined {
   return raw === '' ? undefined : raw;
 }
 
-function url(env: Env, name: string, fallback: string, protocols: string[]): string {
+export function url(env: Env, name: string, fallback: string, protocols: string[]): string {
   const raw = value(env, name) ?? fallback;
   let parsed: URL;
   try {

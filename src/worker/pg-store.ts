@@ -16,6 +16,7 @@ import type {
   WorkspaceStore,
 } from '../shared/interfaces.js';
 import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
+import { traceCarrier } from '../shared/telemetry.js';
 
 type Row = Record<string, unknown>;
 
@@ -242,8 +243,10 @@ class PgBuildTransaction implements BuildTransaction {
     const {
       rows: [job],
     } = await this.client.query<{ id: string; job_status: Build['jobStatus'] }>(
-      `INSERT INTO provisioner_jobs (type, input) VALUES ('workspace_build', $1) RETURNING id, job_status`,
-      [{ workspace_build_id: buildId }],
+      `INSERT INTO provisioner_jobs (type, input, trace_context) VALUES ('workspace_build', $1, $2)
+       RETURNING id, job_status`,
+      // The job attempt's span (active here): the provisioner's build span links to it.
+      [{ workspace_build_id: buildId }, traceCarrier() ?? null],
     );
     await this.client.query(
       `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)

@@ -13,6 +13,8 @@ import { createPool, type Pool } from '../shared/postgres.js';
 import { closeRedis, createRedis, type RedisClient } from '../shared/redis.js';
 import { withTimeout } from '../shared/errors.js';
 import { HealthStateError } from '../shared/health.js';
+import { bullmqTelemetry } from '../shared/telemetry.js';
+import { traceAttempts } from './attempt-span.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
 import {
@@ -163,9 +165,10 @@ export class WorkspaceWorker {
       log.info({ url: server.url }, 'serving /metrics and /healthz');
     }
 
-    const worker = new Worker(QUEUE_NAME, processor, {
+    const worker = new Worker(QUEUE_NAME, traceAttempts(processor), {
       connection: bullConnection,
       prefix: config.queuePrefix,
+      telemetry: bullmqTelemetry(),
       concurrency: config.workerConcurrency,
       lockDuration: options.lockDurationMs ?? 30_000,
       stalledInterval: options.stalledIntervalMs ?? 30_000,

@@ -1,0 +1,51 @@
+// Each attempt of a job is a span `attempt <job name>`: a child of BullMQ's own `process` span when
+// BullMQ traces too, and linked (not parented) to the span that enqueued the job, whose context the job
+// carries in its options (WorkspaceJobOptions.traceContext). Builds the attempt creates link to it in turn.
+import type { Job } from 'bullmq';
+import type { WorkspaceJobOptions } from '../producer/job-options.js';
+import { isFailure, type JobProgress } from '../shared/interfaces.js';
+import { ATTR, inSpan, linkTo } from '../shared/telemetry.js';
+
+type Processor<R> = (job: Job, token: string | undefined, signal: AbortSignal | undefined) => Promise<R>;
+
+/** `process` wrapped in an attempt span; its outcome is `ok`, a final failure's code, `delayed` or `error`. */
+export function traceAttempts<R>(process: Processor<R>): Processor<R> {
+  // Three declared parameters: BullMQ passes the abort signal only to a processor whose length is 3.
+  return (job, token, signal) =>
+    inSpan(
+      `attempt ${job.name}`,
+      {
+        links: linkTo((job.opts as WorkspaceJobOptions).traceContext),
+        attributes: {
+          [ATTR.jobId]: job.id,
+          [ATTR.jobName]: job.name,
+          [ATTR.attempt]: job.attemptsMade + 1,
+          ...(typeof job.data?.chatId === 'string' && { [ATTR.chatId]: job.data.chatId }),
+        },
+      },
+      async (span) => {
+        try {
+          const result = await process(job, token, signal);
+          span.setAttribute(ATTR.jobOutcome, 'ok');
+          return result;
+        } catch (error) {
+          span.setAttribute(ATTR.jobOutcome, outcomeOf(job, error));
+          throw error;
+        }
+      },
+      (error) => !isDelay(error),
+    );
+}
+
+function outcomeOf(job: Job, error: unknown): string {
+  if (isDelay(error)) return 'delayed';
+  if ((error as Error | undefined)?.name !== 'UnrecoverableError') return 'error';
+  // The processor keeps a final result in the job's progress before it fails the job.
+  const result = (job.progress as Partial<JobProgress> | undefined)?.result;
+  return result && isFailure(result) ? result.code : 'failed';
+}
+
+/** A job re-queued on purpose (chat lock busy, worker shutting down): not a failure. */
+function isDelay(error: unknown): boolean {
+  return (error as Error | undefined)?.name === 'DelayedError';
+}
