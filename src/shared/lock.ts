@@ -7,17 +7,24 @@
 // - tryAcquire: a loop of `SET key id PX ttl NX` bounded by acquireTimeout/acquireAttemptsLimit, sleeping
 //   retryInterval after every miss. One attempt with retryInterval 0 = "try once": the library still
 //   awaits a 0 ms timer after the miss, so a refusal costs about 1 ms (bench/lock.ts), not a real wait.
-//   Mutex: a connection error rejects. RedlockMutex: an unreachable node counts as a "no" (errors are
-//   swallowed per node), so a majority of unreachable nodes looks like "held by someone else" (null here).
+//   Mutex: a connection error rejects (here: a LockUnavailableError, so it is never mistaken for "busy").
 // - Refresh: an unref'd setInterval runs a Lua "PEXPIRE if the value is still ours". A refresh that answers
 //   "not ours" (key deleted, expired or taken) calls onLockLost with a LostLockError and stops refreshing.
-//   RedlockMutex counts an unreachable node as a failed refresh; without a quorum it deletes its keys on
-//   every node at once and reports the loss. But a Mutex refresh that cannot reach Redis *rejects*, and the
-//   interval callback leaves that rejection unhandled (Node's default then kills the process) while the
-//   key silently expires: loss is never reported. Hence the refresh guard and the watchdog below.
+//   But a Mutex refresh that cannot reach Redis *rejects*, and the interval callback leaves that rejection
+//   unhandled (Node's default then kills the process) while the key silently expires: loss is never
+//   reported. Hence the refresh guard and the watchdog below.
+// - Redlock: RedlockMutex sends each step to every node and awaits them all (Promise.all), swallowing
+//   per-node errors. So one dead or hung node makes every acquire, refresh and release as slow as that
+//   node's timeout (with a client's offline queue: its reconnect backoff), and an unreachable majority
+//   looks like "held by someone else". QuorumMutex replaces the three steps with votes (lock-vote.ts)
+//   decided by the first majority of answers, with each node bounded by `nodeTimeoutMs`, and tells an
+//   unreachable quorum (LockUnavailableError) from a refusal or a loss.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
+import { expireIfEqualLua } from 'redis-semaphore/lib/mutex/refresh.js';
+import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
+import { countVotes, describeVote, quorumOf, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
 
@@ -25,13 +32,27 @@ export class LockLostError extends Error {
   override name = 'LockLostError';
 }
 
+/** The lock nodes cannot be reached (one node down; a Redlock majority down): nobody can take the lock now. */
+export class LockUnavailableError extends Error {
+  override name = 'LockUnavailableError';
+}
+
 export interface ChatLocksOptions {
   /** Lock TTL in ms, refreshed while held. Default 30000. */
   lockTimeoutMs?: number;
   /** How often the TTL is refreshed. Default lockTimeoutMs / 3. */
   refreshIntervalMs?: number;
+  /**
+   * Redlock: how long a node may take to answer before it counts as unreachable; the vote does not wait for
+   * it longer. Default 500 (createRedis' failFast command timeout).
+   */
+  nodeTimeoutMs?: number;
+  /** Called with the duration of every acquire, refresh and release (benchmarks, metrics). */
+  onOperation?: (operation: LockOperation, ms: number) => void;
   log?: Logger;
 }
+
+export type LockOperation = 'acquire' | 'refresh' | 'release';
 
 export interface HeldLock {
   readonly resource: string;
@@ -64,6 +85,15 @@ class SingleNodeMutex extends Mutex {
     this._key = key; // not `mutex:<key>`: see the top of the file
   }
 
+  protected override async _acquire(abortSignal?: AbortSignal): Promise<boolean> {
+    try {
+      return await super._acquire(abortSignal);
+    } catch (error) {
+      const cause = error instanceof Error ? error.message : String(error);
+      throw new LockUnavailableError(`the lock node is unreachable: ${cause}`, { cause: error });
+    }
+  }
+
   protected override _refresh(): Promise<boolean> {
     return this.guard(() => super._refresh());
   }
@@ -75,15 +105,72 @@ class QuorumMutex extends RedlockMutex {
     key: string,
     options: LockOptions,
     private readonly guard: RefreshGuard,
+    private readonly nodeTimeoutMs: number,
   ) {
     super(clients, key, options);
     this._key = key;
   }
 
+  protected override async _acquire(): Promise<boolean> {
+    const vote = await this.vote((client) => this.take(client));
+    if (vote.won) return true;
+    // Undo the nodes this attempt took; on each connection the delete queues behind its SET.
+    void this.deleteEverywhere();
+    if (vote.quorumUnavailable) throw unavailable(vote);
+    return false;
+  }
+
   protected override _refresh(): Promise<boolean> {
-    return this.guard(() => super._refresh());
+    return this.guard(async () => {
+      const { identifier, lockTimeout } = this._acquireOptions;
+      const answers = this._clients.map((client) =>
+        expireIfEqualLua(client, [this._key, identifier, lockTimeout]).then((result) => +result === 1),
+      );
+      const vote = await countVotes(answers, this.nodeTimeoutMs);
+      if (vote.won) {
+        // A node that lost the key (restarted empty, or was down at acquire) holds it again from here on.
+        answers.forEach((answer, i) =>
+          answer.then((ours) => (ours ? undefined : this.take(this._clients[i]!).catch(ignore)), ignore),
+        );
+        return true;
+      }
+      // Unreachable is not lost: the guard keeps the lock until the watchdog, in case the nodes come back.
+      if (vote.quorumUnavailable) throw unavailable(vote);
+      await this.deleteEverywhere();
+      return false;
+    });
+  }
+
+  protected override async _release(): Promise<void> {
+    const vote = await this.deleteEverywhere();
+    if (vote.quorumUnavailable) throw unavailable(vote);
+  }
+
+  private vote(ask: (client: RedisClient) => Promise<boolean>): Promise<Vote> {
+    return countVotes(
+      this._clients.map((client) => ask(client as RedisClient)),
+      this.nodeTimeoutMs,
+    );
+  }
+
+  private take(client: Pick<RedisClient, 'set'>): Promise<boolean> {
+    const { identifier, lockTimeout } = this._acquireOptions;
+    return client.set(this._key, identifier, 'PX', lockTimeout, 'NX').then((result) => result === 'OK');
+  }
+
+  /** Compare-and-delete on every node; decided once a quorum has answered (deleted or not ours). */
+  private deleteEverywhere(): Promise<Vote> {
+    return this.vote((client) =>
+      delIfEqualLua(client, [this._key, this._acquireOptions.identifier]).then(() => true),
+    );
   }
 }
+
+function unavailable(vote: Vote): LockUnavailableError {
+  return new LockUnavailableError(`lock quorum unavailable: ${describeVote(vote)}`);
+}
+
+function ignore(): void {}
 
 type MutexFactory = (key: string, options: LockOptions, guard: RefreshGuard) => Mutex | RedlockMutex;
 
@@ -95,6 +182,8 @@ class ChatLock implements HeldLock {
   private lost = false;
   private released = false;
   private releasing: Promise<void> | undefined;
+  /** Why the last refresh could not reach Redis, while refreshes fail; named when the watchdog fires. */
+  private refreshFailure: string | undefined;
 
   constructor(
     readonly resource: string,
@@ -102,6 +191,7 @@ class ChatLock implements HeldLock {
     refreshIntervalMs: number,
     factory: MutexFactory,
     private readonly log: Logger | undefined,
+    private readonly onOperation: ChatLocksOptions['onOperation'],
   ) {
     this.signal = this.controller.signal;
     this.mutex = factory(
@@ -123,7 +213,7 @@ class ChatLock implements HeldLock {
 
   async acquire(): Promise<boolean> {
     const sentAt = Date.now();
-    const acquired = await this.mutex.tryAcquire();
+    const acquired = await this.timed('acquire', () => this.mutex.tryAcquire());
     if (acquired) this.armWatchdog(sentAt);
     return acquired;
   }
@@ -139,7 +229,9 @@ class ChatLock implements HeldLock {
     try {
       // Deletes the key only while it still holds our identifier (Lua compare-and-delete), so releasing a
       // lost lock never frees someone else's.
-      await withTimeout(this.mutex.release(), MAX_RELEASE_WAIT_MS, 'releasing the chat lock');
+      await this.timed('release', () =>
+        withTimeout(this.mutex.release(), MAX_RELEASE_WAIT_MS, 'releasing the chat lock'),
+      );
     } catch (error) {
       // redis-semaphore stopped refreshing before its first await, so a lock we could not free just expires.
       this.log?.warn(
@@ -152,14 +244,25 @@ class ChatLock implements HeldLock {
   private async guardedRefresh(refresh: Refresh): Promise<boolean> {
     const sentAt = Date.now();
     try {
-      const refreshed = await refresh();
+      const refreshed = await this.timed('refresh', refresh);
+      this.refreshFailure = undefined;
       if (refreshed) this.armWatchdog(sentAt);
       return refreshed;
     } catch (error) {
-      // Redis unreachable (single node only; Redlock swallows these). Keep the lock for now: the next
-      // refresh may get through, and the watchdog declares the lock lost before its TTL can run out.
+      // The lock node, or a Redlock quorum, is unreachable. Keep the lock for now: the next refresh may get
+      // through, and the watchdog declares the lock lost before its TTL can run out.
+      this.refreshFailure = error instanceof Error ? error.message : String(error);
       this.log?.warn({ err: error, resource: this.resource }, 'could not refresh the chat lock');
       return true;
+    }
+  }
+
+  private async timed<T>(operation: LockOperation, run: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      return await run();
+    } finally {
+      this.onOperation?.(operation, performance.now() - started);
     }
   }
 
@@ -168,7 +271,10 @@ class ChatLock implements HeldLock {
     clearTimeout(this.watchdog);
     const delay = confirmedAt + this.lockTimeoutMs * WATCHDOG_SHARE - Date.now();
     this.watchdog = setTimeout(
-      () => this.markLost(`not refreshed for ${Math.round(this.lockTimeoutMs * WATCHDOG_SHARE)} ms`),
+      () => {
+        const failure = this.refreshFailure === undefined ? '' : ` (${this.refreshFailure})`;
+        this.markLost(`not refreshed for ${Math.round(this.lockTimeoutMs * WATCHDOG_SHARE)} ms${failure}`);
+      },
       Math.max(0, delay),
     );
     // The job holding the lock keeps the process alive, not this timer.
@@ -192,8 +298,14 @@ export class ChatLocks {
   private readonly refreshIntervalMs: number;
   private readonly factory: MutexFactory;
   private readonly log: Logger | undefined;
+  private readonly onOperation: ChatLocksOptions['onOperation'];
+  private readonly clients: RedisClient[];
 
-  /** One client → redis-semaphore Mutex; 3+ independent clients → RedlockMutex (quorum). 2 clients: throw. */
+  /**
+   * One client → redis-semaphore Mutex; 3+ independent clients → RedlockMutex (quorum). 2 clients: throw.
+   * Give Redlock nodes clients made with `createRedis(url, { failFast: true })`: a dead node must refuse
+   * commands at once rather than queue them, or each vote that needs its answer waits `nodeTimeoutMs`.
+   */
   constructor(clients: RedisClient[], prefix: string, options: ChatLocksOptions = {}) {
     if (clients.length === 0) throw new Error('ChatLocks needs at least one Redis client');
     if (clients.length === 2) {
@@ -213,14 +325,45 @@ export class ChatLocks {
     }
     this.keys = redisKeys(prefix);
     this.log = options.log;
+    this.onOperation = options.onOperation;
+    this.clients = clients;
+    const nodeTimeoutMs = options.nodeTimeoutMs ?? 500;
+    if (!(nodeTimeoutMs > 0)) throw new RangeError(`nodeTimeoutMs must be above 0, got ${nodeTimeoutMs}`);
     const [first] = clients;
     this.factory =
       clients.length === 1
         ? (key, lockOptions, guard) => new SingleNodeMutex(first!, key, lockOptions, guard)
-        : (key, lockOptions, guard) => new QuorumMutex(clients, key, lockOptions, guard);
+        : (key, lockOptions, guard) => new QuorumMutex(clients, key, lockOptions, guard, nodeTimeoutMs);
   }
 
-  /** Tries once, without waiting: a HeldLock, or null when someone else holds it. Resource = redisKeys(prefix).chatLock(chatId). */
+  /**
+   * Resolves once enough lock nodes are connected to take a lock (a quorum, or the one node): true, or false
+   * after `timeoutMs`. A failFast client refuses commands until it is connected, so a worker that takes jobs
+   * before this would re-delay its first ones as "lock unavailable".
+   */
+  whenReachable(timeoutMs: number): Promise<boolean> {
+    const needed = quorumOf(this.clients.length);
+    const ready = () => this.clients.filter((client) => client.status === 'ready').length >= needed;
+    if (ready()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (reachable: boolean) => {
+        clearTimeout(timer);
+        for (const client of this.clients) client.off('ready', check);
+        resolve(reachable);
+      };
+      const check = () => {
+        if (ready()) done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      for (const client of this.clients) client.on('ready', check);
+    });
+  }
+
+  /**
+   * Tries once, without waiting: a HeldLock, or null when someone else holds it. Rejects with a
+   * LockUnavailableError when the lock node (a Redlock quorum) cannot be reached: nobody can take it then.
+   * Resource = redisKeys(prefix).chatLock(chatId).
+   */
   async tryAcquire(chatId: string): Promise<HeldLock | null> {
     const lock = new ChatLock(
       this.keys.chatLock(chatId),
@@ -228,6 +371,7 @@ export class ChatLocks {
       this.refreshIntervalMs,
       this.factory,
       this.log,
+      this.onOperation,
     );
     return (await lock.acquire()) ? lock : null;
   }

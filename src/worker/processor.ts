@@ -24,7 +24,7 @@ import {
   type WaitTimeouts,
   type WorkspaceStore,
 } from '../shared/interfaces.js';
-import { LockLostError, type ChatLocks } from '../shared/lock.js';
+import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import {
@@ -150,7 +150,15 @@ export function createProcessor(options: ProcessorOptions) {
     const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
     const progress = job.progress as Partial<JobProgress> | undefined;
 
-    const held = await locks.tryAcquire(payload.chatId);
+    let held: HeldLock | null = null;
+    let waitingFor = 'Another job for this chat is running; waiting';
+    try {
+      held = await locks.tryAcquire(payload.chatId);
+    } catch (error) {
+      // Nobody can take the lock while its nodes are down: wait for them like for a busy chat.
+      if (!(error instanceof LockUnavailableError)) throw error;
+      waitingFor = `The chat lock cannot be taken (${error.message}); waiting`;
+    }
     if (!held) {
       const lockWaits = (progress?.lockWaits ?? 0) + 1;
       const since = progress?.lockWaitStartedAt ?? new Date().toISOString();
@@ -166,7 +174,7 @@ export function createProcessor(options: ProcessorOptions) {
       }
       const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
       if (lockWaits === 1) {
-        await emit(job, ref, payload, 'waiting_for_lock', 'Another job for this chat is running; waiting', {
+        await emit(job, ref, payload, 'waiting_for_lock', waitingFor, {
           retry_in_ms: Math.round(delay),
         });
       }
@@ -176,7 +184,7 @@ export function createProcessor(options: ProcessorOptions) {
         lockWaitStartedAt: since,
         startedAt,
       });
-      workspaceLog.debug({ lockWaits, delay }, 'chat lock busy; re-delaying');
+      workspaceLog.debug({ lockWaits, delay, waitingFor }, 'chat lock not taken; re-delaying');
       // Re-delay without counting an attempt and without holding a worker slot while we wait.
       await job.moveToDelayed(Date.now() + Math.round(delay), token);
       metrics?.lockBusy.inc();

@@ -10,7 +10,7 @@ import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
-import { closeRedis, createRedis, type RedisClient } from '../shared/redis.js';
+import { closeRedis, createRedis, redactUrl, type RedisClient } from '../shared/redis.js';
 import { withTimeout } from '../shared/errors.js';
 import { HealthStateError } from '../shared/health.js';
 import { bullmqTelemetry } from '../shared/telemetry.js';
@@ -26,6 +26,8 @@ import {
 
 /** How long close() waits, after the grace period, for aborted jobs to be handed back. */
 const HAND_BACK_MS = 10_000;
+/** How long start() waits for a quorum of lock nodes to connect (each is given 1 s, retried within 1 s). */
+const LOCK_NODES_START_WAIT_MS = 3_000;
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -36,6 +38,8 @@ export interface WorkspaceWorkerOptions {
   lockDurationMs?: number;
   /** See BullMQ's stalledInterval. Default 30000. */
   stalledIntervalMs?: number;
+  /** The chat lock's TTL, refreshed every third of it while a job runs. Default 30000. */
+  chatLockTimeoutMs?: number;
   /**
    * Where the worker counts. Default: with METRICS_PORT set, a registry of its own with the queue's job
    * counts and Node's process metrics; without, nothing is counted. A registry passed here is served on
@@ -86,8 +90,14 @@ export class WorkspaceWorker {
       cluster,
     });
     const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log, cluster });
+    // Fail fast: a dead or hung lock node must cost a Redlock vote milliseconds, not a reconnect backoff.
     const lockClients = config.lockRedisUrls.map((url) =>
-      createRedis(url, { name: 'workspace-jobs-lock', log, cluster: config.lockRedisCluster }),
+      createRedis(url, {
+        name: 'workspace-jobs-lock',
+        failFast: true,
+        log,
+        cluster: config.lockRedisCluster,
+      }),
     );
     const pool = createPool(config.databaseUrl, {
       // Each running job holds a connection only for single queries, never across a wait.
@@ -104,6 +114,16 @@ export class WorkspaceWorker {
       await pool.end();
       throw error;
     }
+    const locks = new ChatLocks(lockClients, config.queuePrefix, {
+      lockTimeoutMs: options.chatLockTimeoutMs,
+      log,
+    });
+    if (!(await locks.whenReachable(LOCK_NODES_START_WAIT_MS))) {
+      log.warn(
+        { lockNodes: config.lockRedisUrls.map(redactUrl) },
+        'too few lock nodes reachable at start-up; jobs wait for the chat lock until they are',
+      );
+    }
 
     let metrics = options.metrics;
     let queue: Queue | undefined;
@@ -116,7 +136,7 @@ export class WorkspaceWorker {
 
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const processor = createProcessor({
-      locks: new ChatLocks(lockClients, config.queuePrefix, { log }),
+      locks,
       publisher,
       store: new PgWorkspaceStore(pool),
       waiter: hub,

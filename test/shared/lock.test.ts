@@ -4,7 +4,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import RedisMock from 'ioredis-mock';
 import type { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ChatLocks, LockLostError, type HeldLock } from '../../src/shared/lock.js';
+import { ChatLocks, LockLostError, LockUnavailableError, type HeldLock } from '../../src/shared/lock.js';
 import { sleep } from '../../src/shared/errors.js';
 import type { Logger } from '../../src/shared/logger.js';
 
@@ -85,12 +85,12 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
       await acquire(locks, randomUUID());
     });
 
-    it('when Redis rejects the command › throws (it is not "busy")', async () => {
+    it('when Redis rejects the command › throws a LockUnavailableError naming the cause (it is not "busy")', async () => {
       const redis = client();
       vi.spyOn(redis, 'set').mockRejectedValue(new Error('Connection is closed.'));
-      await expect(new ChatLocks([redis], uniquePrefix()).tryAcquire(randomUUID())).rejects.toThrow(
-        'Connection is closed.',
-      );
+      const attempt = new ChatLocks([redis], uniquePrefix()).tryAcquire(randomUUID());
+      await expect(attempt).rejects.toThrow(LockUnavailableError);
+      await expect(attempt).rejects.toThrow('the lock node is unreachable: Connection is closed.');
     });
   });
 
@@ -262,15 +262,18 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
     return created;
   }
 
+  const onEveryNode = (redis: Redis[], key: string) => () => Promise.all(redis.map((r) => r.exists(key)));
+
   it('writes the lock on every node and frees it on release', async () => {
     const redis = nodes();
     const lock = await new ChatLocks(redis, uniquePrefix()).tryAcquire(randomUUID());
     expect(lock).not.toBeNull();
-    expect(await Promise.all(redis.map((r) => r.exists(lock!.resource)))).toEqual([1, 1, 1]);
+    // The vote is decided by the first two answers; the third node's write may land just after.
+    await expect.poll(onEveryNode(redis, lock!.resource)).toEqual([1, 1, 1]);
 
     await lock!.release();
 
-    expect(await Promise.all(redis.map((r) => r.exists(lock!.resource)))).toEqual([0, 0, 0]);
+    await expect.poll(onEveryNode(redis, lock!.resource)).toEqual([0, 0, 0]);
   });
 
   it('when a majority of nodes is held by someone else › returns null and leaves no key behind', async () => {
@@ -282,7 +285,8 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
     await redis[1]!.set(resource, 'other', 'PX', 10_000);
 
     expect(await new ChatLocks(redis, prefix).tryAcquire(chatId)).toBeNull();
-    expect(await redis[2]!.exists(resource)).toBe(0);
+    await expect.poll(() => redis[2]!.exists(resource)).toBe(0);
+    expect(await redis[0]!.get(resource)).toBe('other');
   });
 
   it('when a majority of keys is lost › aborts the signal', async () => {
@@ -307,10 +311,55 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
       await redis[2]!.del(lock.resource);
       await sleep(300);
       expect(lock.signal.aborted).toBe(false);
-      // redis-semaphore re-takes the key on the node that lost it during the next refresh.
-      expect(await redis[2]!.exists(lock.resource)).toBe(1);
+      // The next refresh re-takes the key on the node that lost it.
+      await expect.poll(() => redis[2]!.exists(lock.resource)).toBe(1);
     } finally {
       await lock.release();
     }
+  });
+
+  describe('when nodes do not answer (a hung node)', () => {
+    const hang = (redis: Redis) => {
+      const never = new Promise<never>(() => {});
+      vi.spyOn(redis, 'set').mockReturnValue(never);
+      vi.spyOn(redis, 'evalsha').mockReturnValue(never);
+    };
+
+    it('with one silent node › acquires, refreshes and releases from the other two, without waiting for it', async () => {
+      const redis = nodes();
+      hang(redis[2]!);
+      const timings: { operation: string; ms: number }[] = [];
+      const locks = new ChatLocks(redis, uniquePrefix(), {
+        lockTimeoutMs: 1_000,
+        refreshIntervalMs: 100,
+        nodeTimeoutMs: 5_000,
+        onOperation: (operation, ms) => timings.push({ operation, ms }),
+      });
+
+      const lock = (await locks.tryAcquire(randomUUID()))!;
+      expect(lock).not.toBeNull();
+      await sleep(1_200);
+      expect(lock.signal.aborted).toBe(false);
+      await lock.release();
+
+      const ops = new Set(timings.map((t) => t.operation));
+      expect(ops).toEqual(new Set(['acquire', 'refresh', 'release']));
+      // nodeTimeoutMs is 5 s: none of them waited for the silent node.
+      expect(Math.max(...timings.map((t) => t.ms))).toBeLessThan(1_000);
+    });
+
+    it('with two silent nodes › tryAcquire rejects after nodeTimeoutMs: the quorum is unavailable', async () => {
+      const redis = nodes();
+      hang(redis[1]!);
+      hang(redis[2]!);
+      const locks = new ChatLocks(redis, uniquePrefix(), { nodeTimeoutMs: 100 });
+
+      const attempt = locks.tryAcquire(randomUUID());
+
+      await expect(attempt).rejects.toThrow(LockUnavailableError);
+      await expect(attempt).rejects.toThrow(
+        'lock quorum unavailable: 2 of 3 lock nodes unreachable, 2 needed',
+      );
+    });
   });
 });
