@@ -1,10 +1,24 @@
 // ChatLocks (one Redis node, redis-semaphore Mutex): uncontended tryAcquire + release, sequential and 64 in
 // flight; tryAcquire on a chat someone holds; and races of 200 simultaneous tryAcquire on one free chat,
-// each of which must have exactly one winner.
+// each of which must have exactly one winner. Then Redlock on three redis-server processes of its own, as
+// the worker connects to them (failFast): acquire, refresh and release with all nodes up, with one killed
+// and with one frozen (SIGSTOP), while locks are held and refreshed; none may be lost.
 import { randomUUID } from 'node:crypto';
-import { ChatLocks, type HeldLock } from '../src/shared/lock.js';
+import { ChatLocks, type HeldLock, type LockOperation } from '../src/shared/lock.js';
 import { createLogger } from '../src/shared/logger.js';
-import { benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
+import { closeRedis, createRedis } from '../src/shared/redis.js';
+import { RedisServerProcess } from '../test/helpers/redis-server.js';
+import {
+  benchRedis,
+  check,
+  report,
+  runBench,
+  sleep,
+  stats,
+  timed,
+  uniquePrefix,
+  type Cleanup,
+} from './lib.js';
 
 const SEQUENTIAL = 5_000;
 const REFUSED_SEQUENTIAL = 1_000;
@@ -13,8 +27,15 @@ const IN_FLIGHT = 64;
 const CONTENDED = 10_000;
 const RACES = 20;
 const RACERS = 200;
+/** The issue's target for every lock operation with one of three nodes down. */
+const ONE_DOWN_P99_TARGET_MS = 50;
+// Redlock: locks held (and refreshed) through each scenario, acquire+release pairs measured meanwhile.
+const HELD = 50;
+const PAIRS = 2_000;
+const TTL_MS = 2_000;
+const REFRESH_MS = 200;
 
-await runBench('lock', 45_000, async (cleanup) => {
+await runBench('lock', 75_000, async (cleanup) => {
   const prefix = uniquePrefix('lock');
   const redis = benchRedis(cleanup, prefix);
   const locks = new ChatLocks([redis], prefix, { log: createLogger('silent') });
@@ -112,4 +133,73 @@ await runBench('lock', 45_000, async (cleanup) => {
 
   const [, left] = await redis.scan('0', 'MATCH', `${prefix}:lock:*`, 'COUNT', 10_000);
   check(left.length === 0, `${left.length} lock keys left after every lock was released`);
+
+  await redlockWithOneNodeDown(cleanup);
 });
+
+async function redlockWithOneNodeDown(cleanup: Cleanup): Promise<void> {
+  const nodes = await RedisServerProcess.startMany(3);
+  cleanup.add('lock nodes', () => Promise.all(nodes.map((node) => node.stop())));
+  const clients = nodes.map((node) =>
+    createRedis(node.url, { name: 'workspace-jobs-bench-lock', failFast: true }),
+  );
+  cleanup.add('lock node connections', () => Promise.all(clients.map((c) => closeRedis(c, 500))));
+  let samples: Record<LockOperation, number[]> = { acquire: [], refresh: [], release: [] };
+  const locks = new ChatLocks(clients, uniquePrefix('redlock'), {
+    lockTimeoutMs: TTL_MS,
+    refreshIntervalMs: REFRESH_MS,
+    onOperation: (operation, ms) => samples[operation].push(ms),
+    log: createLogger('silent'),
+  });
+  const allReady = async () => {
+    for (let i = 0; i < 100 && clients.some((c) => c.status !== 'ready'); i++) await sleep(50);
+    check(
+      clients.every((c) => c.status === 'ready'),
+      'a lock node did not (re)connect within 5 s',
+    );
+  };
+
+  const scenarios: { label: string; fault?: (node: RedisServerProcess) => Promise<void> | void }[] = [
+    { label: '3 nodes, all up' },
+    { label: '3 nodes, one killed', fault: (node) => node.kill() },
+    { label: '3 nodes, one frozen (SIGSTOP)', fault: (node) => node.freeze() },
+  ];
+  for (const { label, fault } of scenarios) {
+    await allReady();
+    const held = await Promise.all(Array.from({ length: HELD }, () => locks.tryAcquire(randomUUID())));
+    check(
+      held.every((lock) => lock !== null),
+      `${label}: could not take ${HELD} free locks`,
+    );
+    await fault?.(nodes[2]!);
+    samples = { acquire: [], refresh: [], release: [] };
+    const started = performance.now();
+    // Fresh chats locked and released one after the other while the held ones refresh in the background,
+    // for at least 10 refresh periods.
+    for (let i = 0; i < PAIRS || performance.now() - started < REFRESH_MS * 10; i++) {
+      const lock = await locks.tryAcquire(randomUUID());
+      check(lock, `${label}: tryAcquire of a free chat failed`);
+      await lock.release();
+    }
+    const lost = held.filter((lock) => lock!.signal.aborted).length;
+    await Promise.all(held.map((lock) => lock!.release()));
+    check(lost === 0, `${label}: ${lost} of ${HELD} held locks were lost`);
+    for (const operation of ['acquire', 'refresh', 'release'] as const) {
+      const latency = stats(samples[operation]);
+      const target =
+        fault === undefined
+          ? ''
+          : latency.p99 < ONE_DOWN_P99_TARGET_MS
+            ? `, p99 target < ${ONE_DOWN_P99_TARGET_MS} ms: met`
+            : `, p99 target < ${ONE_DOWN_P99_TARGET_MS} ms: MISSED`;
+      report({
+        case: `redlock ${operation}, ${label}`,
+        n: latency.n,
+        latency,
+        notes: `${HELD} held, 0 lost${target}`,
+      });
+    }
+    if (!nodes[2]!.running) await nodes[2]!.restart();
+    else nodes[2]!.thaw();
+  }
+}

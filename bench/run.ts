@@ -16,7 +16,7 @@ import { formatOps, ms, type Result } from './lib.js';
 /** In the order they run, each with the wall-clock limit of its process. */
 const BENCHES: Record<string, number> = {
   enqueue: 90_000,
-  lock: 60_000,
+  lock: 90_000,
   events: 60_000,
   waits: 90_000,
   worker: 100_000,
