@@ -58,6 +58,13 @@ export interface HeldLock {
   readonly resource: string;
   /** Aborted, with a LockLostError as reason, when the lock is lost (refresh failed / expired / taken). */
   readonly signal: AbortSignal;
+  /**
+   * Whether the lock is still ours by the clock: not lost or released, and its last confirmed acquire or
+   * refresh younger than the watchdog's share of the TTL. Unlike `signal`, right even when the process was
+   * paused and the watchdog timer has not run yet (I/O callbacks can run first); past the bound it reports
+   * the loss through `signal` at once. Checked before every write a holder makes.
+   */
+  isHeld(): boolean;
   /** Releases (idempotent, never throws; logs a failure). Stops refreshing. */
   release(): Promise<void>;
 }
@@ -179,6 +186,8 @@ class ChatLock implements HeldLock {
   private readonly controller = new AbortController();
   private readonly mutex: Mutex | RedlockMutex;
   private watchdog: NodeJS.Timeout | undefined;
+  /** Until when the last confirmed acquire/refresh keeps the lock ours (the watchdog's deadline). */
+  private heldUntil = 0;
   private lost = false;
   private released = false;
   private releasing: Promise<void> | undefined;
@@ -216,6 +225,11 @@ class ChatLock implements HeldLock {
     const acquired = await this.timed('acquire', () => this.mutex.tryAcquire());
     if (acquired) this.armWatchdog(sentAt);
     return acquired;
+  }
+
+  isHeld(): boolean {
+    if (!this.lost && !this.released && Date.now() >= this.heldUntil) this.markLostByClock();
+    return !this.lost && !this.released;
   }
 
   release(): Promise<void> {
@@ -269,16 +283,15 @@ class ChatLock implements HeldLock {
   private armWatchdog(confirmedAt: number): void {
     if (this.lost || this.released) return;
     clearTimeout(this.watchdog);
-    const delay = confirmedAt + this.lockTimeoutMs * WATCHDOG_SHARE - Date.now();
-    this.watchdog = setTimeout(
-      () => {
-        const failure = this.refreshFailure === undefined ? '' : ` (${this.refreshFailure})`;
-        this.markLost(`not refreshed for ${Math.round(this.lockTimeoutMs * WATCHDOG_SHARE)} ms${failure}`);
-      },
-      Math.max(0, delay),
-    );
+    this.heldUntil = confirmedAt + this.lockTimeoutMs * WATCHDOG_SHARE;
+    this.watchdog = setTimeout(() => this.markLostByClock(), Math.max(0, this.heldUntil - Date.now()));
     // The job holding the lock keeps the process alive, not this timer.
     this.watchdog.unref();
+  }
+
+  private markLostByClock(): void {
+    const failure = this.refreshFailure === undefined ? '' : ` (${this.refreshFailure})`;
+    this.markLost(`not refreshed for ${Math.round(this.lockTimeoutMs * WATCHDOG_SHARE)} ms${failure}`);
   }
 
   private markLost(reason: string, cause?: unknown): void {

@@ -174,6 +174,36 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
     });
   });
 
+  describe('isHeld', () => {
+    it('is true while the lock is confirmed, false once released', async () => {
+      const locks = new ChatLocks([client()], uniquePrefix(), {
+        lockTimeoutMs: 1_000,
+        refreshIntervalMs: 100,
+      });
+      const lock = await acquire(locks, randomUUID());
+
+      await sleep(300);
+      expect(lock.isHeld()).toBe(true);
+      await lock.release();
+      expect(lock.isHeld()).toBe(false);
+    });
+
+    it('when the process was paused past the TTL › is false before the watchdog timer runs, and aborts the signal', async () => {
+      const locks = new ChatLocks([client()], uniquePrefix(), { lockTimeoutMs: 200, refreshIntervalMs: 50 });
+      const lock = await acquire(locks, randomUUID());
+
+      // A paused process: no timer (refresh or watchdog) runs while the clock moves on.
+      const until = Date.now() + 400;
+      while (Date.now() < until) {
+        // busy: the event loop is blocked, as under SIGSTOP
+      }
+
+      expect(lock.signal.aborted).toBe(false);
+      expect(lock.isHeld()).toBe(false);
+      expect(lock.signal.reason).toBeInstanceOf(LockLostError);
+    });
+  });
+
   describe('when the lock is lost', () => {
     it('after the key is deleted › aborts the signal with a LockLostError', async () => {
       const redis = client();

@@ -74,6 +74,7 @@ describe('the chat lock', () => {
             return {
               resource: lock.resource,
               signal: lock.signal,
+              isHeld: () => lock.isHeld(),
               release: () => {
                 const jobId = [...held].reverse().find((e) => e.worker === worker && e.phase === 'acquired');
                 record(worker, jobId?.jobId ?? '?', 'releasing');
