@@ -134,18 +134,32 @@ export interface EventPublisherOptions {
   log?: Logger;
 }
 
-// KEYS: the chat's stream, the job's result marker (the stream again for progress events; both keys share
-// the prefix, so one hash tag keeps them in one Redis Cluster slot). ARGV: once ('1' for a result), the
-// stored envelope, the envelope without v for splicing, ttl seconds, maxlen, then the channels.
-// The marker is checked first and set only after XADD succeeded: scripts do not roll back.
+// KEYS: the chat's stream, the job's result marker (the stream again for progress events), the job's BullMQ
+// lock (the stream again when unchecked); all share the prefix, so one hash tag keeps them in one Redis
+// Cluster slot. ARGV: once ('1' for a result), the stored envelope, the envelope without v for splicing,
+// ttl seconds, maxlen, the job's lock token ('' = unchecked), then the channels.
+// The owner and the marker are checked first, the marker set only after XADD succeeded: scripts do not roll
+// back. The marker keeps the published envelope, so that a re-run can end the job with that same result.
 const PUBLISH_SCRIPT = `
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return 0 end
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', '${EVENT_FIELD}', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[1] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[4]) end
 local message = '{"v":1,"seq":"' .. id .. '",' .. string.sub(ARGV[3], 2)
-for i = 6, #ARGV do redis.call('PUBLISH', ARGV[i], message) end
+if ARGV[1] == '1' then redis.call('SET', KEYS[2], message, 'EX', ARGV[4]) end
+for i = 7, #ARGV do redis.call('PUBLISH', ARGV[i], message) end
 return id`;
+
+/** Who may publish a job's events: the holder of its BullMQ lock (the key and the worker's token). */
+export interface JobOwner {
+  lockKey: string;
+  token: string;
+}
+
+/** The job's BullMQ lock is no longer this token's: another worker owns the job now, or nobody does. */
+export class StaleAttemptError extends Error {
+  override name = 'StaleAttemptError';
+}
 
 const PUBLISH_COMMAND = 'wsjobsPublishEvent';
 
@@ -165,7 +179,7 @@ export class EventPublisher {
   ) {
     this.keys = redisKeys(prefix);
     if (!(PUBLISH_COMMAND in redis))
-      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 2, lua: PUBLISH_SCRIPT });
+      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 3, lua: PUBLISH_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
     this.ttlSeconds = options.ttlSeconds ?? 86_400;
     if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
@@ -180,28 +194,55 @@ export class EventPublisher {
    * Appends the event to `<prefix>:events:chat:<chatId>:log` (MAXLEN ~ maxLen, EXPIRE ttl) with seq = the
    * stream entry id, then PUBLISHes the full envelope on `<prefix>:events:chat:<chatId>` and, when
    * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`. A `result` event is published at most once
-   * per job id: returns null when the job's result is already out. All of it is one script, so a crash
-   * cannot leave a result marker without its event, or a stream without its expiry.
+   * per job id: returns null when the job's result is already out (publishedResult() has it). With `owner`,
+   * publishes only while that token holds the job's BullMQ lock, else throws a StaleAttemptError. All of it
+   * is one script, so a crash cannot leave a result marker without its event, or a stream without its expiry.
    */
-  async publish(draft: EventDraft): Promise<WorkspaceJobEvent | null> {
+  async publish(draft: EventDraft, options: { owner?: JobOwner } = {}): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
     // The stream holds the envelope without seq (its entry id is the seq); the script splices seq in.
     const tail = JSON.stringify(body);
     const stored = `{"v":${v},${tail.slice(1)}`;
     const channels = [this.keys.chatChannel(draft.chatId)];
     if (draft.workspaceId !== undefined) channels.push(this.keys.workspaceChannel(draft.workspaceId));
+    const log = this.keys.chatLog(draft.chatId);
+    const { owner } = options;
     const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
-      this.keys.chatLog(draft.chatId),
-      draft.type === 'result' ? this.keys.resultMarker(draft.job.id) : this.keys.chatLog(draft.chatId),
+      log,
+      draft.type === 'result' ? this.keys.resultMarker(draft.job.id) : log,
+      owner?.lockKey ?? log,
       draft.type === 'result' ? '1' : '',
       stored,
       tail,
       this.ttlSeconds,
       this.maxLen,
+      owner?.token ?? '',
       ...channels,
-    )) as string | null | false;
+    )) as string | number | null | false;
+    if (seq === 0) {
+      throw new StaleAttemptError(
+        `job ${draft.job.id} is no longer this worker's; its ${draft.stage} event was not published`,
+      );
+    }
     if (!seq) return null;
-    return { v, seq, ...body };
+    return { v, seq: String(seq), ...body };
+  }
+
+  /**
+   * The job's published result event, or null when none is out (or it was published before the marker kept
+   * the event, or has expired).
+   */
+  async publishedResult(jobId: string): Promise<WorkspaceJobEvent | null> {
+    const marker = await this.redis.get(this.keys.resultMarker(jobId));
+    if (marker === null) return null;
+    let body: unknown;
+    try {
+      body = JSON.parse(marker);
+    } catch {
+      return null;
+    }
+    const parsed = workspaceJobEventSchema.safeParse(body);
+    return parsed.success && parsed.data.type === 'result' ? (parsed.data as WorkspaceJobEvent) : null;
   }
 
   /** The envelope in the contract's field order; throws a ValidationError naming bad fields. */

@@ -394,6 +394,10 @@ export interface JobContext {
   signal: AbortSignal;
   accessUrl?: string;
   observe?: JobObserver;
+  /** The build an earlier attempt of this job created (kept in the job's progress); a re-run reports it. */
+  ownBuildId?: string;
+  /** Records the build this attempt created, before it is waited for, so that a re-run knows it (ownBuildId). */
+  recordBuild(buildId: string): Promise<void>;
 }
 
 /**
@@ -414,5 +418,7 @@ export interface JobProgress {
    * metric counts from here.
    */
   startedAt?: string;
+  /** The build the job created (kept across attempts): a re-run that finds it reports it, not "no build". */
+  buildId?: string;
   result?: JobResult;
 }

@@ -108,6 +108,8 @@ export class PgNotificationHub implements ChangeWaiter {
       for (;;) {
         pending = false;
         const result = await check();
+        // An abort that came while the check ran wins: its answer is too late for the caller.
+        signal?.throwIfAborted();
         if (result !== undefined) return result;
         done.signal.throwIfAborted();
         if (pending) continue;

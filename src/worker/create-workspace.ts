@@ -62,6 +62,8 @@ async function checkExistingWorkspace(
   await ctx.progress('checking', `The chat has workspace ${name}`, undefined, workspace.id);
   const latest = await ctx.store.getLatestBuild(workspace.id);
   if (!latest) return 'create';
+  // A re-run after a crash: this job created the workspace; report it as the first attempt would.
+  if (latest.id === ctx.ownBuildId) return waitForCreated(ctx, workspace, name, latest);
 
   switch (latest.jobStatus) {
     case 'pending':
@@ -166,7 +168,17 @@ async function create(
   const { workspace, build } = outcome;
   // Committed: the workspace and its first build exist now.
   ctx.observe?.buildCreated(build);
-  const name = `${owner.username}/${workspace.name}`;
+  await ctx.recordBuild(build.id);
+  return waitForCreated(ctx, workspace, `${owner.username}/${workspace.name}`, build);
+}
+
+/** The new workspace's first build, then its agent's readiness. */
+async function waitForCreated(
+  ctx: JobContext,
+  workspace: Workspace,
+  name: string,
+  build: Build,
+): Promise<CreateWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
     return unflagged(waited.code, `workspace build failed: ${waited.reason}`, { build_id: build.id });

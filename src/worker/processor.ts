@@ -8,10 +8,11 @@
 // failures BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { z } from 'zod';
-import type { EventPublisher } from '../shared/events.js';
+import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
   isFailure,
   type ChangeWaiter,
+  type EventDraft,
   type CreateWorkspaceSuccess,
   type StartWorkspaceSuccess,
   type JobContext,
@@ -22,6 +23,7 @@ import {
   type JobResult,
   type ProgressStage,
   type WaitTimeouts,
+  type WorkspaceJobEvent,
   type WorkspaceStore,
 } from '../shared/interfaces.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
@@ -57,6 +59,11 @@ export interface ProcessorOptions {
   onLockHeld?: (event: { chatId: string; jobId: string; phase: 'acquired' | 'released' }) => void;
   /** Where jobs, lock waits, builds and event failures are counted; absent = not counted. */
   metrics?: Metrics;
+  /**
+   * Test-only: awaited after the result event is out and before BullMQ records the outcome, so that a
+   * test can kill the worker in that window.
+   */
+  afterResultPublished?: (jobId: string) => Promise<void>;
 }
 
 type Handler = (ctx: JobContext, payload: never) => Promise<JobResult>;
@@ -83,6 +90,12 @@ function startedAtOf(job: Job): string {
   const kept = (job.progress as Partial<JobProgress> | undefined)?.startedAt;
   if (typeof kept === 'string' && !Number.isNaN(Date.parse(kept))) return kept;
   return new Date(job.processedOn ?? Date.now()).toISOString();
+}
+
+/** The build the job created, kept in its progress across attempts. */
+function buildIdOf(job: Job): string | undefined {
+  const kept = (job.progress as Partial<JobProgress> | undefined)?.buildId;
+  return typeof kept === 'string' ? kept : undefined;
 }
 
 /** Counts a job's end: `outcome` is `ok` or the failure code; its duration runs from its first pickup. */
@@ -128,6 +141,8 @@ export function createProcessor(options: ProcessorOptions) {
       recordFinished(metrics, job, 'invalid_payload');
       throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
     }
+    // Every event of this attempt is published only while it holds the job's BullMQ lock.
+    const owner = token ? { lockKey: `${job.queueQualifiedName}:${job.id}:lock`, token } : undefined;
     // Kept in every progress update from here on, so that it survives attempts and re-delays.
     const startedAt = startedAtOf(job);
 
@@ -140,7 +155,7 @@ export function createProcessor(options: ProcessorOptions) {
       };
       // Only a chat id that parses can carry events; otherwise the failed job itself is the report.
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
-      if (isChatId(chatId)) await finish(job, ref, { chatId }, failure);
+      if (isChatId(chatId)) await finish({ job, ref, payload: { chatId }, owner, fence: unfenced }, failure);
       recordFinished(metrics, job, failure.code);
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       throw new UnrecoverableError(failure.error);
@@ -149,6 +164,16 @@ export function createProcessor(options: ProcessorOptions) {
     const payload: ChatPayload = { ...(parsed.data as ChatPayload) };
     const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
     const progress = job.progress as Partial<JobProgress> | undefined;
+    const unlocked: Attempt = { job, ref, payload, owner, fence: unfenced };
+
+    // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
+    // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
+    const published = await recordedResult(ref.id);
+    if (published) {
+      workspaceLog.info('the result of an earlier attempt is already out; the job ends with it');
+      await keepResult(unlocked, published);
+      return conclude(job, published, workspaceLog);
+    }
 
     let held: HeldLock | null = null;
     let waitingFor = 'Another job for this chat is running; waiting';
@@ -168,13 +193,11 @@ export function createProcessor(options: ProcessorOptions) {
           code: 'internal',
           is_error: true,
         };
-        await finish(job, ref, payload, failure);
-        recordFinished(metrics, job, failure.code);
-        throw new UnrecoverableError(failure.error);
+        return conclude(job, await finish(unlocked, failure), workspaceLog);
       }
       const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
       if (lockWaits === 1) {
-        await emit(job, ref, payload, 'waiting_for_lock', waitingFor, {
+        await emit(unlocked, 'waiting_for_lock', waitingFor, {
           retry_in_ms: Math.round(delay),
         });
       }
@@ -203,59 +226,48 @@ export function createProcessor(options: ProcessorOptions) {
       if (held.signal.reason instanceof LockLostError) metrics?.locksLost.inc();
     };
     held.signal.addEventListener('abort', onLockLost, { once: true });
+    // By the clock, not only by the signal: after a pause, I/O callbacks run before the lock's watchdog timer.
+    const attempt: Attempt = {
+      ...unlocked,
+      fence: () => {
+        if (!held.isHeld()) throw lockLoss(held);
+      },
+    };
+    let recorded: JobResult;
     try {
-      await emit(job, ref, payload, 'lock_acquired', 'Chat lock acquired');
+      await emit(attempt, 'lock_acquired', 'Chat lock acquired');
       const ctx: JobContext = {
-        store: options.store,
+        store: fencedStore(options.store, attempt.fence),
         waiter: options.waiter,
         timeouts: options.timeouts,
         accessUrl: options.accessUrl,
         signal: aborted,
         observe,
+        ownBuildId: buildIdOf(job),
+        recordBuild: async (buildId) => {
+          attempt.fence();
+          try {
+            await job.updateProgress({ ...(job.progress as JobProgress), buildId });
+          } catch (error) {
+            // The build runs either way; only a re-run after a crash would report it as "no build".
+            workspaceLog.warn({ err: error, buildId }, "could not record the job's build in its progress");
+          }
+        },
         progress: (stage, message, data, workspaceId) => {
           // A create job learns its workspace as it goes; later events, the result too, carry it.
           if (workspaceId) payload.workspaceId = workspaceId;
-          return emit(job, ref, payload, stage, message, data);
+          return emit(attempt, stage, message, data);
         },
       };
       let result: JobResult;
       try {
         result = await handler.run(ctx, parsed.data as never);
       } catch (error) {
-        if (signal?.aborted && !held.signal.aborted) {
-          // The worker is shutting down: hand the job back without spending an attempt.
-          workspaceLog.info('worker shutting down; returning the job to the queue');
-          await emit(
-            job,
-            ref,
-            payload,
-            'retrying',
-            'The worker is shutting down; the job goes back to the queue',
-          );
-          await job.moveToDelayed(Date.now(), token);
-          throw new DelayedError();
-        }
-        const reason = aborted.aborted ? aborted.reason : error;
-        const message = reason instanceof Error ? reason.message : String(reason);
-        const finalAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        if (finalAttempt) {
-          workspaceLog.error({ err: reason }, 'job failed on its last attempt');
-          await finish(job, ref, payload, { error: message, code: 'internal', is_error: true });
-          recordFinished(metrics, job, 'internal');
-          throw new UnrecoverableError(message);
-        }
-        workspaceLog.warn({ err: reason }, 'attempt failed; BullMQ will retry');
-        await emit(job, ref, payload, 'retrying', `Attempt ${ref.attempt} failed (${message}); retrying`, {
-          error: message,
-        });
-        throw reason instanceof Error ? reason : new Error(message);
+        result = await afterError(attempt, error, held, signal, workspaceLog);
       }
-      await finish(job, ref, payload, result);
-      const outcome = isFailure(result) ? result.code : 'ok';
-      recordFinished(metrics, job, outcome);
-      workspaceLog.info({ outcome }, 'job finished');
-      if (isFailure(result)) throw new UnrecoverableError(result.error);
-      return result;
+      recorded = await finish(attempt, result);
+    } catch (error) {
+      throw await stopIfLost(attempt, error, held, workspaceLog);
     } finally {
       held.signal.removeEventListener('abort', onLockLost);
       // Reported before the release: once released, the next holder may already report `acquired`.
@@ -263,32 +275,130 @@ export function createProcessor(options: ProcessorOptions) {
       workspaceLog.debug({ lock: held.resource }, 'chat lock releasing');
       await held.release();
     }
+    return conclude(job, recorded, workspaceLog);
   };
 
-  /** A progress event; a publish failure is logged, never fatal to the job. */
+  /**
+   * An attempt whose domain logic threw: hands the job back (worker shutting down), or gives the failure
+   * result of a last attempt, or throws for BullMQ to retry. A lost lock or job is rethrown for stopIfLost.
+   */
+  async function afterError(
+    attempt: Attempt,
+    error: unknown,
+    held: HeldLock,
+    signal: AbortSignal | undefined,
+    workspaceLog: Logger,
+  ): Promise<JobResult> {
+    const { job } = attempt;
+    if (isLost(error, held)) throw error;
+    if (signal?.aborted) {
+      // The worker is shutting down: hand the job back without spending an attempt.
+      workspaceLog.info('worker shutting down; returning the job to the queue');
+      await emit(attempt, 'retrying', 'The worker is shutting down; the job goes back to the queue');
+      attempt.fence();
+      await job.moveToDelayed(Date.now(), attempt.owner?.token);
+      throw new DelayedError();
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    if (isLastAttempt(job)) {
+      workspaceLog.error({ err: error }, 'job failed on its last attempt');
+      return { error: message, code: 'internal', is_error: true };
+    }
+    workspaceLog.warn({ err: error }, 'attempt failed; BullMQ will retry');
+    await emit(attempt, 'retrying', `Attempt ${attempt.ref.attempt} failed (${message}); retrying`, {
+      error: message,
+    });
+    attempt.retryAnnounced = true;
+    throw error instanceof Error ? error : new Error(message);
+  }
+
+  /**
+   * An attempt that lost its chat lock or its job writes nothing more to the job: no progress, no result, no
+   * re-delay. Its one last event is `retrying`, and only while BullMQ still has it as the job's owner (the
+   * publish script checks the job's lock token): then BullMQ retries it (or, on a last attempt, fails it and
+   * the worker's `failed` handler publishes that result); once another worker owns the job, nothing.
+   */
+  async function stopIfLost(attempt: Attempt, error: unknown, held: HeldLock, workspaceLog: Logger) {
+    if (error instanceof DelayedError || !isLost(error, held)) return error;
+    const lost = error instanceof StaleAttemptError ? error : lockLoss(held);
+    workspaceLog.warn(
+      { err: lost },
+      'this attempt lost its chat lock or its job; it stops without writing to the job',
+    );
+    if (lost instanceof StaleAttemptError || attempt.retryAnnounced || isLastAttempt(attempt.job))
+      return lost;
+    try {
+      await publisher.publish(
+        progressDraft(
+          attempt,
+          'retrying',
+          `Attempt ${attempt.ref.attempt} failed (${lost.message}); retrying`,
+          {
+            error: lost.message,
+          },
+        ),
+        { owner: attempt.owner },
+      );
+    } catch (publishError) {
+      if (!(publishError instanceof StaleAttemptError)) {
+        metrics?.eventPublishFailures.inc({ type: 'progress' });
+        workspaceLog.warn({ err: publishError }, 'could not publish a progress event');
+      }
+    }
+    return lost;
+  }
+
+  /** The result an earlier attempt of the job published, if any. */
+  async function recordedResult(jobId: string): Promise<JobResult | undefined> {
+    const event = await publisher.publishedResult(jobId);
+    return event?.data as JobResult | undefined;
+  }
+
+  /** Counts the job's end and hands its result to BullMQ: returned on success, thrown on a failure. */
+  function conclude(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
+    const outcome = isFailure(result) ? result.code : 'ok';
+    recordFinished(metrics, job, outcome);
+    workspaceLog.info({ outcome }, 'job finished');
+    if (isFailure(result)) throw new UnrecoverableError(result.error);
+    return result;
+  }
+
+  function progressDraft(
+    attempt: Attempt,
+    stage: ProgressStage,
+    message: string,
+    data?: Record<string, unknown>,
+  ): EventDraft {
+    const { ref, payload } = attempt;
+    return {
+      type: 'progress',
+      stage,
+      job: ref,
+      chatId: payload.chatId,
+      workspaceId: payload.workspaceId,
+      message,
+      data,
+    };
+  }
+
+  /** A progress event; a publish failure is logged, never fatal to the job (a lost lock or job is). */
   async function emit(
-    job: Job,
-    ref: JobRef,
-    payload: ChatPayload,
+    attempt: Attempt,
     stage: ProgressStage,
     message: string,
     data?: Record<string, unknown>,
   ): Promise<void> {
+    const { job, ref } = attempt;
+    attempt.fence();
     try {
-      await publisher.publish({
-        type: 'progress',
-        stage,
-        job: ref,
-        chatId: payload.chatId,
-        workspaceId: payload.workspaceId,
-        message,
-        data,
-      });
+      await publisher.publish(progressDraft(attempt, stage, message, data), { owner: attempt.owner });
     } catch (error) {
+      if (error instanceof StaleAttemptError) throw error;
       metrics?.eventPublishFailures.inc({ type: 'progress' });
       log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
       return;
     }
+    attempt.fence();
     try {
       // Only the lock-wait path keeps lockWaits; any other event, lock_acquired first, resets it, so that a
       // retry that finds the lock busy again waits with a fresh bound.
@@ -297,6 +407,7 @@ export function createProcessor(options: ProcessorOptions) {
         message,
         at: new Date().toISOString(),
         startedAt: startedAtOf(job),
+        buildId: buildIdOf(job),
       } satisfies JobProgress);
     } catch (error) {
       log.warn(
@@ -307,35 +418,98 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * The job's one result event, and its result kept in the job's progress. Throws when the event cannot
-   * be published, so that BullMQ retries the attempt rather than end the job silently.
+   * The job's one result event, and its result kept in the job's progress. Returns the result the job ends
+   * with: this one, or the one already out when an earlier attempt published first. Throws when the event
+   * cannot be published, so that BullMQ retries the attempt rather than end the job silently.
    */
-  async function finish(job: Job, ref: JobRef, payload: ChatPayload, result: JobResult): Promise<void> {
+  async function finish(attempt: Attempt, result: JobResult): Promise<JobResult> {
+    const { ref, payload } = attempt;
     const failed = isFailure(result);
-    const message = failed ? result.error : describeSuccess(result);
+    attempt.fence();
+    let event: WorkspaceJobEvent | null;
     try {
-      await publisher.publish({
-        type: 'result',
-        stage: failed ? 'failed' : 'completed',
-        job: ref,
-        chatId: payload.chatId,
-        workspaceId: payload.workspaceId,
-        message,
-        data: result as unknown as Record<string, unknown>,
-      });
+      event = await publisher.publish(
+        {
+          type: 'result',
+          stage: failed ? 'failed' : 'completed',
+          job: ref,
+          chatId: payload.chatId,
+          workspaceId: payload.workspaceId,
+          message: describeResult(result),
+          data: result as unknown as Record<string, unknown>,
+        },
+        { owner: attempt.owner },
+      );
     } catch (error) {
-      metrics?.eventPublishFailures.inc({ type: 'result' });
+      if (!(error instanceof StaleAttemptError)) metrics?.eventPublishFailures.inc({ type: 'result' });
       throw error;
     }
-    const stage = failed ? 'failed' : 'completed';
-    await job.updateProgress({
-      stage,
-      message,
+    const recorded = event ? result : ((await recordedResult(ref.id)) ?? result);
+    await keepResult(attempt, recorded);
+    // Test-only probe of the window between the result event and BullMQ's record of the outcome.
+    await options.afterResultPublished?.(ref.id);
+    return recorded;
+  }
+
+  /** The job's result in its progress, where Bull Board and the producer's fallback read it. */
+  async function keepResult(attempt: Attempt, result: JobResult): Promise<void> {
+    attempt.fence();
+    await attempt.job.updateProgress({
+      stage: isFailure(result) ? 'failed' : 'completed',
+      message: describeResult(result),
       at: new Date().toISOString(),
-      startedAt: startedAtOf(job),
+      startedAt: startedAtOf(attempt.job),
+      buildId: buildIdOf(attempt.job),
       result,
     } satisfies JobProgress);
   }
+}
+
+/** One attempt's writes: the job, its events' identity, and the checks that it may still write. */
+interface Attempt {
+  job: Job;
+  ref: JobRef;
+  payload: ChatPayload;
+  /** The job's BullMQ lock: the publish script refuses this attempt's events once it is not theirs. */
+  owner: JobOwner | undefined;
+  /** Throws when the attempt may no longer write (its chat lock is lost); run before every write. */
+  fence: () => void;
+  /** This attempt already published its `retrying` event. */
+  retryAnnounced?: boolean;
+}
+
+/** Before the chat lock is taken there is nothing to check. */
+const unfenced = () => {};
+
+function lockLoss(held: HeldLock): Error {
+  const reason: unknown = held.signal.reason;
+  return reason instanceof Error ? reason : new LockLostError(`the lock ${held.resource} is no longer held`);
+}
+
+/** The attempt lost its job (another worker's now) or its chat lock (by the clock). */
+function isLost(error: unknown, held: HeldLock): boolean {
+  return error instanceof StaleAttemptError || !held.isHeld();
+}
+
+function isLastAttempt(job: Job): boolean {
+  return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+}
+
+/**
+ * The store, refusing every call once the attempt's fence does (its chat lock is lost): a paused worker
+ * that wakes up must not create a build or rebind the chat for a job another worker now runs.
+ */
+function fencedStore(store: WorkspaceStore, fence: () => void): WorkspaceStore {
+  return new Proxy(store, {
+    get(target, key, receiver) {
+      const value: unknown = Reflect.get(target, key, receiver);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        fence();
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
 }
 
 /**
@@ -390,6 +564,10 @@ export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: 
   }
   const countedByProcessor = isUnrecoverable(error) && !job.deferredFailure;
   if (!countedByProcessor) recordFinished(metrics, job, 'internal');
+}
+
+function describeResult(result: JobResult): string {
+  return isFailure(result) ? result.error : describeSuccess(result);
 }
 
 function describeSuccess(result: StartWorkspaceSuccess | CreateWorkspaceSuccess): string {

@@ -1,15 +1,16 @@
 // The start-workspace job's decision procedure (START_WORKSPACE.md), a port of Coder's chat
 // start_workspace tool with its auto-update to the template's active version. Plain functions over the
 // JobContext: the processor takes the chat lock and validates the payload before calling in.
-import type {
-  AgentReadiness,
-  Build,
-  Chat,
-  JobContext,
-  StartWorkspacePayload,
-  StartWorkspaceResult,
-  User,
-  Workspace,
+import {
+  isFailure,
+  type AgentReadiness,
+  type Build,
+  type Chat,
+  type JobContext,
+  type StartWorkspacePayload,
+  type StartWorkspaceResult,
+  type User,
+  type Workspace,
 } from '../shared/interfaces.js';
 import { agentReadiness } from './agent-readiness.js';
 import { checkChatAccess, type ChatAccess } from './chat-access.js';
@@ -20,6 +21,8 @@ import { createStartBuild } from './start-build.js';
 // Re-reading after waiting for a stop or a cancellation (D2, D3) loops; a workspace that keeps
 // changing under us this many times is reported rather than chased forever.
 const MAX_PASSES = 5;
+/** Job statuses of a build that has ended. */
+const FINISHED = new Set(['succeeded', 'failed', 'canceled']);
 
 export async function startWorkspace(
   ctx: JobContext,
@@ -38,6 +41,11 @@ export async function startWorkspace(
     }
 
     const latest = await ctx.store.getLatestBuild(workspace.id);
+    // A re-run after a crash: the build this job made already finished; report it as the first attempt would.
+    if (latest && latest.id === ctx.ownBuildId && FINISHED.has(latest.jobStatus)) {
+      await ctx.store.bindChat(chat.id, workspace.id, latest.id);
+      return waitForStart(ctx, workspace, latest);
+    }
     switch (latest?.jobStatus) {
       case 'pending':
       case 'running': {
@@ -147,14 +155,11 @@ async function start(
       workspace.id,
     );
   }
+  await ctx.recordBuild(build.id);
   await ctx.store.bindChat(chat.id, workspace.id, build.id);
 
-  const waited = await waitForBuild(ctx, build, workspace.id);
-  if (!waited.ok) {
-    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, { build_id: build.id });
-  }
-  const result = started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
-  if (updateReason && previousBuild) {
+  const result = await waitForStart(ctx, workspace, build);
+  if (!isFailure(result) && updateReason && previousBuild) {
     Object.assign(result, {
       updated_to_active_version: true,
       update_reason: updateReason,
@@ -164,6 +169,19 @@ async function start(
     });
   }
   return result;
+}
+
+/** Step 9: the start build's outcome, then the agent's readiness. */
+async function waitForStart(
+  ctx: JobContext,
+  workspace: Workspace,
+  build: Build,
+): Promise<StartWorkspaceResult> {
+  const waited = await waitForBuild(ctx, build, workspace.id);
+  if (!waited.ok) {
+    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, { build_id: build.id });
+  }
+  return started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
 }
 
 function started(

@@ -132,6 +132,8 @@ export async function createStartContext(
     timeouts: { ...DEFAULT_TEST_TIMEOUTS, ...options.timeouts },
     signal: abort.signal,
     accessUrl: options.accessUrl,
+    // A first attempt: no earlier one made a build (the processor keeps it in the job's progress).
+    recordBuild: async () => {},
   };
 
   return {
