@@ -37,6 +37,12 @@ export interface Config {
   startupScriptTimeoutMs: number;
   /** Attempts for transient failures, exponential backoff with jitter. Default 5. */
   jobAttempts: number;
+  /** BullMQ's job lock (lockDuration): a dead worker's jobs are recoverable once it expires. Default 5000. */
+  jobLockMs: number;
+  /** How often each worker looks for jobs whose lock expired (BullMQ's stalledInterval). Default 2000. */
+  stalledIntervalMs: number;
+  /** The chat lock's TTL, refreshed every third of it; a dead holder's lock is free after it. Default 6000. */
+  chatLockTtlMs: number;
   /** Base URL of the workspace web UI; manual-update errors then carry a settings link. */
   accessUrl?: string;
   logLevel: string;

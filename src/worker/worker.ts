@@ -24,6 +24,9 @@ import {
   type ProcessorOptions,
 } from './processor.js';
 
+/** Stalls (its worker died) a job survives; the next one fails it. */
+const MAX_STALLED_COUNT = 3;
+
 /** How long close() waits, after the grace period, for aborted jobs to be handed back. */
 const HAND_BACK_MS = 10_000;
 /** How long start() waits for a quorum of lock nodes to connect (each is given 1 s, retried within 1 s). */
@@ -34,11 +37,7 @@ export interface WorkspaceWorkerOptions {
   processor?: Partial<ProcessorOptions>;
   /** See PgNotificationHubOptions.safetyRecheckMs. Default 10000. */
   safetyRecheckMs?: number;
-  /** BullMQ's job lock; a dead worker's jobs are recovered after about twice this. Default 30000. */
-  lockDurationMs?: number;
-  /** See BullMQ's stalledInterval. Default 30000. */
-  stalledIntervalMs?: number;
-  /** The chat lock's TTL, refreshed every third of it while a job runs. Default 30000. */
+  /** The chat lock's TTL (tests shorten it). Default: config.chatLockTtlMs. */
   chatLockTimeoutMs?: number;
   /**
    * Where the worker counts. Default: with METRICS_PORT set, a registry of its own with the queue's job
@@ -115,7 +114,7 @@ export class WorkspaceWorker {
       throw error;
     }
     const locks = new ChatLocks(lockClients, config.queuePrefix, {
-      lockTimeoutMs: options.chatLockTimeoutMs,
+      lockTimeoutMs: options.chatLockTimeoutMs ?? config.chatLockTtlMs,
       log,
     });
     if (!(await locks.whenReachable(LOCK_NODES_START_WAIT_MS))) {
@@ -190,9 +189,12 @@ export class WorkspaceWorker {
       prefix: config.queuePrefix,
       telemetry: bullmqTelemetry(),
       concurrency: config.workerConcurrency,
-      lockDuration: options.lockDurationMs ?? 30_000,
-      stalledInterval: options.stalledIntervalMs ?? 30_000,
-      maxStalledCount: 1,
+      // Recovery from a dead worker takes up to lockDuration + 2 × stalledInterval (README, Operations).
+      lockDuration: config.jobLockMs,
+      stalledInterval: config.stalledIntervalMs,
+      // A stall is a worker that died (or froze) under the job, and our jobs are safe to run again: a few
+      // deaths are survived; a job that keeps killing its workers fails.
+      maxStalledCount: MAX_STALLED_COUNT,
     });
     worker.on('error', (err) => log.error({ err }, 'worker error'));
     worker.on('lockRenewalFailed', (jobIds) => log.warn({ jobIds }, 'could not renew BullMQ job locks'));

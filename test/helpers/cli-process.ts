@@ -33,9 +33,11 @@ export class CliProcess {
     readonly label: string,
     args: string[],
     env: Record<string, string>,
+    /** What runs, from the repository root: the CLI, or a test's own entry point. */
+    script = 'src/cli/main.ts',
   ) {
     // A small, explicit environment: the CLI reads its configuration from it, nothing leaks in from vitest.
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+    this.child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
       cwd: REPO_ROOT,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
