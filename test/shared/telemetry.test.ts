@@ -1,9 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SpanKind, SpanStatusCode, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
+import type { WorkspaceJobOptions } from '../../src/producer/job-options.js';
 import { ConfigError } from '../../src/shared/config.js';
 import {
   ATTR,
@@ -213,6 +215,31 @@ describe('tracing', () => {
           spanId: attempt!.spanContext().spanId,
         }),
       ]);
+    });
+
+    it('when a job was added without the producer, or with a bad trace context › its attempt is traced without a link', async () => {
+      const chatId = randomUUID();
+      const payload = { chatId, ownerId: 'not-a-uuid', workspaceId: randomUUID() };
+      const plain = await harness.queue.add('start-workspace', payload, { attempts: 1 });
+      const garbled = await harness.queue.add('start-workspace', payload, {
+        attempts: 1,
+        traceContext: { traceparent: '00-not-a-trace-id-01' },
+      } as WorkspaceJobOptions);
+      await harness.waitForState(plain.id!, ['failed']);
+      await harness.waitForState(garbled.id!, ['failed']);
+
+      const attempts = await eventually(() => {
+        const found = spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace');
+        if (found.length < 2) throw new Error('not both attempts yet');
+        return found;
+      });
+      expect(attempts.map((a) => a.attributes[ATTR.jobId]).sort()).toEqual([plain.id, garbled.id].sort());
+      for (const attempt of attempts) {
+        expect(attempt.links).toEqual([]);
+        // A final failure carries the result's code, and the span is an error.
+        expect(attempt.attributes[ATTR.jobOutcome]).toBe('invalid_payload');
+        expect(attempt.status.code).toBe(SpanStatusCode.ERROR);
+      }
     });
 
     it('when an attempt is re-queued because the chat lock is busy › each attempt links to the same enqueue span', async () => {
