@@ -130,7 +130,7 @@ class QuorumMutex extends RedlockMutex {
   protected override _refresh(): Promise<boolean> {
     return this.guard(async () => {
       const { identifier, lockTimeout } = this._acquireOptions;
-      const answers = this._clients.map((client) =>
+      const answers = this.ask((client) =>
         expireIfEqualLua(client, [this._key, identifier, lockTimeout]).then((result) => +result === 1),
       );
       const vote = await countVotes(answers, this.nodeTimeoutMs);
@@ -153,10 +153,23 @@ class QuorumMutex extends RedlockMutex {
     if (vote.quorumUnavailable) throw unavailable(vote);
   }
 
-  private vote(ask: (client: RedisClient) => Promise<boolean>): Promise<Vote> {
-    return countVotes(
-      this._clients.map((client) => ask(client as RedisClient)),
-      this.nodeTimeoutMs,
+  private vote(command: (client: RedisClient) => Promise<boolean>): Promise<Vote> {
+    return countVotes(this.ask(command), this.nodeTimeoutMs);
+  }
+
+  /** `command` on every node, one answer each. */
+  private ask(command: (client: RedisClient) => Promise<boolean>): Promise<boolean>[] {
+    return this._clients.map((client) =>
+      command(client as RedisClient).catch((error: unknown) => {
+        // A command timeout means the node is hung: alive to TCP, answering nothing (a stopped process, a
+        // black-holed network). Its client would keep queueing unanswered commands for as long as it hangs;
+        // reconnecting drops them, and until the node answers the ready check again its commands fail at
+        // once, like a dead node's.
+        if (error instanceof Error && error.message === 'Command timed out') {
+          (client as RedisClient).disconnect(true);
+        }
+        throw error;
+      }),
     );
   }
 

@@ -56,7 +56,10 @@ describe('the chat lock on three redis-server nodes', () => {
       refreshIntervalMs: REFRESH_MS,
       onOperation: (operation, ms) => timings.push({ operation, ms, at: Date.now() }),
     });
-    expect(await locks.whenReachable(5_000)).toBe(true);
+    // Every node, not just a quorum: each test takes one or two of them away.
+    await expect
+      .poll(() => clients.map((c) => c.status), { timeout: 5_000, interval: 20 })
+      .toEqual(['ready', 'ready', 'ready']);
   });
 
   afterEach(async () => {
@@ -142,6 +145,9 @@ describe('the chat lock on three redis-server nodes', () => {
   describe('when one node hangs (SIGSTOP: connections accepted, nothing answered)', () => {
     it('keeps every lock, and no operation waits for the frozen node', async () => {
       await holdThrough(() => nodes[1]!.freeze());
+
+      // Its client gives up on the timed-out connection: its commands then fail at once, none pile up.
+      await expect.poll(() => clients[1]!.status, { timeout: 5_000, interval: 20 }).not.toBe('ready');
     });
   });
 
@@ -168,8 +174,27 @@ describe('the chat lock on three redis-server nodes', () => {
     });
   });
 
-  describe('when a killed node comes back on its port', () => {
-    it('is written to again: by new locks, and by the refreshes of locks held while it was down', async () => {
+  describe('whenReachable (a worker starting)', () => {
+    it('answers true once a quorum is connected, false after its timeout without one', async () => {
+      const fresh = () => {
+        const made = nodes.map((node) =>
+          createRedis(node.url, { name: 'workspace-jobs-test-lock', failFast: true }),
+        );
+        clients.push(...made);
+        return new ChatLocks(made, prefix);
+      };
+      await nodes[2]!.kill();
+      expect(await fresh().whenReachable(5_000)).toBe(true);
+
+      await nodes[1]!.kill();
+      const started = performance.now();
+      expect(await fresh().whenReachable(300)).toBe(false);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(290);
+    });
+  });
+
+  describe('when a node comes back', () => {
+    it('after a kill, restarted on its port › is written to again: by new locks, and by the refreshes of locks held while it was down', async () => {
       const node = nodes[2]!;
       await node.kill();
       const [heldThrough] = await acquireMany(1);
@@ -184,6 +209,22 @@ describe('the chat lock on three redis-server nodes', () => {
       await expect.poll(() => onNode(node, (redis) => redis.exists(heldThrough!.resource))).toBe(1);
       // The fail-fast client retries at most a second apart; allow for a loaded machine.
       expect(reconnectMs).toBeLessThan(3_000);
+      expect(heldThrough!.signal.aborted).toBe(false);
+    });
+
+    it('after a freeze, once thawed › is written to again', async () => {
+      const node = nodes[2]!;
+      node.freeze();
+      const [heldThrough] = await acquireMany(1);
+      // A command to it times out, and its client reconnects to wait for it.
+      await expect.poll(() => clients[2]!.status, { timeout: 5_000, interval: 20 }).not.toBe('ready');
+
+      node.thaw();
+      await expect.poll(() => clients[2]!.status, { timeout: 5_000, interval: 20 }).toBe('ready');
+
+      const [after] = await acquireMany(1);
+      await expect.poll(() => onNode(node, (redis) => redis.exists(after!.resource))).toBe(1);
+      await expect.poll(() => onNode(node, (redis) => redis.exists(heldThrough!.resource))).toBe(1);
       expect(heldThrough!.signal.aborted).toBe(false);
     });
   });
