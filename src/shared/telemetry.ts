@@ -83,6 +83,12 @@ export interface Tracing {
 }
 
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5_000;
+/**
+ * BullMQ's periodic housekeeping, each a trace of its own every few seconds per worker (the stalled check
+ * every STALLED_INTERVAL_MS, lock renewal every half JOB_LOCK_MS): not recorded, or idle workers would fill
+ * the tracing backend. A stalled job is logged by the worker, and its next attempt is traced.
+ */
+const UNRECORDED_ROOT_SPANS = /^(moveStalledJobsToWait|extendLocks) /;
 /** Export failures (a collector that is down) are logged at most this often. */
 const EXPORT_ERROR_LOG_INTERVAL_MS = 60_000;
 
@@ -109,22 +115,28 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
   const serviceName = value(env, 'OTEL_SERVICE_NAME') ?? options.serviceName;
 
   // Loaded only when tracing is on: a process without an endpoint does not pay for the SDK.
-  const [
-    { NodeTracerProvider, BatchSpanProcessor, SimpleSpanProcessor },
-    { resourceFromAttributes },
-    semconv,
-  ] = await Promise.all([
+  const [sdk, { resourceFromAttributes }, semconv, { BullMQOtel }] = await Promise.all([
     import('@opentelemetry/sdk-trace-node'),
     import('@opentelemetry/resources'),
     import('@opentelemetry/semantic-conventions'),
+    import('bullmq-otel'),
   ]);
-  const { BullMQOtel } = await import('bullmq-otel');
   const spanProcessor = options.exporter
-    ? new SimpleSpanProcessor(options.exporter)
-    : new BatchSpanProcessor(await otlpExporter(endpoint!));
-  const provider = new NodeTracerProvider({
+    ? new sdk.SimpleSpanProcessor(options.exporter)
+    : new sdk.BatchSpanProcessor(await otlpExporter(endpoint!));
+  const provider = new sdk.NodeTracerProvider({
     resource: resourceFromAttributes({ [semconv.ATTR_SERVICE_NAME]: serviceName }),
     spanProcessors: [spanProcessor],
+    sampler: new sdk.ParentBasedSampler({
+      root: {
+        shouldSample: (_ctx, _traceId, spanName) => ({
+          decision: UNRECORDED_ROOT_SPANS.test(spanName)
+            ? sdk.SamplingDecision.NOT_RECORD
+            : sdk.SamplingDecision.RECORD_AND_SAMPLED,
+        }),
+        toString: () => 'WithoutBullMQHousekeeping',
+      },
+    }),
   });
   provider.register();
   bullmq = new BullMQOtel({ tracerName: 'bullmq' });

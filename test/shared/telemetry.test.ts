@@ -66,6 +66,21 @@ describe('tracing', () => {
     expect(bullmqTelemetry()).toBeUndefined();
   });
 
+  it("does not record BullMQ's periodic housekeeping traces, only what a job does", async () => {
+    const exporter = new InMemorySpanExporter();
+    tracing = await startTracing({ serviceName: 'workspace-jobs-test', exporter });
+    for (const name of ['moveStalledJobsToWait workspaces', 'extendLocks workspaces']) {
+      expect(tracer().startSpan(name).isRecording()).toBe(false);
+    }
+    for (const name of ['process workspaces', 'startStalledCheckTimer workspaces']) {
+      expect(tracer().startSpan(name).isRecording()).toBe(true);
+    }
+    // Only roots are judged by name; inside a recorded trace everything is recorded.
+    await inSpan('attempt start-workspace', {}, async () => {
+      expect(tracer().startSpan('extendLocks workspaces').isRecording()).toBe(true);
+    });
+  });
+
   describe('when OTEL_EXPORTER_OTLP_ENDPOINT is set', () => {
     let server: Server;
     const received: { url: string; contentType: string; body: string }[] = [];
