@@ -5,6 +5,7 @@ import type { Config } from '../shared/interfaces.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';
+import { preflight, ServiceUnavailableError, type ServiceNeeds } from '../shared/preflight.js';
 import { ValidationError } from '../shared/schemas.js';
 import { startTracing } from '../shared/telemetry.js';
 import { startDashboard } from '../dashboard/server.js';
@@ -54,6 +55,19 @@ const SERVICE_NAMES = new Map([
   ['demo', 'workspace-jobs-demo'],
 ]);
 
+/** The services each command uses, checked before it starts (its --help needs none). */
+const NEEDS: Record<string, ServiceNeeds> = {
+  migrate: { postgres: 'server' },
+  seed: { postgres: 'database' },
+  worker: { redis: true, lockNodes: true, postgres: 'database' },
+  provisioner: { postgres: 'database' },
+  dashboard: { redis: true, postgres: 'database' },
+  enqueue: { redis: true, postgres: 'database' },
+  watch: { redis: true },
+  // Migrates (creating the database) itself; its worker, provisioner and dashboard check again.
+  demo: { redis: true, lockNodes: true, postgres: 'server' },
+};
+
 async function runService(log: Logger, start: () => Promise<{ stop: () => Promise<void> }>): Promise<number> {
   const service = await start();
   await untilSignal(service.stop, log);
@@ -89,8 +103,15 @@ async function run(argv: string[]): Promise<number> {
 }
 
 async function runCommand(command: string, args: string[], config: Config, log: Logger): Promise<number> {
+  const asksForHelp =
+    args.includes('--help') || args.includes('-h') || (command === 'enqueue' && !args.length);
+  // Called once the command's own settings are read: a bad one is exit 2 even while a service is down.
+  const servicesReady = async () => {
+    if (!asksForHelp) await preflight(config, NEEDS[command]!, { log });
+  };
   switch (command) {
     case 'migrate': {
+      await servicesReady();
       const result = await migrate(config.databaseUrl);
       console.log(
         `${result.createdDatabase ? 'created the database; ' : ''}applied ${result.applied.length} migration(s)` +
@@ -100,6 +121,7 @@ async function runCommand(command: string, args: string[], config: Config, log: 
       return 0;
     }
     case 'seed': {
+      await servicesReady();
       const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-seed', log });
       try {
         console.log(formatSeedResult(await seed(pool)));
@@ -110,6 +132,7 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     }
     case 'worker': {
       const grace = graceMs();
+      await servicesReady();
       return runService(log, async () => {
         const worker = await WorkspaceWorker.start(config, log);
         return { stop: () => worker.close(grace) };
@@ -118,21 +141,26 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     case 'provisioner': {
       const grace = graceMs();
       const provisionerConfig = loadProvisionerConfig(process.env);
+      await servicesReady();
       return runService(log, async () => {
         const provisioner = await startProvisioner(config, provisionerConfig, log);
         return { stop: () => provisioner.stop(grace) };
       });
     }
     case 'dashboard':
+      await servicesReady();
       return runService(log, async () => {
         const dashboard = await startDashboard(config, log);
         return { stop: dashboard.close };
       });
     case 'enqueue':
+      await servicesReady();
       return enqueueCommand(args, config, log);
     case 'watch':
+      await servicesReady();
       return watchCommand(args, config, log);
     case 'demo':
+      await servicesReady();
       return demoCommand(args, config, log);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}; run 'workspace-jobs --help'`);
@@ -152,6 +180,8 @@ run(process.argv.slice(2)).then(exitSoon, (error: unknown) => {
   const usage =
     error instanceof UsageError || error instanceof ConfigError || error instanceof ValidationError;
   console.error(`workspace-jobs: ${error instanceof Error ? error.message : String(error)}`);
-  if (!usage && process.env.LOG_LEVEL === 'debug' && error instanceof Error) console.error(error.stack);
+  // A missing service is said in that one line; its stack would only bury it.
+  const expected = usage || error instanceof ServiceUnavailableError;
+  if (!expected && process.env.LOG_LEVEL === 'debug' && error instanceof Error) console.error(error.stack);
   exitSoon(usage ? 2 : 1);
 });

@@ -1,6 +1,8 @@
 // Runs the real CLI (`node --import tsx src/cli/main.ts …`) as an OS process for tests: collects its stdout
 // and stderr lines, parses pino's JSON log lines, waits for a line, and stops it with a signal within a bound.
-// Every process started here is killed (SIGKILL) by killAll() if a test leaves it running.
+// Each runs in a process group of its own, and signals go to the whole group: what a command spawned (the
+// demo's worker, provisioner and dashboard) goes with it. Every process started here is killed (SIGKILL) by
+// killAll() if a test leaves it running.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -41,11 +43,14 @@ export class CliProcess {
       cwd: REPO_ROOT,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     });
     collectLines(this.child.stdout!, this.stdout);
     collectLines(this.child.stderr!, this.stderr);
     this.exited = new Promise<Exit>((resolve) => {
       // 'close', not 'exit': it comes once stdout and stderr have ended, so the output is complete.
+      // Whatever the command left running in its group goes now (the pid cannot be reused before this).
+      this.child.on('exit', () => this.signalGroup('SIGKILL'));
       this.child.on('close', (code, signal) => {
         this.exit = { code, signal };
         running.delete(this);
@@ -104,7 +109,16 @@ export class CliProcess {
 
   /** Sends `signal` without waiting (e.g. a second signal during a graceful shutdown). */
   signal(signal: NodeJS.Signals): void {
-    if (!this.hasExited) this.child.kill(signal);
+    if (!this.hasExited) this.signalGroup(signal);
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    if (this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, signal);
+    } catch {
+      // ESRCH: the group is gone already.
+    }
   }
 
   /** The exit, at most `timeoutMs` from now; then the process is killed and this throws. */
@@ -115,7 +129,7 @@ export class CliProcess {
         this.exited,
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => {
-            this.child.kill('SIGKILL');
+            this.signalGroup('SIGKILL');
             reject(
               new Error(`${this.label} did not exit within ${timeoutMs} ms ${since}: ${this.describe()}`),
             );
@@ -137,7 +151,7 @@ export class CliProcess {
   }
 
   kill(): void {
-    if (!this.hasExited) this.child.kill('SIGKILL');
+    if (!this.hasExited) this.signalGroup('SIGKILL');
   }
 }
 
