@@ -165,9 +165,7 @@ class QuorumMutex extends RedlockMutex {
         // black-holed network). Its client would keep queueing unanswered commands for as long as it hangs;
         // reconnecting drops them, and until the node answers the ready check again its commands fail at
         // once, like a dead node's.
-        if (error instanceof Error && error.message === 'Command timed out') {
-          (client as RedisClient).disconnect(true);
-        }
+        if (error instanceof Error && error.message === 'Command timed out') reconnect(client as RedisClient);
         throw error;
       }),
     );
@@ -191,6 +189,16 @@ function unavailable(vote: Vote): LockUnavailableError {
 }
 
 function ignore(): void {}
+
+/** Clients being reconnected: each of a hung node's many timed-out commands would otherwise ask again. */
+const reconnecting = new WeakSet<RedisClient>();
+
+function reconnect(client: RedisClient): void {
+  if (reconnecting.has(client)) return;
+  reconnecting.add(client);
+  client.once('close', () => reconnecting.delete(client));
+  client.disconnect(true);
+}
 
 type MutexFactory = (key: string, options: LockOptions, guard: RefreshGuard) => Mutex | RedlockMutex;
 
