@@ -41,7 +41,9 @@ export async function startProvisioner(
       hub,
       executor,
       concurrency: provisionerConfig.concurrency,
+      heartbeatMs: provisionerConfig.heartbeatMs,
       staleAfterMs: provisionerConfig.staleAfterMs,
+      maxReruns: provisionerConfig.maxReruns,
       log,
     });
   } catch (error) {

@@ -1,6 +1,9 @@
 // Appends a job's log lines to provisioner_job_logs in call order. Lines that arrive while a write is in
 // flight go out together in the next INSERT, so a chatty build command costs a few statements, not one
 // round trip per line, and the ids (which readers sort by) follow the order the lines were produced in.
+// Lines are stored only while the job is running under the writer's claim: once a stale run was handed
+// back (or failed) by another daemon, what its paused, not dead, daemon still writes is dropped instead of
+// being mixed into the re-run's log. The daemon flushes before it completes a job, so its own lines land.
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import type { LogLevel } from './executor.js';
@@ -10,6 +13,8 @@ export type LogSource = 'provisioner_daemon' | 'provisioner';
 export interface JobLogWriterOptions {
   pool: Pool;
   jobId: string;
+  /** The claim the lines belong to: provisioner_jobs.worker_id and .claims when the daemon claimed the job. */
+  claim: { workerId: string; claims: number };
   /** Longer lines are cut (a runaway line must not bloat the table). Default 4096 characters. */
   maxLineLength?: number;
   /** Lines kept per job; after that one notice is written and the rest dropped. Default 10000. */
@@ -82,6 +87,8 @@ export class JobLogWriter {
          SELECT $1, t.source::log_source, t.level::log_level, t.stage, t.output
          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
            AS t(source, level, stage, output, n)
+         WHERE EXISTS (SELECT 1 FROM provisioner_jobs
+                      WHERE id = $1 AND worker_id = $6 AND claims = $7 AND completed_at IS NULL)
          ORDER BY t.n`,
         [
           this.options.jobId,
@@ -89,6 +96,8 @@ export class JobLogWriter {
           rows.map((r) => r.level),
           rows.map((r) => r.stage),
           rows.map((r) => r.output),
+          this.options.claim.workerId,
+          this.options.claim.claims,
         ],
       );
     } catch (error) {

@@ -6,7 +6,12 @@ import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { AGENT_NAME, CommandExecutor } from './command-executor.js';
 import type { Executor } from './executor.js';
-import { minStaleAfterMs } from './provisioner.js';
+import {
+  DEFAULT_HEARTBEAT_MS,
+  DEFAULT_MAX_RERUNS,
+  DEFAULT_STALE_AFTER_MS,
+  minStaleAfterMs,
+} from './provisioner.js';
 import { SimExecutor } from './sim-executor.js';
 
 export interface SimSettings {
@@ -37,8 +42,15 @@ export interface ProvisionerConfig {
   commandTimeoutMs: number;
   /** PROVISIONER_CONCURRENCY: jobs one daemon runs at once, default 4. */
   concurrency: number;
-  /** PROVISIONER_STALE_AFTER_MS: a running job without a heartbeat this long is failed, default 120000. */
+  /** PROVISIONER_HEARTBEAT_MS: how often a daemon marks its running jobs alive, default 2000. */
+  heartbeatMs: number;
+  /**
+   * PROVISIONER_STALE_AFTER_MS: a running job without a heartbeat this long is taken from its daemon
+   * (re-run, or failed), default 10000; at least three heartbeats.
+   */
   staleAfterMs: number;
+  /** PROVISIONER_MAX_RERUNS: re-runs of a stale start or stop build before it fails, default 2. */
+  maxReruns: number;
   sim: SimSettings;
 }
 
@@ -82,12 +94,22 @@ export function loadProvisionerConfig(env: Env = process.env): ProvisionerConfig
   if (executor === 'command' && command === undefined) {
     throw new ConfigError('PROVISIONER_COMMAND is required when PROVISIONER_EXECUTOR is command');
   }
+  const heartbeatMs = integer(env, 'PROVISIONER_HEARTBEAT_MS', DEFAULT_HEARTBEAT_MS, 100, 60_000)!;
+  const staleAfterMs = integer(env, 'PROVISIONER_STALE_AFTER_MS', DEFAULT_STALE_AFTER_MS, 1, DAY_MS)!;
+  if (staleAfterMs < minStaleAfterMs(heartbeatMs)) {
+    throw new ConfigError(
+      `PROVISIONER_STALE_AFTER_MS (${staleAfterMs}) must be at least three heartbeats ` +
+        `(3 × PROVISIONER_HEARTBEAT_MS = ${minStaleAfterMs(heartbeatMs)}), or live daemons lose their jobs`,
+    );
+  }
   return {
     executor,
     command,
     commandTimeoutMs: integer(env, 'PROVISIONER_COMMAND_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
     concurrency: integer(env, 'PROVISIONER_CONCURRENCY', 4, 1, 1_000)!,
-    staleAfterMs: integer(env, 'PROVISIONER_STALE_AFTER_MS', 120_000, minStaleAfterMs(), DAY_MS)!,
+    heartbeatMs,
+    staleAfterMs,
+    maxReruns: integer(env, 'PROVISIONER_MAX_RERUNS', DEFAULT_MAX_RERUNS, 0, 100)!,
     sim: {
       buildMs: integer(env, 'SIM_BUILD_MS', 3_000, 0, DAY_MS)!,
       buildJitterMs: integer(env, 'SIM_BUILD_JITTER_MS', 0, 0, DAY_MS)!,

@@ -1,8 +1,11 @@
 // A provisioner daemon: claims pending workspace-build jobs from Postgres, runs them with an executor and
 // settles them. Any number of daemons may share one database: a job is claimed with
-// FOR UPDATE SKIP LOCKED (exactly one daemon gets it, nobody blocks), completion is guarded by
-// ownership, and a daemon that dies mid-job is detected by its missing heartbeat and its jobs failed by
-// whichever daemon notices first.
+// FOR UPDATE SKIP LOCKED (exactly one daemon gets it, nobody blocks), and every write of a run is fenced
+// by its claim (worker_id plus the job's claim counter). A daemon that dies mid-job is detected by its
+// missing heartbeat: whichever daemon notices first hands a start or stop build back to pending for
+// another run (builds are safe to repeat), at most maxReruns times, and only then fails it as stale. A
+// daemon that was only paused finds its claim gone when it wakes: its heartbeat, logs and completion are
+// refused, so the re-run's outcome stands.
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { topics } from '../shared/interfaces.js';
@@ -31,13 +34,19 @@ export interface ProvisionerOptions {
    * notification (notifications are lost while the LISTEN connection is down). Default 5000.
    */
   pollIntervalMs?: number;
-  /** How often the updated_at of this daemon's running jobs is refreshed. Default DEFAULT_HEARTBEAT_MS (5000). */
+  /** How often the updated_at of this daemon's running jobs is refreshed. Default DEFAULT_HEARTBEAT_MS (2000). */
   heartbeatMs?: number;
   /**
-   * A running job whose updated_at is older than this is failed with 'provisioner stopped responding'
-   * by any daemon (its own daemon crashed). At least minStaleAfterMs(heartbeatMs). Default 120000.
+   * A running job whose updated_at is older than this is taken from its daemon (it crashed or hangs) by
+   * any daemon: handed back to pending, or failed with STALE_JOB_ERROR once it was re-run maxReruns
+   * times. At least minStaleAfterMs(heartbeatMs). Default DEFAULT_STALE_AFTER_MS (10000).
    */
   staleAfterMs?: number;
+  /**
+   * How often a stale start or stop build is handed back for another run before it fails. Default
+   * DEFAULT_MAX_RERUNS (2). Delete builds and jobs with a cancellation pending are never re-run.
+   */
+  maxReruns?: number;
   log?: Logger;
 }
 
@@ -46,11 +55,19 @@ export interface StopOptions {
   graceMs?: number;
 }
 
-/** The error written to a job whose daemon stopped heart-beating. */
+/** The error written to a job whose daemon stopped heart-beating (after its re-runs, if it had any). */
 export const STALE_JOB_ERROR = 'provisioner stopped responding';
 
 /** How often a daemon refreshes the updated_at of its running jobs unless told otherwise. */
-export const DEFAULT_HEARTBEAT_MS = 5_000;
+export const DEFAULT_HEARTBEAT_MS = 2_000;
+
+/**
+ * Five missed heartbeats: a dead daemon's build is picked up again within about 10-15 s (this plus up to
+ * one poll interval), while a live daemon stalled for a few seconds (GC, a slow query) keeps its jobs.
+ */
+export const DEFAULT_STALE_AFTER_MS = 10_000;
+
+export const DEFAULT_MAX_RERUNS = 2;
 
 /** The shortest staleAfterMs for a heartbeat: two missed heartbeats must not declare a live daemon dead. */
 export function minStaleAfterMs(heartbeatMs = DEFAULT_HEARTBEAT_MS): number {
@@ -62,14 +79,24 @@ type Outcome =
   | { kind: 'failed'; message: string }
   | { kind: 'aborted'; reason: unknown };
 
-interface RunningJob {
+/** One claim of a job: the value of provisioner_jobs.claims it was made with fences every write of the run. */
+interface Claim {
   job: BuildJob;
+  claims: number;
+  /** How often the job was handed back before this claim. */
+  reruns: number;
+}
+
+interface RunningJob {
+  claim: Claim;
   controller: AbortController;
   done: Promise<void>;
 }
 
 interface ClaimRow {
   job_id: string;
+  claims: number;
+  reruns: number;
   build_id: string | null;
   workspace_id: string;
   workspace_name: string;
@@ -92,6 +119,7 @@ export class Provisioner {
   private readonly pollIntervalMs: number;
   private readonly heartbeatMs: number;
   private readonly staleAfterMs: number;
+  private readonly maxReruns: number;
   private readonly log: Logger;
 
   private state: 'new' | 'running' | 'stopping' = 'new';
@@ -112,10 +140,14 @@ export class Provisioner {
     this.concurrency = options.concurrency ?? 4;
     this.pollIntervalMs = options.pollIntervalMs ?? 5_000;
     this.heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
-    this.staleAfterMs = options.staleAfterMs ?? 120_000;
+    this.staleAfterMs = options.staleAfterMs ?? DEFAULT_STALE_AFTER_MS;
+    this.maxReruns = options.maxReruns ?? DEFAULT_MAX_RERUNS;
     this.log = (options.log ?? pino({ level: 'silent' })).child({ provisionerId: this.id });
     if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
       throw new RangeError(`concurrency must be a whole number of at least 1, got ${this.concurrency}`);
+    }
+    if (!Number.isInteger(this.maxReruns) || this.maxReruns < 0) {
+      throw new RangeError(`maxReruns must be a whole number of at least 0, got ${this.maxReruns}`);
     }
     const minStale = minStaleAfterMs(this.heartbeatMs);
     if (this.staleAfterMs < minStale) {
@@ -206,60 +238,64 @@ export class Provisioner {
       if (!row) return;
       if (row.build_id === null) {
         // A job without a build cannot be built; failing it beats leaving it for the reaper.
-        await this.settle(row.job_id, 'workspace build not found for provisioner job');
+        await this.settle(row.job_id, row.claims, 'workspace build not found for provisioner job');
         continue;
       }
-      const job = toBuildJob(row);
+      const claim: Claim = { job: toBuildJob(row), claims: row.claims, reruns: row.reruns };
       if (this.state !== 'running') {
-        await this.release(job.jobId);
+        await this.release(claim);
         return;
       }
-      this.launch(job, row.trace_context);
+      this.launch(claim, row.trace_context);
     }
   }
 
   private async claim(): Promise<ClaimRow | undefined> {
     const { rows } = await this.pool.query<ClaimRow>(
       `WITH claimed AS (
-         UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1
+         UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1
          WHERE id = (
            SELECT id FROM provisioner_jobs
            WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
              AND type = 'workspace_build'
+             -- A run of ours that was handed back while we were paused may still be winding down here.
+             AND id <> ALL($2::uuid[])
            ORDER BY created_at
            LIMIT 1
            FOR UPDATE SKIP LOCKED)
-         RETURNING id, trace_context
+         RETURNING id, claims, reruns, trace_context
        )
-       SELECT c.id AS job_id, c.trace_context, b.id AS build_id, b.workspace_id, w.name AS workspace_name, w.owner_id,
+       SELECT c.id AS job_id, c.claims, c.reruns, c.trace_context, b.id AS build_id, b.workspace_id,
+              w.name AS workspace_name, w.owner_id,
               b.template_version_id, b.build_number, b.transition,
               coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
                         WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
        FROM claimed c
        LEFT JOIN workspace_builds b ON b.job_id = c.id
        LEFT JOIN workspaces w ON w.id = b.workspace_id`,
-      [this.id],
+      [this.id, [...this.running.keys()]],
     );
     return rows[0];
   }
 
   /** Hands a job claimed during shutdown back, so another daemon starts it at once. */
-  private async release(jobId: string): Promise<void> {
+  private async release({ job, claims }: Claim): Promise<void> {
     await this.pool.query(
       `UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL, updated_at = now()
-       WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL`,
-      [jobId, this.id],
+       WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL`,
+      [job.jobId, this.id, claims],
     );
   }
 
   // -------------------------------------------------------------------------------------------------
   // Running one job
 
-  private launch(job: BuildJob, traceContext: unknown): void {
+  private launch(claim: Claim, traceContext: unknown): void {
+    const { job } = claim;
     const controller = new AbortController();
-    const entry = { job, controller } as RunningJob;
+    const entry = { claim, controller } as RunningJob;
     this.running.set(job.jobId, entry);
-    entry.done = traceBuild(this.id, job, traceContext, () => this.execute(job, controller))
+    entry.done = traceBuild(this.id, job, traceContext, () => this.execute(claim, controller))
       .catch((error: unknown) => this.log.error({ err: error, jobId: job.jobId }, 'provisioner job crashed'))
       .finally(() => {
         this.running.delete(job.jobId);
@@ -267,22 +303,27 @@ export class Provisioner {
       });
   }
 
-  private async execute(job: BuildJob, controller: AbortController): Promise<void> {
+  private async execute(claim: Claim, controller: AbortController): Promise<void> {
+    const { job, claims, reruns } = claim;
     const log = this.log.child({ jobId: job.jobId, buildId: job.buildId, transition: job.transition });
-    const logs = new JobLogWriter({ pool: this.pool, jobId: job.jobId, log });
-    const off = this.options.hub.on(topics.provisionerJob(job.jobId), () =>
-      this.checkJob(job.jobId, controller),
-    );
+    const logs = new JobLogWriter({
+      pool: this.pool,
+      jobId: job.jobId,
+      claim: { workerId: this.id, claims },
+      log,
+    });
+    const off = this.options.hub.on(topics.provisionerJob(job.jobId), () => this.checkJob(claim, controller));
     try {
-      log.info('running provisioner job');
+      log.info({ reruns }, 'running provisioner job');
+      const rerun = reruns > 0 ? `, re-run ${reruns} of ${this.maxReruns}` : '';
       void logs.append(
         'provisioner_daemon',
         'info',
-        `Provisioner ${this.id} acquired the job: ${job.transition} of workspace ${job.workspaceName} (build #${job.buildNumber})`,
+        `Provisioner ${this.id} acquired the job: ${job.transition} of workspace ${job.workspaceName} (build #${job.buildNumber}${rerun})`,
         'Setting up',
       );
       // A cancellation between the claim and the subscription above sent its notification to nobody.
-      this.checkJob(job.jobId, controller);
+      this.checkJob(claim, controller);
       const ctx: ExecutorContext = {
         signal: controller.signal,
         log: (level, output, stage) => logs.append('provisioner', level, output, stage),
@@ -295,34 +336,34 @@ export class Provisioner {
       if (outcome.kind === 'aborted') {
         const { reason } = outcome;
         if (reason instanceof JobLostError) {
-          log.warn('job was settled elsewhere (stale reaper?); dropping its outcome');
+          log.warn('job was handed back or settled by another daemon (stale reaper); dropping its outcome');
           await logs.flush();
           return;
         }
         if (reason instanceof JobCanceledError) {
           void logs.append('provisioner_daemon', 'warn', 'Job canceled', 'Cleaning Up');
           await logs.flush();
-          await this.settle(job.jobId, null);
+          await this.settle(job.jobId, claims, null);
           log.info('job canceled');
           return;
         }
         const message = reason instanceof Error ? reason.message : 'provisioner job aborted';
         void logs.append('provisioner_daemon', 'error', message, 'Cleaning Up');
         await logs.flush();
-        await this.settle(job.jobId, message);
+        await this.settle(job.jobId, claims, message);
         log.warn({ error: message }, 'job aborted');
         return;
       }
       if (outcome.kind === 'failed') {
         void logs.append('provisioner_daemon', 'error', `Build failed: ${outcome.message}`, 'Cleaning Up');
         await logs.flush();
-        await this.settle(job.jobId, outcome.message);
+        await this.settle(job.jobId, claims, outcome.message);
         log.info({ error: outcome.message }, 'job failed');
         return;
       }
       void logs.append('provisioner_daemon', 'info', 'Build succeeded', 'Cleaning Up');
       await logs.flush();
-      const agents = await this.succeed(job, outcome.result);
+      const agents = await this.succeed(claim, outcome.result);
       if (agents !== undefined) log.info({ agents: agents.length }, 'job succeeded');
       // Also when nothing was committed, so the executor can let go of what run() kept for the job.
       this.afterCommit(job, agents ?? []);
@@ -371,14 +412,17 @@ export class Provisioner {
    * transaction, so a succeeded start build always has its agents. Returns the agents, or undefined
    * when the job was no longer ours or was canceled meanwhile (then nothing is written).
    */
-  private async succeed(job: BuildJob, result: ExecutorResult): Promise<CommittedAgent[] | undefined> {
+  private async succeed(
+    { job, claims }: Claim,
+    result: ExecutorResult,
+  ): Promise<CommittedAgent[] | undefined> {
     try {
       return await withTransaction(this.pool, async (client) => {
         const { rows } = await client.query<{ canceled: boolean }>(
           `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
-           WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL
+           WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
            RETURNING canceled_at IS NOT NULL AS canceled`,
-          [job.jobId, this.id],
+          [job.jobId, this.id, claims],
         );
         const row = rows[0];
         if (!row) {
@@ -410,33 +454,34 @@ export class Provisioner {
       // Fail the job rather than leave it running; if the database is gone this fails too, and the
       // stale reaper settles the job once it is back.
       this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
-      await this.settle(job.jobId, `could not record the build's results: ${errorMessage(error)}`);
+      await this.settle(job.jobId, claims, `could not record the build's results: ${errorMessage(error)}`);
       return undefined;
     }
   }
 
-  /** Completes a job as failed (`error` set) or canceled (`error` null), if it is still ours. */
-  private async settle(jobId: string, error: string | null): Promise<void> {
+  /** Completes a job as failed (`error` set) or canceled (`error` null), if it is still this claim's. */
+  private async settle(jobId: string, claims: number, error: string | null): Promise<void> {
     try {
       await this.pool.query(
         `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3
-         WHERE id = $1 AND worker_id = $2 AND completed_at IS NULL`,
-        [jobId, this.id, error],
+         WHERE id = $1 AND worker_id = $2 AND claims = $4 AND completed_at IS NULL`,
+        [jobId, this.id, error, claims],
       );
     } catch (err) {
       this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
     }
   }
 
-  /** Aborts the executor when the job was canceled or is no longer ours. */
-  private checkJob(jobId: string, controller: AbortController): void {
+  /** Aborts the executor when the job was canceled or is no longer this claim's. */
+  private checkJob({ job, claims }: Claim, controller: AbortController): void {
     if (controller.signal.aborted) return;
+    const { jobId } = job;
     this.pool
       .query<{ canceled: boolean; ours: boolean }>(
         `SELECT canceled_at IS NOT NULL AS canceled,
-                (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid) AS ours
+                (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid AND claims = $3) AS ours
          FROM provisioner_jobs WHERE id = $1`,
-        [jobId, this.id],
+        [jobId, this.id, claims],
       )
       .then(({ rows }) => {
         const row = rows[0];
@@ -454,12 +499,14 @@ export class Provisioner {
   private heartbeat(): void {
     if (this.heartbeating || this.running.size === 0) return;
     const entries = new Map(this.running);
+    const claims = [...entries.values()].map(({ claim }) => claim);
     this.heartbeating = this.pool
       .query<{ id: string; canceled: boolean }>(
-        `UPDATE provisioner_jobs SET updated_at = now()
-         WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND completed_at IS NULL
-         RETURNING id, canceled_at IS NOT NULL AS canceled`,
-        [[...entries.keys()], this.id],
+        `UPDATE provisioner_jobs j SET updated_at = now()
+         FROM unnest($1::uuid[], $3::int[]) AS mine(id, claims)
+         WHERE j.id = mine.id AND j.claims = mine.claims AND j.worker_id = $2 AND j.completed_at IS NULL
+         RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`,
+        [claims.map((c) => c.job.jobId), this.id, claims.map((c) => c.claims)],
       )
       .then(({ rows }) => {
         const alive = new Map(rows.map((r) => [r.id, r.canceled]));
@@ -492,34 +539,68 @@ export class Provisioner {
   }
 
   /**
-   * Settles running jobs whose daemon stopped heart-beating: failed, or canceled when a cancellation was
-   * already asked for. SKIP LOCKED: daemons reaping at the same moment split the work.
+   * Takes running jobs from daemons that stopped heart-beating. A start or stop build without a pending
+   * cancellation is handed back to pending (reruns + 1) while it has re-runs left; any other is completed:
+   * failed with STALE_JOB_ERROR, or canceled when a cancellation was asked for. SKIP LOCKED: daemons
+   * reaping at the same moment split the work.
    */
   private async reapStale(): Promise<void> {
-    const { rows } = await this.pool.query<{ id: string; worker_id: string | null }>(
+    const { rows } = await this.pool.query<{
+      id: string;
+      dead_worker_id: string | null;
+      rerun: boolean;
+      reruns: number;
+      canceled: boolean;
+    }>(
       `WITH stale AS (
-         UPDATE provisioner_jobs
-         SET completed_at = now(), updated_at = now(),
-             error = CASE WHEN canceled_at IS NULL THEN $2 END
-         WHERE id IN (
-           SELECT id FROM provisioner_jobs
-           WHERE started_at IS NOT NULL AND completed_at IS NULL AND type = 'workspace_build'
-             AND updated_at < now() - $1::float8 * interval '1 millisecond'
-           FOR UPDATE SKIP LOCKED)
-         RETURNING id, worker_id, error
+         SELECT j.id, j.worker_id, j.canceled_at IS NOT NULL AS canceled,
+                (j.canceled_at IS NULL AND j.reruns < $4 AND b.transition IN ('start', 'stop')) IS TRUE AS rerun
+         FROM provisioner_jobs j
+         LEFT JOIN workspace_builds b ON b.job_id = j.id
+         WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.type = 'workspace_build'
+           AND j.updated_at < now() - $1::float8 * interval '1 millisecond'
+         FOR UPDATE OF j SKIP LOCKED
+       ), settled AS (
+         UPDATE provisioner_jobs j
+         SET updated_at = now(),
+             started_at = CASE WHEN s.rerun THEN NULL ELSE j.started_at END,
+             worker_id = CASE WHEN s.rerun THEN NULL ELSE j.worker_id END,
+             reruns = j.reruns + CASE WHEN s.rerun THEN 1 ELSE 0 END,
+             completed_at = CASE WHEN s.rerun THEN NULL ELSE now() END,
+             error = CASE WHEN s.rerun OR s.canceled THEN NULL ELSE $2 END
+         FROM stale s
+         WHERE j.id = s.id
+         RETURNING j.id, s.worker_id AS dead_worker_id, s.rerun, j.reruns, s.canceled
        ), logged AS (
          INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
-         SELECT id, 'provisioner_daemon', 'error', 'Cleaning Up',
-                format('Provisioner %s stopped responding; job %s by provisioner %s',
-                       coalesce(worker_id::text, '(unknown)'),
-                       CASE WHEN error IS NULL THEN 'canceled' ELSE 'failed' END, $3::text)
-         FROM stale
+         SELECT id, 'provisioner_daemon', CASE WHEN rerun THEN 'warn' ELSE 'error' END::log_level, 'Cleaning Up',
+                format('Provisioner %s stopped responding; %s by provisioner %s',
+                       coalesce(dead_worker_id::text, '(unknown)'),
+                       CASE WHEN rerun THEN format('job handed back for re-run %s of %s', reruns, $4::int)
+                            WHEN canceled THEN 'job canceled'
+                            WHEN reruns > 0 THEN format('job failed after %s re-run(s)', reruns)
+                            ELSE 'job failed' END,
+                       $3::text)
+         FROM settled
        )
-       SELECT id, worker_id FROM stale`,
-      [this.staleAfterMs, STALE_JOB_ERROR, this.id],
+       SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`,
+      [this.staleAfterMs, STALE_JOB_ERROR, this.id, this.maxReruns],
     );
     for (const row of rows) {
-      this.log.warn({ jobId: row.id, deadProvisionerId: row.worker_id }, 'reaped a stale provisioner job');
+      const fields = { jobId: row.id, deadProvisionerId: row.dead_worker_id, reruns: row.reruns };
+      if (row.rerun) {
+        this.log.warn(
+          { ...fields, maxReruns: this.maxReruns },
+          `provisioner stopped responding; handed its job back for re-run ${row.reruns} of ${this.maxReruns}`,
+        );
+      } else {
+        this.log.warn(
+          fields,
+          row.canceled
+            ? 'provisioner stopped responding; its job was being canceled and is completed as canceled'
+            : `provisioner stopped responding; failed its job after ${row.reruns} re-run(s)`,
+        );
+      }
     }
   }
 

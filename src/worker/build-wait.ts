@@ -25,10 +25,14 @@ export async function waitForBuild(
   const report = async (b: Build) => {
     const stage = STAGE_OF_STATUS[b.jobStatus as keyof typeof STAGE_OF_STATUS];
     if (!stage || reported === stage) return;
+    // Running, then pending again: its provisioner stopped responding and the build waits for a re-run.
+    const requeued = stage === 'build_queued' && reported === 'build_running';
     reported = stage;
-    const verb = { build_queued: 'is queued', build_running: 'is running', build_succeeded: 'succeeded' }[
-      stage
-    ];
+    const verb = {
+      build_queued: requeued ? 'is queued again: its provisioner stopped responding' : 'is queued',
+      build_running: 'is running',
+      build_succeeded: 'succeeded',
+    }[stage];
     await ctx.progress(stage, `Build #${b.buildNumber} ${verb}`, buildData(b), workspaceId);
   };
 

@@ -276,3 +276,45 @@ export class RecordingExecutor implements Executor {
     this.afterCommits.push([job.jobId, agents.map((a) => a.name)]);
   }
 }
+
+/**
+ * A daemon's view of the database that can be frozen: while paused, its queries (and transactions) wait
+ * and reach Postgres only on resume(), in order — what a daemon stopped with SIGSTOP and continued later
+ * looks like from the database.
+ */
+export class PausablePool {
+  readonly pool: Pool;
+  private gate: Promise<void> = Promise.resolve();
+  private open: () => void = () => {};
+
+  constructor(target: Pool) {
+    const waitForGate =
+      (method: 'query' | 'connect') =>
+      (...args: unknown[]) =>
+        this.gate.then(() => (target[method] as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+    this.pool = new Proxy(target, {
+      get(pool, property) {
+        if (property === 'query' || property === 'connect') return waitForGate(property);
+        const value: unknown = Reflect.get(pool, property);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(pool) : value;
+      },
+    });
+  }
+
+  pause(): void {
+    this.gate = new Promise<void>((resolve) => (this.open = resolve));
+  }
+
+  resume(): void {
+    this.open();
+  }
+}
+
+/** A job's re-run bookkeeping (migration 0002). */
+export async function getClaims(pool: Pool, jobId: string): Promise<{ claims: number; reruns: number }> {
+  const { rows } = await pool.query<{ claims: number; reruns: number }>(
+    `SELECT claims, reruns FROM provisioner_jobs WHERE id = $1`,
+    [jobId],
+  );
+  return rows[0]!;
+}

@@ -11,9 +11,11 @@ import {
   createWorkspace,
   eventually,
   getAgents,
+  getClaims,
   getJob,
   getLogs,
   insertBuild,
+  PausablePool,
   RecordingExecutor,
   silentLog,
   waitForCompletion,
@@ -362,25 +364,148 @@ describe('Provisioner', () => {
     ]);
   });
 
-  it('when a running job belongs to a dead daemon › the reaper fails it as stale', async () => {
-    const workspaceId = await createWorkspace(db.pool, fixture);
-    const build = await insertBuild(db.pool, fixture, workspaceId);
+  const FAST_REAPING = { pollIntervalMs: 100, heartbeatMs: 100, staleAfterMs: 1_000 };
+
+  /** Makes the job look claimed by a daemon that stopped heart-beating an hour ago. */
+  async function abandon(jobId: string, reruns = 0): Promise<string> {
     const deadDaemon = randomUUID();
     await db.pool.query(
       `UPDATE provisioner_jobs SET started_at = now() - interval '1 hour', updated_at = now() - interval '1 hour',
-       worker_id = $2 WHERE id = $1`,
-      [build.jobId, deadDaemon],
+       worker_id = $2, claims = claims + 1, reruns = $3 WHERE id = $1`,
+      [jobId, deadDaemon, reruns],
     );
-    const executor = new RecordingExecutor();
-    await startProvisioner({ executor, pollIntervalMs: 100, heartbeatMs: 100, staleAfterMs: 1_000 });
+    return deadDaemon;
+  }
+
+  it('when a running start build belongs to a dead daemon › it is handed back, counted, and run again', async () => {
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const build = await insertBuild(db.pool, fixture, workspaceId);
+    const deadDaemon = await abandon(build.jobId);
+    const executor = new RecordingExecutor({ agents: ['main'] });
+    const provisioner = await startProvisioner({ executor, ...FAST_REAPING });
 
     const job = await waitForCompletion(db.pool, build.jobId);
 
-    expect(job).toMatchObject({ job_status: 'failed', error: STALE_JOB_ERROR, worker_id: deadDaemon });
-    expect(executor.runs).toEqual([]);
-    expect((await getLogs(db.pool, build.jobId)).at(-1)?.output).toContain(
-      `Provisioner ${deadDaemon} stopped responding`,
+    expect(job).toMatchObject({ job_status: 'succeeded', error: null, worker_id: provisioner.id });
+    expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 2, reruns: 1 });
+    expect(executor.runs).toEqual([build.jobId]);
+    expect((await getAgents(db.pool, build.jobId)).map((a) => a.name)).toEqual(['main']);
+    const outputs = (await getLogs(db.pool, build.jobId)).map((l) => l.output);
+    expect(outputs[0]).toBe(
+      `Provisioner ${deadDaemon} stopped responding; job handed back for re-run 1 of 2 by provisioner ${provisioner.id}`,
     );
+    expect(outputs[1]).toContain(`Provisioner ${provisioner.id} acquired the job: start of workspace`);
+    expect(outputs[1]).toContain('re-run 1 of 2');
+  });
+
+  it.each([
+    ['a start build that used its re-runs', 'start', 2, 'job failed after 2 re-run(s)'],
+    ['a delete build (not safe to repeat)', 'delete', 0, 'job failed'],
+  ] as const)(
+    'when the stale job is %s › the reaper fails it as stale',
+    async (_what, transition, reruns, said) => {
+      const workspaceId = await createWorkspace(db.pool, fixture);
+      const build = await insertBuild(db.pool, fixture, workspaceId, { transition });
+      const deadDaemon = await abandon(build.jobId, reruns);
+      const executor = new RecordingExecutor();
+      const provisioner = await startProvisioner({ executor, ...FAST_REAPING });
+
+      const job = await waitForCompletion(db.pool, build.jobId);
+
+      expect(job).toMatchObject({ job_status: 'failed', error: STALE_JOB_ERROR, worker_id: deadDaemon });
+      expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 1, reruns });
+      expect(executor.runs).toEqual([]);
+      expect((await getLogs(db.pool, build.jobId)).at(-1)?.output).toBe(
+        `Provisioner ${deadDaemon} stopped responding; ${said} by provisioner ${provisioner.id}`,
+      );
+    },
+  );
+
+  describe('when daemons are paused (SIGSTOP) mid-build', () => {
+    const timing = { pollIntervalMs: 100, heartbeatMs: 100, staleAfterMs: 600, maxReruns: 1 };
+
+    it('re-runs the build once, then fails it as stale; the paused runs write nothing when they wake', async () => {
+      const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+      const first = { db: new PausablePool(db.pool), executor: new RecordingExecutor({ hold: true }) };
+      const daemonA = await startProvisioner({ ...timing, pool: first.db.pool, executor: first.executor });
+      await first.executor.whenStarted(build.jobId);
+      first.db.pause();
+
+      // The only live daemon reaps the stale run and claims the re-run itself.
+      const second = { db: new PausablePool(db.pool), executor: new RecordingExecutor({ hold: true }) };
+      const daemonB = await startProvisioner({ ...timing, pool: second.db.pool, executor: second.executor });
+      await second.executor.whenStarted(build.jobId);
+      expect(await getJob(db.pool, build.jobId)).toMatchObject({
+        job_status: 'running',
+        worker_id: daemonB.id,
+      });
+      second.db.pause();
+
+      // Its re-run used, the next stale run fails.
+      const reaper = new RecordingExecutor();
+      const daemonC = await startProvisioner({ ...timing, executor: reaper });
+      const failed = await waitForCompletion(db.pool, build.jobId);
+      expect(failed).toMatchObject({ job_status: 'failed', error: STALE_JOB_ERROR, worker_id: daemonB.id });
+      expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 2, reruns: 1 });
+      expect(reaper.runs).toEqual([]);
+
+      // Both paused daemons finish their builds and wake up: nothing of theirs lands.
+      const logsBefore = await getLogs(db.pool, build.jobId);
+      first.executor.release(build.jobId);
+      second.executor.release(build.jobId);
+      first.db.resume();
+      second.db.resume();
+      await eventually('the woken daemons to drop their runs', async () =>
+        daemonA.runningJobs === 0 && daemonB.runningJobs === 0 ? true : undefined,
+      );
+      expect(await getJob(db.pool, build.jobId)).toMatchObject({
+        job_status: 'failed',
+        error: STALE_JOB_ERROR,
+      });
+      expect(await countResources(db.pool, build.jobId)).toBe(0);
+      expect(await getLogs(db.pool, build.jobId)).toEqual(logsBefore);
+      expect(logsBefore.map((l) => l.output)).toEqual([
+        expect.stringContaining(`Provisioner ${daemonA.id} acquired the job: start of workspace`),
+        'recording start',
+        `Provisioner ${daemonA.id} stopped responding; job handed back for re-run 1 of 1 by provisioner ${daemonB.id}`,
+        expect.stringContaining(`Provisioner ${daemonB.id} acquired the job`),
+        'recording start',
+        `Provisioner ${daemonB.id} stopped responding; job failed after 1 re-run(s) by provisioner ${daemonC.id}`,
+      ]);
+    });
+
+    it("refuses the paused daemon's late completion: the re-run's success, resource and agents stand", async () => {
+      const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+      const paused = new PausablePool(db.pool);
+      const stalled = new RecordingExecutor({ hold: true, agents: ['stale-agent'] });
+      const daemonA = await startProvisioner({ ...timing, pool: paused.pool, executor: stalled });
+      await stalled.whenStarted(build.jobId);
+      paused.pause();
+      // Its build completes while it is frozen; the outcome waits in its queries.
+      stalled.release(build.jobId);
+
+      const live = new RecordingExecutor({ agents: ['main'] });
+      const daemonB = await startProvisioner({ ...timing, executor: live });
+      const done = await waitForCompletion(db.pool, build.jobId);
+      expect(done).toMatchObject({ job_status: 'succeeded', worker_id: daemonB.id });
+      const logsBefore = await getLogs(db.pool, build.jobId);
+
+      paused.resume();
+      await eventually('the woken daemon to drop its run', async () =>
+        daemonA.runningJobs === 0 && stalled.afterCommits.length > 0 ? true : undefined,
+      );
+      expect(stalled.afterCommits).toEqual([[build.jobId, []]]);
+      expect(await getJob(db.pool, build.jobId)).toMatchObject({
+        job_status: 'succeeded',
+        worker_id: daemonB.id,
+      });
+      expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 2, reruns: 1 });
+      expect(await countResources(db.pool, build.jobId)).toBe(1);
+      expect((await getAgents(db.pool, build.jobId)).map((a) => a.name)).toEqual(['main']);
+      expect(await getLogs(db.pool, build.jobId)).toEqual(logsBefore);
+      // One success in the log: the re-run's, never the woken daemon's as well.
+      expect(logsBefore.filter((l) => l.output === 'Build succeeded')).toHaveLength(1);
+    });
   });
 
   it('when a daemon is alive › its heartbeat keeps other daemons from reaping its long job', async () => {
