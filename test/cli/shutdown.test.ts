@@ -6,7 +6,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
 import { CliProcess } from '../helpers/cli-process.js';
-import { TEST_REDIS_URL } from '../helpers/redis.js';
 import { WAIT_MS, WorkerHarness } from '../helpers/worker-harness.js';
 
 /** How long a process may take to exit after its grace period. */
@@ -32,17 +31,7 @@ describe('graceful shutdown of the long-running commands', () => {
   });
 
   function run(command: string, env: Record<string, string> = {}): CliProcess {
-    const cli = new CliProcess(command, [command], {
-      REDIS_URL: TEST_REDIS_URL,
-      DATABASE_URL: h.db.url,
-      QUEUE_PREFIX: h.prefix,
-      LOG_LEVEL: 'info',
-      WORKER_CONCURRENCY: '5',
-      BUILD_TIMEOUT_MS: '60000',
-      AGENT_CONNECT_TIMEOUT_MS: '10000',
-      STARTUP_SCRIPT_TIMEOUT_MS: '10000',
-      ...env,
-    });
+    const cli = h.cliProcess(command, { WORKER_CONCURRENCY: '5', ...env });
     processes.push(cli);
     return cli;
   }

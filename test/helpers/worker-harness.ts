@@ -32,6 +32,7 @@ import { createLogger, type Logger } from '../../src/shared/logger.js';
 import type { Pool } from '../../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { WorkspaceWorker, type WorkspaceWorkerOptions } from '../../src/worker/worker.js';
+import { CliProcess } from './cli-process.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from './redis.js';
 
@@ -259,6 +260,24 @@ export class WorkerHarness {
   async closeWorker(worker: WorkspaceWorker, graceMs = 1_000): Promise<void> {
     this.workers.delete(worker);
     await bounded(worker.close(graceMs), graceMs + 15_000, 'WorkspaceWorker.close');
+  }
+
+  /**
+   * A long-running CLI command (`worker`, `provisioner`, …) as a real process on this harness's database
+   * and prefix, logging at info; `env` adds or overrides settings. The caller stops it (killAll() kills
+   * whatever is left).
+   */
+  cliProcess(command: string, env: Record<string, string> = {}): CliProcess {
+    return new CliProcess(command, [command], {
+      REDIS_URL: TEST_REDIS_URL,
+      DATABASE_URL: this.db.url,
+      QUEUE_PREFIX: this.prefix,
+      LOG_LEVEL: 'info',
+      BUILD_TIMEOUT_MS: '60000',
+      AGENT_CONNECT_TIMEOUT_MS: '10000',
+      STARTUP_SCRIPT_TIMEOUT_MS: '10000',
+      ...env,
+    });
   }
 
   /** A Redis connection of the test's own, closed by close(). */
