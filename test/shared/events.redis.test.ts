@@ -2,7 +2,12 @@
 // stream capping, reconnects.
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { EventPublisher, EventSubscriber, readChatEvents } from '../../src/shared/events.js';
+import {
+  EventPublisher,
+  EventSubscriber,
+  StaleAttemptError,
+  readChatEvents,
+} from '../../src/shared/events.js';
 import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
@@ -258,6 +263,59 @@ describe('events on the real Redis', () => {
 
     expect(outcomes.filter((e) => e !== null)).toHaveLength(1);
     expect(await readChatEvents(connection(), prefix, chatId, '0')).toHaveLength(1);
+  });
+
+  it('a published result is kept with its marker › publishedResult returns that very event', async () => {
+    prefix = uniquePrefix('events');
+    const chatId = randomUUID();
+    const publisher = new EventPublisher(connection(), prefix);
+    expect(await publisher.publishedResult('job-1')).toBeNull();
+    const result = draft(chatId, 0, {
+      type: 'result',
+      stage: 'completed',
+      data: { started: true, build_id: 'b' },
+    });
+
+    const published = await publisher.publish(result);
+    expect(await publisher.publish({ ...result, data: { started: true, no_build: true } })).toBeNull();
+
+    expect(published).not.toBeNull();
+    expect(await publisher.publishedResult('job-1')).toEqual(published);
+  });
+
+  describe('with the job owner given (its BullMQ lock key and token)', () => {
+    const lockKey = () => `${prefix}:workspaces:job-1:lock`;
+
+    it('publishes while the token holds the lock', async () => {
+      prefix = uniquePrefix('events');
+      const redis = connection();
+      const chatId = randomUUID();
+      await redis.set(lockKey(), 'token-a', 'PX', 10_000);
+
+      const event = await new EventPublisher(redis, prefix).publish(draft(chatId, 1), {
+        owner: { lockKey: lockKey(), token: 'token-a' },
+      });
+
+      expect(event).not.toBeNull();
+      expect(numbers(await readChatEvents(redis, prefix, chatId, '0'))).toEqual([1]);
+    });
+
+    it('when another token holds the lock, or none does › throws a StaleAttemptError and writes nothing', async () => {
+      prefix = uniquePrefix('events');
+      const redis = connection();
+      const chatId = randomUUID();
+      const publisher = new EventPublisher(redis, prefix);
+      const owner = { lockKey: lockKey(), token: 'token-a' };
+      const result = draft(chatId, 2, { type: 'result', stage: 'completed', data: { started: true } });
+
+      await redis.set(lockKey(), 'token-b', 'PX', 10_000);
+      await expect(publisher.publish(draft(chatId, 1), { owner })).rejects.toBeInstanceOf(StaleAttemptError);
+      await redis.del(lockKey());
+      await expect(publisher.publish(result, { owner })).rejects.toBeInstanceOf(StaleAttemptError);
+
+      expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual([]);
+      expect(await publisher.publishedResult('job-1')).toBeNull();
+    });
   });
 
   it('after the subscriber connection drops and comes back › events published meanwhile are delivered once', async () => {

@@ -98,6 +98,19 @@ describe('PgNotificationHub', () => {
     await expect(waiting).rejects.toThrow('lock lost');
   });
 
+  it('when the signal aborts while a check runs › rejects with the abort, not the late answer', async () => {
+    const controller = new AbortController();
+    const waiting = hub.waitFor(
+      ['x'],
+      async () => {
+        controller.abort(new Error('lock lost'));
+        return 'found it';
+      },
+      { timeoutMs: 10_000, signal: controller.signal },
+    );
+    await expect(waiting).rejects.toThrow('lock lost');
+  });
+
   it('when the LISTEN connection is killed › reconnects and re-checks every waiter', async () => {
     let ready = false;
     let checks = 0;
