@@ -3,6 +3,7 @@
 // and woken writes nothing more to the job; the one result event and BullMQ's outcome always agree, even
 // when a worker dies between the two; a re-run that finds the build its own earlier attempt made reports it.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { insertChat } from '../../src/cli/fixtures.js';
 import type { JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
@@ -58,6 +59,14 @@ describe('when a worker dies or freezes under a job', () => {
       (l) => l.msg === 'chat lock acquired' && l.jobId === jobId,
       timeoutMs,
     );
+  }
+
+  async function buildStatus(buildId: string): Promise<string | undefined> {
+    const { rows } = await h.db.pool.query<{ job_status: string }>(
+      `SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
+      [buildId],
+    );
+    return rows[0]?.job_status;
   }
 
   async function startJob() {
@@ -169,13 +178,7 @@ describe('when a worker dies or freezes under a job', () => {
     await first.waitForExit(EXIT_MS);
     // The build finishes while no worker runs the job.
     h.provisioner.resume();
-    await eventually(async () => {
-      const { rows } = await h.db.pool.query<{ job_status: string }>(
-        `SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
-        [buildId],
-      );
-      expect(rows[0]?.job_status).toBe('succeeded');
-    });
+    await eventually(async () => expect(await buildStatus(buildId)).toBe('succeeded'));
     await startWorker('worker 2');
 
     await h.producer.waitForResult(jobId, { timeoutMs: TAKEOVER_MS });
@@ -183,6 +186,31 @@ describe('when a worker dies or freezes under a job', () => {
     expect(result.data).toMatchObject({ started: true, build_id: buildId });
     expect(result.data).not.toHaveProperty('no_build');
     expect((await h.newStartBuilds()).map((b) => b.id)).toEqual([buildId]);
+  }, 90_000);
+
+  it('when a create job is killed after creating the workspace, whose build finishes meanwhile › the re-run reports it created, not "already exists"', async () => {
+    const first = await startWorker('worker 1');
+    const owner = await h.seedOwner();
+    const { chatId } = await insertChat(h.db.pool, { ownerId: owner.ownerId });
+    const { jobId } = await h.producer.createWorkspace({
+      chatId,
+      ownerId: owner.ownerId,
+      templateId: owner.templateId,
+    });
+    const queued = await h.waitForEvent(chatId, 'build_queued', (e) => e.job.id === jobId);
+    const buildId = queued.data?.build_id as string;
+
+    first.kill();
+    await first.waitForExit(EXIT_MS);
+    h.provisioner.resume();
+    await eventually(async () => expect(await buildStatus(buildId)).toBe('succeeded'));
+    await startWorker('worker 2');
+
+    await h.producer.waitForResult(jobId, { timeoutMs: TAKEOVER_MS });
+    const result = await expectOneAgreeingResult(chatId, jobId);
+    expect(result.data).toMatchObject({ created: true, build_id: buildId });
+    const { rows } = await h.db.pool.query('SELECT id FROM workspaces WHERE owner_id = $1', [owner.ownerId]);
+    expect(rows).toHaveLength(1);
   }, 90_000);
 
   it('when its worker is killed twice › the job resumes on another worker each time and completes', async () => {
