@@ -8,7 +8,8 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { withTimeout } from './errors.js';
 import type { Logger } from './logger.js';
 
-export type { Cluster, Redis };
+export { Cluster };
+export type { Redis };
 
 /** A single Redis or a Redis Cluster: whatever createRedis returns. */
 export type RedisClient = Redis | Cluster;

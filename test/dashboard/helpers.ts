@@ -1,13 +1,14 @@
 // The dashboard under test: a private database and Redis prefix, the dashboard started in-process on an
 // ephemeral port, and a small Server-Sent Events client over fetch (so that a test controls Last-Event-ID
 // and sees comments such as heartbeats, which EventSource hides).
+import { expect } from 'vitest';
 import { startDashboard, type Dashboard, type DashboardOptions } from '../../src/dashboard/server.js';
 import { loadConfig, type Env } from '../../src/shared/config.js';
-import type { Config } from '../../src/shared/interfaces.js';
+import type { Config, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
-import { closeRedis, type Redis } from '../../src/shared/redis.js';
+import { closeRedis, type RedisClient } from '../../src/shared/redis.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
+import { TEST_REDIS_ENV, deleteKeys, testClient, uniquePrefix } from '../helpers/redis.js';
 
 export const USER = 'ops';
 export const PASSWORD = 'correct horse battery staple';
@@ -22,7 +23,7 @@ export interface TestDashboard {
   config: Config;
   dashboard: Dashboard;
   /** The test's own Redis connection (publishing events, inspecting keys). */
-  redis: Redis;
+  redis: RedisClient;
   log: Logger;
   url(path: string): string;
   /** Closes the dashboard (if not closed yet), removes the prefix's keys and drops the database. */
@@ -40,7 +41,7 @@ export interface TestDashboardOptions {
 /** Base environment for a test dashboard on `db` and `prefix`: ephemeral port, quiet logs. */
 export function dashboardEnv(db: TestDatabase, prefix: string, env: Env = {}): Env {
   return {
-    REDIS_URL: TEST_REDIS_URL,
+    ...TEST_REDIS_ENV,
     DATABASE_URL: db.url,
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: 'silent',
@@ -53,7 +54,7 @@ export function dashboardEnv(db: TestDatabase, prefix: string, env: Env = {}): E
 export async function startTestDashboard(options: TestDashboardOptions = {}): Promise<TestDashboard> {
   const db = options.db ?? (await createTestDatabase());
   const prefix = options.prefix ?? uniquePrefix('dash');
-  const redis = testRedis();
+  const redis = testClient();
   const config = loadConfig(dashboardEnv(db, prefix, options.env));
   const log = createLogger('silent');
   let dashboard: Dashboard;
@@ -205,4 +206,16 @@ export async function openSse(
     }
   })();
   return client;
+}
+
+/** Takes `n` events off the stream and checks each `id:` line matches the envelope's seq. */
+export async function take(client: SseClient, n: number): Promise<WorkspaceJobEvent[]> {
+  const events: WorkspaceJobEvent[] = [];
+  for (let i = 0; i < n; i++) {
+    const message = await client.next();
+    const event = JSON.parse(message.data) as WorkspaceJobEvent;
+    expect(message.id).toBe(event.seq);
+    events.push(event);
+  }
+  return events;
 }

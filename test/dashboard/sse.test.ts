@@ -7,7 +7,7 @@ import { EventPublisher } from '../../src/shared/events.js';
 import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { openSse, startTestDashboard, type SseClient, type TestDashboard } from './helpers.js';
+import { openSse, startTestDashboard, take, type TestDashboard } from './helpers.js';
 
 let db: TestDatabase;
 let t: TestDashboard;
@@ -37,18 +37,6 @@ async function publish(chatId: string, n: number, from = 1): Promise<WorkspaceJo
       message: `event ${i}`,
     });
     events.push(event!);
-  }
-  return events;
-}
-
-/** Takes `n` events off the stream and checks each `id:` line matches the envelope's seq. */
-async function take(client: SseClient, n: number): Promise<WorkspaceJobEvent[]> {
-  const events: WorkspaceJobEvent[] = [];
-  for (let i = 0; i < n; i++) {
-    const message = await client.next();
-    const event = JSON.parse(message.data) as WorkspaceJobEvent;
-    expect(message.id).toBe(event.seq);
-    events.push(event);
   }
   return events;
 }

@@ -17,6 +17,11 @@ import {
   setAgentLifecycle,
 } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
+import {
+  loadProvisionerConfig,
+  startProvisioner,
+  type RunningProvisioner,
+} from '../../src/provisioner/index.js';
 import { loadConfig, type Env } from '../../src/shared/config.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import {
@@ -30,11 +35,11 @@ import {
 import { ChatLocks } from '../../src/shared/lock.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import type { Pool } from '../../src/shared/postgres.js';
-import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
+import { closeRedis, type RedisClient } from '../../src/shared/redis.js';
 import { WorkspaceWorker, type WorkspaceWorkerOptions } from '../../src/worker/worker.js';
 import { CliProcess } from './cli-process.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
-import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from './redis.js';
+import { TEST_REDIS_ENV, deleteKeys, testClient, uniquePrefix } from './redis.js';
 
 /** Upper bound of every wait in the worker tests (well below vitest's 30 s test timeout). */
 export const WAIT_MS = 15_000;
@@ -197,14 +202,14 @@ export interface HarnessOptions {
 export class WorkerHarness {
   readonly log: Logger = createLogger('silent');
   readonly workers = new Set<WorkspaceWorker>();
-  private readonly extraRedis: Redis[] = [];
+  private readonly extraRedis: RedisClient[] = [];
   private readonly cleanups: (() => Promise<unknown>)[] = [];
 
   private constructor(
     readonly prefix: string,
     readonly db: TestDatabase,
     /** Commands for the test itself (events, keys, CLIENT LIST); also the producer's connection. */
-    readonly redis: Redis,
+    readonly redis: RedisClient,
     readonly queue: Queue,
     readonly producer: WorkspaceJobsProducer,
     readonly provisioner: SqlProvisioner,
@@ -214,9 +219,9 @@ export class WorkerHarness {
   static async create(options: HarnessOptions = {}): Promise<WorkerHarness> {
     const prefix = uniquePrefix('worker');
     const db = await createTestDatabase();
-    const redis = testRedis();
+    const redis = testClient();
     const env: Env = {
-      REDIS_URL: TEST_REDIS_URL,
+      ...TEST_REDIS_ENV,
       DATABASE_URL: db.url,
       QUEUE_PREFIX: prefix,
       LOG_LEVEL: 'silent',
@@ -269,7 +274,7 @@ export class WorkerHarness {
    */
   cliProcess(command: string, env: Record<string, string> = {}): CliProcess {
     return new CliProcess(command, [command], {
-      REDIS_URL: TEST_REDIS_URL,
+      ...TEST_REDIS_ENV,
       DATABASE_URL: this.db.url,
       QUEUE_PREFIX: this.prefix,
       LOG_LEVEL: 'info',
@@ -281,8 +286,8 @@ export class WorkerHarness {
   }
 
   /** A Redis connection of the test's own, closed by close(). */
-  connection(name = 'workspace-jobs-test'): Redis {
-    const client = createRedis(TEST_REDIS_URL, { name });
+  connection(name = 'workspace-jobs-test'): RedisClient {
+    const client = testClient({ name });
     this.extraRedis.push(client);
     return client;
   }
@@ -293,6 +298,21 @@ export class WorkerHarness {
       lockTimeoutMs: options.lockTimeoutMs,
       log: this.log,
     });
+  }
+
+  /**
+   * The real provisioner daemon (simulated executor: 200 ms builds, an agent ready 150 ms later) instead of
+   * the SQL stand-in, which is paused; stopped by close().
+   */
+  async startProvisionerDaemon(): Promise<RunningProvisioner> {
+    this.provisioner.pause();
+    const daemon = await startProvisioner(
+      this.config(),
+      loadProvisionerConfig({ SIM_BUILD_MS: '200', SIM_AGENT_CONNECT_MS: '50', SIM_STARTUP_MS: '100' }),
+      this.log,
+    );
+    this.onClose(() => daemon.stop(1_000));
+    return daemon;
   }
 
   /** Runs `fn` on close (before the connections and the database go). */

@@ -8,8 +8,9 @@ import {
   StaleAttemptError,
   readChatEvents,
 } from '../../src/shared/events.js';
-import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
+import { draft } from '../helpers/events.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
@@ -18,18 +19,6 @@ async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-function draft(chatId: string, n: number, overrides: Partial<EventDraft> = {}): EventDraft {
-  return {
-    type: 'progress',
-    stage: 'build_running',
-    job: { id: 'job-1', name: 'start-workspace', attempt: 1 },
-    chatId,
-    message: `event ${n}`,
-    data: { n },
-    ...overrides,
-  };
 }
 
 const numbers = (events: WorkspaceJobEvent[]) => events.map((e) => e.data?.n);

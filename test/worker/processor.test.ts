@@ -9,7 +9,6 @@ import {
   type StartWorkspaceSuccess,
   type WorkspaceStore,
 } from '../../src/shared/interfaces.js';
-import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import {
@@ -94,13 +93,7 @@ describe('start-workspace processor', () => {
 
   describe('a start served by the real provisioner daemon (simulated executor)', () => {
     it('completes with the agent ready, stages in contract order and the result last', async () => {
-      h.provisioner.pause(); // the daemon, not the SQL stand-in, runs the build
-      const daemon = await startProvisioner(
-        h.config(),
-        loadProvisionerConfig({ SIM_BUILD_MS: '200', SIM_AGENT_CONNECT_MS: '50', SIM_STARTUP_MS: '100' }),
-        h.log,
-      );
-      h.onClose(() => daemon.stop(1_000));
+      const daemon = await h.startProvisionerDaemon();
       await h.startWorker();
       const ws = await h.seedStoppedWorkspace();
 

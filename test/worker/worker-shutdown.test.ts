@@ -2,17 +2,17 @@
 // period ends goes back to the queue without spending an attempt, another worker finishes it, and the
 // closed worker leaves no connection behind.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Redis } from '../../src/shared/redis.js';
+import type { RedisClient } from '../../src/shared/redis.js';
 import type { WorkspaceWorker } from '../../src/worker/worker.js';
 import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
 
 /** The Redis connections a WorkspaceWorker owns (private: read here only to check they are closed). */
-function redisOf(worker: WorkspaceWorker): Redis[] {
-  return (worker as unknown as { resources: { redis: Redis[] } }).resources.redis;
+function redisOf(worker: WorkspaceWorker): RedisClient[] {
+  return (worker as unknown as { resources: { redis: RedisClient[] } }).resources.redis;
 }
 
 /** Ids of the clients connected to Redis now. */
-async function clientIds(redis: Redis): Promise<Set<string>> {
+async function clientIds(redis: RedisClient): Promise<Set<string>> {
   const list = (await redis.client('LIST')) as string;
   return new Set([...list.matchAll(/^id=(\d+) /gm)].map((m) => m[1]!));
 }

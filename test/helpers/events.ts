@@ -1,0 +1,15 @@
+// Event drafts for the event tests.
+import type { EventDraft } from '../../src/shared/interfaces.js';
+
+/** Event number `n` of job `job-1` on the chat: a build_running progress event carrying `{ n }`. */
+export function draft(chatId: string, n: number, overrides: Partial<EventDraft> = {}): EventDraft {
+  return {
+    type: 'progress',
+    stage: 'build_running',
+    job: { id: 'job-1', name: 'start-workspace', attempt: 1 },
+    chatId,
+    message: `event ${n}`,
+    data: { n },
+    ...overrides,
+  };
+}

@@ -1,0 +1,75 @@
+// Events on a real Redis Cluster (the `cluster` test project): the publish script's keys share the prefix's
+// slot, pub/sub reaches a subscriber on whichever node it sits, and replay with `since` is gap-free.
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { EventPublisher, EventSubscriber, readChatEvents } from '../../src/shared/events.js';
+import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { closeRedis, duplicateSubscriber, type RedisClient } from '../../src/shared/redis.js';
+import { draft } from '../helpers/events.js';
+import { deleteKeys, testClient, uniquePrefix } from '../helpers/redis.js';
+
+describe('events on a Redis Cluster', () => {
+  let prefix: string;
+  let redis: RedisClient;
+  let subscriberConnection: RedisClient;
+  let subscriber: EventSubscriber;
+  let publisher: EventPublisher;
+
+  beforeEach(() => {
+    prefix = uniquePrefix('events');
+    redis = testClient();
+    // As the producer does it: the subscriber duplicates the command connection.
+    subscriberConnection = duplicateSubscriber(redis, 'workspace-jobs-test-sub');
+    subscriber = new EventSubscriber({ subscriber: subscriberConnection, commands: redis, prefix });
+    publisher = new EventPublisher(redis, prefix);
+  });
+
+  afterEach(async () => {
+    await subscriber.close();
+    await closeRedis(subscriberConnection);
+    await deleteKeys(redis, prefix);
+    await closeRedis(redis);
+  });
+
+  async function publish(chatId: string, from: number, count: number): Promise<WorkspaceJobEvent[]> {
+    const events: WorkspaceJobEvent[] = [];
+    for (let n = from; n < from + count; n++) events.push((await publisher.publish(draft(chatId, n)))!);
+    return events;
+  }
+
+  it('delivers live events in publish order, each with the seq the publisher returned', async () => {
+    const chatId = randomUUID();
+    const received: WorkspaceJobEvent[] = [];
+    await subscriber.subscribe(chatId, (e) => received.push(e));
+
+    const published = await publish(chatId, 0, 20);
+
+    await vi.waitFor(() => expect(received).toHaveLength(20), { timeout: 10_000 });
+    expect(received).toEqual(published);
+    expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual(published);
+  });
+
+  it('replays exactly the events after `since`, then live ones', async () => {
+    const chatId = randomUUID();
+    const before = await publish(chatId, 0, 5);
+    const received: WorkspaceJobEvent[] = [];
+
+    await subscriber.subscribe(chatId, (e) => received.push(e), { since: before[1]!.seq });
+    expect(received).toEqual(before.slice(2));
+    const live = await publish(chatId, 5, 2);
+
+    await vi.waitFor(() => expect(received).toHaveLength(5), { timeout: 10_000 });
+    expect(received).toEqual([...before.slice(2), ...live]);
+  });
+
+  it("publishes a job's result once: the marker and the stream are written by one script in one slot", async () => {
+    const chatId = randomUUID();
+    const result = draft(chatId, 0, { type: 'result', stage: 'completed', data: { started: true } });
+
+    expect(await publisher.publish(result)).not.toBeNull();
+    expect(await publisher.publish(result)).toBeNull();
+    expect(
+      (await readChatEvents(redis, prefix, chatId, '0')).filter((e) => e.type === 'result'),
+    ).toHaveLength(1);
+  });
+});
