@@ -43,7 +43,7 @@ export async function preflight(
   options: PreflightOptions = {},
 ): Promise<void> {
   const checks: Promise<void>[] = [];
-  if (needs.redis) checks.push(requireRedis(config.redisUrl, 'REDIS_URL', options));
+  if (needs.redis) checks.push(requireRedis(config.redisUrl, config.redisCluster ?? false, options));
   const lockUrls = config.lockRedisUrls.filter((url) => url !== config.redisUrl);
   if (needs.lockNodes && lockUrls.length > 0) checks.push(requireLockQuorum(config.lockRedisUrls, options));
   if (needs.postgres) checks.push(requirePostgres(config.databaseUrl, needs.postgres, options));
@@ -53,9 +53,16 @@ export async function preflight(
   if (failed) throw failed.reason;
 }
 
-async function requireRedis(url: string, variable: string, options: PreflightOptions): Promise<void> {
-  const failure = await redisFailure(url, options);
-  if (failure) throw unavailable('Redis', url, failure, `start it (redis-server) or set ${variable}`);
+/** A cluster's seed nodes (REDIS_URL, comma-separated) are all asked; one that answers is enough. */
+async function requireRedis(url: string, cluster: boolean, options: PreflightOptions): Promise<void> {
+  const failures = await Promise.all((cluster ? url.split(',') : [url]).map((u) => redisFailure(u, options)));
+  if (failures.includes(undefined)) return;
+  throw unavailable(
+    cluster ? 'Redis Cluster' : 'Redis',
+    url,
+    failures[0]!,
+    'start it (redis-server) or set REDIS_URL',
+  );
 }
 
 /** Jobs take the chat lock on a majority of the nodes: a minority may be down (reported), not more. */
