@@ -559,6 +559,8 @@ export class Provisioner {
          LEFT JOIN workspace_builds b ON b.job_id = j.id
          WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.type = 'workspace_build'
            AND j.updated_at < now() - $1::float8 * interval '1 millisecond'
+           -- Our own runs are alive (we are): a late heartbeat of ours must not re-run our own build.
+           AND j.id <> ALL($5::uuid[])
          FOR UPDATE OF j SKIP LOCKED
        ), settled AS (
          UPDATE provisioner_jobs j
@@ -584,7 +586,7 @@ export class Provisioner {
          FROM settled
        )
        SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`,
-      [this.staleAfterMs, STALE_JOB_ERROR, this.id, this.maxReruns],
+      [this.staleAfterMs, STALE_JOB_ERROR, this.id, this.maxReruns, [...this.running.keys()]],
     );
     for (const row of rows) {
       const fields = { jobId: row.id, deadProvisionerId: row.dead_worker_id, reruns: row.reruns };

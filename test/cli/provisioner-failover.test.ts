@@ -107,17 +107,18 @@ describe('when the provisioner daemon running a start build is killed', () => {
       expect(found.filter((e) => e.type === 'result')).toHaveLength(1);
       return found;
     });
+    // After the first build_running: the hand-back shows as build_queued again when the worker looks
+    // between it and the re-claim (they can be milliseconds apart), then running again, then success.
     const stages = stagesOf(events);
-    const firstRunning = stages.indexOf('build_running');
-    expect(stages.slice(firstRunning, firstRunning + 4)).toEqual([
-      'build_running',
-      'build_queued',
-      'build_running',
-      'build_succeeded',
-    ]);
-    expect(events.filter((e) => e.stage === 'build_queued').at(-1)?.message).toBe(
-      `Build #${String(running.data?.build_number)} is queued again: its provisioner stopped responding`,
-    );
+    const fromRunning = stages.slice(stages.indexOf('build_running')).join(' ');
+    expect(fromRunning).toMatch(/^build_running (build_queued build_running )?build_succeeded /);
+    for (const queued of events
+      .slice(stages.indexOf('build_running'))
+      .filter((e) => e.stage === 'build_queued')) {
+      expect(queued.message).toBe(
+        `Build #${String(running.data?.build_number)} is queued again: its provisioner stopped responding`,
+      );
+    }
     expect(events.at(-1)).toMatchObject({ type: 'result', stage: 'completed' });
   }, 120_000);
 });
