@@ -168,21 +168,29 @@ describe('when a worker dies or freezes under a job', () => {
     expect(await h.newStartBuilds()).toHaveLength(1);
   }, 90_000);
 
-  it('when killed after creating the build, which finishes meanwhile › the re-run reports that build, not "no build"', async () => {
-    const first = await startWorker('worker 1');
-    const { ws, jobId } = await startJob();
-    const queued = await h.waitForEvent(ws.chatId, 'build_queued', (e) => e.job.id === jobId);
+  /**
+   * Kills `first` once the job's build is queued, lets the build finish while no worker runs the job, then
+   * starts another worker: the job's one result, agreeing with BullMQ, and the build its first attempt made.
+   */
+  async function rerunAfterItsBuildFinished(first: CliProcess, chatId: string, jobId: string) {
+    const queued = await h.waitForEvent(chatId, 'build_queued', (e) => e.job.id === jobId);
     const buildId = queued.data?.build_id as string;
-
     first.kill();
     await first.waitForExit(EXIT_MS);
-    // The build finishes while no worker runs the job.
     h.provisioner.resume();
     await eventually(async () => expect(await buildStatus(buildId)).toBe('succeeded'));
     await startWorker('worker 2');
 
     await h.producer.waitForResult(jobId, { timeoutMs: TAKEOVER_MS });
-    const result = await expectOneAgreeingResult(ws.chatId, jobId);
+    return { result: await expectOneAgreeingResult(chatId, jobId), buildId };
+  }
+
+  it('when killed after creating the build, which finishes meanwhile › the re-run reports that build, not "no build"', async () => {
+    const first = await startWorker('worker 1');
+    const { ws, jobId } = await startJob();
+
+    const { result, buildId } = await rerunAfterItsBuildFinished(first, ws.chatId, jobId);
+
     expect(result.data).toMatchObject({ started: true, build_id: buildId });
     expect(result.data).not.toHaveProperty('no_build');
     expect((await h.newStartBuilds()).map((b) => b.id)).toEqual([buildId]);
@@ -197,17 +205,9 @@ describe('when a worker dies or freezes under a job', () => {
       ownerId: owner.ownerId,
       templateId: owner.templateId,
     });
-    const queued = await h.waitForEvent(chatId, 'build_queued', (e) => e.job.id === jobId);
-    const buildId = queued.data?.build_id as string;
 
-    first.kill();
-    await first.waitForExit(EXIT_MS);
-    h.provisioner.resume();
-    await eventually(async () => expect(await buildStatus(buildId)).toBe('succeeded'));
-    await startWorker('worker 2');
+    const { result, buildId } = await rerunAfterItsBuildFinished(first, chatId, jobId);
 
-    await h.producer.waitForResult(jobId, { timeoutMs: TAKEOVER_MS });
-    const result = await expectOneAgreeingResult(chatId, jobId);
     expect(result.data).toMatchObject({ created: true, build_id: buildId });
     const { rows } = await h.db.pool.query('SELECT id FROM workspaces WHERE owner_id = $1', [owner.ownerId]);
     expect(rows).toHaveLength(1);
