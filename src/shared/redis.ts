@@ -144,6 +144,12 @@ export function logRedisErrors(
       'Redis connection failed; reconnecting',
     );
   });
+  // A connection the server closed (CLIENT KILL, a restart) emits no 'error' before it reconnects.
+  client.on('reconnecting', () => {
+    if (failing) return;
+    failing = true;
+    log?.warn({ redis: name, url: redactUrl(redisUrlOf(client)) }, 'Redis connection lost; reconnecting');
+  });
   client.on('ready', () => {
     if (!failing) return;
     failing = false;
