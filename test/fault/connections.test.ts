@@ -19,7 +19,7 @@ import {
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { readChatEvents } from '../../src/shared/events.js';
-import { QUEUE_NAME } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { CliProcess, killAll } from '../helpers/cli-process.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/database.js';
@@ -129,6 +129,32 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
     return { backends: rowCount ?? 0, redisClients: normal + pubsub };
   }
 
+  /** A chat's events from the dashboard's Server-Sent Events endpoint, read until `signal` aborts. */
+  function followSse(url: string, signal: AbortSignal) {
+    const stream = { events: [] as WorkspaceJobEvent[], live: false, ended: Promise.resolve() };
+    stream.ended = (async () => {
+      const response = await fetch(url, { signal });
+      const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let buffered = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffered += value;
+        let end: number;
+        while ((end = buffered.indexOf('\n\n')) >= 0) {
+          const message = buffered.slice(0, end);
+          buffered = buffered.slice(end + 2);
+          if (message.startsWith(': replay done')) stream.live = true;
+          const data = message.split('\n').find((line) => line.startsWith('data: '));
+          if (data) stream.events.push(JSON.parse(data.slice('data: '.length)) as WorkspaceJobEvent);
+        }
+      }
+    })().catch((error: unknown) => {
+      if (!signal.aborted) throw error;
+    });
+    return stream;
+  }
+
   /** CLIENT LIST of the private Redis, one line per client (this test's admin connection included). */
   async function redisClients(): Promise<string[]> {
     const list = (await admin.call('CLIENT', 'LIST')) as string;
@@ -141,11 +167,19 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
     const provisioner = new CliProcess('provisioner', ['provisioner'], env());
     const dashboard = new CliProcess('dashboard', ['dashboard'], env());
     processes = [worker, provisioner, dashboard];
-    await Promise.all([
+    const [, , listening] = await Promise.all([
       worker.waitForLog('worker started', (l) => l.msg === 'worker started', START_MS),
       provisioner.waitForLog('provisioner running', (l) => l.msg === 'provisioner daemon running', START_MS),
       dashboard.waitForLog('dashboard listening', (l) => l.msg.startsWith('dashboard listening'), START_MS),
     ]);
+    // A few chats followed on the dashboard's event stream throughout, as a browser tab would: its one
+    // subscriber connection is killed with the rest, and must catch up from the replay stream.
+    const sseAbort = new AbortController();
+    const watched = [chats[0]!, chats[Math.floor(JOBS / 2)]!, chats[JOBS - 1]!].map((chat) => ({
+      chat,
+      stream: followSse(`${String(listening.url)}/chats/${chat.chatId}/events?since=0`, sseAbort.signal),
+    }));
+    await expect.poll(() => watched.every((w) => w.stream.live), { timeout: START_MS }).toBe(true);
     // The processes' connections once the worker is up (its blocking connection waits for jobs).
     await expect
       .poll(async () => (await redisClients()).some((l) => l.includes('cmd=bzpopmin')), { timeout: START_MS })
@@ -224,7 +258,21 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
       const workerLog = worker.logs().map((l) => l.msg);
       expect(workerLog).toContain('Redis connection lost; reconnecting');
       expect(workerLog).toContain('LISTEN connection lost; reconnecting');
+
+      // Each followed chat's stream delivered its job's result, once.
+      for (const { chat, stream } of watched) {
+        const jobId = jobIds.get(chat.chatId)!;
+        await expect
+          .poll(() => stream.events.filter((e) => e.job.id === jobId && e.type === 'result').length, {
+            timeout: STOP_MS,
+          })
+          .toBe(1);
+        const seqs = stream.events.map((e) => e.seq);
+        expect(new Set(seqs).size, `chat ${chat.chatId}: a duplicate event`).toBe(seqs.length);
+      }
     } finally {
+      sseAbort.abort();
+      await Promise.all(watched.map((w) => w.stream.ended));
       await producer.close();
       await queue.close();
     }
