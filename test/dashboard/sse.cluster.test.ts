@@ -1,9 +1,10 @@
 // The dashboard's Server-Sent Events on a real Redis Cluster (the `cluster` test project): its producer's
-// subscriber is a duplicated Cluster connection; replay after Last-Event-ID, then live events.
+// subscriber is a duplicated Cluster connection; replay after Last-Event-ID, then live events. Health and
+// Bull Board answer there too.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EventPublisher } from '../../src/shared/events.js';
-import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { Cluster } from '../../src/shared/redis.js';
 import { openSse, startTestDashboard, take, type TestDashboard } from './helpers.js';
 
@@ -35,9 +36,14 @@ async function publish(chatId: string, from: number, count: number): Promise<Wor
 }
 
 describe('chat events over SSE on a Redis Cluster', () => {
-  it('runs the dashboard on a Cluster connection', () => {
+  it('runs the dashboard on a Cluster connection: health, Bull Board and its queue answer', async () => {
     expect(t.config.redisCluster).toBe(true);
     expect(t.redis).toBeInstanceOf(Cluster);
+    expect((await fetch(t.url('/healthz'))).status).toBe(200);
+    const queues = await fetch(t.url('/admin/queues/api/queues'));
+    expect(queues.status).toBe(200);
+    const body = (await queues.json()) as { queues: { name: string }[] };
+    expect(body.queues.map((q) => q.name)).toEqual([QUEUE_NAME]);
   });
 
   it('replays the events after Last-Event-ID, then sends live ones, in order and once', async () => {
