@@ -22,6 +22,7 @@ import { readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { CliProcess, killAll } from '../helpers/cli-process.js';
+import { openSse, type SseClient } from '../dashboard/helpers.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { RedisServerProcess } from '../helpers/redis-server.js';
 import { uniquePrefix } from '../helpers/redis.js';
@@ -129,32 +130,6 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
     return { backends: rowCount ?? 0, redisClients: normal + pubsub };
   }
 
-  /** A chat's events from the dashboard's Server-Sent Events endpoint, read until `signal` aborts. */
-  function followSse(url: string, signal: AbortSignal) {
-    const stream = { events: [] as WorkspaceJobEvent[], live: false, ended: Promise.resolve() };
-    stream.ended = (async () => {
-      const response = await fetch(url, { signal });
-      const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-      let buffered = '';
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        buffered += value;
-        let end: number;
-        while ((end = buffered.indexOf('\n\n')) >= 0) {
-          const message = buffered.slice(0, end);
-          buffered = buffered.slice(end + 2);
-          if (message.startsWith(': replay done')) stream.live = true;
-          const data = message.split('\n').find((line) => line.startsWith('data: '));
-          if (data) stream.events.push(JSON.parse(data.slice('data: '.length)) as WorkspaceJobEvent);
-        }
-      }
-    })().catch((error: unknown) => {
-      if (!signal.aborted) throw error;
-    });
-    return stream;
-  }
-
   /** CLIENT LIST of the private Redis, one line per client (this test's admin connection included). */
   async function redisClients(): Promise<string[]> {
     const list = (await admin.call('CLIENT', 'LIST')) as string;
@@ -174,12 +149,16 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
     ]);
     // A few chats followed on the dashboard's event stream throughout, as a browser tab would: its one
     // subscriber connection is killed with the rest, and must catch up from the replay stream.
-    const sseAbort = new AbortController();
-    const watched = [chats[0]!, chats[Math.floor(JOBS / 2)]!, chats[JOBS - 1]!].map((chat) => ({
-      chat,
-      stream: followSse(`${String(listening.url)}/chats/${chat.chatId}/events?since=0`, sseAbort.signal),
-    }));
-    await expect.poll(() => watched.every((w) => w.stream.live), { timeout: START_MS }).toBe(true);
+    const watched = await Promise.all(
+      [chats[0]!, chats[Math.floor(JOBS / 2)]!, chats[JOBS - 1]!].map(async (chat) => ({
+        chat,
+        stream: await openSse(`${String(listening.url)}/chats/${chat.chatId}/events?since=0`),
+      })),
+    );
+    await Promise.all(watched.map((w) => w.stream.comment('replay done', START_MS)));
+    const eventsOf = (stream: SseClient) =>
+      stream.pending().map((m) => JSON.parse(m.data) as WorkspaceJobEvent);
+
     // The processes' connections once the worker is up (its blocking connection waits for jobs).
     await expect
       .poll(async () => (await redisClients()).some((l) => l.includes('cmd=bzpopmin')), { timeout: START_MS })
@@ -263,16 +242,15 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
       for (const { chat, stream } of watched) {
         const jobId = jobIds.get(chat.chatId)!;
         await expect
-          .poll(() => stream.events.filter((e) => e.job.id === jobId && e.type === 'result').length, {
+          .poll(() => eventsOf(stream).filter((e) => e.job.id === jobId && e.type === 'result').length, {
             timeout: STOP_MS,
           })
           .toBe(1);
-        const seqs = stream.events.map((e) => e.seq);
+        const seqs = eventsOf(stream).map((e) => e.seq);
         expect(new Set(seqs).size, `chat ${chat.chatId}: a duplicate event`).toBe(seqs.length);
       }
     } finally {
-      sseAbort.abort();
-      await Promise.all(watched.map((w) => w.stream.ended));
+      for (const { stream } of watched) stream.close();
       await producer.close();
       await queue.close();
     }
