@@ -524,6 +524,38 @@ describe('Provisioner', () => {
     expect((await waitForCompletion(db.pool, build.jobId)).job_status).toBe('succeeded');
   });
 
+  it('when its own heartbeat lags past the stale bound › the daemon does not reap and re-run its own build', async () => {
+    // Heartbeats reach the database late (a slow query, a loaded host); every other query is prompt.
+    const heartbeatLagMs = 1_500;
+    const lagging = new Proxy(db.pool, {
+      get(target, property) {
+        if (property === 'query') {
+          return async (...args: Parameters<Pool['query']>) => {
+            if (String(args[0]).includes('AS mine(id, claims)')) {
+              await new Promise((resolve) => setTimeout(resolve, heartbeatLagMs));
+            }
+            return (target.query as (...a: unknown[]) => unknown)(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const executor = new RecordingExecutor({ hold: true });
+    await startProvisioner({ executor, pool: lagging as Pool, ...FAST_REAPING, staleAfterMs: 600 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+
+    // Several reaper ticks pass while the job's updated_at is older than the bound.
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(await getJob(db.pool, build.jobId)).toMatchObject({ job_status: 'running' });
+    expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 1, reruns: 0 });
+
+    executor.release(build.jobId);
+    expect((await waitForCompletion(db.pool, build.jobId)).job_status).toBe('succeeded');
+    expect(executor.runs).toEqual([build.jobId]);
+  });
+
   it('when the reaper settles a job its daemon still runs › the daemon aborts it and writes nothing', async () => {
     const executor = new RecordingExecutor({ hold: true, agents: ['main'] });
     const provisioner = await startProvisioner({ executor, heartbeatMs: 100, staleAfterMs: 60_000 });
