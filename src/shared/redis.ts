@@ -14,6 +14,11 @@ export type { Redis };
 /** A single Redis or a Redis Cluster: whatever createRedis returns. */
 export type RedisClient = Redis | Cluster;
 
+/** By ioredis' own flag, not instanceof: a client made by another copy of ioredis is told apart too. */
+export function isCluster(client: RedisClient): client is Cluster {
+  return client.isCluster;
+}
+
 export interface RedisConnectionOptions {
   /** For BullMQ workers: retry commands forever while reconnecting. Default false. */
   blocking?: boolean;
@@ -108,22 +113,19 @@ const clusterUrls = new WeakMap<Cluster, string>();
  * its node options under `redisOptions`, a Redis's at the top.
  */
 export function duplicateSubscriber(client: RedisClient, name: string, log?: Logger): RedisClient {
-  const subscriber =
-    client instanceof Cluster
-      ? client.duplicate([], {
-          redisOptions: { ...client.options.redisOptions, ...SUBSCRIBER_OPTIONS, connectionName: name },
-        })
-      : client.duplicate({ ...SUBSCRIBER_OPTIONS, connectionName: name });
-  if (client instanceof Cluster) clusterUrls.set(subscriber as Cluster, clusterUrls.get(client) ?? '');
+  const subscriber = isCluster(client)
+    ? client.duplicate([], {
+        redisOptions: { ...client.options.redisOptions, ...SUBSCRIBER_OPTIONS, connectionName: name },
+      })
+    : client.duplicate({ ...SUBSCRIBER_OPTIONS, connectionName: name });
+  if (isCluster(client)) clusterUrls.set(subscriber as Cluster, clusterUrls.get(client) ?? '');
   logRedisErrors(subscriber, log, name);
   return subscriber;
 }
 
 /** The name given to createRedis (shown in `CLIENT LIST`), for a Redis or a Cluster alike. */
 export function connectionNameOf(client: RedisClient): string | undefined {
-  return client instanceof Cluster
-    ? client.options.redisOptions?.connectionName
-    : client.options.connectionName;
+  return isCluster(client) ? client.options.redisOptions?.connectionName : client.options.connectionName;
 }
 
 /**
@@ -158,7 +160,10 @@ export function logRedisErrors(
 }
 
 function redisUrlOf(client: RedisClient): string {
-  if (client instanceof Cluster) return clusterUrls.get(client) ?? '';
+  if (isCluster(client)) {
+    // A Cluster made elsewhere (passed to the producer): the nodes it knows now.
+    return clusterUrls.get(client) ?? client.nodes().map(redisUrlOf).join(',');
+  }
   const { host, port, db } = client.options;
   return `redis://${host ?? '127.0.0.1'}:${port ?? 6379}/${db ?? 0}`;
 }

@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
 import {
-  Cluster,
   createRedis,
+  isCluster,
   type Redis,
   type RedisClient,
   type RedisConnectionOptions,
@@ -40,7 +40,7 @@ export function uniquePrefix(label = 't'): string {
 
 export async function deleteKeys(redis: RedisClient, prefix: string): Promise<void> {
   // SCAN sees one node's keys: on a cluster, scan every master.
-  const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];
+  const nodes = isCluster(redis) ? redis.nodes('master') : [redis];
   for (const node of nodes) {
     let cursor = '0';
     do {
