@@ -55,11 +55,12 @@ export async function preflight(
 
 /** A cluster's seed nodes (REDIS_URL, comma-separated) are all asked; one that answers is enough. */
 async function requireRedis(url: string, cluster: boolean, options: PreflightOptions): Promise<void> {
-  const failures = await Promise.all((cluster ? url.split(',') : [url]).map((u) => redisFailure(u, options)));
+  const seeds = cluster ? url.split(',') : [url];
+  const failures = await Promise.all(seeds.map((u) => redisFailure(u, options)));
   if (failures.includes(undefined)) return;
   throw unavailable(
     cluster ? 'Redis Cluster' : 'Redis',
-    url,
+    seeds.map(redactUrl).join(','),
     failures[0]!,
     'start it (redis-server) or set REDIS_URL',
   );
@@ -167,16 +168,15 @@ async function requirePostgres(
   }
   throw unavailable(
     'Postgres',
-    url,
+    redactUrl(url),
     lastError ?? new Error(`no answer within ${timeoutMs} ms`),
     'start it (e.g. pg_ctlcluster or systemctl start postgresql) or set DATABASE_URL',
   );
 }
 
-function unavailable(service: string, url: string, cause: Error, hint: string): ServiceUnavailableError {
-  return new ServiceUnavailableError(
-    `${service} at ${redactUrl(url)} is unreachable (${causeOf(cause)}); ${hint}`,
-  );
+/** `shownUrl`: already without its password. */
+function unavailable(service: string, shownUrl: string, cause: Error, hint: string): ServiceUnavailableError {
+  return new ServiceUnavailableError(`${service} at ${shownUrl} is unreachable (${causeOf(cause)}); ${hint}`);
 }
 
 /** A one-line cause: ioredis and pg wrap a refused connection as an AggregateError with an empty message. */

@@ -61,6 +61,26 @@ describe('start-up checks', () => {
     });
   });
 
+  describe('when no seed node of a Redis Cluster answers', () => {
+    it('worker › exits 1 with one line naming every seed without its password', async () => {
+      const [a, b] = [await closedPort(), await closedPort()];
+      const result = await runCli(
+        ['worker'],
+        {
+          REDIS_CLUSTER: 'true',
+          REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${a},redis://:${PASSWORD}@127.0.0.1:${b}`,
+          DATABASE_URL: adminUrl(),
+        },
+        EXIT_MS,
+      );
+      expectOneLine(
+        result,
+        `Redis Cluster at redis://:***@127.0.0.1:${a},redis://:***@127.0.0.1:${b} is unreachable`,
+        'REDIS_URL',
+      );
+    });
+  });
+
   describe('when Postgres is unreachable', () => {
     let databaseUrl: string;
     let shownUrl: string;
