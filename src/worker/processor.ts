@@ -426,6 +426,10 @@ export function createProcessor(options: ProcessorOptions) {
     const { ref, payload } = attempt;
     const failed = isFailure(result);
     attempt.fence();
+    // Free the deduplication id before the result goes out (BullMQ frees it only at completion, after this):
+    // a caller that has seen the result and enqueues again gets a new job, not this finished one. Removed
+    // only while it still names this job.
+    await attempt.job.removeDeduplicationKey();
     let event: WorkspaceJobEvent | null;
     try {
       event = await publisher.publish(
