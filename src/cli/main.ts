@@ -69,8 +69,15 @@ const NEEDS: Record<string, ServiceNeeds> = {
 };
 
 async function runService(log: Logger, start: () => Promise<{ stop: () => Promise<void> }>): Promise<number> {
-  const service = await start();
-  await untilSignal(service.stop, log);
+  // Listening before starting: a signal during start-up stops the service once it is up, rather than
+  // killing the process half-way through connecting (Node's default for an unhandled SIGTERM).
+  const running: { service?: Promise<{ stop: () => Promise<void> }> } = {};
+  const stopped = untilSignal(async () => (await running.service!).stop(), log);
+  // A start-up failure is thrown below; the stop that then fails with it too must not be unhandled.
+  stopped.catch(() => {});
+  running.service = start();
+  await running.service;
+  await stopped;
   return 0;
 }
 
