@@ -8,6 +8,7 @@ import { sleep } from './errors.js';
 import type { Config } from './interfaces.js';
 import type { Logger } from './logger.js';
 import { redactUrl } from './redis.js';
+import { quorumOf } from './lock-vote.js';
 
 /** What a command uses, and so must find at start-up. */
 export interface ServiceNeeds {
@@ -70,7 +71,7 @@ async function requireRedis(url: string, cluster: boolean, options: PreflightOpt
 async function requireLockQuorum(urls: string[], options: PreflightOptions): Promise<void> {
   const failures = await Promise.all(urls.map((url) => redisFailure(url, options)));
   const down = urls.flatMap((url, i) => (failures[i] ? [{ url, cause: failures[i] }] : []));
-  const quorum = Math.floor(urls.length / 2) + 1;
+  const quorum = quorumOf(urls.length);
   if (urls.length - down.length >= quorum) {
     for (const { url, cause } of down) {
       options.log?.warn(
