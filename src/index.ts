@@ -35,6 +35,7 @@ export {
   type CreateWorkspaceResult,
   type JobResult,
   type JobProgress,
+  type QueryPool,
 } from './shared/interfaces.js';
 export {
   ValidationError,

@@ -17,13 +17,14 @@ import {
   type JobName,
   type JobProgress,
   type JobResult,
+  type QueryPool,
   type StartWorkspacePayload,
   type WorkspaceJobEvent,
 } from '../shared/interfaces.js';
 import { dedupeIds } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { createPool, type Pool } from '../shared/postgres.js';
+import { createPool } from '../shared/postgres.js';
 import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
 import { ATTR, bullmqTelemetry, inSpan, traceCarrier } from '../shared/telemetry.js';
 import {
@@ -46,7 +47,7 @@ export interface ProducerOptions {
   /** Redis for the queue and events (not closed by the producer when passed in). */
   connection: RedisClient;
   /** Postgres, to resolve the workspace from chats.workspace_id when the caller omits it. */
-  pool: Pool;
+  pool: QueryPool;
   /** QUEUE_PREFIX. */
   prefix: string;
   /** JOB_ATTEMPTS, default 5. */
@@ -110,7 +111,7 @@ const DEFAULT_RESULT_RECHECK_MS = 5_000;
 
 export class WorkspaceJobsProducer {
   private readonly connection: RedisClient;
-  private readonly pool: Pool;
+  private readonly pool: QueryPool;
   private readonly prefix: string;
   private readonly attempts: number;
   private readonly log: Logger;

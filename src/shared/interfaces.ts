@@ -299,6 +299,15 @@ export interface Agent {
 /** Coder's derived agent connection status (not stored). */
 export type AgentConnectionStatus = 'connecting' | 'connected' | 'disconnected' | 'timeout';
 
+/**
+ * The producer's Postgres pool: a `pg.Pool` fits. Structural, so that the package's public types do not need
+ * `@types/pg` (a dev dependency) in the chat backend.
+ */
+export interface QueryPool {
+  query<R extends Record<string, unknown>>(text: string, values?: unknown[]): Promise<{ rows: R[] }>;
+  end(): Promise<void>;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // What the worker's domain logic runs over (src/worker). Implemented on Postgres by PgWorkspaceStore.
 
