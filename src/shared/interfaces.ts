@@ -416,8 +416,9 @@ export interface JobContext {
 }
 
 /**
- * A job's BullMQ progress: the last event it published. A job that ends with a failure result is failed
- * in BullMQ (so operators see it in Bull Board's failed list) and keeps its full result here.
+ * A job's BullMQ progress: the last event it published, and its full result once it ended. A job ends in
+ * BullMQ as completed with its result as return value, a success or an expected failure result; only a
+ * real failure (`internal`, `invalid_payload`) fails it, for Bull Board's failed list (README, Alerting).
  */
 export interface JobProgress {
   stage: ProgressStage | ResultStage;

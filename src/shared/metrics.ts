@@ -7,10 +7,13 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 
 export interface Metrics {
   registry: Registry;
-  /** Jobs that ended, by job name and outcome (`ok` or the failure code). */
-  jobsFinished: Counter<'name' | 'outcome'>;
+  /**
+   * Jobs that ended, by job name, outcome (`ok` or the failure code) and the outcome's kind: `ok`,
+   * `expected` (a failure result that answers the request) or `failure` (ours to fix; alert on it).
+   */
+  jobsFinished: Counter<'name' | 'outcome' | 'kind'>;
   /** Seconds from a job's first attempt starting to its result. */
-  jobDuration: Histogram<'name' | 'outcome'>;
+  jobDuration: Histogram<'name' | 'outcome' | 'kind'>;
   /** Attempts that failed and will be retried, by job name. */
   jobRetries: Counter<'name'>;
   /** Seconds a job waited for its chat lock (from its first busy try to acquiring it). */
@@ -57,14 +60,14 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     registry,
     jobsFinished: new Counter({
       name: 'wsjobs_jobs_finished_total',
-      help: 'Jobs that ended, by job name and outcome (ok or the failure code)',
-      labelNames: ['name', 'outcome'] as const,
+      help: 'Jobs that ended, by job name, outcome (ok or the failure code) and kind (ok, expected, failure)',
+      labelNames: ['name', 'outcome', 'kind'] as const,
       registers,
     }),
     jobDuration: new Histogram({
       name: 'wsjobs_job_duration_seconds',
       help: "Seconds from a job's first attempt starting to its result",
-      labelNames: ['name', 'outcome'] as const,
+      labelNames: ['name', 'outcome', 'kind'] as const,
       buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200],
       registers,
     }),

@@ -3,12 +3,15 @@
 // carries in its options (WorkspaceJobOptions.traceContext). Builds the attempt creates link to it in turn.
 import type { Job } from 'bullmq';
 import type { WorkspaceJobOptions } from '../producer/job-options.js';
-import { isFailure, type JobProgress } from '../shared/interfaces.js';
+import { isFailure, type JobFailure, type JobProgress } from '../shared/interfaces.js';
 import { ATTR, inSpan, linkTo } from '../shared/telemetry.js';
 
 type Processor<R> = (job: Job, token: string | undefined, signal: AbortSignal | undefined) => Promise<R>;
 
-/** `process` wrapped in an attempt span; its outcome is `ok`, a final failure's code, `delayed` or `error`. */
+/**
+ * `process` wrapped in an attempt span; its outcome is `ok`, a final failure's code, `delayed` or `error`.
+ * An expected failure result is returned, not thrown: its span carries the code and is not an error.
+ */
 export function traceAttempts<R>(process: Processor<R>): Processor<R> {
   // Three declared parameters: BullMQ passes the abort signal only to a processor whose length is 3.
   return (job, token, signal) =>
@@ -26,7 +29,8 @@ export function traceAttempts<R>(process: Processor<R>): Processor<R> {
       async (span) => {
         try {
           const result = await process(job, token, signal);
-          span.setAttribute(ATTR.jobOutcome, 'ok');
+          const code = (result as Partial<JobFailure> | undefined)?.code;
+          span.setAttribute(ATTR.jobOutcome, code ?? 'ok');
           return result;
         } catch (error) {
           span.setAttribute(ATTR.jobOutcome, outcomeOf(job, error));

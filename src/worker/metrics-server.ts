@@ -3,10 +3,10 @@
 //
 // It listens on METRICS_HOST, default 0.0.0.0: setting METRICS_PORT is the opt-in, and a port that only
 // answers on loopback would be of no use to a Prometheus server or a kubelet probe outside the container.
-// Nothing served is sensitive: every metric label comes from a closed set (job names, outcome codes, queue
-// states, build transitions, auto-update reasons), never an id, a name, a payload or a URL; the health body
-// holds only the words ok, error, timeout and the worker's state (the reasons go to the log); both are
-// read-only GETs. On a shared host, set METRICS_HOST=127.0.0.1.
+// Nothing served is sensitive: every metric label comes from a closed set (job names, outcome codes and
+// their kinds, queue states, build transitions, auto-update reasons), never an id, a name, a payload or a
+// URL; the health body holds only the words ok, error, timeout and the worker's state (the reasons go to
+// the log); both are read-only GETs. On a shared host, set METRICS_HOST=127.0.0.1.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';

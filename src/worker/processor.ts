@@ -1,7 +1,9 @@
 // The BullMQ side of a job: validate the payload, take the chat lock (re-delaying the job while it is
 // busy), run the domain logic with events wired to the job, and end with exactly one result event.
 // Thrown errors are transient and retried by BullMQ with backoff; failures the domain logic reports are
-// final and fail the job without retries.
+// final. A job whose failure result answers the request (FAILURE_KINDS: `expected`, e.g. manual_update_required)
+// completes with it as its return value, so that BullMQ's failed list and counts hold only real failures
+// (`internal`, `invalid_payload`): those fail without retries, with the stack of the error behind them.
 //
 // Metrics (when `metrics` is given): a job's outcome is counted where it is decided, here for every outcome
 // the processor reports, and by observeFailedJob (the worker's `failed` event) for retried attempts and for
@@ -12,6 +14,7 @@ import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared
 import {
   isFailure,
   type ChangeWaiter,
+  type FailureCode,
   type EventDraft,
   type CreateWorkspaceSuccess,
   type StartWorkspaceSuccess,
@@ -98,10 +101,37 @@ function buildIdOf(job: Job): string | undefined {
   return typeof kept === 'string' ? kept : undefined;
 }
 
+/**
+ * What a failure result means for operators (README, Alerting): `expected` is the right answer to the request
+ * (the job completes with it), `failure` is ours to fix (the job fails in BullMQ). A Record, so that a new
+ * code does not compile until it is classified.
+ */
+export const FAILURE_KINDS: Readonly<Record<FailureCode, 'expected' | 'failure'>> = {
+  no_workspace: 'expected',
+  workspace_deleted: 'expected',
+  workspace_changed: 'expected',
+  forbidden: 'expected',
+  build_active: 'expected',
+  build_failed: 'expected',
+  build_canceled: 'expected',
+  build_timeout: 'expected',
+  manual_update_required: 'expected',
+  invalid_parameters: 'expected',
+  // The producer validates every payload: one that does not parse is a producer bug (or a job added by hand).
+  invalid_payload: 'failure',
+  internal: 'failure',
+};
+
+/** The `kind` label of a job's end: `ok`, or its failure code's kind (an unknown code counts as a failure). */
+export function outcomeKind(outcome: string): 'ok' | 'expected' | 'failure' {
+  if (outcome === 'ok') return 'ok';
+  return Object.hasOwn(FAILURE_KINDS, outcome) ? FAILURE_KINDS[outcome as FailureCode] : 'failure';
+}
+
 /** Counts a job's end: `outcome` is `ok` or the failure code; its duration runs from its first pickup. */
 function recordFinished(metrics: Metrics | undefined, job: Job, outcome: string): void {
   if (!metrics) return;
-  const labels = { name: nameLabel(job.name), outcome };
+  const labels = { name: nameLabel(job.name), outcome, kind: outcomeKind(outcome) };
   metrics.jobsFinished.inc(labels);
   const seconds = (Date.now() - Date.parse(startedAtOf(job))) / 1_000;
   metrics.jobDuration.observe(labels, Math.max(0, seconds));
@@ -302,7 +332,9 @@ export function createProcessor(options: ProcessorOptions) {
     const message = error instanceof Error ? error.message : String(error);
     if (isLastAttempt(job)) {
       workspaceLog.error({ err: error }, 'job failed on its last attempt');
-      return { error: message, code: 'internal', is_error: true };
+      const failure: JobFailure = { error: message, code: 'internal', is_error: true };
+      if (error instanceof Error) causes.set(failure, error);
+      return failure;
     }
     workspaceLog.warn({ err: error }, 'attempt failed; BullMQ will retry');
     await emit(attempt, 'retrying', `Attempt ${attempt.ref.attempt} failed (${message}); retrying`, {
@@ -354,12 +386,15 @@ export function createProcessor(options: ProcessorOptions) {
     return event?.data as JobResult | undefined;
   }
 
-  /** Counts the job's end and hands its result to BullMQ: returned on success, thrown on a failure. */
+  /**
+   * Counts the job's end and hands its result to BullMQ: returned (the job completes) on success and on an
+   * expected failure, thrown (the job fails) on a real one.
+   */
   function conclude(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
     const outcome = isFailure(result) ? result.code : 'ok';
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');
-    if (isFailure(result)) throw new UnrecoverableError(result.error);
+    if (isFailure(result) && outcomeKind(outcome) === 'failure') throw unrecoverable(result);
     return result;
   }
 
@@ -482,6 +517,17 @@ interface Attempt {
   retryAnnounced?: boolean;
 }
 
+/** The error behind an `internal` result of a last attempt, whose stack the failed job should show. */
+const causes = new WeakMap<JobFailure, Error>();
+
+/** A real failure for BullMQ: its reason is the result's error, its stack that of the error behind it. */
+function unrecoverable(failure: JobFailure): UnrecoverableError {
+  const error = new UnrecoverableError(failure.error);
+  const stack = causes.get(failure)?.stack;
+  if (stack) error.stack = stack;
+  return error;
+}
+
 /** Before the chat lock is taken there is nothing to check. */
 const unfenced = () => {};
 
@@ -557,7 +603,7 @@ function isChatId(chatId: unknown): chatId is string {
 
 /**
  * For BullMQ's `failed` event: counts an attempt that will be retried, and a final failure the processor
- * did not count itself (it counts every UnrecoverableError it throws): attempts used up by thrown errors,
+ * did not count itself (it counts every UnrecoverableError it throws, and every job it completes): attempts used up by thrown errors,
  * or a job BullMQ failed without running it (stalled more often than maxStalledCount).
  */
 export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: Error): void {

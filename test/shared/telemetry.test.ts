@@ -257,6 +257,26 @@ describe('tracing', () => {
       }
     });
 
+    it('when a job ends with an expected failure result › its attempt carries the code and is not an error', async () => {
+      const owner = await harness.seedOwner();
+      const { rows } = await harness.db.pool.query<{ id: string }>(
+        'INSERT INTO chats (owner_id) VALUES ($1) RETURNING id',
+        [owner.ownerId],
+      );
+      const job = await harness.queue.add(
+        'start-workspace',
+        { chatId: rows[0]!.id, ownerId: owner.ownerId, workspaceId: randomUUID() },
+        { attempts: 1 },
+      );
+      await harness.waitForState(job.id!, ['completed']);
+
+      const [attempt] = await eventually(() =>
+        spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace'),
+      );
+      expect(attempt!.attributes[ATTR.jobOutcome]).toBe('no_workspace');
+      expect(attempt!.status.code).not.toBe(SpanStatusCode.ERROR);
+    });
+
     it('when an attempt is re-queued because the chat lock is busy › each attempt links to the same enqueue span', async () => {
       const ws = await harness.seedStoppedWorkspace();
       const held = await harness.locks().tryAcquire(ws.chatId);

@@ -65,7 +65,7 @@ describe('the worker on METRICS_PORT', () => {
       expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({ started: true });
       await h.waitForState(jobId, ['completed']);
 
-      const ok = { name: 'start-workspace', outcome: 'ok' };
+      const ok = { name: 'start-workspace', outcome: 'ok', kind: 'ok' };
       const text = await eventually(async () => {
         const t = await scrape(worker);
         expect(sample(t, 'wsjobs_jobs_finished_total', ok)).toBe(1);
@@ -103,7 +103,7 @@ describe('the worker on METRICS_PORT', () => {
       expect(res.body).toMatch(/^# TYPE wsjobs_job_duration_seconds histogram$/m);
     });
 
-    it('counts a failure result by its code, and a create by its name', async () => {
+    it('counts an expected failure result by its code and kind, and a create by its name', async () => {
       const worker = await h.startWorker({}, METRICS_ENV);
       const owner = await h.seedOwner();
       // A chat without a workspace: a start gets no_workspace (the producer would refuse; the queue does not).
@@ -113,7 +113,7 @@ describe('the worker on METRICS_PORT', () => {
         { chatId, ownerId: owner.ownerId, workspaceId: randomUUID() },
         { jobId: WorkerHarness.jobId(), ...FAST_RETRIES },
       );
-      await h.waitForState(start.id!, ['failed']);
+      await h.waitForState(start.id!, ['completed']);
       // A create for the same chat then makes a workspace and its first build.
       const { jobId } = await h.producer.createWorkspace({
         chatId,
@@ -124,19 +124,23 @@ describe('the worker on METRICS_PORT', () => {
 
       const text = await eventually(async () => {
         const t = await scrape(worker);
-        expect(sample(t, 'wsjobs_jobs_finished_total', { name: 'create-workspace', outcome: 'ok' })).toBe(1);
+        expect(
+          sample(t, 'wsjobs_jobs_finished_total', { name: 'create-workspace', outcome: 'ok', kind: 'ok' }),
+        ).toBe(1);
         return t;
       });
-      const noWorkspace = { name: 'start-workspace', outcome: 'no_workspace' };
+      const noWorkspace = { name: 'start-workspace', outcome: 'no_workspace', kind: 'expected' };
       expect(sample(text, 'wsjobs_jobs_finished_total', noWorkspace)).toBe(1);
       expect(sample(text, 'wsjobs_job_duration_seconds_count', noWorkspace)).toBe(1);
-      expect(sample(text, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok' })).toBe(
-        undefined,
-      );
+      expect(
+        sample(text, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
+      ).toBe(undefined);
       expect(sample(text, 'wsjobs_builds_started_total', { transition: 'start' })).toBe(1);
-      // A failure result is final: no retry.
+      // A failure result is final: no retry. An expected one completes the job (before issue 8 it failed it).
       expect(text).not.toMatch(/^wsjobs_job_retries_total\{/m);
-      expect(sample(text, 'wsjobs_queue_jobs', { state: 'failed' })).toBe(1);
+      expect(sample(text, 'wsjobs_queue_jobs', { state: 'failed' })).toBe(0);
+      expect(sample(text, 'wsjobs_queue_jobs', { state: 'completed' })).toBe(2);
+      expect(text).not.toMatch(/^wsjobs_jobs_finished_total\{.*kind="failure"/m);
     });
 
     it("counts an auto-update to the template's active version by its reason", async () => {
@@ -155,7 +159,9 @@ describe('the worker on METRICS_PORT', () => {
 
       const text = await eventually(async () => {
         const t = await scrape(worker);
-        expect(sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok' })).toBe(1);
+        expect(
+          sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
+        ).toBe(1);
         return t;
       });
       expect(sample(text, 'wsjobs_auto_updates_total', { reason: 'require_active_version' })).toBe(1);
@@ -179,7 +185,9 @@ describe('the worker on METRICS_PORT', () => {
 
       const text = await eventually(async () => {
         const t = await scrape(worker);
-        expect(sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok' })).toBe(1);
+        expect(
+          sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
+        ).toBe(1);
         return t;
       });
       expect(sample(text, 'wsjobs_lock_busy_total')).toBeGreaterThanOrEqual(2);
@@ -210,7 +218,9 @@ describe('the worker on METRICS_PORT', () => {
 
       const text = await eventually(async () => {
         const t = await scrape(worker);
-        expect(sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok' })).toBe(1);
+        expect(
+          sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
+        ).toBe(1);
         return t;
       });
       expect(sample(text, 'wsjobs_locks_lost_total')).toBe(1);
@@ -243,11 +253,16 @@ describe('the worker on METRICS_PORT', () => {
       expect(sample(text, 'wsjobs_event_publish_failures_total', { type: 'progress' })).toBeGreaterThan(2);
       expect(sample(text, 'wsjobs_job_retries_total', { name: 'start-workspace' })).toBe(1);
       expect(
-        sample(text, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'internal' }),
+        sample(text, 'wsjobs_jobs_finished_total', {
+          name: 'start-workspace',
+          outcome: 'internal',
+          kind: 'failure',
+        }),
       ).toBe(1);
-      expect(sample(text, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok' })).toBe(
-        undefined,
-      );
+      expect(sample(text, 'wsjobs_queue_jobs', { state: 'failed' })).toBe(1);
+      expect(
+        sample(text, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
+      ).toBe(undefined);
     });
   });
 

@@ -1,7 +1,10 @@
 // The worker's processor on real Redis and Postgres, driven through the producer (or queue.add where a test
 // needs to bypass it): the events a job publishes, its BullMQ outcome, retries and deduplication.
 import { randomUUID } from 'node:crypto';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { formatJob } from '@bull-board/api/dist/handlers/queues.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { insertTemplateVersion, setActiveVersion } from '../../src/cli/fixtures.js';
 import {
   PROGRESS_STAGES,
   type JobFailure,
@@ -21,6 +24,16 @@ import {
 
 /** Fast retries for jobs added with queue.add. */
 const FAST_RETRIES = { attempts: 3, backoff: { type: 'fixed', delay: 10 } } as const;
+
+/** A finished job as Bull Board shows it: the list it is in, and its card (reason, stacks newest first, return value). */
+async function onBoard(h: WorkerHarness, jobId: string) {
+  const board = new BullMQAdapter(h.queue);
+  for (const list of ['completed', 'failed'] as const) {
+    const job = (await board.getJobs([list])).find((j) => j.id === jobId);
+    if (job) return { list, counts: await board.getJobCounts(), card: formatJob(job, board) };
+  }
+  throw new Error(`job ${jobId} is in neither Bull Board list`);
+}
 
 describe('start-workspace processor', () => {
   let h: WorkerHarness;
@@ -209,6 +222,14 @@ describe('start-workspace processor', () => {
       const failed = await h.waitForState(job.id!, ['failed']);
       expect(failed.attemptsMade).toBe(3);
       expect(failed.failedReason).toContain('connection reset');
+      // A real failure: in Bull Board's failed list with one stack per attempt, the last one the error's own
+      // (where getChat rejected), not the place that failed the job.
+      const { list, card } = await onBoard(h, job.id!);
+      expect(list).toBe('failed');
+      expect(card.isFailed).toBe(true);
+      expect(card.stacktrace).toHaveLength(3);
+      for (const stack of card.stacktrace) expect(stack).toMatch(/^Error: connection reset[^\n]*\n\s+at /);
+      expect(card.stacktrace[0]).not.toContain('conclude');
 
       const events = await h.jobEvents(ws.chatId, job.id!);
       const retrying = events.filter((e) => e.stage === 'retrying');
@@ -228,8 +249,8 @@ describe('start-workspace processor', () => {
     });
   });
 
-  describe('a failure result (a chat without a workspace)', () => {
-    it('fails the BullMQ job without retries and keeps the full result in its progress', async () => {
+  describe('an expected failure result (a chat without a workspace)', () => {
+    it('completes the BullMQ job with the result as its return value: no retry, no reason, no stack', async () => {
       await h.startWorker();
       const ws = await h.seedStoppedWorkspace();
       // A second chat of the owner with no workspace; the producer is told the workspace explicitly.
@@ -251,15 +272,69 @@ describe('start-workspace processor', () => {
         is_error: true,
       });
 
-      const job = await h.waitForState(jobId, ['failed']);
+      // Before issue 8 such a job was failed, with a stack in Bull Board's failed list.
+      const job = await h.waitForState(jobId, ['completed']);
       expect(job.attemptsMade).toBe(1);
-      expect(job.failedReason).toBe((result as JobFailure).error);
+      expect(job.returnvalue).toEqual(result);
+      expect(job.failedReason).toBeFalsy();
+      expect(job.stacktrace).toEqual([]);
       expect((job.progress as JobProgress).result).toEqual(result);
       expect((job.progress as JobProgress).stage).toBe('failed');
+      const { list, counts, card } = await onBoard(h, jobId);
+      expect(list).toBe('completed');
+      expect(counts.failed).toBe(0);
+      expect(card.isFailed).toBe(false);
+      expect(card.returnValue).toEqual(result);
 
       const results = (await h.jobEvents(chatId, jobId)).filter((e) => e.type === 'result');
       expect(results).toHaveLength(1);
       expect(results[0]).toMatchObject({ stage: 'failed', data: result });
+      expect(await h.newStartBuilds()).toEqual([]);
+
+      // With the chat's events gone, the producer reads the same result from the completed job.
+      await h.redis.del(redisKeys(h.prefix).chatLog(chatId));
+      expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toEqual(result);
+    });
+  });
+
+  describe('an expected failure result (manual update required)', () => {
+    it("is in Bull Board's completed list with its code in the return value; the failed list stays empty", async () => {
+      await h.startWorker();
+      const owner = await h.seedOwner();
+      const ws = await h.seedStoppedWorkspace(owner);
+      // The template requires its active version, which has a required parameter the start does not give.
+      const v2 = await insertTemplateVersion(h.db.pool, owner.templateId, {
+        name: 'v2',
+        parameters: [{ name: 'region', required: true }],
+      });
+      await setActiveVersion(h.db.pool, owner.templateId, v2);
+      await h.db.pool.query('UPDATE templates SET require_active_version = true WHERE id = $1', [
+        owner.templateId,
+      ]);
+      // Retries allowed: the result is final all the same.
+      const job = await h.queue.add(
+        'start-workspace',
+        { chatId: ws.chatId, ownerId: ws.ownerId, workspaceId: ws.workspaceId },
+        { jobId: WorkerHarness.jobId(), ...FAST_RETRIES },
+      );
+
+      const result = (await h.producer.waitForResult(job.id!, { timeoutMs: WAIT_MS })) as JobFailure;
+      expect(result).toMatchObject({ code: 'manual_update_required', template_id: owner.templateId });
+      const done = await h.waitForState(job.id!, ['completed']);
+      expect(done.attemptsMade).toBe(1);
+      expect(done.returnvalue).toEqual(result);
+      expect(done.stacktrace).toEqual([]);
+      const { list, counts, card } = await onBoard(h, job.id!);
+      expect(list).toBe('completed');
+      expect(counts).toMatchObject({ completed: 1, failed: 0 });
+      expect(card.isFailed).toBe(false);
+      expect(card.stacktrace).toEqual([]);
+      expect(card.returnValue).toMatchObject({ code: 'manual_update_required' });
+
+      const events = await h.jobEvents(ws.chatId, job.id!);
+      expect(events.filter((e) => e.type === 'result')).toEqual([events.at(-1)]);
+      expect(events.at(-1)).toMatchObject({ stage: 'failed', data: result });
+      expect(stagesOf(events)).not.toContain('retrying');
       expect(await h.newStartBuilds()).toEqual([]);
     });
   });

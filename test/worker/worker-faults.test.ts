@@ -4,7 +4,8 @@
 // when a worker dies between the two; a re-run that finds the build its own earlier attempt made reports it.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertChat } from '../../src/cli/fixtures.js';
-import type { JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { JobFailure, JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { outcomeKind } from '../../src/worker/processor.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
 import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
@@ -85,7 +86,9 @@ describe('when a worker dies or freezes under a job', () => {
     const results = (await h.jobEvents(chatId, jobId)).filter((e) => e.type === 'result');
     expect(results).toHaveLength(1);
     const [result] = results as [WorkspaceJobEvent];
-    if (result.stage === 'completed') {
+    // A success or an expected failure result completes the job; only a real failure fails it.
+    const code = (result.data as Partial<JobFailure>).code;
+    if (code === undefined || outcomeKind(code) === 'expected') {
       expect(await h.queue.getJobState(jobId)).toBe('completed');
       expect(job.returnvalue).toEqual(result.data);
     } else {
