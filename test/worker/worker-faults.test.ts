@@ -2,6 +2,7 @@
 // real Redis and Postgres: another worker takes the job over and finishes it; a worker paused past its locks
 // and woken writes nothing more to the job; the one result event and BullMQ's outcome always agree, even
 // when a worker dies between the two; a re-run that finds the build its own earlier attempt made reports it.
+import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertChat } from '../../src/cli/fixtures.js';
 import type { JobFailure, JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
@@ -138,20 +139,22 @@ describe('when a worker dies or freezes under a job', () => {
     expect((await h.newStartBuilds()).map((b) => b.id)).toEqual([buildId]);
   }, 90_000);
 
-  it('when killed between publishing the result and BullMQ recording it › the re-run ends the job with that same result', async () => {
-    h.provisioner.resume();
+  /**
+   * Runs the job `enqueue` adds on a worker held after its result event, kills it in that window and starts
+   * another worker: the re-run ends the job with the result already out.
+   */
+  async function killedBetweenResultAndRecord(enqueue: () => Promise<{ chatId: string; jobId: string }>) {
     const held = await startWorker(
       'worker held after its result',
       'test/helpers/worker-held-after-result.ts',
     );
-    const { ws, jobId } = await startJob();
+    const { chatId, jobId } = await enqueue();
     await held.waitForLog(
       'its result event',
       (l) => l.msg === 'result published; holding before BullMQ records it' && l.jobId === jobId,
       WAIT_MS,
     );
-    const [published] = (await h.jobEvents(ws.chatId, jobId)).filter((e) => e.type === 'result');
-    expect(published).toMatchObject({ stage: 'completed', data: { started: true } });
+    const [published] = (await h.jobEvents(chatId, jobId)).filter((e) => e.type === 'result');
     expect(await h.queue.getJobState(jobId)).toBe('active');
 
     held.kill();
@@ -164,11 +167,39 @@ describe('when a worker dies or freezes under a job', () => {
         l.jobId === jobId,
       TAKEOVER_MS,
     );
-
-    const result = await expectOneAgreeingResult(ws.chatId, jobId);
+    const result = await expectOneAgreeingResult(chatId, jobId);
     expect(result).toEqual(published);
+    return result;
+  }
+
+  it('when killed between publishing the result and BullMQ recording it › the re-run ends the job with that same result', async () => {
+    h.provisioner.resume();
+    const result = await killedBetweenResultAndRecord(async () => {
+      const { ws, jobId } = await startJob();
+      return { chatId: ws.chatId, jobId };
+    });
+
+    expect(result).toMatchObject({ stage: 'completed', data: { started: true } });
     expect(result.data).not.toHaveProperty('no_build');
     expect(await h.newStartBuilds()).toHaveLength(1);
+  }, 90_000);
+
+  it('when killed between publishing an expected failure result and BullMQ recording it › the re-run completes the job with it', async () => {
+    const result = await killedBetweenResultAndRecord(async () => {
+      const owner = await h.seedOwner();
+      // A chat without a workspace, the workspace named explicitly: the start's result is no_workspace.
+      const { chatId } = await insertChat(h.db.pool, { ownerId: owner.ownerId });
+      const { jobId } = await h.producer.startWorkspace({
+        chatId,
+        ownerId: owner.ownerId,
+        workspaceId: randomUUID(),
+      });
+      return { chatId, jobId };
+    });
+
+    expect(result).toMatchObject({ stage: 'failed', data: { code: 'no_workspace' } });
+    // expectOneAgreeingResult checked the job completed with it; a failed job would also show a stack.
+    expect((await h.queue.getJob(result.job.id))!.stacktrace).toEqual([]);
   }, 90_000);
 
   /**
