@@ -15,6 +15,8 @@ export { JOB_BACKOFF, JOB_NAMES, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from './pr
 export {
   QUEUE_NAME,
   PROGRESS_STAGES,
+  RESULT_STAGES,
+  FAILURE_CODES,
   isFailure,
   type Config,
   type JobName,
@@ -24,6 +26,8 @@ export {
   type ResultStage,
   type JobRef,
   type WorkspaceJobEvent,
+  type ProgressEvent,
+  type ResultEvent,
   type EventDraft,
   type AgentReadiness,
   type StartWorkspaceSuccess,
@@ -43,6 +47,7 @@ export {
   startWorkspaceInputSchema,
   createWorkspacePayloadSchema,
   workspaceJobEventSchema,
+  jobResultSchema,
 } from './shared/schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
 export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig } from './shared/config.js';

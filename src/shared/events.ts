@@ -72,7 +72,7 @@ function decodeEntry(id: string, fields: string[], log: Logger | undefined): Wor
     );
     return undefined;
   }
-  return parsed.data as WorkspaceJobEvent;
+  return parsed.data;
 }
 
 interface Page {
@@ -242,12 +242,13 @@ export class EventPublisher {
       return null;
     }
     const parsed = workspaceJobEventSchema.safeParse(body);
-    return parsed.success && parsed.data.type === 'result' ? (parsed.data as WorkspaceJobEvent) : null;
+    return parsed.success && parsed.data.type === 'result' ? parsed.data : null;
   }
 
   /** The envelope in the contract's field order; throws a ValidationError naming bad fields. */
   private envelope(draft: EventDraft, seq: string): WorkspaceJobEvent {
-    const event: WorkspaceJobEvent = {
+    // Copied field by field, `type` loses its link to `stage` and `data`; the schema below checks them.
+    const event = {
       v: 1,
       seq,
       type: draft.type,
@@ -258,7 +259,7 @@ export class EventPublisher {
       at: new Date().toISOString(),
       message: draft.message,
       ...(draft.data !== undefined && { data: draft.data }),
-    };
+    } as WorkspaceJobEvent;
     // Subscribers drop envelopes that do not validate; refuse to write one.
     const parsed = workspaceJobEventSchema.safeParse(event);
     if (!parsed.success) throw new ValidationError(describeIssues('event', parsed.error));
@@ -520,7 +521,7 @@ export class EventSubscriber {
       );
       return;
     }
-    const event = parsed.data as WorkspaceJobEvent;
+    const event = parsed.data;
     for (const subscription of [...channel.subscriptions]) this.receive(subscription, event);
   };
 

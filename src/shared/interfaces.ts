@@ -103,7 +103,8 @@ export const PROGRESS_STAGES = [
   'retrying',
 ] as const;
 export type ProgressStage = (typeof PROGRESS_STAGES)[number];
-export type ResultStage = 'completed' | 'failed';
+export const RESULT_STAGES = ['completed', 'failed'] as const;
+export type ResultStage = (typeof RESULT_STAGES)[number];
 
 export interface JobRef {
   id: string;
@@ -111,23 +112,40 @@ export interface JobRef {
   attempt: number;
 }
 
-export interface WorkspaceJobEvent {
+/** What every event carries; `type` tells a progress event from the job's one result event. */
+interface EventEnvelope {
   v: 1;
   /** The replay stream's entry id. */
   seq: string;
-  type: 'progress' | 'result';
-  stage: ProgressStage | ResultStage;
   job: JobRef;
   chatId: string;
   workspaceId?: string;
   /** ISO 8601. */
   at: string;
   message: string;
+}
+
+export interface ProgressEvent extends EventEnvelope {
+  type: 'progress';
+  stage: ProgressStage;
+  /** Stage details, e.g. `{ build_id, build_number, transition }` for `build_running`. */
   data?: Record<string, unknown>;
 }
 
+/** The job's one result event: `data` is its result. */
+export interface ResultEvent extends EventEnvelope {
+  type: 'result';
+  stage: ResultStage;
+  data: JobResult;
+}
+
+export type WorkspaceJobEvent = ProgressEvent | ResultEvent;
+
+/** Omit applied to each member of a union (plain Omit would merge the members into one loose type). */
+type OmitEach<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
 /** An event before the publisher has given it a `seq` and a time. */
-export type EventDraft = Omit<WorkspaceJobEvent, 'v' | 'seq' | 'at'>;
+export type EventDraft = OmitEach<WorkspaceJobEvent, 'v' | 'seq' | 'at'>;
 
 // ---------------------------------------------------------------------------------------------------
 // Results (CONTRACT.md section 7; compatible with Coder's start_workspace tool result)
@@ -161,19 +179,21 @@ export interface CreateWorkspaceSuccess extends AgentReadiness {
   build_id?: string;
 }
 
-export type FailureCode =
-  | 'no_workspace'
-  | 'workspace_deleted'
-  | 'workspace_changed'
-  | 'forbidden'
-  | 'build_active'
-  | 'build_failed'
-  | 'build_canceled'
-  | 'build_timeout'
-  | 'manual_update_required'
-  | 'invalid_parameters'
-  | 'invalid_payload'
-  | 'internal';
+export const FAILURE_CODES = [
+  'no_workspace',
+  'workspace_deleted',
+  'workspace_changed',
+  'forbidden',
+  'build_active',
+  'build_failed',
+  'build_canceled',
+  'build_timeout',
+  'manual_update_required',
+  'invalid_parameters',
+  'invalid_payload',
+  'internal',
+] as const;
+export type FailureCode = (typeof FAILURE_CODES)[number];
 
 export interface Validation {
   field: string;

@@ -2,8 +2,13 @@
 // events (section 6). The producer validates with them at the edge; the worker validates again because
 // anyone with Redis access can add a job.
 import { z } from 'zod';
-import { PROGRESS_STAGES } from './interfaces.js';
-import type { CreateWorkspacePayload, StartWorkspacePayload, WorkspaceJobEvent } from './interfaces.js';
+import { FAILURE_CODES, PROGRESS_STAGES, RESULT_STAGES } from './interfaces.js';
+import type {
+  CreateWorkspacePayload,
+  JobResult,
+  StartWorkspacePayload,
+  WorkspaceJobEvent,
+} from './interfaces.js';
 
 /**
  * Every id at every edge (producer, CLI, dashboard, worker): an RFC 9562 UUID of version 1-8 (or the nil/max
@@ -76,11 +81,59 @@ export const createWorkspacePayloadSchema = z.strictObject({
   requestId: requestId.optional(),
 }) satisfies z.ZodType<CreateWorkspacePayload>;
 
-export const workspaceJobEventSchema = z.object({
+// Results (CONTRACT.md section 7), as the result event's `data`.
+const agentReadinessShape = {
+  agent_status: z.enum(['no_agent', 'selection_error', 'not_ready']).optional(),
+  agent_error: z.string().optional(),
+  startup_scripts: z
+    .enum(['startup_scripts_failed', 'startup_scripts_timeout', 'startup_scripts_unknown'])
+    .optional(),
+  lifecycle_state: z.string().optional(),
+};
+
+const jobFailureSchema = z.object({
+  error: z.string(),
+  code: z.enum(FAILURE_CODES),
+  is_error: z.boolean(),
+  detail: z.string().optional(),
+  validations: z.array(z.object({ field: z.string(), detail: z.string() })).optional(),
+  template_id: z.string().optional(),
+  build_id: z.string().optional(),
+  settings_url: z.string().optional(),
+});
+
+const startWorkspaceSuccessSchema = z.object({
+  ...agentReadinessShape,
+  started: z.literal(true),
+  workspace_name: z.string(),
+  build_id: z.string().optional(),
+  no_build: z.literal(true).optional(),
+  updated_to_active_version: z.literal(true).optional(),
+  update_reason: z.string().optional(),
+  message: z.string().optional(),
+  previous_template_version_id: z.string().optional(),
+  template_version_id: z.string().optional(),
+});
+
+const createWorkspaceSuccessSchema = z.object({
+  ...agentReadinessShape,
+  created: z.boolean(),
+  workspace_name: z.string(),
+  status: z.enum(['already_exists', 'stopped']).optional(),
+  message: z.string().optional(),
+  build_id: z.string().optional(),
+});
+
+export const jobResultSchema = z.union([
+  jobFailureSchema,
+  startWorkspaceSuccessSchema,
+  createWorkspaceSuccessSchema,
+]);
+
+// Events (CONTRACT.md section 6).
+const envelopeShape = {
   v: z.literal(1),
   seq: z.string(),
-  type: z.enum(['progress', 'result']),
-  stage: z.enum([...PROGRESS_STAGES, 'completed', 'failed']),
   job: z.object({
     id: z.string(),
     name: z.enum(['start-workspace', 'create-workspace']),
@@ -90,8 +143,29 @@ export const workspaceJobEventSchema = z.object({
   workspaceId: z.string().optional(),
   at: z.string(),
   message: z.string(),
-  data: z.record(z.string(), z.unknown()).optional(),
-}) satisfies z.ZodType<WorkspaceJobEvent>;
+};
+
+export const workspaceJobEventSchema = z.discriminatedUnion('type', [
+  z.object({
+    ...envelopeShape,
+    type: z.literal('progress'),
+    stage: z.enum(PROGRESS_STAGES),
+    data: z.record(z.string(), z.unknown()).optional(),
+  }),
+  z.object({
+    ...envelopeShape,
+    type: z.literal('result'),
+    stage: z.enum(RESULT_STAGES),
+    data: jobResultSchema,
+  }),
+]);
+
+/** Assignable both ways: the same type. */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+// The hand-written types (interfaces.ts) and these schemas cannot drift apart: if they do, `true` is not
+// assignable to `false` here and the build fails.
+const _resultSchemaAgrees: Same<z.output<typeof jobResultSchema>, JobResult> = true;
+const _eventSchemaAgrees: Same<z.output<typeof workspaceJobEventSchema>, WorkspaceJobEvent> = true;
 
 /** `invalid start-workspace payload: chatId: Invalid UUID; parameters.x: …` — names every bad field. */
 export function describeIssues(what: string, error: z.ZodError): string {

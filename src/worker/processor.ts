@@ -475,7 +475,7 @@ export function createProcessor(options: ProcessorOptions) {
           chatId: payload.chatId,
           workspaceId: payload.workspaceId,
           message: describeResult(result),
-          data: result as unknown as Record<string, unknown>,
+          data: result,
         },
         { owner: attempt.owner },
       );
@@ -580,7 +580,7 @@ export async function publishMissingResult(publisher: EventPublisher, job: Job, 
     chatId,
     workspaceId: (job.data as Partial<ChatPayload>).workspaceId,
     message: failure.error,
-    data: failure as unknown as Record<string, unknown>,
+    data: failure,
   });
 }
 

@@ -1,7 +1,10 @@
 // Event drafts for the event tests.
-import type { EventDraft } from '../../src/shared/interfaces.js';
+import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 
-/** Event number `n` of job `job-1` on the chat: a build_running progress event carrying `{ n }`. */
+/**
+ * Event number `n` of job `job-1` on the chat: a build_running progress event carrying `{ n }`. Overrides
+ * may make it a result event (the publisher validates the combination).
+ */
 export function draft(chatId: string, n: number, overrides: Partial<EventDraft> = {}): EventDraft {
   return {
     type: 'progress',
@@ -11,5 +14,8 @@ export function draft(chatId: string, n: number, overrides: Partial<EventDraft> 
     message: `event ${n}`,
     data: { n },
     ...overrides,
-  };
+  } as EventDraft;
 }
+
+/** The `n` a draft() event carries. */
+export const numberOf = (event: WorkspaceJobEvent) => (event.type === 'progress' ? event.data?.n : undefined);

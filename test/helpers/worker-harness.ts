@@ -28,7 +28,9 @@ import {
   QUEUE_NAME,
   type Config,
   type JobProgress,
+  type ProgressEvent,
   type ProgressStage,
+  type ResultEvent,
   type ResultStage,
   type WorkspaceJobEvent,
 } from '../../src/shared/interfaces.js';
@@ -365,15 +367,15 @@ export class WorkerHarness {
   }
 
   /** Waits for an event of `stage` (optionally of one job) on the chat's stream and returns it. */
-  async waitForEvent(
+  async waitForEvent<S extends ProgressStage | ResultStage>(
     chatId: string,
-    stage: ProgressStage | ResultStage,
+    stage: S,
     filter: (event: WorkspaceJobEvent) => boolean = () => true,
-  ): Promise<WorkspaceJobEvent> {
+  ): Promise<S extends ProgressStage ? ProgressEvent : ResultEvent> {
     return eventually(async () => {
       const found = (await this.events(chatId)).find((e) => e.stage === stage && filter(e));
       if (!found) throw new Error(`no ${stage} event on chat ${chatId} yet`);
-      return found;
+      return found as S extends ProgressStage ? ProgressEvent : ResultEvent;
     });
   }
 

@@ -64,7 +64,11 @@ describe('events on a Redis Cluster', () => {
 
   it("publishes a job's result once: the marker and the stream are written by one script in one slot", async () => {
     const chatId = randomUUID();
-    const result = draft(chatId, 0, { type: 'result', stage: 'completed', data: { started: true } });
+    const result = draft(chatId, 0, {
+      type: 'result',
+      stage: 'completed',
+      data: { started: true, workspace_name: 'dev' },
+    });
 
     expect(await publisher.publish(result)).not.toBeNull();
     expect(await publisher.publish(result)).toBeNull();

@@ -10,7 +10,7 @@ import {
 } from '../../src/shared/events.js';
 import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
-import { draft } from '../helpers/events.js';
+import { draft, numberOf } from '../helpers/events.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
@@ -21,7 +21,7 @@ async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000
   }
 }
 
-const numbers = (events: WorkspaceJobEvent[]) => events.map((e) => e.data?.n);
+const numbers = (events: WorkspaceJobEvent[]) => events.map(numberOf);
 
 describe('events on the real Redis', () => {
   let prefix: string;
@@ -55,7 +55,11 @@ describe('events on the real Redis', () => {
     const redis = connection();
     const chatId = randomUUID();
     const publisher = new EventPublisher(redis, prefix);
-    const result = draft(chatId, 0, { type: 'result', stage: 'failed', data: { error: 'x' } });
+    const result = draft(chatId, 0, {
+      type: 'result',
+      stage: 'failed',
+      data: { error: 'x', code: 'internal', is_error: true },
+    });
     // A key of the wrong type makes the XADD inside the publish script fail (WRONGTYPE).
     await redis.set(`${prefix}:events:chat:${chatId}:log`, 'not a stream');
 
@@ -234,7 +238,7 @@ describe('events on the real Redis', () => {
     // `~` trims whole stream nodes (stream-node-max-entries, 100 by default), so "about" 10.
     expect(length).toBeLessThan(500);
     const retained = await readChatEvents(redis, prefix, chatId, '0');
-    expect(retained.at(-1)?.data?.n).toBe(499);
+    expect(numberOf(retained.at(-1)!)).toBe(499);
     const ttl = await redis.ttl(key);
     expect(ttl).toBeGreaterThan(86_000);
     expect(ttl).toBeLessThanOrEqual(86_400);
@@ -244,7 +248,11 @@ describe('events on the real Redis', () => {
     prefix = uniquePrefix('events');
     const chatId = randomUUID();
     const publishers = Array.from({ length: 4 }, () => new EventPublisher(connection(), prefix));
-    const result = draft(chatId, 0, { type: 'result', stage: 'completed', data: { started: true } });
+    const result = draft(chatId, 0, {
+      type: 'result',
+      stage: 'completed',
+      data: { started: true, workspace_name: 'dev' },
+    });
 
     const outcomes = await Promise.all(
       Array.from({ length: 20 }, (_, i) => publishers[i % 4]!.publish(result)),
@@ -262,11 +270,13 @@ describe('events on the real Redis', () => {
     const result = draft(chatId, 0, {
       type: 'result',
       stage: 'completed',
-      data: { started: true, build_id: 'b' },
+      data: { started: true, workspace_name: 'dev', build_id: 'b' },
     });
 
     const published = await publisher.publish(result);
-    expect(await publisher.publish({ ...result, data: { started: true, no_build: true } })).toBeNull();
+    expect(
+      await publisher.publish({ ...result, data: { started: true, workspace_name: 'dev', no_build: true } }),
+    ).toBeNull();
 
     expect(published).not.toBeNull();
     expect(await publisher.publishedResult('job-1')).toEqual(published);
@@ -295,7 +305,11 @@ describe('events on the real Redis', () => {
       const chatId = randomUUID();
       const publisher = new EventPublisher(redis, prefix);
       const owner = { lockKey: lockKey(), token: 'token-a' };
-      const result = draft(chatId, 2, { type: 'result', stage: 'completed', data: { started: true } });
+      const result = draft(chatId, 2, {
+        type: 'result',
+        stage: 'completed',
+        data: { started: true, workspace_name: 'dev' },
+      });
 
       await redis.set(lockKey(), 'token-b', 'PX', 10_000);
       await expect(publisher.publish(draft(chatId, 1), { owner })).rejects.toBeInstanceOf(StaleAttemptError);

@@ -35,7 +35,7 @@ function draft(chatId: string, overrides: Partial<EventDraft> = {}): EventDraft 
     chatId,
     message: 'Build #3 is running',
     ...overrides,
-  };
+  } as EventDraft;
 }
 
 function fakeLog() {
@@ -171,14 +171,18 @@ describe('events on ioredis-mock', () => {
       const chatId = randomUUID();
       const live = await listen(`${prefix}:events:chat:${chatId}`);
       const publisher = new EventPublisher(redis, prefix);
-      const result = draft(chatId, { type: 'result', stage: 'completed', data: { started: true } });
+      const result = draft(chatId, {
+        type: 'result',
+        stage: 'completed',
+        data: { started: true, workspace_name: 'dev' },
+      });
 
       const first = await publisher.publish(result);
       const second = await publisher.publish({
         ...result,
         stage: 'failed',
         job: { ...result.job, attempt: 2 },
-      });
+      } as EventDraft);
 
       expect(first).not.toBeNull();
       expect(second).toBeNull();
@@ -200,6 +204,33 @@ describe('events on ioredis-mock', () => {
       const bad = draft(chatId, { stage: 'nonsense' as EventDraft['stage'] });
 
       await expect(new EventPublisher(redis, prefix).publish(bad)).rejects.toThrow(ValidationError);
+      expect(await redis.exists(`${prefix}:events:chat:${chatId}:log`)).toBe(0);
+    });
+
+    it.each([
+      ['a result stage on a progress event', { stage: 'completed' }, /stage/],
+      [
+        'a progress stage on a result event',
+        { type: 'result', data: { error: 'x', code: 'internal', is_error: true } },
+        /stage/,
+      ],
+      [
+        'a result event whose data is not a result',
+        { type: 'result', stage: 'completed', data: { started: true } },
+        /data/,
+      ],
+      [
+        'a failure result with an unknown code',
+        { type: 'result', stage: 'failed', data: { error: 'x', code: 'oops', is_error: true } },
+        /data/,
+      ],
+    ])('refuses %s, writing nothing', async (_what, overrides, named) => {
+      const redis = client();
+      const prefix = uniquePrefix();
+      const chatId = randomUUID();
+      const bad = draft(chatId, overrides as Partial<EventDraft>);
+
+      await expect(new EventPublisher(redis, prefix).publish(bad)).rejects.toThrow(named);
       expect(await redis.exists(`${prefix}:events:chat:${chatId}:log`)).toBe(0);
     });
   });

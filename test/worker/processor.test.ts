@@ -9,6 +9,7 @@ import {
   PROGRESS_STAGES,
   type JobFailure,
   type JobProgress,
+  type ProgressEvent,
   type StartWorkspaceSuccess,
   type WorkspaceStore,
 } from '../../src/shared/interfaces.js';
@@ -232,7 +233,7 @@ describe('start-workspace processor', () => {
       expect(card.stacktrace[0]).not.toContain('conclude');
 
       const events = await h.jobEvents(ws.chatId, job.id!);
-      const retrying = events.filter((e) => e.stage === 'retrying');
+      const retrying = events.filter((e): e is ProgressEvent => e.stage === 'retrying');
       expect(retrying.map((e) => e.job.attempt)).toEqual([1, 2]);
       for (const e of retrying) expect(e.data?.error).toContain('connection reset');
       const results = events.filter((e) => e.type === 'result');
@@ -240,7 +241,7 @@ describe('start-workspace processor', () => {
       expect(events.at(-1)).toBe(results[0]);
       expect(results[0]).toMatchObject({ stage: 'failed', job: { attempt: 3 } });
       expect(results[0]!.data).toMatchObject({ code: 'internal', is_error: true });
-      expect(String(results[0]!.data?.error)).toContain('connection reset');
+      expect((results[0]!.data as JobFailure).error).toContain('connection reset');
 
       // Nothing was built, and every attempt released the chat lock.
       expect(await h.newStartBuilds()).toEqual([]);
