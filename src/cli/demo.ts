@@ -114,7 +114,7 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
         parameters: scenario.parameters,
       });
       const result = await Promise.race([
-        follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, 'pretty'),
+        follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, false),
         crashed,
       ]);
       console.log(JSON.stringify(result, null, 2));

@@ -10,6 +10,7 @@ import { closeRedis, createRedis } from '../shared/redis.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags, parseMs, parseParams, requireId, UsageError } from './args.js';
 import { formatEvent } from './format.js';
+import { stdoutClosed } from './lifecycle.js';
 
 const ENQUEUE_HELP = `Usage: workspace-jobs enqueue start --chat ID [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
        workspace-jobs enqueue create --chat ID --template ID [--name NAME] [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
@@ -23,6 +24,7 @@ Enqueues a job as the chat backend would: start the chat's workspace, or create 
   --owner ID         the chat's owner (default: read from the chat)
   --param name=value a parameter value for the build; repeatable
   --wait             follow the job's events; exit 0 on success, 1 on a failed result; the result JSON is printed last
+                     (one line when stdout is not a terminal or with --json)
   --timeout MS       with --wait: give up after MS (default: the build, agent and startup timeouts added up, plus the
                      lock wait)
   --json             print events as JSON lines even on a terminal`;
@@ -70,9 +72,15 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
       : await producer.startWorkspace({ chatId, ownerId, parameters });
     console.log(JSON.stringify(enqueued));
     if (!values.wait) return 0;
-    const format = values.json ? 'json' : 'auto';
-    const result = await follow(producer, chatId, enqueued.jobId, since!, timeoutMs, format);
-    console.log(JSON.stringify(result, null, 2));
+    const asJson = values.json || !process.stdout.isTTY;
+    const following = follow(producer, chatId, enqueued.jobId, since!, timeoutMs, asJson);
+    // Closing the producer below ends the wait too; its rejection is nobody's concern then.
+    following.catch(() => {});
+    const result = await Promise.race([following, stdoutClosed()]);
+    // Nobody reads any more (`… --wait | head -n 1`): stop following, quietly.
+    if (result === undefined) return 0;
+    // As JSON lines, the result is the last line: one object a script can take with `tail -n 1`.
+    console.log(asJson ? JSON.stringify(result) : JSON.stringify(result, null, 2));
     return isFailure(result) ? 1 : 0;
   } finally {
     await producer.close();
@@ -86,10 +94,9 @@ export async function follow(
   jobId: string,
   since: string,
   timeoutMs: number,
-  /** `auto`: JSON lines when stdout is not a terminal. */
-  format: 'json' | 'pretty' | 'auto',
+  /** Events as JSON lines, else one readable line each. */
+  asJson: boolean,
 ): Promise<JobResult> {
-  const asJson = format === 'json' || (format === 'auto' && !process.stdout.isTTY);
   let resultEvent: (() => void) | undefined;
   const sawResult = new Promise<void>((resolve) => (resultEvent = resolve));
   const unsubscribe = await producer.subscribe(

@@ -1,4 +1,5 @@
-// Long-running commands stop gracefully on SIGTERM/SIGINT; a second signal exits at once.
+// Long-running commands stop gracefully on SIGTERM/SIGINT (or when stdout's reader goes away); a second
+// signal exits at once.
 import { integer, type Env } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 
@@ -8,20 +9,43 @@ export function graceMs(env: Env = process.env): number {
   return integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 2_147_483_647)!;
 }
 
-/** Resolves once `stop` has finished after the first signal. */
+let stdoutGone: Promise<void> | undefined;
+
+/**
+ * Resolves once stdout's reader has gone (EPIPE, as in `watch | head -n 3`): nothing more can be printed,
+ * so the command may as well stop. Called first thing, so that this is never an uncaught error (a stack
+ * trace and exit 1); any other stdout error still is.
+ */
+export function stdoutClosed(): Promise<void> {
+  stdoutGone ??= new Promise((resolve) => {
+    process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE') throw error;
+      resolve();
+    });
+  });
+  return stdoutGone;
+}
+
+/** Resolves once `stop` has finished after the first signal, or after stdout closed. */
 export function untilSignal(stop: () => Promise<void>, log: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     let stopping = false;
+    const begin = (reason: Record<string, string>) => {
+      stopping = true;
+      log.info(reason, 'stopping');
+      stop().then(resolve, reject);
+    };
     const onSignal = (signal: NodeJS.Signals) => {
       if (stopping) {
         log.warn({ signal }, 'second signal; exiting now');
         process.exit(1);
       }
-      stopping = true;
-      log.info({ signal }, 'stopping');
-      stop().then(resolve, reject);
+      begin({ signal });
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    void stdoutClosed().then(() => {
+      if (!stopping) begin({ reason: 'stdout closed' });
+    });
   });
 }

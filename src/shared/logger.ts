@@ -1,4 +1,6 @@
-// pino JSON logs; pretty only when stdout is a terminal (and pino-pretty, a dev dependency, is installed).
+// pino logs on stderr, for every command: stdout is for what a command prints as its output (`watch` and
+// `enqueue --wait` JSON lines, `seed`'s ids), which a pipe must get alone. Pretty only when stderr is a
+// terminal (and pino-pretty, a dev dependency, is installed); JSON lines otherwise.
 import { createRequire } from 'node:module';
 import { pino, type Logger } from 'pino';
 
@@ -14,10 +16,13 @@ function prettyAvailable(): boolean {
 }
 
 export function createLogger(level: string, name?: string): Logger {
-  const pretty = process.stdout.isTTY && prettyAvailable();
-  return pino({
-    level,
-    name,
-    ...(pretty ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {}),
-  });
+  if (process.stderr.isTTY && prettyAvailable()) {
+    return pino({
+      level,
+      name,
+      transport: { target: 'pino-pretty', options: { colorize: true, destination: 2 } },
+    });
+  }
+  // Synchronous, as pino writes stdout by default: a line logged just before an exit is not lost.
+  return pino({ level, name }, pino.destination({ fd: 2, sync: true }));
 }

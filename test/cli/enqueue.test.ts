@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { insertChat, insertTemplate, insertUser } from '../../src/cli/fixtures.js';
 import type { CreateWorkspaceSuccess, JobFailure, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
-import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
+import { CliProcess, killAll, logLines, runCli } from '../helpers/cli-process.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
@@ -79,14 +79,16 @@ describe('workspace-jobs enqueue create', () => {
     }
   }, 60_000);
 
-  /** stdout of `--wait --json`: the enqueued line, the job's events as JSON lines, the result JSON last. */
+  /**
+   * stdout of `--wait` into a pipe: JSON lines only, the enqueued job first, the job's events, and the
+   * result as the last line.
+   */
   function parseWaitOutput(stdout: string[]) {
-    const enqueued = JSON.parse(stdout[0]!) as { jobId: string; deduplicated: boolean };
-    // The result is printed indented over several lines, starting with a line that is just "{".
-    const start = stdout.lastIndexOf('{');
-    expect(start, `no result JSON in ${JSON.stringify(stdout)}`).toBeGreaterThan(0);
-    const result = JSON.parse(stdout.slice(start).join('\n')) as CreateWorkspaceSuccess | JobFailure;
-    const events = stdout.slice(1, start).map((line) => JSON.parse(line) as WorkspaceJobEvent);
+    expect(stdout.length, JSON.stringify(stdout)).toBeGreaterThanOrEqual(3);
+    const lines = stdout.map((line) => JSON.parse(line) as Record<string, unknown>);
+    const enqueued = lines[0] as { jobId: string; deduplicated: boolean };
+    const events = lines.slice(1, -1) as unknown as WorkspaceJobEvent[];
+    const result = lines.at(-1) as unknown as CreateWorkspaceSuccess | JobFailure;
     return { enqueued, events, result };
   }
 
@@ -133,6 +135,24 @@ describe('workspace-jobs enqueue create', () => {
       message: 'workspace is already running and recently connected',
     });
   }, 90_000);
+
+  it('--wait into a pipe: stdout has JSON lines only, the result one object on the last line; logs go to stderr', async () => {
+    const { chatId } = await insertChat(db.pool, { ownerId: owner.userId });
+    // No --json: a pipe is enough. Debug logging, so that there are log lines to misplace.
+    const run = await runCli(
+      ['enqueue', 'create', '--chat', chatId, '--template', templateId, '--wait'],
+      env({ LOG_LEVEL: 'debug' }),
+      RUN_MS,
+    );
+
+    expect(run.exit, JSON.stringify(run)).toEqual({ code: 0, signal: null });
+    const { enqueued, events, result } = parseWaitOutput(run.stdout);
+    for (const line of [enqueued, ...events, result]) expect(line).not.toHaveProperty('msg');
+    expect(events.length).toBeGreaterThan(0);
+    expect(events.every((e) => e.job.id === enqueued.jobId && typeof e.stage === 'string')).toBe(true);
+    expect(result).toMatchObject({ created: true, workspace_name: expect.any(String) });
+    expect(logLines(run.stderr).length, JSON.stringify(run.stderr)).toBeGreaterThan(0);
+  }, 60_000);
 
   it('without --wait: prints the enqueued job and exits 0', async () => {
     const { chatId } = await insertChat(db.pool, { ownerId: owner.userId });

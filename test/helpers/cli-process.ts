@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-/** One pino log line (JSON) as the CLI writes it when stdout is not a terminal. */
+/** One pino log line (JSON) as the CLI writes it, on stderr, when stderr is not a terminal. */
 export interface LogLine {
   level: number;
   time: number;
@@ -73,19 +73,9 @@ export class CliProcess {
     return this.exit !== undefined;
   }
 
-  /** stdout lines that are JSON log lines. */
+  /** stderr lines that are JSON log lines (stdout has only the command's output). */
   logs(): LogLine[] {
-    const lines: LogLine[] = [];
-    for (const line of this.stdout) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const parsed = JSON.parse(line) as Partial<LogLine>;
-        if (typeof parsed.msg === 'string' && typeof parsed.time === 'number') lines.push(parsed as LogLine);
-      } catch {
-        // Not a log line.
-      }
-    }
-    return lines;
+    return logLines(this.stderr);
   }
 
   /** Resolves with the first log line that matches, failing after `timeoutMs` or when the process exits. */
@@ -153,6 +143,21 @@ export class CliProcess {
   kill(): void {
     if (!this.hasExited) this.signalGroup('SIGKILL');
   }
+}
+
+/** The lines that are pino JSON log lines. */
+export function logLines(output: string[]): LogLine[] {
+  const lines: LogLine[] = [];
+  for (const line of output) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const parsed = JSON.parse(line) as Partial<LogLine>;
+      if (typeof parsed.msg === 'string' && typeof parsed.time === 'number') lines.push(parsed as LogLine);
+    } catch {
+      // Not a log line.
+    }
+  }
+  return lines;
 }
 
 /** Kills (SIGKILL) every CLI process still running and waits for their exits. */
