@@ -14,14 +14,15 @@ import { httpUrl } from '../shared/http-url.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags } from './args.js';
 import { follow, lastEventId } from './enqueue.js';
-import { untilSignal } from './lifecycle.js';
+import { graceMs, IGNORE_SIGINT_ENV, untilSignal } from './lifecycle.js';
 import { seed, type SeedResult } from './seed.js';
 
 export const DEMO_HELP = `Usage: workspace-jobs demo [--exit]
 
 Migrates the database, seeds a fresh demo set, starts a worker, a provisioner (simulated builds) and the
 dashboard as child processes, then enqueues start jobs for the seeded chats and prints their events and
-results. Child logs go to ./demo-logs/. Stops everything on Ctrl-C.
+results. Child logs go to ./demo-logs/. Ctrl-C stops the children, each after its graceful shutdown, and
+exits 0 (1 if a child did not exit 0; a second Ctrl-C stops them at once).
 
   --exit   stop after the scenarios (exit 0 when each ended as expected, 1 otherwise)`;
 
@@ -73,23 +74,39 @@ const DEMO_SIM_ENV: Record<string, string> = {
   SIM_STARTUP_MS: '1500',
 };
 
+/** A Ctrl-C (or SIGTERM) while the demo runs: it stops, the children after their graceful shutdown. */
+class Interrupted extends Error {
+  override name = 'Interrupted';
+}
+
 export async function demoCommand(args: string[], config: Config, log: Logger): Promise<number> {
   const { values } = parseFlags(args, { exit: { type: 'boolean' } });
   if (values.help) {
     console.log(DEMO_HELP);
     return 0;
   }
+  // The children read the same SHUTDOWN_GRACE_MS: they get it in full before being killed.
+  const childExitMs = graceMs() + 10_000;
+  // From the start, so that a Ctrl-C at any point stops the children, which ignore SIGINT (see spawnChild).
+  let stopRequested = false;
+  const signalled = untilSignal(async () => void (stopRequested = true), log);
+  const interrupted = signalled.then(() => Promise.reject(new Interrupted()));
+  interrupted.catch(() => {});
 
+  // Both are short and bounded: a Ctrl-C meanwhile takes effect once they are done.
   const migrated = await migrate(config.databaseUrl);
   console.log(`Database ready (${migrated.applied.length} migration(s) applied).`);
   const pool = createPool(config.databaseUrl, { max: 2, applicationName: 'workspace-jobs-demo', log });
   const seeded = await seed(pool).finally(() => pool.end());
   console.log(`Seeded demo set ${seeded.suffix} for user ${seeded.user.username}.`);
+  if (stopRequested) return 0;
 
   const logDir = resolve('demo-logs');
   mkdirSync(logDir, { recursive: true });
-  const children = ['worker', 'provisioner', 'dashboard'].map((command) => spawnChild(command, logDir));
-  const stopChildren = () => Promise.all(children.map((c) => stopChild(c)));
+  const children = ['worker', 'provisioner', 'dashboard'].map((command) => spawnChild(command, logDir, log));
+  // A second signal exits at once (untilSignal): passed on, it makes the children exit at once too.
+  const onExit = () => children.forEach((c) => running(c) && c.kill('SIGTERM'));
+  process.once('exit', onExit);
   const crashed = new Promise<never>((_, reject) => {
     for (const child of children) {
       child.once('exit', (code) =>
@@ -98,25 +115,25 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
     }
   });
   crashed.catch(() => {});
+  const until = <T>(step: Promise<T>) => Promise.race([step, crashed, interrupted]);
   console.log(`Started worker, provisioner and dashboard (logs in ${logDir}).`);
 
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   let allGood = true;
   try {
-    const dashboardUrl = await Promise.race([waitForDashboard(config), crashed]);
+    const dashboardUrl = await until(waitForDashboard(config));
     for (const [index, scenario] of scenarios(seeded).entries()) {
       console.log(`\n=== ${index + 1}. ${scenario.title}`);
       console.log(`    chat ${scenario.chatId}`);
-      const since = await lastEventId(config, scenario.chatId, log);
-      const enqueued = await producer.startWorkspace({
-        chatId: scenario.chatId,
-        ownerId: seeded.user.id,
-        parameters: scenario.parameters,
-      });
-      const result = await Promise.race([
-        follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, false),
-        crashed,
-      ]);
+      const since = await until(lastEventId(config, scenario.chatId, log));
+      const enqueued = await until(
+        producer.startWorkspace({
+          chatId: scenario.chatId,
+          ownerId: seeded.user.id,
+          parameters: scenario.parameters,
+        }),
+      );
+      const result = await until(follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, false));
       console.log(JSON.stringify(result, null, 2));
       if (!scenario.check(result)) {
         allGood = false;
@@ -133,34 +150,51 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
     );
     if (!values.exit) {
       console.log('Press Ctrl-C to stop.');
-      await Promise.race([untilSignal(async () => {}, log), crashed]);
+      await until(signalled);
     }
+  } catch (error) {
+    // Ctrl-C is how the demo is meant to end; only what went wrong before it counts.
+    if (!(error instanceof Interrupted)) throw error;
   } finally {
     await producer.close();
-    await stopChildren();
+    const exits = await Promise.all(children.map((c) => stopChild(c, childExitMs)));
+    process.removeListener('exit', onExit);
+    if (exits.some((code) => code !== 0)) allGood = false;
   }
   return allGood ? 0 : 1;
 }
 
-function spawnChild(command: string, logDir: string): ChildProcess {
+function running(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+function spawnChild(command: string, logDir: string, log: Logger): ChildProcess {
   const entry = process.argv[1]!;
   const child = spawn(process.execPath, [...process.execArgv, entry, command], {
-    env: { ...DEMO_SIM_ENV, ...process.env },
+    // In the demo's process group, so that nothing outlives a kill of the group; a terminal's Ctrl-C then
+    // reaches them too, which they ignore: the demo stops them, once.
+    env: { ...DEMO_SIM_ENV, ...process.env, [IGNORE_SIGINT_ENV]: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const out = createWriteStream(join(logDir, `${command}.log`), { flags: 'a' });
   child.stdout!.pipe(out);
   child.stderr!.pipe(out);
+  child.once('exit', (code, signal) => {
+    log[code === 0 ? 'info' : 'warn']({ child: command, pid: child.pid, code, signal }, `${command} exited`);
+  });
   return child;
 }
 
-async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
+/** SIGTERM, then SIGKILL after `boundMs`; resolves with the exit code (null when killed by a signal). */
+async function stopChild(child: ChildProcess, boundMs: number): Promise<number | null> {
+  if (running(child)) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), boundMs);
+    await exited;
+    clearTimeout(timer);
+  }
+  return child.exitCode;
 }
 
 async function waitForDashboard(config: Config, timeoutMs = 30_000): Promise<string> {

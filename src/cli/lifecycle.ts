@@ -9,12 +9,27 @@ export function graceMs(env: Env = process.env): number {
   return integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 2_147_483_647)!;
 }
 
+/**
+ * Set by the demo for its children: a terminal's Ctrl-C sends SIGINT to the whole process group, and the
+ * demo then stops each child with SIGTERM, which would count as a second signal and skip the grace period.
+ */
+export const IGNORE_SIGINT_ENV = 'WORKSPACE_JOBS_IGNORE_SIGINT';
+
+const ignoresSigint = () => process.env[IGNORE_SIGINT_ENV] === '1';
+
+/** What every command does first: see stdoutClosed and IGNORE_SIGINT_ENV. */
+export function setUpProcess(): void {
+  void stdoutClosed();
+  // A listener keeps Node's default action (to die at once) away, from start-up on.
+  if (ignoresSigint()) process.on('SIGINT', () => {});
+}
+
 let stdoutGone: Promise<void> | undefined;
 
 /**
  * Resolves once stdout's reader has gone (EPIPE, as in `watch | head -n 3`): nothing more can be printed,
- * so the command may as well stop. Called first thing, so that this is never an uncaught error (a stack
- * trace and exit 1); any other stdout error still is.
+ * so the command may as well stop. Called first thing (setUpProcess), so that this is never an uncaught
+ * error (a stack trace and exit 1); any other stdout error still is.
  */
 export function stdoutClosed(): Promise<void> {
   stdoutGone ??= new Promise((resolve) => {
@@ -43,7 +58,7 @@ export function untilSignal(stop: () => Promise<void>, log: Logger): Promise<voi
       begin({ signal });
     };
     process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
+    if (!ignoresSigint()) process.on('SIGINT', onSignal);
     void stdoutClosed().then(() => {
       if (!stopping) begin({ reason: 'stdout closed' });
     });

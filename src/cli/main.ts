@@ -14,7 +14,7 @@ import { WorkspaceWorker } from '../worker/worker.js';
 import { parseFlags, UsageError } from './args.js';
 import { DEMO_HELP, demoCommand } from './demo.js';
 import { enqueueCommand } from './enqueue.js';
-import { graceMs, stdoutClosed, untilSignal } from './lifecycle.js';
+import { graceMs, setUpProcess, untilSignal } from './lifecycle.js';
 import { formatSeedResult, seed } from './seed.js';
 import { watchCommand } from './watch.js';
 
@@ -82,7 +82,7 @@ async function runService(log: Logger, start: () => Promise<{ stop: () => Promis
 }
 
 async function run(argv: string[]): Promise<number> {
-  void stdoutClosed();
+  setUpProcess();
   const [command, ...args] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     console.log(HELP);

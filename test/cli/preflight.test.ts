@@ -1,8 +1,8 @@
 // Start-up checks as real processes: with Redis or Postgres on a closed port, every command that uses it
 // exits 1 within 10 s with one stderr line naming the service, its URL without the password and how to
 // start it: no stack trace, no stream of JSON error lines, no password.
-import { createServer } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../helpers/redis-server.js';
 import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { TEST_REDIS_URL, uniquePrefix } from '../helpers/redis.js';
@@ -12,15 +12,6 @@ const EXIT_MS = 10_000;
 const PASSWORD = 's3cret-pw';
 const CHAT = '0a1b2c3d-0000-4000-8000-000000000001';
 const OWNER = '0a1b2c3d-0000-4000-8000-000000000002';
-
-/** A loopback port nothing listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function expectOneLine(result: Awaited<ReturnType<typeof runCli>>, ...parts: string[]): void {
   expect(result.exit, JSON.stringify(result)).toEqual({ code: 1, signal: null });
@@ -40,7 +31,7 @@ describe('start-up checks', () => {
     let shownUrl: string;
 
     beforeAll(async () => {
-      const port = await closedPort();
+      const port = await freePort();
       redisUrl = `redis://:${PASSWORD}@127.0.0.1:${port}/0`;
       shownUrl = `redis://:***@127.0.0.1:${port}/0`;
     });
@@ -63,7 +54,7 @@ describe('start-up checks', () => {
 
   describe('when no seed node of a Redis Cluster answers', () => {
     it('worker › exits 1 with one line naming every seed without its password', async () => {
-      const [a, b] = [await closedPort(), await closedPort()];
+      const [a, b] = [await freePort(), await freePort()];
       const result = await runCli(
         ['worker'],
         {
@@ -86,7 +77,7 @@ describe('start-up checks', () => {
     let shownUrl: string;
 
     beforeAll(async () => {
-      const port = await closedPort();
+      const port = await freePort();
       databaseUrl = `postgres://postgres:${PASSWORD}@127.0.0.1:${port}/wsjobs`;
       shownUrl = `postgres://postgres:***@127.0.0.1:${port}/wsjobs`;
     });
@@ -134,7 +125,7 @@ describe('start-up checks', () => {
     });
 
     it('when two are unreachable › the worker exits 1 naming both', async () => {
-      const [a, b] = [await closedPort(), await closedPort()];
+      const [a, b] = [await freePort(), await freePort()];
       const result = await runCli(
         ['worker'],
         {
@@ -148,7 +139,7 @@ describe('start-up checks', () => {
     });
 
     it('when one is unreachable › the worker starts, reporting the node, and stops cleanly', async () => {
-      const down = await closedPort();
+      const down = await freePort();
       const worker = new CliProcess('worker', ['worker'], {
         REDIS_URL: TEST_REDIS_URL,
         DATABASE_URL: db.url,

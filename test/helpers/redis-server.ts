@@ -10,7 +10,7 @@ import { join } from 'node:path';
 const START_TIMEOUT_MS = 10_000;
 
 /** A loopback port nobody listens on right now. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
