@@ -6,6 +6,7 @@ import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { ValidationError, idSchema } from '../shared/schemas.js';
+import { isSafeMethod, mediaType } from './cross-site.js';
 
 /** How many chats and templates the page lists: the most recent ones. */
 const LIST_LIMIT = 50;
@@ -81,10 +82,9 @@ class HttpError extends Error {
 
 /** The JSON body as an object holding only `allowed` fields; anything else is named in a 400. */
 function body(req: Request, allowed: readonly string[]): Record<string, unknown> {
-  // Only JSON: a cross-site form (text/plain, urlencoded) would otherwise count as an empty body and start
-  // a job with the browser's saved credentials; a JSON content type needs a CORS preflight nobody answers.
-  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (type !== 'application/json') {
+  // Only JSON, even when empty: a body-less POST would otherwise count as `{}` (cross-site.ts refuses other
+  // types once a body is there, and cross-site requests whatever they carry).
+  if (mediaType(req) !== 'application/json') {
     throw new HttpError(415, 'send the request body as application/json');
   }
   const raw: unknown = req.body ?? {};
@@ -110,9 +110,24 @@ function chatIdParam(req: Request): string {
   return chatId;
 }
 
-export function apiRouter(deps: { pool: Pool; producer: WorkspaceJobsProducer; log: Logger }): Router {
-  const { pool, producer, log } = deps;
+export function apiRouter(deps: {
+  pool: Pool;
+  producer: WorkspaceJobsProducer;
+  log: Logger;
+  /** DASHBOARD_READ_ONLY: the actions (start, create: anything but a read) answer 403. */
+  readOnly: boolean;
+}): Router {
+  const { pool, producer, log, readOnly } = deps;
   const router = express.Router();
+  router.use((req, res, next) => {
+    if (readOnly && !isSafeMethod(req.method)) {
+      res.status(403).json({
+        error: 'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts and creates no workspaces',
+      });
+      return;
+    }
+    next();
+  });
   router.use(express.json({ limit: '64kb' }));
 
   const ownerOf = async (chatId: string): Promise<string> => {

@@ -7,7 +7,8 @@
 //   /metrics                  Prometheus text: queue job counts, the producer's counters, process metrics
 //   /healthz                  200 when Redis and Postgres answer (open, for orchestrators)
 // Everything but /healthz needs DASHBOARD_USER/DASHBOARD_PASSWORD when they are set; without them the
-// server refuses to listen beyond loopback.
+// server refuses to listen beyond loopback. On every route, a non-GET request from another site is refused
+// and a body must be JSON (cross-site.ts); DASHBOARD_READ_ONLY makes Bull Board and the page's API read-only.
 import { existsSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -27,6 +28,7 @@ import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
 import { apiRouter } from './api.js';
 import { assertSafeBinding, basicAuth } from './auth.js';
+import { crossSiteGuard } from './cross-site.js';
 import { ChatEventStreams, type SseOptions } from './sse.js';
 
 const BOARD_PATH = '/admin/queues';
@@ -89,7 +91,11 @@ export async function startDashboard(
     log,
     metrics,
   });
-  const streams = new ChatEventStreams(producer, log, options.sse);
+  const streams = new ChatEventStreams(producer, log, {
+    maxPerClient: config.dashboardSseMaxPerClient,
+    maxStreams: config.dashboardSseMaxStreams,
+    ...options.sse,
+  });
 
   const board = new ExpressAdapter();
   board.setBasePath(BOARD_PATH);
@@ -100,6 +106,8 @@ export async function startDashboard(
 
   const app = express();
   app.disable('x-powered-by');
+  // First, so that no route (Bull Board's included) sees a forged request, authenticated or not.
+  app.use(crossSiteGuard(config.dashboardAllowedOrigins ?? [], log));
   // Health is for orchestrators and stays open; everything else needs the credentials when configured.
   app.get('/healthz', async (_req, res) => {
     const report = await runHealthChecks(
@@ -125,7 +133,7 @@ export async function startDashboard(
     }
   });
   app.get('/chats/:chatId/events', streams.handle);
-  app.use('/api', apiRouter({ pool, producer, log }));
+  app.use('/api', apiRouter({ pool, producer, log, readOnly: config.dashboardReadOnly }));
   app.use(
     express.static(PUBLIC_DIR, {
       index: 'index.html',

@@ -24,9 +24,16 @@
 // dead client show up as a failed write; a client that stops reading is cut off once too much is buffered
 // for it (it reconnects with Last-Event-ID and catches up from the stream, so nothing is lost and memory
 // stays bounded); closing the client's connection unsubscribes; and closing the dashboard ends every stream.
+//
+// Caps: each stream holds a socket and, for a chat nobody else watches, a SUBSCRIBE, so a client could open
+// thousands on random chat ids. Streams are counted per client address (429 past DASHBOARD_SSE_MAX_PER_CLIENT)
+// and in total (503 past DASHBOARD_SSE_MAX_STREAMS), before anything is subscribed. The address, not the
+// user: Basic auth has one user for all operators. Behind a proxy every client has the proxy's address, so
+// there the per-client cap is one more total cap.
 import type { Request, Response } from 'express';
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
-import { compareSeq } from '../shared/events.js';
+import { DEFAULT_SSE_MAX_PER_CLIENT, DEFAULT_SSE_MAX_STREAMS } from '../shared/config.js';
+import { compareSeq, streamIdProblem } from '../shared/events.js';
 import type { WorkspaceJobEvent } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
 import { idSchema } from '../shared/schemas.js';
@@ -38,10 +45,14 @@ export interface SseOptions {
   retryMs?: number;
   /** A client with more than this many bytes not yet sent is disconnected (it catches up on reconnect). Default 1 MiB. */
   maxBufferedBytes?: number;
+  /** Open streams per client address (DASHBOARD_SSE_MAX_PER_CLIENT). */
+  maxPerClient?: number;
+  /** Open streams in all (DASHBOARD_SSE_MAX_STREAMS). */
+  maxStreams?: number;
 }
 
-/** A replay stream id (`ms-n`, or a bare `ms`); `0` means "from the beginning". */
-const SEQ = /^\d{1,20}(?:-\d{1,20})?$/;
+/** Retry-After (seconds) of a stream refused by a cap: streams are long-lived, so a slot frees slowly. */
+const CAP_RETRY_AFTER_S = 10;
 
 interface Stream {
   res: Response;
@@ -52,9 +63,13 @@ interface Stream {
 /** The event-stream handler plus the list of open streams, so that the dashboard can end them on close. */
 export class ChatEventStreams {
   private readonly streams = new Set<Stream>();
+  /** Open streams per client address. */
+  private readonly perClient = new Map<string, number>();
   private readonly heartbeatMs: number;
   private readonly retryMs: number;
   private readonly maxBufferedBytes: number;
+  private readonly maxPerClient: number;
+  private readonly maxStreams: number;
   private closed = false;
 
   constructor(
@@ -65,6 +80,8 @@ export class ChatEventStreams {
     this.heartbeatMs = options.heartbeatMs ?? 15_000;
     this.retryMs = options.retryMs ?? 2_000;
     this.maxBufferedBytes = options.maxBufferedBytes ?? 1024 * 1024;
+    this.maxPerClient = options.maxPerClient ?? DEFAULT_SSE_MAX_PER_CLIENT;
+    this.maxStreams = options.maxStreams ?? DEFAULT_SSE_MAX_STREAMS;
   }
 
   readonly handle = async (req: Request, res: Response): Promise<void> => {
@@ -77,16 +94,43 @@ export class ChatEventStreams {
     }
     const header = req.get('last-event-id')?.trim();
     const query = req.query.since;
-    const [since, sinceFrom] =
+    const [raw, sinceFrom] =
       header !== undefined && header !== '' ? [header, 'Last-Event-ID'] : [query, 'since'];
-    if (since !== undefined && (typeof since !== 'string' || !SEQ.test(since))) {
+    const problem =
+      raw === undefined
+        ? undefined
+        : typeof raw === 'string'
+          ? streamIdProblem(raw)
+          : 'expected a single value';
+    if (problem !== undefined) {
       res.status(400).json({
-        error: `invalid ${sinceFrom}: ${JSON.stringify(since)} is not an event seq (a stream id like 1732190000000-0, or 0)`,
+        error: `invalid ${sinceFrom} ${JSON.stringify(raw)}: ${problem} (0 = from the beginning)`,
       });
       return;
     }
+    const since = typeof raw === 'string' ? raw : undefined;
     if (this.closed) {
       res.status(503).json({ error: 'the dashboard is shutting down' });
+      return;
+    }
+    const client = clientAddress(req);
+    const ofClient = this.perClient.get(client) ?? 0;
+    if (ofClient >= this.maxPerClient) {
+      res
+        .status(429)
+        .set('Retry-After', String(CAP_RETRY_AFTER_S))
+        .json({
+          error: `too many event streams from ${client}: ${ofClient} open, at most ${this.maxPerClient} (DASHBOARD_SSE_MAX_PER_CLIENT); close one`,
+        });
+      return;
+    }
+    if (this.streams.size >= this.maxStreams) {
+      res
+        .status(503)
+        .set('Retry-After', String(CAP_RETRY_AFTER_S))
+        .json({
+          error: `too many event streams: ${this.streams.size} open, at most ${this.maxStreams} (DASHBOARD_SSE_MAX_STREAMS)`,
+        });
       return;
     }
 
@@ -120,6 +164,9 @@ export class ChatEventStreams {
         (stopped ??= (async () => {
           clearInterval(heartbeat);
           this.streams.delete(stream);
+          const left = (this.perClient.get(client) ?? 1) - 1;
+          if (left > 0) this.perClient.set(client, left);
+          else this.perClient.delete(client);
           if (!res.writableEnded) res.end();
           // Unsubscribing drops the chat's SUBSCRIBE once its last client is gone.
           await unsubscribe?.().catch((error: unknown) =>
@@ -128,6 +175,7 @@ export class ChatEventStreams {
         })()),
     };
     this.streams.add(stream);
+    this.perClient.set(client, ofClient + 1);
     // The client went away (tab closed, network gone) or we ended the response: clean up either way.
     res.on('close', () => void stream.stop());
 
@@ -169,4 +217,10 @@ export class ChatEventStreams {
     this.closed = true;
     await Promise.all([...this.streams].map((stream) => stream.stop()));
   }
+}
+
+/** The peer's address (an IPv4 client of a dual-stack listener without its `::ffff:`). */
+function clientAddress(req: Request): string {
+  const address = req.socket.remoteAddress ?? 'unknown';
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
 }

@@ -4,6 +4,9 @@ import type { Config } from './interfaces.js';
 
 /** JOB_ATTEMPTS when unset: attempts for transient failures. */
 export const DEFAULT_JOB_ATTEMPTS = 5;
+/** DASHBOARD_SSE_MAX_PER_CLIENT and DASHBOARD_SSE_MAX_STREAMS when unset. */
+export const DEFAULT_SSE_MAX_PER_CLIENT = 32;
+export const DEFAULT_SSE_MAX_STREAMS = 1_000;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -68,6 +71,26 @@ export function integer(
     throw new ConfigError(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
   }
   return n;
+}
+
+/**
+ * A comma-separated list of web origins (`https://host[:port]`, nothing after it), normalised as browsers send
+ * them in the Origin header.
+ */
+function originList(env: Env, name: string): string[] {
+  return (value(env, name) ?? '')
+    .split(',')
+    .map((o) => o.trim())
+    .filter(Boolean)
+    .map((o) => {
+      const parsed = new URL(url({ [name]: o }, name, o, ['http:', 'https:']));
+      if (parsed.pathname !== '/' || parsed.search || parsed.hash || parsed.username || parsed.password) {
+        throw new ConfigError(
+          `${name} takes origins (scheme, host and port only, e.g. https://jobs.example.com), got ${JSON.stringify(o)}`,
+        );
+      }
+      return parsed.origin;
+    });
 }
 
 function boolean(env: Env, name: string): boolean {
@@ -150,6 +173,15 @@ export function loadConfig(env: Env = process.env): Config {
     dashboardUser,
     dashboardPassword,
     dashboardReadOnly: boolean(env, 'DASHBOARD_READ_ONLY'),
+    dashboardAllowedOrigins: originList(env, 'DASHBOARD_ALLOWED_ORIGINS'),
+    dashboardSseMaxPerClient: integer(
+      env,
+      'DASHBOARD_SSE_MAX_PER_CLIENT',
+      DEFAULT_SSE_MAX_PER_CLIENT,
+      1,
+      1_000_000,
+    )!,
+    dashboardSseMaxStreams: integer(env, 'DASHBOARD_SSE_MAX_STREAMS', DEFAULT_SSE_MAX_STREAMS, 1, 1_000_000)!,
     metricsPort: integer(env, 'METRICS_PORT', undefined, 0, 65_535),
     metricsHost: value(env, 'METRICS_HOST') ?? '0.0.0.0',
   };

@@ -21,14 +21,28 @@ const UNSUBSCRIBE_WAIT_MS = 2_000;
 const STREAM_ID = /^(\d+)(?:-(\d+))?$/;
 const MAX_U64 = (1n << 64n) - 1n;
 
-function parseStreamId(id: string): [bigint, bigint] {
+/** The two parts of a stream id, or what is wrong with it. A bare `ms` means `ms-0`, as for XRANGE's start. */
+function readStreamId(id: string): [bigint, bigint] | string {
   const match = STREAM_ID.exec(id);
-  if (!match)
-    throw new ValidationError(
-      `invalid event seq ${JSON.stringify(id)}: expected a stream id like 1732190000000-0`,
-    );
-  // A bare `ms` means `ms-0`, as it does for XRANGE's start.
-  return [BigInt(match[1]!), BigInt(match[2] ?? '0')];
+  if (!match) return 'expected a stream id like 1732190000000-0';
+  const parts: [bigint, bigint] = [BigInt(match[1]!), BigInt(match[2] ?? '0')];
+  return parts[0] > MAX_U64 || parts[1] > MAX_U64
+    ? `each part of a stream id is at most ${MAX_U64} (64 bits)`
+    : parts;
+}
+
+/** What is wrong with `id` as an event seq (a stream id), or undefined when it is one. */
+export function streamIdProblem(id: string): string | undefined {
+  const parsed = readStreamId(id);
+  return typeof parsed === 'string' ? parsed : undefined;
+}
+
+function parseStreamId(id: string): [bigint, bigint] {
+  const parsed = readStreamId(id);
+  if (typeof parsed === 'string') {
+    throw new ValidationError(`invalid event seq ${JSON.stringify(id)}: ${parsed}`);
+  }
+  return parsed;
 }
 
 /** Orders two event seqs (stream ids): negative when a comes first, 0 when equal, positive when a comes later. */
@@ -43,11 +57,15 @@ function maxSeq(a: string | undefined, b: string): string {
   return a === undefined || compareSeq(b, a) > 0 ? b : a;
 }
 
-/** XRANGE's inclusive start for "after `id`": the next possible id (works on Redis 5, unlike `(id`). */
-function startAfter(id: string): string {
+/**
+ * XRANGE's inclusive start for "after `id`": the next possible id (works on Redis 5, unlike `(id`);
+ * undefined after the largest id, which nothing can follow.
+ */
+function startAfter(id: string): string | undefined {
   const [ms, n] = parseStreamId(id);
   if (ms === 0n && n === 0n) return '-';
-  return n === MAX_U64 ? `${ms + 1n}-0` : `${ms}-${n + 1n}`;
+  if (n < MAX_U64) return `${ms}-${n + 1n}`;
+  return ms < MAX_U64 ? `${ms + 1n}-0` : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -89,7 +107,9 @@ async function readPage(
   count: number,
   log: Logger | undefined,
 ): Promise<Page> {
-  const entries = await redis.xrange(key, startAfter(after), '+', 'COUNT', count);
+  const start = startAfter(after);
+  if (start === undefined) return { events: [], lastId: undefined, entries: 0 };
+  const entries = await redis.xrange(key, start, '+', 'COUNT', count);
   const events: WorkspaceJobEvent[] = [];
   for (const [id, fields] of entries) {
     const event = decodeEntry(id, fields, log);

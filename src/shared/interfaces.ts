@@ -51,6 +51,11 @@ export interface Config {
   dashboardUser?: string;
   dashboardPassword?: string;
   dashboardReadOnly: boolean;
+  /** Origins the dashboard is also reached at (behind a proxy that rewrites Host), for its cross-site check. */
+  dashboardAllowedOrigins?: string[];
+  /** Open event streams allowed per client address (default 32) and in total (default 1000). */
+  dashboardSseMaxPerClient?: number;
+  dashboardSseMaxStreams?: number;
   /** The worker serves /metrics and /healthz on this port when set (0 = any free port). */
   metricsPort?: number;
   /**

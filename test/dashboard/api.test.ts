@@ -1,12 +1,13 @@
 // The live chat page's JSON API on real Redis and Postgres: listing seeded chats and templates, and start
 // and create going through the producer (jobs land in the queue, deduplicated), with bad input as a 400
-// that names the field and nothing enqueued.
+// that names the field and nothing enqueued; with DASHBOARD_READ_ONLY, a 403 for every action.
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME } from '../../src/shared/interfaces.js';
+import { closeRedis } from '../../src/shared/redis.js';
 import { startTestDashboard, type TestDashboard } from './helpers.js';
 
 let t: TestDashboard;
@@ -268,5 +269,48 @@ describe('POST /api/chats/:chatId/create', () => {
     const res = await fetch(t.url('/api/nothing'));
     expect(res.status).toBe(404);
     expect(await res.json()).toEqual({ error: expect.any(String) });
+  });
+});
+
+describe('with DASHBOARD_READ_ONLY=true', () => {
+  it("refuses the page's start and create with a 403 naming the setting, enqueues nothing, and still lists", async () => {
+    const readOnly = await startTestDashboard({
+      db: t.db,
+      prefix: t.prefix,
+      env: { DASHBOARD_READ_ONLY: 'true' },
+    });
+    try {
+      const before = await jobCount();
+      for (const [path, body] of [
+        [`/api/chats/${seeded.chats.stopped.chatId}/start`, {}],
+        [`/api/chats/${seeded.chats.noWorkspace.chatId}/create`, { templateId: seeded.templates.dev.id }],
+      ] as const) {
+        const res = await fetch(readOnly.url(path), {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+        expect(res.status, path).toBe(403);
+        expect(await res.json(), path).toEqual({
+          error: 'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts and creates no workspaces',
+        });
+      }
+      // Bull Board's own write endpoints are read-only too (its 405).
+      const add = await fetch(readOnly.url(`/admin/queues/api/queues/${QUEUE_NAME}/add`), {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ name: 'start-workspace', data: {} }),
+      });
+      expect(add.status).toBe(405);
+      expect(await jobCount()).toBe(before);
+
+      const chats = await fetch(readOnly.url('/api/chats'));
+      expect(chats.status).toBe(200);
+      expect(((await chats.json()) as { chats: unknown[] }).chats.length).toBeGreaterThan(0);
+    } finally {
+      // Only the dashboard: the database and prefix belong to this file's dashboard.
+      await readOnly.dashboard.close();
+      await closeRedis(readOnly.redis);
+    }
   });
 });

@@ -156,6 +156,33 @@ describe('validation', () => {
     const twoQueries = await fetch(t.url(`/chats/${chatId}/events?since=0&since=1`));
     expect(twoQueries.status).toBe(400);
   });
+
+  it('answers 400 naming the parameter for a since or Last-Event-ID beyond 64 bits, and takes the largest id', async () => {
+    const chatId = randomUUID();
+    const max = '18446744073709551615';
+    for (const since of [`${max}0`, `1${max}`, `1-${BigInt(max) + 1n}`, '9'.repeat(400), `${max}-${max}0`]) {
+      const query = await fetch(t.url(`/chats/${chatId}/events?since=${since}`));
+      expect(query.status, since).toBe(400);
+      expect(await query.json(), since).toEqual({
+        error: `invalid since ${JSON.stringify(since)}: each part of a stream id is at most ${max} (64 bits) (0 = from the beginning)`,
+      });
+      const header = await fetch(t.url(`/chats/${chatId}/events`), { headers: { 'Last-Event-ID': since } });
+      expect(header.status, since).toBe(400);
+      expect(await header.json(), since).toEqual({
+        error: expect.stringMatching(/^invalid Last-Event-ID .*64 bits/),
+      });
+    }
+    // The largest ids are fine: nothing is replayed after them, and live events still come.
+    for (const since of [max, `${max}-${max}`]) {
+      const client = await openSse(t.url(`/chats/${chatId}/events?since=${since}`));
+      try {
+        expect(client.status, since).toBe(200);
+        await client.comment('live');
+      } finally {
+        client.close();
+      }
+    }
+  });
 });
 
 describe('connection handling', () => {
