@@ -50,6 +50,29 @@ describe('the chat lock', () => {
       expect(events.at(-1)?.job.attempt).toBe(1);
     });
 
+    it('fails the job as internal after its lock-wait bound: a real failure, in the failed list', async () => {
+      const lockWaitTimeoutMs = 500;
+      await h.startWorker({ processor: { lockWaitTimeoutMs, lockRetryMinMs: 100, lockRetryMaxMs: 200 } });
+      const ws = await h.seedStoppedWorkspace();
+      const held = await h.locks().tryAcquire(ws.chatId);
+      expect(held).not.toBeNull();
+      h.onClose(() => held!.release());
+
+      const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      const error = `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`;
+      expect(result).toEqual({ error, code: 'internal', is_error: true });
+
+      const failed = await h.waitForState(jobId, ['failed']);
+      expect(failed.failedReason).toBe(error);
+      expect(failed.stacktrace).toHaveLength(1);
+      expect(failed.stacktrace?.[0]).toMatch(/^UnrecoverableError: timed out after/);
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.filter((e) => e.type === 'result')).toEqual([events.at(-1)]);
+      expect(events.at(-1)).toMatchObject({ stage: 'failed', data: result });
+      expect(await h.newStartBuilds()).toEqual([]);
+    });
+
     it('never lets two workers hold one chat at once across several jobs', async () => {
       // Each lock-held interval, from the processor's onLockHeld('acquired') (after Redis granted the lock)
       // to the moment the job calls release() (before Redis frees it), ordered by one counter: the
