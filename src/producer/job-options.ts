@@ -11,14 +11,14 @@ import type { TraceCarrier } from '../shared/telemetry.js';
 export const JOB_BACKOFF = { type: 'exponential', delay: 2_000, jitter: 0.5 } as const;
 
 /**
- * Completed jobs stay a week, as failed ones do, and at most the newest 5000 of them, so `waitForResult` and
- * Bull Board can read them. The week is for expected failure results (manual_update_required, forbidden, ...),
+ * Completed jobs stay a week, as failed ones do, and at most the newest 5000 of them, so `waitForResult`
+ * and Bull Board can read them. The week is for expected failure results (manual_update_required, ...),
  * which complete and were kept a week in the failed list before; it cannot be theirs alone, since each job
  * that completes trims the one completed set by its own options. The count bounds memory either way.
  */
 export const REMOVE_ON_COMPLETE = { age: 7 * 24 * 60 * 60, count: 5_000 } as const;
 
-/** Failed jobs (real failures: internal, invalid_payload) stay a week: operators look at them in Bull Board. */
+/** Failed jobs (internal, invalid_payload) stay a week: operators look at them in Bull Board. */
 export const REMOVE_ON_FAIL = { age: 7 * 24 * 60 * 60 } as const;
 
 export interface JobOptionsInput {

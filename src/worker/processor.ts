@@ -1,9 +1,10 @@
 // The BullMQ side of a job: validate the payload, take the chat lock (re-delaying the job while it is
 // busy), run the domain logic with events wired to the job, and end with exactly one result event.
 // Thrown errors are transient and retried by BullMQ with backoff; failures the domain logic reports are
-// final. A job whose failure result answers the request (FAILURE_KINDS: `expected`, e.g. manual_update_required)
-// completes with it as its return value, so that BullMQ's failed list and counts hold only real failures
-// (`internal`, `invalid_payload`): those fail without retries, with the stack of the error behind them.
+// final. A job whose failure result answers the request (FAILURE_KINDS `expected`, e.g.
+// manual_update_required) completes with it as its return value, so that BullMQ's failed list and counts hold
+// only real failures (`internal`, `invalid_payload`): those fail without retries, with the stack of the error
+// behind them.
 //
 // Metrics (when `metrics` is given): a job's outcome is counted where it is decided, here for every outcome
 // the processor reports, and by observeFailedJob (the worker's `failed` event) for retried attempts and for
@@ -102,9 +103,9 @@ function buildIdOf(job: Job): string | undefined {
 }
 
 /**
- * What a failure result means for operators (README, Alerting): `expected` is the right answer to the request
- * (the job completes with it), `failure` is ours to fix (the job fails in BullMQ). A Record, so that a new
- * code does not compile until it is classified.
+ * What a failure result means for operators (README, Alerting): `expected` is the right answer to the
+ * request (the job completes with it), `failure` is ours to fix (the job fails in BullMQ). A Record, so that
+ * a new code does not compile until it is classified.
  */
 export const FAILURE_KINDS: Readonly<Record<FailureCode, 'expected' | 'failure'>> = {
   no_workspace: 'expected',
@@ -122,7 +123,7 @@ export const FAILURE_KINDS: Readonly<Record<FailureCode, 'expected' | 'failure'>
   internal: 'failure',
 };
 
-/** The `kind` label of a job's end: `ok`, or its failure code's kind (an unknown code counts as a failure). */
+/** The `kind` label of a job's end: `ok`, or its failure code's kind (an unknown code is a failure). */
 export function outcomeKind(outcome: string): 'ok' | 'expected' | 'failure' {
   if (outcome === 'ok') return 'ok';
   return Object.hasOwn(FAILURE_KINDS, outcome) ? FAILURE_KINDS[outcome as FailureCode] : 'failure';
@@ -603,8 +604,9 @@ function isChatId(chatId: unknown): chatId is string {
 
 /**
  * For BullMQ's `failed` event: counts an attempt that will be retried, and a final failure the processor
- * did not count itself (it counts every UnrecoverableError it throws, and every job it completes): attempts used up by thrown errors,
- * or a job BullMQ failed without running it (stalled more often than maxStalledCount).
+ * did not count itself (it counts every UnrecoverableError it throws, and every job it completes): attempts
+ * used up by thrown errors, or a job BullMQ failed without running it (stalled more often than
+ * maxStalledCount).
  */
 export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: Error): void {
   if (!metrics) return;

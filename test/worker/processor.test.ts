@@ -26,7 +26,7 @@ import {
 /** Fast retries for jobs added with queue.add. */
 const FAST_RETRIES = { attempts: 3, backoff: { type: 'fixed', delay: 10 } } as const;
 
-/** A finished job as Bull Board shows it: the list it is in, and its card (reason, stacks newest first, return value). */
+/** A finished job as Bull Board shows it: its list, and its card (reason, stacks newest first, result). */
 async function onBoard(h: WorkerHarness, jobId: string) {
   const board = new BullMQAdapter(h.queue);
   for (const list of ['completed', 'failed'] as const) {
