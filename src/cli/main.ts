@@ -15,6 +15,7 @@ import { parseFlags, UsageError } from './args.js';
 import { DEMO_HELP, demoCommand } from './demo.js';
 import { enqueueCommand } from './enqueue.js';
 import { graceMs, setUpProcess, untilSignal } from './lifecycle.js';
+import { healthcheckCommand, healthFilePath, startHealthFile } from './health-file.js';
 import { formatSeedResult, seed } from './seed.js';
 import { watchCommand } from './watch.js';
 
@@ -30,6 +31,7 @@ Commands:
   enqueue create enqueue a create-workspace job for a chat from a template (--wait to follow it)
   watch          print a chat's events (replayed, then live) as JSON lines
   demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
+  healthcheck    exit 0 when a provisioner's health file (PROVISIONER_HEALTH_FILE) is fresh and ok
 
 Run 'workspace-jobs <command> --help' for a command's options. Configuration comes from the environment
 (REDIS_URL, DATABASE_URL, QUEUE_PREFIX, ...; see the README).`;
@@ -40,7 +42,7 @@ const SIMPLE_HELP: Record<string, string> = {
   worker:
     'Usage: workspace-jobs worker\n\nRuns WORKER_CONCURRENCY jobs at once. On SIGTERM/SIGINT it stops taking jobs and waits up to\nSHUTDOWN_GRACE_MS (default 30000) for active ones, then hands them back to the queue; a second signal\nexits at once (code 1). With METRICS_PORT set it serves GET /metrics (Prometheus) and GET /healthz (200 when\nRedis, Postgres and the worker are fine, else 503) on METRICS_HOST (default 0.0.0.0).',
   provisioner:
-    'Usage: workspace-jobs provisioner\n\nClaims pending provisioner jobs and runs them. PROVISIONER_EXECUTOR=sim (default; SIM_BUILD_MS,\nSIM_FAILURE_RATE, SIM_SEED, SIM_AGENT_NAMES, SIM_AGENT_CONNECT_MS, SIM_STARTUP_MS) or command\n(PROVISIONER_COMMAND, run with sh -c). PROVISIONER_CONCURRENCY jobs at once.',
+    'Usage: workspace-jobs provisioner\n\nClaims pending provisioner jobs and runs them. PROVISIONER_EXECUTOR=sim (default; SIM_BUILD_MS,\nSIM_FAILURE_RATE, SIM_SEED, SIM_AGENT_NAMES, SIM_AGENT_CONNECT_MS, SIM_STARTUP_MS) or command\n(PROVISIONER_COMMAND, run with sh -c). PROVISIONER_CONCURRENCY jobs at once. With PROVISIONER_HEALTH_FILE\nset it writes its health there every 5 s, for `workspace-jobs healthcheck`.',
   dashboard:
     "Usage: workspace-jobs dashboard\n\nServes on DASHBOARD_HOST:DASHBOARD_PORT (0 = a free port): the live chat page at /, Bull Board at\n/admin/queues, chat events as Server-Sent Events at /chats/:chatId/events (Last-Event-ID resumes),\nthe page's JSON API under /api, /metrics and /healthz. Basic auth with DASHBOARD_USER/DASHBOARD_PASSWORD\n(everything but /healthz); without them it only binds to loopback. DASHBOARD_READ_ONLY=true for a read-only board.",
   seed: 'Usage: workspace-jobs seed\n\nAdds a fresh, independent demo set (new ids, unique names) and prints what it made.',
@@ -149,10 +151,27 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     case 'provisioner': {
       const grace = graceMs();
       const provisionerConfig = loadProvisionerConfig(process.env);
+      const healthPath = healthFilePath();
       await servicesReady();
       return runService(log, async () => {
         const provisioner = await startProvisioner(config, provisionerConfig, log);
-        return { stop: () => provisioner.stop(grace) };
+        const health =
+          healthPath === undefined
+            ? undefined
+            : await startHealthFile(healthPath, provisioner.checks, log).catch(async (error: unknown) => {
+                await provisioner.stop(grace);
+                throw error;
+              });
+        return {
+          // Still written while the provisioner stops (saying so), removed once it has.
+          stop: async () => {
+            try {
+              await provisioner.stop(grace);
+            } finally {
+              await health?.stop();
+            }
+          },
+        };
       });
     }
     case 'dashboard':
@@ -164,6 +183,8 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     case 'enqueue':
       await servicesReady();
       return enqueueCommand(args, config, log);
+    case 'healthcheck':
+      return healthcheckCommand(args);
     case 'watch':
       await servicesReady();
       return watchCommand(args, config, log);

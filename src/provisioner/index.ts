@@ -1,5 +1,6 @@
 // The provisioner daemon as the CLI runs it (`workspace-jobs provisioner`). startProvisioner owns its pool
 // and LISTEN hub and closes both on stop. Tests that need the parts import them from their own modules.
+import { HealthStateError, type HealthCheck } from '../shared/health.js';
 import type { Config } from '../shared/interfaces.js';
 import type { Logger } from '../shared/logger.js';
 import { PgNotificationHub } from '../shared/notifications.js';
@@ -17,6 +18,8 @@ export interface RunningProvisioner {
    * 'provisioner shut down', then closes the hub and the pool. Safe to call more than once.
    */
   stop(graceMs?: number): Promise<void>;
+  /** Its health, as a /healthz would report it (the CLI's health file): its own pool, and not stopping. */
+  checks: Record<string, HealthCheck>;
 }
 
 /** Connects to DATABASE_URL, starts listening for jobs and runs them until stop(). */
@@ -65,6 +68,13 @@ export async function startProvisioner(
   let stopping: Promise<void> | undefined;
   return {
     id: provisioner.id,
+    checks: {
+      postgres: async () => void (await pool.query('SELECT 1')),
+      provisioner: async () => {
+        if (stopping) throw new HealthStateError('stopping');
+        return 'running';
+      },
+    },
     stop(graceMs = 30_000) {
       stopping ??= (async () => {
         try {
