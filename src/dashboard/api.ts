@@ -6,43 +6,11 @@ import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { ValidationError, idSchema } from '../shared/schemas.js';
+import { getBuild, listChats, parseChatsQuery } from './chats.js';
 import { isSafeMethod, mediaType } from './cross-site.js';
 
-/** How many chats and templates the page lists: the most recent ones. */
+/** How many templates the page lists: the most recent ones. */
 const LIST_LIMIT = 50;
-
-// One row per chat: its owner, its workspace and the workspace's latest build with the build's job status,
-// which is what "state" means on the page (e.g. `stop` + `succeeded` = stopped, `start` + `running` = starting).
-const CHATS_SQL = `
-SELECT c.id,
-       c.title,
-       c.parent_chat_id,
-       c.created_at,
-       c.owner_id,
-       u.username          AS owner_username,
-       w.id                AS workspace_id,
-       w.name              AS workspace_name,
-       w.deleted           AS workspace_deleted,
-       w.automatic_updates,
-       w.template_id,
-       t.name              AS template_name,
-       b.build_number,
-       b.transition,
-       j.job_status
-  FROM chats c
-  JOIN users u ON u.id = c.owner_id
-  LEFT JOIN workspaces w ON w.id = c.workspace_id
-  LEFT JOIN templates t ON t.id = w.template_id
-  LEFT JOIN LATERAL (
-        SELECT build_number, transition, job_id
-          FROM workspace_builds
-         WHERE workspace_id = w.id
-         ORDER BY build_number DESC
-         LIMIT 1
-       ) b ON true
-  LEFT JOIN provisioner_jobs j ON j.id = b.job_id
- ORDER BY c.created_at DESC, c.title, c.id
- LIMIT $1`;
 
 // Templates with their active version and that version's parameters (for the create form).
 const TEMPLATES_SQL = `
@@ -138,9 +106,19 @@ export function apiRouter(deps: {
     return rows[0].owner_id;
   };
 
-  router.get('/chats', async (_req, res) => {
-    const { rows } = await pool.query(CHATS_SQL, [LIST_LIMIT]);
-    res.json({ chats: rows });
+  // ?q= searches by chat id, owner or workspace name (prefixes); ?cursor= is the previous page's next_cursor.
+  router.get('/chats', async (req, res) => {
+    res.json(await listChats(pool, parseChatsQuery(req.query)));
+  });
+
+  router.get('/builds/:buildId', async (req, res) => {
+    const buildId = String(req.params.buildId).toLowerCase();
+    if (!idSchema.safeParse(buildId).success) {
+      throw new HttpError(400, `invalid buildId: ${JSON.stringify(req.params.buildId)} is not a UUID`);
+    }
+    const build = await getBuild(pool, buildId);
+    if (!build) throw new HttpError(404, `build ${buildId} not found`);
+    res.json({ build });
   });
 
   router.get('/templates', async (_req, res) => {
