@@ -1,7 +1,10 @@
 // The live chat page in a real browser (Debian's chromium driven by playwright-core), against the real
 // stack in this process: a WorkspaceWorker, the provisioner daemon with fast simulated builds and agents,
-// and the dashboard, on a private database and Redis prefix with the demo data seeded. It picks a chat,
-// presses Start and watches the timeline and the result arrive over SSE; it also opens Bull Board.
+// and the dashboard, on a private database and Redis prefix with the demo data seeded (and 60 older chats,
+// so that the list has more than a page). It picks a chat, presses Start and watches the timeline and the
+// result arrive over SSE; it checks the list's hover contrast, scrolling, search and paging, the forms'
+// reset, Start disabled while a job runs, and that result data never becomes HTML or a script link (those
+// results are published straight to the chat's stream); it also opens Bull Board.
 //
 // Screenshots for the README: docs/images/live-chat.png and docs/images/bull-board.png are committed. They
 // are rewritten only with UPDATE_SCREENSHOTS=1 (or when missing, outside CI); otherwise they go to a
@@ -10,12 +13,14 @@
 //
 // Chromium is required, not optional: without it this file fails with a message saying how to install it
 // (.ci/run installs it). CHROMIUM_PATH points at another Chromium or Chrome binary.
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { insertUser } from '../../src/cli/fixtures.js';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
 import { startDashboard, type Dashboard } from '../../src/dashboard/server.js';
 import {
@@ -24,6 +29,8 @@ import {
   type RunningProvisioner,
 } from '../../src/provisioner/index.js';
 import { loadConfig } from '../../src/shared/config.js';
+import { EventPublisher } from '../../src/shared/events.js';
+import type { EventDraft } from '../../src/shared/interfaces.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { WorkspaceWorker } from '../../src/worker/worker.js';
@@ -44,6 +51,8 @@ const CHROMIUM_ARGS = [
 ];
 /** How long the page may take to show a job's whole run (builds take 300 ms here). */
 const RUN_MS = 20_000;
+/** Chats older than the seeded ones, so that the seeded ones stay on the list's first page of 50. */
+const OLDER_CHATS = 60;
 
 const DOCS_IMAGES = fileURLToPath(new URL('../../docs/images/', import.meta.url));
 const tempImages = mkdtempSync(join(tmpdir(), 'wsjobs-screenshots-'));
@@ -67,6 +76,7 @@ let dashboard: Dashboard | undefined;
 let browser: Browser | undefined;
 let context: BrowserContext;
 let seeded: SeedResult;
+let publisher: EventPublisher;
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
@@ -94,6 +104,14 @@ beforeAll(async () => {
     log,
   );
   seeded = await seed(db.pool);
+  const older = await insertUser(db.pool, { username: `older-${seeded.suffix}` });
+  await db.pool.query(
+    `INSERT INTO chats (owner_id, title, created_at)
+     SELECT $1, 'Older chat ' || i, now() - interval '1 day' - i * interval '1 minute'
+       FROM generate_series(1, $2::int) i`,
+    [older.userId, OLDER_CHATS],
+  );
+  publisher = new EventPublisher(redis, prefix);
   dashboard = await startDashboard(config, log);
   // launch() runs the browser on a fresh temporary profile (user data dir) of its own, removed on close.
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
@@ -130,6 +148,66 @@ const stagesOf = (page: Page) =>
     .locator('.event')
     .evaluateAll((rows) => rows.map((row) => (row as { dataset: { stage?: string } }).dataset.stage));
 
+// The browser globals that in-page functions (page.evaluate) use: the project compiles without the DOM
+// library, so this file names the little it needs. They exist only in the page, where those functions run.
+interface PageNode {
+  nodeType: number;
+  textContent: string | null;
+}
+interface PageElement extends PageNode {
+  className: string;
+  tagName: string;
+  parentElement: PageElement | null;
+  childNodes: Iterable<PageNode>;
+  dataset: Record<string, string | undefined>;
+  scrollTop: number;
+  querySelector(selector: string): PageElement | null;
+  querySelectorAll(selector: string): Iterable<PageElement>;
+  getAttribute(name: string): string | null;
+  getBoundingClientRect(): { top: number; bottom: number };
+}
+declare const document: { getElementById(id: string): PageElement | null };
+declare const window: { scrollY: number; innerHeight: number };
+declare function getComputedStyle(element: PageElement): { color: string; backgroundColor: string };
+
+/** Publishes an event of a job that no worker runs, straight to the chat's stream, as a worker would. */
+async function publishEvent(draft: Omit<EventDraft, 'message'> & { message?: string }): Promise<void> {
+  await publisher.publish({ message: `${draft.stage} (published by the test)`, ...draft });
+}
+
+/**
+ * WCAG contrast ratios of the texts in `selector`'s first match, each against the background it is drawn
+ * on (the nearest ancestor-or-self with an opaque background).
+ */
+function contrasts(page: Page, selector: string): Promise<Record<string, number>> {
+  return page
+    .locator(selector)
+    .first()
+    .evaluate((root: PageElement) => {
+      const rgb = (css: string) => (css.match(/[\d.]+/g) ?? []).map(Number);
+      const luminance = ([r, g, b]: number[]) => {
+        const f = (c: number) => (c / 255 <= 0.03928 ? c / 255 / 12.92 : ((c / 255 + 0.055) / 1.055) ** 2.4);
+        return 0.2126 * f(r!) + 0.7152 * f(g!) + 0.0722 * f(b!);
+      };
+      const background = (el: PageElement | null): number[] => {
+        for (; el; el = el.parentElement) {
+          const c = rgb(getComputedStyle(el).backgroundColor);
+          if (c.length === 3 || c[3] === 1) return c.slice(0, 3);
+        }
+        return [255, 255, 255];
+      };
+      const out: Record<string, number> = {};
+      for (const el of [root, ...root.querySelectorAll('*')]) {
+        const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent!.trim() !== '');
+        if (!text) continue;
+        const [a, b] = [luminance(rgb(getComputedStyle(el).color)), luminance(background(el))];
+        out[`${el.className || el.tagName}: ${el.textContent!.trim().slice(0, 20)}`] =
+          (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      }
+      return out;
+    });
+}
+
 describe('the live chat page', () => {
   it('starts a stopped workspace and shows each stage, then the result', async () => {
     const page = await context.newPage();
@@ -158,6 +236,32 @@ describe('the live chat page', () => {
     await expect.poll(() => box.locator('.result-title').textContent()).toContain('started: true');
     expect(await box.textContent()).toContain(chat.workspaceName!);
     expect(await newestJob(page).locator('.job-status').textContent()).toBe('completed');
+
+    // Elapsed time per stage: each row's time runs to the next event; the result's row has the job's total.
+    const timings = await newestJob(page)
+      .locator('.event')
+      .evaluateAll((rows: PageElement[]) =>
+        rows.map((row) => ({
+          at: Date.parse(row.querySelector('time')!.getAttribute('datetime')!),
+          ms: Number(row.querySelector('.elapsed')!.dataset.ms),
+          text: row.querySelector('.elapsed')!.textContent,
+        })),
+      );
+    for (const [i, row] of timings.slice(0, -1).entries()) {
+      expect(row.ms, `row ${i}`).toBe(Math.max(0, timings[i + 1]!.at - row.at));
+      expect(row.text, `row ${i}`).toMatch(/^\d+ ms$|^\d+\.\d s$/);
+    }
+    expect(timings.at(-1)!.ms).toBe(timings.at(-1)!.at - timings[0]!.at);
+    expect(timings.at(-1)!.text).toMatch(/^total (\d+ ms|\d+\.\d s)$/);
+    expect(await newestJob(page).locator('.job-elapsed').textContent()).toMatch(/^\d+ ms$|^\d+\.\d s$/);
+    // The parameters the build ran with and its template version by name.
+    const build = newestJob(page).locator('.job-build');
+    await expect.poll(() => build.textContent()).toContain('build #3 start');
+    expect(await build.locator('.version').textContent()).toBe(`${seeded.templates.dev.name} v1`);
+    expect(await build.locator('.param').allTextContents()).toEqual(['cpu=2']);
+    // The job is over: Start is back.
+    expect(await page.locator('#start').isEnabled()).toBe(true);
+    expect(await page.locator('#busy').isHidden()).toBe(true);
     // The chat list caught up with the new state.
     await page.locator(`[data-chat-id="${chat.chatId}"] .badge`, { hasText: 'running' }).waitFor();
 
@@ -190,12 +294,30 @@ describe('the live chat page', () => {
     const update = updated.locator('.update');
     expect(await update.textContent()).toContain('Updated to the active template version');
     expect(await update.textContent()).toContain('template requires active versions');
-    expect(await update.textContent()).toContain(seeded.templates.manualUpdate.activeVersionId);
     expect(await stagesOf(page)).toContain('updating_to_active_version');
+    // Template versions by name (the id on hover), not as bare UUIDs.
+    const [v1, v2] = seeded.templates.manualUpdate.versionIds;
+    await expect.poll(() => update.locator(`dd[title="${v2}"]`).textContent()).toBe('v2');
+    expect(await update.locator(`dd[title="${v1}"]`).textContent()).toBe('v1');
+    expect(await update.textContent()).not.toContain(v2);
+    // The parameters the new build ran with: the retry's region and cpu carried over from the old build.
+    const build = newestJob(page).locator('.job-build');
+    await expect.poll(() => build.locator('.param').allTextContents()).toEqual(['cpu=2', 'region=eu-west-1']);
+    expect(await build.locator('.version').textContent()).toBe(`${seeded.templates.manualUpdate.name} v2`);
+    await page
+      .locator(`[data-chat-id="${chat.chatId}"] .chat-sub`, {
+        hasText: `${seeded.templates.manualUpdate.name} · v2`,
+      })
+      .waitFor();
 
     await page.locator('#conn', { hasText: 'live' }).waitFor();
     await page.mouse.move(0, 0);
-    await page.screenshot({ path: screenshotPath('live-chat.png'), fullPage: true });
+    // The list and the chat scroll on their own: a viewport as tall as the chat shows it whole.
+    const height = await page
+      .locator('#detail')
+      .evaluate((el) => el.scrollHeight + el.getBoundingClientRect().top);
+    await page.setViewportSize({ width: 1360, height: Math.max(900, Math.ceil(height)) });
+    await page.screenshot({ path: screenshotPath('live-chat.png') });
     await page.close();
   });
 
@@ -217,6 +339,159 @@ describe('the live chat page', () => {
       expect.arrayContaining(['build_succeeded', 'agent_ready', 'completed']),
     );
     await page.locator(`[data-chat-id="${chat.chatId}"] .badge`, { hasText: 'running' }).waitFor();
+    await page.close();
+  });
+
+  it('keeps a hovered chat readable: its texts contrast 4.5:1 or more with the hover colour', async () => {
+    const page = await context.newPage();
+    await openChat(page, seeded.chats.running.chatId);
+    for (const chatId of [seeded.chats.stopped.chatId, seeded.chats.running.chatId]) {
+      const item = `[data-chat-id="${chatId}"]`;
+      await page.locator(item).hover();
+      const ratios = await contrasts(page, item);
+      expect(Object.keys(ratios).length, chatId).toBeGreaterThanOrEqual(4);
+      for (const [text, ratio] of Object.entries(ratios)) expect(ratio, text).toBeGreaterThanOrEqual(4.5);
+    }
+    await page.close();
+  });
+
+  it('scrolls the chat list on its own, keeps the chat picked at its bottom in view, and loads more than 50', async () => {
+    const page = await context.newPage();
+    await page.goto(`${dashboard!.url}/`);
+    const items = page.locator('.chat-item');
+    await expect.poll(() => items.count()).toBe(50);
+    await page.locator('#load-more').click();
+    await expect.poll(() => items.count()).toBe(Object.keys(seeded.chats).length + OLDER_CHATS);
+    expect(await page.locator('#load-more').isHidden()).toBe(true);
+
+    await items.last().click();
+    await page.locator('#chat-title', { hasText: 'Older chat 60' }).waitFor();
+    const layout = await page.evaluate(() => ({
+      listScrolled: document.getElementById('chat-scroll')!.scrollTop,
+      pageScrolled: window.scrollY,
+      title: document.getElementById('chat-title')!.getBoundingClientRect(),
+      viewport: window.innerHeight,
+    }));
+    expect(layout.listScrolled).toBeGreaterThan(0);
+    expect(layout.pageScrolled).toBe(0);
+    expect(layout.title.top).toBeGreaterThanOrEqual(0);
+    expect(layout.title.bottom).toBeLessThanOrEqual(layout.viewport);
+    await page.close();
+  });
+
+  it('searches the chats on the server by owner, workspace name and chat id prefix', async () => {
+    const page = await context.newPage();
+    await page.goto(`${dashboard!.url}/`);
+    const ids = () =>
+      page
+        .locator('.chat-item')
+        .evaluateAll((items) => items.map((item) => item.getAttribute('data-chat-id')).sort());
+    const search = async (text: string) => {
+      // The page asks the server (an empty box asks for the plain list, without q).
+      const answered = page.waitForResponse(
+        (r) =>
+          new URL(r.url()).pathname === '/api/chats' &&
+          new URL(r.url()).searchParams.get('q') === (text || null),
+        { timeout: 10_000 },
+      );
+      await page.locator('#chat-search').fill(text);
+      expect((await answered).status()).toBe(200);
+    };
+    await search(seeded.user.username);
+    await expect.poll(ids).toEqual(
+      Object.values(seeded.chats)
+        .map((c) => c.chatId)
+        .sort(),
+    );
+    await search(seeded.chats.manualUpdate.workspaceName!.toUpperCase());
+    await expect.poll(ids).toEqual([seeded.chats.manualUpdate.chatId]);
+    await search(seeded.chats.stopped.chatId.slice(0, 13).toUpperCase());
+    await expect.poll(ids).toEqual([seeded.chats.stopped.chatId]);
+    await search('no-such-chat');
+    await page.locator('#chat-list .empty', { hasText: 'No chat matches "no-such-chat"' }).waitFor();
+    await search('');
+    await expect.poll(() => page.locator('.chat-item').count()).toBe(50);
+    await page.close();
+  });
+
+  it('empties the forms when another chat is picked', async () => {
+    const page = await context.newPage();
+    await openChat(page, seeded.chats.stopped.chatId);
+    await page.locator('#start-params').fill('{"cpu": "4"}');
+    await page.locator('#create-name').fill('previous-chats-name');
+    await page.locator('#create-params').fill('{"cpu": "2"}');
+    await page.locator(`[data-chat-id="${seeded.chats.noWorkspace.chatId}"]`).click();
+    await page.locator('#chat-title', { hasText: 'Chat without a workspace' }).waitFor();
+    for (const field of ['#start-params', '#create-name', '#create-params']) {
+      expect(await page.locator(field).inputValue(), field).toBe('');
+    }
+    expect(await page.locator('#create-template').inputValue()).toBe(seeded.templates.dev.id);
+    await page.close();
+  });
+
+  it('disables Start and Create while the chat has a job waiting or running, and enables them on its result', async () => {
+    const page = await context.newPage();
+    const chat = seeded.chats.automaticUpdates;
+    await openChat(page, chat.chatId);
+    const start = page.locator('#start');
+    const create = page.locator('#create');
+    expect(await start.isEnabled()).toBe(true);
+    const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 0 };
+    await publishEvent({ type: 'progress', stage: 'queued', job, chatId: chat.chatId });
+    await expect.poll(() => start.isDisabled()).toBe(true);
+    expect(await create.isDisabled()).toBe(true);
+    expect(await page.locator('#busy').textContent()).toContain(`Job ${job.id.slice(0, 8)}`);
+    await publishEvent({
+      type: 'progress',
+      stage: 'lock_acquired',
+      job: { ...job, attempt: 1 },
+      chatId: chat.chatId,
+    });
+    await newestJob(page).locator('.event[data-stage="lock_acquired"]').waitFor();
+    expect(await start.isDisabled()).toBe(true);
+    await publishEvent({
+      type: 'result',
+      stage: 'failed',
+      job: { ...job, attempt: 1 },
+      chatId: chat.chatId,
+      data: { error: 'build failed', code: 'build_failed', is_error: false },
+    });
+    await expect.poll(() => start.isEnabled()).toBe(true);
+    expect(await create.isEnabled()).toBe(true);
+    expect(await page.locator('#busy').isHidden()).toBe(true);
+    await page.close();
+  });
+
+  it("links a result's settings_url only when it is http(s), and shows result text as text", async () => {
+    const page = await context.newPage();
+    const chat = seeded.chats.autoUpdate;
+    await openChat(page, chat.chatId);
+    const fail = async (settingsUrl: string, error = 'manual update required') => {
+      const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 1 };
+      await publishEvent({
+        type: 'result',
+        stage: 'failed',
+        job,
+        chatId: chat.chatId,
+        data: { error, code: 'manual_update_required', is_error: false, settings_url: settingsUrl },
+      });
+      const card = page.locator(`.job[data-job-id="${job.id}"]`);
+      await card.locator('.result-failed').waitFor();
+      return card;
+    };
+    const script = await fail('javascript:alert(document.domain)', '<img src=x onerror="alert(1)">');
+    expect(await script.locator('a').count()).toBe(0);
+    expect(await script.locator('.settings').textContent()).toBe(
+      'Workspace settings: javascript:alert(document.domain)',
+    );
+    expect(await script.locator('img').count()).toBe(0);
+    expect(await script.locator('.result-error').textContent()).toBe('<img src=x onerror="alert(1)">');
+    const data = await fail('data:text/html,<script>alert(1)</script>');
+    expect(await data.locator('a').count()).toBe(0);
+    const https = await fail('https://coder.example.com/@demo/ws/settings');
+    expect(await https.locator('.settings a').getAttribute('href')).toBe(
+      'https://coder.example.com/@demo/ws/settings',
+    );
     await page.close();
   });
 

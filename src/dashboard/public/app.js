@@ -1,8 +1,9 @@
 // The live chat page: lists chats, starts or creates a chat's workspace through the dashboard's API, and
 // follows the chat's job events over Server-Sent Events (GET chats/<id>/events), rendered as a timeline per
 // job with its result. Plain DOM, no framework, no inline script (the page is served with a strict CSP).
-// Every piece of data goes into the page with textContent, never as HTML.
-/* global document, window, fetch, EventSource, URLSearchParams */
+// Every piece of data goes into the page with textContent, never as HTML, and only an http(s) URL from the
+// data becomes a link.
+/* global document, window, fetch, EventSource, URLSearchParams, URL */
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +24,25 @@ function h(tag, attrs, ...children) {
 }
 
 const short = (id) => (typeof id === 'string' ? id.slice(0, 8) : '');
+
+/** `text` when it is an absolute http(s) URL, else undefined: a `javascript:` or `data:` URL is never a link. */
+function httpUrl(text) {
+  try {
+    const url = new URL(text);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** How long a stage took: "312 ms", "1.2 s", "2 min 05 s". Clocks of two hosts may disagree by a little. */
+function duration(ms) {
+  const t = Math.max(0, ms);
+  if (t < 1000) return `${Math.round(t)} ms`;
+  if (t < 60_000) return `${(t / 1000).toFixed(1)} s`;
+  const s = Math.round(t / 1000);
+  return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
+}
 
 function clock(iso) {
   const d = new Date(iso);
@@ -62,12 +82,27 @@ function parseParameters(text, what) {
 // State
 
 const state = {
+  /** The chats listed so far (one or more pages of the current search). */
   chats: [],
+  /** The next page's cursor, null after the last page. */
+  nextCursor: null,
+  /** Pages shown, so that a reload fetches as many again. */
+  pages: 1,
+  /** The search text (server-side: chat id, owner or workspace name prefix). */
+  query: '',
   templates: [],
   chatId: undefined,
+  /** The selected chat's row (it may not be in the list any more, e.g. after a search). */
+  chat: undefined,
+  /** A start or create request in flight. */
+  acting: false,
+  /** buildId -> Promise of the build's details (template version name, parameters), or null. */
+  builds: new Map(),
+  /** template version id -> its name, from the builds loaded. */
+  versions: new Map(),
   /** The open EventSource of the selected chat. */
   source: undefined,
-  /** jobId -> { name, card, rows, status, attempt, resultEl } */
+  /** jobId -> { name, card, rows, status, attempt, resultEl, buildEl, buildId, firstAt, lastAt, ... } */
   jobs: new Map(),
   seen: new Set(),
 };
@@ -114,7 +149,7 @@ function renderChats() {
             type: 'button',
             class: `chat-item${chat.id === state.chatId ? ' selected' : ''}`,
             'data-chat-id': chat.id,
-            onclick: () => selectChat(chat.id),
+            onclick: () => selectChat(chat),
           },
           h(
             'span',
@@ -123,27 +158,73 @@ function renderChats() {
             h('span', { class: `badge ${s.tone}` }, s.label),
           ),
           h('span', { class: 'chat-sub' }, workspace),
-          h('span', { class: 'chat-sub mono' }, [chat.template_name, build].filter(Boolean).join(' · ')),
+          h(
+            'span',
+            { class: 'chat-sub mono' },
+            [chat.template_name, chat.template_version_name, build].filter(Boolean).join(' · '),
+          ),
         ),
       );
     }),
   );
   if (state.chats.length === 0) {
-    list.append(h('li', { class: 'empty small' }, 'No chats yet: run `npx workspace-jobs seed`.'));
+    list.append(
+      h(
+        'li',
+        { class: 'empty small' },
+        state.query ? `No chat matches "${state.query}".` : 'No chats yet: run `npx workspace-jobs seed`.',
+      ),
+    );
   }
+  $('load-more').hidden = !state.nextCursor;
 }
 
-async function loadChats() {
+/** Counts list requests, so that the answer to an older search never replaces a newer one. */
+let listRequest = 0;
+
+/** Reloads the pages shown (or, with `more`, appends the next page) for the current search. */
+async function loadChats({ more = false } = {}) {
+  const request = ++listRequest;
+  const chats = more ? [...state.chats] : [];
+  let cursor = more ? state.nextCursor : null;
+  const pages = more ? 1 : state.pages;
   try {
-    const { chats } = await api('GET', 'api/chats');
+    for (let page = 0; page < pages; page++) {
+      const params = new URLSearchParams();
+      if (state.query) params.set('q', state.query);
+      if (cursor) params.set('cursor', cursor);
+      const query = params.toString();
+      const answer = await api('GET', `api/chats${query ? `?${query}` : ''}`);
+      if (request !== listRequest) return;
+      chats.push(...answer.chats);
+      cursor = answer.next_cursor;
+      if (!cursor) break;
+    }
     state.chats = chats;
+    state.nextCursor = cursor;
+    if (more) state.pages += 1;
+    state.chat = chats.find((c) => c.id === state.chatId) ?? state.chat;
     $('chats-error').hidden = true;
     renderChats();
     renderChatHead();
   } catch (error) {
+    if (request !== listRequest) return;
     $('chats-error').textContent = `Could not load chats: ${error.message}`;
     $('chats-error').hidden = false;
   }
+}
+
+let searchTimer;
+function searchSoon() {
+  window.clearTimeout(searchTimer);
+  searchTimer = window.setTimeout(() => {
+    const query = $('chat-search').value.trim();
+    if (query === state.query) return;
+    state.query = query;
+    state.pages = 1;
+    $('chat-scroll').scrollTop = 0;
+    void loadChats();
+  }, 250);
 }
 
 async function loadTemplates() {
@@ -194,7 +275,7 @@ function refreshChatsSoon() {
 }
 
 function currentChat() {
-  return state.chats.find((c) => c.id === state.chatId);
+  return state.chat;
 }
 
 function renderChatHead() {
@@ -220,20 +301,27 @@ function setConnection(text, tone) {
   conn.className = `conn ${tone}`;
 }
 
-function selectChat(chatId) {
+function selectChat(chat) {
   if (state.source) state.source.close();
+  const chatId = chat.id;
   state.chatId = chatId;
+  state.chat = chat;
   state.jobs.clear();
   state.seen.clear();
   $('jobs').replaceChildren();
   $('no-jobs').hidden = false;
   hideMessages();
+  // Nothing typed for the previous chat carries over to this one.
+  $('start-form').reset();
+  $('create-form').reset();
   $('empty').hidden = true;
   $('chat').hidden = false;
+  $('detail').scrollTop = 0;
   if (window.location.hash !== `#chat=${chatId}`) window.history.replaceState(null, '', `#chat=${chatId}`);
   renderChats();
   renderChatHead();
   preselectTemplate();
+  renderBusy();
 
   // since=0: replay everything the chat's stream still holds, then live. On a reconnect the browser sends
   // Last-Event-ID (the last seq it got), which the server prefers over ?since=, so nothing repeats.
@@ -263,15 +351,95 @@ function onEvent(event) {
   $('no-jobs').hidden = true;
   const job = jobCard(event.job);
   job.attempt = Math.max(job.attempt, event.job.attempt);
-  job.rows.append(timelineRow(event));
+  const row = timelineRow(event);
+  job.rows.append(row);
+  timeStage(job, row, event);
+  const buildId = event.data?.build_id;
+  if (typeof buildId === 'string' && buildId !== job.buildId) {
+    job.buildId = buildId;
+    void loadBuild(buildId).then((build) => {
+      if (job.buildId !== buildId) return;
+      if (build) renderJobBuild(job, build);
+      else job.buildId = undefined; // the next event naming it asks again
+    });
+  }
   if (event.type === 'result') {
     job.status = event.stage;
+    job.result = event;
     job.resultEl.replaceChildren(renderResult(event));
     refreshChatsSoon(); // the workspace's state changed
   } else if (job.status !== 'completed' && job.status !== 'failed') {
     job.status = event.stage === 'queued' || event.stage === 'deduplicated' ? 'queued' : 'running';
   }
   renderJobHead(job);
+  renderBusy();
+}
+
+/**
+ * Elapsed time per stage: a stage lasts until the job's next event, so each event closes the previous row's
+ * time; the result's row holds the whole job's time, from its first event.
+ */
+function timeStage(job, row, event) {
+  const at = Date.parse(event.at);
+  const cell = row.querySelector('.elapsed');
+  if (job.openCell) {
+    job.openCell.textContent = duration(at - job.lastAt);
+    job.openCell.dataset.ms = String(Math.max(0, at - job.lastAt));
+    job.openCell.title = 'time in this stage, until the next event';
+  }
+  job.firstAt ??= at;
+  job.lastAt = at;
+  if (event.type === 'result') {
+    job.elapsed = at - job.firstAt;
+    cell.textContent = `total ${duration(job.elapsed)}`;
+    cell.dataset.ms = String(Math.max(0, job.elapsed));
+    cell.title = "the job's time, from its first event";
+    job.openCell = undefined;
+  } else {
+    cell.textContent = '…';
+    cell.title = 'in this stage now';
+    job.openCell = cell;
+  }
+}
+
+/** A build's details (its template version by name, its parameters) once per build; null if unavailable. */
+function loadBuild(buildId) {
+  if (!state.builds.has(buildId)) {
+    const loading = api('GET', `api/builds/${encodeURIComponent(buildId)}`).then(
+      ({ build }) => {
+        state.versions.set(build.template_version_id, build.template_version_name);
+        if (build.previous_template_version_id) {
+          state.versions.set(build.previous_template_version_id, build.previous_template_version_name);
+        }
+        return build;
+      },
+      () => {
+        state.builds.delete(buildId); // not there (yet): ask again for the next event naming it
+        return null;
+      },
+    );
+    state.builds.set(buildId, loading);
+  }
+  return state.builds.get(buildId);
+}
+
+/** The job's build, version and the parameters it ran with, under the job's head. */
+function renderJobBuild(job, build) {
+  const parameters = build.parameters.length
+    ? build.parameters.map((p) => h('span', { class: 'param mono' }, `${p.name}=${p.value}`))
+    : [h('span', { class: 'muted-text' }, 'none')];
+  job.buildEl.replaceChildren(
+    h('span', { class: 'mono' }, `build #${build.build_number} ${build.transition}`),
+    h(
+      'span',
+      { class: 'version', title: `template version ${build.template_version_id}` },
+      `${build.template_name ?? 'template'} ${build.template_version_name}`,
+    ),
+    h('span', { class: 'params' }, h('span', { class: 'muted-text' }, 'parameters'), parameters),
+  );
+  // The result names template versions by id; now their names are known.
+  if (job.result) job.resultEl.replaceChildren(renderResult(job.result));
+  renderBusy();
 }
 
 function jobCard(ref) {
@@ -280,8 +448,19 @@ function jobCard(ref) {
   const head = h('div', { class: 'job-head' });
   const rows = h('ol', { class: 'timeline' });
   const resultEl = h('div', { class: 'job-result' });
-  const card = h('article', { class: 'card job', 'data-job-id': ref.id }, head, rows, resultEl);
-  job = { id: ref.id, name: ref.name, card, head, rows, resultEl, status: 'queued', attempt: ref.attempt };
+  const buildEl = h('div', { class: 'job-build' });
+  const card = h('article', { class: 'card job', 'data-job-id': ref.id }, head, buildEl, rows, resultEl);
+  job = {
+    id: ref.id,
+    name: ref.name,
+    card,
+    head,
+    buildEl,
+    rows,
+    resultEl,
+    status: 'queued',
+    attempt: ref.attempt,
+  };
   state.jobs.set(ref.id, job);
   // Newest job first: replayed events arrive oldest first, so each new job goes on top.
   $('jobs').prepend(card);
@@ -294,6 +473,9 @@ function renderJobHead(job) {
     h('span', { class: 'job-name' }, job.name),
     h('span', { class: 'mono muted-text', title: job.id }, `job ${short(job.id)}`),
     job.attempt > 1 ? h('span', { class: 'muted-text' }, `attempt ${job.attempt}`) : null,
+    job.elapsed !== undefined
+      ? h('span', { class: 'muted-text job-elapsed', title: "the job's time" }, duration(job.elapsed))
+      : null,
     h('span', { class: `badge ${tone} job-status` }, job.status),
   ];
   job.head.replaceChildren(...parts.filter(Boolean));
@@ -320,6 +502,7 @@ function timelineRow(event) {
     'li',
     { class: `event event-${event.type}`, 'data-stage': event.stage, title: `seq ${event.seq}` },
     h('time', { class: 'mono', datetime: event.at }, clock(event.at)),
+    h('span', { class: 'elapsed mono' }),
     h('span', { class: `badge ${tone}` }, event.stage),
     h('span', { class: 'message' }, event.message),
     h(
@@ -334,14 +517,23 @@ function timelineRow(event) {
 // ---------------------------------------------------------------------------------------------------
 // Results
 
-function field(label, value, { mono = false } = {}) {
+function field(label, value, { mono = false, title } = {}) {
   if (value === undefined || value === null || value === '') return null;
   return h(
     'div',
     { class: 'kv' },
     h('dt', {}, label),
-    h('dd', { class: mono ? 'mono' : undefined }, String(value)),
+    h('dd', { class: mono ? 'mono' : undefined, title }, String(value)),
   );
+}
+
+/** A template version by name (its id on hover), once a build naming it has been loaded. */
+function versionField(label, versionId) {
+  if (!versionId) return null;
+  const name = state.versions.get(versionId);
+  return name
+    ? field(label, name, { title: versionId })
+    : field(label, short(versionId), { mono: true, title: versionId });
 }
 
 function renderResult(event) {
@@ -362,7 +554,11 @@ function renderResult(event) {
         { class: 'kvs' },
         field('detail', result.detail),
         field('build', result.build_id, { mono: true }),
-        field('template', result.template_id, { mono: true }),
+        result.template_id
+          ? field('template', templateById(result.template_id)?.name ?? result.template_id, {
+              title: result.template_id,
+            })
+          : null,
       ),
     );
     if (Array.isArray(result.validations) && result.validations.length > 0) {
@@ -376,12 +572,20 @@ function renderResult(event) {
       );
     }
     if (result.settings_url) {
+      const href = httpUrl(result.settings_url);
       box.append(
-        h(
-          'p',
-          {},
-          h('a', { href: result.settings_url, target: '_blank', rel: 'noreferrer' }, 'Workspace settings'),
-        ),
+        href
+          ? h(
+              'p',
+              { class: 'settings' },
+              h('a', { href, target: '_blank', rel: 'noopener noreferrer' }, 'Workspace settings'),
+            )
+          : h(
+              'p',
+              { class: 'settings' },
+              'Workspace settings: ',
+              h('span', { class: 'mono' }, result.settings_url),
+            ),
       );
     }
   } else {
@@ -434,8 +638,8 @@ function renderResult(event) {
             'dl',
             { class: 'kvs' },
             field('reason', result.update_reason),
-            field('from version', result.previous_template_version_id, { mono: true }),
-            field('to version', result.template_version_id, { mono: true }),
+            versionField('from version', result.previous_template_version_id),
+            versionField('to version', result.template_version_id),
           ),
         ),
       );
@@ -515,9 +719,29 @@ function showInfo(message) {
   $('action-info').hidden = false;
 }
 
+/** The chat's job that is waiting or running, from its events: a job without its result yet. */
+function activeJob() {
+  for (const job of state.jobs.values()) if (job.status === 'queued' || job.status === 'running') return job;
+  return undefined;
+}
+
+/** Start, Create and the retry buttons stay disabled while a request is in flight or a job is unfinished. */
+function renderBusy() {
+  const job = activeJob();
+  for (const button of document.querySelectorAll('#start, #create, .retry button')) {
+    button.disabled = state.acting || job !== undefined;
+  }
+  $('busy').hidden = !job;
+  $('busy').textContent = job
+    ? `Job ${short(job.id)} (${job.name}) is ${job.status}: Start and Create are enabled again when its result arrives.`
+    : '';
+}
+
 async function act(kind, body) {
-  if (!state.chatId) return;
+  if (!state.chatId || state.acting) return;
   hideMessages();
+  state.acting = true;
+  renderBusy();
   try {
     const job = await api('POST', `api/chats/${encodeURIComponent(state.chatId)}/${kind}`, body);
     showInfo(
@@ -527,6 +751,9 @@ async function act(kind, body) {
     );
   } catch (error) {
     showError(error.message);
+  } finally {
+    state.acting = false;
+    renderBusy();
   }
 }
 
@@ -557,10 +784,22 @@ $('create-form').addEventListener('submit', (e) => {
 
 $('create-template').addEventListener('change', describeTemplate);
 $('refresh').addEventListener('click', () => void loadChats());
+$('load-more').addEventListener('click', () => void loadChats({ more: true }));
+$('chat-search').addEventListener('input', searchSoon);
 
 // ---------------------------------------------------------------------------------------------------
 // Start: load chats and templates, reopen the chat named in the URL (#chat=<id>).
 
 await Promise.all([loadChats(), loadTemplates()]);
-const fromHash = new URLSearchParams(window.location.hash.slice(1)).get('chat');
-if (fromHash && state.chats.some((c) => c.id === fromHash)) selectChat(fromHash);
+const fromHash = new URLSearchParams(window.location.hash.slice(1)).get('chat')?.toLowerCase();
+if (fromHash) {
+  // Maybe beyond the first page: a full chat id is also a search.
+  const listed = state.chats.find((c) => c.id === fromHash);
+  const found =
+    listed ??
+    (await api('GET', `api/chats?q=${encodeURIComponent(fromHash)}`).then(
+      ({ chats }) => chats.find((c) => c.id === fromHash),
+      () => undefined,
+    ));
+  if (found) selectChat(found);
+}
