@@ -171,8 +171,8 @@ declare const window: { scrollY: number; innerHeight: number };
 declare function getComputedStyle(element: PageElement): { color: string; backgroundColor: string };
 
 /** Publishes an event of a job that no worker runs, straight to the chat's stream, as a worker would. */
-async function publishEvent(draft: Omit<EventDraft, 'message'> & { message?: string }): Promise<void> {
-  await publisher.publish({ message: `${draft.stage} (published by the test)`, ...draft });
+async function publishEvent(draft: EventDraft): Promise<void> {
+  await publisher.publish(draft);
 }
 
 /**
@@ -437,7 +437,7 @@ describe('the live chat page', () => {
     const create = page.locator('#create');
     expect(await start.isEnabled()).toBe(true);
     const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 0 };
-    await publishEvent({ type: 'progress', stage: 'queued', job, chatId: chat.chatId });
+    await publishEvent({ type: 'progress', stage: 'queued', job, chatId: chat.chatId, message: 'queued' });
     await expect.poll(() => start.isDisabled()).toBe(true);
     expect(await create.isDisabled()).toBe(true);
     expect(await page.locator('#busy').textContent()).toContain(`Job ${job.id.slice(0, 8)}`);
@@ -446,6 +446,7 @@ describe('the live chat page', () => {
       stage: 'lock_acquired',
       job: { ...job, attempt: 1 },
       chatId: chat.chatId,
+      message: 'Chat lock acquired',
     });
     await newestJob(page).locator('.event[data-stage="lock_acquired"]').waitFor();
     expect(await start.isDisabled()).toBe(true);
@@ -454,6 +455,7 @@ describe('the live chat page', () => {
       stage: 'failed',
       job: { ...job, attempt: 1 },
       chatId: chat.chatId,
+      message: 'build failed',
       data: { error: 'build failed', code: 'build_failed', is_error: false },
     });
     await expect.poll(() => start.isEnabled()).toBe(true);
@@ -473,6 +475,7 @@ describe('the live chat page', () => {
         stage: 'failed',
         job,
         chatId: chat.chatId,
+        message: error,
         data: { error, code: 'manual_update_required', is_error: false, settings_url: settingsUrl },
       });
       const card = page.locator(`.job[data-job-id="${job.id}"]`);
