@@ -287,7 +287,7 @@ function renderChatHead() {
     `chat ${chat.id}`,
     chat.workspace_name ? `workspace ${chat.owner_username}/${chat.workspace_name}` : 'no workspace',
     chat.template_name ? `template ${chat.template_name}` : undefined,
-    s.label,
+    chat.workspace_id ? s.label : undefined, // "no workspace" is said once
   ];
   $('chat-meta').textContent = parts.filter(Boolean).join(' · ');
 }
