@@ -7,6 +7,9 @@ export {
   type ProducerOptions,
   type EnqueuedJob,
   type EnqueuedStart,
+  type EnqueuedCreate,
+  type StartWorkspaceField,
+  type CreateWorkspaceField,
   type WaitForResultOptions,
   type SubscribeOptions,
 } from './producer/producer.js';
@@ -45,6 +48,8 @@ export {
   ValidationError,
   startWorkspacePayloadSchema,
   startWorkspaceInputSchema,
+  type StartWorkspaceInput,
+  type CreateWorkspaceInput,
   createWorkspacePayloadSchema,
   workspaceJobEventSchema,
   jobResultSchema,

@@ -5,7 +5,12 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
-import { ValidationError, idSchema } from '../shared/schemas.js';
+import {
+  ValidationError,
+  idSchema,
+  type CreateWorkspaceInput,
+  type StartWorkspaceInput,
+} from '../shared/schemas.js';
 import { getBuild, listChats, parseChatsQuery } from './chats.js';
 import { isSafeMethod, mediaType } from './cross-site.js';
 
@@ -131,7 +136,8 @@ export function apiRouter(deps: {
     const chatId = chatIdParam(req);
     const { parameters } = body(req, ['parameters']);
     const ownerId = await ownerOf(chatId);
-    const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters });
+    // The body's values go to the producer unchecked: it validates them and names what is wrong.
+    const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters } as StartWorkspaceInput);
     log.info({ chatId, ...enqueued }, 'start requested from the live chat page');
     res.status(202).json(enqueued);
   });
@@ -141,7 +147,13 @@ export function apiRouter(deps: {
     const chatId = chatIdParam(req);
     const { templateId, name, parameters } = body(req, ['templateId', 'name', 'parameters']);
     const ownerId = await ownerOf(chatId);
-    const enqueued = await producer.createWorkspace({ chatId, ownerId, templateId, name, parameters });
+    const enqueued = await producer.createWorkspace({
+      chatId,
+      ownerId,
+      templateId,
+      name,
+      parameters,
+    } as CreateWorkspaceInput);
     log.info({ chatId, ...enqueued }, 'create requested from the live chat page');
     res.status(202).json(enqueued);
   });

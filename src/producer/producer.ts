@@ -40,6 +40,8 @@ import {
   idSchema,
   parseOrThrow,
   startWorkspaceInputSchema,
+  type CreateWorkspaceInput,
+  type StartWorkspaceInput,
 } from '../shared/schemas.js';
 import { JOB_NAMES, jobOptions } from './job-options.js';
 
@@ -68,16 +70,26 @@ export interface ProducerOptions {
   telemetry?: Telemetry;
 }
 
-export interface EnqueuedJob {
-  /** The job that will do the work: a new one, or the one already queued for the same thing. */
-  jobId: string;
-  /** True when an equal job was already waiting, delayed or active and no new job was added. */
-  deduplicated: boolean;
-}
+/**
+ * The payload fields a deduplicated start is compared on. Not `workspaceId` (it is the deduplication id) and
+ * not `requestId` (each request has its own).
+ */
+export type StartWorkspaceField = 'chatId' | 'ownerId' | 'parameters';
+/** The payload fields a deduplicated create is compared on (not `chatId`, the deduplication id). */
+export type CreateWorkspaceField = 'ownerId' | 'templateId' | 'name' | 'parameters';
 
-export interface EnqueuedStart extends EnqueuedJob {
-  workspaceId: string;
-}
+/**
+ * What an enqueue did. `deduplicated: false`: a new job was added. `deduplicated: true`: a job for the same
+ * workspace (start) or chat (create) was already waiting, delayed or active, no job was added, and `jobId`
+ * is that job. It runs with the payload it was enqueued with: `differs` names the fields in which this
+ * call's payload differs from it (`[]` when they agree), whose values are not applied; to apply them, wait
+ * for that job's result and enqueue again. A job that can no longer be read differs in every field given.
+ */
+export type EnqueuedJob<Field extends string = StartWorkspaceField | CreateWorkspaceField> =
+  { jobId: string; deduplicated: false } | { jobId: string; deduplicated: true; differs: Field[] };
+
+export type EnqueuedStart = EnqueuedJob<StartWorkspaceField> & { workspaceId: string };
+export type EnqueuedCreate = EnqueuedJob<CreateWorkspaceField>;
 
 export interface WaitForResultOptions {
   timeoutMs: number;
@@ -175,8 +187,9 @@ export class WorkspaceJobsProducer {
    * enqueued) for a payload that does not validate, an unknown chat or a chat without a workspace.
    * Ownership is not checked here: the worker does that.
    */
-  async startWorkspace(input: unknown): Promise<EnqueuedStart> {
+  async startWorkspace(input: StartWorkspaceInput): Promise<EnqueuedStart> {
     this.assertOpen();
+    // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
     const parsed = parseOrThrow(startWorkspaceInputSchema, 'start-workspace payload', input);
     const workspaceId = parsed.workspaceId ?? (await this.workspaceOfChat(parsed.chatId));
     const payload: StartWorkspacePayload = {
@@ -186,7 +199,7 @@ export class WorkspaceJobsProducer {
       ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
       ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
     };
-    const enqueued = await this.enqueue(JOB_NAMES.start, payload, dedupeIds.start(workspaceId));
+    const enqueued = await this.enqueue(JOB_NAMES.start, payload, dedupeIds.start(workspaceId), START_FIELDS);
     await this.announce({
       type: 'progress',
       stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
@@ -194,9 +207,9 @@ export class WorkspaceJobsProducer {
       chatId: payload.chatId,
       workspaceId,
       message: enqueued.deduplicated
-        ? `A start of this workspace is already queued as job ${enqueued.jobId}`
+        ? `A start of this workspace is already queued as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
         : `Start of workspace ${workspaceId} queued`,
-      ...(payload.requestId !== undefined && { data: { request_id: payload.requestId } }),
+      ...announcedData(payload, enqueued),
     });
     return { ...enqueued, workspaceId };
   }
@@ -205,7 +218,7 @@ export class WorkspaceJobsProducer {
    * Enqueues the creation of a workspace for the chat, at most one per chat while one is waiting, delayed
    * or active. Throws ValidationError (nothing enqueued) for a payload that does not validate.
    */
-  async createWorkspace(input: unknown): Promise<EnqueuedJob> {
+  async createWorkspace(input: CreateWorkspaceInput): Promise<EnqueuedCreate> {
     this.assertOpen();
     const parsed = parseOrThrow(createWorkspacePayloadSchema, 'create-workspace payload', input);
     const payload: CreateWorkspacePayload = {
@@ -216,16 +229,21 @@ export class WorkspaceJobsProducer {
       ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
       ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
     };
-    const enqueued = await this.enqueue(JOB_NAMES.create, payload, dedupeIds.create(payload.chatId));
+    const enqueued = await this.enqueue(
+      JOB_NAMES.create,
+      payload,
+      dedupeIds.create(payload.chatId),
+      CREATE_FIELDS,
+    );
     await this.announce({
       type: 'progress',
       stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
       job: { id: enqueued.jobId, name: JOB_NAMES.create, attempt: 0 },
       chatId: payload.chatId,
       message: enqueued.deduplicated
-        ? `A creation of a workspace for this chat is already queued as job ${enqueued.jobId}`
+        ? `A creation of a workspace for this chat is already queued as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
         : `Creation of ${payload.name === undefined ? 'a workspace' : `workspace ${payload.name}`} queued`,
-      ...(payload.requestId !== undefined && { data: { request_id: payload.requestId } }),
+      ...announcedData(payload, enqueued),
     });
     return enqueued;
   }
@@ -375,8 +393,16 @@ export class WorkspaceJobsProducer {
     return chat.workspace_id;
   }
 
-  /** One `enqueue` span per call; each attempt of the job links to it. */
-  private enqueue(name: JobName, data: JobData, deduplicationId: string): Promise<EnqueuedJob> {
+  /**
+   * One `enqueue` span per call; each attempt of the job links to it. A deduplicated call is compared with
+   * the job it was merged into on `fields`.
+   */
+  private enqueue<D extends JobData, F extends keyof D & string>(
+    name: JobName,
+    data: D,
+    deduplicationId: string,
+    fields: readonly F[],
+  ): Promise<EnqueuedJob<F>> {
     const attributes = {
       [ATTR.jobName]: name,
       [ATTR.chatId]: data.chatId,
@@ -394,8 +420,15 @@ export class WorkspaceJobsProducer {
       const deduplicated = actualId !== jobId;
       span.setAttributes({ [ATTR.jobId]: actualId, [ATTR.deduplicated]: deduplicated });
       (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
-      this.log.debug({ jobId: actualId, name, deduplicated, deduplicationId }, 'workspace job enqueued');
-      return { jobId: actualId, deduplicated };
+      if (!deduplicated) {
+        this.log.debug({ jobId, name, deduplicationId }, 'workspace job enqueued');
+        return { jobId, deduplicated };
+      }
+      // The job's data is written once, at its add: what it holds now is what it runs with.
+      const running = (await this.queue.getJob(actualId))?.data as Partial<Record<F, unknown>> | undefined;
+      const differs = fields.filter((field) => !sameValue(field, data[field], running?.[field]));
+      this.log.debug({ jobId: actualId, name, deduplicationId, differs }, 'workspace job deduplicated');
+      return { jobId: actualId, deduplicated, differs };
     });
   }
 
@@ -451,6 +484,51 @@ export class WorkspaceJobsProducer {
     }
     return this.subscriber;
   }
+}
+
+const START_FIELDS = ['chatId', 'ownerId', 'parameters'] as const satisfies readonly StartWorkspaceField[];
+const CREATE_FIELDS = [
+  'ownerId',
+  'templateId',
+  'name',
+  'parameters',
+] as const satisfies readonly CreateWorkspaceField[];
+
+/**
+ * Our (parsed) value against the running job's: parameters as a set of pairs, with no parameters the same
+ * as `{}`.
+ */
+function sameValue(field: string, ours: unknown, theirs: unknown): boolean {
+  if (field === 'parameters') {
+    const a = (ours ?? {}) as Record<string, unknown>;
+    const b = isRecord(theirs) ? theirs : {};
+    const names = Object.keys(a);
+    return names.length === Object.keys(b).length && names.every((n) => Object.hasOwn(b, n) && b[n] === a[n]);
+  }
+  return ours === theirs;
+}
+
+/** `; it keeps its own ownerId and parameters, which differ from this request's`, or nothing. */
+function notApplied(differs: readonly string[]): string {
+  if (differs.length === 0) return '';
+  const list = differs.length === 1 ? differs[0] : `${differs.slice(0, -1).join(', ')} and ${differs.at(-1)}`;
+  return `; it keeps its own ${list}, which differ from this request's`;
+}
+
+/** The announcement's `data`: the request id, and on a deduplicated enqueue what differs (maybe nothing). */
+function announcedData(
+  payload: { requestId?: string },
+  enqueued: EnqueuedJob,
+): { data?: Record<string, unknown> } {
+  const data = {
+    ...(payload.requestId !== undefined && { request_id: payload.requestId }),
+    ...(enqueued.deduplicated && { differs: enqueued.differs }),
+  };
+  return Object.keys(data).length > 0 ? { data } : {};
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 function isResult(value: unknown): value is JobResult {

@@ -43,7 +43,8 @@ export const parameterNameSchema = z
  */
 const parametersSchema = z
   .preprocess(
-    (input, ctx) => {
+    // Typed for z.input (what a TypeScript caller may pass); at run time `input` is anything a JS caller sent.
+    (input: Record<string, string>, ctx) => {
       if (input !== null && typeof input === 'object' && Object.hasOwn(input, '__proto__')) {
         ctx.issues.push({ code: 'custom', message: PROTOTYPE_KEY_MESSAGE, path: ['__proto__'], input });
       }
@@ -67,6 +68,9 @@ export const startWorkspaceInputSchema = startWorkspacePayloadSchema.extend({
   workspaceId: idSchema.optional(),
 });
 
+/** The argument of `startWorkspace()`, derived from the schema that validates it so that the two cannot drift. */
+export type StartWorkspaceInput = z.input<typeof startWorkspaceInputSchema>;
+
 // Workspace names follow Coder's rule: letters, digits and single hyphens, at most 32 characters.
 export const workspaceNameSchema = z.string().regex(/^[a-zA-Z0-9](?:[a-zA-Z0-9]|-(?=[a-zA-Z0-9])){0,31}$/, {
   message: 'must be 1-32 letters, digits or single hyphens, starting and ending with a letter or digit',
@@ -80,6 +84,9 @@ export const createWorkspacePayloadSchema = z.strictObject({
   parameters: parametersSchema.optional(),
   requestId: requestId.optional(),
 }) satisfies z.ZodType<CreateWorkspacePayload>;
+
+/** The argument of `createWorkspace()`: the create-workspace payload as the caller writes it. */
+export type CreateWorkspaceInput = z.input<typeof createWorkspacePayloadSchema>;
 
 // Results (CONTRACT.md section 7), as the result event's `data`.
 const agentReadinessShape = {

@@ -129,7 +129,7 @@ describe('POST /api/chats/:chatId/start', () => {
     });
 
     const second = await post(`/api/chats/${scenario.chatId}/start`, {});
-    expect(second.body).toEqual({ ...first.body, deduplicated: true });
+    expect(second.body).toEqual({ ...first.body, deduplicated: true, differs: [] });
 
     // The page sees both through the chat's events.
     const events = await readChatEvents(t.redis, t.prefix, scenario.chatId, '0');

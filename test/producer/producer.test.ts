@@ -3,7 +3,11 @@
 import { randomUUID } from 'node:crypto';
 import { Queue, Worker } from 'bullmq';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
+import {
+  WorkspaceJobsProducer,
+  type EnqueuedCreate,
+  type EnqueuedStart,
+} from '../../src/producer/producer.js';
 import { JOB_BACKOFF, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from '../../src/producer/job-options.js';
 import { EventPublisher, readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME, type JobResult } from '../../src/shared/interfaces.js';
@@ -62,6 +66,14 @@ async function seed(pool: Pool, workspaces = 1): Promise<Seeded> {
     await c.query(`INSERT INTO chats (id, owner_id) VALUES ($1, $2)`, [bareChatId, ownerId]);
     return { ownerId, templateId, chats, bareChatId };
   });
+}
+
+/** The producer as a JavaScript caller sees it: input of any shape reaches its run-time validation. */
+function untyped(producer: WorkspaceJobsProducer) {
+  return producer as unknown as {
+    startWorkspace(input: unknown): Promise<EnqueuedStart>;
+    createWorkspace(input: unknown): Promise<EnqueuedCreate>;
+  };
 }
 
 describe('WorkspaceJobsProducer', () => {
@@ -130,7 +142,9 @@ describe('WorkspaceJobsProducer', () => {
       ],
       ['an empty requestId', { chatId, ownerId, workspaceId, requestId: '' }, 'requestId'],
     ])('startWorkspace rejects %s, naming the field, and enqueues nothing', async (_what, input, field) => {
-      const error = await producer.startWorkspace(input).catch((e: unknown) => e);
+      const error = await untyped(producer)
+        .startWorkspace(input)
+        .catch((e: unknown) => e);
       expect(error).toBeInstanceOf(ValidationError);
       expect((error as Error).message).toMatch(/^invalid start-workspace payload: /);
       expect((error as Error).message).toContain(field);
@@ -149,7 +163,9 @@ describe('WorkspaceJobsProducer', () => {
         'parameters.cpu',
       ],
     ])('createWorkspace rejects %s, naming the field, and enqueues nothing', async (_what, input, field) => {
-      const error = await producer.createWorkspace(input).catch((e: unknown) => e);
+      const error = await untyped(producer)
+        .createWorkspace(input)
+        .catch((e: unknown) => e);
       expect(error).toBeInstanceOf(ValidationError);
       expect((error as Error).message).toMatch(/^invalid create-workspace payload: /);
       expect((error as Error).message).toContain(field);
@@ -158,8 +174,8 @@ describe('WorkspaceJobsProducer', () => {
 
     it('rejects input that is not an object at all', async () => {
       for (const input of [null, undefined, 'start', 42, []]) {
-        await expect(producer.startWorkspace(input)).rejects.toBeInstanceOf(ValidationError);
-        await expect(producer.createWorkspace(input)).rejects.toBeInstanceOf(ValidationError);
+        await expect(untyped(producer).startWorkspace(input)).rejects.toBeInstanceOf(ValidationError);
+        await expect(untyped(producer).createWorkspace(input)).rejects.toBeInstanceOf(ValidationError);
       }
       expect(await queuedJobs()).toBe(0);
     });
@@ -188,12 +204,12 @@ describe('WorkspaceJobsProducer', () => {
     ])(
       'rejects a parameter named by %s, naming it, and enqueues nothing',
       async (_what, parameters, message) => {
-        const start = await producer
+        const start = await untyped(producer)
           .startWorkspace({ chatId, ownerId, workspaceId, parameters })
-          .catch((e) => e);
-        const create = await producer
+          .catch((e: unknown) => e);
+        const create = await untyped(producer)
           .createWorkspace({ chatId, ownerId, templateId, parameters })
-          .catch((e) => e);
+          .catch((e: unknown) => e);
         for (const error of [start, create]) {
           expect(error).toBeInstanceOf(ValidationError);
           expect((error as Error).message).toContain(message);
@@ -356,8 +372,104 @@ describe('WorkspaceJobsProducer', () => {
       const first = await producer.createWorkspace(input);
       const second = await producer.createWorkspace({ ...input, name: 'other' });
       expect(first.deduplicated).toBe(false);
-      expect(second).toEqual({ jobId: first.jobId, deduplicated: true });
+      expect(second).toEqual({ jobId: first.jobId, deduplicated: true, differs: ['name'] });
       expect(await queuedJobs()).toBe(1);
+    });
+
+    it('a deduplicated start with the same payload says that nothing differs, in its answer and its event', async () => {
+      const input = { chatId: randomUUID(), ownerId: randomUUID(), workspaceId: randomUUID() };
+      const first = await producer.startWorkspace({ ...input, parameters: { region: 'eu', size: 'l' } });
+      // The same parameters in another order, from another request: the same start.
+      const second = await producer.startWorkspace({
+        ...input,
+        parameters: { size: 'l', region: 'eu' },
+        requestId: 'r-2',
+      });
+      expect(second).toEqual({ ...first, deduplicated: true, differs: [] });
+      const events = await readChatEvents(redis, prefix, input.chatId, '0');
+      expect(events[1]).toMatchObject({
+        stage: 'deduplicated',
+        job: { id: first.jobId },
+        message: `A start of this workspace is already queued as job ${first.jobId}`,
+        data: { request_id: 'r-2', differs: [] },
+      });
+
+      // No parameters and no overrides ({}) are the same start too.
+      const other = { ...input, workspaceId: randomUUID() };
+      const bare = await producer.startWorkspace(other);
+      expect(await producer.startWorkspace({ ...other, parameters: {} })).toEqual({
+        ...bare,
+        deduplicated: true,
+        differs: [],
+      });
+    });
+
+    it('a deduplicated start with another chat, owner or parameters names them; the job keeps its own', async () => {
+      const workspaceId = randomUUID();
+      const mine = { chatId: randomUUID(), ownerId: randomUUID(), workspaceId, parameters: { region: 'eu' } };
+      const first = await producer.startWorkspace(mine);
+      const theirs = {
+        chatId: randomUUID(),
+        ownerId: randomUUID(),
+        workspaceId,
+        parameters: { region: 'us' },
+      };
+
+      const second = await producer.startWorkspace(theirs);
+
+      expect(second).toEqual({
+        jobId: first.jobId,
+        deduplicated: true,
+        differs: ['chatId', 'ownerId', 'parameters'],
+        workspaceId,
+      });
+      expect((await queue.getJob(first.jobId))?.data).toEqual(mine);
+      // Said on the chat of the call that was merged, which hears nothing else of that job.
+      expect(await readChatEvents(redis, prefix, theirs.chatId, '0')).toEqual([
+        expect.objectContaining({
+          stage: 'deduplicated',
+          job: expect.objectContaining({ id: first.jobId }),
+          message:
+            `A start of this workspace is already queued as job ${first.jobId}; ` +
+            "it keeps its own chatId, ownerId and parameters, which differ from this request's",
+          data: { differs: ['chatId', 'ownerId', 'parameters'] },
+        }),
+      ]);
+      // One parameter more is other parameters too.
+      const more = await producer.startWorkspace({ ...mine, parameters: { region: 'eu', size: 'l' } });
+      expect(more).toMatchObject({ deduplicated: true, differs: ['parameters'] });
+    });
+
+    it('a deduplicated create names a differing owner, template, name and parameters', async () => {
+      const create = {
+        chatId: randomUUID(),
+        ownerId: randomUUID(),
+        templateId: randomUUID(),
+        name: 'dev',
+        parameters: { cpu: '2' },
+      };
+      const first = await producer.createWorkspace(create);
+      expect(await producer.createWorkspace({ ...create, requestId: 'again' })).toEqual({
+        jobId: first.jobId,
+        deduplicated: true,
+        differs: [],
+      });
+      const other = { chatId: create.chatId, ownerId: randomUUID(), templateId: randomUUID() };
+      expect(await producer.createWorkspace(other)).toEqual({
+        jobId: first.jobId,
+        deduplicated: true,
+        differs: ['ownerId', 'templateId', 'name', 'parameters'],
+      });
+      const events = await readChatEvents(redis, prefix, create.chatId, '0');
+      expect(events.map((e) => e.data)).toEqual([
+        undefined,
+        { request_id: 'again', differs: [] },
+        { differs: ['ownerId', 'templateId', 'name', 'parameters'] },
+      ]);
+      expect(events[2]?.message).toBe(
+        `A creation of a workspace for this chat is already queued as job ${first.jobId}; ` +
+          "it keeps its own ownerId, templateId, name and parameters, which differ from this request's",
+      );
     });
 
     it('a start after the previous job completed creates a new job', async () => {

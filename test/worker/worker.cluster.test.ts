@@ -41,7 +41,12 @@ describe('on a Redis Cluster', () => {
     const first = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
     const second = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
     expect(first).toMatchObject({ workspaceId: ws.workspaceId, deduplicated: false });
-    expect(second).toEqual({ jobId: first.jobId, workspaceId: ws.workspaceId, deduplicated: true });
+    expect(second).toEqual({
+      jobId: first.jobId,
+      workspaceId: ws.workspaceId,
+      deduplicated: true,
+      differs: [],
+    });
     expect(await h.queue.getJobState(first.jobId)).toBe('waiting');
     expect(await h.queue.getJobCounts('waiting')).toEqual({ waiting: 1 });
     const events = await h.events(ws.chatId);
