@@ -62,11 +62,15 @@ export function parseMs(flag: string, raw: string | undefined, fallback: number)
   return n;
 }
 
-/** The producer's id rule (a UUID of version 1-8), so that the CLI refuses exactly what the producer would. */
+/**
+ * The producer's id rule (a UUID of version 1-8), so that the CLI refuses exactly what the producer would;
+ * returned in lower case, as the producer uses it.
+ */
 export function requireId(flag: string, value: string | undefined): string {
   if (value === undefined) throw new UsageError(`${flag} is required`);
-  if (!idSchema.safeParse(value).success) {
+  const parsed = idSchema.safeParse(value);
+  if (!parsed.success) {
     throw new UsageError(`${flag} must be a UUID (version 1-8), got ${JSON.stringify(value)}`);
   }
-  return value;
+  return parsed.data;
 }

@@ -76,11 +76,11 @@ function body(req: Request, allowed: readonly string[]): Record<string, unknown>
 }
 
 function chatIdParam(req: Request): string {
-  const chatId = String(req.params.chatId);
-  if (!idSchema.safeParse(chatId).success) {
-    throw new HttpError(400, `invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
+  const chatId = idSchema.safeParse(String(req.params.chatId));
+  if (!chatId.success) {
+    throw new HttpError(400, `invalid chatId: ${JSON.stringify(req.params.chatId)} is not a UUID`);
   }
-  return chatId;
+  return chatId.data;
 }
 
 export function apiRouter(deps: {

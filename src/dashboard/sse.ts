@@ -87,11 +87,12 @@ export class ChatEventStreams {
   readonly handle = async (req: Request, res: Response): Promise<void> => {
     // 1. Validate before committing to a 200: a bad id gets a plain 400, which also stops EventSource from
     //    retrying (it only reconnects after a stream that started fine).
-    const chatId = String(req.params.chatId);
-    if (!idSchema.safeParse(chatId).success) {
-      res.status(400).json({ error: `invalid chatId: ${JSON.stringify(chatId)} is not a UUID` });
+    const parsedChatId = idSchema.safeParse(String(req.params.chatId));
+    if (!parsedChatId.success) {
+      res.status(400).json({ error: `invalid chatId: ${JSON.stringify(req.params.chatId)} is not a UUID` });
       return;
     }
+    const chatId = parsedChatId.data;
     const header = req.get('last-event-id')?.trim();
     const query = req.query.since;
     const [raw, sinceFrom] =

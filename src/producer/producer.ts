@@ -185,7 +185,8 @@ export class WorkspaceJobsProducer {
    * Enqueues a start of the chat's workspace, at most one per workspace while one is waiting, delayed or
    * active. `workspaceId` is looked up from the chat when omitted. Throws ValidationError (nothing
    * enqueued) for a payload that does not validate, an unknown chat or a chat without a workspace.
-   * Ownership is not checked here: the worker does that.
+   * Ownership is not checked here: the worker does that. Ids may come in any case; they are used in lower
+   * case (the returned `workspaceId` too).
    */
   async startWorkspace(input: StartWorkspaceInput): Promise<EnqueuedStart> {
     this.assertOpen();
@@ -216,7 +217,8 @@ export class WorkspaceJobsProducer {
 
   /**
    * Enqueues the creation of a workspace for the chat, at most one per chat while one is waiting, delayed
-   * or active. Throws ValidationError (nothing enqueued) for a payload that does not validate.
+   * or active. Throws ValidationError (nothing enqueued) for a payload that does not validate. Ids may come
+   * in any case; they are used in lower case.
    */
   async createWorkspace(input: CreateWorkspaceInput): Promise<EnqueuedCreate> {
     this.assertOpen();
@@ -252,17 +254,20 @@ export class WorkspaceJobsProducer {
    * Resolves with the job's result (CONTRACT.md section 7), success or failure alike: it rejects only
    * when the job does not exist (JobNotFoundError), on timeout (WaitTimeoutError) or when the producer
    * closes. The result comes from the job's `result` event on the chat's stream, or from the job itself
-   * when it has already finished (so a stream that has expired does not matter).
+   * when it has already finished (so a stream that has expired does not matter). A UUID job id (the
+   * producer's) may come in any case.
    */
-  async waitForResult(jobId: string, options: WaitForResultOptions): Promise<JobResult> {
+  async waitForResult(givenJobId: string, options: WaitForResultOptions): Promise<JobResult> {
     this.assertOpen();
     if (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0) {
       throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${options.timeoutMs}`);
     }
+    // Only a UUID is normalised: a job someone added by hand may have any id, e.g. BullMQ's counter.
+    const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
     const job = await this.queue.getJob(jobId);
     if (!job) throw new JobNotFoundError(jobId);
     // Someone who bypassed the producer may have added a job without a valid chat: then only its state tells.
-    const chatId = idSchema.safeParse(job.data?.chatId).success ? job.data.chatId : undefined;
+    const chatId = idSchema.safeParse(job.data?.chatId).data;
 
     let done = false;
     let resolveResult!: (result: JobResult) => void;
@@ -335,7 +340,7 @@ export class WorkspaceJobsProducer {
 
   /**
    * Calls `onEvent` with the chat's events: first those after `since` still in the replay stream, then
-   * live ones. Resolves once subscribed, with a function that unsubscribes.
+   * live ones. Resolves once subscribed, with a function that unsubscribes. The chat id may come in any case.
    */
   async subscribe(
     chatId: string,
@@ -343,10 +348,11 @@ export class WorkspaceJobsProducer {
     options: SubscribeOptions = {},
   ): Promise<() => Promise<void>> {
     this.assertOpen();
-    if (!idSchema.safeParse(chatId).success) {
+    const parsed = idSchema.safeParse(chatId);
+    if (!parsed.success) {
       throw new ValidationError(`invalid chatId: ${JSON.stringify(chatId)} is not a UUID`);
     }
-    return this.eventSubscriber().subscribe(chatId, onEvent, options);
+    return this.eventSubscriber().subscribe(parsed.data, onEvent, options);
   }
 
   /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
@@ -495,8 +501,8 @@ const CREATE_FIELDS = [
 ] as const satisfies readonly CreateWorkspaceField[];
 
 /**
- * Our (parsed) value against the running job's: parameters as a set of pairs, with no parameters the same
- * as `{}`.
+ * Our (parsed) value against the running job's: ids case-blind (a job added by hand may hold upper case),
+ * parameters as a set of pairs, with no parameters the same as `{}`.
  */
 function sameValue(field: string, ours: unknown, theirs: unknown): boolean {
   if (field === 'parameters') {
@@ -505,6 +511,7 @@ function sameValue(field: string, ours: unknown, theirs: unknown): boolean {
     const names = Object.keys(a);
     return names.length === Object.keys(b).length && names.every((n) => Object.hasOwn(b, n) && b[n] === a[n]);
   }
+  if (field.endsWith('Id')) return typeof theirs === 'string' && ours === theirs.toLowerCase();
   return ours === theirs;
 }
 

@@ -1,10 +1,17 @@
 // Every Redis key and channel name, derived from QUEUE_PREFIX (CONTRACT.md sections 5 and 6).
+//
+// Chat and workspace ids are UUIDs, which Postgres compares case-blind; a Redis key is a plain string. The
+// ids go in lower case, as idSchema parses them, also when they come from a job added without that schema
+// (its invalid-payload result, a result the worker publishes for a job BullMQ failed), so that one chat is
+// one channel, one lock and one replay stream whatever case an id arrived in.
+const id = (value: string) => value.toLowerCase();
+
 export function redisKeys(prefix: string) {
   return {
-    chatLock: (chatId: string) => `${prefix}:lock:chat:${chatId}`,
-    chatChannel: (chatId: string) => `${prefix}:events:chat:${chatId}`,
-    workspaceChannel: (workspaceId: string) => `${prefix}:events:workspace:${workspaceId}`,
-    chatLog: (chatId: string) => `${prefix}:events:chat:${chatId}:log`,
+    chatLock: (chatId: string) => `${prefix}:lock:chat:${id(chatId)}`,
+    chatChannel: (chatId: string) => `${prefix}:events:chat:${id(chatId)}`,
+    workspaceChannel: (workspaceId: string) => `${prefix}:events:workspace:${id(workspaceId)}`,
+    chatLog: (chatId: string) => `${prefix}:events:chat:${id(chatId)}:log`,
     /** Set once per job when its result event is published, so a re-run never publishes a second one. */
     resultMarker: (jobId: string) => `${prefix}:result:${jobId}`,
   };
@@ -13,6 +20,6 @@ export function redisKeys(prefix: string) {
 export type RedisKeys = ReturnType<typeof redisKeys>;
 
 export const dedupeIds = {
-  start: (workspaceId: string) => `start-workspace:${workspaceId}`,
-  create: (chatId: string) => `create-workspace:${chatId}`,
+  start: (workspaceId: string) => `start-workspace:${id(workspaceId)}`,
+  create: (chatId: string) => `create-workspace:${id(chatId)}`,
 };

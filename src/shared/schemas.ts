@@ -12,9 +12,11 @@ import type {
 
 /**
  * Every id at every edge (producer, CLI, dashboard, worker): an RFC 9562 UUID of version 1-8 (or the nil/max
- * UUID), so that a version-0 string the database would accept is refused the same way everywhere.
+ * UUID), so that a version-0 string the database would accept is refused the same way everywhere. Parsed in
+ * lower case: Postgres compares UUIDs case-blind, but Redis keys (channels, dedup ids, locks) are strings, so
+ * `8F2C…` and `8f2c…` would be two jobs and two channels.
  */
-export const idSchema = z.uuid();
+export const idSchema = z.uuid().toLowerCase();
 
 // Object.prototype's own keys (`__proto__`, `constructor`, `toString`, …): as a key of a plain object they
 // reach the prototype instead of a value (zod's z.record even drops `__proto__` silently), so none may name

@@ -182,6 +182,24 @@ describe('workspace-jobs enqueue create', () => {
     expect((result as JobFailure).error).toContain('only root chats');
   }, 60_000);
 
+  it("ids in upper case are used in lower case: the owner owns the chat, the events are the chat's", async () => {
+    const { chatId } = await insertChat(db.pool, { ownerId: owner.userId });
+    const [chat, template, user] = [chatId, templateId, owner.userId].map((id) => id.toUpperCase());
+
+    const run = await runCli(
+      ['enqueue', 'create', '--chat', chat!, '--template', template!, '--owner', user!, '--wait', '--json'],
+      env(),
+      RUN_MS,
+    );
+
+    // Compared as given, the upper-case owner would not own the chat (forbidden).
+    expect(run.exit, JSON.stringify(run)).toEqual({ code: 0, signal: null });
+    const out = parseWaitOutput(run.stdout);
+    expect(out.result).toMatchObject({ created: true });
+    expect(out.events.map((e) => e.chatId)).toEqual(out.events.map(() => chatId));
+    expect(out.events.at(-1)).toMatchObject({ type: 'result', stage: 'completed' });
+  }, 60_000);
+
   it('bad flags or ids exit 2 with a one-line reason, enqueueing nothing', async () => {
     const { chatId } = await insertChat(db.pool, { ownerId: owner.userId });
     const missingChat = '00000000-0000-4000-8000-000000000001';

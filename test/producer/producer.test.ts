@@ -576,6 +576,68 @@ describe('WorkspaceJobsProducer', () => {
     });
   });
 
+  // Postgres takes a UUID in any case; Redis keys are strings. Every id is used in lower case.
+  describe('ids in upper case', () => {
+    const upper = <T extends Record<string, string>>(ids: T): T =>
+      Object.fromEntries(Object.entries(ids).map(([k, v]) => [k, v.toUpperCase()])) as T;
+
+    it('the same workspace or chat in upper and lower case is one job, enqueued with lower-case ids', async () => {
+      const start = { chatId: randomUUID(), ownerId: randomUUID(), workspaceId: randomUUID() };
+      const first = await producer.startWorkspace(upper(start));
+      const second = await producer.startWorkspace(start);
+      expect(first).toMatchObject({ deduplicated: false, workspaceId: start.workspaceId });
+      expect(second).toEqual({ ...first, deduplicated: true, differs: [] });
+      expect((await queue.getJob(first.jobId))?.data).toEqual(start);
+      expect(await queue.getDeduplicationJobId(dedupeIds.start(start.workspaceId))).toBe(first.jobId);
+
+      const create = { chatId: start.chatId, ownerId: start.ownerId, templateId: randomUUID() };
+      const created = await producer.createWorkspace(create);
+      expect(await producer.createWorkspace(upper(create))).toEqual({
+        jobId: created.jobId,
+        deduplicated: true,
+        differs: [],
+      });
+      expect(await queuedJobs()).toBe(2);
+    });
+
+    it('resolves the workspace of a chat given in upper case', async () => {
+      const { ownerId, chats } = await seed(db.pool);
+      const { chatId, workspaceId } = chats[0]!;
+      const { jobId, ...enqueued } = await producer.startWorkspace(upper({ chatId, ownerId }));
+      expect(enqueued).toEqual({ deduplicated: false, workspaceId });
+      expect((await queue.getJob(jobId))?.data).toEqual({ chatId, ownerId, workspaceId });
+    });
+
+    it("sends an upper-case chat's events to its lower-case stream, heard by subscribers in either case", async () => {
+      const chatId = randomUUID();
+      const heard = { lower: [] as string[], upper: [] as string[] };
+      const offLower = await producer.subscribe(chatId, (e) => heard.lower.push(`${e.stage} ${e.chatId}`));
+      const offUpper = await producer.subscribe(chatId.toUpperCase(), (e) =>
+        heard.upper.push(`${e.stage} ${e.chatId}`),
+      );
+
+      const { jobId } = await producer.startWorkspace(
+        upper({ chatId, ownerId: randomUUID(), workspaceId: randomUUID() }),
+      );
+
+      await vi.waitFor(() =>
+        expect(heard).toEqual({ lower: [`queued ${chatId}`], upper: [`queued ${chatId}`] }),
+      );
+      // The stream's key as CONTRACT.md section 6 names it, written out.
+      expect(await redis.xlen(`${prefix}:events:chat:${chatId}:log`)).toBe(1);
+      expect(await redis.exists(`${prefix}:events:chat:${chatId.toUpperCase()}:log`)).toBe(0);
+      await offLower();
+      await offUpper();
+
+      const result: JobResult = { started: true, workspace_name: 'dev' };
+      startWorker(async () => result);
+      // The job id the producer returned, in upper case, is the same job.
+      await expect(producer.waitForResult(jobId.toUpperCase(), { timeoutMs: 10_000 })).resolves.toEqual(
+        result,
+      );
+    });
+  });
+
   describe('lifecycle', () => {
     it('leaves a connection it was given open, and refuses calls once closed', async () => {
       await producer.subscribe(randomUUID(), () => {});
