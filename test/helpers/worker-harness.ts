@@ -26,6 +26,7 @@ import { loadConfig, type Env } from '../../src/shared/config.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import {
   QUEUE_NAME,
+  type WorkspaceStore,
   type Config,
   type JobProgress,
   type ProgressEvent,
@@ -38,6 +39,7 @@ import { ChatLocks } from '../../src/shared/lock.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import type { Pool } from '../../src/shared/postgres.js';
 import { closeRedis, type RedisClient } from '../../src/shared/redis.js';
+import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import { WorkspaceWorker, type WorkspaceWorkerOptions } from '../../src/worker/worker.js';
 import { CliProcess } from './cli-process.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -354,6 +356,19 @@ export class WorkerHarness {
       buildId: stop.buildId,
     });
     return { ownerId: o.ownerId, workspaceId, workspaceName: name, chatId, stopBuildId: stop.buildId };
+  }
+
+  /** The worker's store, except that getChat always fails: an attempt that throws, whatever the job. */
+  brokenStore(): WorkspaceStore {
+    return new Proxy(new PgWorkspaceStore(this.db.pool), {
+      get(target, property, receiver) {
+        if (property === 'getChat') {
+          return () => Promise.reject(new Error('connection reset (simulated by the test)'));
+        }
+        const value: unknown = Reflect.get(target, property, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
   }
 
   /** Every event still in the chat's replay stream, oldest first. */

@@ -11,10 +11,8 @@ import {
   type JobProgress,
   type ProgressEvent,
   type StartWorkspaceSuccess,
-  type WorkspaceStore,
 } from '../../src/shared/interfaces.js';
 import { redisKeys } from '../../src/shared/keys.js';
-import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import {
   WAIT_MS,
   WorkerHarness,
@@ -202,17 +200,7 @@ describe('start-workspace processor', () => {
 
   describe('a transient error on every attempt', () => {
     it('publishes retrying per failed attempt, then exactly one internal failure after the last', async () => {
-      const store = new PgWorkspaceStore(h.db.pool);
-      const broken = new Proxy(store, {
-        get(target, property, receiver) {
-          if (property === 'getChat') {
-            return () => Promise.reject(new Error('connection reset (simulated by the test)'));
-          }
-          const value: unknown = Reflect.get(target, property, receiver);
-          return typeof value === 'function' ? value.bind(target) : value;
-        },
-      }) as WorkspaceStore;
-      await h.startWorker({ processor: { store: broken } });
+      await h.startWorker({ processor: { store: h.brokenStore() } });
       const ws = await h.seedStoppedWorkspace();
 
       const job = await h.queue.add(
