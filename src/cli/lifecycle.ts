@@ -41,16 +41,32 @@ export function stdoutClosed(): Promise<void> {
   return stdoutGone;
 }
 
+/**
+ * A terminal's Ctrl-C reaches `npm run demo`'s node process twice: from the terminal (the whole process group
+ * gets it) and relayed by npm and tsx, which forward SIGINT to their child. A repeat this soon is that relay,
+ * not a person pressing Ctrl-C again.
+ */
+const RELAYED_SIGNAL_MS = 1000;
+
 /** Resolves once `stop` has finished after the first signal, or after stdout closed. */
 export function untilSignal(stop: () => Promise<void>, log: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     let stopping = false;
+    let first: { signal: NodeJS.Signals; at: number } | undefined;
     const begin = (reason: Record<string, string>) => {
       stopping = true;
       log.info(reason, 'stopping');
       stop().then(resolve, reject);
     };
     const onSignal = (signal: NodeJS.Signals) => {
+      if (first?.signal === signal && Date.now() - first.at < RELAYED_SIGNAL_MS) {
+        log.debug(
+          { signal },
+          'the same signal again at once (relayed by npm or tsx); still stopping gracefully',
+        );
+        return;
+      }
+      first ??= { signal, at: Date.now() };
       if (stopping) {
         log.warn({ signal }, 'second signal; exiting now');
         process.exit(1);
