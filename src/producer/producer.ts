@@ -306,7 +306,7 @@ export class WorkspaceJobsProducer {
           chatId,
           (event) => {
             if (event.type === 'result' && event.job.id === jobId && event.data) {
-              resolveResult(event.data as unknown as JobResult);
+              resolveResult(event.data);
             }
           },
           { since: '0' },
@@ -451,7 +451,6 @@ export class WorkspaceJobsProducer {
     }
   }
 
-  /** The result of a finished job read from BullMQ, or undefined while it has not finished (or is gone). */
   /** The job's result once it finished; undefined before; JobNotFoundError when the job is gone. */
   private async resultFromJob(jobId: string): Promise<JobResult | undefined> {
     // Both at once: one round trip's wait, every safety re-check of every waiter.
