@@ -129,6 +129,11 @@ export function outcomeKind(outcome: string): 'ok' | 'expected' | 'failure' {
   return Object.hasOwn(FAILURE_KINDS, outcome) ? FAILURE_KINDS[outcome as FailureCode] : 'failure';
 }
 
+/** Where a job with this result ends in BullMQ: only a real failure fails it. */
+export function bullStateOf(result: JobResult): 'completed' | 'failed' {
+  return isFailure(result) && outcomeKind(result.code) === 'failure' ? 'failed' : 'completed';
+}
+
 /** Counts a job's end: `outcome` is `ok` or the failure code; its duration runs from its first pickup. */
 function recordFinished(metrics: Metrics | undefined, job: Job, outcome: string): void {
   if (!metrics) return;
@@ -395,7 +400,7 @@ export function createProcessor(options: ProcessorOptions) {
     const outcome = isFailure(result) ? result.code : 'ok';
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');
-    if (isFailure(result) && outcomeKind(outcome) === 'failure') throw unrecoverable(result);
+    if (isFailure(result) && bullStateOf(result) === 'failed') throw unrecoverable(result);
     return result;
   }
 

@@ -5,8 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertChat } from '../../src/cli/fixtures.js';
-import type { JobFailure, JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
-import { outcomeKind } from '../../src/worker/processor.js';
+import type { JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { bullStateOf } from '../../src/worker/processor.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
 import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
@@ -88,8 +88,7 @@ describe('when a worker dies or freezes under a job', () => {
     expect(results).toHaveLength(1);
     const [result] = results as [WorkspaceJobEvent];
     // A success or an expected failure result completes the job; only a real failure fails it.
-    const code = (result.data as Partial<JobFailure>).code;
-    if (code === undefined || outcomeKind(code) === 'expected') {
+    if (bullStateOf(result.data as JobResult) === 'completed') {
       expect(await h.queue.getJobState(jobId)).toBe('completed');
       expect(job.returnvalue).toEqual(result.data);
     } else {
