@@ -3,7 +3,7 @@
 // delivery), and replay of a 1,000-event stream with `since`.
 import { randomUUID } from 'node:crypto';
 import { EventPublisher, EventSubscriber, compareSeq, readChatEvents } from '../src/shared/events.js';
-import type { EventDraft, WorkspaceJobEvent } from '../src/shared/interfaces.js';
+import type { EventDraft, WorkspaceJobEvent } from '../src/shared/contract.js';
 import { redisKeys } from '../src/shared/keys.js';
 import { createLogger } from '../src/shared/logger.js';
 import { closeRedis, duplicateSubscriber } from '../src/shared/redis.js';

@@ -8,7 +8,7 @@ import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { loadProvisionerConfig, startProvisioner } from '../src/provisioner/index.js';
 import { loadConfig } from '../src/shared/config.js';
 import { readChatEvents } from '../src/shared/events.js';
-import type { StartWorkspaceSuccess } from '../src/shared/interfaces.js';
+import type { StartWorkspaceSuccess } from '../src/shared/contract.js';
 import { createLogger } from '../src/shared/logger.js';
 import { CliProcess, killAll } from '../test/helpers/cli-process.js';
 import {

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { completeJob, insertTemplate, insertUser } from '../src/cli/fixtures.js';
-import { topics } from '../src/shared/interfaces.js';
+import { topics } from '../src/worker/ports.js';
 import { createLogger } from '../src/shared/logger.js';
 import { PgNotificationHub } from '../src/shared/notifications.js';
 import { PgWorkspaceStore } from '../src/worker/pg-store.js';

@@ -7,7 +7,7 @@ import { insertBuild, insertChat, insertTemplate, insertUser, insertWorkspace } 
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { loadProvisionerConfig, startProvisioner } from '../src/provisioner/index.js';
 import { loadConfig } from '../src/shared/config.js';
-import { QUEUE_NAME, type JobResult } from '../src/shared/interfaces.js';
+import { QUEUE_NAME, type JobResult } from '../src/shared/contract.js';
 import { createLogger } from '../src/shared/logger.js';
 import { WorkspaceWorker } from '../src/worker/worker.js';
 import {

@@ -21,7 +21,6 @@ export {
   RESULT_STAGES,
   FAILURE_CODES,
   isFailure,
-  type Config,
   type JobName,
   type StartWorkspacePayload,
   type CreateWorkspacePayload,
@@ -43,7 +42,7 @@ export {
   type JobResult,
   type JobProgress,
   type QueryPool,
-} from './shared/interfaces.js';
+} from './shared/contract.js';
 export {
   ValidationError,
   startWorkspacePayloadSchema,
@@ -55,7 +54,7 @@ export {
   jobResultSchema,
 } from './shared/schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
-export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig } from './shared/config.js';
+export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig, type Config } from './shared/config.js';
 export { dedupeIds, redisKeys } from './shared/keys.js';
 // The chat backend can count its enqueues: `new WorkspaceJobsProducer({ ..., metrics: createMetrics() })`
 // and serve `metrics.registry` on its own /metrics.

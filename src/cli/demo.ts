@@ -4,8 +4,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Config, JobResult } from '../shared/interfaces.js';
-import { isFailure } from '../shared/interfaces.js';
+import type { Config } from '../shared/config.js';
+import { isFailure, type JobResult } from '../shared/contract.js';
 import type { Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';

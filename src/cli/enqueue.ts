@@ -1,7 +1,7 @@
 // `workspace-jobs enqueue start|create …`: enqueue as the chat backend would, and with --wait follow the job's
 // events and exit by its result (0 success, 1 failure).
-import type { Config, JobResult, WorkspaceJobEvent } from '../shared/interfaces.js';
-import { isFailure } from '../shared/interfaces.js';
+import type { Config } from '../shared/config.js';
+import { isFailure, type JobResult, type WorkspaceJobEvent } from '../shared/contract.js';
 import { redisKeys } from '../shared/keys.js';
 import { withTimeout } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';

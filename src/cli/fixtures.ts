@@ -7,11 +7,7 @@
 // agents and move their lifecycle. Every such change raises the notifications workers wait on.
 import { randomBytes, randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import type {
-  AgentLifecycleState,
-  TemplateVersionParameter,
-  WorkspaceTransition,
-} from '../shared/interfaces.js';
+import type { AgentLifecycleState, TemplateVersionParameter, WorkspaceTransition } from '../worker/ports.js';
 import type { Queryable } from '../shared/postgres.js';
 
 /** 8 random hex characters. */

@@ -1,5 +1,5 @@
 // How the CLI prints events: JSON lines when piped, one readable line each on a terminal.
-import type { WorkspaceJobEvent } from '../shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../shared/contract.js';
 
 export function formatEvent(event: WorkspaceJobEvent, json: boolean): string {
   if (json) return JSON.stringify(event);

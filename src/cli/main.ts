@@ -1,7 +1,6 @@
 // The `workspace-jobs` command line (CONTRACT.md section 2). Exit codes: 0 success, 1 failure (or a failed
 // job result with --wait), 2 bad usage, configuration or input.
-import { ConfigError, loadConfig } from '../shared/config.js';
-import type { Config } from '../shared/interfaces.js';
+import { ConfigError, loadConfig, type Config } from '../shared/config.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';

@@ -1,5 +1,5 @@
 // `workspace-jobs watch --chat ID [--since ID]`: the chat's events, replayed from the stream, then live.
-import type { Config } from '../shared/interfaces.js';
+import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags, requireId, UsageError } from './args.js';

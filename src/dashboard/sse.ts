@@ -34,7 +34,7 @@ import type { Request, Response } from 'express';
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import { DEFAULT_SSE_MAX_PER_CLIENT, DEFAULT_SSE_MAX_STREAMS } from '../shared/config.js';
 import { compareSeq, streamIdProblem } from '../shared/events.js';
-import type { WorkspaceJobEvent } from '../shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../shared/contract.js';
 import type { Logger } from '../shared/logger.js';
 import { idSchema } from '../shared/schemas.js';
 

@@ -1,7 +1,7 @@
 // BullMQ options of every job the producer adds (CONTRACT.md section 4). Kept apart from the producer so
 // that the worker, the CLI and tests can see exactly what a job was enqueued with.
 import type { JobsOptions } from 'bullmq';
-import type { JobName } from '../shared/interfaces.js';
+import type { JobName } from '../shared/contract.js';
 import type { TraceCarrier } from '../shared/telemetry.js';
 
 /**

@@ -10,7 +10,6 @@ import { WaitTimeoutError } from '../shared/errors.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import {
   QUEUE_NAME,
-  type Config,
   type CreateWorkspacePayload,
   type EventDraft,
   type JobFailure,
@@ -20,12 +19,12 @@ import {
   type QueryPool,
   type StartWorkspacePayload,
   type WorkspaceJobEvent,
-} from '../shared/interfaces.js';
+} from '../shared/contract.js';
 import { dedupeIds } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool } from '../shared/postgres.js';
-import { DEFAULT_JOB_ATTEMPTS } from '../shared/config.js';
+import { DEFAULT_JOB_ATTEMPTS, type Config } from '../shared/config.js';
 import { ATTR, bullmqTelemetry, inSpan, traceCarrier } from '../shared/telemetry.js';
 import {
   closeRedis,

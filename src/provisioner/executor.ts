@@ -1,7 +1,7 @@
 // What a provisioner daemon hands to the thing that actually builds a workspace. The daemon owns the
 // provisioner job row (claim, heartbeat, cancellation, completion, resources and agents); an executor only
 // does the build and says which agents it created, so executors stay small and easy to swap.
-import type { WorkspaceTransition } from '../shared/interfaces.js';
+import type { WorkspaceTransition } from '../worker/ports.js';
 
 /** Coder's log stage names for the apply step, so build logs read like a real build's. */
 export const APPLY_STAGE: Record<WorkspaceTransition, string> = {

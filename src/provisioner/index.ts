@@ -1,7 +1,7 @@
 // The provisioner daemon as the CLI runs it (`workspace-jobs provisioner`). startProvisioner owns its pool
 // and LISTEN hub and closes both on stop. Tests that need the parts import them from their own modules.
 import { HealthStateError, type HealthCheck } from '../shared/health.js';
-import type { Config } from '../shared/interfaces.js';
+import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool } from '../shared/postgres.js';

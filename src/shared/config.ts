@@ -1,6 +1,66 @@
 // Configuration from the environment (CONTRACT.md section 3). Every variable is optional; a bad value
 // stops the process at start-up with a message naming the variable.
-import type { Config } from './interfaces.js';
+
+/** Configuration (CONTRACT.md section 3): what loadConfig reads from the environment. */
+export interface Config {
+  /**
+   * Queue, events. Default `redis://127.0.0.1:6379`. With `redisCluster`, the cluster's seed nodes,
+   * comma-separated (one is enough; the others are discovered).
+   */
+  redisUrl: string;
+  /** REDIS_CLUSTER: `redisUrl` is a Redis Cluster. Default false. */
+  redisCluster?: boolean;
+  /** Independent Redis nodes for the chat lock; 3 or more = Redlock quorum. Default `[redisUrl]`. */
+  lockRedisUrls: string[];
+  /**
+   * The lock's one node (`lockRedisUrls[0]`, then `redisUrl`) is a Redis Cluster: REDIS_CLUSTER without
+   * LOCK_REDIS_URLS. Default false.
+   */
+  lockRedisCluster?: boolean;
+  /** Default `postgres://postgres@127.0.0.1:5432/workspace_jobs`. */
+  databaseUrl: string;
+  /**
+   * BullMQ prefix and prefix of every Redis key and channel. Default `wsjobs` (`{wsjobs}` on a cluster,
+   * where it must carry a hash tag).
+   */
+  queuePrefix: string;
+  /** Jobs one worker process runs at once. Default 50. */
+  workerConcurrency: number;
+  /** Default 600000 (Coder's 10 minutes). */
+  buildTimeoutMs: number;
+  /** Default 120000 (Coder's 2 minutes). */
+  agentConnectTimeoutMs: number;
+  /** Default 600000 (Coder's 10 minutes). */
+  startupScriptTimeoutMs: number;
+  /** Attempts for transient failures, exponential backoff with jitter. Default 5. */
+  jobAttempts: number;
+  /** BullMQ's job lock (lockDuration): a dead worker's jobs are recoverable once it expires. Default 5000. */
+  jobLockMs: number;
+  /** How often each worker looks for jobs whose lock expired (BullMQ's stalledInterval). Default 2000. */
+  stalledIntervalMs: number;
+  /** The chat lock's TTL, refreshed every third of it; a dead holder's lock is free after it. Default 6000. */
+  chatLockTtlMs: number;
+  /** Base URL of the workspace web UI; manual-update errors then carry a settings link. */
+  accessUrl?: string;
+  logLevel: string;
+  dashboardPort: number;
+  dashboardHost: string;
+  dashboardUser?: string;
+  dashboardPassword?: string;
+  dashboardReadOnly: boolean;
+  /** Origins the dashboard is also reached at (behind a proxy that rewrites Host), for its cross-site check. */
+  dashboardAllowedOrigins?: string[];
+  /** Open event streams allowed per client address (default 32) and in total (default 1000). */
+  dashboardSseMaxPerClient?: number;
+  dashboardSseMaxStreams?: number;
+  /** The worker serves /metrics and /healthz on this port when set (0 = any free port). */
+  metricsPort?: number;
+  /**
+   * Where the worker's metrics server listens. Default 0.0.0.0: scrapers and probes come from outside the
+   * container, and nothing it serves is sensitive (see metrics-server.ts).
+   */
+  metricsHost?: string;
+}
 
 /** JOB_ATTEMPTS when unset: attempts for transient failures. */
 export const DEFAULT_JOB_ATTEMPTS = 5;

@@ -2,7 +2,7 @@
 // id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
 import { withTimeout } from './errors.js';
-import type { EventDraft, WorkspaceJobEvent } from './interfaces.js';
+import type { EventDraft, WorkspaceJobEvent } from './contract.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';

@@ -3,7 +3,7 @@
 // that is hundreds of queries a second, where this costs one idle connection and a slow safety re-check.
 import pg from 'pg';
 import { sleep, WaitTimeoutError } from './errors.js';
-import type { ChangeWaiter } from './interfaces.js';
+import type { ChangeWaiter } from '../worker/ports.js';
 import type { Logger } from './logger.js';
 
 /**

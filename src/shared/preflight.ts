@@ -5,7 +5,7 @@
 import pg from 'pg';
 import { Redis } from 'ioredis';
 import { sleep } from './errors.js';
-import type { Config } from './interfaces.js';
+import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 import { redactUrl } from './redis.js';
 import { quorumOf } from './lock-vote.js';

@@ -2,13 +2,13 @@
 // events (section 6). The producer validates with them at the edge; the worker validates again because
 // anyone with Redis access can add a job.
 import { z } from 'zod';
-import { FAILURE_CODES, PROGRESS_STAGES, RESULT_STAGES } from './interfaces.js';
+import { FAILURE_CODES, PROGRESS_STAGES, RESULT_STAGES } from './contract.js';
 import type {
   CreateWorkspacePayload,
   JobResult,
   StartWorkspacePayload,
   WorkspaceJobEvent,
-} from './interfaces.js';
+} from './contract.js';
 
 /**
  * Every id at every edge (producer, CLI, dashboard, worker): an RFC 9562 UUID of version 1-8 (or the nil/max
@@ -171,7 +171,7 @@ export const workspaceJobEventSchema = z.discriminatedUnion('type', [
 
 /** Assignable both ways: the same type. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-// The hand-written types (interfaces.ts) and these schemas cannot drift apart: if they do, `true` is not
+// The hand-written types (contract.ts) and these schemas cannot drift apart: if they do, `true` is not
 // assignable to `false` here and the build fails.
 const _resultSchemaAgrees: Same<z.output<typeof jobResultSchema>, JobResult> = true;
 const _eventSchemaAgrees: Same<z.output<typeof workspaceJobEventSchema>, WorkspaceJobEvent> = true;

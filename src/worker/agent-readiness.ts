@@ -2,7 +2,8 @@
 // agent, wait for it to connect, then for its startup scripts. Problems are reported in the result,
 // never as a failure: the workspace did start.
 import { WaitTimeoutError } from '../shared/errors.js';
-import { topics, type Agent, type AgentReadiness, type JobContext } from '../shared/interfaces.js';
+import type { AgentReadiness } from '../shared/contract.js';
+import { topics, type Agent, type JobContext } from './ports.js';
 import { isAgentConnected, selectChatAgent } from './agent-selection.js';
 
 /** Lifecycle states in which the startup scripts are still running. */

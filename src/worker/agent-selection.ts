@@ -1,7 +1,7 @@
 // Which agent of a workspace the chat talks to (Coder's agentselect.FindChatAgent, PR #23741; reference
 // section 4.1), and whether an agent is reachable. Pure: no I/O.
 
-import type { Agent, AgentConnectionStatus } from '../shared/interfaces.js';
+import type { Agent, AgentConnectionStatus } from './ports.js';
 
 /** A template marks the agent meant for chats by giving it a name ending in this (case-insensitive). */
 export const CHAT_AGENT_SUFFIX = '-coderd-chat';

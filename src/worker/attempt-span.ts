@@ -3,7 +3,7 @@
 // carries in its options (WorkspaceJobOptions.traceContext). Builds the attempt creates link to it in turn.
 import type { Job } from 'bullmq';
 import type { WorkspaceJobOptions } from '../producer/job-options.js';
-import { isFailure, type JobFailure, type JobProgress } from '../shared/interfaces.js';
+import { isFailure, type JobFailure, type JobProgress } from '../shared/contract.js';
 import { ATTR, inSpan, linkTo } from '../shared/telemetry.js';
 
 type Processor<R> = (job: Job, token: string | undefined, signal: AbortSignal | undefined) => Promise<R>;

@@ -1,7 +1,8 @@
 // Waiting for a workspace build's provisioner job (Coder's waitForBuild), driven by notifications, with
 // a progress event for each status the job passes through.
 import { WaitTimeoutError } from '../shared/errors.js';
-import { topics, type Build, type FailureCode, type JobContext } from '../shared/interfaces.js';
+import type { FailureCode } from '../shared/contract.js';
+import { topics, type Build, type JobContext } from './ports.js';
 
 export type BuildOutcome = { ok: true; build: Build } | { ok: false; reason: string; code: FailureCode };
 

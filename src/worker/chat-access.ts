@@ -1,6 +1,7 @@
 // Who may act on a chat (D7), shared by start and create: the job's owner owns the chat, the chat is a
 // root chat (Coder gives the workspace tools to root chats only), and the owner is an active user.
-import type { Chat, JobContext, JobFailure, User } from '../shared/interfaces.js';
+import type { JobFailure } from '../shared/contract.js';
+import type { Chat, JobContext, User } from './ports.js';
 import { flagged } from './results.js';
 
 export type ChatAccess = { chat: Chat; owner: User } | JobFailure;

@@ -4,17 +4,12 @@
 // does). Runs under the same chat lock as start-workspace, taken by the processor.
 import { randomBytes } from 'node:crypto';
 import type {
-  Build,
-  BuildTransaction,
-  Chat,
   CreateWorkspacePayload,
   CreateWorkspaceResult,
   CreateWorkspaceSuccess,
-  JobContext,
-  User,
   Validation,
-  Workspace,
-} from '../shared/interfaces.js';
+} from '../shared/contract.js';
+import type { Build, BuildTransaction, Chat, JobContext, User, Workspace } from './ports.js';
 import { agentReadiness } from './agent-readiness.js';
 import { agentConnectionStatus, selectChatAgent } from './agent-selection.js';
 import { waitForBuild, waitForBuildInFlight } from './build-wait.js';

@@ -5,7 +5,8 @@
 //   value = provided (the job's) ?? previous build's value (unless ephemeral) ?? default_value,
 // then validated. The first failing parameter aborts the whole resolution, so the caller persists nothing.
 
-import type { BuildParameter, TemplateVersionParameter, Validation } from '../shared/interfaces.js';
+import type { Validation } from '../shared/contract.js';
+import type { BuildParameter, TemplateVersionParameter } from './ports.js';
 
 export interface ResolveParametersInput {
   /** The target template version's parameters. */

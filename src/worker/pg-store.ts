@@ -1,5 +1,5 @@
 // The worker's database interface on Postgres. SQL stays SQL; rows are mapped to the camel-cased types
-// of interfaces.ts in one place each.
+// of ports.ts in one place each.
 import { randomUUID } from 'node:crypto';
 import type {
   Agent,
@@ -14,7 +14,7 @@ import type {
   User,
   Workspace,
   WorkspaceStore,
-} from '../shared/interfaces.js';
+} from './ports.js';
 import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
 import { traceCarrier } from '../shared/telemetry.js';
 

@@ -14,22 +14,19 @@ import type { z } from 'zod';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
   isFailure,
-  type ChangeWaiter,
   type FailureCode,
   type EventDraft,
   type CreateWorkspaceSuccess,
   type StartWorkspaceSuccess,
-  type JobContext,
   type JobFailure,
   type JobName,
   type JobProgress,
   type JobRef,
   type JobResult,
   type ProgressStage,
-  type WaitTimeouts,
   type WorkspaceJobEvent,
-  type WorkspaceStore,
-} from '../shared/interfaces.js';
+} from '../shared/contract.js';
+import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from './ports.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';

@@ -1,5 +1,5 @@
 // Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
-import type { FailureCode, JobFailure } from '../shared/interfaces.js';
+import type { FailureCode, JobFailure } from '../shared/contract.js';
 
 export const messages = {
   noWorkspace: 'chat has no workspace; use create_workspace first',

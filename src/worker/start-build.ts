@@ -1,7 +1,8 @@
 // Creating a start build in one transaction (Coder's wsbuilder, for a chat start): choose the template
 // version, resolve the parameters, refuse when a build is still active, insert job + build + parameters.
 // A parameter failure persists nothing.
-import type { Build, BuildTransaction, JobContext, Validation } from '../shared/interfaces.js';
+import type { Validation } from '../shared/contract.js';
+import type { Build, BuildTransaction, JobContext } from './ports.js';
 import { resolveParameters } from './parameters.js';
 import { messages } from './results.js';
 

@@ -4,14 +4,10 @@
 import {
   isFailure,
   type AgentReadiness,
-  type Build,
-  type Chat,
-  type JobContext,
   type StartWorkspacePayload,
   type StartWorkspaceResult,
-  type User,
-  type Workspace,
-} from '../shared/interfaces.js';
+} from '../shared/contract.js';
+import type { Build, Chat, JobContext, User, Workspace } from './ports.js';
 import { agentReadiness } from './agent-readiness.js';
 import { checkChatAccess, type ChatAccess } from './chat-access.js';
 import { buildData, waitForBuild, waitForBuildInFlight } from './build-wait.js';

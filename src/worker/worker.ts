@@ -4,7 +4,8 @@
 // With METRICS_PORT set it serves /metrics and /healthz (metrics-server.ts) until it has stopped.
 import { Queue, Worker } from 'bullmq';
 import { EventPublisher } from '../shared/events.js';
-import { QUEUE_NAME, type Config } from '../shared/interfaces.js';
+import { QUEUE_NAME } from '../shared/contract.js';
+import type { Config } from '../shared/config.js';
 import { ChatLocks } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';

@@ -3,7 +3,7 @@
 // success, 1 on a failed result, 2 with a one-line reason for bad flags or ids.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { insertChat, insertTemplate, insertUser } from '../../src/cli/fixtures.js';
-import type { CreateWorkspaceSuccess, JobFailure, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { CreateWorkspaceSuccess, JobFailure, WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { CliProcess, killAll, logLines, runCli } from '../helpers/cli-process.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';

@@ -3,7 +3,7 @@
 // build is SIGKILLed half-way; the other hands the build back to pending, builds it again, and the start job
 // ends in success.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
+import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { CliProcess, killAll, type LogLine } from '../helpers/cli-process.js';
 import { WorkerHarness, eventually, stagesOf } from '../helpers/worker-harness.js';
 

@@ -1,7 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { completeJob, insertAgents } from '../../src/cli/fixtures.js';
 import { formatSeedResult, seed, type SeedResult } from '../../src/cli/seed.js';
-import { isFailure, topics, type StartWorkspaceResult } from '../../src/shared/interfaces.js';
+import { isFailure, type StartWorkspaceResult } from '../../src/shared/contract.js';
+import { topics } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { awaitBuild, createStartContext, listBuilds, type StartContext } from '../helpers/start-context.js';

@@ -4,7 +4,7 @@
 // the queue without spending an attempt when the grace period ends first; a second signal exits at once
 // with code 1.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
+import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { WAIT_MS, WorkerHarness } from '../helpers/worker-harness.js';
 

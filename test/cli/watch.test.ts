@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EventPublisher } from '../../src/shared/events.js';
-import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { logLines, REPO_ROOT } from '../helpers/cli-process.js';
 import { draft } from '../helpers/events.js';

@@ -6,7 +6,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
 import { readChatEvents } from '../../src/shared/events.js';
-import { QUEUE_NAME } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME } from '../../src/shared/contract.js';
 import { closeRedis } from '../../src/shared/redis.js';
 import { startTestDashboard, type TestDashboard } from './helpers.js';
 

@@ -30,7 +30,7 @@ import {
 } from '../../src/provisioner/index.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { EventPublisher } from '../../src/shared/events.js';
-import type { EventDraft } from '../../src/shared/interfaces.js';
+import type { EventDraft } from '../../src/shared/contract.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { WorkspaceWorker } from '../../src/worker/worker.js';

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { chromium, type Browser, type BrowserContext } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUE_NAME } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME } from '../../src/shared/contract.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { PASSWORD, USER, basic, startTestDashboard, type TestDashboard } from './helpers.js';
 

@@ -3,8 +3,8 @@
 // and sees comments such as heartbeats, which EventSource hides).
 import { expect } from 'vitest';
 import { startDashboard, type Dashboard, type DashboardOptions } from '../../src/dashboard/server.js';
-import { loadConfig, type Env } from '../../src/shared/config.js';
-import type { Config, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { loadConfig, type Config, type Env } from '../../src/shared/config.js';
+import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { closeRedis, type RedisClient } from '../../src/shared/redis.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';

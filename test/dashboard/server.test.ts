@@ -5,7 +5,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDashboard } from '../../src/dashboard/server.js';
 import { ConfigError, loadConfig } from '../../src/shared/config.js';
-import { QUEUE_NAME } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME } from '../../src/shared/contract.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { uniquePrefix } from '../helpers/redis.js';

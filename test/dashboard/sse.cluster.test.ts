@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EventPublisher } from '../../src/shared/events.js';
-import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { Cluster } from '../../src/shared/redis.js';
 import { openSse, startTestDashboard, take, type TestDashboard } from './helpers.js';
 

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EventPublisher } from '../../src/shared/events.js';
-import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { openSse, startTestDashboard, take, type TestDashboard } from './helpers.js';

@@ -19,7 +19,7 @@ import {
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { readChatEvents } from '../../src/shared/events.js';
-import { QUEUE_NAME, type JobResult, type WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type JobResult, type WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { bullStateOf } from '../../src/worker/processor.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { CliProcess, killAll } from '../helpers/cli-process.js';

@@ -6,7 +6,7 @@ import {
   type CreateWorkspaceResult,
   type CreateWorkspaceSuccess,
   type JobFailure,
-} from '../../src/shared/interfaces.js';
+} from '../../src/shared/contract.js';
 import type { TestDatabase } from './database.js';
 
 /** The result as a create success, or a test failure that shows what came back instead. */

@@ -1,5 +1,5 @@
 // Event drafts for the event tests.
-import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/contract.js';
 
 /**
  * Event number `n` of job `job-1` on the chat: a build_running progress event carrying `{ n }`. Overrides

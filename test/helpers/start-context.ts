@@ -8,15 +8,12 @@ import type { AgentInput } from '../../src/cli/fixtures.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import {
   isFailure,
-  type ChangeWaiter,
-  type JobContext,
   type JobFailure,
   type StartWorkspaceResult,
   type StartWorkspaceSuccess,
   type ProgressStage,
-  type WaitTimeouts,
-  type WorkspaceStore,
-} from '../../src/shared/interfaces.js';
+} from '../../src/shared/contract.js';
+import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from '../../src/worker/ports.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import type { TestDatabase } from './database.js';
 

@@ -10,7 +10,8 @@ import {
   type BuildStatus,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import type { StartWorkspacePayload, WorkspaceTransition } from '../../src/shared/interfaces.js';
+import type { StartWorkspacePayload } from '../../src/shared/contract.js';
+import type { WorkspaceTransition } from '../../src/worker/ports.js';
 import type { TestDatabase } from './database.js';
 import { READY_AGENT } from './start-context.js';
 

@@ -22,19 +22,18 @@ import {
   startProvisioner,
   type RunningProvisioner,
 } from '../../src/provisioner/index.js';
-import { loadConfig, type Env } from '../../src/shared/config.js';
+import { loadConfig, type Config, type Env } from '../../src/shared/config.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import {
   QUEUE_NAME,
-  type WorkspaceStore,
-  type Config,
   type JobProgress,
   type ProgressEvent,
   type ProgressStage,
   type ResultEvent,
   type ResultStage,
   type WorkspaceJobEvent,
-} from '../../src/shared/interfaces.js';
+} from '../../src/shared/contract.js';
+import type { WorkspaceStore } from '../../src/worker/ports.js';
 import { ChatLocks } from '../../src/shared/lock.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import type { Pool } from '../../src/shared/postgres.js';

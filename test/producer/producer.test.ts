@@ -10,7 +10,7 @@ import {
 } from '../../src/producer/producer.js';
 import { JOB_BACKOFF, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from '../../src/producer/job-options.js';
 import { EventPublisher, readChatEvents } from '../../src/shared/events.js';
-import { QUEUE_NAME, type JobResult } from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type JobResult } from '../../src/shared/contract.js';
 import { dedupeIds } from '../../src/shared/keys.js';
 import { withTransaction, type Pool } from '../../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';

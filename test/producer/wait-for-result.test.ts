@@ -5,12 +5,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { JobNotFoundError, ProducerClosedError, WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
 import { EventPublisher } from '../../src/shared/events.js';
-import {
-  QUEUE_NAME,
-  type JobFailure,
-  type JobProgress,
-  type JobResult,
-} from '../../src/shared/interfaces.js';
+import { QUEUE_NAME, type JobFailure, type JobProgress, type JobResult } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
-import { topics } from '../../src/shared/interfaces.js';
+import { topics } from '../../src/worker/ports.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import { createPool, type Pool } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { EventPublisher, EventSubscriber, readChatEvents } from '../../src/shared/events.js';
-import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { closeRedis, duplicateSubscriber, type RedisClient } from '../../src/shared/redis.js';
 import { draft } from '../helpers/events.js';
 import { deleteKeys, testClient, uniquePrefix } from '../helpers/redis.js';

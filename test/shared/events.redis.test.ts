@@ -8,7 +8,7 @@ import {
   StaleAttemptError,
   readChatEvents,
 } from '../../src/shared/events.js';
-import type { WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { draft, numberOf } from '../helpers/events.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';

@@ -11,7 +11,7 @@ import {
   readChatEvents,
   type Unsubscribe,
 } from '../../src/shared/events.js';
-import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/contract.js';
 import type { Logger } from '../../src/shared/logger.js';
 import { ValidationError } from '../../src/shared/schemas.js';
 

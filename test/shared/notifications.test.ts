@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
 import { channelTopic, PENDING_JOB_TOPIC, PgNotificationHub } from '../../src/shared/notifications.js';
-import { topics } from '../../src/shared/interfaces.js';
+import { topics } from '../../src/worker/ports.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 
 describe('PgNotificationHub', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { Agent } from '../../src/shared/interfaces.js';
+import type { Agent } from '../../src/worker/ports.js';
 import {
   agentConnectionStatus,
   CHAT_AGENT_SUFFIX,

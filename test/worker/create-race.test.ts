@@ -39,7 +39,7 @@ import type {
   JobResult,
   StartWorkspaceSuccess,
   WorkspaceJobEvent,
-} from '../../src/shared/interfaces.js';
+} from '../../src/shared/contract.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { ValidationError } from '../../src/shared/schemas.js';
 import { CliProcess, killAll, type LogLine } from '../helpers/cli-process.js';

@@ -21,14 +21,13 @@ import {
   type InsertedBuild,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
+import type { CreateWorkspacePayload, CreateWorkspaceResult } from '../../src/shared/contract.js';
 import {
   topics,
   type BuildTransaction,
-  type CreateWorkspacePayload,
-  type CreateWorkspaceResult,
   type WorkspaceStore,
   type WorkspaceTransition,
-} from '../../src/shared/interfaces.js';
+} from '../../src/worker/ports.js';
 import { workspaceNameSchema } from '../../src/shared/schemas.js';
 import { createWorkspace, generateName } from '../../src/worker/create-workspace.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';

@@ -5,7 +5,7 @@ import { Job } from 'bullmq';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { jobOptions } from '../../src/producer/job-options.js';
 import { JobNotFoundError } from '../../src/producer/producer.js';
-import type { JobFailure } from '../../src/shared/interfaces.js';
+import type { JobFailure } from '../../src/shared/contract.js';
 import { dedupeIds } from '../../src/shared/keys.js';
 import { WAIT_MS, WorkerHarness, type SeededWorkspace } from '../helpers/worker-harness.js';
 

@@ -2,7 +2,7 @@
 // the worker validates with the same schemas and fails each at once as invalid_payload, naming the field.
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { JobFailure } from '../../src/shared/interfaces.js';
+import type { JobFailure } from '../../src/shared/contract.js';
 import { WorkerHarness, eventually } from '../helpers/worker-harness.js';
 
 describe('a job added without the producer, with a payload the producer refuses', () => {

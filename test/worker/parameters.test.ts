@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { BuildParameter, TemplateVersionParameter } from '../../src/shared/interfaces.js';
+import type { BuildParameter, TemplateVersionParameter } from '../../src/worker/ports.js';
 import {
   resolveParameters,
   type ResolveParametersInput,

@@ -11,7 +11,7 @@ import {
   type JobProgress,
   type ProgressEvent,
   type StartWorkspaceSuccess,
-} from '../../src/shared/interfaces.js';
+} from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import {
   WAIT_MS,

@@ -15,7 +15,8 @@ import {
   type AgentInput,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import { PROGRESS_STAGES, topics, type WorkspaceStore } from '../../src/shared/interfaces.js';
+import { PROGRESS_STAGES } from '../../src/shared/contract.js';
+import { topics, type WorkspaceStore } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {

@@ -13,7 +13,7 @@ import {
   type AgentInput,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
-import { topics } from '../../src/shared/interfaces.js';
+import { topics } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {

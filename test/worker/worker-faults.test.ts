@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertChat } from '../../src/cli/fixtures.js';
-import type { JobResult, WorkspaceJobEvent } from '../../src/shared/interfaces.js';
+import type { JobResult, WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { bullStateOf } from '../../src/worker/processor.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';

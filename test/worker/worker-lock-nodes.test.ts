@@ -3,7 +3,7 @@
 // a job that finds the quorum gone waits, saying why, and runs once the nodes are back.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/shared/errors.js';
-import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
+import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { createMetrics, type Metrics } from '../../src/shared/metrics.js';
 import { RedisServerProcess } from '../helpers/redis-server.js';
 import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';

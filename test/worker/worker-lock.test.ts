@@ -2,7 +2,7 @@
 // without spending an attempt, two workers never run jobs of one chat at once, and a lost lock aborts the
 // attempt, which BullMQ then retries.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { StartWorkspaceSuccess } from '../../src/shared/interfaces.js';
+import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { ChatLocks, type HeldLock } from '../../src/shared/lock.js';
 import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';

@@ -1,0 +1,196 @@
+// The public contract of workspace-jobs: job payloads, events, results and failure codes, the shapes that
+// leave the process (what src/index.ts exports). CONTRACT.md is the source of truth for them; the worker's
+// own ports (rows, store, waiter) are in src/worker/ports.ts.
+
+// ---------------------------------------------------------------------------------------------------
+// Jobs (CONTRACT.md section 4)
+
+export const QUEUE_NAME = 'workspaces';
+export type JobName = 'start-workspace' | 'create-workspace';
+
+export interface StartWorkspacePayload {
+  chatId: string;
+  ownerId: string;
+  workspaceId: string;
+  parameters?: Record<string, string>;
+  requestId?: string;
+}
+
+export interface CreateWorkspacePayload {
+  chatId: string;
+  ownerId: string;
+  templateId: string;
+  name?: string;
+  parameters?: Record<string, string>;
+  requestId?: string;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Events (CONTRACT.md section 6)
+
+export const PROGRESS_STAGES = [
+  'queued',
+  'deduplicated',
+  'waiting_for_lock',
+  'lock_acquired',
+  'checking',
+  'waiting_for_existing_build',
+  'updating_to_active_version',
+  'build_queued',
+  'build_running',
+  'build_succeeded',
+  'agent_connecting',
+  'agent_starting',
+  'agent_ready',
+  'retrying',
+] as const;
+export type ProgressStage = (typeof PROGRESS_STAGES)[number];
+export const RESULT_STAGES = ['completed', 'failed'] as const;
+export type ResultStage = (typeof RESULT_STAGES)[number];
+
+export interface JobRef {
+  id: string;
+  name: JobName;
+  attempt: number;
+}
+
+/** What every event carries; `type` tells a progress event from the job's one result event. */
+interface EventEnvelope {
+  v: 1;
+  /** The replay stream's entry id. */
+  seq: string;
+  job: JobRef;
+  chatId: string;
+  workspaceId?: string;
+  /** ISO 8601. */
+  at: string;
+  message: string;
+}
+
+export interface ProgressEvent extends EventEnvelope {
+  type: 'progress';
+  stage: ProgressStage;
+  /** Stage details, e.g. `{ build_id, build_number, transition }` for `build_running`. */
+  data?: Record<string, unknown>;
+}
+
+/** The job's one result event: `data` is its result. */
+export interface ResultEvent extends EventEnvelope {
+  type: 'result';
+  stage: ResultStage;
+  data: JobResult;
+}
+
+export type WorkspaceJobEvent = ProgressEvent | ResultEvent;
+
+/** Omit applied to each member of a union (plain Omit would merge the members into one loose type). */
+type OmitEach<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** An event before the publisher has given it a `seq` and a time. */
+export type EventDraft = OmitEach<WorkspaceJobEvent, 'v' | 'seq' | 'at'>;
+
+// ---------------------------------------------------------------------------------------------------
+// Results (CONTRACT.md section 7; compatible with Coder's start_workspace tool result)
+
+export interface AgentReadiness {
+  agent_status?: 'no_agent' | 'selection_error' | 'not_ready';
+  agent_error?: string;
+  startup_scripts?: 'startup_scripts_failed' | 'startup_scripts_timeout' | 'startup_scripts_unknown';
+  lifecycle_state?: string;
+}
+
+export interface StartWorkspaceSuccess extends AgentReadiness {
+  started: true;
+  /** The bare workspace name. */
+  workspace_name: string;
+  build_id?: string;
+  no_build?: true;
+  updated_to_active_version?: true;
+  update_reason?: string;
+  message?: string;
+  previous_template_version_id?: string;
+  template_version_id?: string;
+}
+
+export interface CreateWorkspaceSuccess extends AgentReadiness {
+  created: boolean;
+  /** `owner/name`. */
+  workspace_name: string;
+  status?: 'already_exists' | 'stopped';
+  message?: string;
+  build_id?: string;
+}
+
+export const FAILURE_CODES = [
+  'no_workspace',
+  'workspace_deleted',
+  'workspace_changed',
+  'forbidden',
+  'build_active',
+  'build_failed',
+  'build_canceled',
+  'build_timeout',
+  'manual_update_required',
+  'invalid_parameters',
+  'invalid_payload',
+  'internal',
+] as const;
+export type FailureCode = (typeof FAILURE_CODES)[number];
+
+export interface Validation {
+  field: string;
+  detail: string;
+}
+
+export interface JobFailure {
+  error: string;
+  code: FailureCode;
+  /** Coder's "flagged" errors (plain precondition failures); build and parameter failures are not. */
+  is_error: boolean;
+  detail?: string;
+  validations?: Validation[];
+  template_id?: string;
+  build_id?: string;
+  settings_url?: string;
+}
+
+export type StartWorkspaceResult = StartWorkspaceSuccess | JobFailure;
+export type CreateWorkspaceResult = CreateWorkspaceSuccess | JobFailure;
+export type JobResult = StartWorkspaceResult | CreateWorkspaceResult;
+
+export function isFailure(result: JobResult): result is JobFailure {
+  return 'error' in result;
+}
+
+/**
+ * The producer's Postgres pool: a `pg.Pool` fits. Structural, so that the package's public types do not need
+ * `@types/pg` (a dev dependency) in the chat backend.
+ */
+export interface QueryPool {
+  query<R extends Record<string, unknown>>(text: string, values?: unknown[]): Promise<{ rows: R[] }>;
+  end(): Promise<void>;
+}
+
+/**
+ * A job's BullMQ progress: the last event it published, and its full result once it ended. A job ends in
+ * BullMQ as completed with its result as return value, a success or an expected failure result; only a
+ * real failure (`internal`, `invalid_payload`) fails it, for Bull Board's failed list (README, Alerting).
+ */
+export interface JobProgress {
+  stage: ProgressStage | ResultStage;
+  message: string;
+  at: string;
+  /** How many times the job found the chat lock busy and was re-delayed. */
+  lockWaits?: number;
+  /** When the job first found the chat lock busy (ISO 8601); bounds how long it may keep waiting. */
+  lockWaitStartedAt?: string;
+  /**
+   * When a worker first picked the job up (ISO 8601; BullMQ's `processedOn` of the first attempt, which
+   * BullMQ itself overwrites on every attempt and re-delay). Kept across attempts; the job's duration
+   * metric counts from here.
+   */
+  startedAt?: string;
+  /** The build the job created (kept across attempts): a re-run that finds it reports it, not "no build". */
+  buildId?: string;
+  result?: JobResult;
+}

@@ -1,0 +1,210 @@
+// What the worker's domain logic runs over: the database rows (Coder's names; see migrations/), the store
+// and the waiter it reads them through, and the context of one job. Implemented on Postgres by PgWorkspaceStore
+// (pg-store.ts) and on LISTEN/NOTIFY by notifications.ts.
+import type { ProgressStage } from '../shared/contract.js';
+
+// ---------------------------------------------------------------------------------------------------
+// Database rows (Coder's names; see migrations/)
+
+export type WorkspaceTransition = 'start' | 'stop' | 'delete';
+export type ProvisionerJobStatus =
+  'pending' | 'running' | 'succeeded' | 'canceling' | 'canceled' | 'failed' | 'unknown';
+export type AgentLifecycleState =
+  | 'created'
+  | 'starting'
+  | 'start_timeout'
+  | 'start_error'
+  | 'ready'
+  | 'shutting_down'
+  | 'shutdown_timeout'
+  | 'shutdown_error'
+  | 'off';
+
+export interface User {
+  id: string;
+  username: string;
+  status: 'active' | 'dormant' | 'suspended';
+  deleted: boolean;
+}
+
+export interface Chat {
+  id: string;
+  ownerId: string;
+  parentChatId: string | null;
+  workspaceId: string | null;
+  buildId: string | null;
+  agentId: string | null;
+}
+
+export interface Workspace {
+  id: string;
+  ownerId: string;
+  templateId: string;
+  name: string;
+  deleted: boolean;
+  automaticUpdates: 'always' | 'never';
+}
+
+export interface Template {
+  id: string;
+  name: string;
+  activeVersionId: string;
+  requireActiveVersion: boolean;
+}
+
+export interface TemplateVersionParameter {
+  name: string;
+  displayName: string;
+  type: string;
+  mutable: boolean;
+  required: boolean;
+  ephemeral: boolean;
+  defaultValue: string;
+  options: { name: string; value: string }[];
+  validationRegex: string | null;
+  validationMin: number | null;
+  validationMax: number | null;
+  validationMonotonic: 'increasing' | 'decreasing' | null;
+  validationError: string;
+}
+
+export interface BuildParameter {
+  name: string;
+  value: string;
+}
+
+/** A workspace build together with the status of its provisioner job. */
+export interface Build {
+  id: string;
+  workspaceId: string;
+  buildNumber: number;
+  transition: WorkspaceTransition;
+  templateVersionId: string;
+  jobId: string;
+  jobStatus: ProvisionerJobStatus;
+  jobError: string | null;
+}
+
+export interface Agent {
+  id: string;
+  name: string;
+  parentId: string | null;
+  displayOrder: number;
+  lifecycleState: AgentLifecycleState;
+  firstConnectedAt: Date | null;
+  lastConnectedAt: Date | null;
+  disconnectedAt: Date | null;
+  createdAt: Date;
+  /** 0 = never times out while connecting. */
+  connectionTimeoutSeconds: number;
+}
+
+/** Coder's derived agent connection status (not stored). */
+export type AgentConnectionStatus = 'connecting' | 'connected' | 'disconnected' | 'timeout';
+
+// ---------------------------------------------------------------------------------------------------
+// Store, waiter and job context
+
+/** Reads and writes outside a transaction. */
+export interface WorkspaceStore {
+  getChat(chatId: string): Promise<Chat | null>;
+  getUser(userId: string): Promise<User | null>;
+  getWorkspace(workspaceId: string): Promise<Workspace | null>;
+  getLatestBuild(workspaceId: string): Promise<Build | null>;
+  getBuild(buildId: string): Promise<Build | null>;
+  /** Root and sub-agents of the workspace's latest build, not deleted, in no particular order. */
+  getAgentsOfLatestBuild(workspaceId: string): Promise<Agent[]>;
+  getAgent(agentId: string): Promise<Agent | null>;
+  /** Points the chat at a workspace and build and clears its agent (Coder's UpdateChatWorkspaceBinding). */
+  bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
+  /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
+  transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T>;
+}
+
+/** What creating a build needs, inside one transaction. */
+export interface BuildTransaction {
+  /** Locks the workspace row (FOR UPDATE) so that concurrent builds of it serialise. */
+  lockWorkspace(workspaceId: string): Promise<Workspace | null>;
+  getLatestBuild(workspaceId: string): Promise<Build | null>;
+  getTemplate(templateId: string): Promise<Template | null>;
+  getTemplateVersionParameters(templateVersionId: string): Promise<TemplateVersionParameter[]>;
+  getBuildParameters(buildId: string): Promise<BuildParameter[]>;
+  /** Inserts a pending provisioner job, the build and its full parameter set. */
+  insertBuild(input: NewBuild): Promise<Build>;
+  /** Whether the owner has a live workspace of that name (names are unique per owner, case-insensitively). */
+  workspaceNameTaken(ownerId: string, name: string): Promise<boolean>;
+  insertWorkspace(input: NewWorkspace): Promise<Workspace>;
+  /** As WorkspaceStore.bindChat, inside the transaction. */
+  bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
+}
+
+export interface NewWorkspace {
+  ownerId: string;
+  templateId: string;
+  name: string;
+}
+
+export interface NewBuild {
+  workspaceId: string;
+  templateVersionId: string;
+  buildNumber: number;
+  transition: WorkspaceTransition;
+  initiatorId: string;
+  parameters: BuildParameter[];
+}
+
+/** Event-driven waiting on database changes (LISTEN/NOTIFY plus a slow safety re-check). */
+export interface ChangeWaiter {
+  /**
+   * Calls `check` at once, then whenever one of `topics` changes (and at the safety re-check interval),
+   * until it returns something other than `undefined`. Rejects with a `WaitTimeoutError` after
+   * `timeoutMs`, and with the signal's reason when `signal` aborts.
+   */
+  waitFor<T>(
+    topics: string[],
+    check: () => Promise<T | undefined>,
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<T>;
+}
+
+/** Topics a ChangeWaiter understands: one per provisioner job and one per agent. */
+export const topics = {
+  provisionerJob: (jobId: string) => `provisioner_job:${jobId}`,
+  agent: (agentId: string) => `workspace_agent:${agentId}`,
+};
+
+export interface WaitTimeouts {
+  buildTimeoutMs: number;
+  agentConnectTimeoutMs: number;
+  startupScriptTimeoutMs: number;
+}
+
+/** Publishes a progress event of the running job. */
+export type ProgressReporter = (
+  stage: ProgressStage,
+  message: string,
+  data?: Record<string, unknown>,
+  workspaceId?: string,
+) => Promise<void>;
+
+/** Told what a job did, for metrics. Called after the fact; it must not throw. */
+export interface JobObserver {
+  /** A build was created and its transaction committed; `updateReason` when it moved to the active version. */
+  buildCreated(build: Build, updateReason?: string): void;
+}
+
+/** Everything the domain logic of one job needs; the processor builds it. */
+export interface JobContext {
+  store: WorkspaceStore;
+  waiter: ChangeWaiter;
+  progress: ProgressReporter;
+  timeouts: WaitTimeouts;
+  /** Aborted when the chat lock is lost or the worker shuts down. */
+  signal: AbortSignal;
+  accessUrl?: string;
+  observe?: JobObserver;
+  /** The build an earlier attempt of this job created (kept in the job's progress); a re-run reports it. */
+  ownBuildId?: string;
+  /** Records the build this attempt created, before it is waited for, so that a re-run knows it (ownBuildId). */
+  recordBuild(buildId: string): Promise<void>;
+}
