@@ -13,13 +13,8 @@ import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { draft, numberOf } from '../helpers/events.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
+/** How long and how often the tests poll for deliveries. */
+const POLL = { timeout: 5_000, interval: 10 };
 
 const numbers = (events: WorkspaceJobEvent[]) => events.map(numberOf);
 
@@ -81,7 +76,7 @@ describe('events on the real Redis', () => {
     const published: WorkspaceJobEvent[] = [];
     for (let n = 0; n < 50; n++) published.push((await publisher.publish(draft(chatId, n)))!);
 
-    await waitFor(() => received.length >= 50, '50 live events');
+    await vi.waitFor(() => expect(received.length).toBeGreaterThanOrEqual(50), POLL);
     expect(received).toEqual(published);
     expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual(published);
   });
@@ -104,15 +99,16 @@ describe('events on the real Redis', () => {
         published++;
       }
     })();
-    await waitFor(() => published >= 20, 'publishing to be under way');
+    await vi.waitFor(() => expect(published).toBeGreaterThanOrEqual(20), POLL); // publishing is under way
     const received: WorkspaceJobEvent[] = [];
     await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e), { since });
     expect(published).toBeLessThan(200); // the subscribe really overlapped the publishing
     await during;
 
-    await waitFor(() => received.length >= 700, '700 events');
-    await new Promise((resolve) => setTimeout(resolve, 50)); // room for a stray duplicate to show up
-    expect(numbers(received)).toEqual(Array.from({ length: 700 }, (_, i) => i + 100));
+    // A witness published last: once it is in, any stray duplicate of an earlier event would be too.
+    await publisher.publish(draft(chatId, 800));
+    await vi.waitFor(() => expect(numbers(received)).toContain(800), POLL);
+    expect(numbers(received)).toEqual(Array.from({ length: 701 }, (_, i) => i + 100));
     expect(received.map((e) => e.seq)).toEqual(
       (await readChatEvents(redis, prefix, chatId, since)).map((e) => e.seq),
     );
@@ -124,6 +120,9 @@ describe('events on the real Redis', () => {
     const chatId = randomUUID();
     const publisher = new EventPublisher(connection(), prefix);
     await publisher.publish(draft(chatId, 0));
+    const { events, connection: subscriberConnection } = eventSubscriber(redis);
+    let liveMessages = 0;
+    subscriberConnection.on('message', () => liveMessages++); // after the subscriber's own listener
     // Widen the window between "XRANGE has read the stream" and "the subscription is live" on purpose.
     const xrange = redis.xrange.bind(redis);
     let injected = false;
@@ -132,16 +131,17 @@ describe('events on the real Redis', () => {
       if (!injected) {
         injected = true;
         await publisher.publish(draft(chatId, 1)); // not in `page`: only pub/sub can deliver it
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        // The subscriber has it in its live buffer before the replay goes on.
+        await expect.poll(() => liveMessages, POLL).toBe(1);
       }
       return page;
     }) as typeof xrange);
     const received: WorkspaceJobEvent[] = [];
 
-    await eventSubscriber(redis).events.subscribe(chatId, (e) => received.push(e), { since: '0' });
+    await events.subscribe(chatId, (e) => received.push(e), { since: '0' });
     await publisher.publish(draft(chatId, 2));
 
-    await waitFor(() => received.length >= 3, '3 events');
+    await vi.waitFor(() => expect(received.length).toBeGreaterThanOrEqual(3), POLL);
     expect(numbers(received)).toEqual([0, 1, 2]);
   });
 
@@ -175,12 +175,15 @@ describe('events on the real Redis', () => {
     ]);
     expect(await numsub()).toBe(1);
     for (let n = 0; n < 10; n++) await publisher.publish(draft(chatId, n));
-    await waitFor(() => first.length >= 10 && second.length >= 10, 'both subscriptions to get 10 events');
+    await vi.waitFor(() => {
+      expect(first.length).toBeGreaterThanOrEqual(10);
+      expect(second.length).toBeGreaterThanOrEqual(10);
+    }, POLL);
 
     await unsubscribeFirst();
     expect(await numsub()).toBe(1);
     await publisher.publish(draft(chatId, 10));
-    await waitFor(() => second.length >= 11, 'the remaining subscription to get event 10');
+    await vi.waitFor(() => expect(second.length).toBeGreaterThanOrEqual(11), POLL);
     expect(numbers(first)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(numbers(second)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
 
@@ -197,13 +200,13 @@ describe('events on the real Redis', () => {
     const received: WorkspaceJobEvent[] = [];
     const unsubscribe = await events.subscribe(chatId, (e) => received.push(e));
     await publisher.publish(draft(chatId, 0));
-    await waitFor(() => received.length === 1, 'the first event');
+    await vi.waitFor(() => expect(received).toHaveLength(1), POLL);
 
     await unsubscribe();
     const witness: WorkspaceJobEvent[] = [];
     await events.subscribe(chatId, (e) => witness.push(e));
     await publisher.publish(draft(chatId, 1));
-    await waitFor(() => witness.length === 1, 'the witness subscription to get event 1');
+    await vi.waitFor(() => expect(witness).toHaveLength(1), POLL);
 
     expect(numbers(received)).toEqual([0]);
   });
@@ -220,7 +223,7 @@ describe('events on the real Redis', () => {
 
     const event = await new EventPublisher(redis, prefix).publish(draft(chatId, 0, { workspaceId }));
 
-    await waitFor(() => messages.length === 1, 'the workspace channel message');
+    await vi.waitFor(() => expect(messages).toHaveLength(1), POLL);
     expect(JSON.parse(messages[0]!)).toEqual(event);
   });
 
@@ -332,18 +335,32 @@ describe('events on the real Redis', () => {
     await events.subscribe(chatId, (e) => live.push(e));
     await events.subscribe(chatId, (e) => replaying.push(e), { since: '0' });
     await publisher.publish(draft(chatId, 0));
-    await waitFor(() => live.length === 1 && replaying.length === 1, 'event 0');
+    await vi.waitFor(() => {
+      expect(live).toHaveLength(1);
+      expect(replaying).toHaveLength(1);
+    }, POLL);
 
     subscriberConnection.disconnect();
-    await waitFor(() => subscriberConnection.status === 'end', 'the connection to close');
+    await expect.poll(() => subscriberConnection.status, POLL).toBe('end');
     for (let n = 1; n <= 3; n++) await publisher.publish(draft(chatId, n)); // nobody is listening
     await subscriberConnection.connect();
-    await waitFor(() => live.length >= 4 && replaying.length >= 4, 'the missed events');
+    await vi.waitFor(() => {
+      expect(live.length).toBeGreaterThanOrEqual(4);
+      expect(replaying.length).toBeGreaterThanOrEqual(4);
+    }, POLL);
     await publisher.publish(draft(chatId, 4));
 
-    await waitFor(() => live.length >= 5 && replaying.length >= 5, 'event 4');
-    await new Promise((resolve) => setTimeout(resolve, 50)); // room for a stray duplicate to show up
-    expect(numbers(live)).toEqual([0, 1, 2, 3, 4]);
-    expect(numbers(replaying)).toEqual([0, 1, 2, 3, 4]);
+    await vi.waitFor(() => {
+      expect(live.length).toBeGreaterThanOrEqual(5);
+      expect(replaying.length).toBeGreaterThanOrEqual(5);
+    }, POLL);
+    // A witness published last: once it is in, any stray duplicate of an earlier event would be too.
+    await publisher.publish(draft(chatId, 5));
+    await vi.waitFor(() => {
+      expect(numbers(live)).toContain(5);
+      expect(numbers(replaying)).toContain(5);
+    }, POLL);
+    expect(numbers(live)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(numbers(replaying)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 });

@@ -19,13 +19,8 @@ function uniquePrefix(): string {
   return `wsjmock-events-${randomBytes(5).toString('hex')}`;
 }
 
-async function waitFor(condition: () => boolean, timeoutMs = 2_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+/** How long and how often the tests poll for deliveries. */
+const POLL = { timeout: 2_000, interval: 5 };
 
 function draft(chatId: string, overrides: Partial<EventDraft> = {}): EventDraft {
   return {
@@ -98,7 +93,7 @@ describe('events on ioredis-mock', () => {
       expect(event!.seq).toBe(id);
       expect(fields[0]).toBe('event');
       expect(JSON.parse(fields[1]!)).toEqual({ ...event, seq: undefined });
-      await waitFor(() => live.length === 1);
+      await vi.waitFor(() => expect(live).toHaveLength(1), POLL);
       expect(JSON.parse(live[0]!)).toEqual(event);
     });
 
@@ -145,7 +140,10 @@ describe('events on ioredis-mock', () => {
       await publisher.publish(draft(chatId));
       const second = await publisher.publish(draft(chatId, { workspaceId, stage: 'build_succeeded' }));
 
-      await waitFor(() => chat.length === 2 && workspace.length === 1);
+      await vi.waitFor(() => {
+        expect(chat).toHaveLength(2);
+        expect(workspace).toHaveLength(1);
+      }, POLL);
       expect(JSON.parse(workspace[0]!)).toEqual(second);
     });
 
@@ -187,7 +185,7 @@ describe('events on ioredis-mock', () => {
       expect(first).not.toBeNull();
       expect(second).toBeNull();
       expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual([first]);
-      await waitFor(() => live.length >= 1);
+      await vi.waitFor(() => expect(live.length).toBeGreaterThanOrEqual(1), POLL);
       expect(live).toHaveLength(1);
       const markerTtl = await redis.ttl(`${prefix}:result:42`);
       expect(markerTtl).toBeGreaterThan(0);
@@ -299,7 +297,7 @@ describe('events on ioredis-mock', () => {
       const a = await publisher.publish(draft(chatId, { stage: 'lock_acquired' }));
       const b = await publisher.publish(draft(chatId, { stage: 'checking' }));
 
-      await waitFor(() => received.length === 2);
+      await vi.waitFor(() => expect(received).toHaveLength(2), POLL);
       expect(received).toEqual([a, b]);
     });
 
@@ -318,7 +316,7 @@ describe('events on ioredis-mock', () => {
       expect(received).toEqual(before);
       const after = await publisher.publish(draft(chatId, { stage: 'checking' }));
 
-      await waitFor(() => received.length === 3);
+      await vi.waitFor(() => expect(received).toHaveLength(3), POLL);
       expect(received).toEqual([...before, after]);
     });
 
@@ -334,12 +332,15 @@ describe('events on ioredis-mock', () => {
       await events.subscribe(chatId, (e) => second.push(e));
 
       const a = await publisher.publish(draft(chatId));
-      await waitFor(() => first.length === 1 && second.length === 1);
+      await vi.waitFor(() => {
+        expect(first).toHaveLength(1);
+        expect(second).toHaveLength(1);
+      }, POLL);
       await unsubscribeFirst();
       await unsubscribeFirst(); // idempotent
       const b = await publisher.publish(draft(chatId));
 
-      await waitFor(() => second.length === 2);
+      await vi.waitFor(() => expect(second).toHaveLength(2), POLL);
       expect(second).toEqual([a, b]);
       expect(first).toEqual([a]);
     });
@@ -361,7 +362,7 @@ describe('events on ioredis-mock', () => {
       await subscriber(redis, prefix).subscribe(chatId, (e) => marker.push(e));
       await publisher.publish(draft(chatId));
 
-      await waitFor(() => marker.length === 1);
+      await vi.waitFor(() => expect(marker).toHaveLength(1), POLL);
       expect(received).toEqual([]);
     });
 
@@ -381,7 +382,7 @@ describe('events on ioredis-mock', () => {
       await redis.publish(`${prefix}:events:chat:${chatId}`, JSON.stringify({ v: 1, type: 'progress' }));
       const good = await new EventPublisher(redis, prefix).publish(draft(chatId));
 
-      await waitFor(() => received.length === 1);
+      await vi.waitFor(() => expect(received).toHaveLength(1), POLL);
       expect(received).toEqual([good]);
       expect(warn).toHaveBeenCalledTimes(2);
       expect(error).toHaveBeenCalledTimes(1);
@@ -397,9 +398,12 @@ describe('events on ioredis-mock', () => {
       await events.subscribe(randomUUID(), (e) => received.push(e));
 
       await events.close();
+      // A marker subscription on the same chat shows the event went out and was not delivered to the closed one.
+      const marker: WorkspaceJobEvent[] = [];
+      await subscriber(redis, prefix).subscribe(chatId, (e) => marker.push(e));
       await new EventPublisher(redis, prefix).publish(draft(chatId));
-      await new Promise((resolve) => setTimeout(resolve, 50));
 
+      await vi.waitFor(() => expect(marker).toHaveLength(1), POLL);
       expect(received).toEqual([]);
       await expect(events.subscribe(chatId, () => {})).rejects.toThrow(/closed/);
     });

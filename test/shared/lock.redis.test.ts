@@ -1,37 +1,12 @@
 // The chat lock on the real Redis: mutual exclusion, Redlock across three nodes, loss and expiry.
 import { randomUUID } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
-import { sleep } from '../../src/shared/errors.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ChatLocks, LockLostError, LockUnavailableError, type HeldLock } from '../../src/shared/lock.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
-/** Resolves with the signal's abort reason; rejects when it has not aborted within `timeoutMs`. */
-function aborted(signal: AbortSignal, timeoutMs: number): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return resolve(signal.reason);
-    const timer = setTimeout(() => reject(new Error(`not aborted within ${timeoutMs} ms`)), timeoutMs);
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        resolve(signal.reason);
-      },
-      { once: true },
-    );
-  });
-}
-
-/** Calls `tryAcquire` until it wins; fails after `timeoutMs`. */
-async function acquireWithin(locks: ChatLocks, chatId: string, timeoutMs: number): Promise<HeldLock> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const lock = await locks.tryAcquire(chatId);
-    if (lock) return lock;
-    if (Date.now() > deadline) throw new Error(`lock not acquired within ${timeoutMs} ms`);
-    await sleep(25);
-  }
-}
+/** How long and how often the tests poll for what a lock's timers do. */
+const POLL = { timeout: 5_000, interval: 25 };
 
 function redisOnDb(db: number): Redis {
   const url = new URL(TEST_REDIS_URL);
@@ -118,7 +93,7 @@ describe('ChatLocks on the real Redis', () => {
 
       await redis.del(lock.resource);
 
-      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
     });
 
     it('when the holder stops refreshing › it is aborted first, then the TTL frees the lock for another worker', async () => {
@@ -134,7 +109,13 @@ describe('ChatLocks on the real Redis', () => {
       holderConnection.disconnect();
       const other = new ChatLocks([client()], prefix, options);
       expect(await other.tryAcquire(chatId)).toBeNull();
-      const next = keep(await acquireWithin(other, chatId, 5_000));
+      const next = keep(
+        await vi.waitFor(async () => {
+          const lock = await other.tryAcquire(chatId);
+          expect(lock, 'the lock once the key expired').not.toBeNull();
+          return lock!;
+        }, POLL),
+      );
       order.push('other acquired');
 
       expect(holder.signal.reason).toBeInstanceOf(LockLostError);
@@ -172,11 +153,17 @@ describe('ChatLocks on the real Redis', () => {
       prefix = uniquePrefix('lock');
       const nodes = [client(1), client(2), client(3)];
       nodes[2]!.disconnect();
-      const locks = new ChatLocks(nodes, prefix, { lockTimeoutMs: 1_000, refreshIntervalMs: 100 });
+      let refreshes = 0;
+      const locks = new ChatLocks(nodes, prefix, {
+        lockTimeoutMs: 1_000,
+        refreshIntervalMs: 100,
+        onOperation: (operation) => void (operation === 'refresh' && refreshes++),
+      });
 
       const lock = keep(await locks.tryAcquire(randomUUID()));
       expect(lock).not.toBeNull();
-      await sleep(1_500);
+      // 12 refreshes 100 ms apart span more than the TTL: without them the lock would be lost.
+      await expect.poll(() => refreshes, POLL).toBeGreaterThanOrEqual(12);
 
       expect(lock!.signal.aborted).toBe(false);
     });
@@ -201,7 +188,7 @@ describe('ChatLocks on the real Redis', () => {
       await cleaners.get(1)!.del(lock.resource);
       await cleaners.get(2)!.del(lock.resource);
 
-      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
     });
   });
 });

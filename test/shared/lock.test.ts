@@ -12,21 +12,8 @@ function uniquePrefix(): string {
   return `wsjmock-lock-${randomBytes(5).toString('hex')}`;
 }
 
-/** Resolves with the signal's abort reason; rejects when it has not aborted within `timeoutMs`. */
-function aborted(signal: AbortSignal, timeoutMs: number): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return resolve(signal.reason);
-    const timer = setTimeout(() => reject(new Error(`not aborted within ${timeoutMs} ms`)), timeoutMs);
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        resolve(signal.reason);
-      },
-      { once: true },
-    );
-  });
-}
+/** How long and how often the tests poll for what a lock's timers do. */
+const POLL = { timeout: 5_000, interval: 10 };
 
 describe('ChatLocks on one node (ioredis-mock)', () => {
   const held: HeldLock[] = [];
@@ -149,11 +136,12 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
       const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 300, refreshIntervalMs: 50 });
       const lock = await acquire(locks, randomUUID());
       const scripts = vi.spyOn(redis, 'evalsha');
-      await sleep(200);
-      expect(scripts).toHaveBeenCalled(); // refreshing while held
+      await vi.waitFor(() => expect(scripts).toHaveBeenCalled(), POLL); // refreshing while held
 
       await lock.release();
       scripts.mockClear();
+      // Nothing to wait for: time passes so that a refresh (every 50 ms) or the watchdog (at most 300 ms after
+      // the last refresh) left running would show.
       await sleep(300);
 
       expect(scripts).not.toHaveBeenCalled();
@@ -164,10 +152,16 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
   describe('while held', () => {
     it('refreshes the TTL: the key outlives its TTL and the signal stays quiet', async () => {
       const redis = client();
-      const locks = new ChatLocks([redis], uniquePrefix(), { lockTimeoutMs: 300, refreshIntervalMs: 50 });
+      let refreshes = 0;
+      const locks = new ChatLocks([redis], uniquePrefix(), {
+        lockTimeoutMs: 300,
+        refreshIntervalMs: 50,
+        onOperation: (operation) => void (operation === 'refresh' && refreshes++),
+      });
       const lock = await acquire(locks, randomUUID());
 
-      await sleep(900);
+      // 18 refreshes 50 ms apart span three TTLs: without them the key would be gone.
+      await expect.poll(() => refreshes, POLL).toBeGreaterThanOrEqual(18);
 
       expect(await redis.exists(lock.resource)).toBe(1);
       expect(lock.signal.aborted).toBe(false);
@@ -176,13 +170,15 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
 
   describe('isHeld', () => {
     it('is true while the lock is confirmed, false once released', async () => {
+      let refreshes = 0;
       const locks = new ChatLocks([client()], uniquePrefix(), {
         lockTimeoutMs: 1_000,
         refreshIntervalMs: 100,
+        onOperation: (operation) => void (operation === 'refresh' && refreshes++),
       });
       const lock = await acquire(locks, randomUUID());
 
-      await sleep(300);
+      await expect.poll(() => refreshes, POLL).toBeGreaterThanOrEqual(3); // confirmed again since the acquire
       expect(lock.isHeld()).toBe(true);
       await lock.release();
       expect(lock.isHeld()).toBe(false);
@@ -212,10 +208,10 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
 
       await redis.del(lock.resource);
 
-      const reason = await aborted(lock.signal, 5_000);
-      expect(reason).toBeInstanceOf(LockLostError);
-      expect((reason as Error).name).toBe('LockLostError');
-      expect((reason as Error).message).toContain(lock.resource);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
+      const reason = lock.signal.reason as Error;
+      expect(reason.name).toBe('LockLostError');
+      expect(reason.message).toContain(lock.resource);
     });
 
     it('after another holder overwrites the key › aborts the signal and leaves their key alone', async () => {
@@ -225,7 +221,7 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
 
       await redis.set(lock.resource, 'another-holder', 'PX', 10_000);
 
-      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
       await lock.release();
       expect(await redis.get(lock.resource)).toBe('another-holder');
     });
@@ -242,7 +238,7 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
       const remaining = new Promise<number>((resolve) =>
         lock.signal.addEventListener('abort', () => resolve(observer.pttl(lock.resource)), { once: true }),
       );
-      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
       // The key (what other workers see) had not expired yet when this holder gave up.
       expect(await remaining).toBeGreaterThan(0);
     });
@@ -253,7 +249,8 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
       const lock = await acquire(locks, randomUUID());
       const evalsha = vi.spyOn(redis, 'evalsha').mockRejectedValueOnce(new Error('Connection is closed.'));
 
-      await sleep(1_200);
+      // 12 refreshes 100 ms apart span more than the TTL: the failed one alone would have let it expire.
+      await expect.poll(() => evalsha.mock.calls.length, POLL).toBeGreaterThanOrEqual(12);
 
       expect(evalsha.mock.calls.length).toBeGreaterThan(1);
       expect(lock.signal.aborted).toBe(false);
@@ -327,7 +324,7 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
       await redis[0]!.del(lock.resource);
       await redis[1]!.del(lock.resource);
 
-      expect(await aborted(lock.signal, 5_000)).toBeInstanceOf(LockLostError);
+      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
     } finally {
       await lock.release();
     }
@@ -335,14 +332,20 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
 
   it('when one node loses the key › keeps the lock (quorum still holds)', async () => {
     const redis = nodes();
-    const locks = new ChatLocks(redis, uniquePrefix(), { lockTimeoutMs: 1_000, refreshIntervalMs: 50 });
+    let refreshes = 0;
+    const locks = new ChatLocks(redis, uniquePrefix(), {
+      lockTimeoutMs: 1_000,
+      refreshIntervalMs: 50,
+      onOperation: (operation) => void (operation === 'refresh' && refreshes++),
+    });
     const lock = (await locks.tryAcquire(randomUUID()))!;
     try {
       await redis[2]!.del(lock.resource);
-      await sleep(300);
+      // The next refresh re-takes the key on the node that lost it; one more after that saw the quorum hold.
+      await expect.poll(() => redis[2]!.exists(lock.resource), POLL).toBe(1);
+      const retakenAfter = refreshes;
+      await expect.poll(() => refreshes, POLL).toBeGreaterThan(retakenAfter + 1);
       expect(lock.signal.aborted).toBe(false);
-      // The next refresh re-takes the key on the node that lost it.
-      await expect.poll(() => redis[2]!.exists(lock.resource)).toBe(1);
     } finally {
       await lock.release();
     }
@@ -368,7 +371,10 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
 
       const lock = (await locks.tryAcquire(randomUUID()))!;
       expect(lock).not.toBeNull();
-      await sleep(1_200);
+      // 12 refreshes 100 ms apart span more than the TTL.
+      await expect
+        .poll(() => timings.filter((t) => t.operation === 'refresh').length, POLL)
+        .toBeGreaterThanOrEqual(12);
       expect(lock.signal.aborted).toBe(false);
       await lock.release();
 
