@@ -1,16 +1,20 @@
 // Runs an operator-supplied shell command per build: the bridge to real infrastructure (a Terraform
 // wrapper, a script calling a cloud API). The build's details arrive in the environment, the output
-// becomes the job's logs, the exit code decides success, and `wsjobs-agent: <name>` lines on stdout say
-// which agents the build created.
+// becomes the job's logs, the exit code decides success, `wsjobs-agent: <name>` lines on stdout say
+// which agents the build created, and `wsjobs-error-code:` / `wsjobs-quota:` lines classify a failure.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { pino } from 'pino';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_STAGE,
+  BuildFailure,
+  ERROR_CODE,
+  MAX_CREDITS,
   type BuildJob,
   type Executor,
   type ExecutorContext,
   type ExecutorResult,
+  type QuotaUsage,
 } from './executor.js';
 import { LineSplitter } from './line-splitter.js';
 
@@ -36,6 +40,19 @@ export interface CommandExecutorOptions {
 /** `wsjobs-agent: <name>` on stdout declares an agent; names as Coder allows them. */
 const AGENT_LINE = /^wsjobs-agent:\s*(.*?)\s*$/;
 export const AGENT_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$/;
+/** `wsjobs-error-code: INSUFFICIENT_QUOTA` on stdout gives a failed build its provisioner_jobs.error_code. */
+const ERROR_CODE_LINE = /^wsjobs-error-code:\s*(.*?)\s*$/;
+/** `wsjobs-quota: credits_consumed=3 budget=2` on stdout: the owner's quota, stored with the error code. */
+const QUOTA_LINE = /^wsjobs-quota:\s*(.*?)\s*$/;
+const QUOTA_VALUE = /^credits_consumed=(\d+)\s+budget=(\d+)$/;
+
+/** The quota of a `wsjobs-quota:` line's value, or undefined when it is malformed or out of range. */
+function parseQuota(value: string): QuotaUsage | undefined {
+  const match = QUOTA_VALUE.exec(value);
+  if (!match) return undefined;
+  const [creditsConsumed, budget] = [Number(match[1]), Number(match[2])];
+  return creditsConsumed <= MAX_CREDITS && budget <= MAX_CREDITS ? { creditsConsumed, budget } : undefined;
+}
 
 /** After the shell exits, how long to wait for output that is still in the pipes. */
 const DRAIN_MS = 1_000;
@@ -91,8 +108,30 @@ export class CommandExecutor implements Executor {
 
     const agents: string[] = [];
     let lastStderr = '';
+    // The last valid line of each wins; both only matter when the command fails.
+    let errorCode: string | undefined;
+    let quota: QuotaUsage | undefined;
     const stdout = new LineSplitter(this.maxLineLength, (line) => {
       void ctx.log('info', line, stage);
+      const code = ERROR_CODE_LINE.exec(line)?.[1];
+      if (code !== undefined) {
+        if (ERROR_CODE.test(code)) errorCode = code;
+        else void ctx.log('warn', `ignored error code ${JSON.stringify(code)}: A-Z, 0-9 and _ only`, stage);
+        return;
+      }
+      const quotaValue = QUOTA_LINE.exec(line)?.[1];
+      if (quotaValue !== undefined) {
+        const parsed = parseQuota(quotaValue);
+        if (parsed) quota = parsed;
+        else {
+          void ctx.log(
+            'warn',
+            `ignored quota ${JSON.stringify(quotaValue)}: expected credits_consumed=<credits> budget=<credits>`,
+            stage,
+          );
+        }
+        return;
+      }
       const match = AGENT_LINE.exec(line);
       if (!match) return;
       const name = match[1]!;
@@ -171,10 +210,13 @@ export class CommandExecutor implements Executor {
         if (killed) return reject(killed);
         if (error) return reject(error);
         if (code === 0) return resolve({ agents, resourceType: this.resourceType });
+        // The command's own failure: the code (and quota) it reported classify it.
+        const failed = (message: string) =>
+          errorCode === undefined ? new Error(message) : new BuildFailure(message, errorCode, quota);
         if (code !== null) {
-          return reject(new Error(`command exited with code ${code}${lastStderr ? `: ${lastStderr}` : ''}`));
+          return reject(failed(`command exited with code ${code}${lastStderr ? `: ${lastStderr}` : ''}`));
         }
-        reject(new Error(`command was killed by ${sig ?? 'a signal'}`));
+        reject(failed(`command was killed by ${sig ?? 'a signal'}`));
       };
       child.on('error', (error) => finish(null, null, error));
       child.on('exit', (code, sig) => {

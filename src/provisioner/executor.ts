@@ -46,6 +46,44 @@ export interface ExecutorResult {
   resourceType?: string;
 }
 
+/** Coder's provisioner_jobs.error_code of a build refused for lack of quota (codersdk.JobErrorCodeInsufficientQuota). */
+export const INSUFFICIENT_QUOTA = 'INSUFFICIENT_QUOTA';
+
+/** What a machine-readable error code may look like: Coder's are upper snake case (`INSUFFICIENT_QUOTA`). */
+export const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+/** The quota columns are Postgres integers, as Coder's credits are (int32). */
+export const MAX_CREDITS = 2_147_483_647;
+
+/** The owner's quota when a build was refused for it, in credits (Coder's workspace quota). */
+export interface QuotaUsage {
+  creditsConsumed: number;
+  budget: number;
+}
+
+/**
+ * A build failure with a machine-readable code: thrown by an executor, it fails the job like any error and
+ * also sets provisioner_jobs.error_code (and the quota columns when `quota` is given).
+ */
+export class BuildFailure extends Error {
+  override name = 'BuildFailure';
+  constructor(
+    message: string,
+    readonly errorCode: string,
+    readonly quota?: QuotaUsage,
+  ) {
+    super(message);
+    if (!ERROR_CODE.test(errorCode)) {
+      throw new RangeError(`error code must match ${ERROR_CODE.source}, got ${JSON.stringify(errorCode)}`);
+    }
+    for (const [name, credits] of Object.entries(quota ?? {})) {
+      if (!Number.isInteger(credits) || credits < 0 || credits > MAX_CREDITS) {
+        throw new RangeError(`quota ${name} must be a whole number from 0 to ${MAX_CREDITS}, got ${credits}`);
+      }
+    }
+  }
+}
+
 /** An agent row the daemon committed for a succeeded start build. */
 export interface CommittedAgent {
   id: string;
@@ -55,7 +93,7 @@ export interface CommittedAgent {
 export interface Executor {
   /**
    * Builds the workspace. Resolving means success; throwing means failure, and the error's message
-   * becomes provisioner_jobs.error. Should stop soon after `ctx.signal` aborts (the daemon does not wait
+   * becomes provisioner_jobs.error (a BuildFailure's code and quota become error_code and the quota columns). Should stop soon after `ctx.signal` aborts (the daemon does not wait
    * for it to settle the job, but a process left running is the executor's to clean up).
    */
   run(job: BuildJob, ctx: ExecutorContext): Promise<ExecutorResult | void>;

@@ -5,7 +5,7 @@ import { ConfigError, DAY_MS, integer, value, type Env } from '../shared/config.
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { AGENT_NAME, CommandExecutor } from './command-executor.js';
-import type { Executor } from './executor.js';
+import { MAX_CREDITS, type Executor } from './executor.js';
 import {
   DEFAULT_HEARTBEAT_MS,
   DEFAULT_MAX_RERUNS,
@@ -31,6 +31,10 @@ export interface SimSettings {
   startupMs: number;
   /** SIM_STARTUP_FAILURE_RATE, 0..1, default 0. */
   startupFailureRate: number;
+  /** SIM_QUOTA_BUDGET: each owner's quota in credits; unset = no quota. */
+  quotaBudget?: number;
+  /** SIM_WORKSPACE_COST: credits a started workspace consumes, default 1. */
+  workspaceCost: number;
 }
 
 export interface ProvisionerConfig {
@@ -119,6 +123,8 @@ export function loadProvisionerConfig(env: Env = process.env): ProvisionerConfig
       agentConnectMs: integer(env, 'SIM_AGENT_CONNECT_MS', 1_000, 0, DAY_MS)!,
       startupMs: integer(env, 'SIM_STARTUP_MS', 2_000, 0, DAY_MS)!,
       startupFailureRate: fraction(env, 'SIM_STARTUP_FAILURE_RATE', 0),
+      quotaBudget: integer(env, 'SIM_QUOTA_BUDGET', undefined, 0, MAX_CREDITS),
+      workspaceCost: integer(env, 'SIM_WORKSPACE_COST', 1, 0, MAX_CREDITS)!,
     },
   };
 }

@@ -14,7 +14,15 @@ import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notificatio
 import { withTransaction, type Pool } from '../shared/postgres.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
 import { recordBuildOutcome, traceBuild } from './build-span.js';
-import type { BuildJob, CommittedAgent, Executor, ExecutorContext, ExecutorResult } from './executor.js';
+import {
+  BuildFailure,
+  type BuildJob,
+  type CommittedAgent,
+  type Executor,
+  type ExecutorContext,
+  type ExecutorResult,
+  type QuotaUsage,
+} from './executor.js';
 import { JobLogWriter } from './job-log-writer.js';
 
 export interface ProvisionerOptions {
@@ -74,9 +82,16 @@ export function minStaleAfterMs(heartbeatMs = DEFAULT_HEARTBEAT_MS): number {
   return 3 * heartbeatMs;
 }
 
+/** How a job fails: the error, and what a BuildFailure adds to it. */
+interface Failure {
+  message: string;
+  errorCode?: string;
+  quota?: QuotaUsage;
+}
+
 type Outcome =
   | { kind: 'succeeded'; result: ExecutorResult }
-  | { kind: 'failed'; message: string }
+  | ({ kind: 'failed' } & Failure)
   | { kind: 'aborted'; reason: unknown };
 
 /** One claim of a job: the value of provisioner_jobs.claims it was made with fences every write of the run. */
@@ -238,7 +253,9 @@ export class Provisioner {
       if (!row) return;
       if (row.build_id === null) {
         // A job without a build cannot be built; failing it beats leaving it for the reaper.
-        await this.settle(row.job_id, row.claims, 'workspace build not found for provisioner job');
+        await this.settle(row.job_id, row.claims, {
+          message: 'workspace build not found for provisioner job',
+        });
         continue;
       }
       const claim: Claim = { job: toBuildJob(row), claims: row.claims, reruns: row.reruns };
@@ -350,15 +367,15 @@ export class Provisioner {
         const message = reason instanceof Error ? reason.message : 'provisioner job aborted';
         void logs.append('provisioner_daemon', 'error', message, 'Cleaning Up');
         await logs.flush();
-        await this.settle(job.jobId, claims, message);
+        await this.settle(job.jobId, claims, { message });
         log.warn({ error: message }, 'job aborted');
         return;
       }
       if (outcome.kind === 'failed') {
         void logs.append('provisioner_daemon', 'error', `Build failed: ${outcome.message}`, 'Cleaning Up');
         await logs.flush();
-        await this.settle(job.jobId, claims, outcome.message);
-        log.info({ error: outcome.message }, 'job failed');
+        await this.settle(job.jobId, claims, outcome);
+        log.info({ error: outcome.message, errorCode: outcome.errorCode }, 'job failed');
         return;
       }
       void logs.append('provisioner_daemon', 'info', 'Build succeeded', 'Cleaning Up');
@@ -392,7 +409,7 @@ export class Provisioner {
             if (aborted) this.afterCommit(job, []);
             else resolve({ kind: 'succeeded', result: result ?? {} });
           },
-          (error: unknown) => resolve({ kind: 'failed', message: errorMessage(error) }),
+          (error: unknown) => resolve({ kind: 'failed', ...failureOf(error) }),
         )
         .finally(() => signal.removeEventListener('abort', onAbort));
     });
@@ -454,18 +471,29 @@ export class Provisioner {
       // Fail the job rather than leave it running; if the database is gone this fails too, and the
       // stale reaper settles the job once it is back.
       this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
-      await this.settle(job.jobId, claims, `could not record the build's results: ${errorMessage(error)}`);
+      await this.settle(job.jobId, claims, {
+        message: `could not record the build's results: ${errorMessage(error)}`,
+      });
       return undefined;
     }
   }
 
-  /** Completes a job as failed (`error` set) or canceled (`error` null), if it is still this claim's. */
-  private async settle(jobId: string, claims: number, error: string | null): Promise<void> {
+  /** Completes a job as failed (with its error, code and quota) or canceled (null), if it is still this claim's. */
+  private async settle(jobId: string, claims: number, failure: Failure | null): Promise<void> {
     try {
       await this.pool.query(
-        `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3
+        `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3, error_code = $5,
+                quota_credits_consumed = $6, quota_budget = $7
          WHERE id = $1 AND worker_id = $2 AND claims = $4 AND completed_at IS NULL`,
-        [jobId, this.id, error, claims],
+        [
+          jobId,
+          this.id,
+          failure?.message ?? null,
+          claims,
+          failure?.errorCode ?? null,
+          failure?.quota?.creditsConsumed ?? null,
+          failure?.quota?.budget ?? null,
+        ],
       );
     } catch (err) {
       this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
@@ -640,6 +668,12 @@ function toBuildJob(row: ClaimRow): BuildJob {
     transition: row.transition,
     parameters: row.parameters,
   };
+}
+
+function failureOf(error: unknown): Failure {
+  const message = errorMessage(error);
+  if (!(error instanceof BuildFailure)) return { message };
+  return { message, errorCode: error.errorCode, quota: error.quota };
 }
 
 function errorMessage(error: unknown): string {

@@ -8,6 +8,9 @@ import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import {
   APPLY_STAGE,
+  BuildFailure,
+  INSUFFICIENT_QUOTA,
+  MAX_CREDITS,
   type BuildJob,
   type CommittedAgent,
   type Executor,
@@ -38,12 +41,21 @@ export interface SimExecutorOptions {
   startupMs?: number;
   /** Share of agents whose startup scripts fail (lifecycle 'start_error'), 0..1. Default 0. */
   startupFailureRate?: number;
+  /**
+   * Each owner's quota in credits, as Coder's group quota: a start build whose workspace would take the owner
+   * past it fails with error code INSUFFICIENT_QUOTA. Unset = no quota.
+   */
+  quotaBudget?: number;
+  /** Credits a started workspace consumes of its owner's quota (Coder's daily_cost). Default 1. */
+  workspaceCost?: number;
   /** workspace_resources.type of the simulated resource. Default 'sim_container'. */
   resourceType?: string;
   log?: Logger;
 }
 
 export const SIMULATED_BUILD_FAILURE = 'simulated build failure';
+/** Coder's error for a build refused by its quota commit. */
+export const INSUFFICIENT_QUOTA_ERROR = 'insufficient quota';
 
 interface Plan {
   durationMs: number;
@@ -60,6 +72,8 @@ export class SimExecutor implements Executor {
   private readonly agentConnectMs: number;
   private readonly startupMs: number;
   private readonly startupFailureRate: number;
+  private readonly quotaBudget: number | undefined;
+  private readonly workspaceCost: number;
   private readonly resourceType: string;
   private readonly random: () => number;
   private readonly log: Logger;
@@ -79,6 +93,8 @@ export class SimExecutor implements Executor {
     this.agentConnectMs = options.agentConnectMs ?? 1_000;
     this.startupMs = options.startupMs ?? 2_000;
     this.startupFailureRate = options.startupFailureRate ?? 0;
+    this.quotaBudget = options.quotaBudget;
+    this.workspaceCost = options.workspaceCost ?? 1;
     this.resourceType = options.resourceType ?? 'sim_container';
     this.random = options.seed === undefined ? Math.random : mulberry32(options.seed);
     this.log = options.log ?? pino({ level: 'silent' });
@@ -87,6 +103,14 @@ export class SimExecutor implements Executor {
       ['startupFailureRate', this.startupFailureRate],
     ] as const) {
       if (!(rate >= 0 && rate <= 1)) throw new RangeError(`${name} must be from 0 to 1, got ${rate}`);
+    }
+    for (const [name, credits] of [
+      ['quotaBudget', this.quotaBudget ?? 0],
+      ['workspaceCost', this.workspaceCost],
+    ] as const) {
+      if (!Number.isInteger(credits) || credits < 0 || credits > MAX_CREDITS) {
+        throw new RangeError(`${name} must be a whole number from 0 to ${MAX_CREDITS}, got ${credits}`);
+      }
     }
   }
 
@@ -117,6 +141,8 @@ export class SimExecutor implements Executor {
         : `Plan: the workspace's resources to ${job.transition}`,
       'Planning infrastructure',
     );
+    // Between plan and apply, where Coder commits a start build's quota.
+    if (job.transition === 'start') await this.commitQuota(job, ctx);
 
     void ctx.log(
       'info',
@@ -174,6 +200,33 @@ export class SimExecutor implements Executor {
     for (const controller of this.agentRuns.values()) controller.abort();
     this.agentRuns.clear();
     await Promise.allSettled([...this.background]);
+  }
+
+  /**
+   * Refuses the build when the owner's other started workspaces plus this one cost more than the budget.
+   * Like Coder's result, the quota reports what the owner consumes without this build.
+   */
+  private async commitQuota(job: BuildJob, ctx: ExecutorContext): Promise<void> {
+    if (this.quotaBudget === undefined) return;
+    const { rows } = await this.pool.query<{ started: number }>(
+      `SELECT count(*)::int AS started
+       FROM workspaces w
+       JOIN LATERAL (SELECT b.transition, j.job_status FROM workspace_builds b
+                     JOIN provisioner_jobs j ON j.id = b.job_id
+                     WHERE b.workspace_id = w.id ORDER BY b.build_number DESC LIMIT 1) latest ON true
+       WHERE w.owner_id = $1 AND w.id <> $2 AND NOT w.deleted
+         AND latest.transition = 'start' AND latest.job_status = 'succeeded'`,
+      [job.ownerId, job.workspaceId],
+    );
+    const creditsConsumed = rows[0]!.started * this.workspaceCost;
+    const quota = { creditsConsumed, budget: this.quotaBudget };
+    const summary = `${creditsConsumed} of ${this.quotaBudget} credits consumed, this workspace costs ${this.workspaceCost}`;
+    if (creditsConsumed + this.workspaceCost <= this.quotaBudget) {
+      void ctx.log('info', `Quota: ${summary}`, 'Planning infrastructure');
+      return;
+    }
+    void ctx.log('error', `Error: ${INSUFFICIENT_QUOTA_ERROR} (${summary})`, 'Planning infrastructure');
+    throw new BuildFailure(INSUFFICIENT_QUOTA_ERROR, INSUFFICIENT_QUOTA, quota);
   }
 
   private plan(): Plan {

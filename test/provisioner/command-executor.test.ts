@@ -100,13 +100,55 @@ describe('CommandExecutor', () => {
 
     const job = await waitForCompletion(db.pool, build.jobId);
 
-    expect(job).toMatchObject({ job_status: 'failed', error: 'command exited with code 3: quota exceeded' });
+    expect(job).toMatchObject({
+      job_status: 'failed',
+      error: 'command exited with code 3: quota exceeded',
+      error_code: null,
+      quota_credits_consumed: null,
+      quota_budget: null,
+    });
     const lines = await outputOf(build.jobId);
     expect(lines.slice(1).map((l) => [l.level, l.output])).toEqual([
       ['info', 'working'],
       ['warn', 'first problem'],
       ['warn', 'quota exceeded'],
     ]);
+  });
+
+  it('when a failing command prints wsjobs-error-code and wsjobs-quota lines › the job gets the code and quota', async () => {
+    startCommand({
+      command:
+        'echo "wsjobs-quota: credits_consumed=1 budget=9"; echo "wsjobs-error-code: SOMETHING_ELSE"; ' +
+        'echo "wsjobs-error-code: INSUFFICIENT_QUOTA"; echo "wsjobs-quota: credits_consumed=4 budget=5"; ' +
+        'echo "wsjobs-error-code: not a code"; echo "wsjobs-quota: credits_consumed=-1 budget=5"; ' +
+        'echo "insufficient quota" >&2; exit 1',
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'failed',
+      error: 'command exited with code 1: insufficient quota',
+      error_code: 'INSUFFICIENT_QUOTA',
+      quota_credits_consumed: 4,
+      quota_budget: 5,
+    });
+    const warnings = (await outputOf(build.jobId)).filter((l) => l.level === 'warn').map((l) => l.output);
+    expect(warnings).toEqual([
+      'ignored error code "not a code": A-Z, 0-9 and _ only',
+      'ignored quota "credits_consumed=-1 budget=5": expected credits_consumed=<credits> budget=<credits>',
+      'insufficient quota',
+    ]);
+  });
+
+  it('when a command that succeeds prints wsjobs-error-code › the job succeeds without a code', async () => {
+    startCommand({ command: 'echo "wsjobs-error-code: INSUFFICIENT_QUOTA"; exit 0' });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({
+      job_status: 'succeeded',
+      error: null,
+      error_code: null,
+    });
   });
 
   it('when the command prints wsjobs-agent lines › the build gets those agents in order', async () => {

@@ -99,6 +99,9 @@ export async function insertBuild(
 export interface JobRow {
   job_status: string;
   error: string | null;
+  error_code: string | null;
+  quota_credits_consumed: number | null;
+  quota_budget: number | null;
   worker_id: string | null;
   started_at: Date | null;
   completed_at: Date | null;
@@ -107,7 +110,9 @@ export interface JobRow {
 
 export async function getJob(pool: Pool, jobId: string): Promise<JobRow> {
   const { rows } = await pool.query<JobRow>(
-    `SELECT job_status, error, worker_id, started_at, completed_at, canceled_at FROM provisioner_jobs WHERE id = $1`,
+    `SELECT job_status, error, error_code, quota_credits_consumed, quota_budget, worker_id, started_at,
+            completed_at, canceled_at
+     FROM provisioner_jobs WHERE id = $1`,
     [jobId],
   );
   return rows[0]!;

@@ -24,6 +24,8 @@ describe('loadProvisionerConfig', () => {
         agentConnectMs: 1_000,
         startupMs: 2_000,
         startupFailureRate: 0,
+        quotaBudget: undefined,
+        workspaceCost: 1,
       },
     });
   });
@@ -45,6 +47,8 @@ describe('loadProvisionerConfig', () => {
       SIM_AGENT_CONNECT_MS: '10',
       SIM_STARTUP_MS: '20',
       SIM_STARTUP_FAILURE_RATE: '1',
+      SIM_QUOTA_BUDGET: '3',
+      SIM_WORKSPACE_COST: '2',
     });
 
     expect(config).toEqual({
@@ -64,6 +68,8 @@ describe('loadProvisionerConfig', () => {
         agentConnectMs: 10,
         startupMs: 20,
         startupFailureRate: 1,
+        quotaBudget: 3,
+        workspaceCost: 2,
       },
     });
   });
@@ -90,6 +96,8 @@ describe('loadProvisionerConfig', () => {
     [{ SIM_AGENT_NAMES: 'main,main' }, 'SIM_AGENT_NAMES'],
     [{ SIM_AGENT_CONNECT_MS: 'soon' }, 'SIM_AGENT_CONNECT_MS'],
     [{ SIM_STARTUP_MS: '1.5' }, 'SIM_STARTUP_MS'],
+    [{ SIM_QUOTA_BUDGET: '-1' }, 'SIM_QUOTA_BUDGET'],
+    [{ SIM_WORKSPACE_COST: '2147483648' }, 'SIM_WORKSPACE_COST'],
   ])('when a value is bad (%o) › throws a ConfigError naming %s', (env, variable) => {
     expect(() => loadProvisionerConfig(env)).toThrow(ConfigError);
     expect(() => loadProvisionerConfig(env)).toThrow(variable);

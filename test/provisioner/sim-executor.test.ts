@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Provisioner } from '../../src/provisioner/provisioner.js';
 import {
+  INSUFFICIENT_QUOTA_ERROR,
   SIMULATED_BUILD_FAILURE,
   SimExecutor,
   type SimExecutorOptions,
@@ -117,13 +118,51 @@ describe('SimExecutor', () => {
 
     const job = await waitForCompletion(db.pool, build.jobId);
 
-    expect(job).toMatchObject({ job_status: 'failed', error: SIMULATED_BUILD_FAILURE });
+    expect(job).toMatchObject({ job_status: 'failed', error: SIMULATED_BUILD_FAILURE, error_code: null });
     const logs = await getLogs(db.pool, build.jobId);
     expect(logs.filter((l) => l.source === 'provisioner').length).toBeGreaterThanOrEqual(3);
     expect(logs).toContainEqual(
       expect.objectContaining({ level: 'error', output: `Error: ${SIMULATED_BUILD_FAILURE}` }),
     );
     expect(await getAgents(db.pool, build.jobId)).toEqual([]);
+  });
+
+  it('when a start would take the owner past the quota budget › it fails with INSUFFICIENT_QUOTA and the quota', async () => {
+    startSim({ quotaBudget: 2, workspaceCost: 2 });
+    const first = await createWorkspace(db.pool, fixture);
+    const second = await createWorkspace(db.pool, fixture);
+    const firstStart = await insertBuild(db.pool, fixture, first);
+    expect(await waitForCompletion(db.pool, firstStart.jobId)).toMatchObject({
+      job_status: 'succeeded',
+      error_code: null,
+      quota_credits_consumed: null,
+    });
+
+    const refused = await insertBuild(db.pool, fixture, second);
+
+    expect(await waitForCompletion(db.pool, refused.jobId)).toMatchObject({
+      job_status: 'failed',
+      error: INSUFFICIENT_QUOTA_ERROR,
+      error_code: 'INSUFFICIENT_QUOTA',
+      quota_credits_consumed: 2,
+      quota_budget: 2,
+    });
+    expect(await getAgents(db.pool, refused.jobId)).toEqual([]);
+    expect(await getLogs(db.pool, refused.jobId)).toContainEqual(
+      expect.objectContaining({
+        level: 'error',
+        output: `Error: ${INSUFFICIENT_QUOTA_ERROR} (2 of 2 credits consumed, this workspace costs 2)`,
+      }),
+    );
+
+    // A stop is never refused, and the credits it frees let the other workspace start.
+    const stop = await insertBuild(db.pool, fixture, first, { transition: 'stop' });
+    expect(await waitForCompletion(db.pool, stop.jobId)).toMatchObject({ job_status: 'succeeded' });
+    const retry = await insertBuild(db.pool, fixture, second);
+    expect(await waitForCompletion(db.pool, retry.jobId)).toMatchObject({
+      job_status: 'succeeded',
+      error_code: null,
+    });
   });
 
   it('when startup scripts fail › the agent ends in start_error', async () => {
