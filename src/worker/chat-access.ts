@@ -1,8 +1,8 @@
-// Who may act on a chat (D7), shared by start and create: the job's owner owns the chat, the chat is a
-// root chat (Coder gives the workspace tools to root chats only), and the owner is an active user.
+// Who may act on a chat (D7), shared by start, stop and create: the job's owner owns the chat, the chat is
+// a root chat (Coder gives the workspace tools to root chats only), and the owner is an active user.
 import type { JobFailure } from '../shared/contract.js';
-import type { Chat, JobContext, User } from './ports.js';
-import { flagged } from './results.js';
+import type { Chat, JobContext, User, Workspace } from './ports.js';
+import { flagged, messages } from './results.js';
 
 export type ChatAccess = { chat: Chat; owner: User } | JobFailure;
 
@@ -21,4 +21,31 @@ export async function checkChatAccess(ctx: JobContext, chatId: string, ownerId: 
     return flagged('forbidden', `load user authorization: user ${chat.ownerId} is not an active user`);
   }
   return { chat, owner };
+}
+
+/** Start's and stop's steps 3-4: who may act (D7), and that the chat still points at the job's workspace (D10). */
+export async function checkChatWorkspace(
+  ctx: JobContext,
+  payload: { chatId: string; ownerId: string; workspaceId: string },
+): Promise<ChatAccess> {
+  const access = await checkChatAccess(ctx, payload.chatId, payload.ownerId);
+  if ('error' in access) return access;
+  if (!access.chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
+  if (access.chat.workspaceId !== payload.workspaceId)
+    return flagged('workspace_changed', messages.workspaceChanged);
+  return access;
+}
+
+/** Step 5: the job's workspace, unless it is gone or deleted, or not the owner's (D7). */
+export async function loadOwnedWorkspace(
+  ctx: JobContext,
+  workspaceId: string,
+  owner: User,
+): Promise<Workspace | JobFailure> {
+  const workspace = await ctx.store.getWorkspace(workspaceId);
+  if (!workspace || workspace.deleted) return flagged('workspace_deleted', messages.workspaceDeleted);
+  if (workspace.ownerId !== owner.id) {
+    return flagged('forbidden', `workspace ${workspace.id} does not belong to the chat's owner`);
+  }
+  return workspace;
 }

@@ -1,5 +1,6 @@
 // Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
 import type { FailureCode, JobFailure } from '../shared/contract.js';
+import type { Build, Workspace } from './ports.js';
 
 export const messages = {
   noWorkspace: 'chat has no workspace; use create_workspace first',
@@ -32,4 +33,13 @@ export function flagged(code: FailureCode, error: string): JobFailure {
 /** Coder's unflagged failures that keep structured fields (`is_error: false`). */
 export function unflagged(code: FailureCode, error: string, fields: Partial<JobFailure> = {}): JobFailure {
   return { error, code, is_error: false, ...fields };
+}
+
+/** A build could not be created because another is still active (Coder's builder answers 409). */
+export function buildActive(workspace: Workspace, active: Build): JobFailure {
+  return unflagged('build_active', messages.buildActive, {
+    detail: messages.buildActive,
+    template_id: workspace.templateId,
+    build_id: active.id,
+  });
 }

@@ -1,8 +1,8 @@
 // Creating a start build in one transaction (Coder's wsbuilder, for a chat start): choose the template
 // version, resolve the parameters, refuse when a build is still active, insert job + build + parameters.
-// A parameter failure persists nothing.
+// A parameter failure persists nothing. The transaction's frame (lock, refusals, counting) serves stop too.
 import type { Validation } from '../shared/contract.js';
-import type { Build, BuildTransaction, JobContext } from './ports.js';
+import type { Build, BuildTransaction, JobContext, Workspace } from './ports.js';
 import { resolveParameters } from './parameters.js';
 import { messages } from './results.js';
 
@@ -35,15 +35,32 @@ export type StartBuildOutcome =
 /** Job statuses during which a build is still active (Coder's builder counts canceling too). */
 const ACTIVE = new Set(['pending', 'running', 'canceling']);
 
-async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<StartBuildOutcome> {
-  const workspace = await tx.lockWorkspace(request.workspaceId);
+export const isBuildActive = (build: Build): boolean => ACTIVE.has(build.jobStatus);
+
+export type NewBuildRefusal = { kind: 'deleted' } | { kind: 'build_active'; build: Build };
+
+/**
+ * The start of every build transaction: locks the workspace row and reads its latest build, refusing a
+ * deleted workspace or a second active build.
+ */
+export async function lockForNewBuild(
+  tx: BuildTransaction,
+  workspaceId: string,
+): Promise<NewBuildRefusal | { kind: 'free'; workspace: Workspace; previousBuild: Build | null }> {
+  const workspace = await tx.lockWorkspace(workspaceId);
   if (!workspace || workspace.deleted) return { kind: 'deleted' };
 
   // Read under the workspace lock: no other build can be inserted until we commit (Coder reads the
   // template and latest build outside its transaction, a TOCTOU its §9.10 describes).
   const previousBuild = await tx.getLatestBuild(workspace.id);
-  if (previousBuild && ACTIVE.has(previousBuild.jobStatus))
-    return { kind: 'build_active', build: previousBuild };
+  if (previousBuild && isBuildActive(previousBuild)) return { kind: 'build_active', build: previousBuild };
+  return { kind: 'free', workspace, previousBuild };
+}
+
+async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<StartBuildOutcome> {
+  const locked = await lockForNewBuild(tx, request.workspaceId);
+  if (locked.kind !== 'free') return locked;
+  const { workspace, previousBuild } = locked;
 
   const template = await tx.getTemplate(workspace.templateId);
   if (!template) throw new Error(`get template: template ${workspace.templateId} not found`);
@@ -89,22 +106,32 @@ async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<S
   return { kind: 'created', build, previousBuild, updateReason: versionChanged ? updateReason : undefined };
 }
 
-export async function createStartBuild(
+export function createStartBuild(ctx: JobContext, request: StartBuildRequest): Promise<StartBuildOutcome> {
+  return createBuild(ctx, request.workspaceId, (tx) => plan(tx, request));
+}
+
+/**
+ * Runs a build's `plan` in one transaction, for any transition; a `created` outcome is counted once
+ * committed.
+ */
+export async function createBuild<Outcome extends { kind: string; build?: Build; updateReason?: string }>(
   ctx: JobContext,
-  request: StartBuildRequest,
-): Promise<StartBuildOutcome> {
+  workspaceId: string,
+  plan: (tx: BuildTransaction) => Promise<Outcome>,
+): Promise<Outcome | NewBuildRefusal> {
   // Never create a build for an attempt that has already lost its lock.
   ctx.signal.throwIfAborted();
   try {
-    const outcome = await ctx.store.transaction((tx) => plan(tx, request));
+    const outcome = await ctx.store.transaction(plan);
     // Committed: the build exists now.
-    if (outcome.kind === 'created') ctx.observe?.buildCreated(outcome.build, outcome.updateReason);
+    if (outcome.kind === 'created' && outcome.build)
+      ctx.observe?.buildCreated(outcome.build, outcome.updateReason);
     return outcome;
   } catch (error) {
     // The unique (workspace_id, build_number) index caught a concurrent insert the row lock did not
     // (e.g. a build inserted by something that does not lock the workspace row).
     if ((error as { code?: string }).code === '23505') {
-      const latest = await ctx.store.getLatestBuild(request.workspaceId);
+      const latest = await ctx.store.getLatestBuild(workspaceId);
       if (latest) return { kind: 'build_active', build: latest };
     }
     throw error;

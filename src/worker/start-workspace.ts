@@ -9,9 +9,9 @@ import {
 } from '../shared/contract.js';
 import type { Build, Chat, JobContext, User, Workspace } from './ports.js';
 import { agentReadiness } from './agent-readiness.js';
-import { checkChatAccess, type ChatAccess } from './chat-access.js';
+import { checkChatWorkspace, loadOwnedWorkspace } from './chat-access.js';
 import { buildData, waitForBuild, waitForBuildInFlight } from './build-wait.js';
-import { flagged, messages, unflagged } from './results.js';
+import { buildActive, flagged, messages, unflagged } from './results.js';
 import { createStartBuild } from './start-build.js';
 
 // Re-reading after waiting for a stop or a cancellation (D2, D3) loops; a workspace that keeps
@@ -25,16 +25,13 @@ export async function startWorkspace(
   payload: StartWorkspacePayload,
 ): Promise<StartWorkspaceResult> {
   await ctx.progress('checking', 'Checking the chat and its workspace', undefined, payload.workspaceId);
-  const checked = await checkChat(ctx, payload);
+  const checked = await checkChatWorkspace(ctx, payload);
   if ('error' in checked) return checked;
   const { chat, owner } = checked;
 
   for (let pass = 0; pass < MAX_PASSES; pass++) {
-    const workspace = await ctx.store.getWorkspace(payload.workspaceId);
-    if (!workspace || workspace.deleted) return flagged('workspace_deleted', messages.workspaceDeleted);
-    if (workspace.ownerId !== owner.id) {
-      return flagged('forbidden', `workspace ${workspace.id} does not belong to the chat's owner`);
-    }
+    const workspace = await loadOwnedWorkspace(ctx, payload.workspaceId, owner);
+    if ('error' in workspace) return workspace;
 
     const latest = await ctx.store.getLatestBuild(workspace.id);
     // A re-run after a crash: the build this job made already finished; report it as the first attempt would.
@@ -85,16 +82,6 @@ export async function startWorkspace(
   return flagged('internal', `the workspace's state kept changing; gave up after ${MAX_PASSES} looks`);
 }
 
-/** Steps 3-4: who may act (D7), and that the chat still points at the job's workspace (D10). */
-async function checkChat(ctx: JobContext, payload: StartWorkspacePayload): Promise<ChatAccess> {
-  const access = await checkChatAccess(ctx, payload.chatId, payload.ownerId);
-  if ('error' in access) return access;
-  if (!access.chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
-  if (access.chat.workspaceId !== payload.workspaceId)
-    return flagged('workspace_changed', messages.workspaceChanged);
-  return access;
-}
-
 /** Steps 7-9: create the start build, wait for it and for the agent. */
 async function start(
   ctx: JobContext,
@@ -112,11 +99,7 @@ async function start(
     case 'deleted':
       return flagged('workspace_deleted', messages.workspaceDeleted);
     case 'build_active':
-      return unflagged('build_active', messages.buildActive, {
-        detail: messages.buildActive,
-        template_id: workspace.templateId,
-        build_id: outcome.build.id,
-      });
+      return buildActive(workspace, outcome.build);
     case 'invalid_parameters': {
       const fields = { template_id: outcome.templateId, validations: outcome.validations };
       if (!outcome.versionChanged) {
