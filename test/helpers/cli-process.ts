@@ -78,7 +78,10 @@ export class CliProcess {
     return logLines(this.stderr);
   }
 
-  /** Resolves with the first log line that matches, failing after `timeoutMs` or when the process exits. */
+  /**
+   * Resolves with the first log line that matches, failing after `timeoutMs` or when the process exits. A
+   * loop rather than vi.waitFor: bench/recovery.ts runs this outside vitest, where `vi` cannot be used.
+   */
   async waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {

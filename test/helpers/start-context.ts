@@ -3,7 +3,7 @@
 // AbortController. The waiter is wrapped so a test can tell when the job is *actually* waiting on a
 // provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
 // way Coder's tests complete the job after the tool's first read.
-import { expect } from 'vitest';
+import { expect, vi } from 'vitest';
 import type { AgentInput } from '../../src/cli/fixtures.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import {
@@ -53,9 +53,9 @@ export interface StartContext {
   abort: AbortController;
   stages(): ProgressStage[];
   /** Resolves once an event of `stage` has been recorded (at once if it already has). */
-  waitForStage(stage: ProgressStage, timeoutMs?: number): Promise<RecordedProgress>;
+  waitForStage(stage: ProgressStage): Promise<RecordedProgress>;
   /** Resolves once a waitFor on `topic` is blocked (its first check found nothing). */
-  waitingOn(topic: string, timeoutMs?: number): Promise<RecordedWait>;
+  waitingOn(topic: string): Promise<RecordedWait>;
   close(): Promise<void>;
 }
 
@@ -65,20 +65,8 @@ export const DEFAULT_TEST_TIMEOUTS: WaitTimeouts = {
   startupScriptTimeoutMs: 5_000,
 };
 
-/** Polls `probe` every 10 ms until it returns something other than undefined, or fails after `timeoutMs`. */
-export async function until<T>(
-  what: string,
-  probe: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 5_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
+/** vi.waitFor options of the waits below: a job's next step is milliseconds away, 5 s is a hang. */
+const POLL = { timeout: 5_000, interval: 10 };
 
 export async function createStartContext(
   db: TestDatabase,
@@ -141,18 +129,21 @@ export async function createStartContext(
     hub,
     abort,
     stages: () => events.map((e) => e.stage),
-    waitForStage: (stage, timeoutMs = 5_000) =>
-      until(
-        `progress stage ${stage} (seen: ${events.map((e) => e.stage).join(', ')})`,
-        () => events.find((e) => e.stage === stage),
-        timeoutMs,
-      ),
-    waitingOn: (topic, timeoutMs = 5_000) =>
-      until(
-        `a blocked wait on ${topic}`,
-        () => waits.find((w) => w.blocked && w.outcome === undefined && w.topics.includes(topic)),
-        timeoutMs,
-      ),
+    waitForStage: (stage) =>
+      vi.waitFor(() => {
+        const found = events.find((e) => e.stage === stage);
+        expect(
+          found,
+          `progress stage ${stage} (seen: ${events.map((e) => e.stage).join(', ')})`,
+        ).toBeDefined();
+        return found!;
+      }, POLL),
+    waitingOn: (topic) =>
+      vi.waitFor(() => {
+        const found = waits.find((w) => w.blocked && w.outcome === undefined && w.topics.includes(topic));
+        expect(found, `a blocked wait on ${topic}`).toBeDefined();
+        return found!;
+      }, POLL),
     async close() {
       abort.abort(new Error('test finished'));
       await hub.stop();
@@ -184,17 +175,12 @@ export async function listBuilds(db: TestDatabase, workspaceId: string): Promise
 }
 
 /** Waits until the workspace has a build with this number (the job inserted it) and returns it. */
-export function awaitBuild(
-  db: TestDatabase,
-  workspaceId: string,
-  buildNumber: number,
-  timeoutMs = 5_000,
-): Promise<BuildRow> {
-  return until(
-    `build #${buildNumber} of workspace ${workspaceId}`,
-    async () => (await listBuilds(db, workspaceId)).find((b) => b.build_number === buildNumber),
-    timeoutMs,
-  );
+export function awaitBuild(db: TestDatabase, workspaceId: string, buildNumber: number): Promise<BuildRow> {
+  return vi.waitFor(async () => {
+    const found = (await listBuilds(db, workspaceId)).find((b) => b.build_number === buildNumber);
+    expect(found, `build #${buildNumber} of workspace ${workspaceId}`).toBeDefined();
+    return found!;
+  }, POLL);
 }
 
 export async function chatBinding(

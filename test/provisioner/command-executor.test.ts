@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   buildEnvironment,
   CommandExecutor,
@@ -12,10 +12,10 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   createFixture,
   createWorkspace,
-  eventually,
   getAgents,
   getLogs,
   insertBuild,
+  POLL,
   silentLog,
   waitForCompletion,
   waitForStatus,
@@ -182,7 +182,7 @@ describe('CommandExecutor', () => {
     expect(job).toMatchObject({ job_status: 'failed', error: 'command timed out after 300 ms' });
     const line = (await outputOf(build.jobId)).find((l) => l.output.startsWith('child='));
     const child = Number(line!.output.slice('child='.length));
-    await eventually('the background child to die', async () => (isAlive(child) ? undefined : true), 5_000);
+    await expect.poll(() => isAlive(child), { ...POLL, timeout: 5_000 }).toBe(false);
   });
 
   it('when the command exits leaving background processes › they are killed, SIGKILL if they ignore SIGTERM', async () => {
@@ -198,7 +198,9 @@ describe('CommandExecutor', () => {
       .map((l) => Number(l.output.split('=')[1]));
     expect(pids).toHaveLength(2);
     for (const pid of pids) {
-      await eventually(`leftover ${pid} to die`, async () => (isAlive(pid) ? undefined : true), 5_000);
+      await expect
+        .poll(() => isAlive(pid), { ...POLL, timeout: 5_000, message: `leftover ${pid}` })
+        .toBe(false);
     }
   });
 
@@ -221,9 +223,11 @@ describe('CommandExecutor', () => {
   it('when the job is canceled › the command is killed and the job completes as canceled', async () => {
     startCommand({ command: 'echo "pid=$$"; sleep 30' });
     const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
-    const line = await eventually('the command to start', async () =>
-      (await outputOf(build.jobId)).find((l) => l.output.startsWith('pid=')),
-    );
+    const line = await vi.waitFor(async () => {
+      const started = (await outputOf(build.jobId)).find((l) => l.output.startsWith('pid='));
+      expect(started, 'the command to start').toBeDefined();
+      return started!;
+    }, POLL);
     await waitForStatus(db.pool, build.jobId, 'running');
 
     await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [build.jobId]);
@@ -233,7 +237,7 @@ describe('CommandExecutor', () => {
       error: null,
     });
     const pid = Number(line.output.slice('pid='.length));
-    await eventually('the command to die', async () => (isAlive(pid) ? undefined : true), 5_000);
+    await expect.poll(() => isAlive(pid), { ...POLL, timeout: 5_000 }).toBe(false);
   });
 
   it('when a line is huge or lacks a trailing newline › lines are capped and the last one kept', async () => {

@@ -1,6 +1,7 @@
 // Rows the provisioner tests need, inserted with plain SQL, and small bounded waits.
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
+import { expect, vi } from 'vitest';
 import type { Pool } from '../../src/shared/postgres.js';
 import { withTransaction } from '../../src/shared/postgres.js';
 import type {
@@ -118,49 +119,29 @@ export async function getJob(pool: Pool, jobId: string): Promise<JobRow> {
   return rows[0]!;
 }
 
-/** Polls until `check` returns something other than undefined; throws after `timeoutMs`. */
-export async function eventually<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const result = await check();
-    if (result !== undefined) return result;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** vi.waitFor / expect.poll options of the provisioner tests: up to 10 s, every 20 ms. */
+export const POLL = { timeout: 10_000, interval: 20 };
 
 const FINAL = ['succeeded', 'failed', 'canceled'];
 
 /** Waits until the job is completed (succeeded, failed or canceled) and returns its row. */
-export function waitForCompletion(pool: Pool, jobId: string, timeoutMs = 10_000): Promise<JobRow> {
-  return eventually(
-    `job ${jobId} to complete`,
+export function waitForCompletion(pool: Pool, jobId: string, timeoutMs = POLL.timeout): Promise<JobRow> {
+  return vi.waitFor(
     async () => {
       const job = await getJob(pool, jobId);
-      return FINAL.includes(job.job_status) ? job : undefined;
+      expect(FINAL, `job ${jobId} to complete`).toContain(job.job_status);
+      return job;
     },
-    timeoutMs,
+    { ...POLL, timeout: timeoutMs },
   );
 }
 
-export function waitForStatus(
-  pool: Pool,
-  jobId: string,
-  status: string,
-  timeoutMs = 10_000,
-): Promise<JobRow> {
-  return eventually(
-    `job ${jobId} to be ${status}`,
-    async () => {
-      const job = await getJob(pool, jobId);
-      return job.job_status === status ? job : undefined;
-    },
-    timeoutMs,
-  );
+export function waitForStatus(pool: Pool, jobId: string, status: string): Promise<JobRow> {
+  return vi.waitFor(async () => {
+    const job = await getJob(pool, jobId);
+    expect(job.job_status, `job ${jobId}`).toBe(status);
+    return job;
+  }, POLL);
 }
 
 export interface LogRow {

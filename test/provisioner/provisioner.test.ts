@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
 import { topics } from '../../src/worker/ports.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
@@ -9,13 +9,13 @@ import {
   countResources,
   createFixture,
   createWorkspace,
-  eventually,
   getAgents,
   getClaims,
   getJob,
   getLogs,
   insertBuild,
   PausablePool,
+  POLL,
   RecordingExecutor,
   silentLog,
   waitForCompletion,
@@ -93,15 +93,19 @@ describe('Provisioner', () => {
   });
 
   it('when a job becomes pending › an idle daemon claims it at once; other job changes run no claim', async () => {
-    // Counts the daemon's claim queries.
+    // Counts the daemon's claim queries, sent and answered.
     let claims = 0;
+    let claimsAnswered = 0;
     const pool = new Proxy(db.pool, {
       get(target, property) {
         if (property === 'query') {
           return (...args: Parameters<Pool['query']>) => {
             const isClaim = String(args[0]).includes('UPDATE provisioner_jobs SET started_at = now()');
-            if (isClaim) claims++;
-            return (target.query as (...a: unknown[]) => unknown)(...args);
+            if (!isClaim) return (target.query as (...a: unknown[]) => unknown)(...args);
+            claims++;
+            return (target.query as (...a: unknown[]) => Promise<unknown>)(...args).finally(
+              () => void claimsAnswered++,
+            );
           };
         }
         const value: unknown = Reflect.get(target, property);
@@ -119,8 +123,7 @@ describe('Provisioner', () => {
     const executor = new RecordingExecutor();
     await startProvisioner({ executor, pool: pool as Pool, hub });
     // The start-up claim finds nothing.
-    await eventually('the start-up claim', async () => (claims === 1 ? true : undefined));
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await expect.poll(() => claimsAnswered, POLL).toBe(1);
 
     // Jobs going running, canceling and completed give no work: the daemon stays quiet.
     const otherId = randomUUID();
@@ -129,7 +132,7 @@ describe('Provisioner', () => {
     await db.pool.query(`INSERT INTO provisioner_jobs (id, started_at) VALUES ($1, now())`, [otherId]);
     await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [otherId]);
     await db.pool.query(`UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1`, [otherId]);
-    await eventually('the notifications', async () => (seen.length === 3 ? true : undefined));
+    await expect.poll(() => seen.length, POLL).toBe(3);
     expect(claims).toBe(1);
 
     // A job handed back to pending is claimed at once (the poll is a minute away).
@@ -223,20 +226,21 @@ describe('Provisioner', () => {
       // Postgres text cannot hold NUL: these results cannot be written.
       return { agents: mode === 'unrecordable' ? ['main', 'bad\0name'] : ['main'] };
     };
-    await startProvisioner({ executor });
+    const provisioner = await startProvisioner({ executor });
     const workspaceId = await createWorkspace(db.pool, fixture);
     const run = async (mode: string) => {
       const build = await insertBuild(db.pool, fixture, workspaceId, { parameters: { mode } });
       if (mode === 'resolves after its abort') {
-        await eventually('the run to start', async () => (started.includes(build.jobId) ? true : undefined));
+        await expect.poll(() => started, POLL).toContain(build.jobId);
         await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [build.jobId]);
       }
       const { job_status } = await waitForCompletion(db.pool, build.jobId);
       if (mode === 'resolves after its abort') releaseLate();
-      const calls = await eventually('afterCommit', async () => {
+      const calls = await vi.waitFor(() => {
         const found = executor.afterCommits.filter(([jobId]) => jobId === build.jobId);
-        return found.length > 0 ? found : undefined;
-      });
+        expect(found, 'afterCommit').not.toEqual([]);
+        return found;
+      }, POLL);
       return { job_status, afterCommits: calls.map(([, agents]) => agents) };
     };
 
@@ -245,8 +249,8 @@ describe('Provisioner', () => {
     expect(await run('canceled as it finished')).toEqual({ job_status: 'canceled', afterCommits: [[]] });
     expect(await run('taken over as it finished')).toEqual({ job_status: 'failed', afterCommits: [[]] });
     expect(await run('resolves after its abort')).toEqual({ job_status: 'canceled', afterCommits: [[]] });
-    // Exactly once per run.
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Exactly once per run: with no run left, none can call it again.
+    await expect.poll(() => provisioner.runningJobs, POLL).toBe(0);
     expect(executor.afterCommits).toHaveLength(5);
   });
 
@@ -455,9 +459,10 @@ describe('Provisioner', () => {
       second.executor.release(build.jobId);
       first.db.resume();
       second.db.resume();
-      await eventually('the woken daemons to drop their runs', async () =>
-        daemonA.runningJobs === 0 && daemonB.runningJobs === 0 ? true : undefined,
-      );
+      await vi.waitFor(() => {
+        expect(daemonA.runningJobs).toBe(0); // the woken daemons dropped their runs
+        expect(daemonB.runningJobs).toBe(0);
+      }, POLL);
       expect(await getJob(db.pool, build.jobId)).toMatchObject({
         job_status: 'failed',
         error: STALE_JOB_ERROR,
@@ -491,9 +496,10 @@ describe('Provisioner', () => {
       const logsBefore = await getLogs(db.pool, build.jobId);
 
       paused.resume();
-      await eventually('the woken daemon to drop its run', async () =>
-        daemonA.runningJobs === 0 && stalled.afterCommits.length > 0 ? true : undefined,
-      );
+      await vi.waitFor(() => {
+        expect(daemonA.runningJobs).toBe(0); // the woken daemon dropped its run
+        expect(stalled.afterCommits).not.toEqual([]);
+      }, POLL);
       expect(stalled.afterCommits).toEqual([[build.jobId, []]]);
       expect(await getJob(db.pool, build.jobId)).toMatchObject({
         job_status: 'succeeded',
@@ -516,7 +522,8 @@ describe('Provisioner', () => {
     await executor.whenStarted(build.jobId);
     await startProvisioner({ executor: new RecordingExecutor(), ...options });
 
-    // Several stale periods pass while the job runs.
+    // Several stale periods pass while the job runs. Nothing to wait for: time passes so that a missing
+    // heartbeat would let the second daemon's reaper (every 100 ms) take the job.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     expect((await getJob(db.pool, build.jobId)).job_status).toBe('running');
 
@@ -546,7 +553,8 @@ describe('Provisioner', () => {
     const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
     await executor.whenStarted(build.jobId);
 
-    // Several reaper ticks pass while the job's updated_at is older than the bound.
+    // Several reaper ticks pass while the job's updated_at is older than the bound. Nothing to wait for:
+    // time passes so that a daemon reaping its own job would do it.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     expect(await getJob(db.pool, build.jobId)).toMatchObject({ job_status: 'running' });
     expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 1, reruns: 0 });
@@ -567,10 +575,8 @@ describe('Provisioner', () => {
       build.jobId,
       STALE_JOB_ERROR,
     ]);
-    await eventually('the executor to be aborted', async () =>
-      executor.aborted.length > 0 ? true : undefined,
-    );
-    await eventually('the daemon to be idle', async () => (provisioner.runningJobs === 0 ? true : undefined));
+    await expect.poll(() => executor.aborted, POLL).not.toEqual([]);
+    await expect.poll(() => provisioner.runningJobs, POLL).toBe(0); // the daemon is idle
 
     expect(await getJob(db.pool, build.jobId)).toMatchObject({
       job_status: 'failed',
@@ -588,7 +594,8 @@ describe('Provisioner', () => {
 
     let stopped = false;
     const stopping = provisioner.stop({ graceMs: 10_000 }).then(() => (stopped = true));
-    // No new claims once stopping.
+    // No new claims once stopping. Nothing to wait for: time passes so that a claim of `later`, or a stop
+    // that did not wait for the running job, would show.
     const later = await insertBuild(db.pool, fixture, workspaceId);
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(stopped).toBe(false);

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Provisioner } from '../../src/provisioner/provisioner.js';
 import {
   INSUFFICIENT_QUOTA_ERROR,
@@ -11,10 +11,10 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   createFixture,
   createWorkspace,
-  eventually,
   getAgents,
   getLogs,
   insertBuild,
+  POLL,
   silentLog,
   waitForCompletion,
   type AgentRow,
@@ -57,10 +57,12 @@ describe('SimExecutor', () => {
   }
 
   function waitForAgents(jobId: string, done: (agents: AgentRow[]) => boolean): Promise<AgentRow[]> {
-    return eventually(`agents of job ${jobId}`, async () => {
+    return vi.waitFor(async () => {
       const agents = await getAgents(db.pool, jobId);
-      return agents.length > 0 && done(agents) ? agents : undefined;
-    });
+      expect(agents, `agents of job ${jobId}`).not.toEqual([]);
+      expect(done(agents), `agents of job ${jobId}: ${JSON.stringify(agents)}`).toBe(true);
+      return agents;
+    }, POLL);
   }
 
   it('when a start build runs › succeeds with logs, then its agents connect, start and become ready', async () => {
@@ -197,10 +199,11 @@ describe('SimExecutor', () => {
 
   it('when stopped before its agents connect › the agents stay as the build left them', async () => {
     const executor = startSim({ agentConnectMs: 60_000 });
+    const startups = (executor as unknown as { startups: Map<string, unknown> }).startups;
     const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
     await waitForCompletion(db.pool, build.jobId);
-    // afterCommit runs right after the completing transaction.
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // afterCommit runs right after the completing transaction: it took the outcomes and started the agents.
+    await expect.poll(() => startups.size, POLL).toBe(0);
 
     // Resolves at once: the pending agent timers are cancelled, not awaited.
     await executor.stop();
@@ -215,9 +218,7 @@ describe('SimExecutor', () => {
     const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
 
     expect((await waitForCompletion(db.pool, build.jobId)).job_status).toBe('failed');
-    await eventually('the startup outcomes to be let go', async () =>
-      startups.size === 0 ? true : undefined,
-    );
+    await expect.poll(() => startups.size, POLL).toBe(0); // the startup outcomes were let go
     expect(await getAgents(db.pool, build.jobId)).toEqual([]);
   });
 

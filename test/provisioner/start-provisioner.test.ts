@@ -1,13 +1,13 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   createFixture,
   createWorkspace,
-  eventually,
   getAgents,
   insertBuild,
+  POLL,
   silentLog,
   waitForCompletion,
 } from './helpers.js';
@@ -45,17 +45,15 @@ describe('startProvisioner', () => {
     const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
 
     const job = await waitForCompletion(db.pool, build.jobId);
-    await eventually('the agent to be ready', async () => {
+    await vi.waitFor(async () => {
       const agents = await getAgents(db.pool, build.jobId);
-      return agents[0]?.lifecycle_state === 'ready' ? agents : undefined;
-    });
+      expect(agents[0]?.lifecycle_state).toBe('ready');
+    }, POLL);
     expect(job).toMatchObject({ job_status: 'succeeded', worker_id: daemon.id });
 
     await daemon.stop(1_000);
     await daemon.stop(1_000);
-    await eventually('the daemon connections to close', async () =>
-      (await connections()) === 0 ? true : undefined,
-    );
+    await expect.poll(connections, POLL).toBe(0); // the daemon's connections closed
   });
 
   it('when its executor or daemon cannot be created › rejects and closes its connections', async () => {
@@ -70,9 +68,7 @@ describe('startProvisioner', () => {
       RangeError,
     );
 
-    await eventually('the daemon connections to close', async () =>
-      (await connections()) === 0 ? true : undefined,
-    );
+    await expect.poll(connections, POLL).toBe(0); // the daemon's connections closed
   });
 
   it('when the database is unreachable › rejects instead of running', async () => {

@@ -21,7 +21,7 @@
 // The race is made certain, not left to timing: the provisioner starts only once a job holding the lock
 // waits for its build and another job has found the lock busy. With one slot per worker, that other job
 // necessarily ran on the second worker process.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   insertBuild,
   insertChat,
@@ -45,11 +45,11 @@ import { ValidationError } from '../../src/shared/schemas.js';
 import { CliProcess, killAll, type LogLine } from '../helpers/cli-process.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
-import { until } from '../helpers/start-context.js';
 
 const RACE_TEST_TIMEOUT_MS = 120_000;
 /** Bound of every wait on the processes (start-up, a job's events, all results). */
 const WAIT_MS = 60_000;
+const POLL = { timeout: WAIT_MS, interval: 20 };
 const SHUTDOWN_BOUND_MS = 15_000;
 const RUNNING_CONNECTED = 'workspace is already running and recently connected';
 /** Stages a job publishes without holding the chat lock. */
@@ -243,7 +243,11 @@ describe('create and start racing for one chat across worker processes', () => {
   }
 
   async function waitForEvent(chatId: string, what: string, match: (e: WorkspaceJobEvent) => boolean) {
-    return until(what, async () => (await events(chatId)).find(match), WAIT_MS);
+    return vi.waitFor(async () => {
+      const found = (await events(chatId)).find(match);
+      expect(found, what).toBeDefined();
+      return found!;
+    }, POLL);
   }
 
   /** The [acquired, releasing] intervals of the chat's lock in the workers' debug logs. */
@@ -429,21 +433,18 @@ describe('create and start racing for one chat across worker processes', () => {
       // Creates and starts together; the starts are refused until the first create has bound the chat.
       await q.round();
       expect(q.jobs('create-workspace')).toHaveLength(1);
-      await until(
-        'the create to bind the chat',
-        async () => (await chatRow(s.chatId)).workspace_id ?? undefined,
-        WAIT_MS,
+      await vi.waitFor(
+        async () =>
+          expect((await chatRow(s.chatId)).workspace_id, 'the create to bind the chat').not.toBeNull(),
+        POLL,
       );
       // The create holds the lock and waits for its build (no provisioner yet): starts now wait for the lock.
-      await until(
-        'a start job enqueued',
+      await vi.waitFor(
         async () => {
-          if (q.jobs('start-workspace').length > 0) return true;
-          await q.round();
-          await new Promise((resolve) => setTimeout(resolve, 50));
-          return undefined;
+          if (q.jobs('start-workspace').length === 0) await q.round();
+          expect(q.jobs('start-workspace'), 'a start job enqueued').not.toEqual([]);
         },
-        WAIT_MS,
+        { ...POLL, interval: 50 },
       );
       await waitForEvent(
         s.chatId,
@@ -526,18 +527,15 @@ describe('create and start racing for one chat across worker processes', () => {
         'the start waiting for its build',
         (e) => e.stage === 'build_queued' && e.job.name === 'start-workspace',
       );
-      await until(
-        'a create job finding the lock busy',
+      await vi.waitFor(
         async () => {
           const busy = (await events(s.chatId)).some(
             (e) => e.stage === 'waiting_for_lock' && e.job.name === 'create-workspace',
           );
-          if (busy) return true;
-          await q.round();
-          await new Promise((resolve) => setTimeout(resolve, 100));
-          return undefined;
+          if (!busy) await q.round();
+          expect(busy, 'a create job finding the lock busy').toBe(true);
         },
-        WAIT_MS,
+        { ...POLL, interval: 100 },
       );
       const provisioner = await startProvisioner();
       await enqueueUntil(q, 3);

@@ -40,7 +40,6 @@ import {
   createStartContext,
   listBuilds,
   READY_AGENT,
-  until,
   type StartContext,
   type StartContextOptions,
 } from '../helpers/start-context.js';
@@ -190,11 +189,15 @@ describe('createWorkspace', () => {
     options: { previousWorkspaceId?: string; agents?: AgentInput[]; error?: string; running?: boolean } = {},
   ) {
     const alive = track(job);
-    const binding = await until('the chat bound to a new workspace', async () => {
-      alive('binding the chat to a new workspace');
-      const b = await chatBinding(db, chatId);
-      return b.workspace_id !== null && b.workspace_id !== options.previousWorkspaceId ? b : undefined;
-    });
+    // waitUntil, not waitFor: alive() throwing (the job has ended) ends the wait at once.
+    const binding = await vi.waitUntil(
+      async () => {
+        alive('binding the chat to a new workspace');
+        const b = await chatBinding(db, chatId);
+        return b.workspace_id !== null && b.workspace_id !== options.previousWorkspaceId ? b : undefined;
+      },
+      { timeout: 5_000, interval: 10 },
+    );
     const workspaceId = binding.workspace_id!;
     const build = await awaitBuild(db, workspaceId, 1);
     await t.waitingOn(topics.provisionerJob(build.job_id));
