@@ -2,10 +2,10 @@
 // on real Redis and Postgres: two daemons with simulated builds and a worker; the daemon that claimed a start
 // build is SIGKILLed half-way; the other hands the build back to pending, builds it again, and the start job
 // ends in success.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { CliProcess, killAll, type LogLine } from '../helpers/cli-process.js';
-import { WorkerHarness, eventually, stagesOf } from '../helpers/worker-harness.js';
+import { WorkerHarness, POLL, stagesOf } from '../helpers/worker-harness.js';
 
 const START_MS = 20_000;
 /** Long enough that the kill lands mid-build. */
@@ -102,11 +102,11 @@ describe('when the provisioner daemon running a start build is killed', () => {
     expect(job.rows[0]).toEqual({ job_status: 'succeeded', worker_id: survivor.id, reruns: 1 });
 
     // The worker kept waiting through pending → running again; one result, last.
-    const events = await eventually(async () => {
+    const events = await vi.waitFor(async () => {
       const found = await h.events(ws.chatId);
       expect(found.filter((e) => e.type === 'result')).toHaveLength(1);
       return found;
-    });
+    }, POLL);
     // After the first build_running: the hand-back shows as build_queued again when the worker looks
     // between it and the re-claim (they can be milliseconds apart), then running again, then success.
     const stages = stagesOf(events);

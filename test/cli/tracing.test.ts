@@ -3,10 +3,10 @@
 // arrive under each process's service name, linked across the queue and the provisioner_jobs table.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
-import { WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 const EXIT_MS = 15_000;
 
@@ -102,13 +102,13 @@ describe('tracing across processes', () => {
       cli.signal('SIGTERM');
       expect(await cli.waitForExit(EXIT_MS)).toEqual({ code: 0, signal: null });
     }
-    const spans = await eventually(() => {
+    const spans = await vi.waitFor(() => {
       const all = spansOf(bodies);
       for (const name of ['enqueue start-workspace', 'attempt start-workspace', 'build start']) {
         if (!all.some((s) => s.name === name)) throw new Error(`no ${name} span received`);
       }
       return all;
-    });
+    }, POLL);
     const one = (name: string) => spans.filter((s) => s.name === name);
 
     const [enqueueSpan] = one('enqueue start-workspace');

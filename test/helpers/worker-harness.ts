@@ -47,10 +47,8 @@ import { TEST_REDIS_ENV, deleteKeys, testClient, uniquePrefix } from './redis.js
 /** Upper bound of every wait in the worker tests (well below vitest's 30 s test timeout). */
 export const WAIT_MS = 15_000;
 
-/** Polls `fn` until it stops throwing, at most `timeout` ms. */
-export function eventually<T>(fn: () => T | Promise<T>, timeout = WAIT_MS): Promise<T> {
-  return vi.waitFor(fn, { timeout, interval: 20 });
-}
+/** vi.waitFor / expect.poll options of the worker tests: at most WAIT_MS, every 20 ms. */
+export const POLL = { timeout: WAIT_MS, interval: 20 };
 
 /** Races `promise` against a timer: a hung close or call fails the test instead of hanging it. */
 export async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -386,23 +384,23 @@ export class WorkerHarness {
     stage: S,
     filter: (event: WorkspaceJobEvent) => boolean = () => true,
   ): Promise<S extends ProgressStage ? ProgressEvent : ResultEvent> {
-    return eventually(async () => {
+    return vi.waitFor(async () => {
       const found = (await this.events(chatId)).find((e) => e.stage === stage && filter(e));
       if (!found) throw new Error(`no ${stage} event on chat ${chatId} yet`);
       return found as S extends ProgressStage ? ProgressEvent : ResultEvent;
-    });
+    }, POLL);
   }
 
   /** Waits until the job is in one of `states`; returns the job as it was then. */
   async waitForState(jobId: string, states: string[]) {
-    return eventually(async () => {
+    return vi.waitFor(async () => {
       const state = await this.queue.getJobState(jobId);
       if (!states.includes(state))
         throw new Error(`job ${jobId} is ${state}, waiting for ${states.join('|')}`);
       const job = await this.queue.getJob(jobId);
       if (!job) throw new Error(`job ${jobId} is gone`);
       return job;
-    });
+    }, POLL);
   }
 
   /** The job's BullMQ progress (the last event it published, lock waits, the final result). */

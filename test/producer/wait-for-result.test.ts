@@ -11,6 +11,9 @@ import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
+/** How long and how often a test polls for a wait to be under way (subscribing takes milliseconds). */
+const POLL = { timeout: 2_000, interval: 20 };
+
 describe('WorkspaceJobsProducer.waitForResult', () => {
   let prefix: string;
   let redis: Redis;
@@ -63,7 +66,7 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
     await vi.waitFor(async () => expect(await queue.getJobState(jobId)).toBe(state), { timeout: 10_000 });
   }
 
-  /** Subscriber connections still listening on the chat's channel. */
+  /** Subscriber connections listening on the chat's channel: 1 once a wait is under way. */
   async function listeners(chatId: string): Promise<number> {
     const [, n] = (await redis.pubsub('NUMSUB', redisKeys(prefix).chatChannel(chatId))) as [string, number];
     return Number(n);
@@ -85,9 +88,9 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
   });
 
   it('returns the return value of a job that completes while it waits', async () => {
-    const { jobId } = await enqueue();
+    const { jobId, chatId } = await enqueue();
     const waiting = producer.waitForResult(jobId, { timeoutMs: 10_000 });
-    await new Promise((r) => setTimeout(r, 200));
+    await expect.poll(() => listeners(chatId), POLL).toBe(1);
     startWorker(async () => success);
     await expect(waiting).resolves.toEqual(success);
   });
@@ -137,7 +140,10 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
         });
       if (when === 'before') await publish();
       const waiting = producer.waitForResult(jobId, { timeoutMs: 5_000 });
-      if (when === 'while') setTimeout(() => void publish(), 200);
+      if (when === 'while') {
+        await expect.poll(() => listeners(chatId), POLL).toBe(1);
+        await publish();
+      }
       await expect(waiting, when).resolves.toEqual(failure);
       // The job itself is still waiting: the answer came from the stream.
       expect(await queue.getJobState(jobId)).toBe('waiting');
@@ -210,11 +216,11 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
   });
 
   it('rejects pending waits when the producer closes', async () => {
-    const { jobId } = await enqueue();
+    const { jobId, chatId } = await enqueue();
     const waiting = expect(producer.waitForResult(jobId, { timeoutMs: 10_000 })).rejects.toBeInstanceOf(
       ProducerClosedError,
     );
-    await new Promise((r) => setTimeout(r, 100));
+    await expect.poll(() => listeners(chatId), POLL).toBe(1);
     await producer.close();
     await waiting;
     await expect(producer.waitForResult(jobId, { timeoutMs: 1_000 })).rejects.toBeInstanceOf(

@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SpanKind, SpanStatusCode, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-node';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadProvisionerConfig, startProvisioner } from '../../src/provisioner/index.js';
 import type { WorkspaceJobOptions } from '../../src/producer/job-options.js';
 import { ConfigError } from '../../src/shared/config.js';
@@ -15,7 +15,7 @@ import {
   tracer,
   type Tracing,
 } from '../../src/shared/telemetry.js';
-import { WorkerHarness, bounded, eventually } from '../helpers/worker-harness.js';
+import { WorkerHarness, bounded, POLL } from '../helpers/worker-harness.js';
 
 /** Fast simulated builds whose agent is `dev`, as the seeded workspaces' agents are. */
 const SIM_ENV = {
@@ -168,12 +168,12 @@ describe('tracing', () => {
       const result = await harness.producer.waitForResult(jobId, { timeoutMs: 20_000 });
       expect(result).toMatchObject({ started: true });
 
-      const spans = await eventually(() => {
+      const spans = await vi.waitFor(() => {
         const finished = exporter.getFinishedSpans();
         spanNamed(finished, 'process workspaces');
         spanNamed(finished, 'build start');
         return finished;
-      });
+      }, POLL);
       const [enqueue] = spanNamed(spans, 'enqueue start-workspace');
       const [add] = spanNamed(spans, 'add workspaces.start-workspace');
       const [process] = spanNamed(spans, 'process workspaces');
@@ -243,11 +243,11 @@ describe('tracing', () => {
       await harness.waitForState(plain.id!, ['failed']);
       await harness.waitForState(garbled.id!, ['failed']);
 
-      const attempts = await eventually(() => {
+      const attempts = await vi.waitFor(() => {
         const found = spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace');
         if (found.length < 2) throw new Error('not both attempts yet');
         return found;
-      });
+      }, POLL);
       expect(attempts.map((a) => a.attributes[ATTR.jobId]).sort()).toEqual([plain.id, garbled.id].sort());
       for (const attempt of attempts) {
         expect(attempt.links).toEqual([]);
@@ -270,8 +270,9 @@ describe('tracing', () => {
       );
       await harness.waitForState(job.id!, ['completed']);
 
-      const [attempt] = await eventually(() =>
-        spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace'),
+      const [attempt] = await vi.waitFor(
+        () => spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace'),
+        POLL,
       );
       expect(attempt!.attributes[ATTR.jobOutcome]).toBe('no_workspace');
       expect(attempt!.status.code).not.toBe(SpanStatusCode.ERROR);
@@ -289,11 +290,11 @@ describe('tracing', () => {
       });
 
       const [enqueue] = spanNamed(exporter.getFinishedSpans(), 'enqueue start-workspace');
-      const attempts = await eventually(() => {
+      const attempts = await vi.waitFor(() => {
         const found = spanNamed(exporter.getFinishedSpans(), 'attempt start-workspace');
         if (found.at(-1)!.attributes[ATTR.jobOutcome] !== 'ok') throw new Error('no successful attempt yet');
         return found;
-      });
+      }, POLL);
       expect(attempts.length).toBeGreaterThanOrEqual(2);
       expect(attempts[0]!.attributes[ATTR.jobOutcome]).toBe('delayed');
       // A re-queue on purpose is not an error.

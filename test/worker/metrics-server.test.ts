@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { Registry } from 'prom-client';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { insertChat, insertTemplateVersion, setActiveVersion } from '../../src/cli/fixtures.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { createLogger } from '../../src/shared/logger.js';
@@ -12,7 +12,7 @@ import { HealthStateError } from '../../src/shared/health.js';
 import { startMetricsServer, type MetricsServer } from '../../src/worker/metrics-server.js';
 import type { WorkspaceWorker } from '../../src/worker/worker.js';
 import { adminUrl } from '../helpers/database.js';
-import { WAIT_MS, WorkerHarness, bounded, eventually } from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, bounded, POLL } from '../helpers/worker-harness.js';
 
 /** The worker serves on an ephemeral loopback port. */
 const METRICS_ENV = { METRICS_PORT: '0', METRICS_HOST: '127.0.0.1' };
@@ -66,12 +66,12 @@ describe('the worker on METRICS_PORT', () => {
       await h.waitForState(jobId, ['completed']);
 
       const ok = { name: 'start-workspace', outcome: 'ok', kind: 'ok' };
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(sample(t, 'wsjobs_jobs_finished_total', ok)).toBe(1);
         expect(sample(t, 'wsjobs_queue_jobs', { state: 'completed' })).toBe(1);
         return t;
-      });
+      }, POLL);
       expect(sample(text, 'wsjobs_job_duration_seconds_count', ok)).toBe(1);
       expect(sample(text, 'wsjobs_job_duration_seconds_sum', ok)).toBeGreaterThan(0);
       expect(sample(text, 'wsjobs_builds_started_total', { transition: 'start' })).toBe(1);
@@ -122,13 +122,13 @@ describe('the worker on METRICS_PORT', () => {
       });
       await h.waitForState(jobId, ['completed']);
 
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(
           sample(t, 'wsjobs_jobs_finished_total', { name: 'create-workspace', outcome: 'ok', kind: 'ok' }),
         ).toBe(1);
         return t;
-      });
+      }, POLL);
       const noWorkspace = { name: 'start-workspace', outcome: 'no_workspace', kind: 'expected' };
       expect(sample(text, 'wsjobs_jobs_finished_total', noWorkspace)).toBe(1);
       expect(sample(text, 'wsjobs_job_duration_seconds_count', noWorkspace)).toBe(1);
@@ -157,13 +157,13 @@ describe('the worker on METRICS_PORT', () => {
         updated_to_active_version: true,
       });
 
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(
           sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
         ).toBe(1);
         return t;
-      });
+      }, POLL);
       expect(sample(text, 'wsjobs_auto_updates_total', { reason: 'require_active_version' })).toBe(1);
       expect(sample(text, 'wsjobs_builds_started_total', { transition: 'start' })).toBe(1);
     });
@@ -179,17 +179,17 @@ describe('the worker on METRICS_PORT', () => {
       h.onClose(() => held!.release());
 
       const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
-      await eventually(async () => expect((await h.progressOf(jobId)).lockWaits).toBeGreaterThanOrEqual(2));
+      await expect.poll(async () => (await h.progressOf(jobId)).lockWaits, POLL).toBeGreaterThanOrEqual(2);
       await held!.release();
       await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
 
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(
           sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
         ).toBe(1);
         return t;
-      });
+      }, POLL);
       expect(sample(text, 'wsjobs_lock_busy_total')).toBeGreaterThanOrEqual(2);
       expect(sample(text, 'wsjobs_lock_wait_seconds_count')).toBe(1);
       expect(sample(text, 'wsjobs_lock_wait_seconds_sum')).toBeGreaterThan(0);
@@ -216,13 +216,13 @@ describe('the worker on METRICS_PORT', () => {
       h.provisioner.resume();
       await h.producer.waitForResult(job.id!, { timeoutMs: WAIT_MS });
 
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(
           sample(t, 'wsjobs_jobs_finished_total', { name: 'start-workspace', outcome: 'ok', kind: 'ok' }),
         ).toBe(1);
         return t;
-      });
+      }, POLL);
       expect(sample(text, 'wsjobs_locks_lost_total')).toBe(1);
       expect(sample(text, 'wsjobs_job_retries_total', { name: 'start-workspace' })).toBe(1);
       expect(sample(text, 'wsjobs_builds_started_total', { transition: 'start' })).toBe(1);
@@ -245,11 +245,11 @@ describe('the worker on METRICS_PORT', () => {
       // after the last one BullMQ fails the job itself, and its safety-net result cannot be published either.
       await h.waitForState(job.id!, ['failed']);
 
-      const text = await eventually(async () => {
+      const text = await vi.waitFor(async () => {
         const t = await scrape(worker);
         expect(sample(t, 'wsjobs_event_publish_failures_total', { type: 'result' })).toBe(3);
         return t;
-      });
+      }, POLL);
       expect(sample(text, 'wsjobs_event_publish_failures_total', { type: 'progress' })).toBeGreaterThan(2);
       expect(sample(text, 'wsjobs_job_retries_total', { name: 'start-workspace' })).toBe(1);
       expect(
@@ -296,11 +296,11 @@ describe('the worker on METRICS_PORT', () => {
             WHERE datname = $1 AND application_name = 'workspace-jobs-worker'`,
           [h.db.name],
         );
-        const down = await eventually(async () => {
+        const down = await vi.waitFor(async () => {
           const res = await get(`${worker.metricsUrl}/healthz`);
           expect(res.status).toBe(503);
           return res;
-        });
+        }, POLL);
         expect(JSON.parse(down.body)).toEqual({
           status: 'unavailable',
           redis: 'ok',
@@ -311,7 +311,7 @@ describe('the worker on METRICS_PORT', () => {
         await allow(true);
         await admin.end();
       }
-      await eventually(async () => expect((await get(`${worker.metricsUrl}/healthz`)).status).toBe(200));
+      await expect.poll(async () => (await get(`${worker.metricsUrl}/healthz`)).status, POLL).toBe(200);
     });
 
     it('answers 503 with worker closing during the grace period; the server is gone once closed', async () => {

@@ -1,9 +1,9 @@
 // Jobs put straight into the queue (bypassing the producer) with parameter names or ids the producer refuses:
 // the worker validates with the same schemas and fails each at once as invalid_payload, naming the field.
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { JobFailure } from '../../src/shared/contract.js';
-import { WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 describe('a job added without the producer, with a payload the producer refuses', () => {
   let h: WorkerHarness;
@@ -50,11 +50,11 @@ describe('a job added without the producer, with a payload the producer refuses'
     const failed = await h.waitForState(job.id!, ['failed']);
     expect(failed.attemptsMade).toBe(1);
     expect(failed.failedReason).toContain(`${field}: `);
-    const results = await eventually(async () => {
+    const results = await vi.waitFor(async () => {
       const found = (await h.events(chatId)).filter((e) => e.type === 'result');
       expect(found).toHaveLength(1);
       return found;
-    });
+    }, POLL);
     const result = results[0]!.data as unknown as JobFailure;
     expect(result.code).toBe('invalid_payload');
     expect(result.error).toBe(failed.failedReason);

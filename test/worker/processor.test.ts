@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { formatJob } from '@bull-board/api/dist/handlers/queues.js';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { insertTemplateVersion, setActiveVersion } from '../../src/cli/fixtures.js';
 import {
   PROGRESS_STAGES,
@@ -13,13 +13,7 @@ import {
   type StartWorkspaceSuccess,
 } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
-import {
-  WAIT_MS,
-  WorkerHarness,
-  eventually,
-  stagesOf,
-  type SeededWorkspace,
-} from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, POLL, stagesOf, type SeededWorkspace } from '../helpers/worker-harness.js';
 
 /** Fast retries for jobs added with queue.add. */
 const FAST_RETRIES = { attempts: 3, backoff: { type: 'fixed', delay: 10 } } as const;
@@ -148,11 +142,11 @@ describe('start-workspace processor', () => {
       expect(failed.attemptsMade).toBe(1);
       expect(failed.failedReason).toContain('ownerId');
 
-      const events = await eventually(async () => {
+      const events = await vi.waitFor(async () => {
         const found = await h.events(chatId);
         expect(found.filter((e) => e.type === 'result')).toHaveLength(1);
         return found;
-      });
+      }, POLL);
       expect(events).toHaveLength(1);
       expect(events[0]).toMatchObject({ type: 'result', stage: 'failed', job: { id: job.id, attempt: 1 } });
       const data = events[0]!.data as unknown as JobFailure;
@@ -361,11 +355,11 @@ describe('start-workspace processor', () => {
       for (const result of results) expect((result as StartWorkspaceSuccess).started).toBe(true);
 
       // The result event is published just before BullMQ moves the job to completed.
-      await eventually(async () => {
+      await vi.waitFor(async () => {
         const counts = await h.queue.getJobCounts();
         expect(counts.completed).toBe(10);
         expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(10);
-      });
+      }, POLL);
 
       const builds = await h.newStartBuilds();
       expect(builds).toHaveLength(10);

@@ -9,7 +9,7 @@ import type { JobResult, WorkspaceJobEvent } from '../../src/shared/contract.js'
 import { bullStateOf } from '../../src/worker/processor.js';
 import { CliProcess } from '../helpers/cli-process.js';
 import { TEST_REDIS_URL } from '../helpers/redis.js';
-import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 /** Short locks, so that a takeover takes a few seconds: BullMQ's job lock, its stalled check, the chat lock. */
 const FAST_RECOVERY = { JOB_LOCK_MS: '3000', STALLED_INTERVAL_MS: '500', CHAT_LOCK_TTL_MS: '3000' };
@@ -211,7 +211,7 @@ describe('when a worker dies or freezes under a job', () => {
     first.kill();
     await first.waitForExit(EXIT_MS);
     h.provisioner.resume();
-    await eventually(async () => expect(await buildStatus(buildId)).toBe('succeeded'));
+    await expect.poll(() => buildStatus(buildId), POLL).toBe('succeeded');
     await startWorker('worker 2');
 
     await h.producer.waitForResult(jobId, { timeoutMs: TAKEOVER_MS });

@@ -6,7 +6,7 @@ import { sleep } from '../../src/shared/errors.js';
 import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { createMetrics, type Metrics } from '../../src/shared/metrics.js';
 import { RedisServerProcess } from '../helpers/redis-server.js';
-import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 const CHAT_LOCK_TTL_MS = 1_500;
 const JOBS = 6;
@@ -78,7 +78,7 @@ describe('a worker with three lock nodes', () => {
       const waiting = await h.waitForEvent(ws.chatId, 'waiting_for_lock');
       expect(waiting.message).toContain('lock quorum unavailable');
       expect(waiting.message).not.toContain('Another job');
-      await eventually(async () => expect((await h.progressOf(jobId)).lockWaits).toBeGreaterThanOrEqual(3));
+      await expect.poll(async () => (await h.progressOf(jobId)).lockWaits, POLL).toBeGreaterThanOrEqual(3);
       // Never run without the lock: no build was made while it waited.
       expect(await h.newStartBuilds(ws.workspaceId)).toEqual([]);
       expect(await h.jobEvents(ws.chatId, jobId)).not.toContainEqual(

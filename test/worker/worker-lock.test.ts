@@ -1,11 +1,11 @@
 // The chat lock (CONTRACT.md section 5) as the workers use it on real Redis: a busy chat re-delays the job
 // without spending an attempt, two workers never run jobs of one chat at once, and a lost lock aborts the
 // attempt, which BullMQ then retries.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { StartWorkspaceSuccess } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { ChatLocks, type HeldLock } from '../../src/shared/lock.js';
-import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 describe('the chat lock', () => {
   let h: WorkerHarness;
@@ -28,7 +28,7 @@ describe('the chat lock', () => {
 
       const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
       // Several re-delays happen while we hold the lock.
-      await eventually(async () => expect((await h.progressOf(jobId)).lockWaits).toBeGreaterThanOrEqual(3));
+      await expect.poll(async () => (await h.progressOf(jobId)).lockWaits, POLL).toBeGreaterThanOrEqual(3);
       const delayed = await h.waitForState(jobId, ['delayed']);
       expect(delayed.attemptsMade).toBe(0);
       expect(await h.newStartBuilds()).toEqual([]);
@@ -133,8 +133,8 @@ describe('the chat lock', () => {
         jobs.map((job) => h.producer.waitForResult(job.id!, { timeoutMs: WAIT_MS })),
       );
       for (const result of results) expect((result as StartWorkspaceSuccess).started).toBe(true);
-      await eventually(async () => expect((await h.queue.getJobCounts()).completed).toBe(6));
-      await eventually(() => expect(held.filter((e) => e.phase === 'released')).toHaveLength(6));
+      await expect.poll(async () => (await h.queue.getJobCounts()).completed, POLL).toBe(6);
+      await expect.poll(() => held.filter((e) => e.phase === 'released'), POLL).toHaveLength(6);
 
       // Held intervals strictly alternate: acquired by a job, released by the same job, and so on.
       const intervals = held.filter((e) => e.phase !== 'released');
@@ -242,8 +242,9 @@ describe('the chat lock', () => {
       await first!.release();
       await h.waitForEvent(ws.chatId, 'build_queued');
       // The build runs longer than the lock-wait bound: that is running, not waiting.
-      await eventually(() =>
-        expect(Date.now() - Date.parse(waited.at)).toBeGreaterThan(lockWaitTimeoutMs + 200),
+      await vi.waitFor(
+        () => expect(Date.now() - Date.parse(waited.at)).toBeGreaterThan(lockWaitTimeoutMs + 200),
+        POLL,
       );
 
       // The lock is lost and someone else takes it before the job notices.
@@ -254,14 +255,14 @@ describe('the chat lock', () => {
       await h.waitForEvent(ws.chatId, 'retrying');
 
       // The retry finds the lock busy: it must wait (re-delayed), not fail at once on the old wait's clock.
-      const retry = await eventually(async () => {
+      const retry = await vi.waitFor(async () => {
         const current = await h.queue.getJob(jobId);
         const state = await h.queue.getJobState(jobId);
         const events = state === 'failed' ? [] : await h.jobEvents(ws.chatId, jobId);
         const waitingAgain = events.some((e) => e.stage === 'waiting_for_lock' && e.job.attempt === 2);
         if (state !== 'failed' && !waitingAgain) throw new Error('the retry has not met the lock yet');
         return { state, failedReason: current?.failedReason };
-      });
+      }, POLL);
       expect(retry.state, `the retry failed: ${retry.failedReason}`).not.toBe('failed');
       await second!.release();
       h.provisioner.resume();

@@ -4,7 +4,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { RedisClient } from '../../src/shared/redis.js';
 import type { WorkspaceWorker } from '../../src/worker/worker.js';
-import { WAIT_MS, WorkerHarness, eventually } from '../helpers/worker-harness.js';
+import { WAIT_MS, WorkerHarness, POLL } from '../helpers/worker-harness.js';
 
 /** The Redis connections a WorkspaceWorker owns (private: read here only to check they are closed). */
 function redisOf(worker: WorkspaceWorker): RedisClient[] {
@@ -65,8 +65,8 @@ describe('WorkspaceWorker.close', () => {
       for (const r of redisOf(first)) expect(r.status).toBe('end');
       const connected = await clientIds(h.redis);
       for (const id of redisIds) expect(connected.has(id)).toBe(false);
-      await eventually(async () => expect(await h.queue.getWorkers()).toHaveLength(0));
-      await eventually(async () => expect((await activity()).rows).toEqual([]));
+      await expect.poll(() => h.queue.getWorkers(), POLL).toHaveLength(0);
+      await expect.poll(async () => (await activity()).rows, POLL).toEqual([]);
 
       // A second worker picks it up: it waits for the build the first attempt made, and completes the job.
       await h.startWorker();
@@ -99,7 +99,7 @@ describe('WorkspaceWorker.close', () => {
 
       const connected = await clientIds(h.redis);
       for (const id of redisIds) expect(connected.has(id)).toBe(false);
-      await eventually(async () => expect(await h.queue.getWorkers()).toHaveLength(0));
+      await expect.poll(() => h.queue.getWorkers(), POLL).toHaveLength(0);
     });
 
     it('when closed twice at once › both calls resolve (a signal and a finally may both close it)', async () => {
