@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { pino } from 'pino';
 import type { Logger } from '../shared/logger.js';
+import type { QuotaUsage } from '../worker/ports.js';
 import {
   APPLY_STAGE,
   BuildFailure,
@@ -14,7 +15,6 @@ import {
   type Executor,
   type ExecutorContext,
   type ExecutorResult,
-  type QuotaUsage,
 } from './executor.js';
 import { LineSplitter } from './line-splitter.js';
 

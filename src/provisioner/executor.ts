@@ -1,7 +1,7 @@
 // What a provisioner daemon hands to the thing that actually builds a workspace. The daemon owns the
 // provisioner job row (claim, heartbeat, cancellation, completion, resources and agents); an executor only
 // does the build and says which agents it created, so executors stay small and easy to swap.
-import type { WorkspaceTransition } from '../worker/ports.js';
+import type { QuotaUsage, WorkspaceTransition } from '../worker/ports.js';
 
 /** Coder's log stage names for the apply step, so build logs read like a real build's. */
 export const APPLY_STAGE: Record<WorkspaceTransition, string> = {
@@ -46,20 +46,11 @@ export interface ExecutorResult {
   resourceType?: string;
 }
 
-/** Coder's provisioner_jobs.error_code of a build refused for lack of quota (codersdk.JobErrorCodeInsufficientQuota). */
-export const INSUFFICIENT_QUOTA = 'INSUFFICIENT_QUOTA';
-
 /** What a machine-readable error code may look like: Coder's are upper snake case (`INSUFFICIENT_QUOTA`). */
 export const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
 /** The quota columns are Postgres integers, as Coder's credits are (int32). */
 export const MAX_CREDITS = 2_147_483_647;
-
-/** The owner's quota when a build was refused for it, in credits (Coder's workspace quota). */
-export interface QuotaUsage {
-  creditsConsumed: number;
-  budget: number;
-}
 
 /**
  * A build failure with a machine-readable code: thrown by an executor, it fails the job like any error and

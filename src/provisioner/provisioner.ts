@@ -8,7 +8,7 @@
 // refused, so the re-run's outcome stands.
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
-import { topics } from '../worker/ports.js';
+import { topics, type QuotaUsage } from '../worker/ports.js';
 import type { Logger } from '../shared/logger.js';
 import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
 import { withTransaction, type Pool } from '../shared/postgres.js';
@@ -21,7 +21,6 @@ import {
   type Executor,
   type ExecutorContext,
   type ExecutorResult,
-  type QuotaUsage,
 } from './executor.js';
 import { JobLogWriter } from './job-log-writer.js';
 

@@ -3,13 +3,13 @@
 // without real infrastructure. Durations and failure rates come from the options; with a seed the
 // sequence of outcomes is reproducible.
 import { pino } from 'pino';
+import { INSUFFICIENT_QUOTA } from '../shared/contract.js';
 import { sleep } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import {
   APPLY_STAGE,
   BuildFailure,
-  INSUFFICIENT_QUOTA,
   MAX_CREDITS,
   type BuildJob,
   type CommittedAgent,

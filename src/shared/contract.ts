@@ -142,6 +142,15 @@ export interface Validation {
   detail: string;
 }
 
+/** Coder's provisioner_jobs.error_code of a build refused for lack of quota (codersdk.JobErrorCodeInsufficientQuota). */
+export const INSUFFICIENT_QUOTA = 'INSUFFICIENT_QUOTA';
+
+/** The owner's quota in credits when a build was refused for it. */
+export interface QuotaReport {
+  credits_consumed: number;
+  budget: number;
+}
+
 export interface JobFailure {
   error: string;
   code: FailureCode;
@@ -152,6 +161,17 @@ export interface JobFailure {
   template_id?: string;
   build_id?: string;
   settings_url?: string;
+  /** The failed build's provisioner_jobs.error_code, whenever it has one. */
+  error_code?: string;
+  // Coder's quota failure (error_code INSUFFICIENT_QUOTA, PR #24956) adds the next four.
+  /** A short heading, e.g. for a tool card. */
+  title?: string;
+  /** What happened, for the user and the model. */
+  message?: string;
+  /** What the user can do about it. */
+  next_steps?: string[];
+  /** The owner's quota, when the provisioner reported it. */
+  quota?: QuotaReport;
 }
 
 export type StartWorkspaceResult = StartWorkspaceSuccess | JobFailure;

@@ -109,6 +109,11 @@ const jobFailureSchema = z.object({
   template_id: z.string().optional(),
   build_id: z.string().optional(),
   settings_url: z.string().optional(),
+  error_code: z.string().optional(),
+  title: z.string().optional(),
+  message: z.string().optional(),
+  next_steps: z.array(z.string()).optional(),
+  quota: z.object({ credits_consumed: z.number().int(), budget: z.number().int() }).optional(),
 });
 
 const startWorkspaceSuccessSchema = z.object({
@@ -172,8 +177,9 @@ export const workspaceJobEventSchema = z.discriminatedUnion('type', [
 /** Assignable both ways: the same type. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 // The hand-written types (contract.ts) and these schemas cannot drift apart: if they do, `true` is not
-// assignable to `false` here and the build fails.
-const _resultSchemaAgrees: Same<z.output<typeof jobResultSchema>, JobResult> = true;
+// assignable to `false` here and the build fails. Required<> (it distributes over the union's members):
+// otherwise an optional field that only one side has would pass, being assignable both ways.
+const _resultSchemaAgrees: Same<Required<z.output<typeof jobResultSchema>>, Required<JobResult>> = true;
 const _eventSchemaAgrees: Same<z.output<typeof workspaceJobEventSchema>, WorkspaceJobEvent> = true;
 
 /** `invalid start-workspace payload: chatId: Invalid UUID; parameters.x: …` — names every bad field. */

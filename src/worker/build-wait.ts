@@ -3,8 +3,15 @@
 import { WaitTimeoutError } from '../shared/errors.js';
 import type { FailureCode } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
+import { buildFailureDetails, type BuildFailureDetails } from './results.js';
 
-export type BuildOutcome = { ok: true; build: Build } | { ok: false; reason: string; code: FailureCode };
+/**
+ * A failed outcome's `details` go into its result beside `build_id` (every kind's build failure spreads them):
+ * the provisioner job's error code, and for a quota failure Coder's quota shape.
+ */
+export type BuildOutcome =
+  | { ok: true; build: Build }
+  | { ok: false; reason: string; code: FailureCode; details?: BuildFailureDetails };
 
 const STAGE_OF_STATUS = {
   pending: 'build_queued',
@@ -50,7 +57,12 @@ export async function waitForBuild(
           case 'succeeded':
             return { ok: true, build: current };
           case 'failed':
-            return { ok: false, reason: current.jobError || 'build failed', code: 'build_failed' };
+            return {
+              ok: false,
+              reason: current.jobError || 'build failed',
+              code: 'build_failed',
+              details: buildFailureDetails(current),
+            };
           case 'canceled':
             return { ok: false, reason: 'build was canceled', code: 'build_canceled' };
           case 'pending':

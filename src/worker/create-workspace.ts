@@ -67,6 +67,7 @@ async function checkExistingWorkspace(
       if (!outcome.ok) {
         return unflagged(outcome.code, `existing workspace build failed: ${outcome.reason}`, {
           build_id: latest.id,
+          ...outcome.details,
         });
       }
       // A stop or delete that finished leaves a workspace to look at again, not one that "exists".
@@ -176,7 +177,10 @@ async function waitForCreated(
 ): Promise<CreateWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
-    return unflagged(waited.code, `workspace build failed: ${waited.reason}`, { build_id: build.id });
+    return unflagged(waited.code, `workspace build failed: ${waited.reason}`, {
+      build_id: build.id,
+      ...waited.details,
+    });
   }
   return {
     created: true,

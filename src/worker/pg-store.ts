@@ -21,7 +21,7 @@ import { traceCarrier } from '../shared/telemetry.js';
 type Row = Record<string, unknown>;
 
 const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.template_version_id, b.job_id,
-  j.job_status, j.error`;
+  j.job_status, j.error, j.error_code, j.quota_credits_consumed, j.quota_budget`;
 
 const WORKSPACE_COLUMNS = 'id, owner_id, template_id, name, deleted, automatic_updates';
 
@@ -52,6 +52,11 @@ const toBuild = (r: Row): Build => ({
   jobId: r.job_id as string,
   jobStatus: r.job_status as Build['jobStatus'],
   jobError: r.error as string | null,
+  jobErrorCode: r.error_code as string | null,
+  jobQuota:
+    r.quota_budget === null
+      ? null
+      : { creditsConsumed: r.quota_credits_consumed as number, budget: r.quota_budget as number },
 });
 
 const toAgent = (r: Row): Agent => ({
@@ -275,6 +280,8 @@ class PgBuildTransaction implements BuildTransaction {
       jobId: job!.id,
       jobStatus: job!.job_status,
       jobError: null,
+      jobErrorCode: null,
+      jobQuota: null,
     };
   }
 }

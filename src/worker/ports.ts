@@ -73,6 +73,12 @@ export interface BuildParameter {
   value: string;
 }
 
+/** The owner's quota when a build was refused for it, in credits (Coder's workspace quota). */
+export interface QuotaUsage {
+  creditsConsumed: number;
+  budget: number;
+}
+
 /** A workspace build together with the status of its provisioner job. */
 export interface Build {
   id: string;
@@ -83,6 +89,10 @@ export interface Build {
   jobId: string;
   jobStatus: ProvisionerJobStatus;
   jobError: string | null;
+  /** provisioner_jobs.error_code: a failed build's machine-readable reason, e.g. INSUFFICIENT_QUOTA. */
+  jobErrorCode: string | null;
+  /** The quota the provisioner reported with the failure (provisioner_jobs.quota_*). */
+  jobQuota: QuotaUsage | null;
 }
 
 export interface Agent {

@@ -1,5 +1,5 @@
 // Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
-import type { FailureCode, JobFailure } from '../shared/contract.js';
+import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure } from '../shared/contract.js';
 import type { Build, Workspace } from './ports.js';
 
 export const messages = {
@@ -18,7 +18,38 @@ export const messages = {
   updatedMessage: (reason: string) =>
     `Workspace started and was updated to the active template version because ${because(reason)}.`,
   updatingMessage: (reason: string) => `Updating to the template's active version because ${because(reason)}`,
+  quotaTitle: 'Workspace quota reached',
+  quotaMessage: (quota: Build['jobQuota']) =>
+    'The workspace build was refused because it would exceed your workspace quota' +
+    (quota ? ` (${quota.creditsConsumed} of ${quota.budget} credits already in use).` : '.'),
+  quotaNextSteps: [
+    'Stop or delete a workspace you no longer need to free quota credits, then try again.',
+    'Ask an administrator to raise your quota budget.',
+  ],
 };
+
+/** What a failed build's result carries of its provisioner job besides the error. */
+export type BuildFailureDetails = Pick<
+  JobFailure,
+  'error_code' | 'title' | 'message' | 'next_steps' | 'quota'
+>;
+
+/**
+ * The failed build's error code, whenever it has one; a quota failure also gets Coder's quota shape (PR
+ * #24956), so that the model can tell the user what happened and what to do instead of retrying.
+ */
+export function buildFailureDetails(build: Build): BuildFailureDetails {
+  const { jobErrorCode: errorCode, jobQuota: quota } = build;
+  if (!errorCode) return {};
+  if (errorCode !== INSUFFICIENT_QUOTA) return { error_code: errorCode };
+  return {
+    error_code: errorCode,
+    title: messages.quotaTitle,
+    message: messages.quotaMessage(quota),
+    next_steps: [...messages.quotaNextSteps],
+    ...(quota ? { quota: { credits_consumed: quota.creditsConsumed, budget: quota.budget } } : {}),
+  };
+}
 
 /** An update reason as the end of a sentence: Coder's reason reads "template requires active versions". */
 function because(reason: string): string {

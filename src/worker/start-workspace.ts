@@ -46,6 +46,7 @@ export async function startWorkspace(
         if (!outcome.ok) {
           return unflagged(outcome.code, `waiting for in-progress build: ${outcome.reason}`, {
             build_id: latest.id,
+            ...outcome.details,
           });
         }
         // D2: Coder reports a finished stop or delete as "started"; we look again and start it.
@@ -158,7 +159,10 @@ async function waitForStart(
 ): Promise<StartWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
-    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, { build_id: build.id });
+    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, {
+      build_id: build.id,
+      ...waited.details,
+    });
   }
   return started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
 }

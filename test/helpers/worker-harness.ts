@@ -303,13 +303,19 @@ export class WorkerHarness {
 
   /**
    * The real provisioner daemon (simulated executor: 200 ms builds, an agent ready 150 ms later) instead of
-   * the SQL stand-in, which is paused; stopped by close().
+   * the SQL stand-in, which is paused; stopped by close(). `env` adds or overrides its settings (e.g. a
+   * quota, or the command executor).
    */
-  async startProvisionerDaemon(): Promise<RunningProvisioner> {
+  async startProvisionerDaemon(env: Env = {}): Promise<RunningProvisioner> {
     this.provisioner.pause();
     const daemon = await startProvisioner(
       this.config(),
-      loadProvisionerConfig({ SIM_BUILD_MS: '200', SIM_AGENT_CONNECT_MS: '50', SIM_STARTUP_MS: '100' }),
+      loadProvisionerConfig({
+        SIM_BUILD_MS: '200',
+        SIM_AGENT_CONNECT_MS: '50',
+        SIM_STARTUP_MS: '100',
+        ...env,
+      }),
       this.log,
     );
     this.onClose(() => daemon.stop(1_000));

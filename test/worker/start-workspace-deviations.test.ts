@@ -257,6 +257,7 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       const result = failure(await startWorkspace(t.ctx, w.payload));
 
       expect(result.code).toBe('manual_update_required');
+      expect(result.template_id).toBe(w.templateId);
       expect(result.settings_url).toBe(
         `https://coder.example.com/@${w.username}/${w.workspaceName}/settings`,
       );
@@ -535,7 +536,11 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
       const result = failure(await startWorkspace(t.ctx, { ...w.payload, parameters: { size: 'huge' } }));
 
-      expect(result).toMatchObject({ code: 'invalid_parameters', is_error: false });
+      expect(result).toMatchObject({
+        code: 'invalid_parameters',
+        is_error: false,
+        template_id: w.templateId,
+      });
       expect(result.validations?.[0]?.field).toBe('size');
       expect(await rowCounts(db)).toEqual(before);
     });

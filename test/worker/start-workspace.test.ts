@@ -378,6 +378,7 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     expect(result.error).toContain('workspace start build failed');
     expect(result.error).toBe('workspace start build failed: terraform apply failed');
     expect(result.build_id).toBe(build.id);
+    expect(result).not.toHaveProperty('error_code');
     expect(result.is_error).toBe(false);
     expect(result.code).toBe('build_failed');
     expect(await chatBinding(db, w.chatId)).toMatchObject({ build_id: build.id });
