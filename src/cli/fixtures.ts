@@ -7,7 +7,12 @@
 // agents and move their lifecycle. Every such change raises the notifications workers wait on.
 import { randomBytes, randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import type { AgentLifecycleState, TemplateVersionParameter, WorkspaceTransition } from '../worker/ports.js';
+import type {
+  AgentLifecycleState,
+  QuotaUsage,
+  TemplateVersionParameter,
+  WorkspaceTransition,
+} from '../worker/ports.js';
 import type { Queryable } from '../shared/postgres.js';
 
 /** 8 random hex characters. */
@@ -324,17 +329,24 @@ export async function startJob(db: Queryable, jobId: string): Promise<void> {
   );
 }
 
-/** The job finished: `succeeded`, or `failed` with an error. */
+/** The job finished: `succeeded`, or `failed` with an error (and the error code and quota a provisioner gave). */
 export async function completeJob(
   db: Queryable,
   jobId: string,
-  options: { error?: string } = {},
+  options: { error?: string; errorCode?: string; quota?: QuotaUsage } = {},
 ): Promise<void> {
   await db.query(
     `UPDATE provisioner_jobs
-        SET started_at = COALESCE(started_at, now()), completed_at = now(), error = $2, updated_at = now()
+        SET started_at = COALESCE(started_at, now()), completed_at = now(), error = $2, error_code = $3,
+            quota_credits_consumed = $4, quota_budget = $5, updated_at = now()
       WHERE id = $1`,
-    [jobId, options.error ?? null],
+    [
+      jobId,
+      options.error ?? null,
+      options.errorCode ?? null,
+      options.quota?.creditsConsumed ?? null,
+      options.quota?.budget ?? null,
+    ],
   );
 }
 

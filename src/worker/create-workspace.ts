@@ -12,7 +12,7 @@ import type {
 import type { Build, BuildTransaction, Chat, JobContext, User, Workspace } from './ports.js';
 import { agentReadiness } from './agent-readiness.js';
 import { agentConnectionStatus, selectChatAgent } from './agent-selection.js';
-import { waitForBuild, waitForBuildInFlight } from './build-wait.js';
+import { buildFailed, waitForBuild, waitForBuildInFlight } from './build-wait.js';
 import { checkChatAccess } from './chat-access.js';
 import { resolveParameters } from './parameters.js';
 import { flagged, unflagged } from './results.js';
@@ -65,10 +65,7 @@ async function checkExistingWorkspace(
     case 'running': {
       const outcome = await waitForBuildInFlight(ctx, chat.id, latest);
       if (!outcome.ok) {
-        return unflagged(outcome.code, `existing workspace build failed: ${outcome.reason}`, {
-          build_id: latest.id,
-          ...outcome.details,
-        });
+        return buildFailed(outcome, 'existing workspace build failed', latest.id);
       }
       // A stop or delete that finished leaves a workspace to look at again, not one that "exists".
       if (latest.transition !== 'start') return 'look_again';
@@ -177,10 +174,7 @@ async function waitForCreated(
 ): Promise<CreateWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
-    return unflagged(waited.code, `workspace build failed: ${waited.reason}`, {
-      build_id: build.id,
-      ...waited.details,
-    });
+    return buildFailed(waited, 'workspace build failed', build.id);
   }
   return {
     created: true,

@@ -10,7 +10,7 @@ import {
 import type { Build, Chat, JobContext, User, Workspace } from './ports.js';
 import { agentReadiness } from './agent-readiness.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from './chat-access.js';
-import { buildData, waitForBuild, waitForBuildInFlight } from './build-wait.js';
+import { buildData, buildFailed, waitForBuild, waitForBuildInFlight } from './build-wait.js';
 import { buildActive, flagged, messages, unflagged } from './results.js';
 import { createStartBuild } from './start-build.js';
 
@@ -44,10 +44,7 @@ export async function startWorkspace(
       case 'running': {
         const outcome = await waitForBuildInFlight(ctx, chat.id, latest);
         if (!outcome.ok) {
-          return unflagged(outcome.code, `waiting for in-progress build: ${outcome.reason}`, {
-            build_id: latest.id,
-            ...outcome.details,
-          });
+          return buildFailed(outcome, 'waiting for in-progress build', latest.id);
         }
         // D2: Coder reports a finished stop or delete as "started"; we look again and start it.
         if (latest.transition !== 'start') continue;
@@ -65,9 +62,7 @@ export async function startWorkspace(
           const settled = await waitForBuild(ctx, latest, workspace.id);
           // Canceled, failed or even succeeded: look again. Only a cancellation that never settles ends here.
           if (!settled.ok && settled.code === 'build_timeout') {
-            return unflagged('build_timeout', `waiting for in-progress build: ${settled.reason}`, {
-              build_id: latest.id,
-            });
+            return buildFailed(settled, 'waiting for in-progress build', latest.id);
           }
         }
         continue;
@@ -159,10 +154,7 @@ async function waitForStart(
 ): Promise<StartWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
-    return unflagged(waited.code, `workspace start build failed: ${waited.reason}`, {
-      build_id: build.id,
-      ...waited.details,
-    });
+    return buildFailed(waited, 'workspace start build failed', build.id);
   }
   return started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
 }

@@ -94,12 +94,12 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     t: StartContext,
     workspaceId: string,
     buildNumber: number,
-    options: { agents?: AgentInput[]; error?: string } = {},
+    options: { agents?: AgentInput[]; error?: string; errorCode?: string } = {},
   ) {
     const build = await awaitBuild(db, workspaceId, buildNumber);
     await t.waitingOn(topics.provisionerJob(build.job_id));
     if (options.error === undefined) await insertAgents(db.pool, build.job_id, options.agents ?? READY_AGENT);
-    await completeJob(db.pool, build.job_id, { error: options.error });
+    await completeJob(db.pool, build.job_id, { error: options.error, errorCode: options.errorCode });
     return build;
   }
 
@@ -360,6 +360,26 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     expect(result.is_error).toBe(false);
     expect(result.code).toBe('build_failed');
     expect(await listBuilds(db, w.workspaceId)).toHaveLength(3);
+  });
+
+  it('FailedBuildWithErrorCode: the in-flight build error code is carried on the build_failed result', async () => {
+    const t = await context();
+    const w = await world({ latest: 'running-start' });
+    const inProgress = (await listBuilds(db, w.workspaceId))[2]!;
+
+    const running = startWorkspace(t.ctx, w.payload);
+    await provision(t, w.workspaceId, 3, {
+      error: 'required template variables',
+      errorCode: 'REQUIRED_TEMPLATE_VARIABLES',
+    });
+
+    expect(await running).toEqual({
+      error: 'waiting for in-progress build: required template variables',
+      code: 'build_failed',
+      is_error: false,
+      build_id: inProgress.id,
+      error_code: 'REQUIRED_TEMPLATE_VARIABLES',
+    });
   });
 
   it('StartTriggeredBuildFailure', async () => {

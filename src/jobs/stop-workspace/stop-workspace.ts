@@ -3,9 +3,9 @@
 // validates the payload before calling in.
 import type { JobFailure } from '../../shared/contract.js';
 import type { Build, BuildTransaction, JobContext, Workspace } from '../../worker/ports.js';
-import { waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
+import { buildFailed, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
-import { buildActive, flagged, messages, unflagged } from '../../worker/results.js';
+import { buildActive, flagged, messages } from '../../worker/results.js';
 import {
   createBuild,
   isBuildActive,
@@ -62,9 +62,7 @@ export async function stopWorkspace(
     const fresh = await ctx.store.getLatestBuild(workspace.id);
     // As Coder: a failed wait counts only while the latest build is still active (the wait timed out).
     if (!waited.ok && fresh && isBuildActive(fresh)) {
-      return unflagged(waited.code, `waiting for in-progress build: ${waited.reason}`, {
-        build_id: latest.id,
-      });
+      return buildFailed(waited, 'waiting for in-progress build', latest.id);
     }
   }
 
@@ -121,7 +119,7 @@ async function waitForStop(
 ): Promise<StopWorkspaceResult> {
   const waited = await waitForBuild(ctx, build, workspace.id);
   if (!waited.ok) {
-    return unflagged(waited.code, `workspace stop build failed: ${waited.reason}`, { build_id: build.id });
+    return buildFailed(waited, 'workspace stop build failed', build.id);
   }
   return { stopped: true, workspace_name: workspace.name, build_id: build.id };
 }

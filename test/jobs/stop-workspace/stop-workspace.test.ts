@@ -245,6 +245,30 @@ describe('stopWorkspace', () => {
     });
   });
 
+  it('the stop build fails for quota › build_failed with the quota shape', async () => {
+    const t = await context();
+    const w = await world();
+
+    const running = stopWorkspace(t.ctx, w.payload);
+    const build = await awaitBuild(db, w.workspaceId, 2);
+    await t.waitingOn(topics.provisionerJob(build.job_id));
+    await completeJob(db.pool, build.job_id, {
+      error: 'insufficient quota',
+      errorCode: 'INSUFFICIENT_QUOTA',
+      quota: { creditsConsumed: 4, budget: 3 },
+    });
+
+    expect(await running).toMatchObject({
+      error: 'workspace stop build failed: insufficient quota',
+      code: 'build_failed',
+      is_error: false,
+      build_id: build.id,
+      error_code: 'INSUFFICIENT_QUOTA',
+      title: 'Workspace quota reached',
+      quota: { credits_consumed: 4, budget: 3 },
+    });
+  });
+
   it('a build inserted between the look and the transaction › build_active, no second build', async () => {
     // Something that bypasses the chat lock (another chat, the UI) starts a build just before ours.
     let rival: Awaited<ReturnType<typeof insertBuild>> | undefined;
