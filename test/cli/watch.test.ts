@@ -2,7 +2,7 @@
 // stderr), and when the reader goes away (`| head -n 3`) the next write's EPIPE ends it quietly with exit 0.
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { EventPublisher } from '../../src/shared/events.js';
 import type { WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
@@ -63,12 +63,14 @@ describe('workspace-jobs watch', () => {
     // watch notices that head has gone only when it next writes: live events keep coming until it exits.
     let exited = false;
     void pipeline.exited.then(() => (exited = true));
-    const deadline = Date.now() + EXIT_MS;
-    for (let n = 6; !exited; n++) {
-      expect(Date.now(), `watch did not exit: ${JSON.stringify(pipeline.output)}`).toBeLessThan(deadline);
-      await publisher.publish(draft(chatId, n));
-      await Promise.race([pipeline.exited, new Promise((resolve) => setTimeout(resolve, 100))]);
-    }
+    let n = 6;
+    await vi.waitFor(
+      async () => {
+        if (!exited) await publisher.publish(draft(chatId, n++));
+        expect(exited, `watch did not exit: ${JSON.stringify(pipeline.output)}`).toBe(true);
+      },
+      { timeout: EXIT_MS, interval: 100 },
+    );
 
     const { stdout, stderr } = pipeline.output;
     const lines = stdout.trimEnd().split('\n');

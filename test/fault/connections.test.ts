@@ -8,7 +8,7 @@
 // result event, and no process printed an unhandled error event or an uncaught exception.
 import pg from 'pg';
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   insertBuild,
   insertChat,
@@ -208,15 +208,18 @@ describe('when Postgres backends and Redis clients are cut repeatedly while jobs
       expect(jobIds.size).toBe(JOBS);
 
       // Every job finishes (completed, or failed after its attempts): none is stuck. A process that died
-      // fails the test at once, with its last output.
-      const drainEnd = Date.now() + DRAIN_MS;
+      // fails the test at once, with its last output (waitUntil ends on a throw, where waitFor would retry).
       let unfinished = JOBS;
-      while (unfinished > 0 && Date.now() < drainEnd) {
-        for (const cli of processes) expect(cli.hasExited, `${cli.label}: ${cli.describe()}`).toBe(false);
-        const states = await Promise.all([...jobIds.values()].map((id) => queue.getJobState(id)));
-        unfinished = states.filter((s) => s !== 'completed' && s !== 'failed').length;
-        if (unfinished > 0) await new Promise((resolve) => setTimeout(resolve, 500));
-      }
+      const drained = vi.waitUntil(
+        async () => {
+          for (const cli of processes) expect(cli.hasExited, `${cli.label}: ${cli.describe()}`).toBe(false);
+          const states = await Promise.all([...jobIds.values()].map((id) => queue.getJobState(id)));
+          unfinished = states.filter((s) => s !== 'completed' && s !== 'failed').length;
+          return unfinished === 0;
+        },
+        { timeout: DRAIN_MS, interval: 500 },
+      );
+      await expect(drained, `jobs unfinished after ${DRAIN_MS} ms`).resolves.toBe(true);
       expect(unfinished, `jobs unfinished after ${DRAIN_MS} ms`).toBe(0);
 
       // Exactly one result event per job, and it agrees with the job's outcome.
