@@ -6,7 +6,8 @@
 // waiter (Coder's loop) is computed for comparison, not run.
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { completeJob, insertTemplate, insertUser } from '../src/cli/fixtures.js';
+import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
+import { completeJob } from '../test/helpers/fixtures.js';
 import { topics } from '../src/worker/ports.js';
 import { createLogger } from '../src/shared/logger.js';
 import { PgNotificationHub } from '../src/shared/notifications.js';

@@ -1,18 +1,10 @@
 // Small insert helpers over Postgres for demo data (`workspace-jobs seed`) and tests. Each helper is one or
 // a few plain parameterised statements and returns the ids it made. Names get a random suffix by default,
-// so that seeding again, or many tests in one database, never clash on a unique name.
-//
-// The helpers also let a test play the provisioner and the workspace agent: move a provisioner job through
-// its states (the derived `job_status` follows), attach resources and agents to a build's job, connect
-// agents and move their lifecycle. Every such change raises the notifications workers wait on.
+// so that seeding again, or many tests in one database, never clash on a unique name. What only tests need
+// (moving a provisioner job or an agent along) is in test/helpers/fixtures.ts.
 import { randomBytes, randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import type {
-  AgentLifecycleState,
-  QuotaUsage,
-  TemplateVersionParameter,
-  WorkspaceTransition,
-} from '../worker/ports.js';
+import type { AgentLifecycleState, TemplateVersionParameter, WorkspaceTransition } from '../worker/ports.js';
 import type { Queryable } from '../shared/postgres.js';
 
 /** 8 random hex characters. */
@@ -321,54 +313,6 @@ export async function insertBuild(db: Queryable, input: BuildInput): Promise<Ins
   return { buildId, jobId: job.id, buildNumber: build.build_number, agentIds };
 }
 
-/** The provisioner claimed the job: `running`. */
-export async function startJob(db: Queryable, jobId: string): Promise<void> {
-  await db.query(
-    `UPDATE provisioner_jobs SET started_at = COALESCE(started_at, now()), updated_at = now() WHERE id = $1`,
-    [jobId],
-  );
-}
-
-/** The job finished: `succeeded`, or `failed` with an error (and the error code and quota a provisioner gave). */
-export async function completeJob(
-  db: Queryable,
-  jobId: string,
-  options: { error?: string; errorCode?: string; quota?: QuotaUsage } = {},
-): Promise<void> {
-  await db.query(
-    `UPDATE provisioner_jobs
-        SET started_at = COALESCE(started_at, now()), completed_at = now(), error = $2, error_code = $3,
-            quota_credits_consumed = $4, quota_budget = $5, updated_at = now()
-      WHERE id = $1`,
-    [
-      jobId,
-      options.error ?? null,
-      options.errorCode ?? null,
-      options.quota?.creditsConsumed ?? null,
-      options.quota?.budget ?? null,
-    ],
-  );
-}
-
-/**
- * Cancels the job: `canceled` (default), or `canceling` with `{ completed: false }` (cancellation requested,
- * the provisioner has not stopped yet).
- */
-export async function cancelJob(
-  db: Queryable,
-  jobId: string,
-  options: { completed?: boolean } = {},
-): Promise<void> {
-  await db.query(
-    `UPDATE provisioner_jobs
-        SET canceled_at = COALESCE(canceled_at, now()),
-            completed_at = CASE WHEN $2::boolean THEN now() ELSE completed_at END,
-            updated_at = now()
-      WHERE id = $1`,
-    [jobId, options.completed ?? true],
-  );
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Resources and agents
 
@@ -423,37 +367,4 @@ export async function insertAgents(
     agentIds[index] = row.id;
   }
   return { resourceId: resource.id, agentIds };
-}
-
-/** The agent (re)connects: connected until it disconnects. */
-export async function connectAgent(db: Queryable, agentId: string): Promise<void> {
-  await db.query(
-    `UPDATE workspace_agents
-        SET first_connected_at = COALESCE(first_connected_at, now()), last_connected_at = now(),
-            disconnected_at = NULL, updated_at = now()
-      WHERE id = $1`,
-    [agentId],
-  );
-}
-
-export async function disconnectAgent(db: Queryable, agentId: string): Promise<void> {
-  await db.query(`UPDATE workspace_agents SET disconnected_at = now(), updated_at = now() WHERE id = $1`, [
-    agentId,
-  ]);
-}
-
-export async function setAgentLifecycle(
-  db: Queryable,
-  agentId: string,
-  state: AgentLifecycleState,
-): Promise<void> {
-  await db.query(
-    `UPDATE workspace_agents
-        SET lifecycle_state = $2::workspace_agent_lifecycle_state,
-            started_at = CASE WHEN $2::text <> 'created' THEN COALESCE(started_at, now()) END,
-            ready_at = CASE WHEN $2::text = 'ready' THEN COALESCE(ready_at, now()) ELSE ready_at END,
-            updated_at = now()
-      WHERE id = $1`,
-    [agentId, state],
-  );
 }

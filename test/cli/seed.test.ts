@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { completeJob, insertAgents } from '../../src/cli/fixtures.js';
+import { insertAgents } from '../../src/cli/fixtures.js';
+import { completeJob } from '../helpers/fixtures.js';
 import { formatSeedResult, seed, type SeedResult } from '../../src/cli/seed.js';
 import { isFailure, type StartWorkspaceResult } from '../../src/shared/contract.js';
 import { topics } from '../../src/worker/ports.js';

@@ -6,16 +6,14 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { vi } from 'vitest';
 import {
-  completeJob,
-  connectAgent,
   insertAgents,
   insertBuild,
   insertChat,
   insertTemplate,
   insertUser,
   insertWorkspace,
-  setAgentLifecycle,
 } from '../../src/cli/fixtures.js';
+import { completeJob, connectAgent, setAgentLifecycle } from './fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import {
   loadProvisionerConfig,

@@ -5,22 +5,24 @@
 import { Buffer } from 'node:buffer';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
-  completeJob,
-  connectAgent,
-  disconnectAgent,
   insertAgents,
   insertBuild,
   insertChat,
   insertTemplate,
   insertUser,
   insertWorkspace,
-  setAgentLifecycle,
-  startJob,
   type AgentInput,
   type BuildStatus,
   type InsertedBuild,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
+import {
+  completeJob,
+  connectAgent,
+  disconnectAgent,
+  setAgentLifecycle,
+  startJob,
+} from '../helpers/fixtures.js';
 import type { CreateWorkspacePayload, CreateWorkspaceResult } from '../../src/shared/contract.js';
 import {
   topics,

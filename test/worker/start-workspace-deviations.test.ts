@@ -3,18 +3,14 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  cancelJob,
-  completeJob,
-  connectAgent,
   insertAgents,
   insertChat,
   insertUser,
   insertWorkspace,
-  setAgentLifecycle,
-  startJob,
   type AgentInput,
   type ParameterInput,
 } from '../../src/cli/fixtures.js';
+import { cancelJob, completeJob, connectAgent, setAgentLifecycle, startJob } from '../helpers/fixtures.js';
 import { PROGRESS_STAGES } from '../../src/shared/contract.js';
 import { topics, type WorkspaceStore } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';

@@ -5,14 +5,8 @@
 // SQL, after the job has started waiting (its first check found nothing), as Coder's tests do.
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  completeJob,
-  insertAgents,
-  insertChat,
-  startJob,
-  type AgentInput,
-  type ParameterInput,
-} from '../../src/cli/fixtures.js';
+import { insertAgents, insertChat, type AgentInput, type ParameterInput } from '../../src/cli/fixtures.js';
+import { completeJob, startJob } from '../helpers/fixtures.js';
 import { topics } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/worker/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';

@@ -4,14 +4,13 @@
 // version with the last build's parameters.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  cancelJob,
-  completeJob,
   insertBuild,
   insertChat,
   insertTemplate,
   insertUser,
   insertWorkspace,
 } from '../../../src/cli/fixtures.js';
+import { cancelJob, completeJob } from '../../helpers/fixtures.js';
 import { stopWorkspace } from '../../../src/jobs/stop-workspace/stop-workspace.js';
 import { topics, type WorkspaceStore } from '../../../src/worker/ports.js';
 import { createTestDatabase, type TestDatabase } from '../../helpers/database.js';
