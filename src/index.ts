@@ -8,8 +8,6 @@ export {
   type EnqueuedJob,
   type EnqueuedStart,
   type EnqueuedCreate,
-  type StartWorkspaceField,
-  type CreateWorkspaceField,
   type WaitForResultOptions,
   type SubscribeOptions,
 } from './producer/producer.js';
@@ -25,6 +23,8 @@ export {
   type JobName,
   type StartWorkspacePayload,
   type CreateWorkspacePayload,
+  type StartWorkspaceField,
+  type CreateWorkspaceField,
   type ProgressStage,
   type ResultStage,
   type JobRef,
@@ -41,20 +41,19 @@ export {
   type QuotaReport,
   type StartWorkspaceResult,
   type CreateWorkspaceResult,
+  type JobSuccess,
   type JobResult,
   type JobProgress,
   type QueryPool,
 } from './shared/contract.js';
+export { ValidationError } from './shared/schemas.js';
 export {
-  ValidationError,
   startWorkspacePayloadSchema,
   startWorkspaceInputSchema,
   type StartWorkspaceInput,
-  type CreateWorkspaceInput,
-  createWorkspacePayloadSchema,
-  workspaceJobEventSchema,
-  jobResultSchema,
-} from './shared/schemas.js';
+} from './jobs/start-workspace/schemas.js';
+export { createWorkspacePayloadSchema, type CreateWorkspaceInput } from './jobs/create-workspace/schemas.js';
+export { workspaceJobEventSchema, jobResultSchema } from './jobs/contract-schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
 export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig, type Config } from './shared/config.js';
 export { dedupeIds, redisKeys } from './shared/keys.js';

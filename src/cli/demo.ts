@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Config } from '../shared/config.js';
-import { isFailure, type JobResult } from '../shared/contract.js';
+import { isFailure, type JobResult, type StartWorkspaceSuccess } from '../shared/contract.js';
 import type { Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';
@@ -36,17 +36,17 @@ interface Scenario {
 
 function scenarios(seeded: SeedResult): Scenario[] {
   const { chats } = seeded;
-  const started = (r: JobResult) => 'started' in r && r.started === true;
+  const started = (r: JobResult): r is StartWorkspaceSuccess => r.kind === 'start-workspace' && r.ok;
   return [
     {
       title: 'Start a stopped workspace',
       chatId: chats.stopped.chatId,
-      check: (r) => started(r) && !('no_build' in r),
+      check: (r) => started(r) && !r.no_build,
     },
     {
       title: 'Start a stopped workspace whose template requires the active version (auto-update)',
       chatId: chats.autoUpdate.chatId,
-      check: (r) => started(r) && 'updated_to_active_version' in r,
+      check: (r) => started(r) && r.updated_to_active_version === true,
     },
     {
       title: 'Start one whose active version adds a required parameter (manual update required)',
@@ -57,12 +57,12 @@ function scenarios(seeded: SeedResult): Scenario[] {
       title: 'Retry it with --param region=eu-west-1',
       chatId: chats.manualUpdate.chatId,
       parameters: { region: 'eu-west-1' },
-      check: (r) => started(r) && 'updated_to_active_version' in r,
+      check: (r) => started(r) && r.updated_to_active_version === true,
     },
     {
       title: 'Start a workspace that is already running',
       chatId: chats.running.chatId,
-      check: (r) => started(r) && 'no_build' in r,
+      check: (r) => started(r) && r.no_build === true,
     },
   ];
 }

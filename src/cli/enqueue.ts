@@ -1,5 +1,6 @@
-// `workspace-jobs enqueue start|create …`: enqueue as the chat backend would, and with --wait follow the job's
-// events and exit by its result (0 success, 1 failure).
+// `workspace-jobs enqueue <command> …` (one command per job kind in the registry: start, create, …): enqueue
+// as the chat backend would, and with --wait follow the job's events and exit by its result (0 success, 1
+// failure). The flags of a kind are derived from its input schema's fields.
 import type { Config } from '../shared/config.js';
 import { isFailure, type JobResult, type WorkspaceJobEvent } from '../shared/contract.js';
 import { redisKeys } from '../shared/keys.js';
@@ -7,59 +8,140 @@ import { withTimeout } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
+import { inputFields } from '../jobs/job-kind.js';
+import { JOB_KINDS, findJobKindByCommand, type AnyJobKind } from '../jobs/registry.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags, parseMs, parseParams, requireId, UsageError } from './args.js';
 import { formatEvent } from './format.js';
 import { stdoutClosed } from './lifecycle.js';
 
-const ENQUEUE_HELP = `Usage: workspace-jobs enqueue start --chat ID [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
-       workspace-jobs enqueue create --chat ID --template ID [--name NAME] [--owner ID] [--param name=value ...] [--wait] [--timeout MS] [--json]
+/** How each input field a caller gives is written on the command line (`--chat` and `--owner` are below). */
+const FIELD_FLAGS: Record<string, { flag: string; value: string; help: string; multiple?: true }> = {
+  templateId: { flag: 'template', value: 'ID', help: 'the template' },
+  name: {
+    flag: 'name',
+    value: 'NAME',
+    help: "the workspace name (default: the template's name and a random suffix)",
+  },
+  parameters: {
+    flag: 'param',
+    value: 'name=value',
+    help: 'a parameter value for the build; repeatable',
+    multiple: true,
+  },
+};
 
-Enqueues a job as the chat backend would: start the chat's workspace, or create one for the chat from a template
-(a chat whose workspace is usable keeps it: the result then says already_exists or stopped).
+/** Input fields the command fills itself (--chat, --owner) or leaves to the producer (the chat's workspace). */
+const FILLED_BY_THE_CLI: ReadonlySet<string> = new Set(['chatId', 'ownerId', 'workspaceId', 'requestId']);
+
+/** A kind's flags: one per input field the caller gives, in the input schema's order. */
+function flagsOf(kind: AnyJobKind) {
+  return inputFields(kind)
+    .filter((field) => !FILLED_BY_THE_CLI.has(field.name))
+    .map((field) => {
+      const flag = FIELD_FLAGS[field.name];
+      if (!flag)
+        throw new Error(`enqueue ${kind.command}: no command-line flag for the input field ${field.name}`);
+      return { ...flag, field: field.name, required: field.required };
+    });
+}
+
+type FieldFlag = ReturnType<typeof flagsOf>[number];
+
+function usage(kind: AnyJobKind): string {
+  const flags = flagsOf(kind);
+  const written = (f: FieldFlag) => `--${f.flag} ${f.value}${f.multiple ? ' ...' : ''}`;
+  const required = flags.filter((f) => f.required).map((f) => ` ${written(f)}`);
+  const optional = flags.filter((f) => !f.required).map((f) => ` [${written(f)}]`);
+  return `workspace-jobs enqueue ${kind.command} --chat ID${required.join('')} [--owner ID]${optional.join('')} [--wait] [--timeout MS] [--json]`;
+}
+
+/** The commands whose kinds take this field, when not all do (`create: the template`). */
+function takenBy(field: string): string[] {
+  const kinds = JOB_KINDS.filter((kind) => flagsOf(kind).some((f) => f.field === field));
+  return kinds.length === JOB_KINDS.length ? [] : kinds.map((kind) => kind.command);
+}
+
+function enqueueHelp(): string {
+  const fieldFlags = Object.entries(FIELD_FLAGS).flatMap(([field, f]) => {
+    const taking = JOB_KINDS.flatMap((kind) => flagsOf(kind).filter((g) => g.field === field));
+    if (taking.length === 0) return [];
+    const commands = takenBy(field);
+    const required = taking.every((g) => g.required) ? ' (required)' : '';
+    return [
+      `  ${`--${f.flag} ${f.value}`.padEnd(19)}${commands.length ? `${commands.join(', ')}: ` : ''}${f.help}${required}`,
+    ];
+  });
+  return `Usage: ${JOB_KINDS.map(usage).join('\n       ')}
+
+Enqueues a job as the chat backend would:
+${JOB_KINDS.map((kind) => `  ${kind.command.padEnd(19)}${kind.summary}`).join('\n')}
 
   --chat ID          the chat (required)
-  --template ID      create: the template (required)
-  --name NAME        create: the workspace name (default: the template's name and a random suffix)
+${fieldFlags.join('\n')}
   --owner ID         the chat's owner (default: read from the chat)
-  --param name=value a parameter value for the build; repeatable
   --wait             follow the job's events; exit 0 on success, 1 on a failed result; the result JSON is printed last
                      (one line when stdout is not a terminal or with --json)
   --timeout MS       with --wait: give up after MS (default: the build, agent and startup timeouts added up, plus the
                      lock wait)
   --json             print events as JSON lines even on a terminal`;
+}
+
+/** Every kind's field flags for parseArgs (each kind then refuses the ones it does not take). */
+const FIELD_FLAG_OPTIONS = Object.fromEntries(
+  Object.values(FIELD_FLAGS).map((f) => [f.flag, { type: 'string' as const, multiple: f.multiple ?? false }]),
+);
+
+/** A flag's value as the producer takes it: ids checked and in lower case, `--param`s as one map. */
+function fieldValue(flag: FieldFlag, raw: string | string[] | undefined): unknown {
+  if (flag.multiple) return parseParams(raw as string[] | undefined);
+  if (flag.field.endsWith('Id')) return requireId(`--${flag.flag}`, raw as string | undefined);
+  return raw;
+}
 
 export async function enqueueCommand(args: string[], config: Config, log: Logger): Promise<number> {
-  const [kind, ...rest] = args;
-  if (kind === '--help' || kind === '-h' || kind === undefined) {
-    console.log(ENQUEUE_HELP);
-    return kind === undefined ? 2 : 0;
+  const [command, ...rest] = args;
+  if (command === '--help' || command === '-h' || command === undefined) {
+    console.log(enqueueHelp());
+    return command === undefined ? 2 : 0;
   }
-  if (kind !== 'start' && kind !== 'create') {
-    throw new UsageError(`unknown job kind ${JSON.stringify(kind)}; expected "start" or "create"`);
+  const kind = findJobKindByCommand(command);
+  if (!kind) {
+    const known = JOB_KINDS.map((k) => JSON.stringify(k.command));
+    throw new UsageError(
+      `unknown job kind ${JSON.stringify(command)}; expected ${known.slice(0, -1).join(', ')} or ${known.at(-1)}`,
+    );
   }
   const { values } = parseFlags(rest, {
     chat: { type: 'string' },
     owner: { type: 'string' },
-    template: { type: 'string' },
-    name: { type: 'string' },
-    param: { type: 'string', multiple: true },
+    ...FIELD_FLAG_OPTIONS,
     wait: { type: 'boolean' },
     timeout: { type: 'string' },
     json: { type: 'boolean' },
   });
   if (values.help) {
-    console.log(ENQUEUE_HELP);
+    console.log(enqueueHelp());
     return 0;
   }
+  const given = values as Record<string, string | string[] | boolean | undefined>;
   const chatId = requireId('--chat', values.chat);
-  if (kind === 'start' && (values.template !== undefined || values.name !== undefined)) {
-    throw new UsageError('--template and --name are for enqueue create');
+  const flags = flagsOf(kind);
+  const foreign = Object.entries(FIELD_FLAGS).filter(
+    ([field, f]) => given[f.flag] !== undefined && !flags.some((g) => g.field === field),
+  );
+  if (foreign.length > 0) {
+    const named = foreign.map(([, f]) => `--${f.flag}`).join(' and ');
+    const commands = [...new Set(foreign.flatMap(([field]) => takenBy(field)))].join(' or ');
+    throw new UsageError(`${named} ${foreign.length > 1 ? 'are' : 'is'} for enqueue ${commands}`);
   }
-  const templateId = kind === 'create' ? requireId('--template', values.template) : undefined;
+  const fields: Record<string, unknown> = {};
+  for (const flag of flags) {
+    const value = fieldValue(flag, given[flag.flag] as string | string[] | undefined);
+    if (value !== undefined) fields[flag.field] = value;
+  }
   const ownerId =
     values.owner === undefined ? await ownerOfChat(config, chatId, log) : requireId('--owner', values.owner);
-  const parameters = parseParams(values.param);
   const defaultTimeout =
     2 * (config.buildTimeoutMs + config.agentConnectTimeoutMs + config.startupScriptTimeoutMs) + 60_000;
   const timeoutMs = parseMs('--timeout', values.timeout, defaultTimeout);
@@ -67,9 +149,8 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {
     const since = values.wait ? await lastEventId(config, chatId, log) : undefined;
-    const enqueued = templateId
-      ? await producer.createWorkspace({ chatId, ownerId, templateId, name: values.name, parameters })
-      : await producer.startWorkspace({ chatId, ownerId, parameters });
+    // The flags' values go to the producer as they are: it validates them and names what is wrong.
+    const enqueued = await producer.enqueue(kind.name, { ...fields, chatId, ownerId } as never);
     console.log(JSON.stringify(enqueued));
     if (!values.wait) return 0;
     const asJson = values.json || !process.stdout.isTTY;

@@ -12,6 +12,7 @@ import { loadProvisionerConfig, startProvisioner } from '../provisioner/index.js
 import { WorkspaceWorker } from '../worker/worker.js';
 import { parseFlags, UsageError } from './args.js';
 import { DEMO_HELP, demoCommand } from './demo.js';
+import { JOB_KINDS } from '../jobs/registry.js';
 import { enqueueCommand } from './enqueue.js';
 import { graceMs, setUpProcess, untilSignal } from './lifecycle.js';
 import { healthcheckCommand, healthFilePath, startHealthFile } from './health-file.js';
@@ -22,12 +23,12 @@ const HELP = `Usage: workspace-jobs <command> [options]
 
 Commands:
   migrate        create the database if missing and apply schema migrations (idempotent)
-  worker         run a worker process (start- and create-workspace jobs); stops gracefully on SIGTERM/SIGINT
+  worker         run a worker process (the jobs of every kind below); stops gracefully on SIGTERM/SIGINT
   provisioner    run a provisioner daemon (executors: sim, command)
   dashboard      HTTP server: live chat page, Bull Board at /admin/queues, SSE events, /metrics, /healthz
   seed           insert a fresh demo data set and print its ids
-  enqueue start  enqueue a start-workspace job as the chat backend would (--wait to follow it)
-  enqueue create enqueue a create-workspace job for a chat from a template (--wait to follow it)
+${JOB_KINDS.map((kind) => `  ${`enqueue ${kind.command}`.padEnd(15)}enqueue a ${kind.name} job: ${kind.summary}`).join('\n')}
+                 (as the chat backend would; --wait to follow it)
   watch          print a chat's events (replayed, then live) as JSON lines
   demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
   healthcheck    exit 0 when a provisioner's health file (PROVISIONER_HEALTH_FILE) is fresh and ok

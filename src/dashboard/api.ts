@@ -1,18 +1,27 @@
-// The live chat page's JSON API: recent chats and templates (plain SQL over the Postgres schema), and the two
-// actions the chat backend takes, start and create, through the same producer a backend would use. The
-// dashboard acts as the chat's owner (the owner is read from the chat), so the worker's ownership checks pass.
+// The live chat page's JSON API: recent chats and templates (plain SQL over the Postgres schema), and the
+// actions the chat backend takes (one per job kind in the registry: start, create, …) through the same
+// producer a backend would use. The dashboard acts as the chat's owner (the owner is read from the chat), so
+// the worker's ownership checks pass.
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
-import {
-  ValidationError,
-  idSchema,
-  type CreateWorkspaceInput,
-  type StartWorkspaceInput,
-} from '../shared/schemas.js';
+import { ValidationError, idSchema } from '../shared/schemas.js';
+import { inputFields } from '../jobs/job-kind.js';
+import { findJobKindByCommand } from '../jobs/registry.js';
 import { getBuild, listChats, parseChatsQuery } from './chats.js';
 import { isSafeMethod, mediaType } from './cross-site.js';
+
+/**
+ * Input fields the dashboard fills itself (the chat from the path, its owner from the chat) or leaves to the
+ * producer (the chat's workspace); a request body may carry the kind's other fields.
+ */
+const FILLED_BY_THE_DASHBOARD: ReadonlySet<string> = new Set([
+  'chatId',
+  'ownerId',
+  'workspaceId',
+  'requestId',
+]);
 
 /** How many templates the page lists: the most recent ones. */
 const LIST_LIMIT = 50;
@@ -69,7 +78,7 @@ function body(req: Request, allowed: readonly string[]): Record<string, unknown>
     throw new HttpError(
       400,
       `unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => JSON.stringify(k)).join(', ')}; ` +
-        `expected ${allowed.join(', ')}`,
+        (allowed.length > 0 ? `expected ${allowed.join(', ')}` : 'this action takes none'),
     );
   }
   return raw as Record<string, unknown>;
@@ -131,30 +140,20 @@ export function apiRouter(deps: {
     res.json({ templates: rows });
   });
 
-  // Start the chat's workspace: { parameters?: { name: value } }. 202 with the job (maybe deduplicated).
-  router.post('/chats/:chatId/start', async (req, res) => {
+  // One action per job kind, by its command: start { parameters? }, create { templateId, name?, parameters? },
+  // … (the kind's input fields but those the dashboard fills). 202 with the job (maybe deduplicated).
+  router.post('/chats/:chatId/:command', async (req, res, next) => {
+    const kind = findJobKindByCommand(String(req.params.command));
+    if (!kind) return next();
     const chatId = chatIdParam(req);
-    const { parameters } = body(req, ['parameters']);
+    const allowed = inputFields(kind)
+      .map((field) => field.name)
+      .filter((name) => !FILLED_BY_THE_DASHBOARD.has(name));
+    const fields = body(req, allowed);
     const ownerId = await ownerOf(chatId);
     // The body's values go to the producer unchecked: it validates them and names what is wrong.
-    const enqueued = await producer.startWorkspace({ chatId, ownerId, parameters } as StartWorkspaceInput);
-    log.info({ chatId, ...enqueued }, 'start requested from the live chat page');
-    res.status(202).json(enqueued);
-  });
-
-  // Create a workspace for the chat: { templateId, name?, parameters? }.
-  router.post('/chats/:chatId/create', async (req, res) => {
-    const chatId = chatIdParam(req);
-    const { templateId, name, parameters } = body(req, ['templateId', 'name', 'parameters']);
-    const ownerId = await ownerOf(chatId);
-    const enqueued = await producer.createWorkspace({
-      chatId,
-      ownerId,
-      templateId,
-      name,
-      parameters,
-    } as CreateWorkspaceInput);
-    log.info({ chatId, ...enqueued }, 'create requested from the live chat page');
+    const enqueued = await producer.enqueue(kind.name, { ...fields, chatId, ownerId } as never);
+    log.info({ chatId, ...enqueued }, `${kind.command} requested from the live chat page`);
     res.status(202).json(enqueued);
   });
 

@@ -1,7 +1,7 @@
 // BullMQ options of every job the producer adds (CONTRACT.md section 4). Kept apart from the producer so
 // that the worker, the CLI and tests can see exactly what a job was enqueued with.
 import type { JobsOptions } from 'bullmq';
-import type { JobName } from '../shared/contract.js';
+import { JOB_KINDS } from '../jobs/registry.js';
 import type { TraceCarrier } from '../shared/telemetry.js';
 
 /**
@@ -24,7 +24,7 @@ export const REMOVE_ON_FAIL = { age: 7 * 24 * 60 * 60 } as const;
 export interface JobOptionsInput {
   /** A fresh job id; a duplicate add returns the existing job's id instead, which is how dedup is seen. */
   jobId: string;
-  /** BullMQ deduplication id (`dedupeIds.start(workspaceId)` / `dedupeIds.create(chatId)`). */
+  /** BullMQ deduplication id (the kind's `dedupeId`, e.g. `start-workspace:<workspaceId>`). */
   deduplicationId: string;
   /** JOB_ATTEMPTS. */
   attempts: number;
@@ -56,7 +56,7 @@ export function jobOptions(input: JobOptionsInput): WorkspaceJobOptions {
   };
 }
 
-export const JOB_NAMES = {
-  start: 'start-workspace',
-  create: 'create-workspace',
-} as const satisfies Record<string, JobName>;
+/** Each kind's job name by its command (`JOB_NAMES.start` is `start-workspace`), from the registry. */
+export const JOB_NAMES = Object.fromEntries(JOB_KINDS.map((kind) => [kind.command, kind.name])) as {
+  readonly [Kind in (typeof JOB_KINDS)[number] as Kind['command']]: Kind['name'];
+};

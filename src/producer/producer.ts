@@ -10,17 +10,18 @@ import { WaitTimeoutError } from '../shared/errors.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import {
   QUEUE_NAME,
-  type CreateWorkspacePayload,
   type EventDraft,
   type JobFailure,
   type JobName,
   type JobProgress,
   type JobResult,
   type QueryPool,
-  type StartWorkspacePayload,
   type WorkspaceJobEvent,
 } from '../shared/contract.js';
-import { dedupeIds } from '../shared/keys.js';
+import type { ChatPayload, EnqueueLookups } from '../jobs/job-kind.js';
+import type { CreateWorkspaceInput } from '../jobs/create-workspace/schemas.js';
+import { jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
+import type { StartWorkspaceInput } from '../jobs/start-workspace/schemas.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool } from '../shared/postgres.js';
@@ -33,16 +34,8 @@ import {
   duplicateSubscriber,
   type RedisClient,
 } from '../shared/redis.js';
-import {
-  ValidationError,
-  createWorkspacePayloadSchema,
-  idSchema,
-  parseOrThrow,
-  startWorkspaceInputSchema,
-  type CreateWorkspaceInput,
-  type StartWorkspaceInput,
-} from '../shared/schemas.js';
-import { JOB_NAMES, jobOptions } from './job-options.js';
+import { ValidationError, idSchema, parseOrThrow } from '../shared/schemas.js';
+import { jobOptions } from './job-options.js';
 
 export interface ProducerOptions {
   /** Redis for the queue and events (not closed by the producer when passed in). */
@@ -70,25 +63,22 @@ export interface ProducerOptions {
 }
 
 /**
- * The payload fields a deduplicated start is compared on. Not `workspaceId` (it is the deduplication id) and
- * not `requestId` (each request has its own).
+ * What an enqueue did. `deduplicated: false`: a new job was added. `deduplicated: true`: a job with the same
+ * deduplication id (a start or stop of the same workspace, a create for the same chat) was already waiting,
+ * delayed or active, no job was added, and `jobId` is that job. It runs with the payload it was enqueued
+ * with: `differs` names the fields in which this call's payload differs from it (`[]` when they agree), whose
+ * values are not applied; to apply them, wait for that job's result and enqueue again. A job that can no
+ * longer be read differs in every field given.
  */
-export type StartWorkspaceField = 'chatId' | 'ownerId' | 'parameters';
-/** The payload fields a deduplicated create is compared on (not `chatId`, the deduplication id). */
-export type CreateWorkspaceField = 'ownerId' | 'templateId' | 'name' | 'parameters';
-
-/**
- * What an enqueue did. `deduplicated: false`: a new job was added. `deduplicated: true`: a job for the same
- * workspace (start) or chat (create) was already waiting, delayed or active, no job was added, and `jobId`
- * is that job. It runs with the payload it was enqueued with: `differs` names the fields in which this
- * call's payload differs from it (`[]` when they agree), whose values are not applied; to apply them, wait
- * for that job's result and enqueue again. A job that can no longer be read differs in every field given.
- */
-export type EnqueuedJob<Field extends string = StartWorkspaceField | CreateWorkspaceField> =
+export type EnqueuedJob<Field extends string = JobTypes<JobName>['field']> =
   { jobId: string; deduplicated: false } | { jobId: string; deduplicated: true; differs: Field[] };
 
-export type EnqueuedStart = EnqueuedJob<StartWorkspaceField> & { workspaceId: string };
-export type EnqueuedCreate = EnqueuedJob<CreateWorkspaceField>;
+/** What `enqueue(name, …)` returns: the job, and the workspace when the kind's payload names one. */
+export type Enqueued<N extends JobName> = EnqueuedJob<JobTypes<N>['field']> &
+  (JobTypes<N>['payload'] extends { workspaceId: string } ? { workspaceId: string } : unknown);
+
+export type EnqueuedStart = Enqueued<'start-workspace'>;
+export type EnqueuedCreate = Enqueued<'create-workspace'>;
 
 export interface WaitForResultOptions {
   timeoutMs: number;
@@ -115,8 +105,7 @@ export class ProducerClosedError extends Error {
   }
 }
 
-type JobData = StartWorkspacePayload | CreateWorkspacePayload;
-type WorkspaceQueue = Queue<JobData, JobResult, JobName>;
+type WorkspaceQueue = Queue<ChatPayload, JobResult, JobName>;
 
 const DEFAULT_RESULT_RECHECK_MS = 5_000;
 
@@ -148,7 +137,7 @@ export class WorkspaceJobsProducer {
     this.metrics = options.metrics;
     // Every pending waitForResult listens here (and removes its listener); many at once is normal.
     setMaxListeners(0, this.closing.signal);
-    this.queue = new Queue<JobData, JobResult, JobName>(QUEUE_NAME, {
+    this.queue = new Queue<ChatPayload, JobResult, JobName>(QUEUE_NAME, {
       connection: this.connection,
       prefix: this.prefix,
       telemetry: options.telemetry ?? bullmqTelemetry(),
@@ -187,31 +176,8 @@ export class WorkspaceJobsProducer {
    * Ownership is not checked here: the worker does that. Ids may come in any case; they are used in lower
    * case (the returned `workspaceId` too).
    */
-  async startWorkspace(input: StartWorkspaceInput): Promise<EnqueuedStart> {
-    this.assertOpen();
-    // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
-    const parsed = parseOrThrow(startWorkspaceInputSchema, 'start-workspace payload', input);
-    const workspaceId = parsed.workspaceId ?? (await this.workspaceOfChat(parsed.chatId));
-    const payload: StartWorkspacePayload = {
-      chatId: parsed.chatId,
-      ownerId: parsed.ownerId,
-      workspaceId,
-      ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
-      ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
-    };
-    const enqueued = await this.enqueue(JOB_NAMES.start, payload, dedupeIds.start(workspaceId), START_FIELDS);
-    await this.announce({
-      type: 'progress',
-      stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
-      job: { id: enqueued.jobId, name: JOB_NAMES.start, attempt: 0 },
-      chatId: payload.chatId,
-      workspaceId,
-      message: enqueued.deduplicated
-        ? `A start of this workspace is already queued as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
-        : `Start of workspace ${workspaceId} queued`,
-      ...announcedData(payload, enqueued),
-    });
-    return { ...enqueued, workspaceId };
+  startWorkspace(input: StartWorkspaceInput): Promise<EnqueuedStart> {
+    return this.enqueue('start-workspace', input);
   }
 
   /**
@@ -219,34 +185,36 @@ export class WorkspaceJobsProducer {
    * or active. Throws ValidationError (nothing enqueued) for a payload that does not validate. Ids may come
    * in any case; they are used in lower case.
    */
-  async createWorkspace(input: CreateWorkspaceInput): Promise<EnqueuedCreate> {
+  createWorkspace(input: CreateWorkspaceInput): Promise<EnqueuedCreate> {
+    return this.enqueue('create-workspace', input);
+  }
+
+  /**
+   * Enqueues a job of any kind (the typed methods above are this with the kind's name): validates the input,
+   * fills what the kind looks up itself (`resolve`), adds the job deduplicated by the kind's `dedupeId`, and
+   * announces it on the chat's stream. Throws ValidationError (nothing enqueued) for input that does not
+   * validate or cannot be resolved.
+   */
+  async enqueue<N extends JobName>(name: N, input: JobTypes<N>['input']): Promise<Enqueued<N>> {
     this.assertOpen();
-    const parsed = parseOrThrow(createWorkspacePayloadSchema, 'create-workspace payload', input);
-    const payload: CreateWorkspacePayload = {
-      chatId: parsed.chatId,
-      ownerId: parsed.ownerId,
-      templateId: parsed.templateId,
-      ...(parsed.name !== undefined && { name: parsed.name }),
-      ...(parsed.parameters !== undefined && { parameters: parsed.parameters }),
-      ...(parsed.requestId !== undefined && { requestId: parsed.requestId }),
-    };
-    const enqueued = await this.enqueue(
-      JOB_NAMES.create,
-      payload,
-      dedupeIds.create(payload.chatId),
-      CREATE_FIELDS,
-    );
+    const kind: AnyJobKind = jobKind(name);
+    // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
+    const parsed = parseOrThrow(kind.inputSchema, `${name} payload`, input);
+    const payload = withoutUndefined(kind.resolve ? await kind.resolve(parsed, this.lookups) : parsed);
+    const enqueued = await this.add(name, payload, kind.dedupeId(payload), kind.comparedFields);
     await this.announce({
       type: 'progress',
       stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
-      job: { id: enqueued.jobId, name: JOB_NAMES.create, attempt: 0 },
+      job: { id: enqueued.jobId, name, attempt: 0 },
       chatId: payload.chatId,
+      ...(payload.workspaceId !== undefined && { workspaceId: payload.workspaceId }),
       message: enqueued.deduplicated
-        ? `A creation of a workspace for this chat is already queued as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
-        : `Creation of ${payload.name === undefined ? 'a workspace' : `workspace ${payload.name}`} queued`,
+        ? `${kind.alreadyQueued} as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
+        : kind.queuedMessage(payload),
       ...announcedData(payload, enqueued),
     });
-    return enqueued;
+    const workspace = payload.workspaceId !== undefined && { workspaceId: payload.workspaceId };
+    return { ...enqueued, ...workspace } as Enqueued<N>;
   }
 
   /**
@@ -385,6 +353,11 @@ export class WorkspaceJobsProducer {
     if (this.closing.signal.aborted) throw new ProducerClosedError();
   }
 
+  /** What the kinds' `resolve` may look up, for an input that leaves something out. */
+  private readonly lookups: EnqueueLookups = {
+    workspaceOfChat: (chatId) => this.workspaceOfChat(chatId),
+  };
+
   private async workspaceOfChat(chatId: string): Promise<string> {
     const { rows } = await this.pool.query<{ workspace_id: string | null; owner_id: string }>(
       'SELECT workspace_id, owner_id FROM chats WHERE id = $1',
@@ -402,16 +375,16 @@ export class WorkspaceJobsProducer {
    * One `enqueue` span per call; each attempt of the job links to it. A deduplicated call is compared with
    * the job it was merged into on `fields`.
    */
-  private enqueue<D extends JobData, F extends keyof D & string>(
+  private add<F extends string>(
     name: JobName,
-    data: D,
+    data: ChatPayload,
     deduplicationId: string,
     fields: readonly F[],
   ): Promise<EnqueuedJob<F>> {
     const attributes = {
       [ATTR.jobName]: name,
       [ATTR.chatId]: data.chatId,
-      ...('workspaceId' in data && { [ATTR.workspaceId]: data.workspaceId }),
+      ...(data.workspaceId !== undefined && { [ATTR.workspaceId]: data.workspaceId }),
     };
     return inSpan(`enqueue ${name}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
       const jobId = randomUUID();
@@ -431,7 +404,8 @@ export class WorkspaceJobsProducer {
       }
       // The job's data is written once, at its add: what it holds now is what it runs with.
       const running = (await this.queue.getJob(actualId))?.data as Partial<Record<F, unknown>> | undefined;
-      const differs = fields.filter((field) => !sameValue(field, data[field], running?.[field]));
+      const ours = data as Partial<Record<F, unknown>>;
+      const differs = fields.filter((field) => !sameValue(field, ours[field], running?.[field]));
       this.log.debug({ jobId: actualId, name, deduplicationId, differs }, 'workspace job deduplicated');
       return { jobId: actualId, deduplicated, differs };
     });
@@ -464,9 +438,12 @@ export class WorkspaceJobsProducer {
         : undefined;
     if (state === 'completed') {
       if (isResult(job.returnvalue)) return job.returnvalue;
-      return fromProgress ?? internalFailure(`job ${jobId} completed without a result`, 'no return value');
+      return (
+        fromProgress ??
+        internalFailure(job.name, `job ${jobId} completed without a result`, 'no return value')
+      );
     }
-    return fromProgress ?? internalFailure(job.failedReason || `job ${jobId} failed`);
+    return fromProgress ?? internalFailure(job.name, job.failedReason || `job ${jobId} failed`);
   }
 
   private eventSubscriber(): EventSubscriber {
@@ -490,13 +467,12 @@ export class WorkspaceJobsProducer {
   }
 }
 
-const START_FIELDS = ['chatId', 'ownerId', 'parameters'] as const satisfies readonly StartWorkspaceField[];
-const CREATE_FIELDS = [
-  'ownerId',
-  'templateId',
-  'name',
-  'parameters',
-] as const satisfies readonly CreateWorkspaceField[];
+/** The payload without the keys a caller gave as `undefined`: what is not set is not stored in the job. */
+function withoutUndefined(payload: ChatPayload): ChatPayload {
+  return Object.fromEntries(
+    Object.entries(payload).filter(([, value]) => value !== undefined),
+  ) as ChatPayload;
+}
 
 /**
  * Our (parsed) value against the running job's: ids case-blind (a job added by hand may hold upper case),
@@ -523,7 +499,7 @@ function notApplied(differs: readonly string[]): string {
 /** The announcement's `data`: the request id, and on a deduplicated enqueue what differs (maybe nothing). */
 function announcedData(
   payload: { requestId?: string },
-  enqueued: EnqueuedJob,
+  enqueued: EnqueuedJob<string>,
 ): { data?: Record<string, unknown> } {
   const data = {
     ...(payload.requestId !== undefined && { request_id: payload.requestId }),
@@ -540,6 +516,14 @@ function isResult(value: unknown): value is JobResult {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-function internalFailure(error: string, detail?: string): JobFailure {
-  return { error, code: 'internal', is_error: true, ...(detail !== undefined && { detail }) };
+/** `kind`: the job's name (one added by hand may have any; ours are all job names). */
+function internalFailure(kind: string, error: string, detail?: string): JobFailure {
+  return {
+    kind: kind as JobName,
+    ok: false,
+    error,
+    code: 'internal',
+    is_error: true,
+    ...(detail !== undefined && { detail }),
+  };
 }

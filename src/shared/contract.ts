@@ -1,12 +1,18 @@
 // The public contract of workspace-jobs: job payloads, events, results and failure codes, the shapes that
 // leave the process (what src/index.ts exports). CONTRACT.md is the source of truth for them; the worker's
-// own ports (rows, store, waiter) are in src/worker/ports.ts.
+// own ports (rows, store, waiter) are in src/worker/ports.ts. The job kinds are listed once, in
+// src/jobs/registry.ts: JobName and JobResult are derived from that list (a type-only import, no cycle at run
+// time).
+import type { z } from 'zod';
+import type { JOB_KINDS } from '../jobs/registry.js';
 
 // ---------------------------------------------------------------------------------------------------
 // Jobs (CONTRACT.md section 4)
 
 export const QUEUE_NAME = 'workspaces';
-export type JobName = 'start-workspace' | 'create-workspace';
+type RegisteredKind = (typeof JOB_KINDS)[number];
+/** A job kind's BullMQ job name: `start-workspace`, `create-workspace`, … (one per kind in the registry). */
+export type JobName = RegisteredKind['name'];
 
 export interface StartWorkspacePayload {
   chatId: string;
@@ -16,6 +22,12 @@ export interface StartWorkspacePayload {
   requestId?: string;
 }
 
+/**
+ * The payload fields a deduplicated start is compared on. Not `workspaceId` (it is the deduplication id) and
+ * not `requestId` (each request has its own).
+ */
+export type StartWorkspaceField = 'chatId' | 'ownerId' | 'parameters';
+
 export interface CreateWorkspacePayload {
   chatId: string;
   ownerId: string;
@@ -24,6 +36,9 @@ export interface CreateWorkspacePayload {
   parameters?: Record<string, string>;
   requestId?: string;
 }
+
+/** The payload fields a deduplicated create is compared on (not `chatId`, the deduplication id). */
+export type CreateWorkspaceField = 'ownerId' | 'templateId' | 'name' | 'parameters';
 
 // ---------------------------------------------------------------------------------------------------
 // Events (CONTRACT.md section 6)
@@ -99,7 +114,16 @@ export interface AgentReadiness {
   lifecycle_state?: string;
 }
 
-export interface StartWorkspaceSuccess extends AgentReadiness {
+/**
+ * What every result carries, so that nothing tells results apart by their other properties: `kind` is the job
+ * name that produced it, `ok` is `true` for a success and `false` for a failure (which has a `code`).
+ */
+interface ResultDiscriminants<Kind extends string, Ok extends boolean> {
+  kind: Kind;
+  ok: Ok;
+}
+
+export interface StartWorkspaceSuccess extends AgentReadiness, ResultDiscriminants<'start-workspace', true> {
   started: true;
   /** The bare workspace name. */
   workspace_name: string;
@@ -112,7 +136,8 @@ export interface StartWorkspaceSuccess extends AgentReadiness {
   template_version_id?: string;
 }
 
-export interface CreateWorkspaceSuccess extends AgentReadiness {
+export interface CreateWorkspaceSuccess
+  extends AgentReadiness, ResultDiscriminants<'create-workspace', true> {
   created: boolean;
   /** `owner/name`. */
   workspace_name: string;
@@ -151,7 +176,7 @@ export interface QuotaReport {
   budget: number;
 }
 
-export interface JobFailure {
+export interface JobFailure extends ResultDiscriminants<JobName, false> {
   error: string;
   code: FailureCode;
   /** Coder's "flagged" errors (plain precondition failures); build and parameter failures are not. */
@@ -176,10 +201,13 @@ export interface JobFailure {
 
 export type StartWorkspaceResult = StartWorkspaceSuccess | JobFailure;
 export type CreateWorkspaceResult = CreateWorkspaceSuccess | JobFailure;
-export type JobResult = StartWorkspaceResult | CreateWorkspaceResult;
+/** A success of any registered kind (its `successSchema`'s type). */
+export type JobSuccess = z.output<RegisteredKind['successSchema']>;
+export type JobResult = JobSuccess | JobFailure;
 
-export function isFailure(result: JobResult): result is JobFailure {
-  return 'error' in result;
+/** A failure result, told by its `ok` (also among other outcomes, e.g. a row or a failure). */
+export function isFailure<R extends object>(result: R): result is Extract<R, JobFailure> {
+  return (result as { ok?: unknown }).ok === false;
 }
 
 /**

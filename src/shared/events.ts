@@ -6,7 +6,8 @@ import type { EventDraft, WorkspaceJobEvent } from './contract.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
-import { ValidationError, describeIssues, workspaceJobEventSchema } from './schemas.js';
+import { workspaceJobEventSchema } from '../jobs/contract-schemas.js';
+import { ValidationError, describeIssues } from './schemas.js';
 
 /** The stream entry's only field: the envelope as JSON, without `seq` (that is the entry id). */
 const EVENT_FIELD = 'event';

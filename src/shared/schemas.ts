@@ -1,14 +1,8 @@
-// zod schemas of everything that crosses a process boundary: job payloads (CONTRACT.md section 4) and
-// events (section 6). The producer validates with them at the edge; the worker validates again because
-// anyone with Redis access can add a job.
+// The zod building blocks of everything that crosses a process boundary (ids, parameters, names), and how a
+// validation error reads. The job kinds' payload schemas (src/jobs/<kind>/schemas.ts) are made of them; the
+// result and event schemas (src/jobs/contract-schemas.ts) are built above the registry. Nothing here imports
+// a job kind, so that the kinds can import this module without a cycle.
 import { z } from 'zod';
-import { FAILURE_CODES, PROGRESS_STAGES, RESULT_STAGES } from './contract.js';
-import type {
-  CreateWorkspacePayload,
-  JobResult,
-  StartWorkspacePayload,
-  WorkspaceJobEvent,
-} from './contract.js';
 
 /**
  * Every id at every edge (producer, CLI, dashboard, worker): an RFC 9562 UUID of version 1-8 (or the nil/max
@@ -43,7 +37,7 @@ export const parameterNameSchema = z
  * `{ [name]: value }`, returned without a prototype. `__proto__` is checked before z.record, which skips
  * that key without an issue.
  */
-const parametersSchema = z
+export const parametersSchema = z
   .preprocess(
     // Typed for z.input (what a TypeScript caller may pass); at run time `input` is anything a JS caller sent.
     (input: Record<string, string>, ctx) => {
@@ -55,43 +49,15 @@ const parametersSchema = z
     z.record(parameterNameSchema, z.string().max(4096)),
   )
   .transform((parameters) => Object.assign(Object.create(null) as Record<string, string>, parameters));
-const requestId = z.string().min(1).max(200);
-
-export const startWorkspacePayloadSchema = z.strictObject({
-  chatId: idSchema,
-  ownerId: idSchema,
-  workspaceId: idSchema,
-  parameters: parametersSchema.optional(),
-  requestId: requestId.optional(),
-}) satisfies z.ZodType<StartWorkspacePayload>;
-
-/** What the chat backend passes to `startWorkspace()`: the workspace is looked up from the chat when omitted. */
-export const startWorkspaceInputSchema = startWorkspacePayloadSchema.extend({
-  workspaceId: idSchema.optional(),
-});
-
-/** The argument of `startWorkspace()`, derived from the schema that validates it so that the two cannot drift. */
-export type StartWorkspaceInput = z.input<typeof startWorkspaceInputSchema>;
+export const requestIdSchema = z.string().min(1).max(200);
 
 // Workspace names follow Coder's rule: letters, digits and single hyphens, at most 32 characters.
 export const workspaceNameSchema = z.string().regex(/^[a-zA-Z0-9](?:[a-zA-Z0-9]|-(?=[a-zA-Z0-9])){0,31}$/, {
   message: 'must be 1-32 letters, digits or single hyphens, starting and ending with a letter or digit',
 });
 
-export const createWorkspacePayloadSchema = z.strictObject({
-  chatId: idSchema,
-  ownerId: idSchema,
-  templateId: idSchema,
-  name: workspaceNameSchema.optional(),
-  parameters: parametersSchema.optional(),
-  requestId: requestId.optional(),
-}) satisfies z.ZodType<CreateWorkspacePayload>;
-
-/** The argument of `createWorkspace()`: the create-workspace payload as the caller writes it. */
-export type CreateWorkspaceInput = z.input<typeof createWorkspacePayloadSchema>;
-
-// Results (CONTRACT.md section 7), as the result event's `data`.
-const agentReadinessShape = {
+/** The agent fields a start's or a create's success carries (CONTRACT.md section 7). */
+export const agentReadinessShape = {
   agent_status: z.enum(['no_agent', 'selection_error', 'not_ready']).optional(),
   agent_error: z.string().optional(),
   startup_scripts: z
@@ -99,88 +65,6 @@ const agentReadinessShape = {
     .optional(),
   lifecycle_state: z.string().optional(),
 };
-
-const jobFailureSchema = z.object({
-  error: z.string(),
-  code: z.enum(FAILURE_CODES),
-  is_error: z.boolean(),
-  detail: z.string().optional(),
-  validations: z.array(z.object({ field: z.string(), detail: z.string() })).optional(),
-  template_id: z.string().optional(),
-  build_id: z.string().optional(),
-  settings_url: z.string().optional(),
-  error_code: z.string().optional(),
-  title: z.string().optional(),
-  message: z.string().optional(),
-  next_steps: z.array(z.string()).optional(),
-  quota: z.object({ credits_consumed: z.number().int(), budget: z.number().int() }).optional(),
-});
-
-const startWorkspaceSuccessSchema = z.object({
-  ...agentReadinessShape,
-  started: z.literal(true),
-  workspace_name: z.string(),
-  build_id: z.string().optional(),
-  no_build: z.literal(true).optional(),
-  updated_to_active_version: z.literal(true).optional(),
-  update_reason: z.string().optional(),
-  message: z.string().optional(),
-  previous_template_version_id: z.string().optional(),
-  template_version_id: z.string().optional(),
-});
-
-const createWorkspaceSuccessSchema = z.object({
-  ...agentReadinessShape,
-  created: z.boolean(),
-  workspace_name: z.string(),
-  status: z.enum(['already_exists', 'stopped']).optional(),
-  message: z.string().optional(),
-  build_id: z.string().optional(),
-});
-
-export const jobResultSchema = z.union([
-  jobFailureSchema,
-  startWorkspaceSuccessSchema,
-  createWorkspaceSuccessSchema,
-]);
-
-// Events (CONTRACT.md section 6).
-const envelopeShape = {
-  v: z.literal(1),
-  seq: z.string(),
-  job: z.object({
-    id: z.string(),
-    name: z.enum(['start-workspace', 'create-workspace']),
-    attempt: z.number().int(),
-  }),
-  chatId: z.string(),
-  workspaceId: z.string().optional(),
-  at: z.string(),
-  message: z.string(),
-};
-
-export const workspaceJobEventSchema = z.discriminatedUnion('type', [
-  z.object({
-    ...envelopeShape,
-    type: z.literal('progress'),
-    stage: z.enum(PROGRESS_STAGES),
-    data: z.record(z.string(), z.unknown()).optional(),
-  }),
-  z.object({
-    ...envelopeShape,
-    type: z.literal('result'),
-    stage: z.enum(RESULT_STAGES),
-    data: jobResultSchema,
-  }),
-]);
-
-/** Assignable both ways: the same type. */
-type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-// The hand-written types (contract.ts) and these schemas cannot drift apart: if they do, `true` is not
-// assignable to `false` here and the build fails. Required<> (it distributes over the union's members):
-// otherwise an optional field that only one side has would pass, being assignable both ways.
-const _resultSchemaAgrees: Same<Required<z.output<typeof jobResultSchema>>, Required<JobResult>> = true;
-const _eventSchemaAgrees: Same<z.output<typeof workspaceJobEventSchema>, WorkspaceJobEvent> = true;
 
 /** `invalid start-workspace payload: chatId: Invalid UUID; parameters.x: …` — names every bad field. */
 export function describeIssues(what: string, error: z.ZodError): string {

@@ -1,26 +1,14 @@
 // Waiting for a workspace build's provisioner job (Coder's waitForBuild), driven by notifications, with
 // a progress event for each status the job passes through.
 import { WaitTimeoutError } from '../shared/errors.js';
-import type { FailureCode, JobFailure } from '../shared/contract.js';
+import type { FailureCode } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
-import { buildFailureDetails, unflagged, type BuildFailureDetails } from './results.js';
+import { buildFailureDetails, type BuildFailureDetails } from './results.js';
 
 /** A failed outcome's `details`: the provisioner job's error code, and for a quota failure Coder's quota shape. */
 export type BuildOutcome =
   | { ok: true; build: Build }
   | { ok: false; reason: string; code: FailureCode; details?: BuildFailureDetails };
-
-/**
- * The result of a build wait that failed, for every job kind: `what` says which build (`workspace start build
- * failed`), then the reason; the build's id and the outcome's details ride along.
- */
-export function buildFailed(
-  failed: Extract<BuildOutcome, { ok: false }>,
-  what: string,
-  buildId: string,
-): JobFailure {
-  return unflagged(failed.code, `${what}: ${failed.reason}`, { build_id: buildId, ...failed.details });
-}
 
 const STAGE_OF_STATUS = {
   pending: 'build_queued',

@@ -1,12 +1,19 @@
 // Who may act on a chat (D7), shared by start, stop and create: the job's owner owns the chat, the chat is
-// a root chat (Coder gives the workspace tools to root chats only), and the owner is an active user.
-import type { JobFailure } from '../shared/contract.js';
+// a root chat (Coder gives the workspace tools to root chats only), and the owner is an active user. `kind`:
+// the job asking, whose failure result it is.
+import { isFailure, type JobFailure, type JobName } from '../shared/contract.js';
 import type { Chat, JobContext, User, Workspace } from './ports.js';
-import { flagged, messages } from './results.js';
+import { failures, messages } from './results.js';
 
-export type ChatAccess = { chat: Chat; owner: User } | JobFailure;
+export type ChatAccess = { ok: true; chat: Chat; owner: User } | JobFailure;
 
-export async function checkChatAccess(ctx: JobContext, chatId: string, ownerId: string): Promise<ChatAccess> {
+export async function checkChatAccess(
+  ctx: JobContext,
+  kind: JobName,
+  chatId: string,
+  ownerId: string,
+): Promise<ChatAccess> {
+  const { flagged } = failures(kind);
   const chat = await ctx.store.getChat(chatId);
   if (!chat) return flagged('invalid_payload', `load chat: chat ${chatId} not found`);
   if (chat.ownerId !== ownerId) return flagged('forbidden', `user ${ownerId} does not own chat ${chat.id}`);
@@ -20,16 +27,18 @@ export async function checkChatAccess(ctx: JobContext, chatId: string, ownerId: 
   if (!owner || owner.deleted || owner.status !== 'active') {
     return flagged('forbidden', `load user authorization: user ${chat.ownerId} is not an active user`);
   }
-  return { chat, owner };
+  return { ok: true, chat, owner };
 }
 
 /** Start's and stop's steps 3-4: who may act (D7), and that the chat still points at the job's workspace (D10). */
 export async function checkChatWorkspace(
   ctx: JobContext,
+  kind: JobName,
   payload: { chatId: string; ownerId: string; workspaceId: string },
 ): Promise<ChatAccess> {
-  const access = await checkChatAccess(ctx, payload.chatId, payload.ownerId);
-  if ('error' in access) return access;
+  const { flagged } = failures(kind);
+  const access = await checkChatAccess(ctx, kind, payload.chatId, payload.ownerId);
+  if (isFailure(access)) return access;
   if (!access.chat.workspaceId) return flagged('no_workspace', messages.noWorkspace);
   if (access.chat.workspaceId !== payload.workspaceId)
     return flagged('workspace_changed', messages.workspaceChanged);
@@ -39,9 +48,11 @@ export async function checkChatWorkspace(
 /** Step 5: the job's workspace, unless it is gone or deleted, or not the owner's (D7). */
 export async function loadOwnedWorkspace(
   ctx: JobContext,
+  kind: JobName,
   workspaceId: string,
   owner: User,
 ): Promise<Workspace | JobFailure> {
+  const { flagged } = failures(kind);
   const workspace = await ctx.store.getWorkspace(workspaceId);
   if (!workspace || workspace.deleted) return flagged('workspace_deleted', messages.workspaceDeleted);
   if (workspace.ownerId !== owner.id) {

@@ -10,14 +10,11 @@
 // the processor reports, and by observeFailedJob (the worker's `failed` event) for retried attempts and for
 // failures BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
-import type { z } from 'zod';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
   isFailure,
   type FailureCode,
   type EventDraft,
-  type CreateWorkspaceSuccess,
-  type StartWorkspaceSuccess,
   type JobFailure,
   type JobName,
   type JobProgress,
@@ -30,14 +27,10 @@ import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from './p
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import {
-  createWorkspacePayloadSchema,
-  describeIssues,
-  startWorkspacePayloadSchema,
-} from '../shared/schemas.js';
-import { createWorkspace } from './create-workspace.js';
-import { messages } from './results.js';
-import { startWorkspace } from './start-workspace.js';
+import { describeIssues } from '../shared/schemas.js';
+import type { ChatPayload } from '../jobs/job-kind.js';
+import { findJobKind } from '../jobs/registry.js';
+import { failures, messages } from './results.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
@@ -67,16 +60,9 @@ export interface ProcessorOptions {
   afterResultPublished?: (jobId: string) => Promise<void>;
 }
 
-type Handler = (ctx: JobContext, payload: never) => Promise<JobResult>;
-
-const HANDLERS: Record<JobName, { schema: z.ZodType; run: Handler }> = {
-  'start-workspace': { schema: startWorkspacePayloadSchema, run: startWorkspace as Handler },
-  'create-workspace': { schema: createWorkspacePayloadSchema, run: createWorkspace as Handler },
-};
-
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
 function nameLabel(name: string): string {
-  return Object.hasOwn(HANDLERS, name) ? name : 'unknown';
+  return findJobKind(name) ? name : 'unknown';
 }
 
 /** The `reason` label of an auto-update: short and from a closed set. */
@@ -140,12 +126,6 @@ function recordFinished(metrics: Metrics | undefined, job: Job, outcome: string)
   metrics.jobDuration.observe(labels, Math.max(0, seconds));
 }
 
-/** What every payload has, whatever its kind: who and which chat. */
-interface ChatPayload {
-  chatId: string;
-  workspaceId?: string;
-}
-
 export function createProcessor(options: ProcessorOptions) {
   const { locks, publisher, log, metrics } = options;
   const observe: JobContext['observe'] = metrics && {
@@ -168,9 +148,8 @@ export function createProcessor(options: ProcessorOptions) {
       attempt: ref.attempt,
       chatId: job.data?.chatId,
     });
-    // Own keys only: a job named e.g. `constructor` must fail as unknown, not find Object's.
-    const handler = Object.hasOwn(HANDLERS, job.name) ? HANDLERS[ref.name] : undefined;
-    if (!handler) {
+    const kind = findJobKind(job.name);
+    if (!kind) {
       recordFinished(metrics, job, 'invalid_payload');
       throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
     }
@@ -179,22 +158,21 @@ export function createProcessor(options: ProcessorOptions) {
     // Kept in every progress update from here on, so that it survives attempts and re-delays.
     const startedAt = startedAtOf(job);
 
-    const parsed = handler.schema.safeParse(job.data);
+    const { flagged } = failures(ref.name);
+    const parsed = kind.payloadSchema.safeParse(job.data);
     if (!parsed.success) {
-      const failure: JobFailure = {
-        error: describeIssues(`${ref.name} payload`, parsed.error),
-        code: 'invalid_payload',
-        is_error: true,
-      };
+      const failure = flagged('invalid_payload', describeIssues(`${ref.name} payload`, parsed.error));
       // Only a chat id that parses can carry events; otherwise the failed job itself is the report.
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
-      if (isChatId(chatId)) await finish({ job, ref, payload: { chatId }, owner, fence: unfenced }, failure);
+      if (isChatId(chatId)) {
+        await finish({ job, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced }, failure);
+      }
       recordFinished(metrics, job, failure.code);
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       throw new UnrecoverableError(failure.error);
     }
     // A copy: the events' workspace id changes as a create job goes, the handler's payload does not.
-    const payload: ChatPayload = { ...(parsed.data as ChatPayload) };
+    const payload: ChatPayload = { ...parsed.data };
     const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
     const progress = job.progress as Partial<JobProgress> | undefined;
     const unlocked: Attempt = { job, ref, payload, owner, fence: unfenced };
@@ -221,11 +199,10 @@ export function createProcessor(options: ProcessorOptions) {
       const lockWaits = (progress?.lockWaits ?? 0) + 1;
       const since = progress?.lockWaitStartedAt ?? new Date().toISOString();
       if (Date.now() - Date.parse(since) > lockWaitTimeoutMs) {
-        const failure: JobFailure = {
-          error: `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`,
-          code: 'internal',
-          is_error: true,
-        };
+        const failure = flagged(
+          'internal',
+          `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`,
+        );
         return conclude(job, await finish(unlocked, failure), workspaceLog);
       }
       const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
@@ -294,7 +271,7 @@ export function createProcessor(options: ProcessorOptions) {
       };
       let result: JobResult;
       try {
-        result = await handler.run(ctx, parsed.data as never);
+        result = await kind.run(ctx, parsed.data);
       } catch (error) {
         result = await afterError(attempt, error, held, signal, workspaceLog);
       }
@@ -335,7 +312,7 @@ export function createProcessor(options: ProcessorOptions) {
     const message = error instanceof Error ? error.message : String(error);
     if (isLastAttempt(job)) {
       workspaceLog.error({ err: error }, 'job failed on its last attempt');
-      const failure: JobFailure = { error: message, code: 'internal', is_error: true };
+      const failure = failures(attempt.ref.name).flagged('internal', message);
       if (error instanceof Error) causes.set(failure, error);
       return failure;
     }
@@ -575,11 +552,12 @@ export async function publishMissingResult(publisher: EventPublisher, job: Job, 
   const final = isFinalFailure(job, error);
   const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
   if (!final || !isChatId(chatId)) return;
-  const failure: JobFailure = { error: error.message, code: 'internal', is_error: true };
+  const name = job.name as JobName;
+  const failure = failures(name).flagged('internal', error.message);
   await publisher.publish({
     type: 'result',
     stage: 'failed',
-    job: { id: job.id!, name: job.name as JobName, attempt: job.attemptsMade },
+    job: { id: job.id!, name, attempt: job.attemptsMade },
     chatId,
     workspaceId: (job.data as Partial<ChatPayload>).workspaceId,
     message: failure.error,
@@ -620,14 +598,8 @@ export function observeFailedJob(metrics: Metrics | undefined, job: Job, error: 
   if (!countedByProcessor) recordFinished(metrics, job, 'internal');
 }
 
+/** A result's one sentence: a failure's error, or the sentence its kind makes of a success. */
 function describeResult(result: JobResult): string {
-  return isFailure(result) ? result.error : describeSuccess(result);
-}
-
-function describeSuccess(result: StartWorkspaceSuccess | CreateWorkspaceSuccess): string {
-  if ('started' in result) {
-    if (result.no_build) return `Workspace ${result.workspace_name} is already running`;
-    return result.message ?? `Workspace ${result.workspace_name} started`;
-  }
-  return result.message ?? `Workspace ${result.workspace_name} ${result.created ? 'created' : 'exists'}`;
+  if (isFailure(result)) return result.error;
+  return findJobKind(result.kind)!.describe(result);
 }

@@ -1,5 +1,6 @@
 // Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
-import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure } from '../shared/contract.js';
+import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure, type JobName } from '../shared/contract.js';
+import type { BuildOutcome } from './build-wait.js';
 import type { Build, Workspace } from './ports.js';
 
 export const messages = {
@@ -56,21 +57,42 @@ function because(reason: string): string {
   return reason === 'template requires active versions' ? `the ${reason}` : reason;
 }
 
-/** Coder's flagged, plain precondition failures (`is_error: true`). */
-export function flagged(code: FailureCode, error: string): JobFailure {
-  return { error, code, is_error: true };
-}
-
-/** Coder's unflagged failures that keep structured fields (`is_error: false`). */
-export function unflagged(code: FailureCode, error: string, fields: Partial<JobFailure> = {}): JobFailure {
-  return { error, code, is_error: false, ...fields };
-}
-
-/** A build could not be created because another is still active (Coder's builder answers 409). */
-export function buildActive(workspace: Workspace, active: Build): JobFailure {
-  return unflagged('build_active', messages.buildActive, {
-    detail: messages.buildActive,
-    template_id: workspace.templateId,
-    build_id: active.id,
+/**
+ * The failure results of one job kind (`kind` is the job name they carry): Coder's flagged, plain
+ * precondition failures (`is_error: true`), its unflagged ones that keep structured fields (`is_error:
+ * false`), and the two every kind that makes builds reports.
+ */
+export function failures(kind: JobName) {
+  const flagged = (code: FailureCode, error: string): JobFailure => ({
+    kind,
+    ok: false,
+    error,
+    code,
+    is_error: true,
   });
+  const unflagged = (code: FailureCode, error: string, fields: Partial<JobFailure> = {}): JobFailure => ({
+    kind,
+    ok: false,
+    error,
+    code,
+    is_error: false,
+    ...fields,
+  });
+  return {
+    flagged,
+    unflagged,
+    /** A build could not be created because another is still active (Coder's builder answers 409). */
+    buildActive: (workspace: Workspace, active: Build): JobFailure =>
+      unflagged('build_active', messages.buildActive, {
+        detail: messages.buildActive,
+        template_id: workspace.templateId,
+        build_id: active.id,
+      }),
+    /**
+     * A build wait that failed: `what` says which build (`workspace start build failed`), then the reason;
+     * the build's id and the outcome's details (error code, quota) ride along.
+     */
+    buildFailed: (failed: Extract<BuildOutcome, { ok: false }>, what: string, buildId: string): JobFailure =>
+      unflagged(failed.code, `${what}: ${failed.reason}`, { build_id: buildId, ...failed.details }),
+  };
 }

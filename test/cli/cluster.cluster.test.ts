@@ -44,7 +44,12 @@ describe('the CLI on a Redis Cluster', () => {
     const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
     const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
 
-    expect(result).toMatchObject({ started: true, workspace_name: ws.workspaceName });
+    expect(result).toMatchObject({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: ws.workspaceName,
+    });
     expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
   });
 });

@@ -107,6 +107,8 @@ describe('workspace-jobs enqueue create', () => {
     );
     const binding = rows[0]!;
     expect(out.result).toEqual({
+      kind: 'create-workspace',
+      ok: true,
       created: true,
       workspace_name: `${owner.username}/cli-dev`,
       build_id: binding.build_id,
@@ -129,6 +131,8 @@ describe('workspace-jobs enqueue create', () => {
     const again = await runCli([...args, '--wait', '--json'], env(), RUN_MS);
     expect(again.exit, JSON.stringify(again)).toEqual({ code: 0, signal: null });
     expect(parseWaitOutput(again.stdout).result).toEqual({
+      kind: 'create-workspace',
+      ok: true,
       created: false,
       workspace_name: `${owner.username}/cli-dev`,
       status: 'already_exists',
@@ -150,7 +154,12 @@ describe('workspace-jobs enqueue create', () => {
     for (const line of [enqueued, ...events, result]) expect(line).not.toHaveProperty('msg');
     expect(events.length).toBeGreaterThan(0);
     expect(events.every((e) => e.job.id === enqueued.jobId && typeof e.stage === 'string')).toBe(true);
-    expect(result).toMatchObject({ created: true, workspace_name: expect.any(String) });
+    expect(result).toMatchObject({
+      kind: 'create-workspace',
+      ok: true,
+      created: true,
+      workspace_name: expect.any(String),
+    });
     expect(logLines(run.stderr).length, JSON.stringify(run.stderr)).toBeGreaterThan(0);
   }, 60_000);
 
@@ -195,7 +204,7 @@ describe('workspace-jobs enqueue create', () => {
     // Compared as given, the upper-case owner would not own the chat (forbidden).
     expect(run.exit, JSON.stringify(run)).toEqual({ code: 0, signal: null });
     const out = parseWaitOutput(run.stdout);
-    expect(out.result).toMatchObject({ created: true });
+    expect(out.result).toMatchObject({ kind: 'create-workspace', ok: true, created: true });
     expect(out.events.map((e) => e.chatId)).toEqual(out.events.map(() => chatId));
     expect(out.events.at(-1)).toMatchObject({ type: 'result', stage: 'completed' });
   }, 60_000);

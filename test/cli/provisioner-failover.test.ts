@@ -78,7 +78,7 @@ describe('when the provisioner daemon running a start build is killed', () => {
     expect(await victim!.cli.waitForExit(10_000)).toEqual({ code: null, signal: 'SIGKILL' });
 
     const result = await h.producer.waitForResult(jobId, { timeoutMs: 60_000 });
-    expect(result).toMatchObject({ started: true, build_id: buildId });
+    expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true, build_id: buildId });
     // The re-run's agent came up: no agent_status (no_agent, not_ready) on the result.
     expect((result as StartWorkspaceSuccess).agent_status).toBeUndefined();
 

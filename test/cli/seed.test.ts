@@ -4,7 +4,7 @@ import { completeJob } from '../helpers/fixtures.js';
 import { formatSeedResult, seed, type SeedResult } from '../../src/cli/seed.js';
 import { isFailure, type StartWorkspaceResult } from '../../src/shared/contract.js';
 import { topics } from '../../src/worker/ports.js';
-import { startWorkspace } from '../../src/worker/start-workspace.js';
+import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { awaitBuild, createStartContext, listBuilds, type StartContext } from '../helpers/start-context.js';
 
@@ -351,11 +351,20 @@ describe('seed', () => {
         return running;
       };
 
-      expect(await runBuilding('stopped', 3)).toMatchObject({ started: true });
-      expect(await run('running')).toMatchObject({ started: true, no_build: true });
+      expect(await runBuilding('stopped', 3)).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+      });
+      expect(await run('running')).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        no_build: true,
+      });
       expect(await run('noWorkspace')).toMatchObject({ code: 'no_workspace' });
       const building = await runBuilding('building', 3);
-      expect(building).toMatchObject({ started: true });
+      expect(building).toMatchObject({ kind: 'start-workspace', ok: true, started: true });
       expect(await listBuilds(db, r.chats.building.workspaceId!)).toHaveLength(3);
       expect(await runBuilding('autoUpdate', 3)).toMatchObject({
         updated_to_active_version: true,

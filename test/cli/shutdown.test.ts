@@ -108,7 +108,12 @@ describe('graceful shutdown of the long-running commands', () => {
 
       const done = await h.waitForState(jobId, ['completed']);
       expect(done.attemptsMade).toBe(1);
-      expect(done.returnvalue).toMatchObject({ started: true, build_id: buildId });
+      expect(done.returnvalue).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        build_id: buildId,
+      });
       expect(worker.logs().map((l) => l.msg)).not.toContain(
         'grace period over; handing active jobs back to the queue',
       );

@@ -456,7 +456,13 @@ describe('the live chat page', () => {
       job: { ...job, attempt: 1 },
       chatId: chat.chatId,
       message: 'build failed',
-      data: { error: 'build failed', code: 'build_failed', is_error: false },
+      data: {
+        kind: 'start-workspace',
+        ok: false,
+        error: 'build failed',
+        code: 'build_failed',
+        is_error: false,
+      },
     });
     await expect.poll(() => start.isEnabled()).toBe(true);
     expect(await create.isEnabled()).toBe(true);
@@ -476,7 +482,14 @@ describe('the live chat page', () => {
         job,
         chatId: chat.chatId,
         message: error,
-        data: { error, code: 'manual_update_required', is_error: false, settings_url: settingsUrl },
+        data: {
+          kind: 'start-workspace',
+          ok: false,
+          error,
+          code: 'manual_update_required',
+          is_error: false,
+          settings_url: settingsUrl,
+        },
       });
       const card = page.locator(`.job[data-job-id="${job.id}"]`);
       await card.locator('.result-failed').waitFor();

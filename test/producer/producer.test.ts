@@ -311,7 +311,7 @@ describe('WorkspaceJobsProducer', () => {
       const worker = startWorker(async () => {
         attempts.push(Date.now());
         if (attempts.length === 1) throw new Error('transient');
-        return { started: true, workspace_name: 'dev' };
+        return { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' };
       });
       worker.on('failed', () => (failedAt = Date.now()));
       await vi.waitFor(async () => expect(await queue.getJobState(jobId)).toBe('completed'), {
@@ -476,7 +476,7 @@ describe('WorkspaceJobsProducer', () => {
       const { ownerId, chats } = await seed(db.pool);
       const { chatId } = chats[0]!;
       const first = await producer.startWorkspace({ chatId, ownerId });
-      const result: JobResult = { started: true, workspace_name: 'dev-0' };
+      const result: JobResult = { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev-0' };
       startWorker(async () => result);
       await expect(producer.waitForResult(first.jobId, { timeoutMs: 10_000 })).resolves.toEqual(result);
       // The dedup key goes when the job finishes.
@@ -629,7 +629,7 @@ describe('WorkspaceJobsProducer', () => {
       await offLower();
       await offUpper();
 
-      const result: JobResult = { started: true, workspace_name: 'dev' };
+      const result: JobResult = { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' };
       startWorker(async () => result);
       // The job id the producer returned, in upper case, is the same job.
       await expect(producer.waitForResult(jobId.toUpperCase(), { timeoutMs: 10_000 })).resolves.toEqual(

@@ -72,8 +72,16 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
     return Number(n);
   }
 
-  const success: JobResult = { started: true, workspace_name: 'dev', build_id: randomUUID() };
+  const success: JobResult = {
+    kind: 'start-workspace',
+    ok: true,
+    started: true,
+    workspace_name: 'dev',
+    build_id: randomUUID(),
+  };
   const failure: JobFailure = {
+    kind: 'start-workspace',
+    ok: false,
     error: 'Workspace build failed: terraform apply exited with 1',
     code: 'build_failed',
     is_error: false,
@@ -118,6 +126,8 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
     });
     await finished(jobId, 'failed');
     await expect(producer.waitForResult(jobId, { timeoutMs: 5_000 })).resolves.toEqual({
+      kind: 'start-workspace',
+      ok: false,
       error: 'connection to Postgres lost',
       code: 'internal',
       is_error: true,
@@ -159,7 +169,7 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
       job: { id: randomUUID(), name: 'create-workspace', attempt: 1 },
       chatId,
       message: 'Workspace created',
-      data: { created: true, workspace_name: 'alice/dev' },
+      data: { kind: 'create-workspace', ok: true, created: true, workspace_name: 'alice/dev' },
     });
     await expect(producer.waitForResult(jobId, { timeoutMs: 300 })).rejects.toBeInstanceOf(WaitTimeoutError);
   });
@@ -236,10 +246,17 @@ describe('WorkspaceJobsProducer.waitForResult', () => {
         producer.startWorkspace({ chatId, ownerId, workspaceId: randomUUID() }),
       ),
     );
-    startWorker(async (job) => ({ started: true, workspace_name: job.id }));
+    startWorker(async (job) => ({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: job.id,
+    }));
     const results = await Promise.all(
       jobs.map((j) => producer.waitForResult(j.jobId, { timeoutMs: 10_000 })),
     );
-    expect(results).toEqual(jobs.map((j) => ({ started: true, workspace_name: j.jobId })));
+    expect(results).toEqual(
+      jobs.map((j) => ({ kind: 'start-workspace', ok: true, started: true, workspace_name: j.jobId })),
+    );
   });
 });

@@ -67,7 +67,7 @@ describe('events on a Redis Cluster', () => {
     const result = draft(chatId, 0, {
       type: 'result',
       stage: 'completed',
-      data: { started: true, workspace_name: 'dev' },
+      data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
     });
 
     expect(await publisher.publish(result)).not.toBeNull();

@@ -53,7 +53,7 @@ describe('events on the real Redis', () => {
     const result = draft(chatId, 0, {
       type: 'result',
       stage: 'failed',
-      data: { error: 'x', code: 'internal', is_error: true },
+      data: { kind: 'start-workspace', ok: false, error: 'x', code: 'internal', is_error: true },
     });
     // A key of the wrong type makes the XADD inside the publish script fail (WRONGTYPE).
     await redis.set(`${prefix}:events:chat:${chatId}:log`, 'not a stream');
@@ -254,7 +254,7 @@ describe('events on the real Redis', () => {
     const result = draft(chatId, 0, {
       type: 'result',
       stage: 'completed',
-      data: { started: true, workspace_name: 'dev' },
+      data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
     });
 
     const outcomes = await Promise.all(
@@ -273,12 +273,15 @@ describe('events on the real Redis', () => {
     const result = draft(chatId, 0, {
       type: 'result',
       stage: 'completed',
-      data: { started: true, workspace_name: 'dev', build_id: 'b' },
+      data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev', build_id: 'b' },
     });
 
     const published = await publisher.publish(result);
     expect(
-      await publisher.publish({ ...result, data: { started: true, workspace_name: 'dev', no_build: true } }),
+      await publisher.publish({
+        ...result,
+        data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev', no_build: true },
+      }),
     ).toBeNull();
 
     expect(published).not.toBeNull();
@@ -311,7 +314,7 @@ describe('events on the real Redis', () => {
       const result = draft(chatId, 2, {
         type: 'result',
         stage: 'completed',
-        data: { started: true, workspace_name: 'dev' },
+        data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
       });
 
       await redis.set(lockKey(), 'token-b', 'PX', 10_000);

@@ -172,7 +172,7 @@ describe('events on ioredis-mock', () => {
       const result = draft(chatId, {
         type: 'result',
         stage: 'completed',
-        data: { started: true, workspace_name: 'dev' },
+        data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
       });
 
       const first = await publisher.publish(result);
@@ -209,17 +209,24 @@ describe('events on ioredis-mock', () => {
       ['a result stage on a progress event', { stage: 'completed' }, /stage/],
       [
         'a progress stage on a result event',
-        { type: 'result', data: { error: 'x', code: 'internal', is_error: true } },
+        {
+          type: 'result',
+          data: { kind: 'start-workspace', ok: false, error: 'x', code: 'internal', is_error: true },
+        },
         /stage/,
       ],
       [
         'a result event whose data is not a result',
-        { type: 'result', stage: 'completed', data: { started: true } },
+        { type: 'result', stage: 'completed', data: { kind: 'start-workspace', ok: true, started: true } },
         /data/,
       ],
       [
         'a failure result with an unknown code',
-        { type: 'result', stage: 'failed', data: { error: 'x', code: 'oops', is_error: true } },
+        {
+          type: 'result',
+          stage: 'failed',
+          data: { kind: 'start-workspace', ok: false, error: 'x', code: 'oops', is_error: true },
+        },
         /data/,
       ],
     ])('refuses %s, writing nothing', async (_what, overrides, named) => {

@@ -166,7 +166,7 @@ describe('tracing', () => {
       const ws = await harness.seedStoppedWorkspace();
       const { jobId } = await harness.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
       const result = await harness.producer.waitForResult(jobId, { timeoutMs: 20_000 });
-      expect(result).toMatchObject({ started: true });
+      expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true });
 
       const spans = await vi.waitFor(() => {
         const finished = exporter.getFinishedSpans();
@@ -286,6 +286,8 @@ describe('tracing', () => {
       await harness.waitForEvent(ws.chatId, 'waiting_for_lock', (e) => e.job.id === jobId);
       await held!.release();
       await expect(harness.producer.waitForResult(jobId, { timeoutMs: 20_000 })).resolves.toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
         started: true,
       });
 

@@ -3,12 +3,14 @@
 // build_failed result.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertChat } from '../../src/cli/fixtures.js';
-import type { JobFailure, JobResult, QuotaReport } from '../../src/shared/contract.js';
+import type { JobFailure, JobName, JobResult, QuotaReport } from '../../src/shared/contract.js';
 import { WAIT_MS, WorkerHarness, type SeededWorkspace } from '../helpers/worker-harness.js';
 
 /** The result of a build refused for quota, as Coder's chat tools shape it, with our code and flag. */
-function quotaFailure(error: string, buildId: string, quota?: QuotaReport): JobFailure {
+function quotaFailure(kind: JobName, error: string, buildId: string, quota?: QuotaReport): JobFailure {
   return {
+    kind,
+    ok: false,
     error,
     code: 'build_failed',
     is_error: false,
@@ -65,7 +67,7 @@ describe('a build that fails with an error code', () => {
     const { jobId, result, buildId, resultEvent } = await start(refused);
 
     expect(result).toEqual(
-      quotaFailure('workspace start build failed: insufficient quota', buildId, {
+      quotaFailure('start-workspace', 'workspace start build failed: insufficient quota', buildId, {
         credits_consumed: 1,
         budget: 1,
       }),
@@ -89,7 +91,7 @@ describe('a build that fails with an error code', () => {
       [ownerId],
     );
     expect(result).toEqual(
-      quotaFailure('workspace build failed: insufficient quota', rows[0]!.id, {
+      quotaFailure('create-workspace', 'workspace build failed: insufficient quota', rows[0]!.id, {
         credits_consumed: 0,
         budget: 0,
       }),
@@ -103,10 +105,15 @@ describe('a build that fails with an error code', () => {
     );
 
     expect(result).toEqual(
-      quotaFailure('workspace start build failed: command exited with code 1: quota exceeded', buildId, {
-        credits_consumed: 3,
-        budget: 2,
-      }),
+      quotaFailure(
+        'start-workspace',
+        'workspace start build failed: command exited with code 1: quota exceeded',
+        buildId,
+        {
+          credits_consumed: 3,
+          budget: 2,
+        },
+      ),
     );
   });
 
@@ -117,7 +124,11 @@ describe('a build that fails with an error code', () => {
     );
 
     expect(result).toEqual(
-      quotaFailure('workspace start build failed: command exited with code 1: quota exceeded', buildId),
+      quotaFailure(
+        'start-workspace',
+        'workspace start build failed: command exited with code 1: quota exceeded',
+        buildId,
+      ),
     );
   });
 
@@ -128,6 +139,8 @@ describe('a build that fails with an error code', () => {
     );
 
     expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: false,
       error: 'workspace start build failed: command exited with code 1: variable "region" is required',
       code: 'build_failed',
       is_error: false,

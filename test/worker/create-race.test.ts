@@ -485,12 +485,16 @@ describe('create and start racing for one chat across worker processes', () => {
       // The first create created it; every other create found it running; every start found it running.
       const [firstCreate, ...laterCreates] = q.jobs('create-workspace');
       expect(results.get(firstCreate!)).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: true,
         workspace_name: `${s.username}/${workspace.name}`,
         build_id: builds[0]!.id,
       });
       for (const id of laterCreates) {
         expect(results.get(id)).toEqual({
+          kind: 'create-workspace',
+          ok: true,
           created: false,
           workspace_name: `${s.username}/${workspace.name}`,
           status: 'already_exists',
@@ -499,6 +503,8 @@ describe('create and start racing for one chat across worker processes', () => {
       }
       for (const id of q.jobs('start-workspace')) {
         expect(results.get(id)).toEqual({
+          kind: 'start-workspace',
+          ok: true,
           started: true,
           workspace_name: workspace.name,
           no_build: true,
@@ -572,19 +578,23 @@ describe('create and start racing for one chat across worker processes', () => {
       // stopped (before the start) or running, and at least the one that waited behind the start found it running.
       const starts = q.jobs('start-workspace').map((id) => results.get(id) as StartWorkspaceSuccess);
       expect(starts.filter((r) => r.build_id !== undefined)).toEqual([
-        { started: true, workspace_name: name, build_id: startBuild.id },
+        { kind: 'start-workspace', ok: true, started: true, workspace_name: name, build_id: startBuild.id },
       ]);
       expect(starts.filter((r) => r.no_build)).toHaveLength(starts.length - 1);
       const creates = q.jobs('create-workspace').map((id) => results.get(id) as CreateWorkspaceSuccess);
       for (const result of creates) {
         expect([
           {
+            kind: 'create-workspace',
+            ok: true,
             created: false,
             workspace_name: `${s.username}/${name}`,
             status: 'stopped',
             message: 'workspace is stopped; use start_workspace to start it',
           },
           {
+            kind: 'create-workspace',
+            ok: true,
             created: false,
             workspace_name: `${s.username}/${name}`,
             status: 'already_exists',

@@ -31,8 +31,8 @@ import {
   type WorkspaceTransition,
 } from '../../src/worker/ports.js';
 import { workspaceNameSchema } from '../../src/shared/schemas.js';
-import { createWorkspace, generateName } from '../../src/worker/create-workspace.js';
-import { startWorkspace } from '../../src/worker/start-workspace.js';
+import { createWorkspace, generateName } from '../../src/jobs/create-workspace/create-workspace.js';
+import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { created, createFailure, persistedState, workspaceSnapshot } from '../helpers/create-results.js';
 import {
@@ -254,6 +254,8 @@ describe('createWorkspace', () => {
 
       const workspace = await workspaceRow(provisioned.workspaceId);
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: true,
         workspace_name: `${w.username}/${workspace.name}`,
         build_id: provisioned.build.id,
@@ -310,6 +312,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await job);
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: 'workspace build failed: terraform apply failed',
         code: 'build_failed',
         is_error: false,
@@ -355,6 +359,8 @@ describe('createWorkspace', () => {
         const result = created(await job);
 
         expect(result).toEqual({
+          kind: 'create-workspace',
+          ok: true,
           created: false,
           workspace_name: `${w.username}/${ex.name}`,
           status: 'already_exists',
@@ -385,6 +391,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await job);
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: 'existing workspace build failed: out of capacity',
         code: 'build_failed',
         is_error: false,
@@ -409,6 +417,8 @@ describe('createWorkspace', () => {
       const result = created(await job);
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: false,
         workspace_name: `${w.username}/${ex.name}`,
         status: 'stopped',
@@ -430,6 +440,8 @@ describe('createWorkspace', () => {
       const result = created(await createWorkspace(t.ctx, w.payload));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: false,
         workspace_name: `${w.username}/${ex.name}`,
         status: 'stopped',
@@ -449,6 +461,8 @@ describe('createWorkspace', () => {
       const result = created(await createWorkspace(t.ctx, w.payload));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: false,
         workspace_name: `${w.username}/${ex.name}`,
         status: 'already_exists',
@@ -476,6 +490,8 @@ describe('createWorkspace', () => {
       const result = created(await job);
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: false,
         workspace_name: `${w.username}/${ex.name}`,
         status: 'already_exists',
@@ -495,6 +511,8 @@ describe('createWorkspace', () => {
       const result = created(await createWorkspace(t.ctx, w.payload));
 
       expect(result).toMatchObject({
+        kind: 'create-workspace',
+        ok: true,
         created: false,
         status: 'already_exists',
         message: RUNNING_CONNECTING,
@@ -580,6 +598,8 @@ describe('createWorkspace', () => {
         expect(provisioned.workspaceId).not.toBe(ex.workspaceId);
         const workspace = await workspaceRow(provisioned.workspaceId);
         expect(result).toEqual({
+          kind: 'create-workspace',
+          ok: true,
           created: true,
           workspace_name: `${w.username}/${workspace.name}`,
           build_id: provisioned.build.id,
@@ -611,7 +631,12 @@ describe('createWorkspace', () => {
         const provisioned = await provisionNew(t, job, w.chatId, { previousWorkspaceId: ex.workspaceId });
         const result = created(await job);
 
-        expect(result).toMatchObject({ created: true, build_id: provisioned.build.id });
+        expect(result).toMatchObject({
+          kind: 'create-workspace',
+          ok: true,
+          created: true,
+          build_id: provisioned.build.id,
+        });
         expect((await chatBinding(db, w.chatId)).workspace_id).toBe(provisioned.workspaceId);
       });
     });
@@ -658,6 +683,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await createWorkspace(t.ctx, { ...w.payload, ownerId: other.userId }));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: `user ${other.userId} does not own chat ${w.chatId}`,
         code: 'forbidden',
         is_error: true,
@@ -699,6 +726,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await createWorkspace(t.ctx, { ...w.payload, chatId }));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: `load chat: chat ${chatId} not found`,
         code: 'invalid_payload',
         is_error: true,
@@ -716,6 +745,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await createWorkspace(t.ctx, { ...w.payload, templateId }));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: `template ${templateId} not found`,
         code: 'invalid_payload',
         is_error: true,
@@ -738,6 +769,8 @@ describe('createWorkspace', () => {
       const result = createFailure(await createWorkspace(t.ctx, { ...w.payload, parameters: { zone: 'a' } }));
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: false,
         error: 'Unable to validate parameters "region", "image"',
         code: 'invalid_parameters',
         is_error: false,
@@ -807,6 +840,8 @@ describe('createWorkspace', () => {
       const result = created(await job);
 
       expect(result).toEqual({
+        kind: 'create-workspace',
+        ok: true,
         created: true,
         workspace_name: `${w.username}/dev-box`,
         build_id: provisioned.build.id,
@@ -833,7 +868,12 @@ describe('createWorkspace', () => {
       const provisioned = await provisionNew(t, job, w.chatId, { previousWorkspaceId: ex.workspaceId });
       const result = created(await job);
 
-      expect(result).toMatchObject({ created: true, workspace_name: `${w.username}/${ex.name}` });
+      expect(result).toMatchObject({
+        kind: 'create-workspace',
+        ok: true,
+        created: true,
+        workspace_name: `${w.username}/${ex.name}`,
+      });
       expect(await workspaceRow(provisioned.workspaceId)).toMatchObject({ name: ex.name, deleted: false });
       expect(await workspaceRow(ex.workspaceId)).toMatchObject({ name: ex.name, deleted: true });
     });
@@ -977,6 +1017,8 @@ describe('createWorkspace through the producer and a worker', () => {
       [chatId],
     );
     expect(result).toEqual({
+      kind: 'create-workspace',
+      ok: true,
       created: true,
       workspace_name: `${owner.username}/${rows[0]!.name}`,
       build_id: rows[0]!.build_id,
@@ -1016,7 +1058,13 @@ describe('createWorkspace through the producer and a worker', () => {
     });
     const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
 
-    expect(result).toMatchObject({ created: false, status: 'stopped', message: STOPPED_MESSAGE });
+    expect(result).toMatchObject({
+      kind: 'create-workspace',
+      ok: true,
+      created: false,
+      status: 'stopped',
+      message: STOPPED_MESSAGE,
+    });
     await h.waitForState(jobId, ['completed']);
     const events = await h.jobEvents(ws.chatId, jobId);
     const results = events.filter((e) => e.type === 'result');

@@ -62,7 +62,7 @@ describe('an enqueue after the previous job of the workspace ended and its resul
     for (let i = 0; i < LOOPS; i++) {
       const jobId = await expectNewStart(seen, `loop ${i}`);
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
-      expect(result).toMatchObject({ started: true });
+      expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true });
     }
     // About 35 ms a loop on 2 busy cores, most of it waitForResult replaying the chat's stream (capped at
     // ~1000 entries, which 200 jobs fill) before it listens.

@@ -62,7 +62,11 @@ describe('the worker on METRICS_PORT', () => {
       expect(worker.metricsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
       const ws = await h.seedStoppedWorkspace();
       const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
-      expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({ started: true });
+      expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+      });
       await h.waitForState(jobId, ['completed']);
 
       const ok = { name: 'start-workspace', outcome: 'ok', kind: 'ok' };

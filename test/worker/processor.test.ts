@@ -55,7 +55,13 @@ describe('start-workspace processor', () => {
       expect(result).toEqual(job.returnvalue);
       const [build] = await h.newStartBuilds(ws.workspaceId);
       expect(build).toBeDefined();
-      expect(result).toEqual({ started: true, workspace_name: ws.workspaceName, build_id: build!.id });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: ws.workspaceName,
+        build_id: build!.id,
+      });
 
       const events = await h.events(ws.chatId);
       expect(events.every((e) => e.job.id === jobId)).toBe(true);
@@ -64,7 +70,12 @@ describe('start-workspace processor', () => {
       const last = events.at(-1)!;
       expect(last).toBe(results[0]);
       expect(last).toMatchObject({ type: 'result', stage: 'completed', chatId: ws.chatId });
-      expect(last.data).toMatchObject({ started: true, build_id: build!.id });
+      expect(last.data).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        build_id: build!.id,
+      });
       expect(last.data).toEqual(result);
 
       // Progress: the stages that must appear, each once, in the contract's order.
@@ -106,7 +117,13 @@ describe('start-workspace processor', () => {
       const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
       const [build] = await h.newStartBuilds(ws.workspaceId);
-      expect(result).toEqual({ started: true, workspace_name: ws.workspaceName, build_id: build!.id });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: ws.workspaceName,
+        build_id: build!.id,
+      });
       const { rows } = await h.db.pool.query<{ worker_id: string; job_status: string }>(
         `SELECT j.worker_id, j.job_status FROM provisioner_jobs j JOIN workspace_builds b ON b.job_id = j.id
           WHERE b.id = $1`,
@@ -250,6 +267,8 @@ describe('start-workspace processor', () => {
       });
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
       expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: false,
         error: 'chat has no workspace; use create_workspace first',
         code: 'no_workspace',
         is_error: true,

@@ -47,7 +47,13 @@ describe('publishMissingResult (the worker’s failed-event safety net)', () => 
     expect(result).toMatchObject({
       stage: 'failed',
       job: { id: stalled.id, name: 'start-workspace' },
-      data: { error: 'job stalled more than allowable limit', code: 'internal', is_error: true },
+      data: {
+        kind: 'start-workspace',
+        ok: false,
+        error: 'job stalled more than allowable limit',
+        code: 'internal',
+        is_error: true,
+      },
     });
   });
 

@@ -13,7 +13,7 @@ import {
 import { cancelJob, completeJob, connectAgent, setAgentLifecycle, startJob } from '../helpers/fixtures.js';
 import { PROGRESS_STAGES } from '../../src/shared/contract.js';
 import { topics, type WorkspaceStore } from '../../src/worker/ports.js';
-import { startWorkspace } from '../../src/worker/start-workspace.js';
+import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   awaitBuild,
@@ -157,6 +157,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     const result = failure(await running);
 
     expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: false,
       error: 'workspace start build failed: build was canceled',
       code: 'build_canceled',
       is_error: false,
@@ -192,6 +194,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
       expect(build.template_version_id).toBe(w.versionIds[1]);
       expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
         started: true,
         workspace_name: w.workspaceName,
         build_id: build.id,
@@ -213,7 +217,13 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       const result = success(await running);
 
       expect(build.template_version_id).toBe(w.versionIds[0]);
-      expect(result).toEqual({ started: true, workspace_name: w.workspaceName, build_id: build.id });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: w.workspaceName,
+        build_id: build.id,
+      });
     });
 
     it('already on the active version: no update fields', async () => {
@@ -303,7 +313,13 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     await setAgentLifecycle(db.pool, agentId, 'ready');
     const result = success(await running);
 
-    expect(result).toEqual({ started: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
     expect(t.stages()).toContain('agent_ready');
   });
 
@@ -389,7 +405,13 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       const build = await provision(t, w.workspaceId, 3, { agents: [{ name: 'dev', connected: false }] });
       const result = success(await running);
 
-      expect(result).toMatchObject({ started: true, build_id: build.id, agent_status: 'not_ready' });
+      expect(result).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        build_id: build.id,
+        agent_status: 'not_ready',
+      });
       expect(typeof result.agent_error).toBe('string');
       expect(result.agent_error).not.toBe('');
       expect(result.startup_scripts).toBeUndefined();
@@ -408,6 +430,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       const result = success(await running);
 
       expect(result).toMatchObject({
+        kind: 'start-workspace',
+        ok: true,
         started: true,
         build_id: build.id,
         startup_scripts: 'startup_scripts_timeout',
@@ -443,7 +467,13 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
       const result = success(await startWorkspace(t.ctx, w.payload));
 
-      expect(result).toEqual({ started: true, workspace_name: w.workspaceName, no_build: true });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: w.workspaceName,
+        no_build: true,
+      });
       expect(t.waits.filter((x) => x.blocked)).toEqual([]);
     });
 
@@ -457,7 +487,13 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       await setAgentLifecycle(db.pool, agentId, 'ready');
       const result = success(await running);
 
-      expect(result).toEqual({ started: true, workspace_name: w.workspaceName, no_build: true });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: w.workspaceName,
+        no_build: true,
+      });
     });
   });
 

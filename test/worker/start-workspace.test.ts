@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { insertAgents, insertChat, type AgentInput, type ParameterInput } from '../../src/cli/fixtures.js';
 import { completeJob, startJob } from '../helpers/fixtures.js';
 import { topics } from '../../src/worker/ports.js';
-import { startWorkspace } from '../../src/worker/start-workspace.js';
+import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   awaitBuild,
@@ -130,7 +130,13 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     expect(result.started).toBe(true);
     expect(result.build_id).toBeUndefined();
     expect(result.no_build).toBe(true);
-    expect(result).toEqual({ started: true, workspace_name: w.workspaceName, no_build: true });
+    expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: w.workspaceName,
+      no_build: true,
+    });
     // StartFn not called.
     expect(await rowCounts(db)).toEqual(before);
   });
@@ -222,7 +228,13 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     expect(result.started).toBe(true);
     expect(result.build_id).toBe(build.id);
     expect(result.no_build).toBeUndefined();
-    expect(result).toEqual({ started: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
   });
 
   it('StoppedWorkspaceReportsAutoUpdate', async () => {
@@ -368,6 +380,8 @@ describe('startWorkspace: Coder TestStartWorkspace', () => {
     });
 
     expect(await running).toEqual({
+      kind: 'start-workspace',
+      ok: false,
       error: 'waiting for in-progress build: required template variables',
       code: 'build_failed',
       is_error: false,

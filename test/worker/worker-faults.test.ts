@@ -118,7 +118,10 @@ describe('when a worker dies or freezes under a job', () => {
     h.provisioner.resume();
     await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
     const result = await expectOneAgreeingResult(ws.chatId, jobId);
-    expect(result).toMatchObject({ stage: 'completed', data: { started: true, build_id: buildId } });
+    expect(result).toMatchObject({
+      stage: 'completed',
+      data: { kind: 'start-workspace', ok: true, started: true, build_id: buildId },
+    });
     const eventsBefore = await h.jobEvents(ws.chatId, jobId);
     const progressBefore = await h.progressOf(jobId);
 
@@ -178,7 +181,10 @@ describe('when a worker dies or freezes under a job', () => {
       return { chatId: ws.chatId, jobId };
     });
 
-    expect(result).toMatchObject({ stage: 'completed', data: { started: true } });
+    expect(result).toMatchObject({
+      stage: 'completed',
+      data: { kind: 'start-workspace', ok: true, started: true },
+    });
     expect(result.data).not.toHaveProperty('no_build');
     expect(await h.newStartBuilds()).toHaveLength(1);
   }, 90_000);
@@ -224,7 +230,12 @@ describe('when a worker dies or freezes under a job', () => {
 
     const { result, buildId } = await rerunAfterItsBuildFinished(first, ws.chatId, jobId);
 
-    expect(result.data).toMatchObject({ started: true, build_id: buildId });
+    expect(result.data).toMatchObject({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      build_id: buildId,
+    });
     expect(result.data).not.toHaveProperty('no_build');
     expect((await h.newStartBuilds()).map((b) => b.id)).toEqual([buildId]);
   }, 90_000);
@@ -241,7 +252,12 @@ describe('when a worker dies or freezes under a job', () => {
 
     const { result, buildId } = await rerunAfterItsBuildFinished(first, chatId, jobId);
 
-    expect(result.data).toMatchObject({ created: true, build_id: buildId });
+    expect(result.data).toMatchObject({
+      kind: 'create-workspace',
+      ok: true,
+      created: true,
+      build_id: buildId,
+    });
     const { rows } = await h.db.pool.query('SELECT id FROM workspaces WHERE owner_id = $1', [owner.ownerId]);
     expect(rows).toHaveLength(1);
   }, 90_000);
@@ -269,7 +285,7 @@ describe('when a worker dies or freezes under a job', () => {
     const result = await expectOneAgreeingResult(ws.chatId, jobId);
     expect(result).toMatchObject({
       stage: 'completed',
-      data: { started: true, build_id: queued.data?.build_id },
+      data: { kind: 'start-workspace', ok: true, started: true, build_id: queued.data?.build_id },
     });
     expect((await h.newStartBuilds()).map((b) => b.id)).toEqual([queued.data?.build_id]);
   }, 120_000);

@@ -61,7 +61,7 @@ describe('the chat lock', () => {
       const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
       const error = `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`;
-      expect(result).toEqual({ error, code: 'internal', is_error: true });
+      expect(result).toEqual({ kind: 'start-workspace', ok: false, error, code: 'internal', is_error: true });
 
       const failed = await h.waitForState(jobId, ['failed']);
       expect(failed.failedReason).toBe(error);
@@ -199,7 +199,7 @@ describe('the chat lock', () => {
 
       h.provisioner.resume();
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
-      expect(result).toMatchObject({ started: true, build_id: buildId });
+      expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true, build_id: buildId });
       const done = await h.waitForState(jobId, ['completed']);
       expect(done.attemptsMade).toBe(2);
 
@@ -267,7 +267,7 @@ describe('the chat lock', () => {
       await second!.release();
       h.provisioner.resume();
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
-      expect(result).toMatchObject({ started: true });
+      expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true });
     });
   });
 });

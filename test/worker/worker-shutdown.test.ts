@@ -73,7 +73,7 @@ describe('WorkspaceWorker.close', () => {
       await h.waitForEvent(ws.chatId, 'waiting_for_existing_build');
       h.provisioner.resume();
       const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
-      expect(result).toMatchObject({ started: true, build_id: buildId });
+      expect(result).toMatchObject({ kind: 'start-workspace', ok: true, started: true, build_id: buildId });
       const done = await h.waitForState(jobId, ['completed']);
       expect(done.attemptsMade).toBe(1);
 

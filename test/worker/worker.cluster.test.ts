@@ -64,7 +64,13 @@ describe('on a Redis Cluster', () => {
     const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
     const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
     const [build] = await h.newStartBuilds(ws.workspaceId);
-    expect(result).toEqual({ started: true, workspace_name: ws.workspaceName, build_id: build!.id });
+    expect(result).toEqual({
+      kind: 'start-workspace',
+      ok: true,
+      started: true,
+      workspace_name: ws.workspaceName,
+      build_id: build!.id,
+    });
     expect((await h.waitForState(jobId, ['completed'])).returnvalue).toEqual(result);
 
     const events = await h.jobEvents(ws.chatId, jobId);

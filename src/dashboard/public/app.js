@@ -79,6 +79,63 @@ function parseParameters(text, what) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Job kinds: one entry per kind the page can enqueue (the API's `api/chats/<id>/<command>`), keyed by its job
+// name (a result's `kind`). `form`: its form in index.html, or none: the page then adds a card with just the
+// button (a kind without input). `body`: the request body from the form; `retryBody`: the body of a retry with
+// the parameters a failure asked for (none: no retry form). `badge` and `title`: how its success reads. A
+// new kind is one entry here.
+const KINDS = {
+  'start-workspace': {
+    command: 'start',
+    heading: 'Start the workspace',
+    label: 'Start',
+    form: 'start-form',
+    /** What a second one is deduplicated by. */
+    per: 'workspace',
+    body: () => {
+      const parameters = parseParameters($('start-params').value, 'Parameters');
+      return parameters === undefined ? {} : { parameters };
+    },
+    retryBody: (_result, parameters) => ({ parameters }),
+    badge: (result) => `started: ${result.started}`,
+    title: (result) => (result.no_build ? 'Already running (no build)' : 'Started'),
+  },
+  'create-workspace': {
+    command: 'create',
+    heading: 'Create a workspace',
+    label: 'Create',
+    form: 'create-form',
+    per: 'chat',
+    body: () => {
+      const parameters = parseParameters($('create-params').value, 'Parameters');
+      const name = $('create-name').value.trim();
+      return {
+        templateId: $('create-template').value,
+        ...(name && { name }),
+        ...(parameters !== undefined && { parameters }),
+      };
+    },
+    retryBody: (result, parameters) => ({ templateId: result.template_id, parameters }),
+    badge: (result) => `created: ${result.created}`,
+    title: (result) => (result.created ? 'Created' : `Not created (${result.status ?? 'exists'})`),
+  },
+};
+
+/** A kind's form: its own in index.html, or a card with only its button. */
+function actionForm(kind) {
+  if (kind.form) return $(kind.form);
+  const form = h(
+    'form',
+    { id: `${kind.command}-form`, class: 'card action' },
+    h('h3', {}, kind.heading),
+    h('button', { id: kind.command, type: 'submit', class: 'secondary' }, kind.label),
+  );
+  document.querySelector('.actions').append(form);
+  kind.form = form.id;
+  return form;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // State
 
 const state = {
@@ -312,8 +369,7 @@ function selectChat(chat) {
   $('no-jobs').hidden = false;
   hideMessages();
   // Nothing typed for the previous chat carries over to this one.
-  $('start-form').reset();
-  $('create-form').reset();
+  for (const kind of Object.values(KINDS)) actionForm(kind).reset();
   $('empty').hidden = true;
   $('chat').hidden = false;
   $('detail').scrollTop = 0;
@@ -538,7 +594,7 @@ function versionField(label, versionId) {
 
 function renderResult(event) {
   const result = event.data ?? {};
-  const failed = 'error' in result;
+  const failed = result.ok === false;
   const box = h('div', { class: `result ${failed ? 'result-failed' : 'result-ok'}` });
   if (failed) {
     box.append(
@@ -562,13 +618,14 @@ function renderResult(event) {
       ),
     );
     if (Array.isArray(result.validations) && result.validations.length > 0) {
+      const kind = KINDS[result.kind];
       box.append(
         h(
           'ul',
           { class: 'validations' },
           result.validations.map((v) => h('li', {}, h('strong', { class: 'mono' }, v.field), ` ${v.detail}`)),
         ),
-        retryForm(event, result),
+        kind?.retryBody ? retryForm(event, result, kind) : null,
       );
     }
     if (result.settings_url) {
@@ -589,24 +646,13 @@ function renderResult(event) {
       );
     }
   } else {
-    const title =
-      'started' in result
-        ? result.no_build
-          ? 'Already running (no build)'
-          : 'Started'
-        : result.created
-          ? 'Created'
-          : `Not created (${result.status ?? 'exists'})`;
+    const kind = KINDS[result.kind];
     box.append(
       h(
         'div',
         { class: 'result-title' },
-        h(
-          'span',
-          { class: 'badge ok' },
-          'started' in result ? `started: ${result.started}` : `created: ${result.created}`,
-        ),
-        title,
+        h('span', { class: 'badge ok' }, kind ? kind.badge(result) : `${result.kind ?? 'job'}: ok`),
+        kind ? kind.title(result) : 'Succeeded',
       ),
       h(
         'dl',
@@ -657,7 +703,7 @@ function renderResult(event) {
 }
 
 /** One input per failing parameter (options from the template when known), then a retry of the same kind. */
-function retryForm(event, result) {
+function retryForm(event, result, kind) {
   const template = templateById(result.template_id);
   const inputs = result.validations.map((v, index) => {
     const param = template?.parameters.find((p) => p.name === v.field);
@@ -683,18 +729,16 @@ function retryForm(event, result) {
         : null,
     );
   });
-  const kind = event.job.name === 'create-workspace' ? 'create' : 'start';
   const form = h(
     'form',
     { class: 'retry' },
     h('div', { class: 'retry-fields' }, inputs),
-    h('button', { type: 'submit' }, `Retry ${kind} with these parameters`),
+    h('button', { type: 'submit' }, `Retry ${kind.command} with these parameters`),
   );
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const parameters = Object.fromEntries(new window.FormData(form).entries());
-    const body = kind === 'create' ? { templateId: result.template_id, parameters } : { parameters };
-    void act(kind, body);
+    void act(kind, kind.retryBody(result, parameters));
   });
   return form;
 }
@@ -725,15 +769,17 @@ function activeJob() {
   return undefined;
 }
 
-/** Start, Create and the retry buttons stay disabled while a request is in flight or a job is unfinished. */
+/** The action buttons and the retry buttons stay disabled while a request is in flight or a job is unfinished. */
 function renderBusy() {
   const job = activeJob();
-  for (const button of document.querySelectorAll('#start, #create, .retry button')) {
+  for (const button of document.querySelectorAll('.action button[type=submit], .retry button')) {
     button.disabled = state.acting || job !== undefined;
   }
+  const labels = Object.values(KINDS).map((kind) => kind.label);
+  const buttons = labels.length > 1 ? `${labels.slice(0, -1).join(', ')} and ${labels.at(-1)}` : labels[0];
   $('busy').hidden = !job;
   $('busy').textContent = job
-    ? `Job ${short(job.id)} (${job.name}) is ${job.status}: Start and Create are enabled again when its result arrives.`
+    ? `Job ${short(job.id)} (${job.name}) is ${job.status}: ${buttons} are enabled again when its result arrives.`
     : '';
 }
 
@@ -743,11 +789,11 @@ async function act(kind, body) {
   state.acting = true;
   renderBusy();
   try {
-    const job = await api('POST', `api/chats/${encodeURIComponent(state.chatId)}/${kind}`, body);
+    const job = await api('POST', `api/chats/${encodeURIComponent(state.chatId)}/${kind.command}`, body);
     showInfo(
       job.deduplicated
-        ? `A ${kind} is already queued for this ${kind === 'start' ? 'workspace' : 'chat'}: job ${short(job.jobId)} (deduplicated).`
-        : `Queued ${kind} job ${short(job.jobId)}; its events follow below.`,
+        ? `A ${kind.command} is already queued for this ${kind.per}: job ${short(job.jobId)} (deduplicated).`
+        : `Queued ${kind.command} job ${short(job.jobId)}; its events follow below.`,
     );
   } catch (error) {
     showError(error.message);
@@ -757,30 +803,16 @@ async function act(kind, body) {
   }
 }
 
-$('start-form').addEventListener('submit', (e) => {
-  e.preventDefault();
-  try {
-    const parameters = parseParameters($('start-params').value, 'Parameters');
-    void act('start', parameters === undefined ? {} : { parameters });
-  } catch (error) {
-    showError(error.message);
-  }
-});
-
-$('create-form').addEventListener('submit', (e) => {
-  e.preventDefault();
-  try {
-    const parameters = parseParameters($('create-params').value, 'Parameters');
-    const name = $('create-name').value.trim();
-    void act('create', {
-      templateId: $('create-template').value,
-      ...(name && { name }),
-      ...(parameters !== undefined && { parameters }),
-    });
-  } catch (error) {
-    showError(error.message);
-  }
-});
+for (const kind of Object.values(KINDS)) {
+  actionForm(kind).addEventListener('submit', (e) => {
+    e.preventDefault();
+    try {
+      void act(kind, kind.body());
+    } catch (error) {
+      showError(error.message);
+    }
+  });
+}
 
 $('create-template').addEventListener('change', describeTemplate);
 $('refresh').addEventListener('click', () => void loadChats());

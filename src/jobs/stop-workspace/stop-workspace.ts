@@ -1,17 +1,21 @@
 // The stop-workspace job's decision procedure, a port of Coder's chat stop_workspace tool (PR #24997),
 // built from start's blocks. Plain functions over the JobContext: the processor takes the chat lock and
 // validates the payload before calling in.
-import type { JobFailure } from '../../shared/contract.js';
+import { isFailure, type JobFailure, type JobName } from '../../shared/contract.js';
 import type { Build, BuildTransaction, JobContext, Workspace } from '../../worker/ports.js';
-import { buildFailed, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
+import { waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
-import { buildActive, flagged, messages } from '../../worker/results.js';
+import { failures, messages } from '../../worker/results.js';
 import {
   createBuild,
   isBuildActive,
   lockForNewBuild,
   type NewBuildRefusal,
 } from '../../worker/start-build.js';
+
+// Not a JobName until the stop-workspace kind is in the registry (src/jobs/registry.ts).
+const KIND = 'stop-workspace' as JobName;
+const { buildActive, buildFailed, flagged } = failures(KIND);
 
 export interface StopWorkspacePayload {
   chatId: string;
@@ -21,6 +25,8 @@ export interface StopWorkspacePayload {
 }
 
 export interface StopWorkspaceSuccess {
+  kind: 'stop-workspace';
+  ok: true;
   stopped: true;
   /** The bare workspace name. */
   workspace_name: string;
@@ -40,12 +46,12 @@ export async function stopWorkspace(
     { transition: 'stop' },
     payload.workspaceId,
   );
-  const checked = await checkChatWorkspace(ctx, payload);
-  if ('error' in checked) return checked;
+  const checked = await checkChatWorkspace(ctx, KIND, payload);
+  if (isFailure(checked)) return checked;
   const { chat, owner } = checked;
 
-  let workspace = await loadOwnedWorkspace(ctx, payload.workspaceId, owner);
-  if ('error' in workspace) return workspace;
+  let workspace = await loadOwnedWorkspace(ctx, KIND, payload.workspaceId, owner);
+  if (isFailure(workspace)) return workspace;
   const latest = await ctx.store.getLatestBuild(workspace.id);
 
   // A re-run after a crash: this job's own stop build is the latest; report it as the first attempt would.
@@ -57,8 +63,8 @@ export async function stopWorkspace(
   if (latest && isBuildActive(latest)) {
     // Pending, running or canceling: wait for it, then read again; whatever it did, the fresh rows decide.
     const waited = await waitForBuildInFlight(ctx, chat.id, latest);
-    workspace = await loadOwnedWorkspace(ctx, workspace.id, owner);
-    if ('error' in workspace) return workspace;
+    workspace = await loadOwnedWorkspace(ctx, KIND, workspace.id, owner);
+    if (isFailure(workspace)) return workspace;
     const fresh = await ctx.store.getLatestBuild(workspace.id);
     // As Coder: a failed wait counts only while the latest build is still active (the wait timed out).
     if (!waited.ok && fresh && isBuildActive(fresh)) {
@@ -74,7 +80,13 @@ export async function stopWorkspace(
     case 'build_active':
       return buildActive(workspace, outcome.build);
     case 'stopped':
-      return { stopped: true, workspace_name: workspace.name, no_build: true };
+      return {
+        kind: 'stop-workspace',
+        ok: true,
+        stopped: true,
+        workspace_name: workspace.name,
+        no_build: true,
+      };
     case 'created':
       break;
   }
@@ -121,5 +133,11 @@ async function waitForStop(
   if (!waited.ok) {
     return buildFailed(waited, 'workspace stop build failed', build.id);
   }
-  return { stopped: true, workspace_name: workspace.name, build_id: build.id };
+  return {
+    kind: 'stop-workspace',
+    ok: true,
+    stopped: true,
+    workspace_name: workspace.name,
+    build_id: build.id,
+  };
 }

@@ -68,7 +68,13 @@ describe('stopWorkspace', () => {
     const build = await provision(t, w.workspaceId, 2);
     const result = await running;
 
-    expect(result).toEqual({ stopped: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(result).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
     expect(build).toMatchObject({
       transition: 'stop',
       template_version_id: w.versionIds[0],
@@ -96,7 +102,13 @@ describe('stopWorkspace', () => {
 
     const result = await stopWorkspace(t.ctx, w.payload);
 
-    expect(result).toEqual({ stopped: true, workspace_name: w.workspaceName, no_build: true });
+    expect(result).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      no_build: true,
+    });
     expect(await rowCounts(db)).toEqual(before);
     expect(await chatBinding(db, w.chatId)).toEqual(binding);
   });
@@ -110,7 +122,13 @@ describe('stopWorkspace', () => {
 
     const result = await stopWorkspace(t.ctx, { chatId, ownerId: user.userId, workspaceId: ws.workspaceId });
 
-    expect(result).toEqual({ stopped: true, workspace_name: ws.name, no_build: true });
+    expect(result).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: ws.name,
+      no_build: true,
+    });
     expect(await listBuilds(db, ws.workspaceId)).toEqual([]);
   });
 
@@ -121,7 +139,13 @@ describe('stopWorkspace', () => {
     const running = stopWorkspace(t.ctx, w.payload);
     const build = await provision(t, w.workspaceId, 3);
 
-    expect(await running).toEqual({ stopped: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
     expect(build.transition).toBe('stop');
   });
 
@@ -139,7 +163,13 @@ describe('stopWorkspace', () => {
     await completeJob(db.pool, inFlight.jobId);
     const build = await provision(t, w.workspaceId, 3);
 
-    expect(await running).toEqual({ stopped: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
     expect(build.transition).toBe('stop');
     expect((await chatBinding(db, w.chatId)).build_id).toBe(build.id);
     const waiting = t.events.find((e) => e.stage === 'waiting_for_existing_build')!;
@@ -154,7 +184,13 @@ describe('stopWorkspace', () => {
     await t.waitingOn(topics.provisionerJob(w.latest.jobId));
     await completeJob(db.pool, w.latest.jobId);
 
-    expect(await running).toEqual({ stopped: true, workspace_name: w.workspaceName, no_build: true });
+    expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      no_build: true,
+    });
     expect(await listBuilds(db, w.workspaceId)).toHaveLength(2);
   });
 
@@ -169,7 +205,13 @@ describe('stopWorkspace', () => {
     await cancelJob(db.pool, w.latest.jobId);
     const build = await provision(t, w.workspaceId, 3);
 
-    expect(await running).toEqual({ stopped: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
     expect(build.transition).toBe('stop');
   });
 
@@ -182,7 +224,13 @@ describe('stopWorkspace', () => {
     await completeJob(db.pool, w.latest.jobId, { error: 'terraform apply failed' });
     const build = await provision(t, w.workspaceId, 3);
 
-    expect(await running).toEqual({ stopped: true, workspace_name: w.workspaceName, build_id: build.id });
+    expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
+      stopped: true,
+      workspace_name: w.workspaceName,
+      build_id: build.id,
+    });
   });
 
   it('a build in flight that outlasts the build timeout › build_timeout, no stop build', async () => {
@@ -209,6 +257,8 @@ describe('stopWorkspace', () => {
     await completeJob(db.pool, w.latest.jobId);
 
     expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: false,
       error: 'workspace was deleted; use create_workspace to make a new one',
       code: 'workspace_deleted',
       is_error: true,
@@ -222,6 +272,8 @@ describe('stopWorkspace', () => {
     const before = await rowCounts(db);
 
     expect(await stopWorkspace(t.ctx, w.payload)).toEqual({
+      kind: 'stop-workspace',
+      ok: false,
       error: 'workspace was deleted; use create_workspace to make a new one',
       code: 'workspace_deleted',
       is_error: true,
@@ -237,6 +289,8 @@ describe('stopWorkspace', () => {
     const build = await provision(t, w.workspaceId, 2, 'terraform destroy failed');
 
     expect(await running).toEqual({
+      kind: 'stop-workspace',
+      ok: false,
       error: 'workspace stop build failed: terraform destroy failed',
       code: 'build_failed',
       is_error: false,
@@ -292,6 +346,8 @@ describe('stopWorkspace', () => {
     const result = await stopWorkspace(t.ctx, w.payload);
 
     expect(result).toEqual({
+      kind: 'stop-workspace',
+      ok: false,
       error: 'A workspace build is already active.',
       code: 'build_active',
       is_error: false,
@@ -308,6 +364,8 @@ describe('stopWorkspace', () => {
     t.ctx.ownBuildId = w.latest.buildId;
 
     expect(await stopWorkspace(t.ctx, w.payload)).toEqual({
+      kind: 'stop-workspace',
+      ok: true,
       stopped: true,
       workspace_name: w.workspaceName,
       build_id: w.latest.buildId,

@@ -6,13 +6,15 @@ import {
   type AgentReadiness,
   type StartWorkspacePayload,
   type StartWorkspaceResult,
-} from '../shared/contract.js';
-import type { Build, Chat, JobContext, User, Workspace } from './ports.js';
-import { agentReadiness } from './agent-readiness.js';
-import { checkChatWorkspace, loadOwnedWorkspace } from './chat-access.js';
-import { buildData, buildFailed, waitForBuild, waitForBuildInFlight } from './build-wait.js';
-import { buildActive, flagged, messages, unflagged } from './results.js';
-import { createStartBuild } from './start-build.js';
+} from '../../shared/contract.js';
+import type { Build, Chat, JobContext, User, Workspace } from '../../worker/ports.js';
+import { agentReadiness } from '../../worker/agent-readiness.js';
+import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
+import { buildData, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
+import { failures, messages } from '../../worker/results.js';
+import { createStartBuild } from '../../worker/start-build.js';
+
+const { buildActive, buildFailed, flagged, unflagged } = failures('start-workspace');
 
 // Re-reading after waiting for a stop or a cancellation (D2, D3) loops; a workspace that keeps
 // changing under us this many times is reported rather than chased forever.
@@ -25,13 +27,13 @@ export async function startWorkspace(
   payload: StartWorkspacePayload,
 ): Promise<StartWorkspaceResult> {
   await ctx.progress('checking', 'Checking the chat and its workspace', undefined, payload.workspaceId);
-  const checked = await checkChatWorkspace(ctx, payload);
-  if ('error' in checked) return checked;
+  const checked = await checkChatWorkspace(ctx, 'start-workspace', payload);
+  if (isFailure(checked)) return checked;
   const { chat, owner } = checked;
 
   for (let pass = 0; pass < MAX_PASSES; pass++) {
-    const workspace = await loadOwnedWorkspace(ctx, payload.workspaceId, owner);
-    if ('error' in workspace) return workspace;
+    const workspace = await loadOwnedWorkspace(ctx, 'start-workspace', payload.workspaceId, owner);
+    if (isFailure(workspace)) return workspace;
 
     const latest = await ctx.store.getLatestBuild(workspace.id);
     // A re-run after a crash: the build this job made already finished; report it as the first attempt would.
@@ -164,5 +166,12 @@ function started(
   build: { build_id: Build['id'] } | { no_build: true },
   readiness: AgentReadiness,
 ): StartWorkspaceResult {
-  return { started: true, workspace_name: workspace.name, ...build, ...readiness };
+  return {
+    kind: 'start-workspace',
+    ok: true,
+    started: true,
+    workspace_name: workspace.name,
+    ...build,
+    ...readiness,
+  };
 }

@@ -3,19 +3,22 @@
 // only creates a new one when that one is unusable; it never starts a stopped workspace (the start job
 // does). Runs under the same chat lock as start-workspace, taken by the processor.
 import { randomBytes } from 'node:crypto';
-import type {
-  CreateWorkspacePayload,
-  CreateWorkspaceResult,
-  CreateWorkspaceSuccess,
-  Validation,
-} from '../shared/contract.js';
-import type { Build, BuildTransaction, Chat, JobContext, User, Workspace } from './ports.js';
-import { agentReadiness } from './agent-readiness.js';
-import { agentConnectionStatus, selectChatAgent } from './agent-selection.js';
-import { buildFailed, waitForBuild, waitForBuildInFlight } from './build-wait.js';
-import { checkChatAccess } from './chat-access.js';
-import { resolveParameters } from './parameters.js';
-import { flagged, unflagged } from './results.js';
+import {
+  isFailure,
+  type CreateWorkspacePayload,
+  type CreateWorkspaceResult,
+  type CreateWorkspaceSuccess,
+  type Validation,
+} from '../../shared/contract.js';
+import type { Build, BuildTransaction, Chat, JobContext, User, Workspace } from '../../worker/ports.js';
+import { agentReadiness } from '../../worker/agent-readiness.js';
+import { agentConnectionStatus, selectChatAgent } from '../../worker/agent-selection.js';
+import { waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
+import { checkChatAccess } from '../../worker/chat-access.js';
+import { resolveParameters } from '../../worker/parameters.js';
+import { failures } from '../../worker/results.js';
+
+const { buildFailed, flagged, unflagged } = failures('create-workspace');
 
 // A stop in flight is waited for and then looked at again (as D2 does for starts); bounded like there.
 const MAX_PASSES = 5;
@@ -27,8 +30,8 @@ export async function createWorkspace(
   payload: CreateWorkspacePayload,
 ): Promise<CreateWorkspaceResult> {
   await ctx.progress('checking', 'Checking the chat and the workspace it already has');
-  const access = await checkChatAccess(ctx, payload.chatId, payload.ownerId);
-  if ('error' in access) return access;
+  const access = await checkChatAccess(ctx, 'create-workspace', payload.chatId, payload.ownerId);
+  if (isFailure(access)) return access;
   const { chat, owner } = access;
 
   for (let pass = 0; pass < MAX_PASSES; pass++) {
@@ -74,6 +77,8 @@ async function checkExistingWorkspace(
     case 'succeeded':
       if (latest.transition === 'stop') {
         return {
+          kind: 'create-workspace',
+          ok: true,
           created: false,
           workspace_name: name,
           status: 'stopped',
@@ -109,6 +114,8 @@ async function exists(
   buildId?: string,
 ): Promise<CreateWorkspaceSuccess> {
   return {
+    kind: 'create-workspace',
+    ok: true,
     created: false,
     workspace_name: name,
     status: 'already_exists',
@@ -177,6 +184,8 @@ async function waitForCreated(
     return buildFailed(waited, 'workspace build failed', build.id);
   }
   return {
+    kind: 'create-workspace',
+    ok: true,
     created: true,
     workspace_name: name,
     build_id: build.id,
