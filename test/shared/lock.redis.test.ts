@@ -146,7 +146,7 @@ describe('ChatLocks on the real Redis', () => {
       await winners[0]!.release();
 
       // Released once two nodes confirmed; the third may delete just after.
-      await expect.poll(() => Promise.all(nodes.map((r) => r.exists(resource)))).toEqual([0, 0, 0]);
+      await expect.poll(() => Promise.all(nodes.map((r) => r.exists(resource))), POLL).toEqual([0, 0, 0]);
     });
 
     it('with one node down › still acquires and keeps the lock (2 of 3)', async () => {

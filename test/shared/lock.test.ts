@@ -296,11 +296,11 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
     const lock = await new ChatLocks(redis, uniquePrefix()).tryAcquire(randomUUID());
     expect(lock).not.toBeNull();
     // The vote is decided by the first two answers; the third node's write may land just after.
-    await expect.poll(onEveryNode(redis, lock!.resource)).toEqual([1, 1, 1]);
+    await expect.poll(onEveryNode(redis, lock!.resource), POLL).toEqual([1, 1, 1]);
 
     await lock!.release();
 
-    await expect.poll(onEveryNode(redis, lock!.resource)).toEqual([0, 0, 0]);
+    await expect.poll(onEveryNode(redis, lock!.resource), POLL).toEqual([0, 0, 0]);
   });
 
   it('when a majority of nodes is held by someone else › returns null and leaves no key behind', async () => {
@@ -312,7 +312,7 @@ describe('ChatLocks on three nodes (Redlock, ioredis-mock)', () => {
     await redis[1]!.set(resource, 'other', 'PX', 10_000);
 
     expect(await new ChatLocks(redis, prefix).tryAcquire(chatId)).toBeNull();
-    await expect.poll(() => redis[2]!.exists(resource)).toBe(0);
+    await expect.poll(() => redis[2]!.exists(resource), POLL).toBe(0);
     expect(await redis[0]!.get(resource)).toBe('other');
   });
 
