@@ -100,6 +100,24 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * Polls `probe` every 10 ms until it returns a value, failing the run after `timeoutMs`. A loop, not
+ * vi.waitFor: the benchmarks run outside vitest.
+ */
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs: number,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    check(Date.now() < deadline, `no ${what} within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Reporting: one line per measurement on stdout, and a JSON line for bench/run.ts's summary table.
 

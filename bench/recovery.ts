@@ -18,29 +18,14 @@ import {
   check,
   report,
   runBench,
-  sleep,
   stats,
   uniquePrefix,
+  until,
 } from './lib.js';
 
 const KILLS = 6;
 /** Longer than a takeover, so that the re-run finds the build still running or just finished. */
 const SIM = { SIM_BUILD_MS: '4000', SIM_AGENT_CONNECT_MS: '10', SIM_STARTUP_MS: '10' };
-
-/** Polls `probe` every 10 ms until it returns a value, failing after `timeoutMs`. */
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined> | T | undefined,
-  timeoutMs: number,
-) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    check(Date.now() < deadline, `no ${what} within ${timeoutMs} ms`);
-    await sleep(10);
-  }
-}
 
 await runBench('recovery', 150_000, async (cleanup) => {
   const db = await benchDatabase(cleanup, 4);

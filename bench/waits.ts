@@ -12,7 +12,7 @@ import { topics } from '../src/worker/ports.js';
 import { createLogger } from '../src/shared/logger.js';
 import { PgNotificationHub } from '../src/shared/notifications.js';
 import { PgWorkspaceStore } from '../src/worker/pg-store.js';
-import { benchDatabase, check, memory, report, runBench, sleep, stats } from './lib.js';
+import { benchDatabase, check, memory, report, runBench, sleep, stats, until } from './lib.js';
 
 const WAITERS = 1_000;
 const SINGLE_WAKES = 200;
@@ -89,8 +89,12 @@ await runBench('waits', 60_000, async (cleanup) => {
   const everyone = Promise.all(waiters);
   everyone.catch(() => {});
 
-  while (checks.initial < WAITERS) await sleep(5);
-  while (db.pool.waitingCount > 0 || db.pool.idleCount < db.pool.totalCount) await sleep(5);
+  await until('every first check', () => (checks.initial >= WAITERS ? true : undefined), 20_000);
+  await until(
+    'an idle pool',
+    () => (db.pool.waitingCount === 0 && db.pool.idleCount >= db.pool.totalCount ? true : undefined),
+    20_000,
+  );
   const setupMs = performance.now() - setupStarted;
   const heapPerWaiterKb = ((memory(true).heapMb - heapBefore) * 1024) / WAITERS;
   report({
