@@ -1,24 +1,40 @@
 // The worker's database interface on Postgres. SQL stays SQL; rows are mapped to the camel-cased types
 // of ports.ts in one place each.
 import { randomUUID } from 'node:crypto';
-import type {
-  Agent,
-  Build,
-  BuildParameter,
-  BuildTransaction,
-  Chat,
-  NewBuild,
-  NewWorkspace,
-  Template,
-  TemplateVersionParameter,
-  User,
-  Workspace,
-  WorkspaceStore,
+import {
+  BuildConflictError,
+  NameTakenError,
+  type Agent,
+  type Build,
+  type BuildParameter,
+  type BuildTransaction,
+  type Chat,
+  type NewBuild,
+  type NewWorkspace,
+  type Template,
+  type TemplateVersionParameter,
+  type User,
+  type Workspace,
+  type WorkspaceStore,
 } from './ports.js';
 import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
 import { traceCarrier } from '../shared/telemetry.js';
 
 type Row = Record<string, unknown>;
+
+/** Postgres's unique_violation: an insert a unique index refused. */
+function isUniqueViolation(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === '23505';
+}
+
+/** Runs an insert, turning a unique index's refusal into the domain's error for it. */
+async function unlessTaken<T>(insert: Promise<T>, taken: (cause: unknown) => Error): Promise<T> {
+  try {
+    return await insert;
+  } catch (error) {
+    throw isUniqueViolation(error) ? taken(error) : error;
+  }
+}
 
 const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.template_version_id, b.job_id,
   j.job_status, j.error, j.error_code, j.quota_credits_consumed, j.quota_budget`;
@@ -234,11 +250,14 @@ class PgBuildTransaction implements BuildTransaction {
   }
 
   async insertWorkspace(input: NewWorkspace): Promise<Workspace> {
-    const row = await one(
-      this.client,
-      toWorkspace,
-      `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING ${WORKSPACE_COLUMNS}`,
-      [input.ownerId, input.templateId, input.name],
+    const row = await unlessTaken(
+      one(
+        this.client,
+        toWorkspace,
+        `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING ${WORKSPACE_COLUMNS}`,
+        [input.ownerId, input.templateId, input.name],
+      ),
+      (cause) => new NameTakenError(input.ownerId, input.name, { cause }),
     );
     return row!;
   }
@@ -253,18 +272,21 @@ class PgBuildTransaction implements BuildTransaction {
       // The job attempt's span (active here): the provisioner's build span links to it.
       [{ workspace_build_id: buildId }, traceCarrier() ?? null],
     );
-    await this.client.query(
-      `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-      [
-        buildId,
-        input.workspaceId,
-        input.templateVersionId,
-        input.buildNumber,
-        input.transition,
-        input.initiatorId,
-        job!.id,
-      ],
+    await unlessTaken(
+      this.client.query(
+        `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+        [
+          buildId,
+          input.workspaceId,
+          input.templateVersionId,
+          input.buildNumber,
+          input.transition,
+          input.initiatorId,
+          job!.id,
+        ],
+      ),
+      (cause) => new BuildConflictError(input.workspaceId, input.buildNumber, { cause }),
     );
     await this.client.query(
       `INSERT INTO workspace_build_parameters (workspace_build_id, name, value)

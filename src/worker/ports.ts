@@ -139,13 +139,44 @@ export interface BuildTransaction {
   getTemplate(templateId: string): Promise<Template | null>;
   getTemplateVersionParameters(templateVersionId: string): Promise<TemplateVersionParameter[]>;
   getBuildParameters(buildId: string): Promise<BuildParameter[]>;
-  /** Inserts a pending provisioner job, the build and its full parameter set. */
+  /** Inserts a pending provisioner job, the build and its full parameter set; BuildConflictError if taken. */
   insertBuild(input: NewBuild): Promise<Build>;
   /** Whether the owner has a live workspace of that name (names are unique per owner, case-insensitively). */
   workspaceNameTaken(ownerId: string, name: string): Promise<boolean>;
+  /** Throws NameTakenError when the name is taken after all. */
   insertWorkspace(input: NewWorkspace): Promise<Workspace>;
   /** As WorkspaceStore.bindChat, inside the transaction. */
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
+}
+
+/**
+ * insertWorkspace: the owner already has a live workspace of that name (names are unique per owner,
+ * case-insensitively). The store's own check (workspaceNameTaken) can be overtaken by a concurrent create.
+ */
+export class NameTakenError extends Error {
+  override name = 'NameTakenError';
+  constructor(
+    readonly ownerId: string,
+    readonly workspaceName: string,
+    options?: ErrorOptions,
+  ) {
+    super(`user ${ownerId} already has a workspace named ${JSON.stringify(workspaceName)}`, options);
+  }
+}
+
+/**
+ * insertBuild: the workspace already has a build of that number, inserted concurrently by something that
+ * did not take the workspace's row lock.
+ */
+export class BuildConflictError extends Error {
+  override name = 'BuildConflictError';
+  constructor(
+    readonly workspaceId: string,
+    readonly buildNumber: number,
+    options?: ErrorOptions,
+  ) {
+    super(`workspace ${workspaceId} already has a build #${buildNumber}`, options);
+  }
 }
 
 export interface NewWorkspace {
@@ -197,10 +228,16 @@ export type ProgressReporter = (
   workspaceId?: string,
 ) => Promise<void>;
 
+/**
+ * Why a start build moved to the template's active version (D4): the template requires it, or the workspace's
+ * automatic updates are on. A code: results.ts makes the sentence, metrics use it as their label.
+ */
+export type UpdateReason = 'require_active_version' | 'automatic_updates';
+
 /** Told what a job did, for metrics. Called after the fact; it must not throw. */
 export interface JobObserver {
   /** A build was created and its transaction committed; `updateReason` when it moved to the active version. */
-  buildCreated(build: Build, updateReason?: string): void;
+  buildCreated(build: Build, updateReason?: UpdateReason): void;
 }
 
 /** Everything the domain logic of one job needs; the processor builds it. */

@@ -2,9 +2,15 @@
 // version, resolve the parameters, refuse when a build is still active, insert job + build + parameters.
 // A parameter failure persists nothing. The transaction's frame (lock, refusals, counting) serves stop too.
 import type { Validation } from '../shared/contract.js';
-import type { Build, BuildTransaction, JobContext, Workspace } from './ports.js';
+import {
+  BuildConflictError,
+  type Build,
+  type BuildTransaction,
+  type JobContext,
+  type UpdateReason,
+  type Workspace,
+} from './ports.js';
 import { resolveParameters } from './parameters.js';
-import { messages } from './results.js';
 
 export interface StartBuildRequest {
   workspaceId: string;
@@ -19,7 +25,7 @@ export type StartBuildOutcome =
       build: Build;
       previousBuild: Build | null;
       /** Why the build moved to the template's active version; absent when the version did not change. */
-      updateReason?: string;
+      updateReason?: UpdateReason;
     }
   | { kind: 'deleted' }
   | { kind: 'build_active'; build: Build }
@@ -68,13 +74,13 @@ async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<S
   // D4: Coder's chat start honours only require_active_version; autobuild also honours automatic_updates.
   // A workspace without builds (an error in Coder's builder) starts on the active version.
   let targetVersionId = previousBuild?.templateVersionId ?? template.activeVersionId;
-  let updateReason: string | undefined;
+  let updateReason: UpdateReason | undefined;
   if (template.requireActiveVersion) {
     targetVersionId = template.activeVersionId;
-    updateReason = messages.updateReasonRequireActive;
+    updateReason = 'require_active_version';
   } else if (workspace.automaticUpdates === 'always') {
     targetVersionId = template.activeVersionId;
-    updateReason = messages.updateReasonAutomaticUpdates;
+    updateReason = 'automatic_updates';
   }
   const versionChanged = previousBuild !== null && previousBuild.templateVersionId !== targetVersionId;
 
@@ -114,7 +120,9 @@ export function createStartBuild(ctx: JobContext, request: StartBuildRequest): P
  * Runs a build's `plan` in one transaction, for any transition; a `created` outcome is counted once
  * committed.
  */
-export async function createBuild<Outcome extends { kind: string; build?: Build; updateReason?: string }>(
+export async function createBuild<
+  Outcome extends { kind: string; build?: Build; updateReason?: UpdateReason },
+>(
   ctx: JobContext,
   workspaceId: string,
   plan: (tx: BuildTransaction) => Promise<Outcome>,
@@ -130,7 +138,7 @@ export async function createBuild<Outcome extends { kind: string; build?: Build;
   } catch (error) {
     // The unique (workspace_id, build_number) index caught a concurrent insert the row lock did not
     // (e.g. a build inserted by something that does not lock the workspace row).
-    if ((error as { code?: string }).code === '23505') {
+    if (error instanceof BuildConflictError) {
       const latest = await ctx.store.getLatestBuild(workspaceId);
       if (latest) return { kind: 'build_active', build: latest };
     }

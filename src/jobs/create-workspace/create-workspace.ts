@@ -10,7 +10,15 @@ import {
   type CreateWorkspaceSuccess,
   type Validation,
 } from '../../shared/contract.js';
-import type { Build, BuildTransaction, Chat, JobContext, User, Workspace } from '../../worker/ports.js';
+import {
+  NameTakenError,
+  type Build,
+  type BuildTransaction,
+  type Chat,
+  type JobContext,
+  type User,
+  type Workspace,
+} from '../../worker/ports.js';
 import { agentReadiness } from '../../worker/agent-readiness.js';
 import { agentConnectionStatus, selectChatAgent } from '../../worker/agent-selection.js';
 import { waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
@@ -145,7 +153,7 @@ async function create(
     } catch (error) {
       // Another chat of the owner took the name between our check and our insert (the unique index
       // caught it): report a given name, draw a generated one again.
-      if ((error as { code?: string }).code !== '23505' || attempt >= NAME_ATTEMPTS) throw error;
+      if (!(error instanceof NameTakenError) || attempt >= NAME_ATTEMPTS) throw error;
       if (payload.name) outcome = { kind: 'name_taken', name: payload.name };
     }
   }
