@@ -30,7 +30,7 @@ import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
 import { findJobKind } from '../jobs/registry.js';
-import { failures, messages } from './results.js';
+import { failures } from './results.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
@@ -63,13 +63,6 @@ export interface ProcessorOptions {
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
 function nameLabel(name: string): string {
   return findJobKind(name) ? name : 'unknown';
-}
-
-/** The `reason` label of an auto-update: short and from a closed set. */
-function updateReasonLabel(reason: string): string {
-  if (reason === messages.updateReasonRequireActive) return 'require_active_version';
-  if (reason === messages.updateReasonAutomaticUpdates) return 'automatic_updates';
-  return 'other';
 }
 
 /** When a worker first picked the job up: kept in its progress across attempts, else this attempt's start. */
@@ -131,7 +124,7 @@ export function createProcessor(options: ProcessorOptions) {
   const observe: JobContext['observe'] = metrics && {
     buildCreated(build, updateReason) {
       metrics.buildsStarted.inc({ transition: build.transition });
-      if (updateReason) metrics.autoUpdates.inc({ reason: updateReasonLabel(updateReason) });
+      if (updateReason) metrics.autoUpdates.inc({ reason: updateReason });
     },
   };
   const retryMin = options.lockRetryMinMs ?? 1_000;

@@ -1,7 +1,19 @@
 // Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
 import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure, type JobName } from '../shared/contract.js';
 import type { BuildOutcome } from './build-wait.js';
-import type { Build, Workspace } from './ports.js';
+import type { Build, UpdateReason, Workspace } from './ports.js';
+
+/** Each update reason's words: as a result's `update_reason`, and as the end of a "because" sentence. */
+const UPDATE_REASONS: Record<UpdateReason, { reason: string; because: string }> = {
+  require_active_version: {
+    reason: 'template requires active versions',
+    because: 'the template requires active versions',
+  },
+  automatic_updates: {
+    reason: 'workspace automatic updates are set to always',
+    because: 'workspace automatic updates are set to always',
+  },
+};
 
 export const messages = {
   noWorkspace: 'chat has no workspace; use create_workspace first',
@@ -13,12 +25,13 @@ export const messages = {
     "The workspace needs the template's active version before it can start. Use read_template with this " +
     "workspace's template_id to inspect the active version's required parameters, then retry start_workspace " +
     'with a parameters object that supplies any missing or changed values.',
-  updateReasonRequireActive: 'template requires active versions',
-  updateReasonAutomaticUpdates: 'workspace automatic updates are set to always',
+  /** A result's `update_reason`: Coder's words for the template's rule, the same shape for automatic updates. */
+  updateReason: (reason: UpdateReason) => UPDATE_REASONS[reason].reason,
   /** Coder's sentence for the template's rule; the same shape for automatic updates. */
-  updatedMessage: (reason: string) =>
-    `Workspace started and was updated to the active template version because ${because(reason)}.`,
-  updatingMessage: (reason: string) => `Updating to the template's active version because ${because(reason)}`,
+  updatedMessage: (reason: UpdateReason) =>
+    `Workspace started and was updated to the active template version because ${UPDATE_REASONS[reason].because}.`,
+  updatingMessage: (reason: UpdateReason) =>
+    `Updating to the template's active version because ${UPDATE_REASONS[reason].because}`,
   quotaTitle: 'Workspace quota reached',
   quotaMessage: (quota: Build['jobQuota']) =>
     'The workspace build was refused because it would exceed your workspace quota' +
@@ -50,11 +63,6 @@ export function buildFailureDetails(build: Build): BuildFailureDetails {
     next_steps: [...messages.quotaNextSteps],
     ...(quota ? { quota: { credits_consumed: quota.creditsConsumed, budget: quota.budget } } : {}),
   };
-}
-
-/** An update reason as the end of a sentence: Coder's reason reads "template requires active versions". */
-function because(reason: string): string {
-  return reason === 'template requires active versions' ? `the ${reason}` : reason;
 }
 
 /**

@@ -127,7 +127,7 @@ async function start(
         build_id: build.id,
         previous_template_version_id: previousBuild?.templateVersionId,
         template_version_id: build.templateVersionId,
-        update_reason: updateReason,
+        update_reason: messages.updateReason(updateReason),
       },
       workspace.id,
     );
@@ -139,7 +139,7 @@ async function start(
   if (!isFailure(result) && updateReason && previousBuild) {
     Object.assign(result, {
       updated_to_active_version: true,
-      update_reason: updateReason,
+      update_reason: messages.updateReason(updateReason),
       message: messages.updatedMessage(updateReason),
       previous_template_version_id: previousBuild.templateVersionId,
       template_version_id: build.templateVersionId,
