@@ -126,27 +126,34 @@ describe('ChatLocks on the real Redis', () => {
   });
 
   describe('three nodes (Redlock)', () => {
-    it('under 20 concurrent tryAcquire calls › exactly one wins, holding the key on a quorum of nodes', async () => {
+    it('under 20 concurrent tryAcquire calls › at most one wins, holding the key on a quorum of nodes', async () => {
       prefix = uniquePrefix('lock');
       // Three databases stand in for three independent nodes; each ChatLocks gets connections of its own.
       const chatId = randomUUID();
-      const attempts = Array.from({ length: 20 }, () =>
-        new ChatLocks([client(1), client(2), client(3)], prefix).tryAcquire(chatId).then(keep),
-      );
+      const locksOf = () => new ChatLocks([client(1), client(2), client(3)], prefix);
+      const attempts = Array.from({ length: 20 }, () => locksOf().tryAcquire(chatId).then(keep));
 
       const winners = (await Promise.all(attempts)).filter((lock) => lock !== null);
 
-      expect(winners).toHaveLength(1);
+      // Redlock may split the vote (each of three contenders first on another node): then nobody wins
+      // this round, and the losers' undo must leave the lock free for the next try, not held until its TTL.
+      expect(winners.length).toBeLessThanOrEqual(1);
       const nodes = [1, 2, 3].map((db) => cleaners.get(db)!);
       const resource = `${prefix}:lock:chat:${chatId}`;
+      const everywhere = () => Promise.all(nodes.map((r) => r.exists(resource)));
+      if (winners.length === 0) {
+        await expect.poll(everywhere, POLL).toEqual([0, 0, 0]);
+        winners.push(keep(await locksOf().tryAcquire(chatId))!);
+        expect(winners[0]).not.toBeNull();
+      }
       // A loser may have taken one node before losing the vote; the winner holds at least a majority.
-      const held = (await Promise.all(nodes.map((r) => r.exists(resource)))).reduce((a, b) => a + b, 0);
+      const held = (await everywhere()).reduce((a, b) => a + b, 0);
       expect(held).toBeGreaterThanOrEqual(2);
 
       await winners[0]!.release();
 
       // Released once two nodes confirmed; the third may delete just after.
-      await expect.poll(() => Promise.all(nodes.map((r) => r.exists(resource))), POLL).toEqual([0, 0, 0]);
+      await expect.poll(everywhere, POLL).toEqual([0, 0, 0]);
     });
 
     it('with one node down › still acquires and keeps the lock (2 of 3)', async () => {
