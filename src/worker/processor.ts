@@ -6,9 +6,12 @@
 // only real failures (`internal`, `invalid_payload`): those fail without retries, with the stack of the error
 // behind them.
 //
-// Metrics (when `metrics` is given): a job's outcome is counted where it is decided, here for every outcome
-// the processor reports, and by observeFailedJob (the worker's `failed` event) for retried attempts and for
-// failures BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
+// A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle; every
+// write to the job's BullMQ progress goes through writeProgress.
+//
+// Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
+// reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
+// BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
@@ -29,7 +32,7 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
-import { findJobKind } from '../jobs/registry.js';
+import { findJobKind, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
 
 export interface ProcessorOptions {
@@ -76,6 +79,29 @@ function startedAtOf(job: Job): string {
 function buildIdOf(job: Job): string | undefined {
   const kept = (job.progress as Partial<JobProgress> | undefined)?.buildId;
   return typeof kept === 'string' ? kept : undefined;
+}
+
+/**
+ * A change to a job's BullMQ progress. `stage`: the job reached a stage (an event, or its result): what
+ * outlives attempts (startedAt, buildId) is kept, the lock-wait count is not, so that a retry that finds the
+ * lock busy again waits with a fresh bound. `facts`: added to the current stage (a lock wait, the job's build).
+ */
+type ProgressChange =
+  | { kind: 'stage'; stage: JobProgress['stage']; message: string; result?: JobResult }
+  | ({ kind: 'facts' } & Pick<JobProgress, 'lockWaits' | 'lockWaitStartedAt' | 'buildId'>);
+
+/** The one writer of a job's progress (see JobProgress). */
+async function writeProgress(job: Job, change: ProgressChange): Promise<void> {
+  const kept = { startedAt: startedAtOf(job), buildId: buildIdOf(job) };
+  let progress: JobProgress;
+  if (change.kind === 'stage') {
+    const { stage, message, result } = change;
+    progress = { stage, message, at: new Date().toISOString(), ...kept, ...(result && { result }) };
+  } else {
+    const { kind: _kind, ...facts } = change;
+    progress = { ...(job.progress as JobProgress), ...kept, ...facts };
+  }
+  await job.updateProgress(progress);
 }
 
 /**
@@ -133,7 +159,39 @@ export function createProcessor(options: ProcessorOptions) {
   const lockWaitTimeoutMs =
     options.lockWaitTimeoutMs ?? buildTimeoutMs + agentConnectTimeoutMs + startupScriptTimeoutMs + 60_000;
 
+  // The pipeline: parse the payload, take the chat lock or re-delay, run under the lock, settle. Each step
+  // either hands the next one what it needs or ends the job (a result to settle, or a thrown DelayedError).
   return async function process(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
+    const parsed = await parsePayload(job, token);
+    if (parsed.failure) return settle(job, parsed.failure, parsed.log);
+    const { attempt, kind, log: workspaceLog } = parsed;
+
+    // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
+    // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
+    const published = await recordedResult(attempt.ref.id);
+    if (published) {
+      workspaceLog.info('the result of an earlier attempt is already out; the job ends with it');
+      await keepResult(attempt, published);
+      return settle(job, published, workspaceLog);
+    }
+
+    const lock = await takeLockOrDelay(attempt, workspaceLog);
+    if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
+    const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
+    return settle(job, result, workspaceLog);
+  };
+
+  /**
+   * Step 1: the job's kind and payload. A job of no kind of ours, or whose payload does not parse, ends here
+   * with an invalid_payload failure (its result event goes out when its chat id can carry one).
+   */
+  async function parsePayload(
+    job: Job,
+    token: string | undefined,
+  ): Promise<
+    | { failure: JobFailure; log: Logger }
+    | { failure?: undefined; attempt: Attempt; kind: AnyJobKind; payload: ChatPayload; log: Logger }
+  > {
     const ref: JobRef = { id: job.id!, name: job.name as JobName, attempt: job.attemptsMade + 1 };
     const jobLog = log.child({
       jobId: ref.id,
@@ -141,17 +199,16 @@ export function createProcessor(options: ProcessorOptions) {
       attempt: ref.attempt,
       chatId: job.data?.chatId,
     });
+    const { flagged } = failures(ref.name);
     const kind = findJobKind(job.name);
-    if (!kind) {
-      recordFinished(metrics, job, 'invalid_payload');
-      throw new UnrecoverableError(`unknown job name ${JSON.stringify(job.name)}`);
-    }
+    if (!kind)
+      return {
+        failure: flagged('invalid_payload', `unknown job name ${JSON.stringify(job.name)}`),
+        log: jobLog,
+      };
     // Every event of this attempt is published only while it holds the job's BullMQ lock.
     const owner = token ? { lockKey: `${job.queueQualifiedName}:${job.id}:lock`, token } : undefined;
-    // Kept in every progress update from here on, so that it survives attempts and re-delays.
-    const startedAt = startedAtOf(job);
 
-    const { flagged } = failures(ref.name);
     const parsed = kind.payloadSchema.safeParse(job.data);
     if (!parsed.success) {
       const failure = flagged('invalid_payload', describeIssues(`${ref.name} payload`, parsed.error));
@@ -160,25 +217,25 @@ export function createProcessor(options: ProcessorOptions) {
       if (isChatId(chatId)) {
         await finish({ job, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced }, failure);
       }
-      recordFinished(metrics, job, failure.code);
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
-      throw new UnrecoverableError(failure.error);
+      return { failure, log: jobLog };
     }
-    // A copy: the events' workspace id changes as a create job goes, the handler's payload does not.
-    const payload: ChatPayload = { ...parsed.data };
-    const workspaceLog = jobLog.child({ workspaceId: payload.workspaceId });
+    // A copy: the events' workspace id changes as a create job goes, the kind's payload does not.
+    const attempt: Attempt = { job, ref, payload: { ...parsed.data }, owner, fence: unfenced };
+    const workspaceLog = jobLog.child({ workspaceId: parsed.data.workspaceId });
+    return { attempt, kind, payload: parsed.data, log: workspaceLog };
+  }
+
+  /**
+   * Step 2: the chat lock. Busy (or its nodes down): the job is re-delayed (DelayedError) without spending an
+   * attempt, until it has waited longer than lockWaitTimeoutMs, which ends it with an internal failure.
+   */
+  async function takeLockOrDelay(
+    attempt: Attempt,
+    workspaceLog: Logger,
+  ): Promise<{ held: HeldLock; failure?: undefined } | { held?: undefined; failure: JobFailure }> {
+    const { job, ref, payload } = attempt;
     const progress = job.progress as Partial<JobProgress> | undefined;
-    const unlocked: Attempt = { job, ref, payload, owner, fence: unfenced };
-
-    // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
-    // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
-    const published = await recordedResult(ref.id);
-    if (published) {
-      workspaceLog.info('the result of an earlier attempt is already out; the job ends with it');
-      await keepResult(unlocked, published);
-      return conclude(job, published, workspaceLog);
-    }
-
     let held: HeldLock | null = null;
     let waitingFor = 'Another job for this chat is running; waiting';
     try {
@@ -188,40 +245,45 @@ export function createProcessor(options: ProcessorOptions) {
       if (!(error instanceof LockUnavailableError)) throw error;
       waitingFor = `The chat lock cannot be taken (${error.message}); waiting`;
     }
-    if (!held) {
-      const lockWaits = (progress?.lockWaits ?? 0) + 1;
-      const since = progress?.lockWaitStartedAt ?? new Date().toISOString();
-      if (Date.now() - Date.parse(since) > lockWaitTimeoutMs) {
-        const failure = flagged(
-          'internal',
-          `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`,
-        );
-        return conclude(job, await finish(unlocked, failure), workspaceLog);
+    if (held) {
+      const since = progress?.lockWaitStartedAt;
+      if (metrics && since !== undefined && !Number.isNaN(Date.parse(since))) {
+        metrics.lockWait.observe(Math.max(0, (Date.now() - Date.parse(since)) / 1_000));
       }
-      const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
-      if (lockWaits === 1) {
-        await emit(unlocked, 'waiting_for_lock', waitingFor, {
-          retry_in_ms: Math.round(delay),
-        });
-      }
-      await job.updateProgress({
-        ...(job.progress as JobProgress),
-        lockWaits,
-        lockWaitStartedAt: since,
-        startedAt,
-      });
-      workspaceLog.debug({ lockWaits, delay, waitingFor }, 'chat lock not taken; re-delaying');
-      // Re-delay without counting an attempt and without holding a worker slot while we wait.
-      await job.moveToDelayed(Date.now() + Math.round(delay), token);
-      metrics?.lockBusy.inc();
-      throw new DelayedError();
-    }
-    // Read before lock_acquired's progress update drops it.
-    const lockWaitStartedAt = progress?.lockWaitStartedAt;
-    if (metrics && lockWaitStartedAt !== undefined && !Number.isNaN(Date.parse(lockWaitStartedAt))) {
-      metrics.lockWait.observe(Math.max(0, (Date.now() - Date.parse(lockWaitStartedAt)) / 1_000));
+      return { held };
     }
 
+    const lockWaits = (progress?.lockWaits ?? 0) + 1;
+    const lockWaitStartedAt = progress?.lockWaitStartedAt ?? new Date().toISOString();
+    if (Date.now() - Date.parse(lockWaitStartedAt) > lockWaitTimeoutMs) {
+      const error = `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`;
+      return { failure: failures(ref.name).flagged('internal', error) };
+    }
+    const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
+    if (lockWaits === 1) {
+      await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });
+    }
+    await writeProgress(job, { kind: 'facts', lockWaits, lockWaitStartedAt });
+    workspaceLog.debug({ lockWaits, delay, waitingFor }, 'chat lock not taken; re-delaying');
+    // Re-delay without counting an attempt and without holding a worker slot while we wait.
+    await job.moveToDelayed(Date.now() + Math.round(delay), attempt.owner?.token);
+    metrics?.lockBusy.inc();
+    throw new DelayedError();
+  }
+
+  /**
+   * Step 3: the kind's domain logic under the chat lock, with its events and writes fenced by it, ending with
+   * the job's one result event. Releases the lock whatever happens.
+   */
+  async function runUnderLock(
+    unlocked: Attempt,
+    held: HeldLock,
+    kind: AnyJobKind,
+    payload: ChatPayload,
+    signal: AbortSignal | undefined,
+    workspaceLog: Logger,
+  ): Promise<JobResult> {
+    const { job, ref } = unlocked;
     workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
     options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
     const aborted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
@@ -236,7 +298,6 @@ export function createProcessor(options: ProcessorOptions) {
         if (!held.isHeld()) throw lockLoss(held);
       },
     };
-    let recorded: JobResult;
     try {
       await emit(attempt, 'lock_acquired', 'Chat lock acquired');
       const ctx: JobContext = {
@@ -250,7 +311,7 @@ export function createProcessor(options: ProcessorOptions) {
         recordBuild: async (buildId) => {
           attempt.fence();
           try {
-            await job.updateProgress({ ...(job.progress as JobProgress), buildId });
+            await writeProgress(job, { kind: 'facts', buildId });
           } catch (error) {
             // The build runs either way; only a re-run after a crash would report it as "no build".
             workspaceLog.warn({ err: error, buildId }, "could not record the job's build in its progress");
@@ -258,17 +319,17 @@ export function createProcessor(options: ProcessorOptions) {
         },
         progress: (stage, message, data, workspaceId) => {
           // A create job learns its workspace as it goes; later events, the result too, carry it.
-          if (workspaceId) payload.workspaceId = workspaceId;
+          if (workspaceId) attempt.payload.workspaceId = workspaceId;
           return emit(attempt, stage, message, data);
         },
       };
       let result: JobResult;
       try {
-        result = await kind.run(ctx, parsed.data);
+        result = await kind.run(ctx, payload);
       } catch (error) {
         result = await afterError(attempt, error, held, signal, workspaceLog);
       }
-      recorded = await finish(attempt, result);
+      return await finish(attempt, result);
     } catch (error) {
       throw await stopIfLost(attempt, error, held, workspaceLog);
     } finally {
@@ -278,8 +339,7 @@ export function createProcessor(options: ProcessorOptions) {
       workspaceLog.debug({ lock: held.resource }, 'chat lock releasing');
       await held.release();
     }
-    return conclude(job, recorded, workspaceLog);
-  };
+  }
 
   /**
    * An attempt whose domain logic threw: hands the job back (worker shutting down), or gives the failure
@@ -360,10 +420,10 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * Counts the job's end and hands its result to BullMQ: returned (the job completes) on success and on an
-   * expected failure, thrown (the job fails) on a real one.
+   * Step 4, and the one place the processor counts a job's end: hands its result to BullMQ, returned (the job
+   * completes) on success and on an expected failure, thrown (the job fails) on a real one.
    */
-  function conclude(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
+  function settle(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
     const outcome = isFailure(result) ? result.code : 'ok';
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');
@@ -408,15 +468,7 @@ export function createProcessor(options: ProcessorOptions) {
     }
     attempt.fence();
     try {
-      // Only the lock-wait path keeps lockWaits; any other event, lock_acquired first, resets it, so that a
-      // retry that finds the lock busy again waits with a fresh bound.
-      await job.updateProgress({
-        stage,
-        message,
-        at: new Date().toISOString(),
-        startedAt: startedAtOf(job),
-        buildId: buildIdOf(job),
-      } satisfies JobProgress);
+      await writeProgress(job, { kind: 'stage', stage, message });
     } catch (error) {
       log.warn(
         { err: error, jobId: ref.id, stage },
@@ -466,14 +518,8 @@ export function createProcessor(options: ProcessorOptions) {
   /** The job's result in its progress, where Bull Board and the producer's fallback read it. */
   async function keepResult(attempt: Attempt, result: JobResult): Promise<void> {
     attempt.fence();
-    await attempt.job.updateProgress({
-      stage: isFailure(result) ? 'failed' : 'completed',
-      message: describeResult(result),
-      at: new Date().toISOString(),
-      startedAt: startedAtOf(attempt.job),
-      buildId: buildIdOf(attempt.job),
-      result,
-    } satisfies JobProgress);
+    const stage = isFailure(result) ? 'failed' : 'completed';
+    await writeProgress(attempt.job, { kind: 'stage', stage, message: describeResult(result), result });
   }
 }
 
