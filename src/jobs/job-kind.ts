@@ -38,6 +38,14 @@ export interface EnqueueLookups {
   workspaceOfChat(chatId: string): Promise<string>;
 }
 
+/** The `resolve` of a kind whose payload names the chat's workspace, which a caller may leave out. */
+export async function resolveChatWorkspace<Input extends { chatId: string; workspaceId?: string }>(
+  input: Input,
+  lookups: EnqueueLookups,
+): Promise<Input & { workspaceId: string }> {
+  return { ...input, workspaceId: input.workspaceId ?? (await lookups.workspaceOfChat(input.chatId)) };
+}
+
 export interface JobKind<T extends JobKindTypes = JobKindTypes> {
   readonly name: T['name'];
   readonly command: T['command'];

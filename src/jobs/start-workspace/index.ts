@@ -6,7 +6,7 @@ import type {
   StartWorkspaceSuccess,
 } from '../../shared/contract.js';
 import { dedupeId } from '../../shared/keys.js';
-import type { JobKind } from '../job-kind.js';
+import { resolveChatWorkspace, type JobKind } from '../job-kind.js';
 import {
   startWorkspaceInputSchema,
   startWorkspacePayloadSchema,
@@ -31,9 +31,7 @@ export const startWorkspaceJob: JobKind<{
   payloadSchema: startWorkspacePayloadSchema,
   dedupeId: (payload) => dedupeId('start-workspace', payload.workspaceId),
   comparedFields: ['chatId', 'ownerId', 'parameters'],
-  async resolve(input, lookups) {
-    return { ...input, workspaceId: input.workspaceId ?? (await lookups.workspaceOfChat(input.chatId)) };
-  },
+  resolve: resolveChatWorkspace,
   queuedMessage: (payload) => `Start of workspace ${payload.workspaceId} queued`,
   alreadyQueued: 'A start of this workspace is already queued',
   successSchema: startWorkspaceSuccessSchema,
