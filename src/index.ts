@@ -8,6 +8,7 @@ export {
   type EnqueuedJob,
   type EnqueuedStart,
   type EnqueuedCreate,
+  type EnqueuedStop,
   type WaitForResultOptions,
   type SubscribeOptions,
 } from './producer/producer.js';
@@ -53,6 +54,14 @@ export {
   type StartWorkspaceInput,
 } from './jobs/start-workspace/schemas.js';
 export { createWorkspacePayloadSchema, type CreateWorkspaceInput } from './jobs/create-workspace/schemas.js';
+export {
+  stopWorkspacePayloadSchema,
+  stopWorkspaceInputSchema,
+  type StopWorkspaceInput,
+  type StopWorkspacePayload,
+  type StopWorkspaceField,
+  type StopWorkspaceSuccess,
+} from './jobs/stop-workspace/schemas.js';
 export { workspaceJobEventSchema, jobResultSchema } from './jobs/contract-schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
 export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig, type Config } from './shared/config.js';

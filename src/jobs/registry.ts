@@ -5,8 +5,9 @@ import type { JobName, JobSuccess } from '../shared/contract.js';
 import { createWorkspaceJob } from './create-workspace/index.js';
 import type { ChatPayload, JobKind } from './job-kind.js';
 import { startWorkspaceJob } from './start-workspace/index.js';
+import { stopWorkspaceJob } from './stop-workspace/index.js';
 
-export const JOB_KINDS = [startWorkspaceJob, createWorkspaceJob] as const;
+export const JOB_KINDS = [startWorkspaceJob, createWorkspaceJob, stopWorkspaceJob] as const;
 
 /** The registry as kinds handled alike. */
 const ANY_KINDS: readonly AnyJobKind[] = JOB_KINDS;

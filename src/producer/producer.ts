@@ -22,6 +22,7 @@ import type { ChatPayload, EnqueueLookups } from '../jobs/job-kind.js';
 import type { CreateWorkspaceInput } from '../jobs/create-workspace/schemas.js';
 import { jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
 import type { StartWorkspaceInput } from '../jobs/start-workspace/schemas.js';
+import type { StopWorkspaceInput } from '../jobs/stop-workspace/schemas.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createPool } from '../shared/postgres.js';
@@ -79,6 +80,7 @@ export type Enqueued<N extends JobName> = EnqueuedJob<JobTypes<N>['field']> &
 
 export type EnqueuedStart = Enqueued<'start-workspace'>;
 export type EnqueuedCreate = Enqueued<'create-workspace'>;
+export type EnqueuedStop = Enqueued<'stop-workspace'>;
 
 export interface WaitForResultOptions {
   timeoutMs: number;
@@ -187,6 +189,15 @@ export class WorkspaceJobsProducer {
    */
   createWorkspace(input: CreateWorkspaceInput): Promise<EnqueuedCreate> {
     return this.enqueue('create-workspace', input);
+  }
+
+  /**
+   * Enqueues a stop of the chat's workspace, at most one per workspace while one is waiting, delayed or
+   * active; it runs after any start or create of the chat that holds its lock. `workspaceId` is looked up
+   * from the chat when omitted. Throws ValidationError as startWorkspace does.
+   */
+  stopWorkspace(input: StopWorkspaceInput): Promise<EnqueuedStop> {
+    return this.enqueue('stop-workspace', input);
   }
 
   /**

@@ -1,7 +1,7 @@
 // The stop-workspace job's decision procedure, a port of Coder's chat stop_workspace tool (PR #24997),
 // built from start's blocks. Plain functions over the JobContext: the processor takes the chat lock and
 // validates the payload before calling in.
-import { isFailure, type JobFailure, type JobName } from '../../shared/contract.js';
+import { isFailure, type JobFailure } from '../../shared/contract.js';
 import type { Build, BuildTransaction, JobContext, Workspace } from '../../worker/ports.js';
 import { waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
@@ -12,27 +12,10 @@ import {
   lockForNewBuild,
   type NewBuildRefusal,
 } from '../../worker/start-build.js';
+import type { StopWorkspacePayload, StopWorkspaceSuccess } from './schemas.js';
 
-// Not a JobName until the stop-workspace kind is in the registry (src/jobs/registry.ts).
-const KIND = 'stop-workspace' as JobName;
+const KIND = 'stop-workspace';
 const { buildActive, buildFailed, flagged } = failures(KIND);
-
-export interface StopWorkspacePayload {
-  chatId: string;
-  ownerId: string;
-  workspaceId: string;
-  requestId?: string;
-}
-
-export interface StopWorkspaceSuccess {
-  kind: 'stop-workspace';
-  ok: true;
-  stopped: true;
-  /** The bare workspace name. */
-  workspace_name: string;
-  build_id?: string;
-  no_build?: true;
-}
 
 export type StopWorkspaceResult = StopWorkspaceSuccess | JobFailure;
 
