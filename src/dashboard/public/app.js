@@ -119,6 +119,15 @@ const KINDS = {
     badge: (result) => `created: ${result.created}`,
     title: (result) => (result.created ? 'Created' : `Not created (${result.status ?? 'exists'})`),
   },
+  'stop-workspace': {
+    command: 'stop',
+    heading: 'Stop the workspace',
+    label: 'Stop',
+    per: 'workspace',
+    body: () => ({}),
+    badge: (result) => `stopped: ${result.stopped}`,
+    title: (result) => (result.no_build ? 'Already stopped (no build)' : 'Stopped'),
+  },
 };
 
 /** A kind's form: its own in index.html, or a card with only its button. */
