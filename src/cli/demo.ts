@@ -20,8 +20,8 @@ import { seed, type SeedResult } from './seed.js';
 export const DEMO_HELP = `Usage: workspace-jobs demo [--exit]
 
 Migrates the database, seeds a fresh demo set, starts a worker, a provisioner (simulated builds) and the
-dashboard as child processes, then enqueues start jobs for the seeded chats and prints their events and
-results. Child logs go to ./demo-logs/. Ctrl-C stops the children, each after its graceful shutdown, and
+dashboard as child processes, then enqueues start jobs (and a stop) for the seeded chats and prints their
+events and results. Child logs go to ./demo-logs/. Ctrl-C stops the children, each after its graceful shutdown, and
 exits 0 (1 if a child did not exit 0; a second Ctrl-C stops them at once).
 
   --exit   stop after the scenarios (exit 0 when each ended as expected, 1 otherwise)`;
@@ -29,6 +29,8 @@ exits 0 (1 if a child did not exit 0; a second Ctrl-C stops them at once).
 interface Scenario {
   title: string;
   chatId: string;
+  /** A stop instead of a start. */
+  stop?: true;
   parameters?: Record<string, string>;
   /** What the result must show for the scenario to count as working. */
   check: (result: JobResult) => boolean;
@@ -63,6 +65,18 @@ function scenarios(seeded: SeedResult): Scenario[] {
       title: 'Start a workspace that is already running',
       chatId: chats.running.chatId,
       check: (r) => started(r) && r.no_build === true,
+    },
+    {
+      title: 'Stop it (a stop build; its agent goes off)',
+      chatId: chats.running.chatId,
+      stop: true,
+      check: (r) => r.kind === 'stop-workspace' && r.ok && r.build_id !== undefined,
+    },
+    {
+      title: 'Stop it again (already stopped: no build)',
+      chatId: chats.running.chatId,
+      stop: true,
+      check: (r) => r.kind === 'stop-workspace' && r.ok && r.no_build === true,
     },
   ];
 }
@@ -126,12 +140,11 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
       console.log(`\n=== ${index + 1}. ${scenario.title}`);
       console.log(`    chat ${scenario.chatId}`);
       const since = await until(lastEventId(config, scenario.chatId, log));
+      const input = { chatId: scenario.chatId, ownerId: seeded.user.id };
       const enqueued = await until(
-        producer.startWorkspace({
-          chatId: scenario.chatId,
-          ownerId: seeded.user.id,
-          parameters: scenario.parameters,
-        }),
+        scenario.stop
+          ? producer.stopWorkspace(input)
+          : producer.startWorkspace({ ...input, parameters: scenario.parameters }),
       );
       const result = await until(follow(producer, scenario.chatId, enqueued.jobId, since, 120_000, false));
       console.log(JSON.stringify(result, null, 2));
@@ -146,7 +159,7 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
     console.log(`Live chat page: ${dashboardUrl}/  (pick a chat, press Start, watch its events)`);
     console.log(`Bull Board:     ${dashboardUrl}/admin/queues`);
     console.log(
-      `More chats to try: npx workspace-jobs seed; npx workspace-jobs enqueue start --chat <id> --wait`,
+      `More chats to try: npx workspace-jobs seed; npx workspace-jobs enqueue start|stop --chat <id> --wait`,
     );
     if (!values.exit) {
       console.log('Press Ctrl-C to stop.');

@@ -50,6 +50,7 @@ describe('workspace-jobs demo', () => {
       })
       .toBe(true);
     expect(demo.stdout, demo.describe()).toContain('All scenarios ended as expected.');
+    expect(demo.stdout).toContain('=== 6. Stop it (a stop build; its agent goes off)');
 
     demo.signal('SIGINT');
 
