@@ -8,7 +8,7 @@ import { withTimeout } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
-import { inputFields } from '../jobs/job-kind.js';
+import { personFields } from '../jobs/job-kind.js';
 import { JOB_KINDS, findJobKindByCommand, type AnyJobKind } from '../jobs/registry.js';
 import { WorkspaceJobsProducer } from '../producer/producer.js';
 import { parseFlags, parseMs, parseParams, requireId, UsageError } from './args.js';
@@ -31,19 +31,14 @@ const FIELD_FLAGS: Record<string, { flag: string; value: string; help: string; m
   },
 };
 
-/** Input fields the command fills itself (--chat, --owner) or leaves to the producer (the chat's workspace). */
-const FILLED_BY_THE_CLI: ReadonlySet<string> = new Set(['chatId', 'ownerId', 'workspaceId', 'requestId']);
-
-/** A kind's flags: one per input field the caller gives, in the input schema's order. */
+/** A kind's flags: one per field a person gives (personFields), in the input schema's order. */
 function flagsOf(kind: AnyJobKind) {
-  return inputFields(kind)
-    .filter((field) => !FILLED_BY_THE_CLI.has(field.name))
-    .map((field) => {
-      const flag = FIELD_FLAGS[field.name];
-      if (!flag)
-        throw new Error(`enqueue ${kind.command}: no command-line flag for the input field ${field.name}`);
-      return { ...flag, field: field.name, required: field.required };
-    });
+  return personFields(kind).map((field) => {
+    const flag = FIELD_FLAGS[field.name];
+    if (!flag)
+      throw new Error(`enqueue ${kind.command}: no command-line flag for the input field ${field.name}`);
+    return { ...flag, field: field.name, required: field.required };
+  });
 }
 
 type FieldFlag = ReturnType<typeof flagsOf>[number];

@@ -7,21 +7,10 @@ import type { WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { ValidationError, idSchema } from '../shared/schemas.js';
-import { inputFields } from '../jobs/job-kind.js';
+import { personFields } from '../jobs/job-kind.js';
 import { findJobKindByCommand } from '../jobs/registry.js';
 import { getBuild, listChats, parseChatsQuery } from './chats.js';
 import { isSafeMethod, mediaType } from './cross-site.js';
-
-/**
- * Input fields the dashboard fills itself (the chat from the path, its owner from the chat) or leaves to the
- * producer (the chat's workspace); a request body may carry the kind's other fields.
- */
-const FILLED_BY_THE_DASHBOARD: ReadonlySet<string> = new Set([
-  'chatId',
-  'ownerId',
-  'workspaceId',
-  'requestId',
-]);
 
 /** How many templates the page lists: the most recent ones. */
 const LIST_LIMIT = 50;
@@ -146,9 +135,7 @@ export function apiRouter(deps: {
     const kind = findJobKindByCommand(String(req.params.command));
     if (!kind) return next();
     const chatId = chatIdParam(req);
-    const allowed = inputFields(kind)
-      .map((field) => field.name)
-      .filter((name) => !FILLED_BY_THE_DASHBOARD.has(name));
+    const allowed = personFields(kind).map((field) => field.name);
     const fields = body(req, allowed);
     const ownerId = await ownerOf(chatId);
     // The body's values go to the producer unchecked: it validates them and names what is wrong.

@@ -75,10 +75,19 @@ export interface JobKind<T extends JobKindTypes = JobKindTypes> {
   describe(success: T['success']): string;
 }
 
-/** The fields a caller gives (the input schema's keys), and whether each is required. */
-export function inputFields(kind: JobKind): { name: string; required: boolean }[] {
-  return Object.entries(kind.inputSchema.shape).map(([name, schema]) => ({
-    name,
-    required: !schema.safeParse(undefined).success,
-  }));
+/**
+ * Input fields a person never types at the CLI or on the live page: the chat (the command's --chat, the
+ * page's selection), its owner (read from the chat), its workspace (the producer looks it up) and the request
+ * id (the chat backend's own).
+ */
+const FILLED_FOR_A_PERSON: ReadonlySet<string> = new Set(['chatId', 'ownerId', 'workspaceId', 'requestId']);
+
+/**
+ * The fields a person gives for a job of this kind (the CLI's flags, the page's request body): the input
+ * schema's keys but those filled for them, in the schema's order, and whether each is required.
+ */
+export function personFields(kind: JobKind): { name: string; required: boolean }[] {
+  return Object.entries(kind.inputSchema.shape)
+    .filter(([name]) => !FILLED_FOR_A_PERSON.has(name))
+    .map(([name, schema]) => ({ name, required: !schema.safeParse(undefined).success }));
 }
