@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { insertUser } from '../../src/cli/fixtures.js';
+import { insertBuild, insertChat, insertUser, insertWorkspace } from '../../src/cli/fixtures.js';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
 import { startDashboard, type Dashboard } from '../../src/dashboard/server.js';
 import {
@@ -520,6 +520,35 @@ describe('the live chat page', () => {
     await page.locator('#start-params').fill('{region');
     await page.locator('#start').click();
     await page.locator('#action-error', { hasText: 'must be JSON' }).waitFor();
+    await page.close();
+  });
+
+  it('stops a running workspace with Stop, and shows its stop build and result', async () => {
+    const page = await context.newPage();
+    // A workspace of its own, and the page's last test: the chats the others count and search stay as seeded.
+    const { id: ownerId } = seeded.user;
+    const { workspaceId } = await insertWorkspace(db.pool, { ownerId, templateId: seeded.templates.dev.id });
+    const running = await insertBuild(db.pool, {
+      workspaceId,
+      templateVersionId: seeded.templates.dev.activeVersionId,
+      transition: 'start',
+      status: 'succeeded',
+      initiatorId: ownerId,
+      agents: [{ name: 'main', connected: true, lifecycleState: 'ready' }],
+    });
+    const { chatId } = await insertChat(db.pool, { ownerId, workspaceId, buildId: running.buildId });
+    await openChat(page, chatId);
+    await page.locator('#stop').click();
+    await page.locator('#action-info', { hasText: 'Queued stop job' }).waitFor();
+
+    const box = newestJob(page).locator('.result-ok');
+    await box.waitFor({ timeout: RUN_MS });
+    expect(await box.locator('.result-title').textContent()).toContain('stopped: true');
+    expect(await box.locator('.result-title').textContent()).toContain('Stopped');
+    await expect
+      .poll(() => newestJob(page).locator('.event[data-stage="build_succeeded"] .build').textContent())
+      .toBe('#2 stop');
+    expect(await page.locator('#stop').isEnabled()).toBe(true);
     await page.close();
   });
 });
