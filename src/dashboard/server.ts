@@ -1,7 +1,7 @@
 // The operators' HTTP server (`workspace-jobs dashboard`):
 //   /admin/queues             Bull Board for queue `workspaces`
-//   /                         the live chat page (src/dashboard/public): pick a chat, start or create its
-//                             workspace, watch the events arrive
+//   /                         the live chat page (src/dashboard/public): pick a chat, start, stop or create
+//                             its workspace, watch the events arrive
 //   /api/...                  the page's JSON API (api.ts)
 //   /chats/:chatId/events     a chat's events as Server-Sent Events (sse.ts)
 //   /metrics                  Prometheus text: queue job counts, the producer's counters, process metrics

@@ -107,7 +107,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     }),
     buildsStarted: new Counter({
       name: 'wsjobs_builds_started_total',
-      help: "Workspace builds created by jobs (a start, or a create's first build)",
+      help: "Workspace builds created by jobs, by transition (a start, a stop, or a create's first build)",
       labelNames: ['transition'] as const,
       registers,
     }),

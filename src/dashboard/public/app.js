@@ -1,6 +1,6 @@
-// The live chat page: lists chats, starts or creates a chat's workspace through the dashboard's API, and
-// follows the chat's job events over Server-Sent Events (GET chats/<id>/events), rendered as a timeline per
-// job with its result. Plain DOM, no framework, no inline script (the page is served with a strict CSP).
+// The live chat page: lists chats, starts, stops or creates a chat's workspace through the dashboard's API,
+// and follows the chat's job events over Server-Sent Events (GET chats/<id>/events), rendered as a timeline
+// per job with its result. Plain DOM, no framework, no inline script (the page is served with a strict CSP).
 // Every piece of data goes into the page with textContent, never as HTML, and only an http(s) URL from the
 // data becomes a link.
 /* global document, window, fetch, EventSource, URLSearchParams, URL */
@@ -160,7 +160,7 @@ const state = {
   chatId: undefined,
   /** The selected chat's row (it may not be in the list any more, e.g. after a search). */
   chat: undefined,
-  /** A start or create request in flight. */
+  /** An action's request (start, create, stop, …) in flight. */
   acting: false,
   /** buildId -> Promise of the build's details (template version name, parameters), or null. */
   builds: new Map(),
