@@ -8,6 +8,7 @@ import { Queue, type Telemetry } from 'bullmq';
 import { pino } from 'pino';
 import { WaitTimeoutError } from '../shared/errors.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
+import { ChatOrder } from '../shared/chat-order.js';
 import {
   QUEUE_NAME,
   type EventDraft,
@@ -121,6 +122,7 @@ export class WorkspaceJobsProducer {
   private readonly metrics: Metrics | undefined;
   private readonly queue: WorkspaceQueue;
   private readonly publisher: EventPublisher;
+  private readonly order: ChatOrder;
   /** Set by fromConfig: the producer built its connection and pool, so close() closes them. */
   private ownsConnections = false;
   private subscriberConnection: RedisClient | undefined;
@@ -147,6 +149,7 @@ export class WorkspaceJobsProducer {
     // An EventEmitter without an 'error' listener would throw; connection trouble surfaces on the calls.
     this.queue.on('error', (error) => this.log.warn({ err: error }, 'workspace-jobs queue error'));
     this.publisher = new EventPublisher(this.connection, this.prefix, { log: this.log });
+    this.order = new ChatOrder(this.connection, this.prefix);
   }
 
   /** Builds its own connections from config; close() then closes them. */
@@ -384,7 +387,8 @@ export class WorkspaceJobsProducer {
 
   /**
    * One `enqueue` span per call; each attempt of the job links to it. A deduplicated call is compared with
-   * the job it was merged into on `fields`.
+   * the job it was merged into on `fields`. The job enters its chat's order before it is added, so that no
+   * worker sees it without its place; an add that adds nothing takes the entry out again.
    */
   private add<F extends string>(
     name: JobName,
@@ -399,14 +403,22 @@ export class WorkspaceJobsProducer {
     };
     return inSpan(`enqueue ${name}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
       const jobId = randomUUID();
-      const job = await this.queue.add(
-        name,
-        data,
-        jobOptions({ jobId, deduplicationId, attempts: this.attempts, traceContext: traceCarrier() }),
-      );
+      await this.order.enter(data.chatId, jobId);
+      let job;
+      try {
+        job = await this.queue.add(
+          name,
+          data,
+          jobOptions({ jobId, deduplicationId, attempts: this.attempts, traceContext: traceCarrier() }),
+        );
+      } catch (error) {
+        await this.leaveOrder(data.chatId, jobId);
+        throw error;
+      }
       // A duplicate add returns a Job carrying the id of the job that holds the deduplication key.
       const actualId = job.id ?? jobId;
       const deduplicated = actualId !== jobId;
+      if (deduplicated) await this.leaveOrder(data.chatId, jobId);
       span.setAttributes({ [ATTR.jobId]: actualId, [ATTR.deduplicated]: deduplicated });
       (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
       if (!deduplicated) {
@@ -420,6 +432,18 @@ export class WorkspaceJobsProducer {
       this.log.debug({ jobId: actualId, name, deduplicationId, differs }, 'workspace job deduplicated');
       return { jobId: actualId, deduplicated, differs };
     });
+  }
+
+  /** Takes out the entry of a job that was not added; a failure is logged: the grace covers it. */
+  private async leaveOrder(chatId: string, jobId: string): Promise<void> {
+    try {
+      await this.order.leave(chatId, jobId);
+    } catch (error) {
+      this.log.warn(
+        { err: error, chatId, jobId },
+        "could not remove a job that was not added from its chat's order; the chat's next job waits out the grace",
+      );
+    }
   }
 
   /** Publishes a queued/deduplicated event; a failure is logged, never thrown: the job is enqueued. */

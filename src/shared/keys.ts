@@ -9,6 +9,8 @@ const id = (value: string) => value.toLowerCase();
 export function redisKeys(prefix: string) {
   return {
     chatLock: (chatId: string) => `${prefix}:lock:chat:${id(chatId)}`,
+    /** The chat's jobs in enqueue order (chat-order.ts): a sorted set of job ids scored by Redis' clock. */
+    chatOrder: (chatId: string) => `${prefix}:order:chat:${id(chatId)}`,
     chatChannel: (chatId: string) => `${prefix}:events:chat:${id(chatId)}`,
     workspaceChannel: (workspaceId: string) => `${prefix}:events:workspace:${id(workspaceId)}`,
     chatLog: (chatId: string) => `${prefix}:events:chat:${id(chatId)}:log`,

@@ -7,7 +7,9 @@
 // behind them.
 //
 // A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle; every
-// write to the job's BullMQ progress goes through writeProgress.
+// write to the job's BullMQ progress goes through writeProgress. The jobs of one chat take its lock in
+// enqueue order (chat-order.ts): a job waits while an earlier one of its chat is live, and leaves the order
+// when it settles.
 //
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
@@ -28,6 +30,7 @@ import {
 } from '../shared/contract.js';
 import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from './ports.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
+import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../shared/chat-order.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
@@ -37,6 +40,15 @@ import { failures } from './results.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
+  /** The chats' enqueue order, on the queue's Redis. */
+  order: ChatOrder;
+  /** A job's BullMQ state (Queue.getJobState): whether an earlier job of the chat has ended. */
+  jobState: JobStateReader;
+  /**
+   * How long an order entry whose job does not exist yet holds up the chat (its producer may be between
+   * entering it and adding the job). Default 30000.
+   */
+  orderGraceMs?: number;
   publisher: EventPublisher;
   store: WorkspaceStore;
   waiter: ChangeWaiter;
@@ -146,7 +158,8 @@ function recordFinished(metrics: Metrics | undefined, job: Job, outcome: string)
 }
 
 export function createProcessor(options: ProcessorOptions) {
-  const { locks, publisher, log, metrics } = options;
+  const { locks, order, publisher, log, metrics } = options;
+  const orderGraceMs = options.orderGraceMs ?? DEFAULT_ORDER_GRACE_MS;
   const observe: JobContext['observe'] = metrics && {
     buildCreated(build, updateReason) {
       metrics.buildsStarted.inc({ transition: build.transition });
@@ -227,8 +240,9 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * Step 2: the chat lock. Busy (or its nodes down): the job is re-delayed (DelayedError) without spending an
-   * attempt, until it has waited longer than lockWaitTimeoutMs, which ends it with an internal failure.
+   * Step 2: the chat lock, once no earlier job of the chat is live in its order. Not this job's turn, or the
+   * lock busy (or its nodes down): the job is re-delayed (DelayedError) without spending an attempt, until it
+   * has waited longer than lockWaitTimeoutMs, which ends it with an internal failure.
    */
   async function takeLockOrDelay(
     attempt: Attempt,
@@ -238,12 +252,20 @@ export function createProcessor(options: ProcessorOptions) {
     const progress = job.progress as Partial<JobProgress> | undefined;
     let held: HeldLock | null = null;
     let waitingFor = 'Another job for this chat is running; waiting';
-    try {
-      held = await locks.tryAcquire(payload.chatId);
-    } catch (error) {
-      // Nobody can take the lock while its nodes are down: wait for them like for a busy chat.
-      if (!(error instanceof LockUnavailableError)) throw error;
-      waitingFor = `The chat lock cannot be taken (${error.message}); waiting`;
+    const ahead = await order.jobAhead(payload.chatId, ref.id, {
+      jobState: options.jobState,
+      graceMs: orderGraceMs,
+    });
+    if (ahead !== undefined) {
+      waitingFor = `Job ${ahead}, enqueued earlier for this chat, goes first; waiting`;
+    } else {
+      try {
+        held = await locks.tryAcquire(payload.chatId);
+      } catch (error) {
+        // Nobody can take the lock while its nodes are down: wait for them like for a busy chat.
+        if (!(error instanceof LockUnavailableError)) throw error;
+        waitingFor = `The chat lock cannot be taken (${error.message}); waiting`;
+      }
     }
     if (held) {
       const since = progress?.lockWaitStartedAt;
@@ -264,7 +286,7 @@ export function createProcessor(options: ProcessorOptions) {
       await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });
     }
     await writeProgress(job, { kind: 'facts', lockWaits, lockWaitStartedAt });
-    workspaceLog.debug({ lockWaits, delay, waitingFor }, 'chat lock not taken; re-delaying');
+    workspaceLog.debug({ lockWaits, delay, waitingFor, ahead }, 'chat lock not taken; re-delaying');
     // Re-delay without counting an attempt and without holding a worker slot while we wait.
     await job.moveToDelayed(Date.now() + Math.round(delay), attempt.owner?.token);
     metrics?.lockBusy.inc();
@@ -420,11 +442,19 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * Step 4, and the one place the processor counts a job's end: hands its result to BullMQ, returned (the job
-   * completes) on success and on an expected failure, thrown (the job fails) on a real one.
+   * Step 4, and the one place the processor counts a job's end: the job leaves its chat's order, and hands
+   * its result to BullMQ, returned (the job completes) on success and on an expected failure, thrown (the job
+   * fails) on a real one. A retried attempt never gets here: it stays in the order, so nothing overtakes it.
    */
-  function settle(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
+  async function settle(job: Job, result: JobResult, workspaceLog: Logger): Promise<JobResult> {
     const outcome = isFailure(result) ? result.code : 'ok';
+    const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
+    if (isChatId(chatId)) {
+      // Not fatal: once the job has ended, the next job of the chat removes its entry (a stale head).
+      await order.leave(chatId, job.id!).catch((error: unknown) => {
+        workspaceLog.warn({ err: error }, "could not remove the job from its chat's order");
+      });
+    }
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');
     if (isFailure(result) && bullStateOf(result) === 'failed') throw unrecoverable(result);

@@ -7,6 +7,7 @@ import { EventPublisher } from '../shared/events.js';
 import { QUEUE_NAME } from '../shared/contract.js';
 import type { Config } from '../shared/config.js';
 import { ChatLocks } from '../shared/lock.js';
+import { ChatOrder } from '../shared/chat-order.js';
 import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
@@ -54,8 +55,8 @@ interface Resources {
   redis: RedisClient[];
   pool: Pool;
   hub: PgNotificationHub;
-  /** Reads the job counts for the metrics, on the worker's connection. */
-  queue?: Queue;
+  /** Reads job states (the chat order's stale heads) and the job counts for the metrics. */
+  queue: Queue;
   server?: MetricsServer;
 }
 
@@ -125,18 +126,18 @@ export class WorkspaceWorker {
       );
     }
 
+    const queue = new Queue(QUEUE_NAME, { connection: bullConnection, prefix: config.queuePrefix });
+    queue.on('error', (err) => log.warn({ err }, 'worker queue error'));
     let metrics = options.metrics;
-    let queue: Queue | undefined;
     if (!metrics && config.metricsPort !== undefined) {
-      const countsQueue = new Queue(QUEUE_NAME, { connection: bullConnection, prefix: config.queuePrefix });
-      countsQueue.on('error', (err) => log.warn({ err }, 'metrics queue error'));
-      queue = countsQueue;
-      metrics = createMetrics({ queueCounts: () => countsQueue.getJobCounts(), log });
+      metrics = createMetrics({ queueCounts: () => queue.getJobCounts(), log });
     }
 
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const processor = createProcessor({
       locks,
+      order: new ChatOrder(eventsRedis, config.queuePrefix),
+      jobState: (jobId) => queue.getJobState(jobId),
       publisher,
       store: new PgWorkspaceStore(pool),
       waiter: hub,
@@ -176,7 +177,7 @@ export class WorkspaceWorker {
           },
         });
       } catch (error) {
-        await queue?.close().catch(() => {});
+        await queue.close().catch(() => {});
         await hub.stop();
         await pool.end();
         await Promise.all(redis.map((r) => closeRedis(r)));
@@ -243,8 +244,8 @@ export class WorkspaceWorker {
     }
     clearTimeout(timer);
     await this.resources.server?.close();
-    await this.resources.queue?.close().catch((err: unknown) => {
-      this.log.warn({ err }, 'could not close the metrics queue');
+    await this.resources.queue.close().catch((err: unknown) => {
+      this.log.warn({ err }, "could not close the worker's queue");
     });
     await this.resources.hub.stop();
     await this.resources.pool.end();
