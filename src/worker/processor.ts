@@ -9,7 +9,7 @@
 // A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle; every
 // write to the job's BullMQ progress goes through writeProgress. The jobs of one chat take its lock in
 // enqueue order (chat-order.ts): a job waits while an earlier one of its chat is live, and leaves the order
-// when it settles.
+// as its result goes out.
 //
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
@@ -442,19 +442,11 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * Step 4, and the one place the processor counts a job's end: the job leaves its chat's order, and hands
-   * its result to BullMQ, returned (the job completes) on success and on an expected failure, thrown (the job
-   * fails) on a real one. A retried attempt never gets here: it stays in the order, so nothing overtakes it.
+   * Step 4, and the one place the processor counts a job's end: hands its result to BullMQ, returned (the job
+   * completes) on success and on an expected failure, thrown (the job fails) on a real one.
    */
-  async function settle(job: Job, result: JobResult, workspaceLog: Logger): Promise<JobResult> {
+  function settle(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
     const outcome = isFailure(result) ? result.code : 'ok';
-    const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
-    if (isChatId(chatId)) {
-      // Not fatal: once the job has ended, the next job of the chat removes its entry (a stale head).
-      await order.leave(chatId, job.id!).catch((error: unknown) => {
-        workspaceLog.warn({ err: error }, "could not remove the job from its chat's order");
-      });
-    }
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');
     if (isFailure(result) && bullStateOf(result) === 'failed') throw unrecoverable(result);
@@ -520,6 +512,9 @@ export function createProcessor(options: ProcessorOptions) {
     // a caller that has seen the result and enqueues again gets a new job, not this finished one. Removed
     // only while it still names this job.
     await attempt.job.removeDeduplicationKey();
+    // Likewise the job's place in its chat's order: a job enqueued after this result must not wait for this
+    // one to leave. Only a final result gets here; a retried attempt keeps its place, so nothing overtakes it.
+    await order.leave(payload.chatId, ref.id);
     let event: WorkspaceJobEvent | null;
     try {
       event = await publisher.publish(

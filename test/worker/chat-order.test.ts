@@ -131,6 +131,14 @@ describe('the chat order', () => {
     await expect.poll(() => orderOf(ws.chatId), POLL).toEqual([]);
   });
 
+  it("a job leaves its chat's order before its result is out › a job enqueued after the result waits for nothing", async () => {
+    await h.startWorker();
+    const ws = await h.seedStoppedWorkspace();
+    const { jobId } = await stop(ws);
+    expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toEqual(noBuild(ws));
+    expect(await orderOf(ws.chatId)).toEqual([]);
+  });
+
   it('an enqueue deduplicated onto a waiting job › leaves no entry of its own', async () => {
     const ws = await h.seedStoppedWorkspace();
     const first = await stop(ws);
