@@ -1,4 +1,4 @@
-// The D6 claim (START_WORKSPACE.md): 1,000 jobs waiting on 1,000 builds through one PgNotificationHub. Each
+// The D6 claim (docs/start-workspace.md): 1,000 jobs waiting on 1,000 builds via one PgNotificationHub. Each
 // waiter runs the worker's own check (PgWorkspaceStore.getBuild, on a pool of 10 as a worker with
 // concurrency 50 has) and every check is counted: while idle (a window that covers one 10 s safety
 // re-check), on single wake-ups and on a herd of 800 builds completing in one UPDATE. The wake-up latency

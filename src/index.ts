@@ -1,5 +1,5 @@
 // The package entry (`import { WorkspaceJobsProducer } from 'workspace-jobs'`): what the chat backend
-// needs to enqueue jobs and follow them, and the public shapes of CONTRACT.md sections 3, 4, 6 and 7.
+// needs to enqueue jobs and follow them, and the public shapes of docs/design.md §3, §4, §6 and §7.
 export {
   WorkspaceJobsProducer,
   JobNotFoundError,

@@ -249,7 +249,7 @@ export interface InsertedBuild {
   agentIds: string[];
 }
 
-/** provisioner_jobs timestamps that produce each status (reference section 3.1). */
+/** provisioner_jobs timestamps that produce each status (docs/design.md §8). */
 const JOB_COLUMNS: Record<BuildStatus, { started: boolean; canceled: boolean; completed: boolean }> = {
   pending: { started: false, canceled: false, completed: false },
   running: { started: true, canceled: false, completed: false },

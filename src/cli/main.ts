@@ -1,4 +1,4 @@
-// The `workspace-jobs` command line (CONTRACT.md section 2). Exit codes: 0 success, 1 failure (or a failed
+// The `workspace-jobs` command line (docs/design.md §2). Exit codes: 0 success, 1 failure (or a failed
 // job result with --wait), 2 bad usage, configuration or input.
 import { ConfigError, loadConfig, type Config } from '../shared/config.js';
 import { createLogger, type Logger } from '../shared/logger.js';

@@ -1,7 +1,7 @@
 // GET /chats/:chatId/events: a chat's job events as Server-Sent Events. This is the reference for how a chat
 // backend bridges workspace-jobs' Redis events to its browser.
 //
-// The problem: events live in Redis in two forms (CONTRACT.md section 6). Pub/sub delivers them live but
+// The problem: events live in Redis in two forms (docs/design.md §6). Pub/sub delivers them live but
 // at most once: whatever was published while nobody listened is gone. The chat's replay stream
 // (`<prefix>:events:chat:<chatId>:log`) keeps the last ~1000 of them, and each event's `seq` is its stream
 // entry id. A browser tab comes and goes (reloads, sleeps, loses Wi-Fi), so it must be able to say "I have

@@ -1,4 +1,4 @@
-// zod schemas of the results and events that leave the process (CONTRACT.md sections 6 and 7), built from
+// zod schemas of the results and events that leave the process (docs/design.md §6 and §7), built from
 // the registry: a result is a failure or the success of one of its kinds, an event names one of its jobs.
 // Kept above the registry (the kinds import the primitives of shared/schemas.ts, never this module).
 import { z } from 'zod';

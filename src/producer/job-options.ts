@@ -1,4 +1,4 @@
-// BullMQ options of every job the producer adds (CONTRACT.md section 4). Kept apart from the producer so
+// BullMQ options of every job the producer adds (docs/design.md §4). Kept apart from the producer so
 // that the worker, the CLI and tests can see exactly what a job was enqueued with.
 import type { JobsOptions } from 'bullmq';
 import { JOB_KINDS } from '../jobs/registry.js';

@@ -1,4 +1,4 @@
-// The chat backend's side of workspace-jobs (CONTRACT.md section 4): validates payloads, enqueues
+// The chat backend's side of workspace-jobs (docs/design.md §4): validates payloads, enqueues
 // deduplicated jobs on the `workspaces` queue, announces them on the chat's event stream, and lets the
 // backend follow a job's events or wait for its result.
 import { setMaxListeners } from 'node:events';
@@ -232,7 +232,7 @@ export class WorkspaceJobsProducer {
   }
 
   /**
-   * Resolves with the job's result (CONTRACT.md section 7), success or failure alike: it rejects only
+   * Resolves with the job's result (docs/design.md §7), success or failure alike: it rejects only
    * when the job does not exist (JobNotFoundError), on timeout (WaitTimeoutError) or when the producer
    * closes. The result comes from the job's `result` event on the chat's stream, or from the job itself
    * when it has already finished (so a stream that has expired does not matter). A UUID job id (the

@@ -1,7 +1,7 @@
-// Configuration from the environment (CONTRACT.md section 3). Every variable is optional; a bad value
+// Configuration from the environment (docs/design.md §3). Every variable is optional; a bad value
 // stops the process at start-up with a message naming the variable.
 
-/** Configuration (CONTRACT.md section 3): what loadConfig reads from the environment. */
+/** Configuration (docs/design.md §3): what loadConfig reads from the environment. */
 export interface Config {
   /**
    * Queue, events. Default `redis://127.0.0.1:6379`. With `redisCluster`, the cluster's seed nodes,

@@ -1,5 +1,5 @@
 // The public contract of workspace-jobs: job payloads, events, results and failure codes, the shapes that
-// leave the process (what src/index.ts exports). CONTRACT.md is the source of truth for them; the worker's
+// leave the process (what src/index.ts exports). docs/design.md is the source of truth for them; the worker's
 // own ports (rows, store, waiter) are in src/worker/ports.ts. The job kinds are listed once, in
 // src/jobs/registry.ts: JobName and JobResult are derived from that list (a type-only import, no cycle at run
 // time).
@@ -7,7 +7,7 @@ import type { z } from 'zod';
 import type { JOB_KINDS } from '../jobs/registry.js';
 
 // ---------------------------------------------------------------------------------------------------
-// Jobs (CONTRACT.md section 4)
+// Jobs (docs/design.md §4)
 
 export const QUEUE_NAME = 'workspaces';
 type RegisteredKind = (typeof JOB_KINDS)[number];
@@ -41,7 +41,7 @@ export interface CreateWorkspacePayload {
 export type CreateWorkspaceField = 'ownerId' | 'templateId' | 'name' | 'parameters';
 
 // ---------------------------------------------------------------------------------------------------
-// Events (CONTRACT.md section 6)
+// Events (docs/design.md §6)
 
 export const PROGRESS_STAGES = [
   'queued',
@@ -105,7 +105,7 @@ type OmitEach<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never
 export type EventDraft = OmitEach<WorkspaceJobEvent, 'v' | 'seq' | 'at'>;
 
 // ---------------------------------------------------------------------------------------------------
-// Results (CONTRACT.md section 7; compatible with Coder's start_workspace tool result)
+// Results (docs/design.md §7; compatible with Coder's start_workspace tool result)
 
 export interface AgentReadiness {
   agent_status?: 'no_agent' | 'selection_error' | 'not_ready';

@@ -1,4 +1,4 @@
-// Job events (CONTRACT.md section 6): every event is appended to the chat's capped replay stream, whose entry
+// Job events (docs/design.md §6): every event is appended to the chat's capped replay stream, whose entry
 // id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
 import { withTimeout } from './errors.js';

@@ -1,4 +1,4 @@
-// Every Redis key and channel name, derived from QUEUE_PREFIX (CONTRACT.md sections 5 and 6).
+// Every Redis key and channel name, derived from QUEUE_PREFIX (docs/design.md §5 and §6).
 //
 // Chat and workspace ids are UUIDs, which Postgres compares case-blind; a Redis key is a plain string. The
 // ids go in lower case, as idSchema parses them, also when they come from a job added without that schema

@@ -1,4 +1,4 @@
-// The per-chat distributed lock (CONTRACT.md section 5): a thin wrapper over redis-semaphore 5.8.
+// The per-chat distributed lock (docs/design.md §5): a thin wrapper over redis-semaphore 5.8.
 //
 // What redis-semaphore does by itself (read from its lib/, version 5.8.0), and what this file adds:
 // - Key: it writes `mutex:<key>`. The contract names the key `<prefix>:lock:chat:<chatId>` (and keeping it

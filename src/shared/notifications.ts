@@ -1,5 +1,5 @@
 // One LISTEN connection per process, fanning Postgres notifications out to any number of waiters
-// (START_WORKSPACE.md D6). Coder polls every 2 s per waiting tool call; with hundreds of jobs waiting
+// (docs/start-workspace.md D6). Coder polls every 2 s per waiting tool call; with hundreds of jobs waiting
 // that is hundreds of queries a second, where this costs one idle connection and a slow safety re-check.
 import pg from 'pg';
 import { sleep, WaitTimeoutError } from './errors.js';

@@ -56,7 +56,7 @@ export const workspaceNameSchema = z.string().regex(/^[a-zA-Z0-9](?:[a-zA-Z0-9]|
   message: 'must be 1-32 letters, digits or single hyphens, starting and ending with a letter or digit',
 });
 
-/** The agent fields a start's or a create's success carries (CONTRACT.md section 7). */
+/** The agent fields a start's or a create's success carries (docs/design.md §7). */
 export const agentReadinessShape = {
   agent_status: z.enum(['no_agent', 'selection_error', 'not_ready']).optional(),
   agent_error: z.string().optional(),

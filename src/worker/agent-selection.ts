@@ -1,5 +1,5 @@
-// Which agent of a workspace the chat talks to (Coder's agentselect.FindChatAgent, PR #23741; reference
-// section 4.1), and whether an agent is reachable. Pure: no I/O.
+// Which agent of a workspace the chat talks to (Coder's agentselect.FindChatAgent, PR #23741;
+// docs/start-workspace.md "Agent readiness"), and whether an agent is reachable. Pure: no I/O.
 
 import type { Agent, AgentConnectionStatus } from './ports.js';
 

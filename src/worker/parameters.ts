@@ -1,5 +1,5 @@
 // Coder's classic parameter resolution for a workspace build (coderd/wsbuilder + codersdk.ParameterResolver,
-// see START_WORKSPACE.md "Parameter resolution" and the reference, section 6.3). Pure: no I/O.
+// see docs/start-workspace.md "Parameter resolution"). Pure: no I/O.
 //
 // For each parameter of the *target* template version, in that version's order:
 //   value = provided (the job's) ?? previous build's value (unless ephemeral) ?? default_value,

@@ -1,4 +1,4 @@
-// Building the tool results of CONTRACT.md section 7, and Coder's user-visible strings in one place.
+// Building the tool results of docs/design.md §7, and Coder's user-visible strings in one place.
 import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure, type JobName } from '../shared/contract.js';
 import type { BuildOutcome } from './build-wait.js';
 import type { Build, UpdateReason, Workspace } from './ports.js';

@@ -57,7 +57,7 @@ export async function lockForNewBuild(
   if (!workspace || workspace.deleted) return { kind: 'deleted' };
 
   // Read under the workspace lock: no other build can be inserted until we commit (Coder reads the
-  // template and latest build outside its transaction, a TOCTOU its §9.10 describes).
+  // template and latest build outside its transaction, a TOCTOU: docs/start-workspace.md D12).
   const previousBuild = await tx.getLatestBuild(workspace.id);
   if (previousBuild && isBuildActive(previousBuild)) return { kind: 'build_active', build: previousBuild };
   return { kind: 'free', workspace, previousBuild };

@@ -1,4 +1,4 @@
-// `workspace-jobs enqueue create … [--wait]` as a real process (CONTRACT.md section 2) against a real worker
+// `workspace-jobs enqueue create … [--wait]` as a real process (docs/design.md §2) against a real worker
 // process and the real provisioner daemon (simulated builds): exit 0 with the result JSON printed last on
 // success, 1 on a failed result, 2 with a one-line reason for bad flags or ids.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -623,7 +623,7 @@ describe('WorkspaceJobsProducer', () => {
       await vi.waitFor(() =>
         expect(heard).toEqual({ lower: [`queued ${chatId}`], upper: [`queued ${chatId}`] }),
       );
-      // The stream's key as CONTRACT.md section 6 names it, written out.
+      // The stream's key as docs/design.md §6 names it, written out.
       expect(await redis.xlen(`${prefix}:events:chat:${chatId}:log`)).toBe(1);
       expect(await redis.exists(`${prefix}:events:chat:${chatId.toUpperCase()}:log`)).toBe(0);
       await offLower();

@@ -1,4 +1,4 @@
-// create-workspace and start-workspace racing for one chat (CONTRACT.md section 5; the issue's race suite):
+// create-workspace and start-workspace racing for one chat (docs/design.md §5; the issue's race suite):
 // three producers enqueue creates and starts together, two real worker processes (`workspace-jobs worker`,
 // one job slot each) and the real provisioner daemon (`workspace-jobs provisioner`, simulated builds)
 // process them. Afterwards: the lock-held intervals never overlap, the chat is bound to exactly one

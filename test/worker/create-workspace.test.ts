@@ -1,5 +1,5 @@
-// The create-workspace job's domain logic (START_WORKSPACE.md "create-workspace", a port of Coder's
-// create_workspace with its checkExistingWorkspace, reference section 1.4) on a real database. The test
+// The create-workspace job's domain logic (docs/start-workspace.md "create-workspace", a port of Coder's
+// create_workspace with its checkExistingWorkspace) on a real database. The test
 // plays the provisioner and the agent with SQL once the job is actually waiting on them, as the start
 // tests do. "Never starts it" / "nothing persisted" = no new workspace, build, job, parameter or binding.
 import { Buffer } from 'node:buffer';

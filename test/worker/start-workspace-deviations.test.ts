@@ -1,4 +1,4 @@
-// Where a start job deliberately does better than Coder (START_WORKSPACE.md D1–D10), and the extra cases
+// Where a start job deliberately does better than Coder (docs/start-workspace.md D1–D10), and the extra cases
 // the design lists: automatic updates, parameter rules, and the database refusing a second active build.
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// Coder's 13 TestStartWorkspace sub-tests (reference section 7), ported. Coder's seams become the real
+// Coder's 13 TestStartWorkspace sub-tests (docs/start-workspace.md), ported. Coder's seams become the real
 // database here: "StartFn called" = a new start build row (build_number + 1, transition start, initiator =
 // owner) with the chat bound to it; "StartFn not called" = no new build row; "the dialer was called with
 // agent X" = only agent X's readiness decides the result. The test plays the provisioner and the agent with

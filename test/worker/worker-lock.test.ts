@@ -1,4 +1,4 @@
-// The chat lock (CONTRACT.md section 5) as the workers use it on real Redis: a busy chat re-delays the job
+// The chat lock (docs/design.md §5) as the workers use it on real Redis: a busy chat re-delays the job
 // without spending an attempt, two workers never run jobs of one chat at once, and a lost lock aborts the
 // attempt, which BullMQ then retries.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';

@@ -1,4 +1,4 @@
-// The create-workspace job (START_WORKSPACE.md, "create-workspace"): a port of Coder's create_workspace
+// The create-workspace job (docs/start-workspace.md, "create-workspace"): a port of Coder's create_workspace
 // for a chat. It first looks at the workspace the chat already has (Coder's checkExistingWorkspace) and
 // only creates a new one when that one is unusable; it never starts a stopped workspace (the start job
 // does). Runs under the same chat lock as start-workspace, taken by the processor.

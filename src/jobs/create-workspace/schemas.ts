@@ -1,4 +1,4 @@
-// The create-workspace job's zod schemas (CONTRACT.md sections 4 and 7): the payload (what the producer
+// The create-workspace job's zod schemas (docs/design.md §4 and §7): the payload (what the producer
 // accepts and the worker parses) and the success result.
 import { z } from 'zod';
 import type { CreateWorkspacePayload, CreateWorkspaceSuccess } from '../../shared/contract.js';

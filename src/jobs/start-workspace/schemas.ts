@@ -1,4 +1,4 @@
-// The start-workspace job's zod schemas (CONTRACT.md sections 4 and 7): the payload the worker parses, what
+// The start-workspace job's zod schemas (docs/design.md §4 and §7): the payload the worker parses, what
 // the producer accepts, and the success result.
 import { z } from 'zod';
 import type { StartWorkspacePayload, StartWorkspaceSuccess } from '../../shared/contract.js';

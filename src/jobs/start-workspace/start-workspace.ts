@@ -1,4 +1,4 @@
-// The start-workspace job's decision procedure (START_WORKSPACE.md), a port of Coder's chat
+// The start-workspace job's decision procedure (docs/start-workspace.md), a port of Coder's chat
 // start_workspace tool with its auto-update to the template's active version. Plain functions over the
 // JobContext: the processor takes the chat lock and validates the payload before calling in.
 import {
