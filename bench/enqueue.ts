@@ -8,7 +8,7 @@ import { JOB_NAMES, jobOptions } from '../src/producer/job-options.js';
 import { DEFAULT_JOB_ATTEMPTS } from '../src/shared/config.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { QUEUE_NAME } from '../src/shared/contract.js';
-import { dedupeIds } from '../src/shared/keys.js';
+import { dedupeIds } from '../src/jobs/registry.js';
 import { createLogger } from '../src/shared/logger.js';
 import type { Pool } from '../src/shared/postgres.js';
 import {

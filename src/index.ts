@@ -65,7 +65,8 @@ export {
 export { workspaceJobEventSchema, jobResultSchema } from './jobs/contract-schemas.js';
 export { WaitTimeoutError } from './shared/errors.js';
 export { ConfigError, DEFAULT_JOB_ATTEMPTS, loadConfig, type Config } from './shared/config.js';
-export { dedupeIds, redisKeys } from './shared/keys.js';
+export { redisKeys } from './shared/keys.js';
+export { dedupeIds } from './jobs/registry.js';
 // The chat backend can count its enqueues: `new WorkspaceJobsProducer({ ..., metrics: createMetrics() })`
 // and serve `metrics.registry` on its own /metrics.
 export { createMetrics, type Metrics, type MetricsOptions } from './shared/metrics.js';

@@ -58,8 +58,11 @@ export interface JobKind<T extends JobKindTypes = JobKindTypes> {
   readonly inputSchema: z.ZodType<T['parsed'], T['input']> & { readonly shape: Record<string, z.ZodType> };
   /** What the worker parses: anyone with Redis access can add a job, so it validates again. */
   readonly payloadSchema: z.ZodType<T['payload']>;
-  /** BullMQ's deduplication id: at most one such job waits, is delayed or runs per id. */
-  dedupeId(payload: T['payload']): string;
+  /**
+   * The payload field the job is deduplicated by: at most one job of this kind waits, is delayed or runs per
+   * value of it (BullMQ's deduplication id is `<name>:<value>`, see registry.ts dedupeIdOf).
+   */
+  readonly dedupeBy: 'chatId' | 'workspaceId';
   readonly comparedFields: readonly T['field'][];
   /** Fills what a caller may omit (e.g. the workspace, from the chat); without it the input is the payload. */
   resolve?(input: T['parsed'], lookups: EnqueueLookups): Promise<T['payload']>;

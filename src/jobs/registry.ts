@@ -2,6 +2,7 @@
 // enqueue, `workspace-jobs enqueue <command>` and the dashboard's actions are all derived from it: a new kind
 // is a module in src/jobs/<kind>/ and one entry here.
 import type { JobName, JobSuccess } from '../shared/contract.js';
+import { dedupeId } from '../shared/keys.js';
 import { createWorkspaceJob } from './create-workspace/index.js';
 import type { ChatPayload, JobKind } from './job-kind.js';
 import { startWorkspaceJob } from './start-workspace/index.js';
@@ -45,3 +46,19 @@ export function findJobKind(name: string): AnyJobKind | undefined {
 export function findJobKindByCommand(command: string): AnyJobKind | undefined {
   return ANY_KINDS.find((kind) => kind.command === command);
 }
+
+/** A job's BullMQ deduplication id: `<name>:<its kind's dedupeBy field>`, e.g. `stop-workspace:<workspaceId>`. */
+export function dedupeIdOf(kind: AnyJobKind, payload: ChatPayload): string {
+  const by = payload[kind.dedupeBy];
+  // Each kind's payload schema requires its dedupeBy field; a kind declaring an optional one is a bug here.
+  if (by === undefined) throw new Error(`a ${kind.name} payload has no ${kind.dedupeBy} to deduplicate by`);
+  return dedupeId(kind.name, by);
+}
+
+/**
+ * For the package's callers, by command: the deduplication id of a job from the id it is deduplicated by
+ * (`dedupeIds.start(workspaceId)`, `dedupeIds.create(chatId)`, `dedupeIds.stop(workspaceId)`).
+ */
+export const dedupeIds = Object.fromEntries(
+  ANY_KINDS.map((kind) => [kind.command, (by: string) => dedupeId(kind.name, by)]),
+) as Record<(typeof JOB_KINDS)[number]['command'], (by: string) => string>;

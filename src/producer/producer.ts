@@ -21,7 +21,7 @@ import {
 } from '../shared/contract.js';
 import type { ChatPayload, EnqueueLookups } from '../jobs/job-kind.js';
 import type { CreateWorkspaceInput } from '../jobs/create-workspace/schemas.js';
-import { jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
+import { dedupeIdOf, jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
 import type { StartWorkspaceInput } from '../jobs/start-workspace/schemas.js';
 import type { StopWorkspaceInput } from '../jobs/stop-workspace/schemas.js';
 import type { Logger } from '../shared/logger.js';
@@ -205,7 +205,7 @@ export class WorkspaceJobsProducer {
 
   /**
    * Enqueues a job of any kind (the typed methods above are this with the kind's name): validates the input,
-   * fills what the kind looks up itself (`resolve`), adds the job deduplicated by the kind's `dedupeId`, and
+   * fills what the kind looks up itself (`resolve`), adds the job deduplicated by the kind's `dedupeBy` field, and
    * announces it on the chat's stream. Throws ValidationError (nothing enqueued) for input that does not
    * validate or cannot be resolved.
    */
@@ -215,7 +215,7 @@ export class WorkspaceJobsProducer {
     // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
     const parsed = parseOrThrow(kind.inputSchema, `${name} payload`, input);
     const payload = withoutUndefined(kind.resolve ? await kind.resolve(parsed, this.lookups) : parsed);
-    const enqueued = await this.add(name, payload, kind.dedupeId(payload), kind.comparedFields);
+    const enqueued = await this.add(name, payload, dedupeIdOf(kind, payload), kind.comparedFields);
     await this.announce({
       type: 'progress',
       stage: enqueued.deduplicated ? 'deduplicated' : 'queued',

@@ -21,13 +21,7 @@ export function redisKeys(prefix: string) {
 
 export type RedisKeys = ReturnType<typeof redisKeys>;
 
-/** A job's BullMQ deduplication id: its name and the id it is deduplicated by (each kind's `dedupeId`). */
+/** A job's BullMQ deduplication id: its name and the id it is deduplicated by (its kind's `dedupeBy`). */
 export function dedupeId(jobName: string, by: string): string {
   return `${jobName}:${id(by)}`;
 }
-
-/** The deduplication ids of a start and a create, for the package's callers (the kinds' dedupeId makes them). */
-export const dedupeIds = {
-  start: (workspaceId: string) => dedupeId('start-workspace', workspaceId),
-  create: (chatId: string) => dedupeId('create-workspace', chatId),
-};

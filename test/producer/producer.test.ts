@@ -11,7 +11,7 @@ import {
 import { JOB_BACKOFF, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from '../../src/producer/job-options.js';
 import { EventPublisher, readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME, type JobResult } from '../../src/shared/contract.js';
-import { dedupeIds } from '../../src/shared/keys.js';
+import { dedupeIds } from '../../src/jobs/registry.js';
 import { withTransaction, type Pool } from '../../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { ValidationError } from '../../src/shared/schemas.js';

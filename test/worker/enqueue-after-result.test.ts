@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { jobOptions } from '../../src/producer/job-options.js';
 import { JobNotFoundError } from '../../src/producer/producer.js';
 import type { JobFailure } from '../../src/shared/contract.js';
-import { dedupeIds } from '../../src/shared/keys.js';
+import { dedupeIds } from '../../src/jobs/registry.js';
 import { WAIT_MS, WorkerHarness, type SeededWorkspace } from '../helpers/worker-harness.js';
 
 /** The bar: 13 of 50 tries were merged into the finished job before the fix. */

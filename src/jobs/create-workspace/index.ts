@@ -5,7 +5,6 @@ import type {
   CreateWorkspacePayload,
   CreateWorkspaceSuccess,
 } from '../../shared/contract.js';
-import { dedupeId } from '../../shared/keys.js';
 import type { JobKind } from '../job-kind.js';
 import { createWorkspace } from './create-workspace.js';
 import {
@@ -28,7 +27,7 @@ export const createWorkspaceJob: JobKind<{
   summary: 'create a workspace for the chat from a template (a chat with a usable one keeps it)',
   inputSchema: createWorkspacePayloadSchema,
   payloadSchema: createWorkspacePayloadSchema,
-  dedupeId: (payload) => dedupeId('create-workspace', payload.chatId),
+  dedupeBy: 'chatId',
   comparedFields: ['ownerId', 'templateId', 'name', 'parameters'],
   queuedMessage: (payload) =>
     `Creation of ${payload.name === undefined ? 'a workspace' : `workspace ${payload.name}`} queued`,

@@ -5,7 +5,6 @@ import type {
   StartWorkspacePayload,
   StartWorkspaceSuccess,
 } from '../../shared/contract.js';
-import { dedupeId } from '../../shared/keys.js';
 import { resolveChatWorkspace, type JobKind } from '../job-kind.js';
 import {
   startWorkspaceInputSchema,
@@ -29,7 +28,7 @@ export const startWorkspaceJob: JobKind<{
   summary: "start the chat's workspace",
   inputSchema: startWorkspaceInputSchema,
   payloadSchema: startWorkspacePayloadSchema,
-  dedupeId: (payload) => dedupeId('start-workspace', payload.workspaceId),
+  dedupeBy: 'workspaceId',
   comparedFields: ['chatId', 'ownerId', 'parameters'],
   resolve: resolveChatWorkspace,
   queuedMessage: (payload) => `Start of workspace ${payload.workspaceId} queued`,

@@ -1,7 +1,6 @@
 // The stop-workspace job kind: stop the chat's workspace (a port of Coder's stop_workspace chat tool, which
 // shares start's and create's mutex: here the chat lock), at most one per workspace while one is waiting,
 // delayed or active.
-import { dedupeId } from '../../shared/keys.js';
 import { resolveChatWorkspace, type JobKind } from '../job-kind.js';
 import {
   stopWorkspaceInputSchema,
@@ -28,7 +27,7 @@ export const stopWorkspaceJob: JobKind<{
   summary: "stop the chat's workspace (a build in flight is waited for first)",
   inputSchema: stopWorkspaceInputSchema,
   payloadSchema: stopWorkspacePayloadSchema,
-  dedupeId: (payload) => dedupeId('stop-workspace', payload.workspaceId),
+  dedupeBy: 'workspaceId',
   comparedFields: ['chatId', 'ownerId'],
   resolve: resolveChatWorkspace,
   queuedMessage: (payload) => `Stop of workspace ${payload.workspaceId} queued`,
