@@ -3,7 +3,7 @@
 // AbortController. The waiter is wrapped so a test can tell when the job is *actually* waiting on a
 // provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
 // way Coder's tests complete the job after the tool's first read.
-import { expect, vi } from 'vitest';
+import { afterEach, beforeEach, expect, vi } from 'vitest';
 import type { AgentInput } from '../../src/cli/fixtures.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import {
@@ -15,7 +15,7 @@ import {
 } from '../../src/shared/contract.js';
 import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from '../../src/worker/ports.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
-import type { TestDatabase } from './database.js';
+import { createTestDatabase, type TestDatabase } from './database.js';
 
 export interface RecordedProgress {
   stage: ProgressStage;
@@ -64,6 +64,46 @@ export const DEFAULT_TEST_TIMEOUTS: WaitTimeouts = {
   agentConnectTimeoutMs: 5_000,
   startupScriptTimeoutMs: 5_000,
 };
+
+/**
+ * A suite of domain tests' set-up: each test gets a database of its own and, when it asks, a start context
+ * over it (`context()`); both are closed after the test. `db` stands for the running test's database.
+ */
+export function useStartContext() {
+  let current: TestDatabase | undefined;
+  let tc: StartContext | undefined;
+  beforeEach(async () => {
+    current = await createTestDatabase();
+    tc = undefined;
+  });
+  afterEach(async () => {
+    await tc?.close();
+    await current?.drop();
+  });
+  const running = (): TestDatabase => {
+    if (!current) throw new Error('useStartContext: its database exists only while a test runs');
+    return current;
+  };
+  const db: TestDatabase = {
+    get url() {
+      return running().url;
+    },
+    get name() {
+      return running().name;
+    },
+    get pool() {
+      return running().pool;
+    },
+    drop: () => running().drop(),
+  };
+  return {
+    db,
+    async context(options?: StartContextOptions): Promise<StartContext> {
+      tc = await createStartContext(running(), options);
+      return tc;
+    },
+  };
+}
 
 /** vi.waitFor options of the waits below: a job's next step is milliseconds away, 5 s is a hang. */
 const POLL = { timeout: 5_000, interval: 10 };

@@ -33,17 +33,15 @@ import {
 import { workspaceNameSchema } from '../../src/shared/schemas.js';
 import { createWorkspace, generateName } from '../../src/jobs/create-workspace/create-workspace.js';
 import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { created, createFailure, persistedState, workspaceSnapshot } from '../helpers/create-results.js';
 import {
   awaitBuild,
   buildParameters,
   chatBinding,
-  createStartContext,
   listBuilds,
   READY_AGENT,
   type StartContext,
-  type StartContextOptions,
+  useStartContext,
 } from '../helpers/start-context.js';
 import { stagesOf, WAIT_MS, WorkerHarness } from '../helpers/worker-harness.js';
 
@@ -65,25 +63,15 @@ const RUNNING_CONNECTED = 'workspace is already running and recently connected';
 const RUNNING_CONNECTING = 'workspace exists and the agent is still connecting';
 
 describe('createWorkspace', () => {
-  let db: TestDatabase;
-  let tc: StartContext | undefined;
+  const { db, context } = useStartContext();
 
-  beforeEach(async () => {
-    db = await createTestDatabase();
-    tc = undefined;
+  beforeEach(() => {
     forcedDraws.length = 0;
   });
 
-  afterEach(async () => {
+  afterEach(() => {
     forcedDraws.length = 0;
-    await tc?.close();
-    await db.drop();
   });
-
-  async function context(options?: StartContextOptions): Promise<StartContext> {
-    tc = await createStartContext(db, options);
-    return tc;
-  }
 
   interface World {
     ownerId: string;

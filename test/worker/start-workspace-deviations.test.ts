@@ -1,7 +1,7 @@
 // Where a start job deliberately does better than Coder (docs/start-workspace.md D1–D10), and the extra cases
 // the design lists: automatic updates, parameter rules, and the database refusing a second active build.
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   insertAgents,
   insertChat,
@@ -14,40 +14,22 @@ import { cancelJob, completeJob, connectAgent, setAgentLifecycle, startJob } fro
 import { PROGRESS_STAGES } from '../../src/shared/contract.js';
 import { topics, type WorkspaceStore } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   awaitBuild,
   buildParameters,
   chatBinding,
-  createStartContext,
   listBuilds,
   rowCounts,
   failure,
   READY_AGENT,
   success,
   type StartContext,
-  type StartContextOptions,
+  useStartContext,
 } from '../helpers/start-context.js';
 import { createWorld, type World, type WorldOptions } from '../helpers/start-world.js';
 
 describe('startWorkspace: deviations from Coder and extra cases', () => {
-  let db: TestDatabase;
-  let tc: StartContext | undefined;
-
-  beforeEach(async () => {
-    db = await createTestDatabase();
-    tc = undefined;
-  });
-
-  afterEach(async () => {
-    await tc?.close();
-    await db.drop();
-  });
-
-  async function context(options?: StartContextOptions): Promise<StartContext> {
-    tc = await createStartContext(db, options);
-    return tc;
-  }
+  const { db, context } = useStartContext();
 
   const world = (options?: WorldOptions): Promise<World> => createWorld(db, options);
 

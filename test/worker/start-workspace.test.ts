@@ -4,24 +4,22 @@
 // agent X" = only agent X's readiness decides the result. The test plays the provisioner and the agent with
 // SQL, after the job has started waiting (its first check found nothing), as Coder's tests do.
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { insertAgents, insertChat, type AgentInput, type ParameterInput } from '../../src/cli/fixtures.js';
 import { completeJob, startJob } from '../helpers/fixtures.js';
 import { topics } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   awaitBuild,
   buildParameters,
   chatBinding,
-  createStartContext,
   listBuilds,
   rowCounts,
   failure,
   READY_AGENT,
   success,
   type StartContext,
-  type StartContextOptions,
+  useStartContext,
 } from '../helpers/start-context.js';
 import { createWorld, type World } from '../helpers/start-world.js';
 
@@ -31,23 +29,7 @@ const MANUAL_UPDATE_MESSAGE =
   'with a parameters object that supplies any missing or changed values.';
 
 describe('startWorkspace: Coder TestStartWorkspace', () => {
-  let db: TestDatabase;
-  let tc: StartContext | undefined;
-
-  beforeEach(async () => {
-    db = await createTestDatabase();
-    tc = undefined;
-  });
-
-  afterEach(async () => {
-    await tc?.close();
-    await db.drop();
-  });
-
-  async function context(options?: StartContextOptions): Promise<StartContext> {
-    tc = await createStartContext(db, options);
-    return tc;
-  }
+  const { db, context } = useStartContext();
 
   /** A user, a template, a workspace whose latest build is `latest`, and a chat bound to it. */
   async function world(options: {

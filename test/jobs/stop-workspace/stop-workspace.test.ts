@@ -2,7 +2,7 @@
 // the job waits on a build (as the start tests do). Coder's stop_workspace tool (PR #24997) is the model:
 // wait for a build in flight, read again, stop only what is not stopped, one stop build on the current
 // version with the last build's parameters.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   insertBuild,
   insertChat,
@@ -13,37 +13,19 @@ import {
 import { cancelJob, completeJob } from '../../helpers/fixtures.js';
 import { stopWorkspace } from '../../../src/jobs/stop-workspace/stop-workspace.js';
 import { topics, type WorkspaceStore } from '../../../src/worker/ports.js';
-import { createTestDatabase, type TestDatabase } from '../../helpers/database.js';
 import {
   awaitBuild,
   buildParameters,
   chatBinding,
-  createStartContext,
   listBuilds,
   rowCounts,
   type StartContext,
-  type StartContextOptions,
+  useStartContext,
 } from '../../helpers/start-context.js';
 import { createWorld, type WorldOptions } from '../../helpers/start-world.js';
 
 describe('stopWorkspace', () => {
-  let db: TestDatabase;
-  let tc: StartContext | undefined;
-
-  beforeEach(async () => {
-    db = await createTestDatabase();
-    tc = undefined;
-  });
-
-  afterEach(async () => {
-    await tc?.close();
-    await db.drop();
-  });
-
-  async function context(options?: StartContextOptions): Promise<StartContext> {
-    tc = await createStartContext(db, options);
-    return tc;
-  }
+  const { db, context } = useStartContext();
 
   const world = (options?: WorldOptions) => createWorld(db, options);
 
