@@ -22,6 +22,7 @@ import {
 import type { ChatPayload, EnqueueLookups } from '../jobs/job-kind.js';
 import type { CreateWorkspaceInput } from '../jobs/create-workspace/schemas.js';
 import { dedupeIdOf, jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
+import { failures } from '../worker/results.js';
 import type { StartWorkspaceInput } from '../jobs/start-workspace/schemas.js';
 import type { StopWorkspaceInput } from '../jobs/stop-workspace/schemas.js';
 import type { Logger } from '../shared/logger.js';
@@ -553,12 +554,5 @@ function isResult(value: unknown): value is JobResult {
 
 /** `kind`: the job's name (one added by hand may have any; ours are all job names). */
 function internalFailure(kind: string, error: string, detail?: string): JobFailure {
-  return {
-    kind: kind as JobName,
-    ok: false,
-    error,
-    code: 'internal',
-    is_error: true,
-    ...(detail !== undefined && { detail }),
-  };
+  return { ...failures(kind as JobName).flagged('internal', error), ...(detail !== undefined && { detail }) };
 }
