@@ -4,6 +4,8 @@
 // Lines are stored only while the job is running under the writer's claim: once a stale run was handed
 // back (or failed) by another daemon, what its paused, not dead, daemon still writes is dropped instead of
 // being mixed into the re-run's log. The daemon flushes before it completes a job, so its own lines land.
+// Each INSERT notifies `provisioner_job_logs` with the batch's last id (a trigger, migrations/0006), which is
+// what live followers of the log (src/shared/build-logs.ts) wake on.
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import type { LogLevel } from './executor.js';

@@ -15,15 +15,17 @@ export const PENDING_JOB_TOPIC = 'provisioner_job:pending';
 interface Payload {
   id?: string;
   job_status?: string;
+  job_id?: string;
 }
 
-/** Channels raised by the triggers in migrations/0001_schema.sql, and the topics each payload maps to. */
+/** Channels raised by the triggers in migrations/ (0001, 0006), and the topics each payload maps to. */
 const CHANNELS: Record<string, (payload: Payload) => (string | undefined)[]> = {
   provisioner_job_changed: (p) => [
     p.id ? `provisioner_job:${p.id}` : undefined,
     p.job_status === 'pending' ? PENDING_JOB_TOPIC : undefined,
   ],
   workspace_agent_changed: (p) => [p.id ? `workspace_agent:${p.id}` : undefined],
+  provisioner_job_logs: (p) => [p.job_id ? `provisioner_job_logs:${p.job_id}` : undefined],
 };
 
 /** A topic that every notification on a channel also reaches. */

@@ -208,9 +208,11 @@ export interface ChangeWaiter {
   ): Promise<T>;
 }
 
-/** Topics a ChangeWaiter understands: one per provisioner job and one per agent. */
+/** Topics a ChangeWaiter understands: one per provisioner job, one per job's log lines, one per agent. */
 export const topics = {
   provisionerJob: (jobId: string) => `provisioner_job:${jobId}`,
+  /** Reached after every statement that appends lines to the job's log (migrations/0006). */
+  provisionerJobLogs: (jobId: string) => `provisioner_job_logs:${jobId}`,
   agent: (agentId: string) => `workspace_agent:${agentId}`,
 };
 
