@@ -1,7 +1,7 @@
 // The one list of job kinds. JobName, the event schema's job names, the worker's handlers, the producer's
 // enqueue, `workspace-jobs enqueue <command>` and the dashboard's actions are all derived from it: a new kind
 // is a module in src/jobs/<kind>/ and one entry here.
-import type { JobName, JobSuccess } from '../shared/contract.js';
+import type { EventDraft, JobName, JobSuccess } from '../shared/contract.js';
 import { dedupeId } from '../shared/keys.js';
 import { createWorkspaceJob } from './create-workspace/index.js';
 import type { ChatPayload, JobKind } from './job-kind.js';
@@ -53,6 +53,22 @@ export function dedupeIdOf(kind: AnyJobKind, payload: ChatPayload): string {
   // Each kind's payload schema requires its dedupeBy field; a kind declaring an optional one is a bug here.
   if (by === undefined) throw new Error(`a ${kind.name} payload has no ${kind.dedupeBy} to deduplicate by`);
   return dedupeId(kind.name, by);
+}
+
+/**
+ * The job's `queued` event (once per job, docs/design.md §6): the producer publishes it after the add, the
+ * worker before its first event when the producer has not yet; whichever is first, the same event.
+ */
+export function queuedDraft(kind: AnyJobKind, payload: ChatPayload, jobId: string): EventDraft {
+  return {
+    type: 'progress',
+    stage: 'queued',
+    job: { id: jobId, name: kind.name, attempt: 0 },
+    chatId: payload.chatId,
+    ...(payload.workspaceId !== undefined && { workspaceId: payload.workspaceId }),
+    message: kind.queuedMessage(payload),
+    ...(payload.requestId !== undefined && { data: { request_id: payload.requestId } }),
+  };
 }
 
 /**

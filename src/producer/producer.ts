@@ -21,7 +21,7 @@ import {
 } from '../shared/contract.js';
 import type { ChatPayload, EnqueueLookups } from '../jobs/job-kind.js';
 import type { CreateWorkspaceInput } from '../jobs/create-workspace/schemas.js';
-import { dedupeIdOf, jobKind, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
+import { dedupeIdOf, jobKind, queuedDraft, type AnyJobKind, type JobTypes } from '../jobs/registry.js';
 import { failures } from '../worker/results.js';
 import type { StartWorkspaceInput } from '../jobs/start-workspace/schemas.js';
 import type { StopWorkspaceInput } from '../jobs/stop-workspace/schemas.js';
@@ -216,18 +216,31 @@ export class WorkspaceJobsProducer {
     // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
     const parsed = parseOrThrow(kind.inputSchema, `${name} payload`, input);
     const payload = withoutUndefined(kind.resolve ? await kind.resolve(parsed, this.lookups) : parsed);
-    const enqueued = await this.add(name, payload, dedupeIdOf(kind, payload), kind.comparedFields);
-    await this.announce({
-      type: 'progress',
-      stage: enqueued.deduplicated ? 'deduplicated' : 'queued',
-      job: { id: enqueued.jobId, name, attempt: 0 },
-      chatId: payload.chatId,
-      ...(payload.workspaceId !== undefined && { workspaceId: payload.workspaceId }),
-      message: enqueued.deduplicated
-        ? `${kind.alreadyQueued} as job ${enqueued.jobId}${notApplied(enqueued.differs)}`
-        : kind.queuedMessage(payload),
-      ...announcedData(payload, enqueued),
-    });
+    const { enqueued, running } = await this.add(name, payload, dedupeIdOf(kind, payload), kind.comparedFields);
+    if (!enqueued.deduplicated) {
+      await this.announce(queuedDraft(kind, payload, enqueued.jobId));
+    } else {
+      // The job's own payload as its worker parses it: its chat, and its `queued` event.
+      const job = kind.payloadSchema.safeParse(running);
+      // The announcement must not come before the job's `queued` event (a no-op when that is out).
+      if (job.success) await this.announce(queuedDraft(kind, job.data, enqueued.jobId));
+      await this.announce(
+        {
+          type: 'progress',
+          stage: 'deduplicated',
+          job: { id: enqueued.jobId, name, attempt: 0 },
+          chatId: payload.chatId,
+          ...(payload.workspaceId !== undefined && { workspaceId: payload.workspaceId }),
+          message: `${kind.alreadyQueued} as job ${enqueued.jobId}${notApplied(enqueued.differs)}`,
+          data: {
+            ...(payload.requestId !== undefined && { request_id: payload.requestId }),
+            differs: enqueued.differs,
+          },
+        },
+        // A job that can no longer be read is done: its chat is unknown, and this one is not told its result.
+        { chatId: job.success ? job.data.chatId : payload.chatId, differs: enqueued.differs },
+      );
+    }
     const workspace = payload.workspaceId !== undefined && { workspaceId: payload.workspaceId };
     return { ...enqueued, ...workspace } as Enqueued<N>;
   }
@@ -389,14 +402,15 @@ export class WorkspaceJobsProducer {
   /**
    * One `enqueue` span per call; each attempt of the job links to it. A deduplicated call is compared with
    * the job it was merged into on `fields`. The job enters its chat's order before it is added, so that no
-   * worker sees it without its place; an add that adds nothing takes the entry out again.
+   * worker sees it without its place; an add that adds nothing takes the entry out again. A deduplicated
+   * call also returns the data of the job it was merged into (`running`, undefined once that job is gone).
    */
   private add<F extends string>(
     name: JobName,
     data: ChatPayload,
     deduplicationId: string,
     fields: readonly F[],
-  ): Promise<EnqueuedJob<F>> {
+  ): Promise<{ enqueued: EnqueuedJob<F>; running?: unknown }> {
     const attributes = {
       [ATTR.jobName]: name,
       [ATTR.chatId]: data.chatId,
@@ -424,14 +438,14 @@ export class WorkspaceJobsProducer {
       (deduplicated ? this.metrics?.deduplicatedEnqueues : this.metrics?.enqueued)?.inc({ name });
       if (!deduplicated) {
         this.log.debug({ jobId, name, deduplicationId }, 'workspace job enqueued');
-        return { jobId, deduplicated };
+        return { enqueued: { jobId, deduplicated } };
       }
       // The job's data is written once, at its add: what it holds now is what it runs with.
       const running = (await this.queue.getJob(actualId))?.data as Partial<Record<F, unknown>> | undefined;
       const ours = data as Partial<Record<F, unknown>>;
       const differs = fields.filter((field) => !sameValue(field, ours[field], running?.[field]));
       this.log.debug({ jobId: actualId, name, deduplicationId, differs }, 'workspace job deduplicated');
-      return { jobId: actualId, deduplicated, differs };
+      return { enqueued: { jobId: actualId, deduplicated, differs }, running };
     });
   }
 
@@ -447,10 +461,17 @@ export class WorkspaceJobsProducer {
     }
   }
 
-  /** Publishes a queued/deduplicated event; a failure is logged, never thrown: the job is enqueued. */
-  private async announce(draft: EventDraft): Promise<void> {
+  /**
+   * Publishes a queued event, or with `deduplicatedOnto` (the chat of the job it was deduplicated onto, and
+   * what differs from it) a deduplicated one; a failure is logged, never thrown: the job is enqueued.
+   */
+  private async announce(
+    draft: EventDraft,
+    deduplicatedOnto?: { chatId: string; differs: readonly string[] },
+  ): Promise<void> {
     try {
-      await this.publisher.publish(draft);
+      if (deduplicatedOnto === undefined) await this.publisher.publish(draft);
+      else await this.publisher.announceDeduplicated(draft, deduplicatedOnto);
     } catch (error) {
       this.metrics?.eventPublishFailures.inc({ type: draft.type });
       this.log.warn(
@@ -530,18 +551,6 @@ function notApplied(differs: readonly string[]): string {
   if (differs.length === 0) return '';
   const list = differs.length === 1 ? differs[0] : `${differs.slice(0, -1).join(', ')} and ${differs.at(-1)}`;
   return `; it keeps its own ${list}, which differ from this request's`;
-}
-
-/** The announcement's `data`: the request id, and on a deduplicated enqueue what differs (maybe nothing). */
-function announcedData(
-  payload: { requestId?: string },
-  enqueued: EnqueuedJob<string>,
-): { data?: Record<string, unknown> } {
-  const data = {
-    ...(payload.requestId !== undefined && { request_id: payload.requestId }),
-    ...(enqueued.deduplicated && { differs: enqueued.differs }),
-  };
-  return Object.keys(data).length > 0 ? { data } : {};
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -155,20 +155,78 @@ export interface EventPublisherOptions {
   log?: Logger;
 }
 
-// KEYS: the chat's stream, the job's result marker (the stream again for progress events), the job's BullMQ
-// lock (the stream again when unchecked); all share the prefix, so one hash tag keeps them in one Redis
-// Cluster slot. ARGV: once ('1' for a result), the stored envelope, the envelope without v for splicing,
-// ttl seconds, maxlen, the job's lock token ('' = unchecked), then the channels.
-// The owner and the marker are checked first, the marker set only after XADD succeeded: scripts do not roll
-// back. The marker keeps the published envelope, so that a re-run can end the job with that same result.
+// KEYS: the chat's stream; the job's once-marker (result or queued; the stream again for other events); the
+// job's BullMQ lock (the stream again when unchecked); the job's watcher set; each watcher chat's stream. All
+// share the prefix, so one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'once' | 'result'),
+// ttl seconds, maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope
+// without v and seq (for splicing), the chat's channel, the number of watchers, then per watcher its chat id,
+// its envelope and its channel.
+// The caller read the watcher set before: the script returns -1 when it changed since (a chat joined or the
+// set ended), as the watchers' streams must be declared in KEYS. The owner, the marker and the watchers are
+// checked first, and every stream written before the marker is set and anything is published: scripts do not
+// roll back. The marker keeps the published envelope, so that a re-run can end the job with that same result;
+// a result also ends the watcher set (a chat that joins later gets a copy of the result, announceDeduplicated).
 const PUBLISH_SCRIPT = `
-if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return 0 end
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', '${EVENT_FIELD}', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-local message = '{"v":1,"seq":"' .. id .. '",' .. string.sub(ARGV[3], 2)
-if ARGV[1] == '1' then redis.call('SET', KEYS[2], message, 'EX', ARGV[4]) end
-for i = 7, #ARGV do redis.call('PUBLISH', ARGV[i], message) end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local n = tonumber(ARGV[8])
+if redis.call('SCARD', KEYS[4]) ~= n then return -1 end
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[4], ARGV[6 + 3 * i]) == 0 then return -1 end
+end
+local function append(key, tail)
+  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', '${EVENT_FIELD}', '{"v":1,' .. string.sub(tail, 2))
+  redis.call('EXPIRE', key, ARGV[2])
+  return id, '{"v":1,"seq":"' .. id .. '",' .. string.sub(tail, 2)
+end
+local id, message = append(KEYS[1], ARGV[6])
+local copies = {}
+for i = 1, n do
+  local _, copy = append(KEYS[4 + i], ARGV[7 + 3 * i])
+  copies[i] = copy
+end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[2], message, 'EX', ARGV[2]) end
+if ARGV[1] == 'result' then redis.call('DEL', KEYS[4]) end
+redis.call('PUBLISH', ARGV[7], message)
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], message) end
+for i = 1, n do redis.call('PUBLISH', ARGV[8 + 3 * i], copies[i]) end
+return id`;
+
+// KEYS: the deduplicated chat's stream, the job's announced set, its watcher set, its result marker. ARGV: the
+// chat id, the announcement without v and seq, the chat's channel, the workspace channel ('' = none), '1' when
+// the chat is not the job's own (a watcher), ttl seconds, maxlen, the announcement's set member (chat and
+// differing fields).
+// Only a chat's first announcement of a job with those differing fields is written (and published): a storm
+// of duplicates cannot push the job's events out of the capped stream. On a watcher's first, it joins the set,
+// or, when the job's result is already out (the set ended with it), gets that result at once: its envelope
+// from the marker with seq and chatId spliced in.
+const DEDUPLICATED_SCRIPT = `
+local first = redis.call('SADD', KEYS[2], ARGV[1]) == 1
+if redis.call('SADD', KEYS[2], ARGV[8]) == 0 then return false end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+local function append(body)
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', '${EVENT_FIELD}', '{"v":1,' .. body)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return id, '{"v":1,"seq":"' .. id .. '",' .. body
+end
+local id, message = append(string.sub(ARGV[2], 2))
+local copy
+if first and ARGV[5] == '1' then
+  local result = redis.call('GET', KEYS[4])
+  local head = '{"v":1,"seq":"'
+  if result and string.sub(result, 1, #head) == head then
+    local rest = string.sub(result, string.find(result, '"', #head + 1, true) + 2)
+    local _, open = string.find(rest, '"chatId":"', 1, true)
+    local close = string.find(rest, '"', open + 1, true)
+    _, copy = append(string.sub(rest, 1, open) .. ARGV[1] .. string.sub(rest, close))
+  elseif not result then
+    redis.call('SADD', KEYS[3], ARGV[1])
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+  end
+end
+redis.call('PUBLISH', ARGV[3], message)
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], message) end
+if copy then redis.call('PUBLISH', ARGV[3], copy) end
 return id`;
 
 /** Who may publish a job's events: the holder of its BullMQ lock (the key and the worker's token). */
@@ -183,9 +241,13 @@ export class StaleAttemptError extends Error {
 }
 
 const PUBLISH_COMMAND = 'wsjobsPublishEvent';
+const DEDUPLICATED_COMMAND = 'wsjobsPublishDeduplicated';
+/** A publish re-reads the watcher set at most this often when chats keep joining while it publishes. */
+const WATCHER_READS = 20;
 
 type ScriptedRedis = RedisClient & {
   [PUBLISH_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
+  [DEDUPLICATED_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
 };
 
 export class EventPublisher {
@@ -200,7 +262,9 @@ export class EventPublisher {
   ) {
     this.keys = redisKeys(prefix);
     if (!(PUBLISH_COMMAND in redis))
-      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 3, lua: PUBLISH_SCRIPT });
+      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 4, lua: PUBLISH_SCRIPT });
+    if (!(DEDUPLICATED_COMMAND in redis))
+      redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
     this.ttlSeconds = options.ttlSeconds ?? 86_400;
     if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
@@ -214,39 +278,90 @@ export class EventPublisher {
   /**
    * Appends the event to `<prefix>:events:chat:<chatId>:log` (MAXLEN ~ maxLen, EXPIRE ttl) with seq = the
    * stream entry id, then PUBLISHes the full envelope on `<prefix>:events:chat:<chatId>` and, when
-   * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`. A `result` event is published at most once
-   * per job id: returns null when the job's result is already out (publishedResult() has it). With `owner`,
-   * publishes only while that token holds the job's BullMQ lock, else throws a StaleAttemptError. All of it
-   * is one script, so a crash cannot leave a result marker without its event, or a stream without its expiry.
+   * workspaceId is set, `<prefix>:events:workspace:<workspaceId>`. Each of the job's watcher chats (other
+   * chats deduplicated onto it, until its result) gets it too, on its own stream and channel, with its own
+   * chatId and seq. A `result` event is published at most once per job id, and so is a `queued` one: returns
+   * null when it is already out (publishedResult() has the result). With `owner`, publishes only while that
+   * token holds the job's BullMQ lock, else throws a StaleAttemptError. All of it is one script, so a crash
+   * cannot leave a result marker without its event, or a stream without its expiry.
    */
   async publish(draft: EventDraft, options: { owner?: JobOwner } = {}): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
-    // The stream holds the envelope without seq (its entry id is the seq); the script splices seq in.
+    // The streams hold the envelope without seq (its entry id is the seq); the script splices v and seq in.
     const tail = JSON.stringify(body);
-    const stored = `{"v":${v},${tail.slice(1)}`;
-    const channels = [this.keys.chatChannel(draft.chatId)];
-    if (draft.workspaceId !== undefined) channels.push(this.keys.workspaceChannel(draft.workspaceId));
     const log = this.keys.chatLog(draft.chatId);
+    const once = onceOf(draft);
     const { owner } = options;
-    const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
-      log,
-      draft.type === 'result' ? this.keys.resultMarker(draft.job.id) : log,
-      owner?.lockKey ?? log,
-      draft.type === 'result' ? '1' : '',
-      stored,
-      tail,
+    const watchersKey = this.keys.jobChats(draft.job.id);
+    for (let read = 0; read < WATCHER_READS; read++) {
+      const watchers = (await this.redis.smembers(watchersKey)).sort();
+      const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
+        log,
+        once === 'result'
+          ? this.keys.resultMarker(draft.job.id)
+          : once === 'once'
+            ? this.keys.queuedMarker(draft.job.id)
+            : log,
+        owner?.lockKey ?? log,
+        watchersKey,
+        ...watchers.map((chatId) => this.keys.chatLog(chatId)),
+        once,
+        this.ttlSeconds,
+        this.maxLen,
+        owner?.token ?? '',
+        draft.workspaceId === undefined ? '' : this.keys.workspaceChannel(draft.workspaceId),
+        tail,
+        this.keys.chatChannel(draft.chatId),
+        watchers.length,
+        ...watchers.flatMap((chatId) => [
+          chatId,
+          JSON.stringify({ ...body, chatId }),
+          this.keys.chatChannel(chatId),
+        ]),
+      )) as string | number | null | false;
+      if (seq === -1) continue;
+      if (seq === 0) {
+        throw new StaleAttemptError(
+          `job ${draft.job.id} is no longer this worker's; its ${draft.stage} event was not published`,
+        );
+      }
+      if (!seq) return null;
+      return { v, seq: String(seq), ...body };
+    }
+    throw new Error(
+      `job ${draft.job.id}'s watcher chats changed ${WATCHER_READS} times while its ${draft.stage} event was published`,
+    );
+  }
+
+  /**
+   * Announces a deduplicated enqueue on the calling chat's stream and channel (and the workspace's), once
+   * per chat, job and set of fields that differ from the job's (`differs`): a repeat writes nothing and
+   * returns null. A chat that is not the job's own (`jobChatId`) becomes one of its watchers on its first
+   * announcement and gets the job's later events; when the job's result is already out, it gets a copy of
+   * that result right after the announcement instead.
+   */
+  async announceDeduplicated(
+    draft: EventDraft,
+    job: { chatId: string; differs: readonly string[] },
+  ): Promise<WorkspaceJobEvent | null> {
+    const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
+    const chatId = draft.chatId.toLowerCase();
+    const seq = (await (this.redis as ScriptedRedis)[DEDUPLICATED_COMMAND](
+      this.keys.chatLog(draft.chatId),
+      this.keys.jobDeduplicated(draft.job.id),
+      this.keys.jobChats(draft.job.id),
+      this.keys.resultMarker(draft.job.id),
+      chatId,
+      JSON.stringify(body),
+      this.keys.chatChannel(draft.chatId),
+      draft.workspaceId === undefined ? '' : this.keys.workspaceChannel(draft.workspaceId),
+      chatId === job.chatId.toLowerCase() ? '' : '1',
       this.ttlSeconds,
       this.maxLen,
-      owner?.token ?? '',
-      ...channels,
-    )) as string | number | null | false;
-    if (seq === 0) {
-      throw new StaleAttemptError(
-        `job ${draft.job.id} is no longer this worker's; its ${draft.stage} event was not published`,
-      );
-    }
-    if (!seq) return null;
-    return { v, seq: String(seq), ...body };
+      // A space cannot be in a chat id or a field name.
+      `${chatId} ${[...job.differs].sort().join(' ')}`,
+    )) as string | null | false;
+    return seq ? { v, seq, ...body } : null;
   }
 
   /**
@@ -286,6 +401,12 @@ export class EventPublisher {
     if (!parsed.success) throw new ValidationError(describeIssues('event', parsed.error));
     return event;
   }
+}
+
+/** Which once-per-job marker an event sets: a result's, a `queued` event's, or none. */
+function onceOf(draft: EventDraft): '' | 'once' | 'result' {
+  if (draft.type === 'result') return 'result';
+  return draft.stage === 'queued' ? 'once' : '';
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,12 @@ export function redisKeys(prefix: string) {
     chatLog: (chatId: string) => `${prefix}:events:chat:${id(chatId)}:log`,
     /** Set once per job when its result event is published, so a re-run never publishes a second one. */
     resultMarker: (jobId: string) => `${prefix}:result:${jobId}`,
+    /** Set once per job when its `queued` event is published, by the producer or the worker, whichever is first. */
+    queuedMarker: (jobId: string) => `${prefix}:queued:${jobId}`,
+    /** The job's watcher chats: other chats deduplicated onto it, which get its events too (until its result). */
+    jobChats: (jobId: string) => `${prefix}:job:${jobId}:chats`,
+    /** The chats whose replay stream already has a `deduplicated` announcement of the job (each gets one). */
+    jobDeduplicated: (jobId: string) => `${prefix}:job:${jobId}:deduplicated`,
   };
 }
 

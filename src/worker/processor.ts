@@ -35,7 +35,7 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
-import { findJobKind, type AnyJobKind } from '../jobs/registry.js';
+import { findJobKind, queuedDraft, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
 
 export interface ProcessorOptions {
@@ -178,6 +178,7 @@ export function createProcessor(options: ProcessorOptions) {
     const parsed = await parsePayload(job, token);
     if (parsed.failure) return settle(job, parsed.failure, parsed.log);
     const { attempt, kind, log: workspaceLog } = parsed;
+    await announceQueued(attempt, kind, parsed.payload);
 
     // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
     // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
@@ -469,6 +470,20 @@ export function createProcessor(options: ProcessorOptions) {
       message,
       data,
     };
+  }
+
+  /**
+   * The job's `queued` event, before any other of its events: a no-op when the producer (or an earlier
+   * attempt) published it first. A publish failure is logged, never fatal to the job (a lost lock or job is).
+   */
+  async function announceQueued(attempt: Attempt, kind: AnyJobKind, payload: ChatPayload): Promise<void> {
+    try {
+      await publisher.publish(queuedDraft(kind, payload, attempt.ref.id), { owner: attempt.owner });
+    } catch (error) {
+      if (error instanceof StaleAttemptError) throw error;
+      metrics?.eventPublishFailures.inc({ type: 'progress' });
+      log.warn({ err: error, jobId: attempt.ref.id }, 'could not publish the queued event');
+    }
   }
 
   /** A progress event; a publish failure is logged, never fatal to the job (a lost lock or job is). */
