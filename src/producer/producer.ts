@@ -216,7 +216,12 @@ export class WorkspaceJobsProducer {
     // Validated also for TypeScript callers: the type says nothing about a UUID's form or a name's length.
     const parsed = parseOrThrow(kind.inputSchema, `${name} payload`, input);
     const payload = withoutUndefined(kind.resolve ? await kind.resolve(parsed, this.lookups) : parsed);
-    const { enqueued, running } = await this.add(name, payload, dedupeIdOf(kind, payload), kind.comparedFields);
+    const { enqueued, running } = await this.add(
+      name,
+      payload,
+      dedupeIdOf(kind, payload),
+      kind.comparedFields,
+    );
     if (!enqueued.deduplicated) {
       await this.announce(queuedDraft(kind, payload, enqueued.jobId));
     } else {

@@ -262,7 +262,8 @@ export class EventPublisher {
   ) {
     this.keys = redisKeys(prefix);
     if (!(PUBLISH_COMMAND in redis))
-      redis.defineCommand(PUBLISH_COMMAND, { numberOfKeys: 4, lua: PUBLISH_SCRIPT });
+      // Its number of keys varies with the watchers: the caller passes it first.
+      redis.defineCommand(PUBLISH_COMMAND, { lua: PUBLISH_SCRIPT });
     if (!(DEDUPLICATED_COMMAND in redis))
       redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
@@ -296,6 +297,7 @@ export class EventPublisher {
     for (let read = 0; read < WATCHER_READS; read++) {
       const watchers = (await this.redis.smembers(watchersKey)).sort();
       const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
+        4 + watchers.length,
         log,
         once === 'result'
           ? this.keys.resultMarker(draft.job.id)

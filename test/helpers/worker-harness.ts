@@ -4,7 +4,7 @@
 // it to ready). close() tears all of it down: workers, connections, Redis keys and the database.
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
-import { vi } from 'vitest';
+import { afterEach, beforeEach, vi } from 'vitest';
 import {
   insertAgents,
   insertBuild,
@@ -449,6 +449,35 @@ export class WorkerHarness {
     await step(() => this.db.drop());
     if (errors.length > 0) throw new AggregateError(errors, 'worker harness cleanup failed');
   }
+}
+
+/**
+ * For a suite: a new harness and a stopped workspace (with its chat) for each test, closed after it. Read
+ * `h` and `ws` inside the tests (they change per test).
+ */
+export function useWorkspaceHarness(): { readonly h: WorkerHarness; readonly ws: SeededWorkspace } {
+  let h: WorkerHarness | undefined;
+  let ws: SeededWorkspace | undefined;
+  beforeEach(async () => {
+    h = await WorkerHarness.create();
+    ws = await h.seedStoppedWorkspace();
+  });
+  afterEach(async () => {
+    await h?.close();
+  });
+  const current = <T>(value: T | undefined): T => {
+    if (value === undefined)
+      throw new Error('useWorkspaceHarness: the harness exists only while a test runs');
+    return value;
+  };
+  return {
+    get h() {
+      return current(h);
+    },
+    get ws() {
+      return current(ws);
+    },
+  };
 }
 
 /** Progress stages of the events, in stream order. */

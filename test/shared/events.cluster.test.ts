@@ -76,4 +76,35 @@ describe('events on a Redis Cluster', () => {
       (await readChatEvents(redis, prefix, chatId, '0')).filter((e) => e.type === 'result'),
     ).toHaveLength(1);
   });
+
+  it("reaches a watcher chat's stream and channel in the same script, and copies a result out before it joined", async () => {
+    const own = randomUUID();
+    const watcher = randomUUID();
+    const late = randomUUID();
+    const received: WorkspaceJobEvent[] = [];
+    await subscriber.subscribe(watcher, (e) => received.push(e));
+    const announcement = (chatId: string) =>
+      draft(chatId, 0, { stage: 'deduplicated', message: 'already queued', data: { differs: [] } });
+    await publisher.announceDeduplicated(announcement(watcher), { chatId: own, differs: [] });
+
+    const progress = (await publisher.publish(draft(own, 1)))!;
+    const result = (await publisher.publish(
+      draft(own, 2, {
+        type: 'result',
+        stage: 'completed',
+        data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
+      }),
+    ))!;
+    await publisher.announceDeduplicated(announcement(late), { chatId: own, differs: [] });
+
+    const watched = await readChatEvents(redis, prefix, watcher, '0');
+    expect(watched.slice(1)).toEqual([
+      { ...progress, chatId: watcher, seq: watched[1]!.seq },
+      { ...result, chatId: watcher, seq: watched[2]!.seq },
+    ]);
+    await vi.waitFor(() => expect(received).toEqual(watched), { timeout: 10_000 });
+    const copied = await readChatEvents(redis, prefix, late, '0');
+    expect(copied.map((e) => e.stage)).toEqual(['deduplicated', 'completed']);
+    expect(copied[1]).toEqual({ ...result, chatId: late, seq: copied[1]!.seq });
+  });
 });
