@@ -6,7 +6,10 @@ import {
   FAILURE_CODES,
   PROGRESS_STAGES,
   RESULT_STAGES,
+  type BuildEstimate,
+  type BuildLogData,
   type JobResult,
+  type QueuePositionData,
   type WorkspaceJobEvent,
 } from '../shared/contract.js';
 import { JOB_KINDS, JOB_NAME_LIST } from './registry.js';
@@ -65,10 +68,51 @@ export const workspaceJobEventSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+const isoTime = z.iso.datetime({ offset: true });
+
+export const buildEstimateSchema = z.object({
+  build_ms: z.number().int().nonnegative(),
+  done_at: isoTime,
+  samples: z.number().int().min(1).max(20),
+  agent_ms: z.number().int().nonnegative().optional(),
+  ready_at: isoTime.optional(),
+});
+
+/** `data` of a `build_log` progress event. */
+export const buildLogDataSchema = z.object({
+  build_id: z.string(),
+  transition: z.string(),
+  lines: z
+    .array(
+      z.object({ id: z.string(), at: isoTime, level: z.string(), stage: z.string(), output: z.string() }),
+    )
+    .max(20),
+  last_log_id: z.string(),
+  skipped: z.number().int().nonnegative(),
+});
+
+/** `data` of a `queue_position` progress event. */
+export const queuePositionDataSchema = z.object({
+  build_id: z.string(),
+  transition: z.string(),
+  position: z.number().int().min(1),
+  pending: z.number().int().min(1),
+  estimate: buildEstimateSchema.optional(),
+});
+
 /** Assignable both ways: the same type. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 // The hand-written types (contract.ts) and these schemas cannot drift apart: if they do, `true` is not
 // assignable to `false` here and the build fails. Required<> (it distributes over the union's members):
 // otherwise an optional field that only one side has would pass, being assignable both ways.
 const _resultSchemaAgrees: Same<Required<z.output<typeof jobResultSchema>>, Required<JobResult>> = true;
+const _estimateSchemaAgrees: Same<
+  Required<z.output<typeof buildEstimateSchema>>,
+  Required<BuildEstimate>
+> = true;
+const _buildLogSchemaAgrees: Same<z.output<typeof buildLogDataSchema>, BuildLogData> = true;
+const _queueSchemaAgrees: Same<
+  Required<z.output<typeof queuePositionDataSchema>>,
+  Required<QueuePositionData>
+> = true;
 const _eventSchemaAgrees: Same<z.output<typeof workspaceJobEventSchema>, WorkspaceJobEvent> = true;

@@ -21,6 +21,12 @@ export const REMOVE_ON_COMPLETE = { age: 7 * 24 * 60 * 60, count: 5_000 } as con
 /** Failed jobs (internal, invalid_payload) stay a week: operators look at them in Bull Board. */
 export const REMOVE_ON_FAIL = { age: 7 * 24 * 60 * 60 } as const;
 
+/**
+ * The newest entries of a job's BullMQ log (Bull Board's Logs tab: its events, and its build's lines in
+ * batches) that are kept: a chatty build cannot grow a job's log without bound.
+ */
+export const KEEP_LOGS = 1_000;
+
 export interface JobOptionsInput {
   /** A fresh job id; a duplicate add returns the existing job's id instead, which is how dedup is seen. */
   jobId: string;
@@ -49,6 +55,7 @@ export function jobOptions(input: JobOptionsInput): WorkspaceJobOptions {
     backoff: { ...JOB_BACKOFF },
     removeOnComplete: { ...REMOVE_ON_COMPLETE },
     removeOnFail: { ...REMOVE_ON_FAIL },
+    keepLogs: KEEP_LOGS,
     // BullMQ would carry its own span context in the job and parent every attempt's spans to the enqueue,
     // retries included, in one trace; our attempts link to the enqueue span (traceContext) instead.
     telemetry: { omitContext: true },

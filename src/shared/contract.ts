@@ -58,6 +58,8 @@ export const PROGRESS_STAGES = [
   'agent_starting',
   'agent_ready',
   'retrying',
+  'build_log',
+  'queue_position',
 ] as const;
 export type ProgressStage = (typeof PROGRESS_STAGES)[number];
 export const RESULT_STAGES = ['completed', 'failed'] as const;
@@ -67,6 +69,58 @@ export interface JobRef {
   id: string;
   name: JobName;
   attempt: number;
+}
+
+/**
+ * When a build will be done, from the template's last 20 succeeded builds of the same transition (medians);
+ * absent without history. `done_at` = the build's start (now while pending) + `build_ms`; `agent_ms`/`ready_at`
+ * (the agents' connect or ready time after their build completed) only when those builds had agents.
+ */
+export interface BuildEstimate {
+  build_ms: number;
+  /** ISO 8601. */
+  done_at: string;
+  /** How many builds the medians are of (1 to 20). */
+  samples: number;
+  agent_ms?: number;
+  /** ISO 8601. */
+  ready_at?: string;
+}
+
+/** A pending build's place among the pending provisioner jobs: `position` 1 = next to run. */
+export interface QueuePosition {
+  position: number;
+  pending: number;
+}
+
+/** One line of a `build_log` event (a preview: the full log is served by the logs endpoint). */
+export interface BuildLogPreviewLine {
+  /** provisioner_job_logs.id as a decimal string. */
+  id: string;
+  /** ISO 8601. */
+  at: string;
+  level: string;
+  stage: string;
+  output: string;
+}
+
+/**
+ * `build_log` data: the newest lines (at most 20) written since the build's previous build_log event,
+ * `skipped` = the lines in between that were not carried, `last_log_id` = the newest line's id.
+ */
+export interface BuildLogData {
+  build_id: string;
+  transition: string;
+  lines: BuildLogPreviewLine[];
+  last_log_id: string;
+  skipped: number;
+}
+
+/** `queue_position` data: published when a pending build's position changes. */
+export interface QueuePositionData extends QueuePosition {
+  build_id: string;
+  transition: string;
+  estimate?: BuildEstimate;
 }
 
 /** What every event carries; `type` tells a progress event from the job's one result event. */

@@ -1,9 +1,11 @@
 // Waiting for a workspace build's provisioner job (Coder's waitForBuild), driven by notifications, with
-// a progress event for each status the job passes through.
+// a progress event for each status the job passes through, an estimate of when it will be done, and (via
+// build-watch.ts) its queue position and its log's newest lines.
 import { WaitTimeoutError } from '../shared/errors.js';
 import type { FailureCode } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
 import { buildFailureDetails, type BuildFailureDetails } from './results.js';
+import { BuildWatch } from './build-watch.js';
 
 /** A failed outcome's `details`: the provisioner job's error code, and for a quota failure Coder's quota shape. */
 export type BuildOutcome =
@@ -26,30 +28,37 @@ export async function waitForBuild(
   build: Build,
   workspaceId: string,
 ): Promise<BuildOutcome> {
-  let reported: string | undefined;
+  const watch = new BuildWatch(ctx, build, workspaceId);
   const report = async (b: Build) => {
     const stage = STAGE_OF_STATUS[b.jobStatus as keyof typeof STAGE_OF_STATUS];
-    if (!stage || reported === stage) return;
+    if (!stage || watch.reported === stage) return;
     // Running, then pending again: its provisioner stopped responding and the build waits for a re-run.
-    const requeued = stage === 'build_queued' && reported === 'build_running';
-    reported = stage;
+    const requeued = stage === 'build_queued' && watch.reported === 'build_running';
     const verb = {
       build_queued: requeued ? 'is queued again: its provisioner stopped responding' : 'is queued',
       build_running: 'is running',
       build_succeeded: 'succeeded',
     }[stage];
-    await ctx.progress(stage, `Build #${b.buildNumber} ${verb}`, buildData(b), workspaceId);
+    const position = stage === 'build_queued' ? await watch.position() : null;
+    const estimate = stage === 'build_succeeded' ? null : await ctx.store.getBuildEstimate(b.id);
+    await watch.say(async () => {
+      watch.reported = stage;
+      const data = { ...buildData(b), ...position, ...(estimate && { estimate }) };
+      await ctx.progress(stage, `Build #${b.buildNumber} ${verb}`, data, workspaceId);
+    });
+    if (stage === 'build_queued') watch.followQueue();
   };
 
   // The status the caller saw first (a new build is pending), even if the provisioner is quicker than our check.
   await report(build);
+  watch.followLogs();
+  let outcome: BuildOutcome;
   try {
-    return await ctx.waiter.waitFor<BuildOutcome>(
+    outcome = await ctx.waiter.waitFor<BuildOutcome>(
       [topics.provisionerJob(build.jobId)],
       async () => {
         const current = await ctx.store.getBuild(build.id);
         if (!current) throw new Error(`get build: build ${build.id} not found`);
-        await report(current);
         switch (current.jobStatus) {
           case 'succeeded':
             return { ok: true, build: current };
@@ -65,23 +74,30 @@ export async function waitForBuild(
           case 'pending':
           case 'running':
           case 'canceling':
+            await report(current);
             return undefined;
           default:
             return { ok: false, reason: `unexpected job status: ${current.jobStatus}`, code: 'build_failed' };
         }
       },
-      { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: ctx.signal },
+      { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: watch.signal },
     );
   } catch (error) {
     if (error instanceof WaitTimeoutError) {
+      await watch.end(true);
       return {
         ok: false,
         reason: `timed out waiting for workspace build: ${error.message}`,
         code: 'build_timeout',
       };
     }
+    await watch.end(false);
     throw error;
   }
+  // The log's last lines before the build's last status, so a chat sees the output that led to it.
+  await watch.end(true);
+  if (outcome.ok) await report(outcome.build);
+  return outcome;
 }
 
 /**

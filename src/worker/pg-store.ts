@@ -9,6 +9,7 @@ import {
   type BuildParameter,
   type BuildTransaction,
   type Chat,
+  type NewestBuildLogs,
   type NewBuild,
   type NewWorkspace,
   type Template,
@@ -19,6 +20,7 @@ import {
 } from './ports.js';
 import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
 import { traceCarrier } from '../shared/telemetry.js';
+import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
 
 type Row = Record<string, unknown>;
 
@@ -184,6 +186,107 @@ export class PgWorkspaceStore implements WorkspaceStore {
 
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
     return bindChat(this.pool, chatId, workspaceId, buildId);
+  }
+
+  async getQueuePosition(jobId: string): Promise<QueuePosition | null> {
+    // Coder's ROW_NUMBER() OVER (ORDER BY created_at), as a count over the pending set (the pending partial
+    // index of 0001); id breaks ties so that two jobs never share a place.
+    const { rows } = await this.pool.query<{ position: number; pending: number; listed: boolean | null }>(
+      `SELECT count(*) FILTER (WHERE (p.created_at, p.id) <= (me.created_at, me.id))::int AS position,
+              count(*)::int AS pending, bool_or(p.id = me.id) AS listed
+         FROM provisioner_jobs me
+         JOIN provisioner_jobs p
+           ON p.started_at IS NULL AND p.canceled_at IS NULL AND p.completed_at IS NULL
+          AND p.type = 'workspace_build'
+        WHERE me.id = $1`,
+      [jobId],
+    );
+    const row = rows[0];
+    return row?.listed ? { position: row.position, pending: row.pending } : null;
+  }
+
+  async getBuildEstimate(buildId: string): Promise<BuildEstimate | null> {
+    // The template's last 20 succeeded builds of this transition, newest first down the succeeded-jobs index
+    // of migrations/0007; an agent's time is its ready (else first connect) time after its build completed.
+    const { rows } = await this.pool.query<{
+      samples: number;
+      build_ms: number | null;
+      agent_ms: number | null;
+      base: Date;
+    }>(
+      `WITH me AS (
+         SELECT b.transition, v.template_id, coalesce(j.started_at, now()) AS base
+           FROM workspace_builds b
+           JOIN provisioner_jobs j ON j.id = b.job_id
+           JOIN template_versions v ON v.id = b.template_version_id
+          WHERE b.id = $1
+       ), recent AS (
+         SELECT j.id, j.completed_at, extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
+           FROM me, provisioner_jobs j
+           JOIN workspace_builds b ON b.job_id = j.id
+           JOIN template_versions v ON v.id = b.template_version_id
+          WHERE j.completed_at IS NOT NULL AND j.canceled_at IS NULL AND nullif(j.error, '') IS NULL
+            AND j.started_at IS NOT NULL AND b.transition = me.transition AND v.template_id = me.template_id
+          ORDER BY j.completed_at DESC
+          LIMIT 20
+       ), agents AS (
+         SELECT max(greatest(0, extract(epoch FROM coalesce(a.ready_at, a.first_connected_at) - r.completed_at)
+                    * 1000)) AS agent_ms
+           FROM recent r
+           JOIN workspace_resources res ON res.job_id = r.id
+           JOIN workspace_agents a ON a.resource_id = res.id
+          WHERE coalesce(a.ready_at, a.first_connected_at) IS NOT NULL
+          GROUP BY r.id
+       )
+       SELECT (SELECT count(*) FROM recent)::int AS samples,
+              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY build_ms) FROM recent) AS build_ms,
+              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY agent_ms) FROM agents) AS agent_ms,
+              me.base
+         FROM me`,
+      [buildId],
+    );
+    const row = rows[0];
+    if (!row || row.samples === 0 || row.build_ms === null) return null;
+    const buildMs = Math.round(row.build_ms);
+    const doneAt = row.base.getTime() + buildMs;
+    const estimate: BuildEstimate = {
+      build_ms: buildMs,
+      done_at: new Date(doneAt).toISOString(),
+      samples: row.samples,
+    };
+    if (row.agent_ms !== null) {
+      estimate.agent_ms = Math.round(row.agent_ms);
+      estimate.ready_at = new Date(doneAt + estimate.agent_ms).toISOString();
+    }
+    return estimate;
+  }
+
+  async getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs> {
+    // Newest first down (job_id, id), counting the whole run after the cursor (bounded by what one throttle
+    // interval wrote).
+    const { rows } = await this.pool.query<{
+      id: string;
+      created_at: Date;
+      level: string;
+      stage: string;
+      output: string;
+      total: number;
+    }>(
+      `SELECT id::text, created_at, level::text, stage, output, (count(*) OVER ())::int AS total
+         FROM provisioner_job_logs WHERE job_id = $1 AND id > $2::bigint
+        ORDER BY id DESC LIMIT $3`,
+      [jobId, after, limit],
+    );
+    return {
+      lines: rows.reverse().map((r) => ({
+        id: r.id,
+        at: r.created_at.toISOString(),
+        level: r.level,
+        stage: r.stage,
+        output: r.output,
+      })),
+      total: rows[0]?.total ?? 0,
+    };
   }
 
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T> {

@@ -1,7 +1,7 @@
 // What the worker's domain logic runs over: the database rows (Coder's names; see migrations/), the store
 // and the waiter it reads them through, and the context of one job. Implemented on Postgres by PgWorkspaceStore
 // (pg-store.ts) and on LISTEN/NOTIFY by notifications.ts.
-import type { ProgressStage } from '../shared/contract.js';
+import type { BuildEstimate, BuildLogPreviewLine, ProgressStage, QueuePosition } from '../shared/contract.js';
 
 // ---------------------------------------------------------------------------------------------------
 // Database rows (Coder's names; see migrations/)
@@ -127,8 +127,20 @@ export interface WorkspaceStore {
   getAgent(agentId: string): Promise<Agent | null>;
   /** Points the chat at a workspace and build and clears its agent (Coder's UpdateChatWorkspaceBinding). */
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
+  /** The provisioner job's place among the pending ones (Coder's queue position); null when it is not pending. */
+  getQueuePosition(jobId: string): Promise<QueuePosition | null>;
+  /** When the build will be done, from its template's recent builds; null without history. */
+  getBuildEstimate(buildId: string): Promise<BuildEstimate | null>;
+  /** The newest `limit` log lines of the job after line `after` (oldest first), and how many there are in all. */
+  getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs>;
   /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T>;
+}
+
+export interface NewestBuildLogs {
+  lines: BuildLogPreviewLine[];
+  /** Lines after the cursor, `lines` included. */
+  total: number;
 }
 
 /** What creating a build needs, inside one transaction. */

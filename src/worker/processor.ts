@@ -37,6 +37,7 @@ import { describeIssues } from '../shared/schemas.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
 import { findJobKind, queuedDraft, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
+import { jobLogEntry } from './job-log.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
@@ -506,6 +507,7 @@ export function createProcessor(options: ProcessorOptions) {
     attempt.fence();
     try {
       await writeProgress(job, { kind: 'stage', stage, message });
+      await job.log(jobLogEntry(stage, message, data));
     } catch (error) {
       log.warn(
         { err: error, jobId: ref.id, stage },

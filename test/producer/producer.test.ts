@@ -8,7 +8,12 @@ import {
   type EnqueuedCreate,
   type EnqueuedStart,
 } from '../../src/producer/producer.js';
-import { JOB_BACKOFF, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from '../../src/producer/job-options.js';
+import {
+  JOB_BACKOFF,
+  KEEP_LOGS,
+  REMOVE_ON_COMPLETE,
+  REMOVE_ON_FAIL,
+} from '../../src/producer/job-options.js';
 import { EventPublisher, readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME, type JobResult } from '../../src/shared/contract.js';
 import { dedupeIds } from '../../src/jobs/registry.js';
@@ -294,6 +299,7 @@ describe('WorkspaceJobsProducer', () => {
         backoff: JOB_BACKOFF,
         removeOnComplete: REMOVE_ON_COMPLETE,
         removeOnFail: REMOVE_ON_FAIL,
+        keepLogs: KEEP_LOGS,
         deduplication: { id: dedupeIds.start(workspaceId) },
       });
       expect(job?.data).toMatchObject({ parameters: { region: 'eu' }, requestId: 'req-1' });

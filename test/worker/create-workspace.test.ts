@@ -289,6 +289,9 @@ describe('createWorkspace', () => {
         build_id: provisioned.build.id,
         build_number: 1,
         transition: 'start',
+        // The only pending build of this test's database; no estimate without an earlier build.
+        position: 1,
+        pending: 1,
       });
     });
 

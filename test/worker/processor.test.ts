@@ -134,9 +134,13 @@ describe('start-workspace processor', () => {
       const events = await h.jobEvents(ws.chatId, jobId);
       expect(events.filter((e) => e.type === 'result')).toHaveLength(1);
       expect(events.at(-1)).toMatchObject({ type: 'result', stage: 'completed', data: result });
-      const progress = stagesOf(events.filter((e) => e.type === 'progress'));
+      const stages = stagesOf(events.filter((e) => e.type === 'progress'));
       for (const stage of ['queued', 'lock_acquired', 'checking', 'build_succeeded', 'agent_ready'])
-        expect(progress).toContain(stage);
+        expect(stages).toContain(stage);
+      // The build's log previews come while it runs, before it succeeds; every other stage in contract order.
+      expect(stages).toContain('build_log');
+      expect(stages.lastIndexOf('build_log')).toBeLessThan(stages.indexOf('build_succeeded'));
+      const progress = stages.filter((stage) => stage !== 'build_log' && stage !== 'queue_position');
       const order = progress.map((stage) =>
         PROGRESS_STAGES.indexOf(stage as (typeof PROGRESS_STAGES)[number]),
       );

@@ -1,0 +1,180 @@
+// What a waiting build tells its chat besides its status (docs/design.md §6): the newest lines of its log
+// (`build_log`, at most one event per BUILD_LOG_INTERVAL_MS, however chatty the build) and, while it is
+// pending, its place among the pending provisioner jobs (`queue_position`, recomputed at most once per
+// QUEUE_CHECK_INTERVAL_MS when the pending set changes). Each follows its own notifications beside the
+// status wait of build-wait.ts, which stops them and flushes the log's last lines once the build ends.
+import { channelTopic } from '../shared/notifications.js';
+import { sleep } from '../shared/errors.js';
+import type { BuildLogData, ProgressStage, QueuePosition } from '../shared/contract.js';
+import { topics, type Build, type JobContext } from './ports.js';
+
+export const BUILD_LOG_INTERVAL_MS = 500;
+/** Lines one build_log event carries at most: a preview, the logs endpoint serves the whole log. */
+export const BUILD_LOG_LINES = 20;
+export const QUEUE_CHECK_INTERVAL_MS = 1_000;
+/** Every provisioner job's status change: a job that starts, completes or is canceled leaves the pending set. */
+const ANY_JOB_CHANGED = channelTopic('provisioner_job_changed');
+
+/** `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. */
+function throttled<T>(intervalMs: number, signal: AbortSignal, check: () => Promise<T>): () => Promise<T> {
+  let last = -Infinity;
+  return async () => {
+    const wait = last + intervalMs - Date.now();
+    if (wait > 0) await sleep(wait, signal);
+    last = Date.now();
+    return check();
+  };
+}
+
+/**
+ * The side-channels of one build wait. Its events go out one at a time, in the order they were asked for
+ * (`say`), so that a queue position read before the build started cannot follow its `build_running`.
+ */
+export class BuildWatch {
+  /** The status stage last reported. */
+  reported: ProgressStage | undefined;
+  private after = '0';
+  private chain: Promise<unknown> = Promise.resolve();
+  private readonly stop = new AbortController();
+  private readonly failed = new AbortController();
+  private readonly followers = new Set<Promise<void>>();
+  private queueFollower: Promise<void> | undefined;
+  private lastPosition: QueuePosition | null = null;
+
+  constructor(
+    private readonly ctx: JobContext,
+    private readonly build: Build,
+    private readonly workspaceId: string,
+  ) {
+    this.signal = AbortSignal.any([ctx.signal, this.failed.signal]);
+  }
+
+  /** Aborts when the job's does, or when a follower failed (with its error). */
+  readonly signal: AbortSignal;
+
+  /** Runs `publish` after every event asked for before it. */
+  say<T>(publish: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(publish);
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  /** The build's place in the queue, remembered as the one its events last told. */
+  async position(): Promise<QueuePosition | null> {
+    this.lastPosition = await this.ctx.store.getQueuePosition(this.build.jobId);
+    return this.lastPosition;
+  }
+
+  /** Starts following the log. */
+  followLogs(): void {
+    this.spawn((signal) =>
+      this.ctx.waiter.waitFor(
+        [topics.provisionerJobLogs(this.build.jobId)],
+        throttled(BUILD_LOG_INTERVAL_MS, signal, async () => {
+          await this.flushLogs();
+          return undefined;
+        }),
+        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
+      ),
+    );
+  }
+
+  /** Starts following the queue while the build is pending, unless that already runs. */
+  followQueue(): void {
+    if (this.queueFollower) return;
+    this.queueFollower = this.spawn(async (signal) => {
+      await this.ctx.waiter.waitFor(
+        [ANY_JOB_CHANGED],
+        throttled(QUEUE_CHECK_INTERVAL_MS, signal, () => this.checkPosition()),
+        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
+      );
+    }).finally(() => {
+      this.queueFollower = undefined;
+    });
+  }
+
+  /** Stops the followers (the build ended) and, with `flush`, publishes the log lines not carried yet. */
+  async end(flush: boolean): Promise<void> {
+    this.stop.abort();
+    await Promise.all(this.followers);
+    if (flush) await this.flushLogs();
+  }
+
+  /** A build_log event with the newest lines since the previous one, when there are any. */
+  private async flushLogs(): Promise<void> {
+    const { lines, total } = await this.ctx.store.getNewestBuildLogs(
+      this.build.jobId,
+      this.after,
+      BUILD_LOG_LINES,
+    );
+    const last = lines.at(-1);
+    if (!last) return;
+    this.after = last.id;
+    const data: BuildLogData = {
+      build_id: this.build.id,
+      transition: this.build.transition,
+      lines,
+      last_log_id: last.id,
+      skipped: total - lines.length,
+    };
+    const count = total === 1 ? '1 new log line' : `${total} new log lines`;
+    await this.say(() =>
+      this.ctx.progress(
+        'build_log',
+        `Build #${this.build.buildNumber}: ${count}`,
+        { ...data },
+        this.workspaceId,
+      ),
+    );
+  }
+
+  /** Publishes a queue_position when the build moved; true once it is no longer pending. */
+  private async checkPosition(): Promise<true | undefined> {
+    const previous = this.lastPosition;
+    const now = await this.ctx.store.getQueuePosition(this.build.jobId);
+    if (!now) return true;
+    if (previous?.position === now.position) return undefined;
+    this.lastPosition = now;
+    const estimate = await this.ctx.store.getBuildEstimate(this.build.id);
+    await this.say(async () => {
+      // The status wait may have reported the build running meanwhile: this position is past.
+      if (this.reported !== 'build_queued') return;
+      await this.ctx.progress(
+        'queue_position',
+        `Build #${this.build.buildNumber} is ${ordinal(now.position)} of ${now.pending} in the queue`,
+        {
+          build_id: this.build.id,
+          transition: this.build.transition,
+          position: now.position,
+          pending: now.pending,
+          ...(estimate && { estimate }),
+        },
+        this.workspaceId,
+      );
+    });
+    return undefined;
+  }
+
+  /**
+   * Runs a follower until end(): a follower that fails ends the whole wait with its error (`signal`); its
+   * abort by end() is its normal end.
+   */
+  private spawn(run: (signal: AbortSignal) => Promise<unknown>): Promise<void> {
+    const signal = AbortSignal.any([this.ctx.signal, this.stop.signal]);
+    const follower = run(signal).then(
+      () => {},
+      (error: unknown) => {
+        if (!signal.aborted) this.failed.abort(error);
+      },
+    );
+    this.followers.add(follower);
+    void follower.finally(() => this.followers.delete(follower));
+    return follower;
+  }
+}
+
+function ordinal(n: number): string {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? 'th' : ({ 1: 'st', 2: 'nd', 3: 'rd' }[n % 10] ?? 'th');
+  return `${n}${suffix}`;
+}
