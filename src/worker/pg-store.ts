@@ -272,9 +272,11 @@ export class PgWorkspaceStore implements WorkspaceStore {
       output: string;
       total: number;
     }>(
-      `SELECT id::text, created_at, level::text, stage, output, (count(*) OVER ())::int AS total
-         FROM provisioner_job_logs WHERE job_id = $1 AND id > $2::bigint
-        ORDER BY id DESC LIMIT $3`,
+      // ORDER BY the bigint column, not the text `id` output column (which would sort "999" after "1000").
+      `SELECT l.id::text AS id, l.created_at, l.level::text AS level, l.stage, l.output,
+              (count(*) OVER ())::int AS total
+         FROM provisioner_job_logs l WHERE l.job_id = $1 AND l.id > $2::bigint
+        ORDER BY l.id DESC LIMIT $3`,
       [jobId, after, limit],
     );
     return {
