@@ -44,6 +44,9 @@ async function jobLog(h: WorkerHarness, jobId: string): Promise<string[]> {
   return (await h.queue.getJobLogs(jobId, 0, -1, true)).logs;
 }
 
+/** The stage a job log entry starts with (`stage: message`). */
+const stageOf = (entry: string) => entry.slice(0, entry.indexOf(':'));
+
 describe('build events', () => {
   let h: WorkerHarness;
 
@@ -89,7 +92,7 @@ describe('build events', () => {
 
     // Bull Board's Logs tab tells the job's story: every stage it published, in order.
     // (`queued` is the producer's when it comes first, so not always the worker's to log.)
-    const logged = (await jobLog(h, last.jobId)).map((entry) => entry.split(':')[0]);
+    const logged = (await jobLog(h, last.jobId)).map(stageOf);
     const byWorker = (stages: string[]) => stages.filter((stage) => stage !== 'queued');
     expect(byWorker(logged)).toEqual(byWorker(events.map((e) => e.stage)));
   });
@@ -176,7 +179,7 @@ describe('build events', () => {
     // Bull Board's Logs tab: the stages and, per build_log event, the lines it carried.
     await vi.waitFor(async () => {
       const entries = await jobLog(h, jobId);
-      expect(entries.map((x) => x.split(':')[0]).filter((x) => x !== 'queued')).toEqual(
+      expect(entries.map(stageOf).filter((x) => x !== 'queued')).toEqual(
         stages.filter((x) => x !== 'queued'),
       );
       const previews = entries.filter((x) => x.startsWith('build_log:'));
