@@ -71,11 +71,12 @@ describe('build events', () => {
       expect(queued.data).toMatchObject({ position: i + 1, pending: i + 1 });
       starts.push({ chatId: ws.chatId, jobId });
     }
-    // One daemon, one build at a time, each longer than the position check's throttle (1 s).
-    await h.startProvisionerDaemon({ PROVISIONER_CONCURRENCY: '1', SIM_BUILD_MS: '1500' });
+    // One daemon, one build at a time, each well past the position check's throttle (1 s).
+    await h.startProvisionerDaemon({ PROVISIONER_CONCURRENCY: '1', SIM_BUILD_MS: '2000' });
 
     const last = starts.at(-1)!;
-    await h.waitForEvent(last.chatId, 'build_succeeded', (e) => e.job.id === last.jobId);
+    // After the result: each event's job.log entry is written once the event is out, before the next one.
+    await h.producer.waitForResult(last.jobId, { timeoutMs: WAIT_MS });
     const events = await progressEvents(h, last.chatId, last.jobId);
     const told = events.filter((e) => ['build_queued', 'queue_position', 'build_running'].includes(e.stage));
     expect(
