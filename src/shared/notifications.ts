@@ -116,8 +116,9 @@ export class PgNotificationHub implements ChangeWaiter {
         done.signal.throwIfAborted();
         if (pending) continue;
         await new Promise<void>((resolve) => {
-          // ±20% jitter: waiters that started together must not all re-check in the same instant.
-          const recheck = setTimeout(resolve, this.safetyRecheckMs * (0.8 + Math.random() * 0.4));
+          // ±20% jitter: waiters that started together must not all re-check in the same instant. The
+          // re-check finishes too, or every re-check of a long wait would leave its abort listener behind.
+          const recheck = setTimeout(() => finish(), this.safetyRecheckMs * (0.8 + Math.random() * 0.4));
           const finish = () => {
             clearTimeout(recheck);
             done.signal.removeEventListener('abort', finish);

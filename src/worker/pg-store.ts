@@ -206,8 +206,8 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   async getBuildEstimate(buildId: string): Promise<BuildEstimate | null> {
-    // The template's last 20 succeeded builds of this transition, newest first down the succeeded-jobs index
-    // of migrations/0007; an agent's time is its ready (else first connect) time after its build completed.
+    // The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
+    // is its ready (else first connect) time after its build completed, the slowest agent's per build.
     const { rows } = await this.pool.query<{
       samples: number;
       build_ms: number | null;
@@ -221,13 +221,22 @@ export class PgWorkspaceStore implements WorkspaceStore {
            JOIN template_versions v ON v.id = b.template_version_id
           WHERE b.id = $1
        ), recent AS (
-         SELECT j.id, j.completed_at, extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
-           FROM me, provisioner_jobs j
-           JOIN workspace_builds b ON b.job_id = j.id
-           JOIN template_versions v ON v.id = b.template_version_id
-          WHERE j.completed_at IS NOT NULL AND j.canceled_at IS NULL AND nullif(j.error, '') IS NULL
-            AND j.started_at IS NOT NULL AND b.transition = me.transition AND v.template_id = me.template_id
-          ORDER BY j.completed_at DESC
+         -- Newest first per version of the template, down workspace_builds' (version, transition, created_at)
+         -- index (migrations/0007): a few probes per version however long the template's history.
+         SELECT r.* FROM me
+           JOIN template_versions v ON v.template_id = me.template_id
+          CROSS JOIN LATERAL (
+            SELECT j.id, j.completed_at, b.created_at,
+                   extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
+              FROM workspace_builds b
+              JOIN provisioner_jobs j ON j.id = b.job_id
+             WHERE b.template_version_id = v.id AND b.transition = me.transition
+               -- The derived status (a stored column with statistics): the planner then walks the index.
+               AND j.job_status = 'succeeded' AND j.started_at IS NOT NULL
+             ORDER BY b.created_at DESC
+             LIMIT 20
+          ) r
+          ORDER BY r.created_at DESC
           LIMIT 20
        ), agents AS (
          SELECT max(greatest(0, extract(epoch FROM coalesce(a.ready_at, a.first_connected_at) - r.completed_at)
