@@ -11,7 +11,11 @@ export {
   type EnqueuedStop,
   type WaitForResultOptions,
   type SubscribeOptions,
+  type BuildLogsOptions,
 } from './producer/producer.js';
+export { UnknownBuildError, type BuildLogLine } from './shared/build-logs.js';
+// A producer built with `new` follows build logs through one of these (ProducerOptions.changes).
+export { PgNotificationHub, type PgNotificationHubOptions } from './shared/notifications.js';
 export { JOB_BACKOFF, JOB_NAMES, REMOVE_ON_COMPLETE, REMOVE_ON_FAIL } from './producer/job-options.js';
 
 export {

@@ -4,6 +4,7 @@
 //                             its workspace, watch the events arrive
 //   /api/...                  the page's JSON API (api.ts)
 //   /chats/:chatId/events     a chat's events as Server-Sent Events (sse.ts)
+//   /builds/:buildId/logs     a build's log as Server-Sent Events, `?follow=1` live (build-log-streams.ts)
 //   /metrics                  Prometheus text: queue job counts, the producer's counters, process metrics
 //   /healthz                  200 when Redis and Postgres answer (open, for orchestrators)
 // Everything but /healthz needs DASHBOARD_USER/DASHBOARD_PASSWORD when they are set; without them the
@@ -25,12 +26,15 @@ import { httpUrl } from '../shared/http-url.js';
 import { packageDir } from '../shared/package-dir.js';
 import { DEFAULT_CHECK_TIMEOUT_MS, runHealthChecks } from '../shared/health.js';
 import { createMetrics } from '../shared/metrics.js';
+import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
 import { apiRouter } from './api.js';
 import { assertSafeBinding, basicAuth } from './auth.js';
 import { crossSiteGuard } from './cross-site.js';
-import { ChatEventStreams, type SseOptions } from './sse.js';
+import { BuildLogStreams } from './build-log-streams.js';
+import { ChatEventStreams } from './sse.js';
+import { EventStreamSlots, type SseOptions } from './stream-slots.js';
 
 const BOARD_PATH = '/admin/queues';
 
@@ -77,6 +81,9 @@ export async function startDashboard(
     cluster: config.redisCluster,
   });
   const pool = createPool(config.databaseUrl, { max: 4, applicationName: 'workspace-jobs-dashboard', log });
+  // One LISTEN connection behind every followed build log (and the producer's buildLogs), opened on the
+  // first: the dashboard comes up while Postgres is down, and says so on /healthz.
+  const changes = new PgNotificationHub(config.databaseUrl, { log });
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix: config.queuePrefix });
   queue.on('error', (err) => log.warn({ err }, 'dashboard queue error'));
   // /metrics: the queue's job counts (read on each scrape), the counters of the producer below, and Node's
@@ -87,16 +94,19 @@ export async function startDashboard(
   const producer = new WorkspaceJobsProducer({
     connection: redis,
     pool,
+    changes,
     prefix: config.queuePrefix,
     attempts: config.jobAttempts,
     log,
     metrics,
   });
-  const streams = new ChatEventStreams(producer, log, {
+  const streams = new EventStreamSlots(log, {
     maxPerClient: config.dashboardSseMaxPerClient,
     maxStreams: config.dashboardSseMaxStreams,
     ...options.sse,
   });
+  const chatEvents = new ChatEventStreams(producer, streams, log);
+  const buildLogs = new BuildLogStreams(pool, changes, streams, log);
 
   const board = new ExpressAdapter();
   board.setBasePath(BOARD_PATH);
@@ -133,7 +143,8 @@ export async function startDashboard(
       next(error);
     }
   });
-  app.get('/chats/:chatId/events', streams.handle);
+  app.get('/chats/:chatId/events', chatEvents.handle);
+  app.get('/builds/:buildId/logs', buildLogs.handle);
   app.use('/api', apiRouter({ pool, producer, log, readOnly: config.dashboardReadOnly }));
   app.use(
     express.static(PUBLIC_DIR, {
@@ -168,6 +179,7 @@ export async function startDashboard(
     });
   } catch (error) {
     await producer.close().catch(() => {});
+    await changes.stop();
     await queue.close().catch(() => {});
     await pool.end().catch(() => {});
     await closeRedis(redis);
@@ -203,6 +215,7 @@ export async function startDashboard(
       await serverClosed;
     });
     await step('producer', () => producer.close());
+    await step('LISTEN connection', () => changes.stop());
     await step('queue', () => queue.close());
     await step('Postgres pool', () => pool.end());
     await step('Redis connection', () => closeRedis(redis));

@@ -6,7 +6,9 @@ import { randomUUID } from 'node:crypto';
 import { SpanKind } from '@opentelemetry/api';
 import { Queue, type Telemetry } from 'bullmq';
 import { pino } from 'pino';
+import { followBuildLogs, type BuildLogLine } from '../shared/build-logs.js';
 import { WaitTimeoutError } from '../shared/errors.js';
+import { PgNotificationHub } from '../shared/notifications.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import { ChatOrder } from '../shared/chat-order.js';
 import {
@@ -58,6 +60,12 @@ export interface ProducerOptions {
   /** Counts enqueues (added or deduplicated, by job name) and announcements that failed; absent = not counted. */
   metrics?: Metrics;
   /**
+   * Postgres change notifications, for `buildLogs(..., { follow: true })`: connected (ready()) on the first
+   * follow; not stopped by the producer when passed in. fromConfig makes its own. Default: none, and
+   * following a build's log throws.
+   */
+  changes?: PgNotificationHub;
+  /**
    * BullMQ's own spans (e.g. `new BullMQOtel()` from bullmq-otel, for a host with its own OpenTelemetry
    * SDK). Default: those of this process's startTracing while it runs, else none. The producer's own
    * `enqueue` spans go to whatever tracer provider is registered.
@@ -86,6 +94,15 @@ export type EnqueuedStop = Enqueued<'stop-workspace'>;
 
 export interface WaitForResultOptions {
   timeoutMs: number;
+}
+
+export interface BuildLogsOptions {
+  /** Lines after this log id. Default '0' (from the first line). */
+  after?: string;
+  /** Keep going as lines are written until the build's provisioner job completes. Default false. */
+  follow?: boolean;
+  /** Ends the iteration (the pending next() rejects with its reason). */
+  signal?: AbortSignal;
 }
 
 export interface SubscribeOptions {
@@ -126,6 +143,7 @@ export class WorkspaceJobsProducer {
   private readonly order: ChatOrder;
   /** Set by fromConfig: the producer built its connection and pool, so close() closes them. */
   private ownsConnections = false;
+  private readonly changes: PgNotificationHub | undefined;
   private subscriberConnection: RedisClient | undefined;
   private subscriber: EventSubscriber | undefined;
   /** Aborted by close(): every pending waitForResult rejects. */
@@ -140,6 +158,7 @@ export class WorkspaceJobsProducer {
     this.log = options.log ?? pino({ level: 'silent' });
     this.resultRecheckMs = options.resultRecheckMs ?? DEFAULT_RESULT_RECHECK_MS;
     this.metrics = options.metrics;
+    this.changes = options.changes;
     // Every pending waitForResult listens here (and removes its listener); many at once is normal.
     setMaxListeners(0, this.closing.signal);
     this.queue = new Queue<ChatPayload, JobResult, JobName>(QUEUE_NAME, {
@@ -168,6 +187,7 @@ export class WorkspaceJobsProducer {
       pool: createPool(config.databaseUrl, { max: 5, applicationName: 'workspace-jobs-producer', log }),
       prefix: config.queuePrefix,
       attempts: config.jobAttempts,
+      changes: new PgNotificationHub(config.databaseUrl, { log }),
       log,
       metrics: options.metrics,
     });
@@ -355,6 +375,29 @@ export class WorkspaceJobsProducer {
     return this.eventSubscriber().subscribe(parsed.data, onEvent, options);
   }
 
+  /**
+   * The build's log lines (provisioner_job_logs) after `after`, in order; with `follow`, live until its
+   * provisioner job completes, then the last lines. The first next() throws UnknownBuildError for an unknown
+   * build and ValidationError for a bad `after`. close() ends it like `signal`.
+   */
+  async *buildLogs(
+    buildId: string,
+    options: BuildLogsOptions = {},
+  ): AsyncGenerator<BuildLogLine, void, undefined> {
+    this.assertOpen();
+    const follow = options.follow ?? false;
+    const signal = options.signal
+      ? AbortSignal.any([options.signal, this.closing.signal])
+      : this.closing.signal;
+    if (follow) await this.changes?.ready();
+    for await (const batch of followBuildLogs(this.pool, this.changes, buildId, {
+      after: options.after,
+      follow,
+      signal,
+    }))
+      yield* batch;
+  }
+
   /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
   close(): Promise<void> {
     this.closed ??= this.doClose();
@@ -377,6 +420,7 @@ export class WorkspaceJobsProducer {
       await step('subscriber connection', () => closeRedis(this.subscriberConnection!));
     await step('queue', () => this.queue.close());
     if (this.ownsConnections) {
+      if (this.changes) await step('LISTEN connection', () => this.changes!.stop());
       await step('Redis connection', () => closeRedis(this.connection));
       await step('Postgres pool', () => this.pool.end());
     }

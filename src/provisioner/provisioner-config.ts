@@ -35,6 +35,8 @@ export interface SimSettings {
   quotaBudget?: number;
   /** SIM_WORKSPACE_COST: credits a started workspace consumes, default 1. */
   workspaceCost: number;
+  /** SIM_LOG_LINES: extra output lines per build, spread over its duration, default 0. */
+  logLines: number;
 }
 
 export interface ProvisionerConfig {
@@ -125,6 +127,7 @@ export function loadProvisionerConfig(env: Env = process.env): ProvisionerConfig
       startupFailureRate: fraction(env, 'SIM_STARTUP_FAILURE_RATE', 0),
       quotaBudget: integer(env, 'SIM_QUOTA_BUDGET', undefined, 0, MAX_CREDITS),
       workspaceCost: integer(env, 'SIM_WORKSPACE_COST', 1, 0, MAX_CREDITS)!,
+      logLines: integer(env, 'SIM_LOG_LINES', 0, 0, 1_000_000)!,
     },
   };
 }

@@ -50,8 +50,17 @@ export interface SimExecutorOptions {
   workspaceCost?: number;
   /** workspace_resources.type of the simulated resource. Default 'sim_container'. */
   resourceType?: string;
+  /**
+   * Extra output lines per build (`Simulated output line <n> of <N>`), written evenly over the build's
+   * duration in the stage the build is in; a build that succeeds has written all of them. For load on the
+   * log path (live logs, build_log events). Default 0.
+   */
+  logLines?: number;
   log?: Logger;
 }
+
+/** How often the simulated output catches up with its schedule. */
+const OUTPUT_TICK_MS = 20;
 
 export const SIMULATED_BUILD_FAILURE = 'simulated build failure';
 /** Coder's error for a build refused by its quota commit. */
@@ -75,6 +84,7 @@ export class SimExecutor implements Executor {
   private readonly quotaBudget: number | undefined;
   private readonly workspaceCost: number;
   private readonly resourceType: string;
+  private readonly logLines: number;
   private readonly random: () => number;
   private readonly log: Logger;
   /** Startup outcomes drawn by run(), taken by afterCommit() (the daemon calls it for every resolved run). */
@@ -96,6 +106,9 @@ export class SimExecutor implements Executor {
     this.quotaBudget = options.quotaBudget;
     this.workspaceCost = options.workspaceCost ?? 1;
     this.resourceType = options.resourceType ?? 'sim_container';
+    this.logLines = options.logLines ?? 0;
+    if (!Number.isInteger(this.logLines) || this.logLines < 0)
+      throw new RangeError(`logLines must be a whole number ≥ 0, got ${this.logLines}`);
     this.random = options.seed === undefined ? Math.random : mulberry32(options.seed);
     this.log = options.log ?? pino({ level: 'silent' });
     for (const [name, rate] of [
@@ -118,6 +131,56 @@ export class SimExecutor implements Executor {
     // Every draw happens here, synchronously and in the same number whatever the transition, so the
     // n-th build of a seeded run always gets the same outcome.
     const plan = this.plan();
+    if (this.logLines === 0) return this.build(job, ctx, plan);
+    // The simulated output follows the build's stage: the stage of its last line.
+    let stage = 'Planning infrastructure';
+    const staged: ExecutorContext = {
+      signal: ctx.signal,
+      log: (level, output, lineStage) => {
+        stage = lineStage ?? stage;
+        return ctx.log(level, output, lineStage);
+      },
+    };
+    const stopOutput = new AbortController();
+    const output = this.simulateOutput(plan.durationMs, ctx, () => stage, stopOutput.signal);
+    try {
+      const result = await this.build(job, staged, plan);
+      stopOutput.abort();
+      // A build that succeeded has written every line.
+      (await output).finish();
+      return result;
+    } finally {
+      stopOutput.abort();
+      await output;
+    }
+  }
+
+  /**
+   * Writes `logLines` lines on schedule over `durationMs` until `signal` aborts; resolves with what writes
+   * the lines not written yet.
+   */
+  private async simulateOutput(
+    durationMs: number,
+    ctx: ExecutorContext,
+    stage: () => string,
+    signal: AbortSignal,
+  ): Promise<{ finish(): void }> {
+    const total = this.logLines;
+    const started = performance.now();
+    let written = 0;
+    const writeUpTo = (due: number) => {
+      for (; written < due; written++)
+        void ctx.log('info', `Simulated output line ${written + 1} of ${total}`, stage());
+    };
+    while (written < total && !signal.aborted) {
+      const elapsed = performance.now() - started;
+      writeUpTo(durationMs === 0 ? total : Math.min(total, Math.floor((total * elapsed) / durationMs)));
+      await sleep(OUTPUT_TICK_MS, signal).catch(() => {});
+    }
+    return { finish: () => writeUpTo(total) };
+  }
+
+  private async build(job: BuildJob, ctx: ExecutorContext, plan: Plan): Promise<ExecutorResult> {
     const { signal } = ctx;
     const stage = APPLY_STAGE[job.transition];
     const agents = job.transition === 'start' ? this.agentNames : [];

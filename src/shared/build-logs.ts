@@ -5,7 +5,7 @@
 import type { ChangeWaiter } from '../worker/ports.js';
 import { topics } from '../worker/ports.js';
 import { WaitTimeoutError } from './errors.js';
-import type { Queryable } from './postgres.js';
+import type { QueryPool } from './contract.js';
 import { ValidationError } from './schemas.js';
 
 export interface BuildLogLine {
@@ -45,7 +45,10 @@ function checkAfter(after: string): void {
   if (problem !== undefined) throw new ValidationError(`invalid after ${JSON.stringify(after)}: ${problem}`);
 }
 
-interface Row {
+/** Anything that runs a query: a pool, a client, the producer's QueryPool. */
+export type LogReader = Pick<QueryPool, 'query'>;
+
+type Row = {
   job_id: string;
   done: boolean;
   id: string | null;
@@ -54,14 +57,14 @@ interface Row {
   stage: string | null;
   source: string | null;
   output: string | null;
-}
+};
 
 /**
  * The build's log lines after `after` (at most `limit`), or undefined when there is no such build (an id
  * that is not a UUID names none). Throws a ValidationError for an `after` that is not a log id.
  */
 export async function readBuildLogs(
-  db: Queryable,
+  db: LogReader,
   buildId: string,
   after: string,
   limit: number,
@@ -114,6 +117,8 @@ export class UnknownBuildError extends Error {
 export interface FollowBuildLogsOptions {
   /** Lines after this log id. Default '0' (from the first line). */
   after?: string;
+  /** false: end after the lines there are now, without waiting for more. Default true. */
+  follow?: boolean;
   /** Lines per read (and so at most per batch). Default 1000. */
   batchSize?: number;
   /**
@@ -127,21 +132,24 @@ export interface FollowBuildLogsOptions {
 
 /**
  * The build's log lines after `after`, in batches in id order, until its provisioner job has completed and
- * the last lines are read; then the iterator ends. The first batch is yielded at once, even when empty, so a
+ * the last lines are read (or, without `follow`, until the lines there are now are read); then the iterator
+ * ends. The first batch is yielded at once, even when empty, so a
  * caller learns straight away that the build exists (the first next() throws UnknownBuildError otherwise);
  * later batches are never empty. Breaking out of the loop (or aborting) removes the listeners.
  */
 export async function* followBuildLogs(
-  db: Queryable,
-  waiter: ChangeWaiter,
+  db: LogReader,
+  /** Needed with `follow` (the default); unused without. */
+  waiter: ChangeWaiter | undefined,
   buildId: string,
   options: FollowBuildLogsOptions = {},
 ): AsyncGenerator<BuildLogLine[], void, undefined> {
-  const { signal, batchSize = 1000, idleTimeoutMs = 3_600_000 } = options;
+  const { signal, follow = true, batchSize = 1000, idleTimeoutMs = 3_600_000 } = options;
   let after = options.after ?? '0';
   checkAfter(after);
   if (!Number.isInteger(batchSize) || batchSize < 1)
     throw new ValidationError(`invalid batchSize ${batchSize}: expected an integer ≥ 1`);
+  if (follow && !waiter) throw new Error('following build logs needs a ChangeWaiter (LISTEN connection)');
   signal?.throwIfAborted();
   const first = await readBuildLogs(db, buildId, after, batchSize);
   if (!first) throw new UnknownBuildError(buildId);
@@ -160,9 +168,9 @@ export async function* followBuildLogs(
       page = (await readBuildLogs(db, buildId, after, batchSize)) ?? { ...page, lines: [] };
       continue;
     }
-    if (page.done) return;
+    if (page.done || !follow) return;
     const cursor = after;
-    page = await waiter
+    page = await waiter!
       .waitFor(
         watched,
         async () => {

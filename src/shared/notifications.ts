@@ -51,6 +51,7 @@ export class PgNotificationHub implements ChangeWaiter {
   private readonly reconnectDelayMs: number;
   private readonly stopping = new AbortController();
   private connecting: Promise<void> | undefined;
+  private started = false;
 
   constructor(
     private readonly databaseUrl: string,
@@ -63,6 +64,16 @@ export class PgNotificationHub implements ChangeWaiter {
   /** Connects and LISTENs; resolves once notifications flow. */
   async start(): Promise<void> {
     await this.connect();
+    this.started = true;
+  }
+
+  /**
+   * start() on the first call, for a process that must come up while Postgres is down (the dashboard):
+   * concurrent calls share it, a failed one is retried by the next call, and once started it resolves at
+   * once (a lost connection is the hub's own to restore).
+   */
+  async ready(): Promise<void> {
+    if (!this.started) await this.start();
   }
 
   async stop(): Promise<void> {

@@ -87,6 +87,8 @@ export async function startTestDashboard(options: TestDashboardOptions = {}): Pr
 
 export interface SseMessage {
   id?: string;
+  /** The `event:` field; absent = the default `message`. */
+  event?: string;
   data: string;
 }
 
@@ -188,6 +190,7 @@ export async function openSse(
           for (const line of block.split('\n')) {
             if (line.startsWith(':')) comments.push(line.slice(1).trim());
             else if (line.startsWith('id: ')) message.id = line.slice(4);
+            else if (line.startsWith('event: ')) message.event = line.slice(7);
             else if (line.startsWith('retry: ')) client.retry = Number(line.slice(7));
             else if (line.startsWith('data: ')) {
               message.data += (hasData ? '\n' : '') + line.slice(6);

@@ -26,6 +26,7 @@ describe('loadProvisionerConfig', () => {
         startupFailureRate: 0,
         quotaBudget: undefined,
         workspaceCost: 1,
+        logLines: 0,
       },
     });
   });
@@ -49,6 +50,7 @@ describe('loadProvisionerConfig', () => {
       SIM_STARTUP_FAILURE_RATE: '1',
       SIM_QUOTA_BUDGET: '3',
       SIM_WORKSPACE_COST: '2',
+      SIM_LOG_LINES: '10000',
     });
 
     expect(config).toEqual({
@@ -70,6 +72,7 @@ describe('loadProvisionerConfig', () => {
         startupFailureRate: 1,
         quotaBudget: 3,
         workspaceCost: 2,
+        logLines: 10_000,
       },
     });
   });
@@ -98,6 +101,7 @@ describe('loadProvisionerConfig', () => {
     [{ SIM_STARTUP_MS: '1.5' }, 'SIM_STARTUP_MS'],
     [{ SIM_QUOTA_BUDGET: '-1' }, 'SIM_QUOTA_BUDGET'],
     [{ SIM_WORKSPACE_COST: '2147483648' }, 'SIM_WORKSPACE_COST'],
+    [{ SIM_LOG_LINES: 'many' }, 'SIM_LOG_LINES'],
   ])('when a value is bad (%o) › throws a ConfigError naming %s', (env, variable) => {
     expect(() => loadProvisionerConfig(env)).toThrow(ConfigError);
     expect(() => loadProvisionerConfig(env)).toThrow(variable);

@@ -129,6 +129,41 @@ describe('SimExecutor', () => {
     expect(await getAgents(db.pool, build.jobId)).toEqual([]);
   });
 
+  const simulatedLines = (logs: { output: string }[]) =>
+    logs.filter((l) => l.output.startsWith('Simulated output line')).map((l) => l.output);
+
+  it('with logLines › a build that succeeds writes every simulated line, in order, in the build stages', async () => {
+    startSim({ logLines: 500, buildMs: 200 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+    const logs = await getLogs(db.pool, build.jobId);
+    expect(simulatedLines(logs)).toEqual(
+      Array.from({ length: 500 }, (_, i) => `Simulated output line ${i + 1} of 500`),
+    );
+    const stages = new Set(logs.filter((l) => l.output.startsWith('Simulated')).map((l) => l.stage));
+    for (const stage of stages) expect(['Planning infrastructure', 'Starting workspace']).toContain(stage);
+  });
+
+  it('with logLines › a build that fails stops its simulated output where the build stopped', async () => {
+    startSim({ logLines: 500, buildMs: 1_000, failureRate: 1 });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'failed' });
+    const lines = simulatedLines(await getLogs(db.pool, build.jobId));
+    // It fails 65% into its duration: the rest of the schedule never comes.
+    expect(lines.length).toBeLessThan(500);
+    expect(lines).toEqual(
+      Array.from({ length: lines.length }, (_, i) => `Simulated output line ${i + 1} of 500`),
+    );
+  });
+
+  it('with a bad logLines › refuses to start', () => {
+    expect(() => new SimExecutor({ pool: db.pool, logLines: -1 })).toThrow(
+      new RangeError('logLines must be a whole number ≥ 0, got -1'),
+    );
+  });
+
   it('when a start would take the owner past the quota budget › it fails with INSUFFICIENT_QUOTA and the quota', async () => {
     startSim({ quotaBudget: 2, workspaceCost: 2 });
     const first = await createWorkspace(db.pool, fixture);

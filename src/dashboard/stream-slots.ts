@@ -1,0 +1,166 @@
+// What every Server-Sent Events stream of the dashboard shares (a chat's events, sse.ts; a build's log,
+// build-log-streams.ts): the caps, the response headers, the heartbeat, the cut-off for a client that stops
+// reading, and ending every stream when the dashboard closes.
+//
+// Heartbeat comments keep proxies and load balancers from closing an idle stream and make a dead client show
+// up as a failed write; a client that stops reading is cut off once too much is buffered for it (it
+// reconnects with Last-Event-ID and catches up, so nothing is lost and memory stays bounded).
+//
+// Caps: each stream holds a socket (and, for a chat nobody else watches, a SUBSCRIBE), so a client could open
+// thousands on random ids. Streams of both kinds are counted together per client address (429 past
+// DASHBOARD_SSE_MAX_PER_CLIENT) and in total (503 past DASHBOARD_SSE_MAX_STREAMS), before anything is
+// subscribed. The address, not the user: Basic auth has one user for all operators. Behind a proxy every
+// client has the proxy's address, so there the per-client cap is one more total cap.
+import type { Request, Response } from 'express';
+import { DEFAULT_SSE_MAX_PER_CLIENT, DEFAULT_SSE_MAX_STREAMS } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+
+export interface SseOptions {
+  /** A comment line this often, so idle streams stay open through proxies. Default 15000. */
+  heartbeatMs?: number;
+  /** The reconnection delay the browser is told to use. Default 2000. */
+  retryMs?: number;
+  /** A client with more than this many bytes not yet sent is disconnected (it catches up on reconnect). Default 1 MiB. */
+  maxBufferedBytes?: number;
+  /** Open streams per client address (DASHBOARD_SSE_MAX_PER_CLIENT). */
+  maxPerClient?: number;
+  /** Open streams in all (DASHBOARD_SSE_MAX_STREAMS). */
+  maxStreams?: number;
+}
+
+/** Retry-After (seconds) of a stream refused by a cap: streams are long-lived, so a slot frees slowly. */
+const CAP_RETRY_AFTER_S = 10;
+
+/** An open stream: its response is committed to `text/event-stream`. */
+export interface EventStream {
+  readonly res: Response;
+  /** True once stopped (client gone, cut off, or the dashboard closing). */
+  readonly stopped: boolean;
+  /** Writes an SSE block unless stopped; cuts the client off when too much is buffered for it. */
+  write(block: string): void;
+  /** Ends the response and runs the stream's clean-up; resolves once that is done. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export class EventStreamSlots {
+  private readonly streams = new Set<EventStream>();
+  /** Open streams per client address. */
+  private readonly perClient = new Map<string, number>();
+  private readonly heartbeatMs: number;
+  private readonly retryMs: number;
+  private readonly maxBufferedBytes: number;
+  private readonly maxPerClient: number;
+  private readonly maxStreams: number;
+  private closed = false;
+
+  constructor(
+    private readonly log: Logger,
+    options: SseOptions = {},
+  ) {
+    this.heartbeatMs = options.heartbeatMs ?? 15_000;
+    this.retryMs = options.retryMs ?? 2_000;
+    this.maxBufferedBytes = options.maxBufferedBytes ?? 1024 * 1024;
+    this.maxPerClient = options.maxPerClient ?? DEFAULT_SSE_MAX_PER_CLIENT;
+    this.maxStreams = options.maxStreams ?? DEFAULT_SSE_MAX_STREAMS;
+  }
+
+  /**
+   * Takes a slot and commits the response to an event stream (headers, the retry delay, heartbeats), or
+   * answers 503/429 and returns undefined. `cleanUp` runs once when the stream stops; `fields` go into its logs.
+   */
+  open(
+    req: Request,
+    res: Response,
+    fields: Record<string, unknown>,
+    cleanUp: () => Promise<void>,
+  ): EventStream | undefined {
+    if (this.closed) {
+      res.status(503).json({ error: 'the dashboard is shutting down' });
+      return undefined;
+    }
+    const client = clientAddress(req);
+    const ofClient = this.perClient.get(client) ?? 0;
+    if (ofClient >= this.maxPerClient) {
+      res
+        .status(429)
+        .set('Retry-After', String(CAP_RETRY_AFTER_S))
+        .json({
+          error: `too many event streams from ${client}: ${ofClient} open, at most ${this.maxPerClient} (DASHBOARD_SSE_MAX_PER_CLIENT); close one`,
+        });
+      return undefined;
+    }
+    if (this.streams.size >= this.maxStreams) {
+      res
+        .status(503)
+        .set('Retry-After', String(CAP_RETRY_AFTER_S))
+        .json({
+          error: `too many event streams: ${this.streams.size} open, at most ${this.maxStreams} (DASHBOARD_SSE_MAX_STREAMS)`,
+        });
+      return undefined;
+    }
+
+    // Commit to the stream: headers now (the browser's EventSource opens), then the retry delay.
+    // `no-transform` and `X-Accel-Buffering: no` ask proxies (nginx) not to buffer or compress the stream;
+    // `Connection: close` because a connection that carried a stream is never reused for a request.
+    res.status(200).set({
+      'Content-Type': 'text/event-stream; charset=utf-8',
+      'Cache-Control': 'no-cache, no-transform',
+      Connection: 'close',
+      'X-Accel-Buffering': 'no',
+    });
+    res.flushHeaders();
+    req.socket.setNoDelay(true);
+    res.write(`retry: ${this.retryMs}\n\n`);
+
+    // Comments (lines starting with `:`) are ignored by EventSource; they only keep the connection busy.
+    const heartbeat = setInterval(() => {
+      if (!res.writableEnded) res.write(': heartbeat\n\n');
+    }, this.heartbeatMs);
+
+    let stopped: Promise<void> | undefined;
+    const stream: EventStream = {
+      res,
+      get stopped() {
+        return stopped !== undefined;
+      },
+      write: (block) => {
+        if (stopped || res.writableEnded) return;
+        res.write(block);
+        if (res.writableLength > this.maxBufferedBytes) {
+          this.log.warn(
+            { ...fields, buffered: res.writableLength },
+            'event stream client is not reading; disconnecting it (it resumes from Last-Event-ID)',
+          );
+          void stream.stop();
+        }
+      },
+      stop: () =>
+        (stopped ??= (async () => {
+          clearInterval(heartbeat);
+          this.streams.delete(stream);
+          const left = (this.perClient.get(client) ?? 1) - 1;
+          if (left > 0) this.perClient.set(client, left);
+          else this.perClient.delete(client);
+          if (!res.writableEnded) res.end();
+          await cleanUp();
+        })()),
+    };
+    this.streams.add(stream);
+    this.perClient.set(client, ofClient + 1);
+    // The client went away (tab closed, network gone) or we ended the response: clean up either way.
+    res.on('close', () => void stream.stop());
+    return stream;
+  }
+
+  /** Ends every open stream; new requests get 503. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.streams].map((stream) => stream.stop()));
+  }
+}
+
+/** The peer's address (an IPv4 client of a dual-stack listener without its `::ffff:`). */
+function clientAddress(req: Request): string {
+  const address = req.socket.remoteAddress ?? 'unknown';
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
+}
