@@ -161,8 +161,8 @@ export interface EventPublisherOptions {
 // ttl seconds, maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope
 // without v and seq (for splicing), the chat's channel, the number of watchers, then per watcher its chat id,
 // its envelope and its channel.
-// The caller read the watcher set before: the script returns -1 when it changed since (a chat joined or the
-// set ended), as the watchers' streams must be declared in KEYS. The owner, the marker and the watchers are
+// The caller names the watchers it knows of (none at first): when the set differs, the script writes nothing
+// and returns the set's members, to be called again with them, as the watchers' streams must be in KEYS. The owner, the marker and the watchers are
 // checked first, and every stream written before the marker is set and anything is published: scripts do not
 // roll back. The marker keeps the published envelope, so that a re-run can end the job with that same result;
 // a result also ends the watcher set (a chat that joins later gets a copy of the result, announceDeduplicated).
@@ -170,9 +170,10 @@ const PUBLISH_SCRIPT = `
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local n = tonumber(ARGV[8])
-if redis.call('SCARD', KEYS[4]) ~= n then return -1 end
+local watchers = redis.call('SMEMBERS', KEYS[4])
+if #watchers ~= n then return watchers end
 for i = 1, n do
-  if redis.call('SISMEMBER', KEYS[4], ARGV[6 + 3 * i]) == 0 then return -1 end
+  if redis.call('SISMEMBER', KEYS[4], ARGV[6 + 3 * i]) == 0 then return watchers end
 end
 local function append(key, tail)
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', '${EVENT_FIELD}', '{"v":1,' .. string.sub(tail, 2))
@@ -242,8 +243,8 @@ export class StaleAttemptError extends Error {
 
 const PUBLISH_COMMAND = 'wsjobsPublishEvent';
 const DEDUPLICATED_COMMAND = 'wsjobsPublishDeduplicated';
-/** A publish re-reads the watcher set at most this often when chats keep joining while it publishes. */
-const WATCHER_READS = 20;
+/** A publish is tried at most this often when chats keep joining the job's watchers while it publishes. */
+const WATCHER_TRIES = 20;
 
 type ScriptedRedis = RedisClient & {
   [PUBLISH_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
@@ -294,8 +295,9 @@ export class EventPublisher {
     const once = onceOf(draft);
     const { owner } = options;
     const watchersKey = this.keys.jobChats(draft.job.id);
-    for (let read = 0; read < WATCHER_READS; read++) {
-      const watchers = (await this.redis.smembers(watchersKey)).sort();
+    // Most jobs have no watchers: one round trip.
+    let watchers: string[] = [];
+    for (let tries = 0; tries < WATCHER_TRIES; tries++) {
       const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
         4 + watchers.length,
         log,
@@ -320,8 +322,11 @@ export class EventPublisher {
           JSON.stringify({ ...body, chatId }),
           this.keys.chatChannel(chatId),
         ]),
-      )) as string | number | null | false;
-      if (seq === -1) continue;
+      )) as string | number | string[] | null | false;
+      if (Array.isArray(seq)) {
+        watchers = seq;
+        continue;
+      }
       if (seq === 0) {
         throw new StaleAttemptError(
           `job ${draft.job.id} is no longer this worker's; its ${draft.stage} event was not published`,
@@ -331,7 +336,7 @@ export class EventPublisher {
       return { v, seq: String(seq), ...body };
     }
     throw new Error(
-      `job ${draft.job.id}'s watcher chats changed ${WATCHER_READS} times while its ${draft.stage} event was published`,
+      `job ${draft.job.id}'s watcher chats changed ${WATCHER_TRIES} times while its ${draft.stage} event was published`,
     );
   }
 
