@@ -17,6 +17,7 @@ import { enqueueCommand } from './enqueue.js';
 import { graceMs, setUpProcess, untilSignal } from './lifecycle.js';
 import { healthcheckCommand, healthFilePath, startHealthFile } from './health-file.js';
 import { formatSeedResult, seed } from './seed.js';
+import { logsCommand } from './logs.js';
 import { watchCommand } from './watch.js';
 
 const HELP = `Usage: workspace-jobs <command> [options]
@@ -30,6 +31,7 @@ Commands:
 ${JOB_KINDS.map((kind) => `  ${`enqueue ${kind.command}`.padEnd(15)}enqueue a ${kind.name} job: ${kind.summary}`).join('\n')}
                  (as the chat backend would; --wait to follow it)
   watch          print a chat's events (replayed, then live) as JSON lines
+  logs           print a build's provisioner log (--follow: live until the build completes)
   demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
   healthcheck    exit 0 when a provisioner's health file (PROVISIONER_HEALTH_FILE) is fresh and ok
 
@@ -66,6 +68,7 @@ const NEEDS: Record<string, ServiceNeeds> = {
   dashboard: { redis: true, postgres: 'database' },
   enqueue: { redis: true, postgres: 'database' },
   watch: { redis: true },
+  logs: { redis: true, postgres: 'database' },
   // Migrates (creating the database) itself; its worker, provisioner and dashboard check again.
   demo: { redis: true, lockNodes: true, postgres: 'server' },
 };
@@ -188,6 +191,9 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     case 'watch':
       await servicesReady();
       return watchCommand(args, config, log);
+    case 'logs':
+      await servicesReady();
+      return logsCommand(args, config, log);
     case 'demo':
       await servicesReady();
       return demoCommand(args, config, log);
