@@ -30,7 +30,7 @@ import {
 } from '../../src/provisioner/index.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { EventPublisher } from '../../src/shared/events.js';
-import type { EventDraft } from '../../src/shared/contract.js';
+import { FAILURE_CODES, type EventDraft } from '../../src/shared/contract.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { WorkspaceWorker } from '../../src/worker/worker.js';
@@ -51,6 +51,8 @@ const CHROMIUM_ARGS = [
 ];
 /** How long the page may take to show a job's whole run (builds take 300 ms here). */
 const RUN_MS = 20_000;
+/** Output lines per simulated build. */
+const LOG_LINES = 600;
 /** Chats older than the seeded ones, so that the seeded ones stay on the list's first page of 50. */
 const OLDER_CHATS = 60;
 
@@ -100,7 +102,13 @@ beforeAll(async () => {
   worker = await WorkspaceWorker.start(config, log, { safetyRecheckMs: 500 });
   provisioner = await startProvisioner(
     config,
-    loadProvisionerConfig({ SIM_BUILD_MS: '300', SIM_AGENT_CONNECT_MS: '200', SIM_STARTUP_MS: '300' }),
+    loadProvisionerConfig({
+      SIM_BUILD_MS: '300',
+      SIM_AGENT_CONNECT_MS: '200',
+      SIM_STARTUP_MS: '300',
+      // More than the page's log pane keeps (500), so that it drops the oldest.
+      SIM_LOG_LINES: String(LOG_LINES),
+    }),
     log,
   );
   seeded = await seed(db.pool);
@@ -551,6 +559,197 @@ describe('the live chat page', () => {
     expect(await page.locator('#stop').isEnabled()).toBe(true);
     await page.close();
   });
+
+  it("fills the log pane with the build's log, its newest 500 lines in order, scrolled to the newest", async () => {
+    const page = await context.newPage();
+    const { id: ownerId } = seeded.user;
+    const { workspaceId } = await insertWorkspace(db.pool, { ownerId, templateId: seeded.templates.dev.id });
+    const stopped = await insertBuild(db.pool, {
+      workspaceId,
+      templateVersionId: seeded.templates.dev.activeVersionId,
+      transition: 'stop',
+      status: 'succeeded',
+      initiatorId: ownerId,
+    });
+    const { chatId } = await insertChat(db.pool, { ownerId, workspaceId, buildId: stopped.buildId });
+    await openChat(page, chatId);
+    await page.locator('#start').click();
+    await newestJob(page).locator('.result-ok').waitFor({ timeout: RUN_MS });
+
+    const { rows } = await db.pool.query<{ id: string }>(
+      `SELECT l.id::text FROM provisioner_job_logs l
+         JOIN workspace_builds b ON b.job_id = l.job_id
+        WHERE b.workspace_id = $1 AND b.transition = 'start' ORDER BY l.id`,
+      [workspaceId],
+    );
+    expect(rows.length).toBeGreaterThan(LOG_LINES);
+    const pane = newestJob(page).locator('.log');
+    const shown = () => pane.locator('.log-line').evaluateAll((lines) => lines.map((l) => l.dataset.logId));
+    await expect.poll(shown, { timeout: RUN_MS }).toEqual(rows.slice(-500).map((r) => r.id));
+    expect(await pane.locator('.log-preview').count()).toBe(0);
+    expect(await pane.locator('.log-output').allTextContents()).toContain(
+      `Simulated output line ${LOG_LINES} of ${LOG_LINES}`,
+    );
+    const scroll = await pane.evaluate(
+      (el: PageElement & { scrollHeight: number; clientHeight: number }) => ({
+        top: el.scrollTop,
+        bottom: el.scrollHeight - el.clientHeight,
+      }),
+    );
+    expect(scroll.top).toBeGreaterThan(0);
+    expect(scroll.top).toBeGreaterThanOrEqual(scroll.bottom - 8);
+    await page.mouse.move(0, 0);
+    await page.screenshot({ path: screenshotPath('live-chat-logs.png') });
+    await page.close();
+  });
+
+  it('shows the queue position, a ticking countdown, the build_log previews and the Cancel answer, and disables Cancel on the result', async () => {
+    const page = await context.newPage();
+    const chat = seeded.chats.automaticUpdates;
+    await openChat(page, chat.chatId);
+    // A job no worker runs, its events published as a worker would; its build is unknown to the logs
+    // endpoint (404), so the pane shows the build_log previews.
+    const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 1 };
+    const buildId = randomUUID();
+    const progress = (stage: string, data: Record<string, unknown>) =>
+      publishEvent({ type: 'progress', stage, job, chatId: chat.chatId, message: stage, data } as EventDraft);
+    const inMs = (ms: number) => new Date(Date.now() + ms).toISOString();
+    const estimate = (readyInMs: number) => ({
+      build_ms: 30_000,
+      done_at: inMs(readyInMs - 10_000),
+      agent_ms: 10_000,
+      ready_at: inMs(readyInMs),
+      samples: 3,
+    });
+    await progress('build_queued', {
+      build_id: buildId,
+      transition: 'start',
+      position: 2,
+      pending: 3,
+      estimate: estimate(40_000),
+    });
+    const card = page.locator(`.job[data-job-id="${job.id}"]`);
+    await expect
+      .poll(() => card.locator('.queue-position').textContent())
+      .toBe('2nd of 3 in the build queue');
+    const seconds = async () =>
+      Number((await card.locator('.countdown').textContent())!.match(/^about (\d+) s left$/)![1]);
+    const first = await seconds();
+    expect(first).toBeGreaterThan(35);
+    expect(first).toBeLessThanOrEqual(40);
+    await expect.poll(seconds, { timeout: 5_000 }).toBeLessThan(first);
+
+    await progress('queue_position', {
+      build_id: buildId,
+      transition: 'start',
+      position: 1,
+      pending: 2,
+      estimate: estimate(20_000),
+    });
+    await expect
+      .poll(() => card.locator('.queue-position').textContent())
+      .toBe('1st of 2 in the build queue');
+    expect(await seconds()).toBeLessThanOrEqual(20);
+
+    const line = (id: string) => ({
+      id,
+      at: inMs(0),
+      level: 'info',
+      stage: 'plan',
+      output: `preview line ${id}`,
+    });
+    await progress('build_log', {
+      build_id: buildId,
+      transition: 'start',
+      lines: [line('1'), line('2')],
+      last_log_id: '2',
+      skipped: 0,
+    });
+    await progress('build_log', {
+      build_id: buildId,
+      transition: 'start',
+      lines: [line('2'), line('3')],
+      last_log_id: '3',
+      skipped: 0,
+    });
+    await expect
+      .poll(() => card.locator('.log .log-output').allTextContents())
+      .toEqual(['preview line 1', 'preview line 2', 'preview line 3']);
+
+    // Running past its estimate: no queue position any more, and "any moment now".
+    await progress('build_running', { build_id: buildId, transition: 'start', estimate: estimate(-1_000) });
+    await expect.poll(() => card.locator('.countdown').textContent()).toBe('any moment now');
+    expect(await card.locator('.queue-position').count()).toBe(0);
+
+    const cancel = card.locator('button.cancel');
+    expect(await cancel.isEnabled()).toBe(true);
+    const answered = page.waitForResponse((r) => new URL(r.url()).pathname === `/api/jobs/${job.id}/cancel`);
+    await cancel.click();
+    const response = await answered;
+    expect(response.request().method()).toBe('POST');
+    const body = (await response.json()) as { error?: string };
+    // The server's answer, whatever it is, is shown next to the button (an error names the failure).
+    await expect.poll(() => card.locator('.cancel-answer').textContent()).not.toBe('');
+    if (!response.ok())
+      expect(await card.locator('.cancel-answer').textContent()).toBe(`Cancel failed: ${body.error}`);
+
+    await page.mouse.move(0, 0);
+    await card.screenshot({ path: screenshotPath('live-chat-cancel.png') });
+
+    await publishEvent({
+      type: 'result',
+      stage: 'failed',
+      job,
+      chatId: chat.chatId,
+      message: 'build canceled',
+      data: {
+        kind: 'start-workspace',
+        ok: false,
+        code: 'build_canceled',
+        error: 'build canceled',
+        is_error: false,
+      },
+    });
+    await card.locator('.result-failed').waitFor();
+    expect(await cancel.isDisabled()).toBe(true);
+    expect(await card.locator('.job-wait').isHidden()).toBe(true);
+    await page.close();
+  });
+
+  // The cancel engineer's `canceled` failure code: events with it do not validate until it is in FAILURE_CODES.
+  it.runIf((FAILURE_CODES as readonly string[]).includes('canceled'))(
+    'shows a canceled job as canceled, not failed, with Cancel disabled',
+    async () => {
+      const page = await context.newPage();
+      const chat = seeded.chats.automaticUpdates;
+      await openChat(page, chat.chatId);
+      const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 1 };
+      await publishEvent({ type: 'progress', stage: 'queued', job, chatId: chat.chatId, message: 'queued' });
+      const card = page.locator(`.job[data-job-id="${job.id}"]`);
+      await expect.poll(() => card.locator('button.cancel').isEnabled()).toBe(true);
+      await publishEvent({
+        type: 'result',
+        stage: 'failed',
+        job,
+        chatId: chat.chatId,
+        message: 'canceled: by the operator',
+        data: {
+          kind: 'start-workspace',
+          ok: false,
+          code: 'canceled',
+          error: 'canceled: by the operator',
+          is_error: false,
+        },
+      } as unknown as EventDraft);
+      const canceled = card.locator('.result-canceled');
+      await canceled.waitFor();
+      expect(await canceled.locator('.result-title').textContent()).toBe('canceledCanceled');
+      expect(await canceled.locator('.result-error').textContent()).toBe('canceled: by the operator');
+      expect(await card.locator('.job-status').textContent()).toBe('canceled');
+      expect(await card.locator('button.cancel').isDisabled()).toBe(true);
+      await page.close();
+    },
+  );
 });
 
 describe('Bull Board and auth', () => {

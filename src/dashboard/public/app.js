@@ -171,6 +171,8 @@ const state = {
   /** jobId -> { name, card, rows, status, attempt, resultEl, buildEl, buildId, firstAt, lastAt, ... } */
   jobs: new Map(),
   seen: new Set(),
+  /** The one build log followed: { job, buildId, source, lastId, failed } (the chat's newest build). */
+  log: undefined,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -369,6 +371,7 @@ function setConnection(text, tone) {
 
 function selectChat(chat) {
   if (state.source) state.source.close();
+  closeLog();
   const chatId = chat.id;
   state.chatId = chatId;
   state.chat = chat;
@@ -420,6 +423,13 @@ function onEvent(event) {
   job.rows.append(row);
   timeStage(job, row, event);
   const buildId = event.data?.build_id;
+  if (typeof buildId === 'string' && buildId !== state.log?.buildId && job.status !== 'completed') {
+    followLog(job, buildId);
+  }
+  if (event.stage === 'build_log' && state.log?.buildId === buildId && state.log.failed) {
+    appendLogLines(state.log, event.data.lines ?? [], { preview: true }); // until the full log can be read
+  }
+  trackWait(job, event);
   if (typeof buildId === 'string' && buildId !== job.buildId) {
     job.buildId = buildId;
     void loadBuild(buildId).then((build) => {
@@ -429,11 +439,11 @@ function onEvent(event) {
     });
   }
   if (event.type === 'result') {
-    job.status = event.stage;
+    job.status = event.data?.code === 'canceled' ? 'canceled' : event.stage;
     job.result = event;
     job.resultEl.replaceChildren(renderResult(event));
     refreshChatsSoon(); // the workspace's state changed
-  } else if (job.status !== 'completed' && job.status !== 'failed') {
+  } else if (!job.result) {
     job.status = event.stage === 'queued' || event.stage === 'deduplicated' ? 'queued' : 'running';
   }
   renderJobHead(job);
@@ -514,7 +524,21 @@ function jobCard(ref) {
   const rows = h('ol', { class: 'timeline' });
   const resultEl = h('div', { class: 'job-result' });
   const buildEl = h('div', { class: 'job-build' });
-  const card = h('article', { class: 'card job', 'data-job-id': ref.id }, head, buildEl, rows, resultEl);
+  const waitEl = h('p', { class: 'job-wait', hidden: true });
+  const logEl = h('div', { class: 'log', hidden: true });
+  const cancelEl = h('span', { class: 'cancel-answer small', role: 'status' });
+  const cancel = h('button', { type: 'button', class: 'ghost cancel' }, 'Cancel');
+  cancel.addEventListener('click', () => void cancelJob(job));
+  const card = h(
+    'article',
+    { class: 'card job', 'data-job-id': ref.id },
+    head,
+    buildEl,
+    rows,
+    waitEl,
+    logEl,
+    resultEl,
+  );
   job = {
     id: ref.id,
     name: ref.name,
@@ -523,6 +547,10 @@ function jobCard(ref) {
     buildEl,
     rows,
     resultEl,
+    waitEl,
+    logEl,
+    cancel,
+    cancelEl,
     status: 'queued',
     attempt: ref.attempt,
   };
@@ -533,7 +561,9 @@ function jobCard(ref) {
 }
 
 function renderJobHead(job) {
-  const tone = { queued: 'muted', running: 'busy', completed: 'ok', failed: 'bad' }[job.status];
+  const tone = { queued: 'muted', running: 'busy', completed: 'ok', failed: 'bad', canceled: 'warn' }[
+    job.status
+  ];
   const parts = [
     h('span', { class: 'job-name' }, job.name),
     h('span', { class: 'mono muted-text', title: job.id }, `job ${short(job.id)}`),
@@ -542,7 +572,10 @@ function renderJobHead(job) {
       ? h('span', { class: 'muted-text job-elapsed', title: "the job's time" }, duration(job.elapsed))
       : null,
     h('span', { class: `badge ${tone} job-status` }, job.status),
+    job.cancel,
+    job.cancelEl,
   ];
+  job.cancel.disabled = job.result !== undefined || job.canceling === true;
   job.head.replaceChildren(...parts.filter(Boolean));
 }
 
@@ -559,7 +592,9 @@ function timelineRow(event) {
     event.type === 'result'
       ? event.stage === 'completed'
         ? 'ok'
-        : 'bad'
+        : data.code === 'canceled'
+          ? 'warn'
+          : 'bad'
       : event.stage === 'retrying'
         ? 'warn'
         : 'stage';
@@ -577,6 +612,182 @@ function timelineRow(event) {
       agent ? h('span', { class: 'agent', title: 'agent state' }, agent) : null,
     ),
   );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The build log, queue position and countdown of a waiting job
+
+/** Lines a log pane keeps: the newest; the whole log stays on the server (GET builds/<id>/logs). */
+const LOG_LINES = 500;
+
+function closeLog() {
+  state.log?.source?.close();
+  state.log = undefined;
+}
+
+/**
+ * Follows the build's log into its job's pane (one build at a time: the chat's newest). The stream's event
+ * ids are line ids, so EventSource's own reconnect resumes with Last-Event-ID; when the browser gives up
+ * (a 429 at the cap, the dashboard restarting) it is reopened from the last line seen, and meanwhile the
+ * build_log previews fill the pane.
+ */
+function followLog(job, buildId) {
+  closeLog();
+  // lastId: the newest line shown; streamId: the newest line the stream sent (where a reopen resumes).
+  // failed: no stream open, so the build_log previews fill the pane meanwhile.
+  const log = { job, buildId, source: undefined, lastId: 0n, streamId: 0n, failed: true, retries: 0 };
+  state.log = log;
+  job.logEl.hidden = false;
+  job.logEl.replaceChildren();
+  job.logEl.onscroll = null;
+  openLogSource(log);
+}
+
+function openLogSource(log) {
+  const source = new EventSource(
+    `builds/${encodeURIComponent(log.buildId)}/logs?follow=1&after=${log.streamId.toString()}`,
+  );
+  log.source = source;
+  source.addEventListener('open', () => {
+    log.failed = false;
+  });
+  source.addEventListener('lines', (message) => {
+    if (state.log !== log) return;
+    log.retries = 0;
+    let lines;
+    try {
+      lines = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    appendLogLines(log, lines);
+  });
+  source.addEventListener('end', () => {
+    source.close();
+    if (state.log === log) log.source = undefined;
+  });
+  source.addEventListener('error', () => {
+    if (state.log !== log || source.readyState !== EventSource.CLOSED) return;
+    log.failed = true;
+    // At most a few reopens a build, further apart each time; after them, the previews only.
+    if (log.retries >= 5) return;
+    log.retries += 1;
+    window.setTimeout(
+      () => {
+        if (state.log === log && log.source === source) openLogSource(log);
+      },
+      1000 * 2 ** log.retries,
+    );
+  });
+}
+
+/**
+ * Appends the lines newer than the last one shown (ids are decimal bigints) and keeps the newest LOG_LINES.
+ * Previews skip lines, so the stream's lines replace them: no gap once the full log can be read.
+ */
+function appendLogLines(log, lines, { preview = false } = {}) {
+  const pane = log.job.logEl;
+  const atBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 8;
+  if (!preview && pane.querySelector('.log-preview')) {
+    for (const el of pane.querySelectorAll('.log-preview')) el.remove();
+    log.lastId = log.streamId;
+  }
+  for (const line of lines) {
+    let id;
+    try {
+      id = BigInt(line.id);
+    } catch {
+      continue;
+    }
+    if (id <= log.lastId) continue; // a line the pane has (a preview, or sent again after a reconnect)
+    log.lastId = id;
+    if (!preview) log.streamId = id;
+    pane.append(
+      h(
+        'div',
+        { class: `log-line log-${line.level}${preview ? ' log-preview' : ''}`, 'data-log-id': line.id },
+        h('time', { class: 'mono', datetime: line.at }, clock(line.at)),
+        h('span', { class: 'log-stage' }, line.stage),
+        h('span', { class: 'log-output' }, line.output),
+      ),
+    );
+  }
+  while (pane.childElementCount > LOG_LINES) pane.firstElementChild.remove();
+  // Follows the newest line, unless the user scrolled up to read.
+  if (atBottom) pane.scrollTop = pane.scrollHeight;
+}
+
+function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? 'th' : ({ 1: 'st', 2: 'nd', 3: 'rd' }[n % 10] ?? 'th');
+  return `${n}${suffix}`;
+}
+
+/** The queue position and the estimate that the job's build events carry; a newer one replaces the older. */
+function trackWait(job, event) {
+  const data = event.data ?? {};
+  if (event.type === 'result') {
+    job.queue = undefined;
+    job.readyAt = undefined;
+  } else if (event.stage === 'build_queued' || event.stage === 'queue_position') {
+    if (typeof data.position === 'number') job.queue = { position: data.position, pending: data.pending };
+  } else if (event.stage === 'build_running') {
+    job.queue = undefined;
+  } else if (event.stage === 'build_succeeded' || event.stage === 'build_failed') {
+    job.readyAt = undefined;
+  }
+  const estimate = data.estimate;
+  if (estimate && event.type !== 'result') {
+    const at = Date.parse(estimate.ready_at ?? estimate.done_at);
+    job.readyAt = Number.isNaN(at) ? undefined : at;
+  }
+  renderWait(job);
+}
+
+function renderWait(job) {
+  const parts = [];
+  if (job.queue) {
+    parts.push(
+      h(
+        'span',
+        { class: 'queue-position' },
+        `${ordinal(job.queue.position)} of ${job.queue.pending} in the build queue`,
+      ),
+    );
+  }
+  if (job.readyAt !== undefined) {
+    const left = Math.ceil((job.readyAt - Date.now()) / 1000);
+    parts.push(
+      h(
+        'span',
+        { class: 'countdown' },
+        left <= 0 ? 'any moment now' : `about ${left < 60 ? `${left} s` : duration(left * 1000)} left`,
+      ),
+    );
+  }
+  job.waitEl.hidden = parts.length === 0;
+  job.waitEl.replaceChildren(...parts);
+}
+
+// The countdowns tick each second (only jobs with an estimate re-render).
+window.setInterval(() => {
+  for (const job of state.jobs.values()) if (job.readyAt !== undefined) renderWait(job);
+}, 1000);
+
+async function cancelJob(job) {
+  job.canceling = true;
+  renderJobHead(job);
+  try {
+    const answer = await api('POST', `api/jobs/${encodeURIComponent(job.id)}/cancel`);
+    job.cancelEl.textContent =
+      answer?.message ?? (answer?.canceled === false ? 'not canceled' : 'cancel requested');
+    job.cancelEl.className = 'cancel-answer small';
+  } catch (error) {
+    job.cancelEl.textContent = `Cancel failed: ${error.message}`;
+    job.cancelEl.className = 'cancel-answer small error-text';
+    job.canceling = false;
+  }
+  renderJobHead(job);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -604,14 +815,17 @@ function versionField(label, versionId) {
 function renderResult(event) {
   const result = event.data ?? {};
   const failed = result.ok === false;
-  const box = h('div', { class: `result ${failed ? 'result-failed' : 'result-ok'}` });
+  const canceled = failed && result.code === 'canceled';
+  const box = h('div', {
+    class: `result ${failed ? 'result-failed' : 'result-ok'}${canceled ? ' result-canceled' : ''}`,
+  });
   if (failed) {
     box.append(
       h(
         'div',
         { class: 'result-title' },
-        h('span', { class: 'badge bad' }, result.code ?? 'error'),
-        'Failed',
+        h('span', { class: `badge ${result.code === 'canceled' ? 'warn' : 'bad'}` }, result.code ?? 'error'),
+        result.code === 'canceled' ? 'Canceled' : 'Failed',
       ),
       h('p', { class: 'result-error' }, result.error),
       h(
