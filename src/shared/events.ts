@@ -247,7 +247,6 @@ const DEDUPLICATED_COMMAND = 'wsjobsPublishDeduplicated';
 const WATCHER_TRIES = 20;
 
 type ScriptedRedis = RedisClient & {
-  [PUBLISH_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
   [DEDUPLICATED_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
 };
 
@@ -262,9 +261,6 @@ export class EventPublisher {
     options: EventPublisherOptions = {},
   ) {
     this.keys = redisKeys(prefix);
-    if (!(PUBLISH_COMMAND in redis))
-      // Its number of keys varies with the watchers: the caller passes it first.
-      redis.defineCommand(PUBLISH_COMMAND, { lua: PUBLISH_SCRIPT });
     if (!(DEDUPLICATED_COMMAND in redis))
       redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
@@ -298,8 +294,7 @@ export class EventPublisher {
     // Most jobs have no watchers: one round trip.
     let watchers: string[] = [];
     for (let tries = 0; tries < WATCHER_TRIES; tries++) {
-      const seq = (await (this.redis as ScriptedRedis)[PUBLISH_COMMAND](
-        4 + watchers.length,
+      const seq = (await this.publishCommand(watchers.length)(
         log,
         once === 'result'
           ? this.keys.resultMarker(draft.job.id)
@@ -338,6 +333,17 @@ export class EventPublisher {
     throw new Error(
       `job ${draft.job.id}'s watcher chats changed ${WATCHER_TRIES} times while its ${draft.stage} event was published`,
     );
+  }
+
+  /**
+   * The publish script for a job with `watchers` watcher chats: a command per number of keys (EVALSHA, and
+   * ioredis-mock, need it fixed per command), defined on first use.
+   */
+  private publishCommand(watchers: number): (...args: (string | number)[]) => Promise<unknown> {
+    const name = watchers === 0 ? PUBLISH_COMMAND : `${PUBLISH_COMMAND}${watchers}`;
+    const redis = this.redis as unknown as Record<string, (...args: (string | number)[]) => Promise<unknown>>;
+    if (!(name in redis)) this.redis.defineCommand(name, { numberOfKeys: 4 + watchers, lua: PUBLISH_SCRIPT });
+    return (...args) => redis[name]!(...args);
   }
 
   /**
