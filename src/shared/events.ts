@@ -261,6 +261,7 @@ export class EventPublisher {
     options: EventPublisherOptions = {},
   ) {
     this.keys = redisKeys(prefix);
+    this.publishCommand(0);
     if (!(DEDUPLICATED_COMMAND in redis))
       redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;

@@ -102,7 +102,7 @@ describe('every chat that asked is told', () => {
     const publishScript = producerCommands.wsjobsPublishEvent!.bind(suite.h.redis);
     let slowProducer = false;
     vi.spyOn(producerCommands, 'wsjobsPublishEvent').mockImplementation(async (...args) => {
-      const queuedMarker = String(args[2]);
+      const queuedMarker = String(args[1]);
       const jobId = queuedMarker.slice(`${suite.h.prefix}:queued:`.length);
       if (slowProducer && queuedMarker.startsWith(`${suite.h.prefix}:queued:`)) {
         await vi.waitFor(async () => {
