@@ -4,9 +4,10 @@
 // so that the list has more than a page). It picks a chat, presses Start and watches the timeline and the
 // result arrive over SSE; it checks the list's hover contrast, scrolling, search and paging, the forms'
 // reset, Start disabled while a job runs, and that result data never becomes HTML or a script link (those
-// results are published straight to the chat's stream); it also opens Bull Board.
+// results are published straight to the chat's stream); the build log pane, queue position, countdown and
+// Cancel of a waiting job; it also opens Bull Board.
 //
-// Screenshots for the README: docs/images/live-chat.png and docs/images/bull-board.png are committed. They
+// Screenshots for the README: docs/images/{live-chat,live-chat-logs,live-chat-cancel,bull-board}.png are committed. They
 // are rewritten only with UPDATE_SCREENSHOTS=1 (or when missing, outside CI); otherwise they go to a
 // temporary directory, so that a test run never dirties the work tree:
 //   UPDATE_SCREENSHOTS=1 npx vitest run test/dashboard/browser.test.ts
@@ -675,6 +676,35 @@ describe('the live chat page', () => {
     await expect
       .poll(() => card.locator('.log .log-output').allTextContents())
       .toEqual(['preview line 1', 'preview line 2', 'preview line 3']);
+    // Scrolled up to read, the pane stays where it is as lines arrive; back at the bottom, it follows again.
+    const pane = card.locator('.log');
+    type Scrolled = PageElement & { scrollHeight: number; clientHeight: number };
+    const scrolled = () =>
+      pane.evaluate((el: Scrolled) => ({ top: el.scrollTop, max: el.scrollHeight - el.clientHeight }));
+    const more = (from: number) =>
+      progress('build_log', {
+        build_id: buildId,
+        transition: 'start',
+        lines: Array.from({ length: 20 }, (_, i) => line(String(from + i))),
+        last_log_id: String(from + 19),
+        skipped: 0,
+      });
+    await more(4);
+    await expect.poll(() => pane.locator('.log-line').count()).toBe(23);
+    expect((await scrolled()).max).toBeGreaterThan(0);
+    await pane.evaluate((el: Scrolled) => (el.scrollTop = 0));
+    await more(24);
+    await expect.poll(() => pane.locator('.log-line').count()).toBe(43);
+    expect((await scrolled()).top).toBe(0);
+    await pane.evaluate((el: Scrolled) => (el.scrollTop = el.scrollHeight));
+    await more(44);
+    await expect.poll(() => pane.locator('.log-line').count()).toBe(63);
+    await expect
+      .poll(async () => {
+        const s = await scrolled();
+        return s.top >= s.max - 8;
+      })
+      .toBe(true);
 
     // Running past its estimate: no queue position any more, and "any moment now".
     await progress('build_running', { build_id: buildId, transition: 'start', estimate: estimate(-1_000) });
