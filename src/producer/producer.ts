@@ -11,6 +11,8 @@ import { WaitTimeoutError } from '../shared/errors.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import { ChatOrder } from '../shared/chat-order.js';
+import { CancelRequests, canceledFailure } from '../shared/cancel-requests.js';
+import { redisKeys } from '../shared/keys.js';
 import {
   QUEUE_NAME,
   type EventDraft,
@@ -126,6 +128,22 @@ export class ProducerClosedError extends Error {
   }
 }
 
+/**
+ * What `cancel` did. `canceled`: the job was waiting or delayed, it is removed and its result published.
+ * `cancel_requested`: it is running; the worker ends it with the canceled result at its next check.
+ * `already_finished`: a no-op, with the job's result when it is still kept. `not_found`: no such job.
+ */
+export type CancelAnswer =
+  | { jobId: string; outcome: 'canceled'; result: JobFailure }
+  | { jobId: string; outcome: 'cancel_requested' }
+  | { jobId: string; outcome: 'already_finished'; result?: JobResult }
+  | { jobId: string; outcome: 'not_found' };
+
+export interface CancelOptions {
+  /** Who or why, carried in the result's error (`canceled: <reason>`); default `cancel requested`. */
+  reason?: string;
+}
+
 type WorkspaceQueue = Queue<ChatPayload, JobResult, JobName>;
 
 const DEFAULT_RESULT_RECHECK_MS = 5_000;
@@ -141,6 +159,7 @@ export class WorkspaceJobsProducer {
   private readonly queue: WorkspaceQueue;
   private readonly publisher: EventPublisher;
   private readonly order: ChatOrder;
+  private readonly cancels: CancelRequests;
   /** Set by fromConfig: the producer built its connection and pool, so close() closes them. */
   private ownsConnections = false;
   private readonly changes: PgNotificationHub | undefined;
@@ -170,6 +189,7 @@ export class WorkspaceJobsProducer {
     this.queue.on('error', (error) => this.log.warn({ err: error }, 'workspace-jobs queue error'));
     this.publisher = new EventPublisher(this.connection, this.prefix, { log: this.log });
     this.order = new ChatOrder(this.connection, this.prefix);
+    this.cancels = new CancelRequests(this.connection, this.prefix);
   }
 
   /** Builds its own connections from config; close() then closes them. */
@@ -285,7 +305,12 @@ export class WorkspaceJobsProducer {
     // Only a UUID is normalised: a job someone added by hand may have any id, e.g. BullMQ's counter.
     const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
     const job = await this.queue.getJob(jobId);
-    if (!job) throw new JobNotFoundError(jobId);
+    if (!job) {
+      // A canceled job is removed, but its result stays out.
+      const published = await this.publisher.publishedResult(jobId);
+      if (published?.type === 'result' && published.data) return published.data;
+      throw new JobNotFoundError(jobId);
+    }
     // Someone who bypassed the producer may have added a job without a valid chat: then only its state tells.
     const chatId = idSchema.safeParse(job.data?.chatId).data;
 
@@ -310,7 +335,7 @@ export class WorkspaceJobsProducer {
 
     const checkState = async () => {
       try {
-        const result = await this.resultFromJob(jobId);
+        const result = await this.resultFromJob(jobId, job.name);
         if (result) resolveResult(result);
       } catch (error) {
         // A removed job ends the wait at once; anything else (a Redis hiccup) waits for the next check.
@@ -399,6 +424,65 @@ export class WorkspaceJobsProducer {
   }
 
   /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
+  /**
+   * Cancels the job (see CancelAnswer). The marker is set first, so that a worker picking the job up
+   * meanwhile ends it canceled; a removal that fails because the job became active leaves it to the worker.
+   */
+  async cancel(givenJobId: string, options: CancelOptions = {}): Promise<CancelAnswer> {
+    this.assertOpen();
+    const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
+    const job = await this.queue.getJob(jobId);
+    if (!job) {
+      const published = await this.publisher.publishedResult(jobId);
+      return published?.type === 'result' && published.data
+        ? { jobId, outcome: 'already_finished', result: published.data }
+        : { jobId, outcome: 'not_found' };
+    }
+    const state = await job.getState();
+    if (state === 'completed' || state === 'failed') {
+      return { jobId, outcome: 'already_finished', result: await this.resultFromJob(jobId) };
+    }
+    const request = await this.cancels.mark(jobId, options.reason);
+    if (state !== 'active') {
+      try {
+        await job.remove();
+      } catch (error) {
+        this.log.debug({ err: error, jobId }, 'job became active while canceled; its worker ends it');
+      }
+      if (!(await this.queue.getJob(jobId))) {
+        const result = canceledFailure(job.name, request);
+        await job.removeDeduplicationKey();
+        const chatId = idSchema.safeParse(job.data?.chatId).data;
+        if (chatId !== undefined) {
+          await this.order.leave(chatId, jobId);
+          // Once per job: a worker that raced us publishes nothing more.
+          await this.publisher.publish({
+            type: 'result',
+            stage: 'failed',
+            job: { id: jobId, name: job.name, attempt: job.attemptsMade + 1 },
+            chatId,
+            workspaceId: job.data.workspaceId,
+            message: result.error,
+            data: result,
+          });
+        }
+        return { jobId, outcome: 'canceled', result };
+      }
+    }
+    await this.cancels.broadcast(jobId);
+    return { jobId, outcome: 'cancel_requested' };
+  }
+
+  /** Cancels every live job of the chat (its order set lists them), oldest first. */
+  async cancelChat(givenChatId: string, options: CancelOptions = {}): Promise<CancelAnswer[]> {
+    this.assertOpen();
+    const chatId = parseOrThrow(idSchema, 'chatId', givenChatId);
+    const jobIds = await this.connection.zrange(redisKeys(this.prefix).chatOrder(chatId), 0, -1);
+    const answers: CancelAnswer[] = [];
+    for (const jobId of jobIds) answers.push(await this.cancel(jobId, options));
+    return answers;
+  }
+
   close(): Promise<void> {
     this.closed ??= this.doClose();
     return this.closed;
@@ -531,11 +615,16 @@ export class WorkspaceJobsProducer {
   }
 
   /** The job's result once it finished; undefined before; JobNotFoundError when the job is gone. */
-  private async resultFromJob(jobId: string): Promise<JobResult | undefined> {
+  private async resultFromJob(jobId: string, name?: JobName): Promise<JobResult | undefined> {
     // Both at once: one round trip's wait, every safety re-check of every waiter.
     const [state, job] = await Promise.all([this.queue.getJobState(jobId), this.queue.getJob(jobId)]);
     // Removed while waited for (removeOnComplete/removeOnFail, or by hand): no result will ever come.
-    if (!job || state === 'unknown') throw new JobNotFoundError(jobId);
+    if (!job || state === 'unknown') {
+      // Removed by a cancel: its result is (or is about to be) published.
+      const request = await this.cancels.read(jobId);
+      if (request && name) return canceledFailure(name, request);
+      throw new JobNotFoundError(jobId);
+    }
     if (state !== 'completed' && state !== 'failed') return undefined;
     const progress = job.progress as Partial<JobProgress> | number | string | boolean | null | undefined;
     const fromProgress =

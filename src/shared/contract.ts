@@ -213,6 +213,7 @@ export const FAILURE_CODES = [
   'invalid_parameters',
   'invalid_payload',
   'internal',
+  'canceled',
 ] as const;
 export type FailureCode = (typeof FAILURE_CODES)[number];
 

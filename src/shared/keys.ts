@@ -22,6 +22,10 @@ export function redisKeys(prefix: string) {
     jobChats: (jobId: string) => `${prefix}:job:${jobId}:chats`,
     /** The chats whose replay stream already has a `deduplicated` announcement of the job (each gets one). */
     jobDeduplicated: (jobId: string) => `${prefix}:job:${jobId}:deduplicated`,
+    /** A cancel request of the job (cancel-requests.ts): JSON `{ at, reason }`, for a day. */
+    cancelMarker: (jobId: string) => `${prefix}:cancel:${jobId}`,
+    /** Broadcast of cancel requests (message = job id), so that the worker running the job hears it. */
+    cancelChannel: `${prefix}:cancel`,
   };
 }
 

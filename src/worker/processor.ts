@@ -14,6 +14,7 @@
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
 // BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
+import { CancelRequests, canceledFailure } from '../shared/cancel-requests.js';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
@@ -74,6 +75,8 @@ export interface ProcessorOptions {
    * test can kill the worker in that window.
    */
   afterResultPublished?: (jobId: string) => Promise<void>;
+  /** Cancel requests, checked at pickup and before each re-delay; absent = not checked. */
+  cancels?: CancelRequests;
 }
 
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
@@ -136,6 +139,8 @@ export const FAILURE_KINDS: Readonly<Record<FailureCode, 'expected' | 'failure'>
   // The producer validates every payload: one that does not parse is a producer bug (or a job added by hand).
   invalid_payload: 'failure',
   internal: 'failure',
+  // Someone asked for the job to stop: the answer they wanted.
+  canceled: 'expected',
 };
 
 /** The `kind` label of a job's end: `ok`, or its failure code's kind (an unknown code is a failure). */
@@ -190,11 +195,19 @@ export function createProcessor(options: ProcessorOptions) {
       return settle(job, published, workspaceLog);
     }
 
+    const canceled = await cancelRequested(attempt);
+    if (canceled) return settle(job, await finish(attempt, canceled), workspaceLog);
     const lock = await takeLockOrDelay(attempt, workspaceLog);
     if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
     const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
     return settle(job, result, workspaceLog);
   };
+
+  /** The canceled result when the job's cancel was requested. */
+  async function cancelRequested(attempt: Attempt): Promise<JobFailure | undefined> {
+    const request = await options.cancels?.read(attempt.ref.id);
+    return request && canceledFailure(attempt.ref.name, request);
+  }
 
   /**
    * Step 1: the job's kind and payload. A job of no kind of ours, or whose payload does not parse, ends here
@@ -283,6 +296,9 @@ export function createProcessor(options: ProcessorOptions) {
       const error = `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`;
       return { failure: failures(ref.name).flagged('internal', error) };
     }
+    // A cancel that came while the job moved from delayed to active: end it rather than wait again.
+    const canceled = await cancelRequested(attempt);
+    if (canceled) return { failure: canceled };
     const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
     if (lockWaits === 1) {
       await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });

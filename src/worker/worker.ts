@@ -19,6 +19,7 @@ import { bullmqTelemetry } from '../shared/telemetry.js';
 import { traceAttempts } from './attempt-span.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
+import { CancelRequests } from '../shared/cancel-requests.js';
 import {
   createProcessor,
   observeFailedJob,
@@ -137,6 +138,7 @@ export class WorkspaceWorker {
     const processor = createProcessor({
       locks,
       order: new ChatOrder(eventsRedis, config.queuePrefix),
+      cancels: new CancelRequests(eventsRedis, config.queuePrefix),
       jobState: (jobId) => queue.getJobState(jobId),
       publisher,
       store: new PgWorkspaceStore(pool),

@@ -1,0 +1,105 @@
+// Cancel on real Redis, with no worker running: a waiting job is removed and answers canceled once; a
+// finished job and an unknown one are no-op answers; cancelChat reaches every live job of the chat.
+import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
+import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/contract.js';
+import { redisKeys } from '../../src/shared/keys.js';
+import { readChatEvents } from '../../src/shared/events.js';
+import { closeRedis, type Redis } from '../../src/shared/redis.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
+
+describe('WorkspaceJobsProducer.cancel', () => {
+  let prefix: string;
+  let redis: Redis;
+  let db: TestDatabase;
+  let producer: WorkspaceJobsProducer;
+  let queue: Queue;
+
+  beforeEach(async () => {
+    prefix = uniquePrefix('cancel');
+    redis = testRedis();
+    db = await createTestDatabase();
+    producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, resultRecheckMs: 100 });
+    queue = new Queue(QUEUE_NAME, { connection: redis, prefix });
+  });
+
+  afterEach(async () => {
+    await producer.close();
+    await queue.close();
+    await deleteKeys(redis, prefix);
+    await closeRedis(redis);
+    await db.drop();
+  });
+
+  const enqueue = async (chatId = randomUUID()) => {
+    const input = { chatId, ownerId: randomUUID(), workspaceId: randomUUID() };
+    return { ...input, ...(await producer.startWorkspace(input)) };
+  };
+
+  async function results(chatId: string): Promise<WorkspaceJobEvent[]> {
+    const events = await readChatEvents(redis, prefix, chatId, '0');
+    return events.filter((event) => event.type === 'result');
+  }
+
+  it('removes a waiting job, publishes its one canceled result, and frees its chat order and deduplication', async () => {
+    const { jobId, chatId, ownerId, workspaceId } = await enqueue();
+    const waiting = producer.waitForResult(jobId, { timeoutMs: 5_000 });
+
+    const answer = await producer.cancel(jobId, { reason: 'user pressed stop' });
+
+    expect(answer).toMatchObject({ jobId, outcome: 'canceled', result: { code: 'canceled', ok: false } });
+    expect(await waiting).toMatchObject({ code: 'canceled', error: 'canceled: user pressed stop' });
+    expect(await queue.getJob(jobId)).toBeUndefined();
+    expect(await redis.zrange(redisKeys(prefix).chatOrder(chatId), 0, -1)).toEqual([]);
+    const [result, ...more] = await results(chatId);
+    expect(more).toEqual([]);
+    expect(result).toMatchObject({ job: { id: jobId }, data: { code: 'canceled' } });
+    // A late waiter still learns the result, and a new enqueue is a new job.
+    expect(await producer.waitForResult(jobId, { timeoutMs: 1_000 })).toMatchObject({ code: 'canceled' });
+    const again = await producer.startWorkspace({ chatId, ownerId, workspaceId });
+    expect(again).toMatchObject({ deduplicated: false });
+    expect(again.jobId).not.toBe(jobId);
+  });
+
+  it('answers a second cancel of a canceled job, and an unknown job, without acting', async () => {
+    const { jobId, chatId } = await enqueue();
+    await producer.cancel(jobId);
+
+    expect(await producer.cancel(jobId)).toMatchObject({
+      jobId,
+      outcome: 'already_finished',
+      result: { code: 'canceled' },
+    });
+    expect(await producer.cancel(randomUUID())).toMatchObject({ outcome: 'not_found' });
+    expect(await results(chatId)).toHaveLength(1);
+  });
+
+  it('gives every deduplicated caller waiting on the job the canceled result', async () => {
+    const first = await enqueue();
+    const { ownerId, workspaceId } = first;
+    const second = await producer.startWorkspace({ ownerId, workspaceId, chatId: randomUUID() });
+    expect(second).toMatchObject({ deduplicated: true, jobId: first.jobId });
+    const waits = [first.jobId, second.jobId].map((id) => producer.waitForResult(id, { timeoutMs: 5_000 }));
+
+    await producer.cancel(first.jobId);
+
+    for (const result of await Promise.all(waits)) expect(result).toMatchObject({ code: 'canceled' });
+  });
+
+  it('cancels every live job of a chat', async () => {
+    const chatId = randomUUID();
+    const a = await enqueue(chatId);
+    const b = await enqueue(chatId);
+
+    const answers = await producer.cancelChat(chatId);
+
+    expect(answers.map((answer) => [answer.jobId, answer.outcome])).toEqual([
+      [a.jobId, 'canceled'],
+      [b.jobId, 'canceled'],
+    ]);
+    expect(await results(chatId)).toHaveLength(2);
+  });
+});
