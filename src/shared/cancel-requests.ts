@@ -44,7 +44,10 @@ export class CancelRequests {
     if (raw === null) return undefined;
     try {
       const parsed = JSON.parse(raw) as Partial<CancelRequest>;
-      return { at: String(parsed.at), ...(typeof parsed.reason === 'string' ? { reason: parsed.reason } : {}) };
+      return {
+        at: String(parsed.at),
+        ...(typeof parsed.reason === 'string' ? { reason: parsed.reason } : {}),
+      };
     } catch {
       // Written by hand: still a request.
       return { at: new Date(0).toISOString() };
