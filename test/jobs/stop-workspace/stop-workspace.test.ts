@@ -71,9 +71,10 @@ describe('stopWorkspace', () => {
     });
     expect(t.stages()).toEqual(['checking', 'build_queued', 'build_succeeded']);
     expect(t.events[0]!.data).toEqual({ transition: 'stop' });
-    for (const event of t.events.slice(1)) {
-      expect(event.data).toEqual({ build_id: build.id, build_number: 2, transition: 'stop' });
-    }
+    const buildData = { build_id: build.id, build_number: 2, transition: 'stop' };
+    // A queued build also says where it stands among pending builds: it is the only one.
+    expect(t.events[1]!.data).toEqual({ ...buildData, position: 1, pending: 1 });
+    expect(t.events[2]!.data).toEqual(buildData);
   });
 
   it('an already stopped workspace › no build', async () => {
