@@ -11,7 +11,7 @@ import { WaitTimeoutError } from '../shared/errors.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import { ChatOrder } from '../shared/chat-order.js';
-import { CancelRequests, canceledFailure } from '../shared/cancel-requests.js';
+import { CancelRequests } from '../shared/cancel-requests.js';
 import { redisKeys } from '../shared/keys.js';
 import {
   QUEUE_NAME,
@@ -450,7 +450,7 @@ export class WorkspaceJobsProducer {
         this.log.debug({ err: error, jobId }, 'job became active while canceled; its worker ends it');
       }
       if (!(await this.queue.getJob(jobId))) {
-        const result = canceledFailure(job.name, request);
+        const result = failures(job.name).canceled(request);
         await job.removeDeduplicationKey();
         const chatId = idSchema.safeParse(job.data?.chatId).data;
         if (chatId !== undefined) {
@@ -622,7 +622,7 @@ export class WorkspaceJobsProducer {
     if (!job || state === 'unknown') {
       // Removed by a cancel: its result is (or is about to be) published.
       const request = await this.cancels.read(jobId);
-      if (request && name) return canceledFailure(name, request);
+      if (request && name) return failures(name).canceled(request);
       throw new JobNotFoundError(jobId);
     }
     if (state !== 'completed' && state !== 'failed') return undefined;

@@ -1,7 +1,6 @@
 // Cancel requests (docs/design.md §6): a marker per job that every worker checks when it picks the job up
 // and before it re-delays it, so that a cancel racing a job's move from delayed to active is not lost; and
 // a broadcast of the job id, for the worker that is running it.
-import type { JobFailure, JobName } from './contract.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { RedisClient } from './redis.js';
 
@@ -53,15 +52,4 @@ export class CancelRequests {
       return { at: new Date(0).toISOString() };
     }
   }
-}
-
-/** The one result of a canceled job. */
-export function canceledFailure(kind: JobName, request: CancelRequest): JobFailure {
-  return {
-    kind,
-    ok: false,
-    code: 'canceled',
-    error: `canceled: ${request.reason ?? 'cancel requested'}`,
-    is_error: false,
-  };
 }

@@ -14,7 +14,6 @@
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
 // BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
-import { CancelRequests, canceledFailure } from '../shared/cancel-requests.js';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
@@ -35,6 +34,7 @@ import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
+import type { CancelRequests } from '../shared/cancel-requests.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
 import { findJobKind, queuedDraft, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
@@ -206,7 +206,7 @@ export function createProcessor(options: ProcessorOptions) {
   /** The canceled result when the job's cancel was requested. */
   async function cancelRequested(attempt: Attempt): Promise<JobFailure | undefined> {
     const request = await options.cancels?.read(attempt.ref.id);
-    return request && canceledFailure(attempt.ref.name, request);
+    return request && failures(attempt.ref.name).canceled(request);
   }
 
   /**

@@ -1,5 +1,6 @@
 // Building the tool results of docs/design.md §7, and Coder's user-visible strings in one place.
 import { INSUFFICIENT_QUOTA, type FailureCode, type JobFailure, type JobName } from '../shared/contract.js';
+import type { CancelRequest } from '../shared/cancel-requests.js';
 import type { BuildOutcome } from './build-wait.js';
 import type { Build, UpdateReason, Workspace } from './ports.js';
 
@@ -102,5 +103,8 @@ export function failures(kind: JobName) {
      */
     buildFailed: (failed: Extract<BuildOutcome, { ok: false }>, what: string, buildId: string): JobFailure =>
       unflagged(failed.code, `${what}: ${failed.reason}`, { build_id: buildId, ...failed.details }),
+    /** The one result of a canceled job: the answer its caller asked for, so not flagged as an error. */
+    canceled: (request: CancelRequest): JobFailure =>
+      unflagged('canceled', `canceled: ${request.reason ?? 'cancel requested'}`),
   };
 }
