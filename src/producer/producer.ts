@@ -12,7 +12,6 @@ import { PgNotificationHub } from '../shared/notifications.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import { ChatOrder } from '../shared/chat-order.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
-import { redisKeys } from '../shared/keys.js';
 import {
   QUEUE_NAME,
   type EventDraft,
@@ -423,7 +422,6 @@ export class WorkspaceJobsProducer {
       yield* batch;
   }
 
-  /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
   /**
    * Cancels the job (see CancelAnswer). The marker is set first, so that a worker picking the job up
    * meanwhile ends it canceled; a removal that fails because the job became active leaves it to the worker.
@@ -477,12 +475,13 @@ export class WorkspaceJobsProducer {
   async cancelChat(givenChatId: string, options: CancelOptions = {}): Promise<CancelAnswer[]> {
     this.assertOpen();
     const chatId = parseOrThrow(idSchema, 'chatId', givenChatId);
-    const jobIds = await this.connection.zrange(redisKeys(this.prefix).chatOrder(chatId), 0, -1);
+    const jobIds = await this.order.jobs(chatId);
     const answers: CancelAnswer[] = [];
     for (const jobId of jobIds) answers.push(await this.cancel(jobId, options));
     return answers;
   }
 
+  /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */
   close(): Promise<void> {
     this.closed ??= this.doClose();
     return this.closed;

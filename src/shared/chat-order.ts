@@ -81,6 +81,11 @@ export class ChatOrder {
     await this.redis.zrem(this.keys.chatOrder(chatId), jobId);
   }
 
+  /** The chat's jobs in their order, first to last (ended ones too, until a head check removes them). */
+  async jobs(chatId: string): Promise<string[]> {
+    return this.redis.zrange(this.keys.chatOrder(chatId), 0, -1);
+  }
+
   /**
    * The earlier job of the chat this one must wait for, or undefined when it is this job's turn: it is the
    * head, or it has no entry (added by hand or by an older producer: it goes as before, by the lock alone).
