@@ -157,7 +157,7 @@ export interface EventPublisherOptions {
 
 // KEYS: the chat's stream; the job's once-marker (result or queued; the stream again for other events); the
 // job's BullMQ lock (the stream again when unchecked); the job's watcher set; each watcher chat's stream. All
-// share the prefix, so one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'once' | 'result'),
+// share the prefix, so one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'queued' | 'result'),
 // ttl seconds, maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope
 // without v and seq (for splicing), the chat's channel, the number of watchers, then per watcher its chat id,
 // its envelope and its channel.
@@ -299,7 +299,7 @@ export class EventPublisher {
         log,
         once === 'result'
           ? this.keys.resultMarker(draft.job.id)
-          : once === 'once'
+          : once === 'queued'
             ? this.keys.queuedMarker(draft.job.id)
             : log,
         owner?.lockKey ?? log,
@@ -418,9 +418,9 @@ export class EventPublisher {
 }
 
 /** Which once-per-job marker an event sets: a result's, a `queued` event's, or none. */
-function onceOf(draft: EventDraft): '' | 'once' | 'result' {
+function onceOf(draft: EventDraft): '' | 'queued' | 'result' {
   if (draft.type === 'result') return 'result';
-  return draft.stage === 'queued' ? 'once' : '';
+  return draft.stage === 'queued' ? 'queued' : '';
 }
 
 // ---------------------------------------------------------------------------------------------------
