@@ -184,7 +184,9 @@ export function createProcessor(options: ProcessorOptions) {
     const parsed = await parsePayload(job, token);
     if (parsed.failure) return settle(job, parsed.failure, parsed.log);
     const { attempt, kind, log: workspaceLog } = parsed;
-    await announceQueued(attempt, kind, parsed.payload);
+    // A job picked up again (after a lock wait, a retry) has reported a stage: its `queued` is out already.
+    if ((job.progress as Partial<JobProgress> | undefined)?.stage === undefined)
+      await announceQueued(attempt, kind, parsed.payload);
 
     // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
     // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
