@@ -1,34 +1,21 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
-import { channelTopic, PENDING_JOB_TOPIC, PgNotificationHub } from '../../src/shared/notifications.js';
+import { channelTopic, PENDING_JOB_TOPIC } from '../../src/shared/notifications.js';
 import { topics } from '../../src/worker/ports.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { useListeningDatabase } from '../helpers/listening-database.js';
 
 describe('PgNotificationHub', () => {
-  let db: TestDatabase;
-  let hub: PgNotificationHub;
-
-  beforeEach(async () => {
-    db = await createTestDatabase();
-    // A long safety re-check, so that only notifications can wake a waiter in these tests.
-    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000, reconnectDelayMs: 50 });
-    await hub.start();
-  });
-
-  afterEach(async () => {
-    await hub.stop();
-    await db.drop();
-  });
+  const t = useListeningDatabase();
 
   async function insertJob(): Promise<string> {
-    const { rows } = await db.pool.query<{ id: string }>(
+    const { rows } = await t.db.pool.query<{ id: string }>(
       'INSERT INTO provisioner_jobs DEFAULT VALUES RETURNING id',
     );
     return rows[0]!.id;
   }
 
   async function status(jobId: string): Promise<string> {
-    const { rows } = await db.pool.query<{ job_status: string }>(
+    const { rows } = await t.db.pool.query<{ job_status: string }>(
       'SELECT job_status FROM provisioner_jobs WHERE id = $1',
       [jobId],
     );
@@ -38,7 +25,7 @@ describe('PgNotificationHub', () => {
   it('when a provisioner job changes › wakes the waiter on that job at once', async () => {
     const jobId = await insertJob();
     let checks = 0;
-    const waiting = hub.waitFor(
+    const waiting = t.hub.waitFor(
       [topics.provisionerJob(jobId)],
       async () => {
         checks++;
@@ -47,8 +34,8 @@ describe('PgNotificationHub', () => {
       },
       { timeoutMs: 10_000 },
     );
-    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
-    await db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
     await expect(waiting).resolves.toBe('succeeded');
     // The first check, plus at most one per notification (the insert's may arrive late, then two updates).
     expect(checks).toBeGreaterThanOrEqual(2);
@@ -56,7 +43,7 @@ describe('PgNotificationHub', () => {
   });
 
   it('when a new job is inserted › wakes channel-wide listeners', async () => {
-    const woken = new Promise<void>((resolve) => hub.on(channelTopic('provisioner_job_changed'), resolve));
+    const woken = new Promise<void>((resolve) => t.hub.on(channelTopic('provisioner_job_changed'), resolve));
     await insertJob();
     await expect(woken).resolves.toBeUndefined();
   });
@@ -64,17 +51,17 @@ describe('PgNotificationHub', () => {
   it('when a job becomes pending › reaches the pending-job topic, and only then', async () => {
     const pending: number[] = [];
     let changes = 0;
-    hub.on(PENDING_JOB_TOPIC, () => pending.push(changes));
-    hub.on(channelTopic('provisioner_job_changed'), () => changes++);
+    t.hub.on(PENDING_JOB_TOPIC, () => pending.push(changes));
+    t.hub.on(channelTopic('provisioner_job_changed'), () => changes++);
 
     // Inserted pending (1), claimed (2), handed back (3), claimed again (4), completed (5).
     const jobId = await insertJob();
-    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
-    await db.pool.query('UPDATE provisioner_jobs SET started_at = NULL WHERE id = $1', [jobId]);
-    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
-    await db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = NULL WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await t.db.pool.query('UPDATE provisioner_jobs SET completed_at = now() WHERE id = $1', [jobId]);
     // A job inserted already running is no work for anyone (6).
-    await db.pool.query('INSERT INTO provisioner_jobs (started_at) VALUES (now())');
+    await t.db.pool.query('INSERT INTO provisioner_jobs (started_at) VALUES (now())');
 
     await expect.poll(() => changes).toBe(6);
     // Channel-wide listeners run first, so each entry is the count including the pending notification.
@@ -84,13 +71,13 @@ describe('PgNotificationHub', () => {
   it('when nothing changes › rejects with WaitTimeoutError after the timeout', async () => {
     const jobId = await insertJob();
     await expect(
-      hub.waitFor([topics.provisionerJob(jobId)], async () => undefined, { timeoutMs: 150 }),
+      t.hub.waitFor([topics.provisionerJob(jobId)], async () => undefined, { timeoutMs: 150 }),
     ).rejects.toBeInstanceOf(WaitTimeoutError);
   });
 
   it('when the signal aborts › rejects with its reason', async () => {
     const controller = new AbortController();
-    const waiting = hub.waitFor(['x'], async () => undefined, {
+    const waiting = t.hub.waitFor(['x'], async () => undefined, {
       timeoutMs: 10_000,
       signal: controller.signal,
     });
@@ -100,7 +87,7 @@ describe('PgNotificationHub', () => {
 
   it('when the signal aborts while a check runs › rejects with the abort, not the late answer', async () => {
     const controller = new AbortController();
-    const waiting = hub.waitFor(
+    const waiting = t.hub.waitFor(
       ['x'],
       async () => {
         controller.abort(new Error('lock lost'));
@@ -114,7 +101,7 @@ describe('PgNotificationHub', () => {
   it('when the LISTEN connection is killed › reconnects and re-checks every waiter', async () => {
     let ready = false;
     let checks = 0;
-    const waiting = hub.waitFor(
+    const waiting = t.hub.waitFor(
       ['nothing-will-notify-this'],
       async () => {
         checks++;
@@ -124,7 +111,7 @@ describe('PgNotificationHub', () => {
     );
     await expect.poll(() => checks).toBe(1);
     ready = true;
-    await db.pool.query(
+    await t.db.pool.query(
       `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
        WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
     );
@@ -132,8 +119,8 @@ describe('PgNotificationHub', () => {
 
     // And notifications flow again on the new connection.
     const jobId = await insertJob();
-    const woken = new Promise<void>((resolve) => hub.on(topics.provisionerJob(jobId), resolve));
-    await db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJob(jobId), resolve));
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
     await expect(woken).resolves.toBeUndefined();
   });
 });

@@ -1,0 +1,33 @@
+// A test database with a started PgNotificationHub on it, for the tests of what LISTEN/NOTIFY drives. The
+// hub's safety re-check is long, so that only notifications can wake a waiter in these tests.
+import { afterEach, beforeEach } from 'vitest';
+import { PgNotificationHub } from '../../src/shared/notifications.js';
+import { createTestDatabase, type TestDatabase } from './database.js';
+
+export interface ListeningDatabase {
+  readonly db: TestDatabase;
+  readonly hub: PgNotificationHub;
+}
+
+/** A fresh database and hub per test (beforeEach), stopped and dropped after it. */
+export function useListeningDatabase(): ListeningDatabase {
+  let db: TestDatabase | undefined;
+  let hub: PgNotificationHub | undefined;
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000, reconnectDelayMs: 50 });
+    await hub.start();
+  });
+  afterEach(async () => {
+    await hub?.stop();
+    await db?.drop();
+  });
+  return {
+    get db() {
+      return db!;
+    },
+    get hub() {
+      return hub!;
+    },
+  };
+}
