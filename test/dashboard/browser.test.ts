@@ -21,7 +21,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { insertBuild, insertChat, insertUser, insertWorkspace } from '../../src/cli/fixtures.js';
+import {
+  insertBuild,
+  insertChat,
+  insertUser,
+  insertWorkspace,
+  type BuildInput,
+} from '../../src/cli/fixtures.js';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
 import { startDashboard, type Dashboard } from '../../src/dashboard/server.js';
 import {
@@ -148,6 +154,25 @@ async function openChat(page: Page, chatId: string): Promise<void> {
   await page.goto(`${dashboard!.url}/`);
   await page.locator(`[data-chat-id="${chatId}"]`).click();
   await page.locator('#conn', { hasText: 'live' }).waitFor();
+}
+
+/**
+ * A chat on a workspace of its own (the seeded user's, on the dev template's active version) with one build:
+ * the chats the other tests count and search stay as seeded.
+ */
+async function chatOnNewWorkspace(
+  build: Pick<BuildInput, 'transition' | 'status' | 'agents'>,
+): Promise<{ chatId: string; workspaceId: string }> {
+  const { id: ownerId } = seeded.user;
+  const { workspaceId } = await insertWorkspace(db.pool, { ownerId, templateId: seeded.templates.dev.id });
+  const { buildId } = await insertBuild(db.pool, {
+    workspaceId,
+    templateVersionId: seeded.templates.dev.activeVersionId,
+    initiatorId: ownerId,
+    ...build,
+  });
+  const { chatId } = await insertChat(db.pool, { ownerId, workspaceId, buildId });
+  return { chatId, workspaceId };
 }
 
 /** The newest job's card (jobs are listed newest first). */
@@ -534,18 +559,11 @@ describe('the live chat page', () => {
 
   it('stops a running workspace with Stop, and shows its stop build and result', async () => {
     const page = await context.newPage();
-    // A workspace of its own, and the page's last test: the chats the others count and search stay as seeded.
-    const { id: ownerId } = seeded.user;
-    const { workspaceId } = await insertWorkspace(db.pool, { ownerId, templateId: seeded.templates.dev.id });
-    const running = await insertBuild(db.pool, {
-      workspaceId,
-      templateVersionId: seeded.templates.dev.activeVersionId,
+    const { chatId } = await chatOnNewWorkspace({
       transition: 'start',
       status: 'succeeded',
-      initiatorId: ownerId,
       agents: [{ name: 'main', connected: true, lifecycleState: 'ready' }],
     });
-    const { chatId } = await insertChat(db.pool, { ownerId, workspaceId, buildId: running.buildId });
     await openChat(page, chatId);
     await page.locator('#stop').click();
     await page.locator('#action-info', { hasText: 'Queued stop job' }).waitFor();
@@ -563,16 +581,7 @@ describe('the live chat page', () => {
 
   it("fills the log pane with the build's log, its newest 500 lines in order, scrolled to the newest", async () => {
     const page = await context.newPage();
-    const { id: ownerId } = seeded.user;
-    const { workspaceId } = await insertWorkspace(db.pool, { ownerId, templateId: seeded.templates.dev.id });
-    const stopped = await insertBuild(db.pool, {
-      workspaceId,
-      templateVersionId: seeded.templates.dev.activeVersionId,
-      transition: 'stop',
-      status: 'succeeded',
-      initiatorId: ownerId,
-    });
-    const { chatId } = await insertChat(db.pool, { ownerId, workspaceId, buildId: stopped.buildId });
+    const { chatId, workspaceId } = await chatOnNewWorkspace({ transition: 'stop', status: 'succeeded' });
     await openChat(page, chatId);
     await page.locator('#start').click();
     await newestJob(page).locator('.result-ok').waitFor({ timeout: RUN_MS });
