@@ -116,10 +116,15 @@ describe('Provisioner', () => {
     const workspaceId = await createWorkspace(db.pool, fixture);
     // A job a dead daemon was running; it is handed back below.
     const handedBack = await insertBuild(db.pool, fixture, workspaceId);
+    const handedBackChanges: string[] = [];
+    hub.on(topics.provisionerJob(handedBack.jobId), () => handedBackChanges.push('change'));
     await db.pool.query(`UPDATE provisioner_jobs SET started_at = now(), worker_id = $2 WHERE id = $1`, [
       handedBack.jobId,
       randomUUID(),
     ]);
+    // Notifications come in order: once the update's is in, the insert's "pending" one has gone by too, and
+    // cannot reach the daemon late as a wake (under load it did, and made a second claim).
+    await expect.poll(() => handedBackChanges.length, POLL).toBeGreaterThanOrEqual(1);
     const executor = new RecordingExecutor();
     await startProvisioner({ executor, pool: pool as Pool, hub });
     // The start-up claim finds nothing.
