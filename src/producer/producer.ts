@@ -4,7 +4,7 @@
 import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { SpanKind } from '@opentelemetry/api';
-import { Queue, type Telemetry } from 'bullmq';
+import { Queue, type JobState, type Telemetry } from 'bullmq';
 import { pino } from 'pino';
 import { followBuildLogs, type BuildLogLine } from '../shared/build-logs.js';
 import { WaitTimeoutError } from '../shared/errors.js';
@@ -40,7 +40,7 @@ import {
   duplicateSubscriber,
   type RedisClient,
 } from '../shared/redis.js';
-import { ValidationError, idSchema, parseOrThrow } from '../shared/schemas.js';
+import { ValidationError, cancelReasonSchema, idSchema, parseOrThrow } from '../shared/schemas.js';
 import { jobOptions } from './job-options.js';
 
 export interface ProducerOptions {
@@ -128,18 +128,24 @@ export class ProducerClosedError extends Error {
 }
 
 /**
- * What `cancel` did. `canceled`: the job was waiting or delayed, it is removed and its result published.
- * `cancel_requested`: it is running; the worker ends it with the canceled result at its next check.
+ * What `cancel` did. `canceled`: the job was waiting or delayed (`was`), it is removed and its result
+ * published. `cancel_requested`: it is running; the worker ends it with the canceled result at its next check.
  * `already_finished`: a no-op, with the job's result when it is still kept. `not_found`: no such job.
  */
 export type CancelAnswer =
-  | { jobId: string; outcome: 'canceled'; result: JobFailure }
+  | { jobId: string; outcome: 'canceled'; was: CanceledState; result: JobFailure }
   | { jobId: string; outcome: 'cancel_requested' }
   | { jobId: string; outcome: 'already_finished'; result?: JobResult }
   | { jobId: string; outcome: 'not_found' };
 
+/** The state a job was canceled in: anything but running or finished ('unknown': removed meanwhile). */
+export type CanceledState = Exclude<JobState | 'unknown', 'active' | 'completed' | 'failed'>;
+
 export interface CancelOptions {
-  /** Who or why, carried in the result's error (`canceled: <reason>`); default `cancel requested`. */
+  /**
+   * Who or why, carried in the result's error (`canceled: <reason>`); default `cancel requested`. One line
+   * of at most 200 characters (trimmed); anything else throws ValidationError.
+   */
   reason?: string;
 }
 
@@ -428,6 +434,7 @@ export class WorkspaceJobsProducer {
    */
   async cancel(givenJobId: string, options: CancelOptions = {}): Promise<CancelAnswer> {
     this.assertOpen();
+    const reason = reasonOf(options);
     const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
     const job = await this.queue.getJob(jobId);
     if (!job) {
@@ -440,7 +447,7 @@ export class WorkspaceJobsProducer {
     if (state === 'completed' || state === 'failed') {
       return { jobId, outcome: 'already_finished', result: await this.resultFromJob(jobId) };
     }
-    const request = await this.cancels.mark(jobId, options.reason);
+    const request = await this.cancels.mark(jobId, reason);
     if (state !== 'active') {
       try {
         await job.remove();
@@ -464,7 +471,7 @@ export class WorkspaceJobsProducer {
             data: result,
           });
         }
-        return { jobId, outcome: 'canceled', result };
+        return { jobId, outcome: 'canceled', was: state, result };
       }
     }
     await this.cancels.broadcast(jobId);
@@ -475,9 +482,11 @@ export class WorkspaceJobsProducer {
   async cancelChat(givenChatId: string, options: CancelOptions = {}): Promise<CancelAnswer[]> {
     this.assertOpen();
     const chatId = parseOrThrow(idSchema, 'chatId', givenChatId);
+    // Checked before the list is read: a bad reason is refused even when the chat has no live job.
+    const reason = reasonOf(options);
     const jobIds = await this.order.jobs(chatId);
     const answers: CancelAnswer[] = [];
-    for (const jobId of jobIds) answers.push(await this.cancel(jobId, options));
+    for (const jobId of jobIds) answers.push(await this.cancel(jobId, { reason }));
     return answers;
   }
 
@@ -659,6 +668,13 @@ export class WorkspaceJobsProducer {
     }
     return this.subscriber;
   }
+}
+
+/** The cancel's reason, trimmed; ValidationError names what is wrong with it. */
+function reasonOf(options: CancelOptions): string | undefined {
+  return options.reason === undefined
+    ? undefined
+    : parseOrThrow(cancelReasonSchema, 'reason', options.reason);
 }
 
 /** The payload without the keys a caller gave as `undefined`: what is not set is not stored in the job. */

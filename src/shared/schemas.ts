@@ -51,6 +51,14 @@ export const parametersSchema = z
   .transform((parameters) => Object.assign(Object.create(null) as Record<string, string>, parameters));
 export const requestIdSchema = z.string().min(1).max(200);
 
+/** A cancel's reason (who or why), carried into the job's result as `canceled: <reason>`: one short line. */
+export const cancelReasonSchema = z
+  .string()
+  .trim()
+  .min(1, { message: 'a reason must not be empty' })
+  .max(200, { message: 'a reason must be at most 200 characters' })
+  .regex(/^\P{Cc}*$/u, { message: 'a reason must be one line, without control characters' });
+
 // Workspace names follow Coder's rule: letters, digits and single hyphens, at most 32 characters.
 export const workspaceNameSchema = z.string().regex(/^[a-zA-Z0-9](?:[a-zA-Z0-9]|-(?=[a-zA-Z0-9])){0,31}$/, {
   message: 'must be 1-32 letters, digits or single hyphens, starting and ending with a letter or digit',

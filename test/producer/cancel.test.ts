@@ -7,6 +7,7 @@ import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
 import { readChatEvents } from '../../src/shared/events.js';
+import { ValidationError } from '../../src/shared/schemas.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
@@ -87,6 +88,19 @@ describe('WorkspaceJobsProducer.cancel', () => {
     await producer.cancel(first.jobId);
 
     for (const result of await Promise.all(waits)) expect(result).toMatchObject({ code: 'canceled' });
+  });
+
+  it('when the reason is not one short line › throws a ValidationError naming it, and cancels nothing', async () => {
+    const { jobId, chatId } = await enqueue();
+    for (const reason of ['', 'a\nb', 'x'.repeat(201)]) {
+      await expect(producer.cancel(jobId, { reason })).rejects.toThrow(ValidationError);
+      await expect(producer.cancelChat(chatId, { reason })).rejects.toThrow(/^invalid reason: /);
+    }
+    expect(await queue.getJobState(jobId)).toBe('waiting');
+    expect(await producer.cancel(jobId, { reason: '  by ops  ' })).toMatchObject({
+      was: 'waiting',
+      result: { error: 'canceled: by ops' },
+    });
   });
 
   it('cancels every live job of a chat', async () => {
