@@ -18,6 +18,7 @@ import { graceMs, setUpProcess, untilSignal } from './lifecycle.js';
 import { healthcheckCommand, healthFilePath, startHealthFile } from './health-file.js';
 import { formatSeedResult, seed } from './seed.js';
 import { logsCommand } from './logs.js';
+import { cancelCommand } from './cancel.js';
 import { watchCommand } from './watch.js';
 
 const HELP = `Usage: workspace-jobs <command> [options]
@@ -32,6 +33,7 @@ ${JOB_KINDS.map((kind) => `  ${`enqueue ${kind.command}`.padEnd(15)}enqueue a ${
                  (as the chat backend would; --wait to follow it)
   watch          print a chat's events (replayed, then live) as JSON lines
   logs           print a build's provisioner log (--follow: live until the build completes)
+  cancel         cancel a job (--job ID) or every live job of a chat (--chat ID)
   demo           migrate, seed, run worker + provisioner + dashboard, and start a few workspaces
   healthcheck    exit 0 when a provisioner's health file (PROVISIONER_HEALTH_FILE) is fresh and ok
 
@@ -69,6 +71,7 @@ const NEEDS: Record<string, ServiceNeeds> = {
   enqueue: { redis: true, postgres: 'database' },
   watch: { redis: true },
   logs: { redis: true, postgres: 'database' },
+  cancel: { redis: true },
   // Migrates (creating the database) itself; its worker, provisioner and dashboard check again.
   demo: { redis: true, lockNodes: true, postgres: 'server' },
 };
@@ -194,6 +197,9 @@ async function runCommand(command: string, args: string[], config: Config, log: 
     case 'logs':
       await servicesReady();
       return logsCommand(args, config, log);
+    case 'cancel':
+      await servicesReady();
+      return cancelCommand(args, config, log);
     case 'demo':
       await servicesReady();
       return demoCommand(args, config, log);

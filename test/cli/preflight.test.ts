@@ -41,6 +41,7 @@ describe('start-up checks', () => {
       ['dashboard', 'DASHBOARD_PORT=0'],
       ['enqueue', 'start', '--chat', CHAT, '--owner', OWNER],
       ['watch', '--chat', CHAT],
+      ['cancel', '--job', CHAT],
       ['demo', '--exit'],
     ])('%s › exits 1 with one line naming Redis and its URL', async (...args) => {
       const result = await runCli(
