@@ -3,7 +3,7 @@
 // producer a backend would use. The dashboard acts as the chat's owner (the owner is read from the chat), so
 // the worker's ownership checks pass.
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import type { WorkspaceJobsProducer } from '../producer/producer.js';
+import type { CancelOptions, WorkspaceJobsProducer } from '../producer/producer.js';
 import type { Logger } from '../shared/logger.js';
 import type { Pool } from '../shared/postgres.js';
 import { ValidationError, idSchema } from '../shared/schemas.js';
@@ -73,12 +73,13 @@ function body(req: Request, allowed: readonly string[]): Record<string, unknown>
   return raw as Record<string, unknown>;
 }
 
-function chatIdParam(req: Request): string {
-  const chatId = idSchema.safeParse(String(req.params.chatId));
-  if (!chatId.success) {
-    throw new HttpError(400, `invalid chatId: ${JSON.stringify(req.params.chatId)} is not a UUID`);
+/** The path's id parameter `name`, in lower case; a 400 naming it when it is not a UUID. */
+function idParam(req: Request, name: 'chatId' | 'buildId' | 'jobId'): string {
+  const id = idSchema.safeParse(String(req.params[name]));
+  if (!id.success) {
+    throw new HttpError(400, `invalid ${name}: ${JSON.stringify(req.params[name])} is not a UUID`);
   }
-  return chatId.data;
+  return id.data;
 }
 
 export function apiRouter(deps: {
@@ -93,7 +94,8 @@ export function apiRouter(deps: {
   router.use((req, res, next) => {
     if (readOnly && !isSafeMethod(req.method)) {
       res.status(403).json({
-        error: 'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts and creates no workspaces',
+        error:
+          'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts, creates, stops and cancels nothing',
       });
       return;
     }
@@ -115,10 +117,7 @@ export function apiRouter(deps: {
   });
 
   router.get('/builds/:buildId', async (req, res) => {
-    const buildId = String(req.params.buildId).toLowerCase();
-    if (!idSchema.safeParse(buildId).success) {
-      throw new HttpError(400, `invalid buildId: ${JSON.stringify(req.params.buildId)} is not a UUID`);
-    }
+    const buildId = idParam(req, 'buildId');
     const build = await getBuild(pool, buildId);
     if (!build) throw new HttpError(404, `build ${buildId} not found`);
     res.json({ build });
@@ -129,12 +128,32 @@ export function apiRouter(deps: {
     res.json({ templates: rows });
   });
 
+  // Cancel, body { reason? }: the producer's CancelAnswer, 404 (with it) when there is no such job; a chat's
+  // is { chatId, answers }, one per live job, oldest first (none: nothing to cancel, not an error).
+  router.post('/jobs/:jobId/cancel', async (req, res) => {
+    const jobId = idParam(req, 'jobId');
+    const answer = await producer.cancel(jobId, cancelOptions(req));
+    log.info({ jobId, outcome: answer.outcome }, 'cancel requested from the live chat page');
+    if (answer.outcome === 'not_found') res.status(404).json({ error: `job ${jobId} not found`, ...answer });
+    else res.json(answer);
+  });
+
+  router.post('/chats/:chatId/cancel', async (req, res) => {
+    const chatId = idParam(req, 'chatId');
+    const answers = await producer.cancelChat(chatId, cancelOptions(req));
+    log.info(
+      { chatId, outcomes: answers.map((answer) => answer.outcome) },
+      "chat's jobs canceled from the live chat page",
+    );
+    res.json({ chatId, answers });
+  });
+
   // One action per job kind, by its command: start { parameters? }, create { templateId, name?, parameters? },
   // … (the kind's input fields but those the dashboard fills). 202 with the job (maybe deduplicated).
   router.post('/chats/:chatId/:command', async (req, res, next) => {
     const kind = findJobKindByCommand(String(req.params.command));
     if (!kind) return next();
-    const chatId = chatIdParam(req);
+    const chatId = idParam(req, 'chatId');
     const allowed = personFields(kind).map((field) => field.name);
     const fields = body(req, allowed);
     const ownerId = await ownerOf(chatId);
@@ -163,6 +182,11 @@ export function apiRouter(deps: {
     }
   });
   return router;
+}
+
+/** The cancel's options from the body; the reason goes to the producer unchecked: it validates it. */
+function cancelOptions(req: Request): CancelOptions {
+  return body(req, ['reason']) as CancelOptions;
 }
 
 function isBodyParserError(error: unknown): error is { status: number; message: string } {

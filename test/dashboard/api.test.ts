@@ -1,6 +1,6 @@
 // The live chat page's JSON API on real Redis and Postgres: listing seeded chats and templates, and start
 // and create going through the producer (jobs land in the queue, deduplicated), with bad input as a 400
-// that names the field and nothing enqueued; with DASHBOARD_READ_ONLY, a 403 for every action.
+// that names the field and nothing enqueued; with DASHBOARD_READ_ONLY, a 403 for every action (cancel too).
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,7 +273,7 @@ describe('POST /api/chats/:chatId/create', () => {
 });
 
 describe('with DASHBOARD_READ_ONLY=true', () => {
-  it("refuses the page's start and create with a 403 naming the setting, enqueues nothing, and still lists", async () => {
+  it("refuses the page's start, create and cancel with a 403 naming the setting, enqueues nothing, and still lists", async () => {
     const readOnly = await startTestDashboard({
       db: t.db,
       prefix: t.prefix,
@@ -284,6 +284,8 @@ describe('with DASHBOARD_READ_ONLY=true', () => {
       for (const [path, body] of [
         [`/api/chats/${seeded.chats.stopped.chatId}/start`, {}],
         [`/api/chats/${seeded.chats.noWorkspace.chatId}/create`, { templateId: seeded.templates.dev.id }],
+        [`/api/jobs/${randomUUID()}/cancel`, {}],
+        [`/api/chats/${seeded.chats.stopped.chatId}/cancel`, {}],
       ] as const) {
         const res = await fetch(readOnly.url(path), {
           method: 'POST',
@@ -292,7 +294,8 @@ describe('with DASHBOARD_READ_ONLY=true', () => {
         });
         expect(res.status, path).toBe(403);
         expect(await res.json(), path).toEqual({
-          error: 'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts and creates no workspaces',
+          error:
+            'the dashboard is read-only (DASHBOARD_READ_ONLY=true): it starts, creates, stops and cancels nothing',
         });
       }
       // Bull Board's own write endpoints are read-only too (its 405).

@@ -774,13 +774,30 @@ window.setInterval(() => {
   for (const job of state.jobs.values()) if (job.readyAt !== undefined) renderWait(job);
 }, 1000);
 
+/** The server's CancelAnswer (src/producer/producer.ts) as a short text next to the button. */
+function cancelText(answer) {
+  switch (answer?.outcome) {
+    case 'canceled':
+      return `Canceled (it was ${answer.was})`;
+    case 'cancel_requested':
+      return 'Cancel requested: its worker ends it';
+    case 'already_finished':
+      return 'Already finished: nothing to cancel';
+    default:
+      // not_found comes as a 404, shown as a failure; anything else is a server newer than this page.
+      return `Answered ${JSON.stringify(answer?.outcome)}`;
+  }
+}
+
 async function cancelJob(job) {
   job.canceling = true;
   renderJobHead(job);
   try {
-    const answer = await api('POST', `api/jobs/${encodeURIComponent(job.id)}/cancel`);
-    job.cancelEl.textContent =
-      answer?.message ?? (answer?.canceled === false ? 'not canceled' : 'cancel requested');
+    // Same-origin JSON, as every action (the server refuses a body-less POST without the type).
+    const answer = await api('POST', `api/jobs/${encodeURIComponent(job.id)}/cancel`, {
+      reason: 'by the operator on the live chat page',
+    });
+    job.cancelEl.textContent = cancelText(answer);
     job.cancelEl.className = 'cancel-answer small';
   } catch (error) {
     job.cancelEl.textContent = `Cancel failed: ${error.message}`;
