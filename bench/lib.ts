@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFileSync } from 'node:fs';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
+import { insertBuild, insertChat, insertWorkspace } from '../src/cli/fixtures.js';
 import { migrate } from '../src/shared/migrate.js';
 import { createPool, type Pool } from '../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../src/shared/redis.js';
@@ -246,6 +247,32 @@ export async function benchDatabase(cleanup: Cleanup, max = 10): Promise<BenchDa
   const pool = createPool(url, { max, applicationName: 'workspace-jobs-bench' });
   cleanup.add('postgres pool', () => pool.end());
   return { name, url, pool };
+}
+
+/**
+ * A stopped workspace with its chat, as `seed` makes one: start build #1 (its agent ready), stop build #2,
+ * so the next start is build #3.
+ */
+export async function insertStoppedWorkspace(
+  pool: Pool,
+  template: { ownerId: string; templateId: string; versionId: string },
+): Promise<{ chatId: string; workspaceId: string; ownerId: string }> {
+  const { ownerId, templateId, versionId } = template;
+  const { workspaceId } = await insertWorkspace(pool, { ownerId, templateId });
+  const common = {
+    workspaceId,
+    templateVersionId: versionId,
+    initiatorId: ownerId,
+    status: 'succeeded',
+  } as const;
+  await insertBuild(pool, {
+    ...common,
+    transition: 'start',
+    agents: [{ name: 'main', lifecycleState: 'ready', connected: true }],
+  });
+  const stop = await insertBuild(pool, { ...common, transition: 'stop' });
+  const { chatId } = await insertChat(pool, { ownerId, workspaceId, buildId: stop.buildId });
+  return { chatId, workspaceId, ownerId };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // scripts). Reports jobs/s, job duration (enqueued -> finished) percentiles, the provisioner's share, and
 // the process's memory before and after.
 import { Queue } from 'bullmq';
-import { insertBuild, insertChat, insertTemplate, insertUser, insertWorkspace } from '../src/cli/fixtures.js';
+import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { loadProvisionerConfig, startProvisioner } from '../src/provisioner/index.js';
 import { loadConfig } from '../src/shared/config.js';
@@ -16,6 +16,7 @@ import {
   benchRedis,
   check,
   countCalls,
+  insertStoppedWorkspace,
   mapLimit,
   memory,
   report,
@@ -43,26 +44,7 @@ await runBench('worker', 75_000, async (cleanup) => {
   const seeded = await mapLimit(
     Array.from({ length: WORKSPACES }, (_, i) => i),
     8,
-    async () => {
-      const { workspaceId } = await insertWorkspace(db.pool, {
-        ownerId: userId,
-        templateId: template.templateId,
-      });
-      const common = {
-        workspaceId,
-        templateVersionId: versionId,
-        initiatorId: userId,
-        status: 'succeeded',
-      } as const;
-      await insertBuild(db.pool, {
-        ...common,
-        transition: 'start',
-        agents: [{ name: 'main', lifecycleState: 'ready', connected: true }],
-      });
-      const stop = await insertBuild(db.pool, { ...common, transition: 'stop' });
-      const { chatId } = await insertChat(db.pool, { ownerId: userId, workspaceId, buildId: stop.buildId });
-      return { chatId, workspaceId, ownerId: userId };
-    },
+    () => insertStoppedWorkspace(db.pool, { ownerId: userId, templateId: template.templateId, versionId }),
   );
 
   const config = loadConfig({
