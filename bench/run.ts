@@ -20,6 +20,7 @@ const BENCHES: Record<string, number> = {
   events: 60_000,
   waits: 90_000,
   worker: 100_000,
+  logs: 60_000,
   recovery: 160_000,
 };
 
