@@ -10,8 +10,9 @@
 // then the last lines and `end`. Without follow: the lines there are now, then `end`. `done` says whether
 // the job had completed. An EventSource reconnects after any close, so a page closes it on `end`.
 //
-// Lines are read in pages and the next page is read only once the socket has drained: a 10,000-line log is
-// never buffered whole for a slow client. A client that reads nothing for DRAIN_TIMEOUT_MS is cut off (it
+// Lines are read in pages, and each event is written only once the socket has drained: a 10,000-line log is
+// never buffered whole for a slow client, and a page of long lines (500 × 4 KiB) does not pass the 1 MiB
+// buffer bound that cuts a client off. A client that reads nothing for DRAIN_TIMEOUT_MS is cut off (it
 // resumes with Last-Event-ID).
 import type { Request, Response } from 'express';
 import { followBuildLogs, logIdProblem, readBuildLogs, UnknownBuildError } from '../shared/build-logs.js';
@@ -98,8 +99,8 @@ export class BuildLogStreams {
           const lines = batch.value.slice(i, i + LINES_PER_EVENT);
           last = lines.at(-1)!.id;
           stream.write(`id: ${last}\nevent: lines\ndata: ${JSON.stringify(lines)}\n\n`);
+          if (!(await drained(stream))) return;
         }
-        if (!(await drained(stream))) return;
       }
       const end = await readBuildLogs(this.db, buildId, last, 0);
       stream.write(

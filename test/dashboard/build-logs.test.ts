@@ -189,6 +189,26 @@ describe('without follow', () => {
   });
 });
 
+describe('a log of long lines', () => {
+  it('reaches the client whole: 600 lines of 4 KiB, more than the 1 MiB buffer bound in one read page', async () => {
+    const build = await newBuild();
+    await db.pool.query(
+      `INSERT INTO provisioner_job_logs (job_id, output)
+       SELECT $1, lpad(n::text, 4096, 'x') FROM generate_series(1, 600) n ORDER BY n`,
+      [build.jobId],
+    );
+    await db.pool.query(
+      `UPDATE provisioner_jobs SET started_at = now(), completed_at = now() WHERE id = $1`,
+      [build.jobId],
+    );
+    const received = await receive(await openSse(logsUrl(build.buildId)));
+    expect(received.lines.map((l) => Number(l.output.replace(/^x+/, '')))).toEqual(
+      Array.from({ length: 600 }, (_, i) => i + 1),
+    );
+    expect(received.end).toMatchObject({ done: true, last_log_id: received.lines.at(-1)!.id });
+  });
+});
+
 describe('bad requests', () => {
   it('answers 404 for an unknown build', async () => {
     const buildId = randomUUID();
