@@ -5,9 +5,9 @@
 // result arrive over SSE; it checks the list's hover contrast, scrolling, search and paging, the forms'
 // reset, Start disabled while a job runs, and that result data never becomes HTML or a script link (those
 // results are published straight to the chat's stream); the build log pane, queue position, countdown and
-// Cancel of a waiting job; it also opens Bull Board.
+// Cancel of a start waiting for its chat lock; it also opens Bull Board.
 //
-// Screenshots for the README: docs/images/{live-chat,live-chat-logs,live-chat-cancel,bull-board}.png are committed. They
+// Screenshots for the README: docs/images/{live-chat,live-chat-logs,live-chat-queue,live-chat-cancel,bull-board}.png are committed. They
 // are rewritten only with UPDATE_SCREENSHOTS=1 (or when missing, outside CI); otherwise they go to a
 // temporary directory, so that a test run never dirties the work tree:
 //   UPDATE_SCREENSHOTS=1 npx vitest run test/dashboard/browser.test.ts
@@ -38,6 +38,7 @@ import {
 import { loadConfig } from '../../src/shared/config.js';
 import { EventPublisher } from '../../src/shared/events.js';
 import { FAILURE_CODES, type EventDraft } from '../../src/shared/contract.js';
+import { ChatLocks } from '../../src/shared/lock.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { WorkspaceWorker } from '../../src/worker/worker.js';
@@ -613,7 +614,7 @@ describe('the live chat page', () => {
     await page.close();
   });
 
-  it('shows the queue position, a ticking countdown, the build_log previews and the Cancel answer, and disables Cancel on the result', async () => {
+  it('shows the queue position, a ticking countdown and the build_log previews, and disables Cancel on the result', async () => {
     const page = await context.newPage();
     const chat = seeded.chats.automaticUpdates;
     await openChat(page, chat.chatId);
@@ -621,8 +622,17 @@ describe('the live chat page', () => {
     // endpoint (404), so the pane shows the build_log previews.
     const job = { id: randomUUID(), name: 'start-workspace' as const, attempt: 1 };
     const buildId = randomUUID();
-    const progress = (stage: string, data: Record<string, unknown>) =>
-      publishEvent({ type: 'progress', stage, job, chatId: chat.chatId, message: stage, data } as EventDraft);
+    // The messages a worker writes for build #4 (build-wait.ts, build-watch.ts).
+    const progress = (stage: string, data: Record<string, unknown>) => {
+      const lines = Array.isArray(data.lines) ? data.lines.length : 0;
+      const message = {
+        build_queued: 'Build #4 is queued',
+        queue_position: 'Build #4 is 1st of 2 in the queue',
+        build_log: `Build #4: ${lines} new log lines`,
+        build_running: 'Build #4 is running',
+      }[stage];
+      return publishEvent({ type: 'progress', stage, job, chatId: chat.chatId, message, data } as EventDraft);
+    };
     const inMs = (ms: number) => new Date(Date.now() + ms).toISOString();
     const estimate = (readyInMs: number) => ({
       build_ms: 30_000,
@@ -715,6 +725,9 @@ describe('the live chat page', () => {
       })
       .toBe(true);
 
+    await page.mouse.move(0, 0);
+    await card.screenshot({ path: screenshotPath('live-chat-queue.png') });
+
     // Running past its estimate: no queue position any more, and "any moment now".
     await progress('build_running', { build_id: buildId, transition: 'start', estimate: estimate(-1_000) });
     await expect.poll(() => card.locator('.countdown').textContent()).toBe('any moment now');
@@ -722,18 +735,6 @@ describe('the live chat page', () => {
 
     const cancel = card.locator('button.cancel');
     expect(await cancel.isEnabled()).toBe(true);
-    const answered = page.waitForResponse((r) => new URL(r.url()).pathname === `/api/jobs/${job.id}/cancel`);
-    await cancel.click();
-    const response = await answered;
-    expect(response.request().method()).toBe('POST');
-    const body = (await response.json()) as { error?: string };
-    // The server's answer, whatever it is, is shown next to the button (an error names the failure).
-    await expect.poll(() => card.locator('.cancel-answer').textContent()).not.toBe('');
-    if (!response.ok())
-      expect(await card.locator('.cancel-answer').textContent()).toBe(`Cancel failed: ${body.error}`);
-
-    await page.mouse.move(0, 0);
-    await card.screenshot({ path: screenshotPath('live-chat-cancel.png') });
 
     await publishEvent({
       type: 'result',
@@ -789,6 +790,37 @@ describe('the live chat page', () => {
       await page.close();
     },
   );
+
+  it('cancels with Cancel a start waiting for its chat lock: the job ends with one canceled result', async () => {
+    const page = await context.newPage();
+    const { chatId } = await chatOnNewWorkspace({ transition: 'stop', status: 'succeeded' });
+    // Another holder keeps the chat's lock, so that the start waits, re-delayed, until it is canceled.
+    const held = await new ChatLocks([redis], prefix).tryAcquire(chatId);
+    expect(held).not.toBeNull();
+    try {
+      await openChat(page, chatId);
+      await page.locator('#start').click();
+      const card = newestJob(page);
+      await card.locator('.event[data-stage="waiting_for_lock"]').waitFor({ timeout: RUN_MS });
+      await card.locator('button.cancel').click();
+      // Removed while delayed (or waiting); caught by its worker if it was being re-delayed right then.
+      await expect
+        .poll(() => card.locator('.cancel-answer').textContent())
+        .toMatch(/^(Canceled \(it was (delayed|waiting)\)|Cancel requested: its worker ends it)$/);
+      const box = card.locator('.result-canceled');
+      await box.waitFor({ timeout: RUN_MS });
+      expect(await box.textContent()).toContain('canceled: by the operator on the live chat page');
+      expect(await card.locator('.job-status').textContent()).toBe('canceled');
+      expect(await stagesOf(page)).toEqual(['queued', 'waiting_for_lock', 'failed']);
+      expect(await card.locator('button.cancel').isDisabled()).toBe(true);
+      await expect.poll(() => page.locator('#start').isEnabled()).toBe(true);
+      await page.mouse.move(0, 0);
+      await card.screenshot({ path: screenshotPath('live-chat-cancel.png') });
+    } finally {
+      await held?.release();
+      await page.close();
+    }
+  });
 });
 
 describe('Bull Board and auth', () => {
