@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { pino } from 'pino';
 import type { Logger } from '../shared/logger.js';
+import { DEFAULT_KILL_GRACE_MS } from '../shared/provisioner-cancel.js';
 import type { QuotaUsage } from '../worker/ports.js';
 import {
   APPLY_STAGE,
@@ -28,7 +29,7 @@ export interface CommandExecutorOptions {
   timeoutMs?: number;
   /** Extra environment for the command, over the daemon's own. */
   env?: Record<string, string>;
-  /** Between SIGTERM and SIGKILL when the command is killed. Default 5000. */
+  /** Between SIGTERM and SIGKILL when the command is killed. Default DEFAULT_KILL_GRACE_MS (5000). */
   killGraceMs?: number;
   /** Longer output lines are cut. Default 4096 characters. */
   maxLineLength?: number;
@@ -94,7 +95,7 @@ export class CommandExecutor implements Executor {
   constructor(private readonly options: CommandExecutorOptions) {
     if (options.command.trim() === '') throw new RangeError('command must not be empty');
     this.timeoutMs = options.timeoutMs ?? 600_000;
-    this.killGraceMs = options.killGraceMs ?? 5_000;
+    this.killGraceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
     this.maxLineLength = options.maxLineLength ?? 4096;
     this.resourceType = options.resourceType ?? 'command';
     this.log = options.log ?? pino({ level: 'silent' });

@@ -12,6 +12,7 @@ import { topics, type QuotaUsage } from '../worker/ports.js';
 import type { Logger } from '../shared/logger.js';
 import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
 import { withTransaction, type Pool } from '../shared/postgres.js';
+import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
 import { recordBuildOutcome, traceBuild } from './build-span.js';
 import {
@@ -636,20 +637,12 @@ export class Provisioner {
   /** A job canceled before any daemon claimed it completes as canceled without running. */
   private async settleCanceledPending(): Promise<void> {
     const { rows } = await this.pool.query<{ id: string }>(
-      `WITH canceled AS (
-         UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
-         WHERE id IN (
-           SELECT id FROM provisioner_jobs
-           WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
-             AND type = 'workspace_build'
-           FOR UPDATE SKIP LOCKED)
-         RETURNING id
-       ), logged AS (
-         INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
-         SELECT id, 'provisioner_daemon', 'warn', 'Cleaning Up', 'Job canceled before it started'
-         FROM canceled
-       )
-       SELECT id FROM canceled`,
+      cancelProvisionerJobsSql(
+        `SELECT id FROM provisioner_jobs
+         WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
+           AND type = 'workspace_build'
+         FOR UPDATE SKIP LOCKED`,
+      ),
     );
     for (const row of rows) this.log.info({ jobId: row.id }, 'settled a job canceled while pending');
   }

@@ -20,6 +20,7 @@ import {
 } from './ports.js';
 import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
 import { traceCarrier } from '../shared/telemetry.js';
+import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
 
 type Row = Record<string, unknown>;
@@ -186,6 +187,14 @@ export class PgWorkspaceStore implements WorkspaceStore {
 
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
     return bindChat(this.pool, chatId, workspaceId, buildId);
+  }
+
+  async cancelProvisionerJob(jobId: string): Promise<'completed' | 'canceling' | 'untouched'> {
+    const { rows } = await this.pool.query<{ completed: boolean }>(cancelProvisionerJobsSql('$1::uuid'), [
+      jobId,
+    ]);
+    if (!rows[0]) return 'untouched';
+    return rows[0].completed ? 'completed' : 'canceling';
   }
 
   async getQueuePosition(jobId: string): Promise<QueuePosition | null> {

@@ -9,6 +9,12 @@ import type { BuildEstimate, BuildLogPreviewLine, ProgressStage, QueuePosition }
 export type WorkspaceTransition = 'start' | 'stop' | 'delete';
 export type ProvisionerJobStatus =
   'pending' | 'running' | 'succeeded' | 'canceling' | 'canceled' | 'failed' | 'unknown';
+/** Job statuses of a build that has ended. */
+export const FINISHED_JOB_STATUSES: ReadonlySet<ProvisionerJobStatus> = new Set([
+  'succeeded',
+  'failed',
+  'canceled',
+]);
 export type AgentLifecycleState =
   | 'created'
   | 'starting'
@@ -133,6 +139,12 @@ export interface WorkspaceStore {
   getBuildEstimate(buildId: string): Promise<BuildEstimate | null>;
   /** The newest `limit` log lines of the job after line `after` (oldest first), and how many there are in all. */
   getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs>;
+  /**
+   * Cancels a provisioner job with Coder's semantics (one statement): `canceled_at` set (an earlier one
+   * kept); one no daemon has started is completed as canceled at once (`completed`), a running one is left
+   * to its daemon to abort (`canceling`); a completed (or unknown) job is not touched (`untouched`).
+   */
+  cancelProvisionerJob(jobId: string): Promise<'completed' | 'canceling' | 'untouched'>;
   /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T>;
 }

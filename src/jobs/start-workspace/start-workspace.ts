@@ -7,7 +7,14 @@ import {
   type StartWorkspacePayload,
   type StartWorkspaceResult,
 } from '../../shared/contract.js';
-import type { Build, Chat, JobContext, User, Workspace } from '../../worker/ports.js';
+import {
+  FINISHED_JOB_STATUSES,
+  type Build,
+  type Chat,
+  type JobContext,
+  type User,
+  type Workspace,
+} from '../../worker/ports.js';
 import { agentReadiness } from '../../worker/agent-readiness.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
 import { buildData, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
@@ -19,8 +26,6 @@ const { buildActive, buildFailed, flagged, unflagged } = failures('start-workspa
 // Re-reading after waiting for a stop or a cancellation (D2, D3) loops; a workspace that keeps
 // changing under us this many times is reported rather than chased forever.
 const MAX_PASSES = 5;
-/** Job statuses of a build that has ended. */
-const FINISHED = new Set(['succeeded', 'failed', 'canceled']);
 
 export async function startWorkspace(
   ctx: JobContext,
@@ -37,7 +42,7 @@ export async function startWorkspace(
 
     const latest = await ctx.store.getLatestBuild(workspace.id);
     // A re-run after a crash: the build this job made already finished; report it as the first attempt would.
-    if (latest && latest.id === ctx.ownBuildId && FINISHED.has(latest.jobStatus)) {
+    if (latest && latest.id === ctx.ownBuildId && FINISHED_JOB_STATUSES.has(latest.jobStatus)) {
       await ctx.store.bindChat(chat.id, workspace.id, latest.id);
       return waitForStart(ctx, workspace, latest);
     }
