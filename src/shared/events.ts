@@ -1,11 +1,10 @@
 // Job events (docs/design.md §6): every event is appended to the chat's capped replay stream, whose entry
 // id becomes the event's `seq`, and then published on the chat's (and the workspace's) pub/sub channel.
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
-import { withTimeout } from './errors.js';
 import type { EventDraft, WorkspaceJobEvent } from './contract.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import type { Logger } from './logger.js';
-import type { RedisClient } from './redis.js';
+import { followSubscriber, unsubscribe, type RedisClient } from './redis.js';
 import { workspaceJobEventSchema } from '../jobs/contract-schemas.js';
 import { ValidationError, describeIssues } from './schemas.js';
 
@@ -13,8 +12,6 @@ import { ValidationError, describeIssues } from './schemas.js';
 const EVENT_FIELD = 'event';
 /** XRANGE page size for replays. */
 const PAGE_SIZE = 500;
-/** An UNSUBSCRIBE waits at most this long; the local subscription is gone at once either way. */
-const UNSUBSCRIBE_WAIT_MS = 2_000;
 
 // ---------------------------------------------------------------------------------------------------
 // Stream ids (`ms-n`, both parts unsigned 64-bit), compared as numbers, never as strings.
@@ -477,7 +474,7 @@ export class EventSubscriber {
   private readonly keys: RedisKeys;
   private readonly log: Logger | undefined;
   private readonly channels = new Map<string, Channel>();
-  private connectionLost = false;
+  private readonly unfollow: () => void;
   private closed = false;
 
   constructor(options: { subscriber: RedisClient; commands: RedisClient; prefix: string; log?: Logger }) {
@@ -488,9 +485,7 @@ export class EventSubscriber {
     this.commands = options.commands;
     this.keys = redisKeys(options.prefix);
     this.log = options.log;
-    this.subscriber.on('message', this.onMessage);
-    this.subscriber.on('close', this.onClose);
-    this.subscriber.on('ready', this.onReady);
+    this.unfollow = followSubscriber(this.subscriber, this.onMessage, this.onReconnect);
   }
 
   /**
@@ -545,27 +540,17 @@ export class EventSubscriber {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.subscriber.off('message', this.onMessage);
-    this.subscriber.off('close', this.onClose);
-    this.subscriber.off('ready', this.onReady);
+    this.unfollow();
     const names = [...this.channels.keys()];
     for (const channel of this.channels.values()) {
       for (const subscription of channel.subscriptions) subscription.state = 'closed';
     }
     this.channels.clear();
-    if (names.length > 0) await this.unsubscribeChannels(names);
+    if (names.length > 0) await unsubscribe(this.subscriber, names, this.log);
   }
 
   private async subscribeChannel(name: string): Promise<void> {
     await this.subscriber.subscribe(name);
-  }
-
-  private async unsubscribeChannels(names: string[]): Promise<void> {
-    try {
-      await withTimeout(this.subscriber.unsubscribe(...names), UNSUBSCRIBE_WAIT_MS, 'UNSUBSCRIBE');
-    } catch (error) {
-      this.log?.warn({ err: error, channels: names }, 'could not unsubscribe from event channels');
-    }
   }
 
   private async remove(name: string, subscription: Subscription): Promise<void> {
@@ -577,7 +562,7 @@ export class EventSubscriber {
     // The last one out unsubscribes. A subscribe() for the same chat that starts meanwhile sends its SUBSCRIBE
     // after this UNSUBSCRIBE on the same connection, so Redis ends up subscribed.
     this.channels.delete(name);
-    await this.unsubscribeChannels([name]);
+    await unsubscribe(this.subscriber, [name], this.log);
   }
 
   /** Reads the stream after the subscription's position, delivers it, and moves the cutoff past it. */
@@ -681,13 +666,7 @@ export class EventSubscriber {
     for (const subscription of [...channel.subscriptions]) this.receive(subscription, event);
   };
 
-  private readonly onClose = (): void => {
-    this.connectionLost = true;
-  };
-
-  private readonly onReady = (): void => {
-    if (!this.connectionLost) return;
-    this.connectionLost = false;
+  private readonly onReconnect = (): void => {
     for (const [name, channel] of this.channels) {
       // 'ready' is emitted before ioredis sends its own resubscription; our SUBSCRIBE (a no-op for Redis when
       // it is already subscribed) tells us when the channel is live again, so a replay cannot miss anything.

@@ -123,6 +123,47 @@ export function duplicateSubscriber(client: RedisClient, name: string, log?: Log
   return subscriber;
 }
 
+/**
+ * Follows a pub/sub subscriber connection: `onMessage` for each message, `onReconnect` each time it is ready
+ * again after losing its connection (ioredis resubscribes by itself, but what was published meanwhile is
+ * lost, and its 'ready' comes before that resubscription). Returns the function that stops following.
+ */
+export function followSubscriber(
+  client: RedisClient,
+  onMessage: (channel: string, message: string) => void,
+  onReconnect: () => void,
+): () => void {
+  let lost = false;
+  const onClose = () => {
+    lost = true;
+  };
+  const onReady = () => {
+    if (!lost) return;
+    lost = false;
+    onReconnect();
+  };
+  client.on('message', onMessage);
+  client.on('close', onClose);
+  client.on('ready', onReady);
+  return () => {
+    client.off('message', onMessage);
+    client.off('close', onClose);
+    client.off('ready', onReady);
+  };
+}
+
+/** How long unsubscribe() waits for Redis to confirm; the local subscription is gone at once either way. */
+const UNSUBSCRIBE_WAIT_MS = 2_000;
+
+/** UNSUBSCRIBE, bounded; a failure is logged, not thrown (the connection's owner closes it either way). */
+export async function unsubscribe(client: RedisClient, channels: string[], log?: Logger): Promise<void> {
+  try {
+    await withTimeout(client.unsubscribe(...channels), UNSUBSCRIBE_WAIT_MS, 'UNSUBSCRIBE');
+  } catch (error) {
+    log?.warn({ err: error, channels }, 'could not unsubscribe from pub/sub channels');
+  }
+}
+
 /** The name given to createRedis (shown in `CLIENT LIST`), for a Redis or a Cluster alike. */
 export function connectionNameOf(client: RedisClient): string | undefined {
   return isCluster(client) ? client.options.redisOptions?.connectionName : client.options.connectionName;
