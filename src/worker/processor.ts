@@ -28,17 +28,28 @@ import {
   type ProgressStage,
   type WorkspaceJobEvent,
 } from '../shared/contract.js';
-import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from './ports.js';
+import {
+  FINISHED_JOB_STATUSES,
+  topics,
+  type ChangeWaiter,
+  type JobContext,
+  type WaitTimeouts,
+  type WorkspaceStore,
+} from './ports.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../shared/chat-order.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
-import type { CancelRequests } from '../shared/cancel-requests.js';
+import type { CancelRequest } from '../shared/cancel-requests.js';
+import { WaitTimeoutError } from '../shared/errors.js';
+import { DEFAULT_KILL_GRACE_MS } from '../shared/provisioner-cancel.js';
 import type { ChatPayload } from '../jobs/job-kind.js';
 import { findJobKind, queuedDraft, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
 import { jobLogEntry } from './job-log.js';
+import type { CancelListener } from './cancel-listener.js';
+import { JobCancelRequestedError } from './cancel-requested.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
@@ -75,8 +86,17 @@ export interface ProcessorOptions {
    * test can kill the worker in that window.
    */
   afterResultPublished?: (jobId: string) => Promise<void>;
-  /** Cancel requests, checked at pickup and before each re-delay; absent = not checked. */
-  cancels?: CancelRequests;
+  /**
+   * Cancel requests (docs/design.md §6): each attempt is watched while it runs, so that a request at pickup,
+   * before a re-delay or while it runs ends it canceled; absent = not checked.
+   */
+  cancels?: Pick<CancelListener, 'watch'>;
+  /**
+   * How long a job canceled while it runs waits for the build it created to end (its daemon kills the
+   * command: SIGTERM, then SIGKILL after the kill grace) before its canceled result goes out anyway.
+   * Default the command executor's kill grace plus 10 s.
+   */
+  cancelSettleTimeoutMs?: number;
 }
 
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
@@ -177,38 +197,89 @@ export function createProcessor(options: ProcessorOptions) {
   const { buildTimeoutMs, agentConnectTimeoutMs, startupScriptTimeoutMs } = options.timeouts;
   const lockWaitTimeoutMs =
     options.lockWaitTimeoutMs ?? buildTimeoutMs + agentConnectTimeoutMs + startupScriptTimeoutMs + 60_000;
+  const cancelSettleTimeoutMs = options.cancelSettleTimeoutMs ?? DEFAULT_KILL_GRACE_MS + 10_000;
 
   // The pipeline: parse the payload, take the chat lock or re-delay, run under the lock, settle. Each step
   // either hands the next one what it needs or ends the job (a result to settle, or a thrown DelayedError).
   return async function process(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
-    const parsed = await parsePayload(job, token);
-    if (parsed.failure) return settle(job, parsed.failure, parsed.log);
-    const { attempt, kind, log: workspaceLog } = parsed;
-    // A job picked up again (after a lock wait, a retry) has reported a stage: its `queued` is out already.
-    if ((job.progress as Partial<JobProgress> | undefined)?.stage === undefined)
-      await announceQueued(attempt, kind, parsed.payload);
+    // Watched from its pickup: a cancel request made before it, or during any step, is seen.
+    const watch = await options.cancels?.watch(job.id!);
+    try {
+      const parsed = await parsePayload(job, token, watch?.signal);
+      if (parsed.failure) return settle(job, parsed.failure, parsed.log);
+      const { attempt, kind, log: workspaceLog } = parsed;
+      // A job picked up again (after a lock wait, a retry) has reported a stage: its `queued` is out already.
+      if ((job.progress as Partial<JobProgress> | undefined)?.stage === undefined)
+        await announceQueued(attempt, kind, parsed.payload);
 
-    // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
-    // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
-    const published = await recordedResult(attempt.ref.id);
-    if (published) {
-      workspaceLog.info('the result of an earlier attempt is already out; the job ends with it');
-      await keepResult(attempt, published);
-      return settle(job, published, workspaceLog);
+      // An earlier attempt published the result and died before BullMQ recorded it: end with that result, so
+      // that the event and the job's outcome agree (a re-run would find a different world, e.g. no build to make).
+      const published = await recordedResult(attempt.ref.id);
+      if (published) {
+        workspaceLog.info('the result of an earlier attempt is already out; the job ends with it');
+        await keepResult(attempt, published);
+        return settle(job, published, workspaceLog);
+      }
+
+      // Canceled before it ran (or while an earlier attempt ran, which left its build behind).
+      const request = cancelOf(attempt);
+      if (request) {
+        await cancelOwnBuild(attempt, buildIdOf(job), signal, workspaceLog);
+        return settle(job, await finish(attempt, failures(attempt.ref.name).canceled(request)), workspaceLog);
+      }
+      const lock = await takeLockOrDelay(attempt, workspaceLog);
+      if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
+      const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
+      return settle(job, result, workspaceLog);
+    } finally {
+      watch?.done();
     }
-
-    const canceled = await cancelRequested(attempt);
-    if (canceled) return settle(job, await finish(attempt, canceled), workspaceLog);
-    const lock = await takeLockOrDelay(attempt, workspaceLog);
-    if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
-    const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
-    return settle(job, result, workspaceLog);
   };
 
-  /** The canceled result when the job's cancel was requested. */
-  async function cancelRequested(attempt: Attempt): Promise<JobFailure | undefined> {
-    const request = await options.cancels?.read(attempt.ref.id);
-    return request && failures(attempt.ref.name).canceled(request);
+  /** The attempt's cancel request, once it was made. */
+  function cancelOf(attempt: Attempt): CancelRequest | undefined {
+    const reason: unknown = attempt.canceled?.reason;
+    return reason instanceof JobCancelRequestedError ? reason.request : undefined;
+  }
+
+  /**
+   * A canceled job's own build (the one it created, recorded in ownBuildId; not one it merely waited on,
+   * docs/start-workspace.md): marked canceled, and waited for until it has ended, at most
+   * cancelSettleTimeoutMs, so that the canceled result comes after the build's end. A wait cut short (by
+   * the timeout, the lock's loss, the worker's shutdown) leaves the rest to its daemon.
+   */
+  async function cancelOwnBuild(
+    attempt: Attempt,
+    buildId: string | undefined,
+    signal: AbortSignal | undefined,
+    workspaceLog: Logger,
+  ): Promise<void> {
+    if (buildId === undefined) return;
+    const store = fencedStore(options.store, attempt.fence);
+    const build = await store.getBuild(buildId);
+    if (!build || FINISHED_JOB_STATUSES.has(build.jobStatus)) return;
+    const done = await store.cancelProvisionerJob(build.jobId);
+    workspaceLog.info(
+      { buildId, provisionerJobId: build.jobId, done },
+      "the canceled job's build is canceled",
+    );
+    if (done !== 'canceling') return;
+    try {
+      await options.waiter.waitFor(
+        [topics.provisionerJob(build.jobId)],
+        async () => {
+          const current = await store.getBuild(buildId);
+          return !current || FINISHED_JOB_STATUSES.has(current.jobStatus) ? true : undefined;
+        },
+        { timeoutMs: cancelSettleTimeoutMs, signal },
+      );
+    } catch (error) {
+      if (!(error instanceof WaitTimeoutError) && !signal?.aborted) throw error;
+      workspaceLog.warn(
+        { err: error, buildId },
+        'the canceled build has not ended yet; the job ends canceled and its daemon finishes the cancel',
+      );
+    }
   }
 
   /**
@@ -218,6 +289,7 @@ export function createProcessor(options: ProcessorOptions) {
   async function parsePayload(
     job: Job,
     token: string | undefined,
+    canceled: AbortSignal | undefined,
   ): Promise<
     | { failure: JobFailure; log: Logger }
     | { failure?: undefined; attempt: Attempt; kind: AnyJobKind; payload: ChatPayload; log: Logger }
@@ -245,13 +317,16 @@ export function createProcessor(options: ProcessorOptions) {
       // Only a chat id that parses can carry events; otherwise the failed job itself is the report.
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
       if (isChatId(chatId)) {
-        await finish({ job, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced }, failure);
+        await finish(
+          { job, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced, canceled },
+          failure,
+        );
       }
       jobLog.warn({ error: failure.error }, 'invalid payload; failing without retry');
       return { failure, log: jobLog };
     }
     // A copy: the events' workspace id changes as a create job goes, the kind's payload does not.
-    const attempt: Attempt = { job, ref, payload: { ...parsed.data }, owner, fence: unfenced };
+    const attempt: Attempt = { job, ref, payload: { ...parsed.data }, owner, fence: unfenced, canceled };
     const workspaceLog = jobLog.child({ workspaceId: parsed.data.workspaceId });
     return { attempt, kind, payload: parsed.data, log: workspaceLog };
   }
@@ -299,8 +374,8 @@ export function createProcessor(options: ProcessorOptions) {
       return { failure: failures(ref.name).flagged('internal', error) };
     }
     // A cancel that came while the job moved from delayed to active: end it rather than wait again.
-    const canceled = await cancelRequested(attempt);
-    if (canceled) return { failure: canceled };
+    const request = cancelOf(attempt);
+    if (request) return { failure: failures(ref.name).canceled(request) };
     const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
     if (lockWaits === 1) {
       await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });
@@ -328,7 +403,10 @@ export function createProcessor(options: ProcessorOptions) {
     const { job, ref } = unlocked;
     workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
     options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
-    const aborted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
+    // Its work stops when the chat lock is lost, the worker shuts down, or the job is canceled.
+    const stops = [held.signal, signal, unlocked.canceled].filter((s): s is AbortSignal => s !== undefined);
+    const aborted = AbortSignal.any(stops);
+    let ownBuildId = buildIdOf(job);
     const onLockLost = () => {
       if (held.signal.reason instanceof LockLostError) metrics?.locksLost.inc();
     };
@@ -349,8 +427,9 @@ export function createProcessor(options: ProcessorOptions) {
         accessUrl: options.accessUrl,
         signal: aborted,
         observe,
-        ownBuildId: buildIdOf(job),
+        ownBuildId,
         recordBuild: async (buildId) => {
+          ownBuildId = buildId;
           attempt.fence();
           try {
             await writeProgress(job, { kind: 'facts', buildId });
@@ -369,7 +448,7 @@ export function createProcessor(options: ProcessorOptions) {
       try {
         result = await kind.run(ctx, payload);
       } catch (error) {
-        result = await afterError(attempt, error, held, signal, workspaceLog);
+        result = await afterError(attempt, error, held, signal, ownBuildId, workspaceLog);
       }
       return await finish(attempt, result);
     } catch (error) {
@@ -384,18 +463,29 @@ export function createProcessor(options: ProcessorOptions) {
   }
 
   /**
-   * An attempt whose domain logic threw: hands the job back (worker shutting down), or gives the failure
-   * result of a last attempt, or throws for BullMQ to retry. A lost lock or job is rethrown for stopIfLost.
+   * An attempt whose domain logic threw: ends it canceled (its cancel was requested), hands the job back
+   * (worker shutting down), or gives the failure result of a last attempt, or throws for BullMQ to retry. A
+   * lost lock or job is rethrown for stopIfLost. A kind that returned despite a cancel keeps its result.
    */
   async function afterError(
     attempt: Attempt,
     error: unknown,
     held: HeldLock,
     signal: AbortSignal | undefined,
+    ownBuildId: string | undefined,
     workspaceLog: Logger,
   ): Promise<JobResult> {
     const { job } = attempt;
     if (isLost(error, held)) throw error;
+    // Before the shutdown check: a job canceled while its worker drains ends canceled, it is not handed back.
+    const request = cancelOf(attempt);
+    if (request) {
+      workspaceLog.info('job canceled while it ran');
+      // Its wait for the build ends early once this attempt can no longer write, or must stop.
+      const interrupted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
+      await cancelOwnBuild(attempt, ownBuildId, interrupted, workspaceLog);
+      return failures(attempt.ref.name).canceled(request);
+    }
     if (signal?.aborted) {
       // The worker is shutting down: hand the job back without spending an attempt.
       workspaceLog.info('worker shutting down; returning the job to the queue');
@@ -594,6 +684,8 @@ interface Attempt {
   fence: () => void;
   /** This attempt already published its `retrying` event. */
   retryAnnounced?: boolean;
+  /** Aborted with a JobCancelRequestedError once the job's cancel is requested (CancelListener). */
+  canceled: AbortSignal | undefined;
 }
 
 /** The error behind an `internal` result of a last attempt, whose stack the failed job should show. */

@@ -12,7 +12,13 @@ import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { createPool, type Pool } from '../shared/postgres.js';
-import { closeRedis, createRedis, redactUrl, type RedisClient } from '../shared/redis.js';
+import {
+  closeRedis,
+  createRedis,
+  duplicateSubscriber,
+  redactUrl,
+  type RedisClient,
+} from '../shared/redis.js';
 import { withTimeout } from '../shared/errors.js';
 import { HealthStateError } from '../shared/health.js';
 import { bullmqTelemetry } from '../shared/telemetry.js';
@@ -20,6 +26,7 @@ import { traceAttempts } from './attempt-span.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
+import { CancelListener } from './cancel-listener.js';
 import {
   createProcessor,
   observeFailedJob,
@@ -34,6 +41,8 @@ const MAX_STALLED_COUNT = 3;
 const HAND_BACK_MS = 10_000;
 /** How long start() waits for a quorum of lock nodes to connect (each is given 1 s, retried within 1 s). */
 const LOCK_NODES_START_WAIT_MS = 3_000;
+/** How long start() waits for the SUBSCRIBE to the cancel channel. */
+const CANCEL_SUBSCRIBE_WAIT_MS = 10_000;
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -58,6 +67,8 @@ interface Resources {
   hub: PgNotificationHub;
   /** Reads job states (the chat order's stale heads) and the job counts for the metrics. */
   queue: Queue;
+  /** Stays open through the grace period: a job canceled while the worker drains still ends canceled. */
+  cancels: CancelListener;
   server?: MetricsServer;
 }
 
@@ -108,10 +119,20 @@ export class WorkspaceWorker {
       log,
     });
     const hub = new PgNotificationHub(config.databaseUrl, { safetyRecheckMs: options.safetyRecheckMs, log });
-    const redis = [bullConnection, eventsRedis, ...lockClients];
+    // Cancel broadcasts for the jobs running here (subscriber mode takes a connection of its own).
+    const cancelSubscriber = duplicateSubscriber(eventsRedis, 'workspace-jobs-cancel', log);
+    const cancels = new CancelListener(
+      cancelSubscriber,
+      new CancelRequests(eventsRedis, config.queuePrefix),
+      config.queuePrefix,
+      log,
+    );
+    const redis = [bullConnection, eventsRedis, cancelSubscriber, ...lockClients];
     try {
       await hub.start();
+      await withTimeout(cancels.start(), CANCEL_SUBSCRIBE_WAIT_MS, 'subscribing to cancel requests');
     } catch (error) {
+      await hub.stop();
       await Promise.all(redis.map((r) => closeRedis(r)));
       await pool.end();
       throw error;
@@ -138,7 +159,7 @@ export class WorkspaceWorker {
     const processor = createProcessor({
       locks,
       order: new ChatOrder(eventsRedis, config.queuePrefix),
-      cancels: new CancelRequests(eventsRedis, config.queuePrefix),
+      cancels,
       jobState: (jobId) => queue.getJobState(jobId),
       publisher,
       store: new PgWorkspaceStore(pool),
@@ -216,7 +237,7 @@ export class WorkspaceWorker {
       'worker started',
     );
     started.bull = worker;
-    started.worker = new WorkspaceWorker(worker, { redis, pool, hub, queue, server }, log, metrics);
+    started.worker = new WorkspaceWorker(worker, { redis, pool, hub, queue, cancels, server }, log, metrics);
     return started.worker;
   }
 
@@ -249,6 +270,7 @@ export class WorkspaceWorker {
     await this.resources.queue.close().catch((err: unknown) => {
       this.log.warn({ err }, "could not close the worker's queue");
     });
+    await this.resources.cancels.close();
     await this.resources.hub.stop();
     await this.resources.pool.end();
     await Promise.all(this.resources.redis.map((r) => closeRedis(r)));

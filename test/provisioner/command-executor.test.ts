@@ -15,21 +15,13 @@ import {
   getAgents,
   getLogs,
   insertBuild,
+  isAlive,
   POLL,
   silentLog,
   waitForCompletion,
   waitForStatus,
   type Fixture,
 } from './helpers.js';
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('CommandExecutor', () => {
   let db: TestDatabase;

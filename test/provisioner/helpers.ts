@@ -119,6 +119,16 @@ export async function getJob(pool: Pool, jobId: string): Promise<JobRow> {
   return rows[0]!;
 }
 
+/** Whether a process of that pid exists (signal 0 checks without sending anything). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** vi.waitFor / expect.poll options of the provisioner tests: up to 10 s, every 20 ms. */
 export const POLL = { timeout: 10_000, interval: 20 };
 

@@ -1,6 +1,6 @@
 // The product on a real Redis Cluster (the `cluster` test project): the producer's enqueue and dedupe, a
 // start-workspace job through a WorkspaceWorker and the provisioner daemon to its one result, with every
-// key of the hash-tagged prefix in one slot.
+// key of the hash-tagged prefix in one slot; and a cancel of the running job, broadcast on the cluster.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { hashTag } from '../../src/shared/config.js';
 import { redisKeys } from '../../src/shared/keys.js';
@@ -94,5 +94,24 @@ describe('on a Redis Cluster', () => {
     expect(keys.some((key) => key.startsWith(`${h.prefix}:workspaces:`))).toBe(true);
     const slots = new Set(await Promise.all(keys.map((key) => h.redis.cluster('KEYSLOT', key))));
     expect(slots.size).toBe(1);
+  });
+
+  it("cancels a running job through the cluster's pub/sub: its worker ends it canceled", async () => {
+    h.provisioner.pause();
+    await h.startWorker();
+    const ws = await h.seedStoppedWorkspace();
+    const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    await h.waitForEvent(ws.chatId, 'build_queued', (e) => e.job.id === jobId);
+
+    expect(await h.producer.cancel(jobId)).toEqual({ jobId, outcome: 'cancel_requested' });
+
+    const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+    expect(result).toMatchObject({ ok: false, code: 'canceled' });
+    const [build] = await h.newStartBuilds(ws.workspaceId);
+    const { rows } = await h.db.pool.query<{ job_status: string }>(
+      'SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1',
+      [build!.id],
+    );
+    expect(rows).toEqual([{ job_status: 'canceled' }]);
   });
 });

@@ -1,0 +1,216 @@
+// Cancel of an active job (issue 10 §3) on real Redis and Postgres: the producer's broadcast reaches the
+// worker running the job, which aborts it, cancels the build it created (Coder's semantics: a pending one
+// completes canceled at once, a running one is aborted by its daemon, whose command's process group is
+// killed) and ends it with one canceled result; the chat lock is free for the chat's next job.
+import { describe, expect, it, vi } from 'vitest';
+import { insertBuild } from '../../src/cli/fixtures.js';
+import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
+import type { JobResult } from '../../src/shared/contract.js';
+import { getJob, getLogs, isAlive } from '../provisioner/helpers.js';
+import {
+  POLL,
+  WAIT_MS,
+  bounded,
+  useWorkspaceHarness,
+  type SeededWorkspace,
+} from '../helpers/worker-harness.js';
+
+describe('cancel of an active job', () => {
+  const t = useWorkspaceHarness();
+
+  /** Starts the chat's workspace and waits until its job reports `stage`; returns the job and its build. */
+  async function startAndWaitFor(ws: SeededWorkspace, stage: 'build_queued' | 'build_running') {
+    const { jobId } = await t.h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    const event = await t.h.waitForEvent(ws.chatId, stage, (e) => e.job.id === jobId);
+    const buildId = String(event.data?.build_id);
+    const { rows } = await t.h.db.pool.query<{ job_id: string }>(
+      'SELECT job_id FROM workspace_builds WHERE id = $1',
+      [buildId],
+    );
+    return { jobId, provisionerJobId: rows[0]!.job_id };
+  }
+
+  /** The workspace's builds whose provisioner job is still active. */
+  async function activeBuilds(workspaceId: string): Promise<string[]> {
+    const { rows } = await t.h.db.pool.query<{ job_status: string }>(
+      `SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+        WHERE b.workspace_id = $1 AND j.job_status IN ('pending', 'running', 'canceling')`,
+      [workspaceId],
+    );
+    return rows.map((r) => r.job_status);
+  }
+
+  /** Cancels the job, which is running: the answer says so, and the job's result follows. */
+  async function cancelRunning(jobId: string, producer = t.h.producer): Promise<JobResult> {
+    const answer = await producer.cancel(jobId, { reason: 'user pressed stop' });
+    expect(answer).toEqual({ jobId, outcome: 'cancel_requested' });
+    return t.h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+  }
+
+  /**
+   * The job ended with one canceled result (exactly one result event on the chat stream, no hand-back) and
+   * the chat's next job takes the chat lock.
+   */
+  async function expectCanceledOnce(ws: SeededWorkspace, jobId: string, result: JobResult) {
+    expect(result).toMatchObject({ ok: false, code: 'canceled', error: 'canceled: user pressed stop' });
+    const events = await t.h.jobEvents(ws.chatId, jobId);
+    const results = events.filter((e) => e.type === 'result');
+    expect(results).toHaveLength(1);
+    expect(results[0]).toMatchObject({ stage: 'failed', data: { code: 'canceled' } });
+    expect(events.map((e) => e.stage)).not.toContain('retrying');
+    expect((await t.h.waitForState(jobId, ['completed'])).attemptsMade).toBe(1);
+    const next = await t.h.producer.stopWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    expect(next.jobId).not.toBe(jobId);
+    await t.h.waitForEvent(ws.chatId, 'lock_acquired', (e) => e.job.id === next.jobId);
+  }
+
+  it('when its build is pending › the build completes canceled at once, and the job ends canceled', async () => {
+    const { h, ws } = t;
+    h.provisioner.pause();
+    await h.startWorker();
+    const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_queued');
+
+    const result = await cancelRunning(jobId);
+
+    const build = await getJob(h.db.pool, provisionerJobId);
+    expect(build).toMatchObject({ job_status: 'canceled', started_at: null, error: null });
+    expect(build.canceled_at).not.toBeNull();
+    const logs = await getLogs(h.db.pool, provisionerJobId);
+    expect(logs.map((l) => l.output)).toEqual(['Job canceled before it started']);
+    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    await expectCanceledOnce(ws, jobId, result);
+  });
+
+  it('when its build runs on the simulator › the daemon aborts it before the result goes out', async () => {
+    const { h, ws } = t;
+    await h.startProvisionerDaemon({ SIM_BUILD_MS: '60000' });
+    await h.startWorker();
+    const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_running');
+
+    const result = await cancelRunning(jobId);
+
+    // Waited for: the build had ended when the result went out.
+    const build = await getJob(h.db.pool, provisionerJobId);
+    expect(build).toMatchObject({ job_status: 'canceled', error: null });
+    expect(build.started_at).not.toBeNull();
+    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    await expectCanceledOnce(ws, jobId, result);
+  });
+
+  it("when its build runs a command › the command's process is killed and the build canceled", async () => {
+    const { h, ws } = t;
+    await h.startProvisionerDaemon({
+      PROVISIONER_EXECUTOR: 'command',
+      PROVISIONER_COMMAND: 'echo "pid=$$"; sleep 60',
+    });
+    await h.startWorker();
+    const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_running');
+    const pid = await vi.waitFor(async () => {
+      const line = (await getLogs(h.db.pool, provisionerJobId)).find((l) => l.output.startsWith('pid='));
+      expect(line, 'the command to start').toBeDefined();
+      return Number(line!.output.slice('pid='.length));
+    }, POLL);
+    expect(isAlive(pid)).toBe(true);
+
+    const result = await cancelRunning(jobId);
+
+    expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled', error: null });
+    await expect.poll(() => isAlive(pid), { ...POLL, timeout: 5_000 }).toBe(false);
+    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    await expectCanceledOnce(ws, jobId, result);
+  });
+
+  it('when two workers run › the one running the job ends it, canceled through another producer', async () => {
+    const { h, ws } = t;
+    h.provisioner.pause();
+    const held: Record<string, string[]> = { a: [], b: [] };
+    for (const name of ['a', 'b'] as const) {
+      await h.startWorker({
+        processor: { onLockHeld: ({ jobId, phase }) => held[name]!.push(`${phase} ${jobId}`) },
+      });
+    }
+    const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_queued');
+    const producer = new WorkspaceJobsProducer({
+      connection: h.connection('workspace-jobs-test-producer'),
+      pool: h.db.pool,
+      prefix: h.prefix,
+    });
+    h.onClose(() => producer.close());
+
+    const result = await cancelRunning(jobId, producer);
+
+    // One worker held the job's lock and released it (just after the result); the other never ran it.
+    const runs = () => Object.values(held).map((phases) => phases.filter((p) => p.endsWith(jobId)));
+    await vi.waitFor(() => {
+      expect(runs().sort((x, y) => y.length - x.length)).toEqual([
+        [`acquired ${jobId}`, `released ${jobId}`],
+        [],
+      ]);
+    }, POLL);
+    expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled' });
+    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    await expectCanceledOnce(ws, jobId, result);
+  });
+
+  it('when it waits for a build another job started › that build is left to run', async () => {
+    const { h } = t;
+    h.provisioner.pause();
+    const owner = await h.seedOwner();
+    const ws = await h.seedStoppedWorkspace(owner);
+    const inFlight = await insertBuild(h.db.pool, {
+      workspaceId: ws.workspaceId,
+      templateVersionId: owner.versionId,
+      transition: 'start',
+      status: 'pending',
+      initiatorId: owner.ownerId,
+    });
+    await h.startWorker();
+    const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    await h.waitForEvent(ws.chatId, 'waiting_for_existing_build', (e) => e.job.id === jobId);
+
+    const result = await cancelRunning(jobId);
+
+    expect(result).toMatchObject({ code: 'canceled' });
+    expect(await getJob(h.db.pool, inFlight.jobId)).toMatchObject({
+      job_status: 'pending',
+      canceled_at: null,
+    });
+  });
+
+  describe('while its worker shuts down', () => {
+    it('a cancel in the grace period ends the job canceled instead of handing it back', async () => {
+      const { h, ws } = t;
+      h.provisioner.pause();
+      const worker = await h.startWorker();
+      const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_queued');
+      h.workers.delete(worker);
+      const closing = worker.close(20_000);
+
+      const result = await cancelRunning(jobId);
+
+      // The worker is done once its job is: well within the grace period.
+      await bounded(closing, 10_000, 'closing the worker once its job is canceled');
+      expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled' });
+      await h.startWorker();
+      await expectCanceledOnce(ws, jobId, result);
+    });
+
+    it('the hand-back at the end of the grace period cancels nothing', async () => {
+      const { h, ws } = t;
+      h.provisioner.pause();
+      const worker = await h.startWorker();
+      const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_queued');
+
+      await h.closeWorker(worker, 200);
+
+      expect((await h.waitForState(jobId, ['delayed', 'waiting'])).attemptsMade).toBe(0);
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.filter((e) => e.type === 'result')).toEqual([]);
+      expect(events.at(-1)).toMatchObject({ stage: 'retrying' });
+      expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({
+        job_status: 'pending',
+        canceled_at: null,
+      });
+    });
+  });
+});
