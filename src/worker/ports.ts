@@ -272,7 +272,7 @@ export interface JobContext {
   waiter: ChangeWaiter;
   progress: ProgressReporter;
   timeouts: WaitTimeouts;
-  /** Aborted when the chat lock is lost or the worker shuts down. */
+  /** Aborted when the chat lock is lost, the worker shuts down, or the job is canceled. */
   signal: AbortSignal;
   accessUrl?: string;
   observe?: JobObserver;

@@ -3,8 +3,9 @@
 // completes canceled at once, a running one is aborted by its daemon, whose command's process group is
 // killed) and ends it with one canceled result; the chat lock is free for the chat's next job.
 import { describe, expect, it, vi } from 'vitest';
-import { insertBuild } from '../../src/cli/fixtures.js';
+import { insertBuild, type BuildStatus } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
+import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import type { JobResult } from '../../src/shared/contract.js';
 import { getJob, getLogs, isAlive } from '../provisioner/helpers.js';
 import {
@@ -211,6 +212,42 @@ describe('cancel of an active job', () => {
         job_status: 'pending',
         canceled_at: null,
       });
+    });
+  });
+
+  describe("the store's cancelProvisionerJob", () => {
+    /** A build of the seeded workspace whose provisioner job is in `status`. */
+    async function buildIn(status: BuildStatus) {
+      const owner = await t.h.seedOwner();
+      const ws = await t.h.seedStoppedWorkspace(owner);
+      const common = { workspaceId: ws.workspaceId, templateVersionId: owner.versionId };
+      return insertBuild(t.h.db.pool, { ...common, transition: 'start', status, initiatorId: owner.ownerId });
+    }
+
+    it('completes a pending job as canceled, leaves a running one to its daemon, and touches no completed one', async () => {
+      const store = new PgWorkspaceStore(t.h.db.pool);
+      t.h.provisioner.pause();
+      const [pending, running, succeeded] = await Promise.all(
+        (['pending', 'running', 'succeeded'] as const).map(buildIn),
+      );
+
+      expect(await store.cancelProvisionerJob(pending!.jobId)).toBe('completed');
+      expect(await store.cancelProvisionerJob(running!.jobId)).toBe('canceling');
+      expect(await store.cancelProvisionerJob(succeeded!.jobId)).toBe('untouched');
+
+      expect(await getJob(t.h.db.pool, pending!.jobId)).toMatchObject({ job_status: 'canceled' });
+      const canceling = await getJob(t.h.db.pool, running!.jobId);
+      expect(canceling).toMatchObject({ job_status: 'canceling', completed_at: null });
+      expect(await getJob(t.h.db.pool, succeeded!.jobId)).toMatchObject({
+        job_status: 'succeeded',
+        canceled_at: null,
+      });
+      expect(await getLogs(t.h.db.pool, running!.jobId)).toEqual([]);
+      // Asked again: the first request's time stands, and nothing more is written.
+      expect(await store.cancelProvisionerJob(running!.jobId)).toBe('canceling');
+      expect((await getJob(t.h.db.pool, running!.jobId)).canceled_at).toEqual(canceling.canceled_at);
+      expect(await store.cancelProvisionerJob(pending!.jobId)).toBe('untouched');
+      expect(await getLogs(t.h.db.pool, pending!.jobId)).toHaveLength(1);
     });
   });
 });
