@@ -1,7 +1,8 @@
 // Cancel of an active job (issue 10 §3) on real Redis and Postgres: the producer's broadcast reaches the
 // worker running the job, which aborts it, cancels the build it created (Coder's semantics: a pending one
 // completes canceled at once, a running one is aborted by its daemon, whose command's process group is
-// killed) and ends it with one canceled result; the chat lock is free for the chat's next job.
+// killed) and ends it with one canceled result; the chat lock is free for the chat's next job. A job delayed
+// while its chat lock is busy is removed by the producer instead, with the same one result.
 import { describe, expect, it, vi } from 'vitest';
 import { insertBuild, type BuildStatus } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
@@ -16,7 +17,7 @@ import {
   type SeededWorkspace,
 } from '../helpers/worker-harness.js';
 
-describe('cancel of an active job', () => {
+describe('cancel of a delayed or an active job', () => {
   const t = useWorkspaceHarness();
 
   /** Starts the chat's workspace and waits until its job reports `stage`; returns the job and its build. */
@@ -64,6 +65,38 @@ describe('cancel of an active job', () => {
     expect(next.jobId).not.toBe(jobId);
     await t.h.waitForEvent(ws.chatId, 'lock_acquired', (e) => e.job.id === next.jobId);
   }
+
+  it('when it waits for its chat lock (delayed) › it is removed with one canceled result and makes no build', async () => {
+    const { h, ws } = t;
+    // A long re-delay, so that the job sits in delayed when the cancel comes.
+    await h.startWorker({ processor: { lockRetryMinMs: 10_000, lockRetryMaxMs: 10_000 } });
+    const held = await h.locks().tryAcquire(ws.chatId);
+    expect(held).not.toBeNull();
+    try {
+      const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      await h.waitForEvent(ws.chatId, 'waiting_for_lock', (e) => e.job.id === jobId);
+      await h.waitForState(jobId, ['delayed']);
+
+      const answer = await h.producer.cancel(jobId, { reason: 'user pressed stop' });
+
+      expect(answer).toMatchObject({ jobId, outcome: 'canceled', was: 'delayed' });
+      expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({
+        ok: false,
+        code: 'canceled',
+        error: 'canceled: user pressed stop',
+      });
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.map((e) => e.stage)).toEqual(['queued', 'waiting_for_lock', 'failed']);
+      expect(await h.queue.getJob(jobId)).toBeUndefined();
+      const { rows } = await h.db.pool.query<{ id: string }>(
+        'SELECT id FROM workspace_builds WHERE workspace_id = $1 ORDER BY build_number DESC LIMIT 1',
+        [ws.workspaceId],
+      );
+      expect(rows[0]?.id).toBe(ws.stopBuildId);
+    } finally {
+      await held?.release();
+    }
+  });
 
   it('when its build is pending › the build completes canceled at once, and the job ends canceled', async () => {
     const { h, ws } = t;
