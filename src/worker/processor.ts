@@ -369,13 +369,14 @@ export function createProcessor(options: ProcessorOptions) {
 
     const lockWaits = (progress?.lockWaits ?? 0) + 1;
     const lockWaitStartedAt = progress?.lockWaitStartedAt ?? new Date().toISOString();
+    // A cancel that came while the job moved from delayed to active: end it rather than wait again. Before the
+    // timeout: a canceled job ends canceled, not as an internal failure that alerts.
+    const request = cancelOf(attempt);
+    if (request) return { failure: failures(ref.name).canceled(request) };
     if (Date.now() - Date.parse(lockWaitStartedAt) > lockWaitTimeoutMs) {
       const error = `timed out after ${lockWaitTimeoutMs} ms waiting for the chat lock`;
       return { failure: failures(ref.name).flagged('internal', error) };
     }
-    // A cancel that came while the job moved from delayed to active: end it rather than wait again.
-    const request = cancelOf(attempt);
-    if (request) return { failure: failures(ref.name).canceled(request) };
     const delay = Math.min(retryMax, retryMin * 2 ** (lockWaits - 1)) * (0.75 + Math.random() / 2);
     if (lockWaits === 1) {
       await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });
@@ -419,6 +420,14 @@ export function createProcessor(options: ProcessorOptions) {
       },
     };
     try {
+      // A cancel that came while the lock was being taken: nothing has run yet, so the job ends canceled (a
+      // kind that needs no wait, e.g. for a running workspace, would otherwise answer as if none came).
+      const early = cancelOf(attempt);
+      if (early)
+        return await finish(
+          attempt,
+          await endCanceled(attempt, early, ownBuildId, held, signal, workspaceLog),
+        );
       await emit(attempt, 'lock_acquired', 'Chat lock acquired');
       const ctx: JobContext = {
         store: fencedStore(options.store, attempt.fence),
@@ -462,6 +471,22 @@ export function createProcessor(options: ProcessorOptions) {
     }
   }
 
+  /** The result of a job canceled under its chat lock, once the build it created has been canceled. */
+  async function endCanceled(
+    attempt: Attempt,
+    request: CancelRequest,
+    ownBuildId: string | undefined,
+    held: HeldLock,
+    signal: AbortSignal | undefined,
+    workspaceLog: Logger,
+  ): Promise<JobFailure> {
+    workspaceLog.info('job canceled under its chat lock');
+    // Its wait for the build ends early once this attempt can no longer write, or must stop.
+    const interrupted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
+    await cancelOwnBuild(attempt, ownBuildId, interrupted, workspaceLog);
+    return failures(attempt.ref.name).canceled(request);
+  }
+
   /**
    * An attempt whose domain logic threw: ends it canceled (its cancel was requested), hands the job back
    * (worker shutting down), or gives the failure result of a last attempt, or throws for BullMQ to retry. A
@@ -479,13 +504,7 @@ export function createProcessor(options: ProcessorOptions) {
     if (isLost(error, held)) throw error;
     // Before the shutdown check: a job canceled while its worker drains ends canceled, it is not handed back.
     const request = cancelOf(attempt);
-    if (request) {
-      workspaceLog.info('job canceled while it ran');
-      // Its wait for the build ends early once this attempt can no longer write, or must stop.
-      const interrupted = signal ? AbortSignal.any([held.signal, signal]) : held.signal;
-      await cancelOwnBuild(attempt, ownBuildId, interrupted, workspaceLog);
-      return failures(attempt.ref.name).canceled(request);
-    }
+    if (request) return endCanceled(attempt, request, ownBuildId, held, signal, workspaceLog);
     if (signal?.aborted) {
       // The worker is shutting down: hand the job back without spending an attempt.
       workspaceLog.info('worker shutting down; returning the job to the queue');

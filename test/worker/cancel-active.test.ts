@@ -8,6 +8,8 @@ import { insertBuild, type BuildStatus } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import type { JobResult } from '../../src/shared/contract.js';
+import type { ChatLocks } from '../../src/shared/lock.js';
+import { JobCancelRequestedError } from '../../src/worker/cancel-requested.js';
 import { getJob, getLogs, isAlive } from '../provisioner/helpers.js';
 import {
   POLL,
@@ -98,6 +100,63 @@ describe('cancel of a delayed or an active job', () => {
     }
   });
 
+  describe('when the cancel comes while the job takes its chat lock', () => {
+    /**
+     * A worker whose jobs' cancel watches are aborted from inside the chat lock's tryAcquire, as a broadcast
+     * arriving then would; tryAcquire then takes the lock (`taken`) or finds it busy. `busy`: the first try
+     * finds it busy without a cancel (the job re-delays and its lock wait starts), the cancel comes at the next.
+     */
+    async function workerCanceledAtLock(lock: 'taken' | 'busy', lockWaitTimeoutMs?: number) {
+      const { h } = t;
+      const watches: AbortController[] = [];
+      let tries = 0;
+      const real = h.locks();
+      const request = { at: new Date().toISOString(), reason: 'user pressed stop' };
+      await h.startWorker({
+        processor: {
+          cancels: {
+            watch: async () => {
+              const controller = new AbortController();
+              watches.push(controller);
+              return { signal: controller.signal, done: () => {} };
+            },
+          },
+          locks: {
+            tryAcquire: async (chatId: string) => {
+              tries++;
+              if (lock === 'taken' || tries > 1)
+                for (const w of watches) w.abort(new JobCancelRequestedError('the job', request));
+              return lock === 'taken' ? real.tryAcquire(chatId) : null;
+            },
+          } as unknown as ChatLocks,
+          ...(lockWaitTimeoutMs !== undefined && { lockWaitTimeoutMs }),
+        },
+      });
+    }
+
+    it('ends canceled even when its kind needs no wait (a stop of a stopped workspace)', async () => {
+      const { h, ws } = t;
+      await workerCanceledAtLock('taken');
+      const { jobId } = await h.producer.stopWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      expect(result).toMatchObject({ ok: false, code: 'canceled', error: 'canceled: user pressed stop' });
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.map((e) => e.stage)).toEqual(['queued', 'failed']);
+    });
+
+    it('ends canceled, not as an internal lock-wait timeout, when the lock is busy and the wait is over', async () => {
+      const { h, ws } = t;
+      // Re-delayed for 50-200 ms: over the 10 ms bound when the cancel comes.
+      await workerCanceledAtLock('busy', 10);
+      const { jobId } = await h.producer.stopWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      expect(result).toMatchObject({ ok: false, code: 'canceled' });
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.map((e) => e.stage)).toEqual(['queued', 'waiting_for_lock', 'failed']);
+      expect((await h.waitForState(jobId, ['completed'])).attemptsMade).toBe(1);
+    });
+  });
+
   it('when its build is pending › the build completes canceled at once, and the job ends canceled', async () => {
     const { h, ws } = t;
     h.provisioner.pause();
@@ -131,25 +190,27 @@ describe('cancel of a delayed or an active job', () => {
     await expectCanceledOnce(ws, jobId, result);
   });
 
-  it("when its build runs a command › the command's process is killed and the build canceled", async () => {
+  it("when its build runs a command › the command's process group is killed and the build canceled", async () => {
     const { h, ws } = t;
     await h.startProvisionerDaemon({
       PROVISIONER_EXECUTOR: 'command',
-      PROVISIONER_COMMAND: 'echo "pid=$$"; sleep 60',
+      // A child of the script as well: the kill must reach the whole group, not only the shell.
+      PROVISIONER_COMMAND: 'sleep 60 & echo "pids=$$,$!"; wait',
     });
     await h.startWorker();
     const { jobId, provisionerJobId } = await startAndWaitFor(ws, 'build_running');
-    const pid = await vi.waitFor(async () => {
-      const line = (await getLogs(h.db.pool, provisionerJobId)).find((l) => l.output.startsWith('pid='));
+    const pids = await vi.waitFor(async () => {
+      const line = (await getLogs(h.db.pool, provisionerJobId)).find((l) => l.output.startsWith('pids='));
       expect(line, 'the command to start').toBeDefined();
-      return Number(line!.output.slice('pid='.length));
+      return line!.output.slice('pids='.length).split(',').map(Number);
     }, POLL);
-    expect(isAlive(pid)).toBe(true);
+    expect(pids).toHaveLength(2);
+    expect(pids.map(isAlive)).toEqual([true, true]);
 
     const result = await cancelRunning(jobId);
 
     expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled', error: null });
-    await expect.poll(() => isAlive(pid), { ...POLL, timeout: 5_000 }).toBe(false);
+    await expect.poll(() => pids.map(isAlive), { ...POLL, timeout: 5_000 }).toEqual([false, false]);
     expect(await activeBuilds(ws.workspaceId)).toEqual([]);
     await expectCanceledOnce(ws, jobId, result);
   });
