@@ -128,9 +128,11 @@ export class ProducerClosedError extends Error {
 }
 
 /**
- * What `cancel` did. `canceled`: the job was waiting or delayed (`was`), it is removed and its result
- * published. `cancel_requested`: it is running; the worker ends it with the canceled result at its next check.
- * `already_finished`: a no-op, with the job's result when it is still kept. `not_found`: no such job.
+ * What `cancel` did. `canceled`: the job was waiting or delayed (`was`), its result is published and it is
+ * removed. `cancel_requested`: it is running, or waiting or delayed with a build an earlier attempt created;
+ * a worker (at its next check, or when it picks the job up) cancels that build and ends the job with the
+ * canceled result. `already_finished`: a no-op, with the job's result when it is still kept (also when a
+ * worker's result came out just before the cancel's). `not_found`: no such job.
  */
 export type CancelAnswer =
   | { jobId: string; outcome: 'canceled'; was: CanceledState; result: JobFailure }
@@ -310,12 +312,8 @@ export class WorkspaceJobsProducer {
     // Only a UUID is normalised: a job someone added by hand may have any id, e.g. BullMQ's counter.
     const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
     const job = await this.queue.getJob(jobId);
-    if (!job) {
-      // A canceled job is removed, but its result stays out.
-      const published = await this.publisher.publishedResult(jobId);
-      if (published?.type === 'result' && published.data) return published.data;
-      throw new JobNotFoundError(jobId);
-    }
+    // A canceled job is removed, but its result stays out.
+    if (!job) return this.resultOfRemoved(jobId);
     // Someone who bypassed the producer may have added a job without a valid chat: then only its state tells.
     const chatId = idSchema.safeParse(job.data?.chatId).data;
 
@@ -430,7 +428,10 @@ export class WorkspaceJobsProducer {
 
   /**
    * Cancels the job (see CancelAnswer). The marker is set first, so that a worker picking the job up
-   * meanwhile ends it canceled; a removal that fails because the job became active leaves it to the worker.
+   * meanwhile ends it canceled. A waiting or delayed job that carries an earlier attempt's build (its progress
+   * has a buildId) is left to a worker, which cancels that build first. Any other is removed, its canceled
+   * result published first: a producer that dies midway leaves a result out, never a job gone without one,
+   * and a worker that finished or picked the job up meanwhile ends with whichever result came first.
    */
   async cancel(givenJobId: string, options: CancelOptions = {}): Promise<CancelAnswer> {
     this.assertOpen();
@@ -438,44 +439,61 @@ export class WorkspaceJobsProducer {
     const jobId = idSchema.safeParse(givenJobId).data ?? givenJobId;
     const job = await this.queue.getJob(jobId);
     if (!job) {
-      const published = await this.publisher.publishedResult(jobId);
-      return published?.type === 'result' && published.data
-        ? { jobId, outcome: 'already_finished', result: published.data }
+      const published = await this.publishedResultOf(jobId);
+      return published
+        ? { jobId, outcome: 'already_finished', result: published }
         : { jobId, outcome: 'not_found' };
     }
     const state = await job.getState();
     if (state === 'completed' || state === 'failed') {
       return { jobId, outcome: 'already_finished', result: await this.resultFromJob(jobId) };
     }
+    // Its result is out, BullMQ's record of it about to follow: finished for every caller.
+    const out = await this.publishedResultOf(jobId);
+    if (out) return { jobId, outcome: 'already_finished', result: out };
     const request = await this.cancels.mark(jobId, reason);
-    if (state !== 'active') {
-      try {
-        await job.remove();
-      } catch (error) {
-        this.log.debug({ err: error, jobId }, 'job became active while canceled; its worker ends it');
+    const progress = job.progress as Partial<JobProgress> | undefined;
+    if (state === 'active' || typeof progress?.buildId === 'string') {
+      // Removed, the job would leave its build pending or running: a worker cancels it, now rather than
+      // after the job's backoff.
+      if (state === 'delayed') {
+        await job
+          .promote()
+          .catch((error: unknown) =>
+            this.log.debug({ err: error, jobId }, 'the canceled job left delayed meanwhile'),
+          );
       }
-      if (!(await this.queue.getJob(jobId))) {
-        const result = failures(job.name).canceled(request);
-        await job.removeDeduplicationKey();
-        const chatId = idSchema.safeParse(job.data?.chatId).data;
-        if (chatId !== undefined) {
-          await this.order.leave(chatId, jobId);
-          // Once per job: a worker that raced us publishes nothing more.
-          await this.publisher.publish({
-            type: 'result',
-            stage: 'failed',
-            job: { id: jobId, name: job.name, attempt: job.attemptsMade + 1 },
-            chatId,
-            workspaceId: job.data.workspaceId,
-            message: result.error,
-            data: result,
-          });
-        }
-        return { jobId, outcome: 'canceled', was: state, result };
-      }
+      await this.cancels.broadcast(jobId);
+      return { jobId, outcome: 'cancel_requested' };
     }
-    await this.cancels.broadcast(jobId);
-    return { jobId, outcome: 'cancel_requested' };
+    const result = failures(job.name).canceled(request);
+    const chatId = idSchema.safeParse(job.data?.chatId).data;
+    if (chatId !== undefined) {
+      // Once per job: null when a worker's result came first (the job finished meanwhile).
+      const event = await this.publisher.publish({
+        type: 'result',
+        stage: 'failed',
+        job: { id: jobId, name: job.name, attempt: job.attemptsMade + 1 },
+        chatId,
+        workspaceId: job.data.workspaceId,
+        message: result.error,
+        data: result,
+      });
+      if (!event) return { jobId, outcome: 'already_finished', result: await this.publishedResultOf(jobId) };
+    }
+    try {
+      await job.remove();
+    } catch (error) {
+      // Picked up meanwhile: its worker ends it with the published result (or, without a chat, canceled).
+      this.log.debug({ err: error, jobId }, 'job became active while canceled; its worker ends it');
+      await this.cancels.broadcast(jobId);
+      if (chatId === undefined) return { jobId, outcome: 'cancel_requested' };
+    }
+    // Until the key is gone, an enqueue of the same workspace is deduplicated onto this job: its caller
+    // gets the canceled result too.
+    await job.removeDeduplicationKey();
+    if (chatId !== undefined) await this.order.leave(chatId, jobId);
+    return { jobId, outcome: 'canceled', was: state, result };
   }
 
   /** Cancels every live job of the chat (its order set lists them), oldest first. */
@@ -622,17 +640,31 @@ export class WorkspaceJobsProducer {
     }
   }
 
+  /** The job's published result (its event's data), if one is out. */
+  private async publishedResultOf(jobId: string): Promise<JobResult | undefined> {
+    const published = await this.publisher.publishedResult(jobId);
+    return published?.type === 'result' && published.data ? published.data : undefined;
+  }
+
+  /**
+   * The result of a job that is gone: its published result first (a cancel's, or a worker's that beat a
+   * cancel request, then removeOnComplete), else the canceled one of a job that a cancel removed without a
+   * chat to publish to (its kind, `name`, known); JobNotFoundError when neither.
+   */
+  private async resultOfRemoved(jobId: string, name?: JobName): Promise<JobResult> {
+    const published = await this.publishedResultOf(jobId);
+    if (published) return published;
+    const request = await this.cancels.read(jobId);
+    if (request && name) return failures(name).canceled(request);
+    throw new JobNotFoundError(jobId);
+  }
+
   /** The job's result once it finished; undefined before; JobNotFoundError when the job is gone. */
   private async resultFromJob(jobId: string, name?: JobName): Promise<JobResult | undefined> {
     // Both at once: one round trip's wait, every safety re-check of every waiter.
     const [state, job] = await Promise.all([this.queue.getJobState(jobId), this.queue.getJob(jobId)]);
     // Removed while waited for (removeOnComplete/removeOnFail, or by hand): no result will ever come.
-    if (!job || state === 'unknown') {
-      // Removed by a cancel: its result is (or is about to be) published.
-      const request = await this.cancels.read(jobId);
-      if (request && name) return failures(name).canceled(request);
-      throw new JobNotFoundError(jobId);
-    }
+    if (!job || state === 'unknown') return this.resultOfRemoved(jobId, name);
     if (state !== 'completed' && state !== 'failed') return undefined;
     const progress = job.progress as Partial<JobProgress> | number | string | boolean | null | undefined;
     const fromProgress =

@@ -424,6 +424,16 @@ export class WorkerHarness {
     return rows;
   }
 
+  /** The statuses of the workspace's builds whose provisioner job has not ended (pending, running, canceling). */
+  async activeBuilds(workspaceId: string): Promise<string[]> {
+    const { rows } = await this.db.pool.query<{ job_status: string }>(
+      `SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+        WHERE b.workspace_id = $1 AND j.job_status IN ('pending', 'running', 'canceling')`,
+      [workspaceId],
+    );
+    return rows.map((r) => r.job_status);
+  }
+
   /** A job id for queue.add (the producer uses UUIDs too). */
   static jobId(): string {
     return randomUUID();

@@ -78,16 +78,31 @@ describe('WorkspaceJobsProducer.cancel', () => {
     expect(await results(chatId)).toHaveLength(1);
   });
 
-  it('gives every deduplicated caller waiting on the job the canceled result', async () => {
+  it('when another chat was deduplicated onto the job › gives each chat its one canceled result', async () => {
     const first = await enqueue();
     const { ownerId, workspaceId } = first;
-    const second = await producer.startWorkspace({ ownerId, workspaceId, chatId: randomUUID() });
+    const chatB = randomUUID();
+    const second = await producer.startWorkspace({ ownerId, workspaceId, chatId: chatB });
     expect(second).toMatchObject({ deduplicated: true, jobId: first.jobId });
-    const waits = [first.jobId, second.jobId].map((id) => producer.waitForResult(id, { timeoutMs: 5_000 }));
+    const waiting = producer.waitForResult(first.jobId, { timeoutMs: 5_000 });
+    // Chat B's caller learns it from its own stream, as a chat UI does.
+    let seenByB!: (event: WorkspaceJobEvent) => void;
+    const resultOnB = new Promise<WorkspaceJobEvent>((resolve) => (seenByB = resolve));
+    await producer.subscribe(chatB, (event) => event.type === 'result' && seenByB(event));
 
     await producer.cancel(first.jobId);
 
-    for (const result of await Promise.all(waits)) expect(result).toMatchObject({ code: 'canceled' });
+    expect(await waiting).toMatchObject({ code: 'canceled' });
+    expect(await resultOnB).toMatchObject({
+      chatId: chatB,
+      job: { id: first.jobId },
+      data: { code: 'canceled' },
+    });
+    for (const chatId of [first.chatId, chatB]) {
+      const [result, ...more] = await results(chatId);
+      expect(more).toEqual([]);
+      expect(result).toMatchObject({ job: { id: first.jobId }, data: { code: 'canceled' } });
+    }
   });
 
   it('when the reason is not one short line › throws a ValidationError naming it, and cancels nothing', async () => {
