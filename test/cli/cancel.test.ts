@@ -1,16 +1,20 @@
-// `workspace-jobs cancel` as a real process on real Redis, no worker running: a waiting job is canceled
-// (one line saying so, exit 0) and its one canceled result is on the chat's stream; a second cancel is
-// already finished; --chat cancels every live job (--json: the producer's answers); an unknown job is exit 1;
-// bad flags exit 2 with one line naming the problem, before anything is canceled.
+// `workspace-jobs cancel` as a real process on real Redis, no worker running (but one that finishes two
+// jobs): a waiting job is canceled (one line saying so, exit 0) and its one canceled result is on the chat's
+// stream; a second cancel, or one of a job a worker finished, is already finished; --chat cancels every live
+// job (--json: the producer's answers); an unknown job is exit 1; bad flags exit 2 with one line naming the
+// problem, before anything is canceled.
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { seed } from '../../src/cli/seed.js';
 import { WorkspaceJobsProducer, type CancelAnswer } from '../../src/producer/producer.js';
+import { loadConfig } from '../../src/shared/config.js';
 import { QUEUE_NAME } from '../../src/shared/contract.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
 import { killAll, runCli } from '../helpers/cli-process.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { finishedJobs } from '../helpers/finished-jobs.js';
 import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
 const RUN_MS = 30_000;
@@ -102,6 +106,22 @@ describe('workspace-jobs cancel', () => {
     const none = await runCli(['cancel', '--chat', chatId], env(), RUN_MS);
     expect(none.exit).toEqual({ code: 0, signal: null });
     expect(none.stdout).toEqual([`chat ${chatId}: no job waiting, delayed or running`]);
+  });
+
+  it('when a worker finished the job, ok or failed › says already finished with its outcome, and exits 0', async () => {
+    const seeded = await seed(db.pool);
+    const { succeeded, failed } = await finishedJobs(producer, queue, loadConfig(env()), seeded);
+
+    const runs = await Promise.all(
+      [succeeded, failed].map(({ jobId }) => runCli(['cancel', '--job', jobId], env(), RUN_MS)),
+    );
+
+    expect(runs.map((run) => [run.exit.code, run.stdout])).toEqual([
+      [0, [`job ${succeeded.jobId}: already finished (succeeded)`]],
+      [0, [`job ${failed.jobId}: already finished (invalid_payload)`]],
+    ]);
+    expect(await resultsOf(succeeded.chatId)).toHaveLength(1);
+    expect(await resultsOf(failed.chatId)).toHaveLength(1);
   });
 
   it('when there is no such job › says not found and exits 1', async () => {

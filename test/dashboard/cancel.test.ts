@@ -1,4 +1,5 @@
-// POST /api/jobs/:jobId/cancel and /api/chats/:chatId/cancel on real Redis and Postgres, no worker running:
+// POST /api/jobs/:jobId/cancel and /api/chats/:chatId/cancel on real Redis and Postgres, no worker running
+// (but one that finishes two jobs for the already_finished case):
 // behind the same Basic auth and cross-site guard as every action; a waiting job is canceled with its one
 // result on the chat's stream; a second cancel is already_finished; an unknown job a 404 with the not_found
 // answer; a bad id or body a 400 naming it, with nothing canceled.
@@ -6,8 +7,10 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seed, type SeedResult } from '../../src/cli/seed.js';
+import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import { QUEUE_NAME } from '../../src/shared/contract.js';
+import { finishedJobs } from '../helpers/finished-jobs.js';
 import { PASSWORD, USER, basic, startTestDashboard, type TestDashboard } from './helpers.js';
 
 let t: TestDashboard;
@@ -89,6 +92,22 @@ describe('POST /api/jobs/:jobId/cancel', () => {
       result: expect.objectContaining({ code: 'canceled', error: 'canceled: cancel requested' }),
     });
     expect(await resultsOf(chatId, jobId)).toHaveLength(1);
+  });
+
+  it('when a worker finished the job, ok or failed › answers already_finished with its result, and publishes nothing more', async () => {
+    const producer = new WorkspaceJobsProducer({ connection: t.redis, pool: t.db.pool, prefix: t.prefix });
+    try {
+      const finished = await finishedJobs(producer, queue, t.config, seeded);
+      for (const { jobId, chatId, result } of [finished.succeeded, finished.failed]) {
+        const res = await post(`/api/jobs/${jobId}/cancel`, {});
+
+        expect(res.status).toBe(200);
+        expect(res.body).toEqual({ jobId, outcome: 'already_finished', result });
+        expect(await resultsOf(chatId, jobId)).toHaveLength(1);
+      }
+    } finally {
+      await producer.close();
+    }
   });
 
   it('when there is no such job › answers 404 with the not_found answer and an error naming the job', async () => {
