@@ -10,7 +10,7 @@ const CANCEL_HELP = `Usage: workspace-jobs cancel --job ID [--reason TEXT] [--js
 
 Cancels a job, or every waiting, delayed or running job of a chat (oldest first), and prints one line per job:
   job <id>: canceled (was waiting)          removed from the queue; its one canceled result is published
-  job <id>: cancel requested (running; its worker ends it)
+  job <id>: cancel requested (its worker ends it)
   job <id>: already finished (succeeded)    a no-op; in parentheses how it ended (or its failure code)
   job <id>: not found
 Exit 0 when every job is canceled, cancel requested or already finished (also for a chat with no live job);
@@ -67,7 +67,7 @@ function describeAnswer(answer: CancelAnswer): string {
       case 'canceled':
         return `canceled (was ${answer.was})`;
       case 'cancel_requested':
-        return 'cancel requested (running; its worker ends it)';
+        return 'cancel requested (its worker ends it)';
       case 'already_finished':
         if (answer.result === undefined) return 'already finished';
         return `already finished (${answer.result.ok ? 'succeeded' : answer.result.code})`;
