@@ -1,11 +1,12 @@
 // producer.cancel against a real worker, Redis and Postgres: a waiting or delayed job that carries a build an
 // earlier attempt created is left to a worker, which cancels that build before the one canceled result; a
 // job that finished (ok, or failed) answers already_finished with its result, also when it finished between
-// the cancel's read of its state and the cancel's own result.
+// the cancel's read of its state and the cancel's own result; a worker that picks a job up between the
+// cancel's result and its removal ends it with that result. The races are made by holding only the
+// producer's own read of the job (or its removal) until a real worker has finished it.
 import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
 import { describe, expect, it, vi } from 'vitest';
-import type { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { getJob } from '../provisioner/helpers.js';
 import { WAIT_MS, useWorkspaceHarness } from '../helpers/worker-harness.js';
 
@@ -14,6 +15,29 @@ describe('cancel of a job a worker has seen', () => {
 
   const resultsOf = async (chatId: string, jobId: string) =>
     (await t.h.jobEvents(chatId, jobId)).filter((e) => e.type === 'result');
+
+  /**
+   * A real worker runs the job to its end within the cancel's next call of the job's `step`: after the state
+   * is read (and before the cancel has it), before the removal reaches Redis. Only the producer's own read
+   * of the job is wrapped; Redis, BullMQ and the worker are real.
+   */
+  function beforeTheCancels(step: 'getState' | 'remove', jobId: string): void {
+    const { queue } = t.h.producer as unknown as { queue: { getJob(id: string): Promise<Job | undefined> } };
+    const getJob = queue.getJob.bind(queue);
+    vi.spyOn(queue, 'getJob').mockImplementationOnce(async (id: string) => {
+      const job = (await getJob(id))!;
+      const original = job[step].bind(job) as (...args: unknown[]) => Promise<unknown>;
+      Object.assign(job, {
+        [step]: async (...args: unknown[]) => {
+          const read = step === 'getState' ? await original(...args) : undefined;
+          await t.h.startWorker();
+          await t.h.waitForState(jobId, ['completed']);
+          return step === 'getState' ? read : original(...args);
+        },
+      });
+      return job;
+    });
+  }
 
   it('when a delayed job carries an earlier attempt’s build › a worker cancels that build and ends it with one canceled result', async () => {
     const { h, ws } = t;
@@ -90,22 +114,8 @@ describe('cancel of a job a worker has seen', () => {
     const { h, ws } = t;
     const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
     // The producer reads the job as waiting (no worker runs yet); before that answer reaches the cancel, a
-    // worker runs the job to its end. Only the producer's own read is wrapped; Redis and the worker are real.
-    const queue = (h.producer as unknown as { queue: WorkspaceJobsProducer['queue'] }).queue as {
-      getJob(id: string): Promise<Job | undefined>;
-    };
-    const getJob = queue.getJob.bind(queue);
-    vi.spyOn(queue, 'getJob').mockImplementationOnce(async (id: string) => {
-      const job = (await getJob(id))!;
-      const getState = job.getState.bind(job);
-      job.getState = async () => {
-        const state = await getState();
-        await h.startWorker();
-        await h.waitForState(jobId, ['completed']);
-        return state;
-      };
-      return job;
-    });
+    // worker runs the job to its end.
+    beforeTheCancels('getState', jobId);
 
     const answer = await h.producer.cancel(jobId);
 
@@ -116,5 +126,27 @@ describe('cancel of a job a worker has seen', () => {
     const [only, ...more] = await resultsOf(ws.chatId, jobId);
     expect(more).toEqual([]);
     expect(only).toMatchObject({ stage: 'completed', data: { ok: true } });
+  });
+
+  it('when a worker picks the job up between the cancel’s result and its removal › the worker ends it with that canceled result and makes no build', async () => {
+    const { h, ws } = t;
+    const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    // The cancel's result is out; before its removal reaches Redis, a worker runs the job to its end.
+    beforeTheCancels('remove', jobId);
+
+    const answer = await h.producer.cancel(jobId, { reason: 'user pressed stop' });
+
+    expect(answer).toMatchObject({ jobId, outcome: 'canceled', was: 'waiting' });
+    expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({
+      code: 'canceled',
+      error: 'canceled: user pressed stop',
+    });
+    const [only, ...more] = await resultsOf(ws.chatId, jobId);
+    expect(more).toEqual([]);
+    expect(only).toMatchObject({
+      stage: 'failed',
+      data: { code: 'canceled', error: 'canceled: user pressed stop' },
+    });
+    expect(await h.newStartBuilds(ws.workspaceId)).toEqual([]);
   });
 });
