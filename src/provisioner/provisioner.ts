@@ -126,6 +126,85 @@ interface ClaimRow {
 
 const MAX_ERROR_LENGTH = 4000;
 
+// The daemon's queries, exported so bench/plans.ts can EXPLAIN exactly these (they run on every claim, every
+// heartbeat and every poll, so a plan that scans a table would grow with the job history).
+
+/** Claims the oldest pending build job: $1 this daemon's id, $2 the ids of its own runs still winding down. */
+export const CLAIM_SQL = `WITH claimed AS (
+     UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1
+     WHERE id = (
+       SELECT id FROM provisioner_jobs
+       WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
+         AND type = 'workspace_build'
+         -- A run of ours that was handed back while we were paused may still be winding down here.
+         AND id <> ALL($2::uuid[])
+       ORDER BY created_at
+       LIMIT 1
+       FOR UPDATE SKIP LOCKED)
+     RETURNING id, claims, reruns, trace_context
+   )
+   SELECT c.id AS job_id, c.claims, c.reruns, c.trace_context, b.id AS build_id, b.workspace_id,
+          w.name AS workspace_name, w.owner_id,
+          b.template_version_id, b.build_number, b.transition,
+          coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
+                    WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
+   FROM claimed c
+   LEFT JOIN workspace_builds b ON b.job_id = c.id
+   LEFT JOIN workspaces w ON w.id = b.workspace_id`;
+
+/** Refreshes this daemon's running jobs: $1 job ids, $2 this daemon's id, $3 each job's claim counter. */
+export const HEARTBEAT_SQL = `UPDATE provisioner_jobs j SET updated_at = now()
+   FROM unnest($1::uuid[], $3::int[]) AS mine(id, claims)
+   WHERE j.id = mine.id AND j.claims = mine.claims AND j.worker_id = $2 AND j.completed_at IS NULL
+   RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`;
+
+/**
+ * Takes running jobs of daemons that stopped heart-beating: $1 stale after (ms), $2 the stale error, $3 this
+ * daemon's id, $4 max re-runs, $5 the ids of this daemon's own runs.
+ */
+export const REAP_STALE_SQL = `WITH stale AS (
+     SELECT j.id, j.worker_id, j.canceled_at IS NOT NULL AS canceled,
+            (j.canceled_at IS NULL AND j.reruns < $4 AND b.transition IN ('start', 'stop')) IS TRUE AS rerun
+     FROM provisioner_jobs j
+     LEFT JOIN workspace_builds b ON b.job_id = j.id
+     WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.type = 'workspace_build'
+       AND j.updated_at < now() - $1::float8 * interval '1 millisecond'
+       -- Our own runs are alive (we are): a late heartbeat of ours must not re-run our own build.
+       AND j.id <> ALL($5::uuid[])
+     FOR UPDATE OF j SKIP LOCKED
+   ), settled AS (
+     UPDATE provisioner_jobs j
+     SET updated_at = now(),
+         started_at = CASE WHEN s.rerun THEN NULL ELSE j.started_at END,
+         worker_id = CASE WHEN s.rerun THEN NULL ELSE j.worker_id END,
+         reruns = j.reruns + CASE WHEN s.rerun THEN 1 ELSE 0 END,
+         completed_at = CASE WHEN s.rerun THEN NULL ELSE now() END,
+         error = CASE WHEN s.rerun OR s.canceled THEN NULL ELSE $2 END
+     FROM stale s
+     WHERE j.id = s.id
+     RETURNING j.id, s.worker_id AS dead_worker_id, s.rerun, j.reruns, s.canceled
+   ), logged AS (
+     INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
+     SELECT id, 'provisioner_daemon', CASE WHEN rerun THEN 'warn' ELSE 'error' END::log_level, 'Cleaning Up',
+            format('Provisioner %s stopped responding; %s by provisioner %s',
+                   coalesce(dead_worker_id::text, '(unknown)'),
+                   CASE WHEN rerun THEN format('job handed back for re-run %s of %s', reruns, $4::int)
+                        WHEN canceled THEN 'job canceled'
+                        WHEN reruns > 0 THEN format('job failed after %s re-run(s)', reruns)
+                        ELSE 'job failed' END,
+                   $3::text)
+     FROM settled
+   )
+   SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`;
+
+/** Completes the jobs canceled before any daemon claimed them (provisioner_jobs_canceled_pending_idx). */
+export const SETTLE_CANCELED_PENDING_SQL = cancelProvisionerJobsSql(
+  `SELECT id FROM provisioner_jobs
+   WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
+     AND type = 'workspace_build'
+   FOR UPDATE SKIP LOCKED`,
+);
+
 export class Provisioner {
   readonly id: string;
   private readonly pool: Pool;
@@ -268,30 +347,7 @@ export class Provisioner {
   }
 
   private async claim(): Promise<ClaimRow | undefined> {
-    const { rows } = await this.pool.query<ClaimRow>(
-      `WITH claimed AS (
-         UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1
-         WHERE id = (
-           SELECT id FROM provisioner_jobs
-           WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
-             AND type = 'workspace_build'
-             -- A run of ours that was handed back while we were paused may still be winding down here.
-             AND id <> ALL($2::uuid[])
-           ORDER BY created_at
-           LIMIT 1
-           FOR UPDATE SKIP LOCKED)
-         RETURNING id, claims, reruns, trace_context
-       )
-       SELECT c.id AS job_id, c.claims, c.reruns, c.trace_context, b.id AS build_id, b.workspace_id,
-              w.name AS workspace_name, w.owner_id,
-              b.template_version_id, b.build_number, b.transition,
-              coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
-                        WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
-       FROM claimed c
-       LEFT JOIN workspace_builds b ON b.job_id = c.id
-       LEFT JOIN workspaces w ON w.id = b.workspace_id`,
-      [this.id, [...this.running.keys()]],
-    );
+    const { rows } = await this.pool.query<ClaimRow>(CLAIM_SQL, [this.id, [...this.running.keys()]]);
     return rows[0];
   }
 
@@ -529,13 +585,11 @@ export class Provisioner {
     const entries = new Map(this.running);
     const claims = [...entries.values()].map(({ claim }) => claim);
     this.heartbeating = this.pool
-      .query<{ id: string; canceled: boolean }>(
-        `UPDATE provisioner_jobs j SET updated_at = now()
-         FROM unnest($1::uuid[], $3::int[]) AS mine(id, claims)
-         WHERE j.id = mine.id AND j.claims = mine.claims AND j.worker_id = $2 AND j.completed_at IS NULL
-         RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`,
-        [claims.map((c) => c.job.jobId), this.id, claims.map((c) => c.claims)],
-      )
+      .query<{ id: string; canceled: boolean }>(HEARTBEAT_SQL, [
+        claims.map((c) => c.job.jobId),
+        this.id,
+        claims.map((c) => c.claims),
+      ])
       .then(({ rows }) => {
         const alive = new Map(rows.map((r) => [r.id, r.canceled]));
         for (const [jobId, { controller }] of entries) {
@@ -579,43 +633,13 @@ export class Provisioner {
       rerun: boolean;
       reruns: number;
       canceled: boolean;
-    }>(
-      `WITH stale AS (
-         SELECT j.id, j.worker_id, j.canceled_at IS NOT NULL AS canceled,
-                (j.canceled_at IS NULL AND j.reruns < $4 AND b.transition IN ('start', 'stop')) IS TRUE AS rerun
-         FROM provisioner_jobs j
-         LEFT JOIN workspace_builds b ON b.job_id = j.id
-         WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.type = 'workspace_build'
-           AND j.updated_at < now() - $1::float8 * interval '1 millisecond'
-           -- Our own runs are alive (we are): a late heartbeat of ours must not re-run our own build.
-           AND j.id <> ALL($5::uuid[])
-         FOR UPDATE OF j SKIP LOCKED
-       ), settled AS (
-         UPDATE provisioner_jobs j
-         SET updated_at = now(),
-             started_at = CASE WHEN s.rerun THEN NULL ELSE j.started_at END,
-             worker_id = CASE WHEN s.rerun THEN NULL ELSE j.worker_id END,
-             reruns = j.reruns + CASE WHEN s.rerun THEN 1 ELSE 0 END,
-             completed_at = CASE WHEN s.rerun THEN NULL ELSE now() END,
-             error = CASE WHEN s.rerun OR s.canceled THEN NULL ELSE $2 END
-         FROM stale s
-         WHERE j.id = s.id
-         RETURNING j.id, s.worker_id AS dead_worker_id, s.rerun, j.reruns, s.canceled
-       ), logged AS (
-         INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
-         SELECT id, 'provisioner_daemon', CASE WHEN rerun THEN 'warn' ELSE 'error' END::log_level, 'Cleaning Up',
-                format('Provisioner %s stopped responding; %s by provisioner %s',
-                       coalesce(dead_worker_id::text, '(unknown)'),
-                       CASE WHEN rerun THEN format('job handed back for re-run %s of %s', reruns, $4::int)
-                            WHEN canceled THEN 'job canceled'
-                            WHEN reruns > 0 THEN format('job failed after %s re-run(s)', reruns)
-                            ELSE 'job failed' END,
-                       $3::text)
-         FROM settled
-       )
-       SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`,
-      [this.staleAfterMs, STALE_JOB_ERROR, this.id, this.maxReruns, [...this.running.keys()]],
-    );
+    }>(REAP_STALE_SQL, [
+      this.staleAfterMs,
+      STALE_JOB_ERROR,
+      this.id,
+      this.maxReruns,
+      [...this.running.keys()],
+    ]);
     for (const row of rows) {
       const fields = { jobId: row.id, deadProvisionerId: row.dead_worker_id, reruns: row.reruns };
       if (row.rerun) {
@@ -636,14 +660,7 @@ export class Provisioner {
 
   /** A job canceled before any daemon claimed it completes as canceled without running. */
   private async settleCanceledPending(): Promise<void> {
-    const { rows } = await this.pool.query<{ id: string }>(
-      cancelProvisionerJobsSql(
-        `SELECT id FROM provisioner_jobs
-         WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
-           AND type = 'workspace_build'
-         FOR UPDATE SKIP LOCKED`,
-      ),
-    );
+    const { rows } = await this.pool.query<{ id: string }>(SETTLE_CANCELED_PENDING_SQL);
     for (const row of rows) this.log.info({ jobId: row.id }, 'settled a job canceled while pending');
   }
 }
