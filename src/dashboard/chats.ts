@@ -82,8 +82,11 @@ export function uuidPrefixRange(prefix: string): [string, string] | undefined {
 /** `text` as a LIKE prefix pattern: its own `%`, `_` and `\` match literally. */
 const likePrefix = (text: string) => `${text.replace(/[\\%_]/g, '\\$&')}%`;
 
-// One row per chat: its owner, its workspace and the workspace's latest build with the build's template
-// version and job status, which is what "state" means on the page (e.g. `stop` + `succeeded` = stopped).
+// One row per chat of the page (the CTE `page`, as c): its owner, its workspace and the workspace's latest
+// build with the build's template version and job status, which is what "state" means on the page (e.g.
+// `stop` + `succeeded` = stopped). Looked up chat by chat: as plain joins, the planner hashed all of
+// workspaces (and of users) for the page's 50 rows while the tables are small enough, a Seq Scan that grows
+// with them; LIMIT 1 (one row anyway: the owner is the chat's) keeps the subquery from being merged back.
 const CHAT_COLUMNS = `
 SELECT c.id,
        c.title,
@@ -91,32 +94,36 @@ SELECT c.id,
        c.created_at,
        to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '_' || c.id AS cursor,
        c.owner_id,
-       u.username          AS owner_username,
-       w.id                AS workspace_id,
-       w.name              AS workspace_name,
-       w.deleted           AS workspace_deleted,
-       w.automatic_updates,
-       w.template_id,
-       t.name              AS template_name,
-       b.build_number,
-       b.transition,
-       b.template_version_id,
-       v.name              AS template_version_name,
-       j.job_status
-  FROM page
-  JOIN chats c ON c.id = page.id
-  JOIN users u ON u.id = c.owner_id
-  LEFT JOIN workspaces w ON w.id = c.workspace_id
-  LEFT JOIN templates t ON t.id = w.template_id
-  LEFT JOIN LATERAL (
-        SELECT build_number, transition, template_version_id, job_id
-          FROM workspace_builds
-         WHERE workspace_id = w.id
-         ORDER BY build_number DESC
+       x.*
+  FROM page c
+  CROSS JOIN LATERAL (
+        SELECT u.username          AS owner_username,
+               w.id                AS workspace_id,
+               w.name              AS workspace_name,
+               w.deleted           AS workspace_deleted,
+               w.automatic_updates,
+               w.template_id,
+               t.name              AS template_name,
+               b.build_number,
+               b.transition,
+               b.template_version_id,
+               v.name              AS template_version_name,
+               j.job_status
+          FROM users u
+          LEFT JOIN workspaces w ON w.id = c.workspace_id
+          LEFT JOIN templates t ON t.id = w.template_id
+          LEFT JOIN LATERAL (
+                SELECT build_number, transition, template_version_id, job_id
+                  FROM workspace_builds
+                 WHERE workspace_id = w.id
+                 ORDER BY build_number DESC
+                 LIMIT 1
+               ) b ON true
+          LEFT JOIN template_versions v ON v.id = b.template_version_id
+          LEFT JOIN provisioner_jobs j ON j.id = b.job_id
+         WHERE u.id = c.owner_id
          LIMIT 1
-       ) b ON true
-  LEFT JOIN template_versions v ON v.id = b.template_version_id
-  LEFT JOIN provisioner_jobs j ON j.id = b.job_id`;
+       ) x`;
 
 /** One page of chats, newest first, and the cursor of the next page (null on the last one). */
 export async function listChats(
@@ -147,10 +154,11 @@ export async function listChats(
       `(c.created_at, c.id) < (${param(query.after.createdAt)}::timestamptz, ${param(query.after.id)}::uuid)`,
     );
   }
-  // The page's ids first (chats alone, by the keyset index), then the joins for those rows only: joining
-  // before the LIMIT would look up the latest build of every chat a broad search matches.
+  // The page first (chats alone, by the keyset index), then the joins for those rows only: joining before
+  // the LIMIT would look up the latest build of every chat a broad search matches. The page carries the
+  // chat's columns: joining chats again by id made the planner hash all of chats (a Seq Scan).
   const sql = `WITH page AS (
-SELECT c.id FROM chats c
+SELECT c.id, c.title, c.parent_chat_id, c.created_at, c.owner_id, c.workspace_id FROM chats c
  ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
  ORDER BY c.created_at DESC, c.id DESC
  LIMIT ${param(pageSize + 1)}
