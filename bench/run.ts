@@ -22,6 +22,7 @@ const BENCHES: Record<string, number> = {
   worker: 100_000,
   logs: 60_000,
   recovery: 160_000,
+  plans: 180_000,
 };
 
 const args = process.argv.slice(2).filter((a) => a !== '--');
