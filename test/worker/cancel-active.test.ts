@@ -34,16 +34,6 @@ describe('cancel of a delayed or an active job', () => {
     return { jobId, provisionerJobId: rows[0]!.job_id };
   }
 
-  /** The workspace's builds whose provisioner job is still active. */
-  async function activeBuilds(workspaceId: string): Promise<string[]> {
-    const { rows } = await t.h.db.pool.query<{ job_status: string }>(
-      `SELECT j.job_status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
-        WHERE b.workspace_id = $1 AND j.job_status IN ('pending', 'running', 'canceling')`,
-      [workspaceId],
-    );
-    return rows.map((r) => r.job_status);
-  }
-
   /** Cancels the job, which is running: the answer says so, and the job's result follows. */
   async function cancelRunning(jobId: string, producer = t.h.producer): Promise<JobResult> {
     const answer = await producer.cancel(jobId, { reason: 'user pressed stop' });
@@ -170,7 +160,7 @@ describe('cancel of a delayed or an active job', () => {
     expect(build.canceled_at).not.toBeNull();
     const logs = await getLogs(h.db.pool, provisionerJobId);
     expect(logs.map((l) => l.output)).toEqual(['Job canceled before it started']);
-    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    expect(await h.activeBuilds(ws.workspaceId)).toEqual([]);
     await expectCanceledOnce(ws, jobId, result);
   });
 
@@ -186,7 +176,7 @@ describe('cancel of a delayed or an active job', () => {
     const build = await getJob(h.db.pool, provisionerJobId);
     expect(build).toMatchObject({ job_status: 'canceled', error: null });
     expect(build.started_at).not.toBeNull();
-    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    expect(await h.activeBuilds(ws.workspaceId)).toEqual([]);
     await expectCanceledOnce(ws, jobId, result);
   });
 
@@ -211,7 +201,7 @@ describe('cancel of a delayed or an active job', () => {
 
     expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled', error: null });
     await expect.poll(() => pids.map(isAlive), { ...POLL, timeout: 5_000 }).toEqual([false, false]);
-    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    expect(await h.activeBuilds(ws.workspaceId)).toEqual([]);
     await expectCanceledOnce(ws, jobId, result);
   });
 
@@ -243,7 +233,7 @@ describe('cancel of a delayed or an active job', () => {
       ]);
     }, POLL);
     expect(await getJob(h.db.pool, provisionerJobId)).toMatchObject({ job_status: 'canceled' });
-    expect(await activeBuilds(ws.workspaceId)).toEqual([]);
+    expect(await h.activeBuilds(ws.workspaceId)).toEqual([]);
     await expectCanceledOnce(ws, jobId, result);
   });
 
