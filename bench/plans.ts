@@ -9,12 +9,12 @@ import pg from 'pg';
 import { getBuild, listChats, parseChatsQuery } from '../src/dashboard/chats.js';
 import { JobLogWriter } from '../src/provisioner/job-log-writer.js';
 import {
-  CLAIM_SQL,
+  CLAIM,
   DEFAULT_MAX_RERUNS,
   DEFAULT_STALE_AFTER_MS,
-  HEARTBEAT_SQL,
-  REAP_STALE_SQL,
-  SETTLE_CANCELED_PENDING_SQL,
+  HEARTBEAT,
+  REAP_STALE,
+  SETTLE_CANCELED_PENDING,
   STALE_JOB_ERROR,
 } from '../src/provisioner/provisioner.js';
 import { readBuildLogs } from '../src/shared/build-logs.js';
@@ -217,12 +217,12 @@ void runBench('plans', 150_000, async (cleanup) => {
 
   const cases: { name: string; statements: Statement[] }[] = [
     // The provisioner daemon: every poll (5 s) and wake-up, every heartbeat (2 s), every batch of log lines.
-    { name: 'provisioner: claim', statements: [{ text: CLAIM_SQL, values: [at.daemon, []] }] },
+    { name: 'provisioner: claim', statements: [{ text: CLAIM.text, values: [at.daemon, []] }] },
     {
       name: 'provisioner: heartbeat of 4 running jobs',
       statements: [
         {
-          text: HEARTBEAT_SQL,
+          text: HEARTBEAT.text,
           values: [running.rows.map((r) => r.id), at.daemon, running.rows.map((r) => r.claims)],
         },
       ],
@@ -231,14 +231,14 @@ void runBench('plans', 150_000, async (cleanup) => {
       name: 'provisioner: stale reaper (none stale)',
       statements: [
         {
-          text: REAP_STALE_SQL,
+          text: REAP_STALE.text,
           values: [DEFAULT_STALE_AFTER_MS, STALE_JOB_ERROR, at.daemon, DEFAULT_MAX_RERUNS, []],
         },
       ],
     },
     {
       name: 'provisioner: canceled-pending sweep (none to settle)',
-      statements: [{ text: SETTLE_CANCELED_PENDING_SQL, values: [] }],
+      statements: [{ text: SETTLE_CANCELED_PENDING.text, values: [] }],
     },
     {
       name: 'provisioner: log lines INSERT',

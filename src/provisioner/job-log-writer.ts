@@ -7,7 +7,7 @@
 // Each INSERT notifies `provisioner_job_logs` with the batch's last id (a trigger, migrations/0006), which is
 // what live followers of the log (src/shared/build-logs.ts) wake on.
 import type { Logger } from '../shared/logger.js';
-import type { Pool } from '../shared/postgres.js';
+import { prepared, runPrepared, type Pool } from '../shared/postgres.js';
 import type { LogLevel } from './executor.js';
 
 export type LogSource = 'provisioner_daemon' | 'provisioner';
@@ -23,6 +23,17 @@ export interface JobLogWriterOptions {
   maxLines?: number;
   log?: Logger;
 }
+
+const INSERT_LOGS = prepared(
+  'provisioner.insert_logs',
+  `INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
+   SELECT $1, t.source::log_source, t.level::log_level, t.stage, t.output
+   FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+     AS t(source, level, stage, output, n)
+   WHERE EXISTS (SELECT 1 FROM provisioner_jobs
+                WHERE id = $1 AND worker_id = $6 AND claims = $7 AND completed_at IS NULL)
+   ORDER BY t.n`,
+);
 
 interface Row {
   source: LogSource;
@@ -84,24 +95,15 @@ export class JobLogWriter {
     if (rows.length === 0) return;
     this.written += rows.length;
     try {
-      await this.options.pool.query(
-        `INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
-         SELECT $1, t.source::log_source, t.level::log_level, t.stage, t.output
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
-           AS t(source, level, stage, output, n)
-         WHERE EXISTS (SELECT 1 FROM provisioner_jobs
-                      WHERE id = $1 AND worker_id = $6 AND claims = $7 AND completed_at IS NULL)
-         ORDER BY t.n`,
-        [
-          this.options.jobId,
-          rows.map((r) => r.source),
-          rows.map((r) => r.level),
-          rows.map((r) => r.stage),
-          rows.map((r) => r.output),
-          this.options.claim.workerId,
-          this.options.claim.claims,
-        ],
-      );
+      await runPrepared(this.options.pool, INSERT_LOGS, [
+        this.options.jobId,
+        rows.map((r) => r.source),
+        rows.map((r) => r.level),
+        rows.map((r) => r.stage),
+        rows.map((r) => r.output),
+        this.options.claim.workerId,
+        this.options.claim.claims,
+      ]);
     } catch (error) {
       // Logs are worth less than the build: losing some must not fail or stall the job.
       if (!this.warned) {

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { topics, type QuotaUsage } from '../worker/ports.js';
 import type { Logger } from '../shared/logger.js';
 import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
-import { withTransaction, type Pool } from '../shared/postgres.js';
+import { prepared, runPrepared, withTransaction, type Pool } from '../shared/postgres.js';
 import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
 import { recordBuildOutcome, traceBuild } from './build-span.js';
@@ -126,11 +126,14 @@ interface ClaimRow {
 
 const MAX_ERROR_LENGTH = 4000;
 
-// The daemon's queries, exported so bench/plans.ts can EXPLAIN exactly these (they run on every claim, every
-// heartbeat and every poll, so a plan that scans a table would grow with the job history).
+// The daemon's statements, each run by name (prepared, src/shared/postgres.ts). Those of every claim,
+// heartbeat and poll are exported so bench/plans.ts can EXPLAIN exactly these (a plan that scans a table
+// would grow with the job history).
 
 /** Claims the oldest pending build job: $1 this daemon's id, $2 the ids of its own runs still winding down. */
-export const CLAIM_SQL = `WITH claimed AS (
+export const CLAIM = prepared(
+  'provisioner.claim',
+  `WITH claimed AS (
      UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1
      WHERE id = (
        SELECT id FROM provisioner_jobs
@@ -150,19 +153,65 @@ export const CLAIM_SQL = `WITH claimed AS (
                     WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
    FROM claimed c
    LEFT JOIN workspace_builds b ON b.job_id = c.id
-   LEFT JOIN workspaces w ON w.id = b.workspace_id`;
+   LEFT JOIN workspaces w ON w.id = b.workspace_id`,
+);
+
+const RELEASE = prepared(
+  'provisioner.release',
+  `UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL, updated_at = now()
+   WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL`,
+);
+
+const COMPLETE = prepared(
+  'provisioner.complete',
+  `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
+   WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
+   RETURNING canceled_at IS NOT NULL AS canceled`,
+);
+
+const INSERT_RESOURCE = prepared(
+  'provisioner.insert_resource',
+  `INSERT INTO workspace_resources (job_id, transition, type, name)
+   VALUES ($1, $2, $3, 'dev') RETURNING id`,
+);
+
+const INSERT_AGENTS = prepared(
+  'provisioner.insert_agents',
+  `INSERT INTO workspace_agents (resource_id, name, display_order)
+   SELECT $1, t.name, t.n - 1 FROM unnest($2::text[]) WITH ORDINALITY AS t(name, n)
+   RETURNING id, name, display_order`,
+);
+
+const SETTLE = prepared(
+  'provisioner.settle',
+  `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3, error_code = $5,
+          quota_credits_consumed = $6, quota_budget = $7
+   WHERE id = $1 AND worker_id = $2 AND claims = $4 AND completed_at IS NULL`,
+);
+
+const CHECK_JOB = prepared(
+  'provisioner.check_job',
+  `SELECT canceled_at IS NOT NULL AS canceled,
+          (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid AND claims = $3) AS ours
+   FROM provisioner_jobs WHERE id = $1`,
+);
 
 /** Refreshes this daemon's running jobs: $1 job ids, $2 this daemon's id, $3 each job's claim counter. */
-export const HEARTBEAT_SQL = `UPDATE provisioner_jobs j SET updated_at = now()
+export const HEARTBEAT = prepared(
+  'provisioner.heartbeat',
+  `UPDATE provisioner_jobs j SET updated_at = now()
    FROM unnest($1::uuid[], $3::int[]) AS mine(id, claims)
    WHERE j.id = mine.id AND j.claims = mine.claims AND j.worker_id = $2 AND j.completed_at IS NULL
-   RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`;
+   RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`,
+);
 
 /**
  * Takes running jobs of daemons that stopped heart-beating: $1 stale after (ms), $2 the stale error, $3 this
  * daemon's id, $4 max re-runs, $5 the ids of this daemon's own runs.
  */
-export const REAP_STALE_SQL = `WITH stale AS (
+export const REAP_STALE = prepared(
+  'provisioner.reap_stale',
+  `WITH stale AS (
      SELECT j.id, j.worker_id, j.canceled_at IS NOT NULL AS canceled,
             (j.canceled_at IS NULL AND j.reruns < $4 AND b.transition IN ('start', 'stop')) IS TRUE AS rerun
      FROM provisioner_jobs j
@@ -195,14 +244,18 @@ export const REAP_STALE_SQL = `WITH stale AS (
                    $3::text)
      FROM settled
    )
-   SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`;
+   SELECT id, dead_worker_id, rerun, reruns, canceled FROM settled`,
+);
 
 /** Completes the jobs canceled before any daemon claimed them (provisioner_jobs_canceled_pending_idx). */
-export const SETTLE_CANCELED_PENDING_SQL = cancelProvisionerJobsSql(
-  `SELECT id FROM provisioner_jobs
-   WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
-     AND type = 'workspace_build'
-   FOR UPDATE SKIP LOCKED`,
+export const SETTLE_CANCELED_PENDING = prepared(
+  'provisioner.settle_canceled_pending',
+  cancelProvisionerJobsSql(
+    `SELECT id FROM provisioner_jobs
+     WHERE started_at IS NULL AND canceled_at IS NOT NULL AND completed_at IS NULL
+       AND type = 'workspace_build'
+     FOR UPDATE SKIP LOCKED`,
+  ),
 );
 
 export class Provisioner {
@@ -347,17 +400,13 @@ export class Provisioner {
   }
 
   private async claim(): Promise<ClaimRow | undefined> {
-    const { rows } = await this.pool.query<ClaimRow>(CLAIM_SQL, [this.id, [...this.running.keys()]]);
+    const { rows } = await runPrepared<ClaimRow>(this.pool, CLAIM, [this.id, [...this.running.keys()]]);
     return rows[0];
   }
 
   /** Hands a job claimed during shutdown back, so another daemon starts it at once. */
   private async release({ job, claims }: Claim): Promise<void> {
-    await this.pool.query(
-      `UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL, updated_at = now()
-       WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL`,
-      [job.jobId, this.id, claims],
-    );
+    await runPrepared(this.pool, RELEASE, [job.jobId, this.id, claims]);
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -491,12 +540,11 @@ export class Provisioner {
   ): Promise<CommittedAgent[] | undefined> {
     try {
       return await withTransaction(this.pool, async (client) => {
-        const { rows } = await client.query<{ canceled: boolean }>(
-          `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
-           WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
-           RETURNING canceled_at IS NOT NULL AS canceled`,
-          [job.jobId, this.id, claims],
-        );
+        const { rows } = await runPrepared<{ canceled: boolean }>(client, COMPLETE, [
+          job.jobId,
+          this.id,
+          claims,
+        ]);
         const row = rows[0];
         if (!row) {
           this.log.warn({ jobId: job.jobId }, 'job was settled elsewhere before it could complete');
@@ -508,17 +556,16 @@ export class Provisioner {
           return undefined;
         }
         if (job.transition !== 'start') return [];
-        const { rows: resources } = await client.query<{ id: string }>(
-          `INSERT INTO workspace_resources (job_id, transition, type, name)
-           VALUES ($1, $2, $3, 'dev') RETURNING id`,
-          [job.jobId, job.transition, result.resourceType ?? 'workspace'],
-        );
+        const { rows: resources } = await runPrepared<{ id: string }>(client, INSERT_RESOURCE, [
+          job.jobId,
+          job.transition,
+          result.resourceType ?? 'workspace',
+        ]);
         const names = [...new Set(result.agents ?? [])];
         if (names.length === 0) return [];
-        const { rows: agents } = await client.query<{ id: string; name: string; display_order: number }>(
-          `INSERT INTO workspace_agents (resource_id, name, display_order)
-           SELECT $1, t.name, t.n - 1 FROM unnest($2::text[]) WITH ORDINALITY AS t(name, n)
-           RETURNING id, name, display_order`,
+        const { rows: agents } = await runPrepared<{ id: string; name: string; display_order: number }>(
+          client,
+          INSERT_AGENTS,
           [resources[0]!.id, names],
         );
         return agents.sort((a, b) => a.display_order - b.display_order).map(({ id, name }) => ({ id, name }));
@@ -537,20 +584,15 @@ export class Provisioner {
   /** Completes a job as failed (with its error, code and quota) or canceled (null), if it is still this claim's. */
   private async settle(jobId: string, claims: number, failure: Failure | null): Promise<void> {
     try {
-      await this.pool.query(
-        `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3, error_code = $5,
-                quota_credits_consumed = $6, quota_budget = $7
-         WHERE id = $1 AND worker_id = $2 AND claims = $4 AND completed_at IS NULL`,
-        [
-          jobId,
-          this.id,
-          failure?.message ?? null,
-          claims,
-          failure?.errorCode ?? null,
-          failure?.quota?.creditsConsumed ?? null,
-          failure?.quota?.budget ?? null,
-        ],
-      );
+      await runPrepared(this.pool, SETTLE, [
+        jobId,
+        this.id,
+        failure?.message ?? null,
+        claims,
+        failure?.errorCode ?? null,
+        failure?.quota?.creditsConsumed ?? null,
+        failure?.quota?.budget ?? null,
+      ]);
     } catch (err) {
       this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
     }
@@ -560,13 +602,7 @@ export class Provisioner {
   private checkJob({ job, claims }: Claim, controller: AbortController): void {
     if (controller.signal.aborted) return;
     const { jobId } = job;
-    this.pool
-      .query<{ canceled: boolean; ours: boolean }>(
-        `SELECT canceled_at IS NOT NULL AS canceled,
-                (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid AND claims = $3) AS ours
-         FROM provisioner_jobs WHERE id = $1`,
-        [jobId, this.id, claims],
-      )
+    runPrepared<{ canceled: boolean; ours: boolean }>(this.pool, CHECK_JOB, [jobId, this.id, claims])
       .then(({ rows }) => {
         const row = rows[0];
         if (!row?.ours) controller.abort(new JobLostError());
@@ -584,12 +620,11 @@ export class Provisioner {
     if (this.heartbeating || this.running.size === 0) return;
     const entries = new Map(this.running);
     const claims = [...entries.values()].map(({ claim }) => claim);
-    this.heartbeating = this.pool
-      .query<{ id: string; canceled: boolean }>(HEARTBEAT_SQL, [
-        claims.map((c) => c.job.jobId),
-        this.id,
-        claims.map((c) => c.claims),
-      ])
+    this.heartbeating = runPrepared<{ id: string; canceled: boolean }>(this.pool, HEARTBEAT, [
+      claims.map((c) => c.job.jobId),
+      this.id,
+      claims.map((c) => c.claims),
+    ])
       .then(({ rows }) => {
         const alive = new Map(rows.map((r) => [r.id, r.canceled]));
         for (const [jobId, { controller }] of entries) {
@@ -627,13 +662,13 @@ export class Provisioner {
    * reaping at the same moment split the work.
    */
   private async reapStale(): Promise<void> {
-    const { rows } = await this.pool.query<{
+    const { rows } = await runPrepared<{
       id: string;
       dead_worker_id: string | null;
       rerun: boolean;
       reruns: number;
       canceled: boolean;
-    }>(REAP_STALE_SQL, [
+    }>(this.pool, REAP_STALE, [
       this.staleAfterMs,
       STALE_JOB_ERROR,
       this.id,
@@ -660,7 +695,7 @@ export class Provisioner {
 
   /** A job canceled before any daemon claimed it completes as canceled without running. */
   private async settleCanceledPending(): Promise<void> {
-    const { rows } = await this.pool.query<{ id: string }>(SETTLE_CANCELED_PENDING_SQL);
+    const { rows } = await runPrepared<{ id: string }>(this.pool, SETTLE_CANCELED_PENDING, []);
     for (const row of rows) this.log.info({ jobId: row.id }, 'settled a job canceled while pending');
   }
 }

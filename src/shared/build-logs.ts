@@ -6,6 +6,7 @@ import type { ChangeWaiter } from '../worker/ports.js';
 import { topics } from '../worker/ports.js';
 import { WaitTimeoutError } from './errors.js';
 import type { QueryPool } from './contract.js';
+import { prepared, preparedQuery } from './postgres.js';
 import { ValidationError } from './schemas.js';
 
 export interface BuildLogLine {
@@ -48,6 +49,25 @@ function checkAfter(after: string): void {
 /** Anything that runs a query: a pool, a client, the producer's QueryPool. */
 export type LogReader = Pick<QueryPool, 'query'>;
 
+// One statement, so `done` and the lines come from one snapshot: when the job had completed, every line
+// written before completion is in this read (the daemon flushes its log before completing).
+const READ_BUILD_LOGS = prepared(
+  'build_logs.read',
+  `SELECT b.job_id, j.completed_at IS NOT NULL AS done,
+          l.id, l.created_at, l.level, l.stage, l.source, l.output
+     FROM workspace_builds b
+     JOIN provisioner_jobs j ON j.id = b.job_id
+     LEFT JOIN LATERAL (
+       SELECT id, created_at, level::text, stage, source::text, output
+         FROM provisioner_job_logs
+        WHERE job_id = b.job_id AND id > $2::bigint
+        ORDER BY id
+        LIMIT $3
+     ) l ON true
+    WHERE b.id = $1
+    ORDER BY l.id`,
+);
+
 type Row = {
   job_id: string;
   done: boolean;
@@ -73,24 +93,7 @@ export async function readBuildLogs(
   if (!Number.isInteger(limit) || limit < 0)
     throw new ValidationError(`invalid limit ${limit}: expected an integer ≥ 0`);
   if (!UUID.test(buildId)) return undefined;
-  // One statement, so `done` and the lines come from one snapshot: when the job had completed, every
-  // line written before completion is in this read (the daemon flushes its log before completing).
-  const { rows } = await db.query<Row>(
-    `SELECT b.job_id, j.completed_at IS NOT NULL AS done,
-            l.id, l.created_at, l.level, l.stage, l.source, l.output
-       FROM workspace_builds b
-       JOIN provisioner_jobs j ON j.id = b.job_id
-       LEFT JOIN LATERAL (
-         SELECT id, created_at, level::text, stage, source::text, output
-           FROM provisioner_job_logs
-          WHERE job_id = b.job_id AND id > $2::bigint
-          ORDER BY id
-          LIMIT $3
-       ) l ON true
-      WHERE b.id = $1
-      ORDER BY l.id`,
-    [buildId, after, limit],
-  );
+  const { rows } = await db.query<Row>(preparedQuery(READ_BUILD_LOGS, [buildId, after, limit]));
   const first = rows[0];
   if (!first) return undefined;
   const lines = rows

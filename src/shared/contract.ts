@@ -267,10 +267,14 @@ export function isFailure<R extends object>(result: R): result is Extract<R, Job
 
 /**
  * The producer's Postgres pool: a `pg.Pool` fits. Structural, so that the package's public types do not need
- * `@types/pg` (a dev dependency) in the chat backend.
+ * `@types/pg` (a dev dependency) in the chat backend. It takes pg's query config too: the build log reads run
+ * as a named prepared statement.
  */
 export interface QueryPool {
-  query<R extends Record<string, unknown>>(text: string, values?: unknown[]): Promise<{ rows: R[] }>;
+  query<R extends Record<string, unknown>>(
+    textOrConfig: string | { name?: string; text: string; values?: unknown[] },
+    values?: unknown[],
+  ): Promise<{ rows: R[] }>;
   end(): Promise<void>;
 }
 

@@ -8,9 +8,54 @@ export type PoolClient = pg.PoolClient;
 /** A pool, a pool client (e.g. inside a transaction) or a client: anything that runs a query. */
 export interface Queryable {
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(
-    text: string,
+    textOrConfig: string | pg.QueryConfig,
     values?: unknown[],
   ): Promise<pg.QueryResult<R>>;
+}
+
+/**
+ * A named prepared statement: each connection parses and plans it once, on its first use, then only binds and
+ * executes it (issue 11: about a third less Postgres CPU per start than the same text unnamed).
+ */
+export interface Prepared {
+  readonly name: string;
+  readonly text: string;
+}
+
+/** Every name declared in this process, with its text: pg refuses a name it prepared with another text. */
+const preparedTexts = new Map<string, string>();
+
+/**
+ * Declares a named prepared statement, once, at module level next to the code that runs it. A name already
+ * declared with another text throws, so a clash fails on import instead of on some connection's second query.
+ * Only for fixed texts: a text built per call (e.g. an IN list) would need a name per variant.
+ */
+export function prepared(name: string, text: string): Prepared {
+  const known = preparedTexts.get(name);
+  if (known !== undefined && known !== text) {
+    throw new Error(`prepared statement ${JSON.stringify(name)} is already declared with another text`);
+  }
+  preparedTexts.set(name, text);
+  return Object.freeze({ name, text });
+}
+
+/** The prepared statements declared so far (by the modules imported so far), name → text. */
+export function declaredStatements(): ReadonlyMap<string, string> {
+  return preparedTexts;
+}
+
+/** pg's query config that runs a prepared statement by its name, for anything that takes one. */
+export function preparedQuery(statement: Prepared, values: unknown[]): pg.QueryConfig {
+  return { name: statement.name, text: statement.text, values };
+}
+
+/** Runs a prepared statement by its name. */
+export function runPrepared<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  db: Queryable,
+  statement: Prepared,
+  values: unknown[],
+): Promise<pg.QueryResult<R>> {
+  return db.query<R>(preparedQuery(statement, values));
 }
 
 export interface PoolOptions {

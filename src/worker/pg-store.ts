@@ -18,7 +18,15 @@ import {
   type Workspace,
   type WorkspaceStore,
 } from './ports.js';
-import { withTransaction, type Pool, type PoolClient, type Queryable } from '../shared/postgres.js';
+import {
+  prepared,
+  runPrepared,
+  withTransaction,
+  type Pool,
+  type PoolClient,
+  type Prepared,
+  type Queryable,
+} from '../shared/postgres.js';
 import { traceCarrier } from '../shared/telemetry.js';
 import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
@@ -43,6 +51,58 @@ const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.tem
   j.job_status, j.error, j.error_code, j.quota_credits_consumed, j.quota_budget`;
 
 const WORKSPACE_COLUMNS = 'id, owner_id, template_id, name, deleted, automatic_updates';
+
+// Columns by name, not *: a prepared statement whose result columns change (a migration adds one while this
+// runs) fails with "cached plan must not change result type" on every connection that prepared it.
+const AGENT_COLUMNS = `a.id, a.name, a.parent_id, a.display_order, a.lifecycle_state, a.first_connected_at,
+  a.last_connected_at, a.disconnected_at, a.created_at, a.connection_timeout_seconds`;
+
+const PARAMETER_COLUMNS = `name, display_name, type, mutable, required, ephemeral, default_value, options,
+  validation_regex, validation_min, validation_max, validation_monotonic, validation_error`;
+
+// Every statement of the store runs by name (prepared, src/shared/postgres.ts).
+const GET_CHAT = prepared(
+  'worker.get_chat',
+  'SELECT id, owner_id, parent_chat_id, workspace_id, build_id, agent_id FROM chats WHERE id = $1',
+);
+const GET_USER = prepared('worker.get_user', 'SELECT id, username, status, deleted FROM users WHERE id = $1');
+const GET_WORKSPACE = prepared(
+  'worker.get_workspace',
+  `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1`,
+);
+const LOCK_WORKSPACE = prepared(
+  'worker.lock_workspace',
+  `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1 FOR UPDATE`,
+);
+const GET_LATEST_BUILD = prepared(
+  'worker.get_latest_build',
+  `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+   WHERE b.workspace_id = $1 ORDER BY b.build_number DESC LIMIT 1`,
+);
+const GET_BUILD = prepared(
+  'worker.get_build',
+  `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
+);
+const GET_AGENTS_OF_LATEST_BUILD = prepared(
+  'worker.get_agents_of_latest_build',
+  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a
+   JOIN workspace_resources r ON r.id = a.resource_id
+   JOIN workspace_builds b ON b.job_id = r.job_id
+   WHERE b.workspace_id = $1 AND NOT a.deleted
+     AND b.build_number = (SELECT max(build_number) FROM workspace_builds WHERE workspace_id = $1)`,
+);
+const GET_AGENT = prepared(
+  'worker.get_agent',
+  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a WHERE a.id = $1 AND NOT a.deleted`,
+);
+const CANCEL_PROVISIONER_JOB = prepared(
+  'worker.cancel_provisioner_job',
+  cancelProvisionerJobsSql('$1::uuid'),
+);
+const BIND_CHAT = prepared(
+  'worker.bind_chat',
+  'UPDATE chats SET workspace_id = $2, build_id = $3, agent_id = NULL, updated_at = now() WHERE id = $1',
+);
 
 const toChat = (r: Row): Chat => ({
   id: r.id as string,
@@ -107,53 +167,149 @@ const toParameter = (r: Row): TemplateVersionParameter => ({
   validationError: r.validation_error as string,
 });
 
-async function one<T>(db: Queryable, map: (r: Row) => T, sql: string, params: unknown[]): Promise<T | null> {
-  const { rows } = await db.query<Row>(sql, params);
+async function one<T>(
+  db: Queryable,
+  map: (r: Row) => T,
+  statement: Prepared,
+  params: unknown[],
+): Promise<T | null> {
+  const { rows } = await runPrepared<Row>(db, statement, params);
   return rows[0] ? map(rows[0]) : null;
 }
 
 function latestBuild(db: Queryable, workspaceId: string): Promise<Build | null> {
-  return one(
-    db,
-    toBuild,
-    `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
-     WHERE b.workspace_id = $1 ORDER BY b.build_number DESC LIMIT 1`,
-    [workspaceId],
-  );
+  return one(db, toBuild, GET_LATEST_BUILD, [workspaceId]);
 }
 
 async function bindChat(db: Queryable, chatId: string, workspaceId: string, buildId: string): Promise<void> {
-  await db.query(
-    `UPDATE chats SET workspace_id = $2, build_id = $3, agent_id = NULL, updated_at = now() WHERE id = $1`,
-    [chatId, workspaceId, buildId],
-  );
+  await runPrepared(db, BIND_CHAT, [chatId, workspaceId, buildId]);
 }
+
+// Coder's ROW_NUMBER() OVER (ORDER BY created_at), as a count over the pending set (the pending partial
+// index of 0001); id breaks ties so that two jobs never share a place.
+const QUEUE_POSITION = prepared(
+  'worker.get_queue_position',
+  `SELECT count(*) FILTER (WHERE (p.created_at, p.id) <= (me.created_at, me.id))::int AS position,
+         count(*)::int AS pending, bool_or(p.id = me.id) AS listed
+    FROM provisioner_jobs me
+    JOIN provisioner_jobs p
+      ON p.started_at IS NULL AND p.canceled_at IS NULL AND p.completed_at IS NULL
+     AND p.type = 'workspace_build'
+   WHERE me.id = $1`,
+);
+
+// The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
+// is its ready (else first connect) time after its build completed, the slowest agent's per build.
+const BUILD_ESTIMATE = prepared(
+  'worker.get_build_estimate',
+  `WITH me AS (
+     SELECT b.transition, v.template_id, coalesce(j.started_at, now()) AS base
+       FROM workspace_builds b
+       JOIN provisioner_jobs j ON j.id = b.job_id
+       JOIN template_versions v ON v.id = b.template_version_id
+      WHERE b.id = $1
+   ), recent AS (
+     -- Newest first per version of the template, down workspace_builds' (version, transition, created_at)
+     -- index (migrations/0007): a few probes per version however long the template's history.
+     SELECT r.* FROM me
+       JOIN template_versions v ON v.template_id = me.template_id
+      CROSS JOIN LATERAL (
+        SELECT j.id, j.completed_at, b.created_at,
+               extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
+          FROM workspace_builds b
+          JOIN provisioner_jobs j ON j.id = b.job_id
+         WHERE b.template_version_id = v.id AND b.transition = me.transition
+           -- The derived status (a stored column with statistics): the planner then walks the index.
+           AND j.job_status = 'succeeded' AND j.started_at IS NOT NULL
+         ORDER BY b.created_at DESC
+         LIMIT 20
+      ) r
+      ORDER BY r.created_at DESC
+      LIMIT 20
+   ), agents AS (
+     SELECT max(greatest(0, extract(epoch FROM coalesce(a.ready_at, a.first_connected_at) - r.completed_at)
+                * 1000)) AS agent_ms
+       FROM recent r
+       JOIN workspace_resources res ON res.job_id = r.id
+       JOIN workspace_agents a ON a.resource_id = res.id
+      WHERE coalesce(a.ready_at, a.first_connected_at) IS NOT NULL
+      GROUP BY r.id
+   )
+   SELECT (SELECT count(*) FROM recent)::int AS samples,
+          (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY build_ms) FROM recent) AS build_ms,
+          (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY agent_ms) FROM agents) AS agent_ms,
+          me.base
+     FROM me`,
+);
+
+// Newest first down (job_id, id), counting the whole run after the cursor (bounded by what one throttle
+// interval wrote).
+// ORDER BY the bigint column, not the text `id` output column (which would sort "999" after "1000").
+const NEWEST_BUILD_LOGS = prepared(
+  'worker.get_newest_build_logs',
+  `SELECT l.id::text AS id, l.created_at, l.level::text AS level, l.stage, l.output,
+         (count(*) OVER ())::int AS total
+    FROM provisioner_job_logs l WHERE l.job_id = $1 AND l.id > $2::bigint
+   ORDER BY l.id DESC LIMIT $3`,
+);
+
+const TEMPLATE_VERSION_PARAMETERS = prepared(
+  'worker.get_template_version_parameters',
+  `SELECT ${PARAMETER_COLUMNS} FROM template_version_parameters WHERE template_version_id = $1
+   ORDER BY display_order, name`,
+);
+
+const BUILD_PARAMETERS = prepared(
+  'worker.get_build_parameters',
+  'SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $1 ORDER BY name',
+);
+
+const GET_TEMPLATE = prepared(
+  'worker.get_template',
+  'SELECT id, name, active_version_id, require_active_version FROM templates WHERE id = $1',
+);
+
+const WORKSPACE_NAME_TAKEN = prepared(
+  'worker.workspace_name_taken',
+  'SELECT 1 FROM workspaces WHERE owner_id = $1 AND lower(name) = lower($2) AND NOT deleted',
+);
+
+const INSERT_WORKSPACE = prepared(
+  'worker.insert_workspace',
+  `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING ${WORKSPACE_COLUMNS}`,
+);
+
+const INSERT_PROVISIONER_JOB = prepared(
+  'worker.insert_provisioner_job',
+  `INSERT INTO provisioner_jobs (type, input, trace_context) VALUES ('workspace_build', $1, $2)
+   RETURNING id, job_status`,
+);
+
+const INSERT_BUILD = prepared(
+  'worker.insert_build',
+  `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+   VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+);
+
+const INSERT_BUILD_PARAMETERS = prepared(
+  'worker.insert_build_parameters',
+  `INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
+   SELECT $1, name, value FROM unnest($2::text[], $3::text[]) AS p(name, value)`,
+);
 
 export class PgWorkspaceStore implements WorkspaceStore {
   constructor(private readonly pool: Pool) {}
 
   getChat(chatId: string): Promise<Chat | null> {
-    return one(
-      this.pool,
-      toChat,
-      'SELECT id, owner_id, parent_chat_id, workspace_id, build_id, agent_id FROM chats WHERE id = $1',
-      [chatId],
-    );
+    return one(this.pool, toChat, GET_CHAT, [chatId]);
   }
 
   getUser(userId: string): Promise<User | null> {
-    return one(
-      this.pool,
-      (r) => r as unknown as User,
-      'SELECT id, username, status, deleted FROM users WHERE id = $1',
-      [userId],
-    );
+    return one(this.pool, (r) => r as unknown as User, GET_USER, [userId]);
   }
 
   getWorkspace(workspaceId: string): Promise<Workspace | null> {
-    return one(this.pool, toWorkspace, `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1`, [
-      workspaceId,
-    ]);
+    return one(this.pool, toWorkspace, GET_WORKSPACE, [workspaceId]);
   }
 
   getLatestBuild(workspaceId: string): Promise<Build | null> {
@@ -161,28 +317,16 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   getBuild(buildId: string): Promise<Build | null> {
-    return one(
-      this.pool,
-      toBuild,
-      `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
-      [buildId],
-    );
+    return one(this.pool, toBuild, GET_BUILD, [buildId]);
   }
 
   async getAgentsOfLatestBuild(workspaceId: string): Promise<Agent[]> {
-    const { rows } = await this.pool.query<Row>(
-      `SELECT a.* FROM workspace_agents a
-       JOIN workspace_resources r ON r.id = a.resource_id
-       JOIN workspace_builds b ON b.job_id = r.job_id
-       WHERE b.workspace_id = $1 AND NOT a.deleted
-         AND b.build_number = (SELECT max(build_number) FROM workspace_builds WHERE workspace_id = $1)`,
-      [workspaceId],
-    );
+    const { rows } = await runPrepared<Row>(this.pool, GET_AGENTS_OF_LATEST_BUILD, [workspaceId]);
     return rows.map(toAgent);
   }
 
   getAgent(agentId: string): Promise<Agent | null> {
-    return one(this.pool, toAgent, 'SELECT * FROM workspace_agents WHERE id = $1 AND NOT deleted', [agentId]);
+    return one(this.pool, toAgent, GET_AGENT, [agentId]);
   }
 
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
@@ -190,24 +334,15 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   async cancelProvisionerJob(jobId: string): Promise<'completed' | 'canceling' | 'untouched'> {
-    const { rows } = await this.pool.query<{ completed: boolean }>(cancelProvisionerJobsSql('$1::uuid'), [
-      jobId,
-    ]);
+    const { rows } = await runPrepared<{ completed: boolean }>(this.pool, CANCEL_PROVISIONER_JOB, [jobId]);
     if (!rows[0]) return 'untouched';
     return rows[0].completed ? 'completed' : 'canceling';
   }
 
   async getQueuePosition(jobId: string): Promise<QueuePosition | null> {
-    // Coder's ROW_NUMBER() OVER (ORDER BY created_at), as a count over the pending set (the pending partial
-    // index of 0001); id breaks ties so that two jobs never share a place.
-    const { rows } = await this.pool.query<{ position: number; pending: number; listed: boolean | null }>(
-      `SELECT count(*) FILTER (WHERE (p.created_at, p.id) <= (me.created_at, me.id))::int AS position,
-              count(*)::int AS pending, bool_or(p.id = me.id) AS listed
-         FROM provisioner_jobs me
-         JOIN provisioner_jobs p
-           ON p.started_at IS NULL AND p.canceled_at IS NULL AND p.completed_at IS NULL
-          AND p.type = 'workspace_build'
-        WHERE me.id = $1`,
+    const { rows } = await runPrepared<{ position: number; pending: number; listed: boolean | null }>(
+      this.pool,
+      QUEUE_POSITION,
       [jobId],
     );
     const row = rows[0];
@@ -215,54 +350,12 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   async getBuildEstimate(buildId: string): Promise<BuildEstimate | null> {
-    // The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
-    // is its ready (else first connect) time after its build completed, the slowest agent's per build.
-    const { rows } = await this.pool.query<{
+    const { rows } = await runPrepared<{
       samples: number;
       build_ms: number | null;
       agent_ms: number | null;
       base: Date;
-    }>(
-      `WITH me AS (
-         SELECT b.transition, v.template_id, coalesce(j.started_at, now()) AS base
-           FROM workspace_builds b
-           JOIN provisioner_jobs j ON j.id = b.job_id
-           JOIN template_versions v ON v.id = b.template_version_id
-          WHERE b.id = $1
-       ), recent AS (
-         -- Newest first per version of the template, down workspace_builds' (version, transition, created_at)
-         -- index (migrations/0007): a few probes per version however long the template's history.
-         SELECT r.* FROM me
-           JOIN template_versions v ON v.template_id = me.template_id
-          CROSS JOIN LATERAL (
-            SELECT j.id, j.completed_at, b.created_at,
-                   extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
-              FROM workspace_builds b
-              JOIN provisioner_jobs j ON j.id = b.job_id
-             WHERE b.template_version_id = v.id AND b.transition = me.transition
-               -- The derived status (a stored column with statistics): the planner then walks the index.
-               AND j.job_status = 'succeeded' AND j.started_at IS NOT NULL
-             ORDER BY b.created_at DESC
-             LIMIT 20
-          ) r
-          ORDER BY r.created_at DESC
-          LIMIT 20
-       ), agents AS (
-         SELECT max(greatest(0, extract(epoch FROM coalesce(a.ready_at, a.first_connected_at) - r.completed_at)
-                    * 1000)) AS agent_ms
-           FROM recent r
-           JOIN workspace_resources res ON res.job_id = r.id
-           JOIN workspace_agents a ON a.resource_id = res.id
-          WHERE coalesce(a.ready_at, a.first_connected_at) IS NOT NULL
-          GROUP BY r.id
-       )
-       SELECT (SELECT count(*) FROM recent)::int AS samples,
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY build_ms) FROM recent) AS build_ms,
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY agent_ms) FROM agents) AS agent_ms,
-              me.base
-         FROM me`,
-      [buildId],
-    );
+    }>(this.pool, BUILD_ESTIMATE, [buildId]);
     const row = rows[0];
     if (!row || row.samples === 0 || row.build_ms === null) return null;
     const buildMs = Math.round(row.build_ms);
@@ -280,23 +373,14 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   async getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs> {
-    // Newest first down (job_id, id), counting the whole run after the cursor (bounded by what one throttle
-    // interval wrote).
-    const { rows } = await this.pool.query<{
+    const { rows } = await runPrepared<{
       id: string;
       created_at: Date;
       level: string;
       stage: string;
       output: string;
       total: number;
-    }>(
-      // ORDER BY the bigint column, not the text `id` output column (which would sort "999" after "1000").
-      `SELECT l.id::text AS id, l.created_at, l.level::text AS level, l.stage, l.output,
-              (count(*) OVER ())::int AS total
-         FROM provisioner_job_logs l WHERE l.job_id = $1 AND l.id > $2::bigint
-        ORDER BY l.id DESC LIMIT $3`,
-      [jobId, after, limit],
-    );
+    }>(this.pool, NEWEST_BUILD_LOGS, [jobId, after, limit]);
     return {
       lines: rows.reverse().map((r) => ({
         id: r.id,
@@ -318,12 +402,7 @@ class PgBuildTransaction implements BuildTransaction {
   constructor(private readonly client: PoolClient) {}
 
   lockWorkspace(workspaceId: string): Promise<Workspace | null> {
-    return one(
-      this.client,
-      toWorkspace,
-      `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1 FOR UPDATE`,
-      [workspaceId],
-    );
+    return one(this.client, toWorkspace, LOCK_WORKSPACE, [workspaceId]);
   }
 
   getLatestBuild(workspaceId: string): Promise<Build | null> {
@@ -339,24 +418,18 @@ class PgBuildTransaction implements BuildTransaction {
         activeVersionId: r.active_version_id as string,
         requireActiveVersion: r.require_active_version as boolean,
       }),
-      'SELECT id, name, active_version_id, require_active_version FROM templates WHERE id = $1',
+      GET_TEMPLATE,
       [templateId],
     );
   }
 
   async getTemplateVersionParameters(templateVersionId: string): Promise<TemplateVersionParameter[]> {
-    const { rows } = await this.client.query<Row>(
-      `SELECT * FROM template_version_parameters WHERE template_version_id = $1 ORDER BY display_order, name`,
-      [templateVersionId],
-    );
+    const { rows } = await runPrepared<Row>(this.client, TEMPLATE_VERSION_PARAMETERS, [templateVersionId]);
     return rows.map(toParameter);
   }
 
   async getBuildParameters(buildId: string): Promise<BuildParameter[]> {
-    const { rows } = await this.client.query<BuildParameter>(
-      'SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $1 ORDER BY name',
-      [buildId],
-    );
+    const { rows } = await runPrepared<BuildParameter>(this.client, BUILD_PARAMETERS, [buildId]);
     return rows;
   }
 
@@ -365,21 +438,13 @@ class PgBuildTransaction implements BuildTransaction {
   }
 
   async workspaceNameTaken(ownerId: string, name: string): Promise<boolean> {
-    const { rowCount } = await this.client.query(
-      'SELECT 1 FROM workspaces WHERE owner_id = $1 AND lower(name) = lower($2) AND NOT deleted',
-      [ownerId, name],
-    );
+    const { rowCount } = await runPrepared(this.client, WORKSPACE_NAME_TAKEN, [ownerId, name]);
     return (rowCount ?? 0) > 0;
   }
 
   async insertWorkspace(input: NewWorkspace): Promise<Workspace> {
     const row = await unlessTaken(
-      one(
-        this.client,
-        toWorkspace,
-        `INSERT INTO workspaces (owner_id, template_id, name) VALUES ($1, $2, $3) RETURNING ${WORKSPACE_COLUMNS}`,
-        [input.ownerId, input.templateId, input.name],
-      ),
+      one(this.client, toWorkspace, INSERT_WORKSPACE, [input.ownerId, input.templateId, input.name]),
       (cause) => new NameTakenError(input.ownerId, input.name, { cause }),
     );
     return row!;
@@ -389,33 +454,29 @@ class PgBuildTransaction implements BuildTransaction {
     const buildId = randomUUID();
     const {
       rows: [job],
-    } = await this.client.query<{ id: string; job_status: Build['jobStatus'] }>(
-      `INSERT INTO provisioner_jobs (type, input, trace_context) VALUES ('workspace_build', $1, $2)
-       RETURNING id, job_status`,
+    } = await runPrepared<{ id: string; job_status: Build['jobStatus'] }>(
+      this.client,
+      INSERT_PROVISIONER_JOB,
       // The job attempt's span (active here): the provisioner's build span links to it.
       [{ workspace_build_id: buildId }, traceCarrier() ?? null],
     );
     await unlessTaken(
-      this.client.query(
-        `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-        [
-          buildId,
-          input.workspaceId,
-          input.templateVersionId,
-          input.buildNumber,
-          input.transition,
-          input.initiatorId,
-          job!.id,
-        ],
-      ),
+      runPrepared(this.client, INSERT_BUILD, [
+        buildId,
+        input.workspaceId,
+        input.templateVersionId,
+        input.buildNumber,
+        input.transition,
+        input.initiatorId,
+        job!.id,
+      ]),
       (cause) => new BuildConflictError(input.workspaceId, input.buildNumber, { cause }),
     );
-    await this.client.query(
-      `INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
-       SELECT $1, name, value FROM unnest($2::text[], $3::text[]) AS p(name, value)`,
-      [buildId, input.parameters.map((p) => p.name), input.parameters.map((p) => p.value)],
-    );
+    await runPrepared(this.client, INSERT_BUILD_PARAMETERS, [
+      buildId,
+      input.parameters.map((p) => p.name),
+      input.parameters.map((p) => p.value),
+    ]);
     return {
       id: buildId,
       workspaceId: input.workspaceId,

@@ -100,7 +100,8 @@ describe('Provisioner', () => {
       get(target, property) {
         if (property === 'query') {
           return (...args: Parameters<Pool['query']>) => {
-            const isClaim = String(args[0]).includes('UPDATE provisioner_jobs SET started_at = now()');
+            // The daemon runs its statements by name (src/shared/postgres.ts, prepared).
+            const isClaim = (args[0] as { name?: string }).name === 'provisioner.claim';
             if (!isClaim) return (target.query as (...a: unknown[]) => unknown)(...args);
             claims++;
             return (target.query as (...a: unknown[]) => Promise<unknown>)(...args).finally(
@@ -543,7 +544,7 @@ describe('Provisioner', () => {
       get(target, property) {
         if (property === 'query') {
           return async (...args: Parameters<Pool['query']>) => {
-            if (String(args[0]).includes('AS mine(id, claims)')) {
+            if ((args[0] as { name?: string }).name === 'provisioner.heartbeat') {
               await new Promise((resolve) => setTimeout(resolve, heartbeatLagMs));
             }
             return (target.query as (...a: unknown[]) => unknown)(...args);

@@ -3,7 +3,7 @@
 // priced out the planner takes the index only when the query's predicate implies the index's, so editing
 // either alone fails here. (bench/plans.ts measures the same plan on 1M jobs.)
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SETTLE_CANCELED_PENDING_SQL } from '../../src/provisioner/provisioner.js';
+import { SETTLE_CANCELED_PENDING } from '../../src/provisioner/provisioner.js';
 import { withTransaction } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 
@@ -34,7 +34,7 @@ describe('canceled-pending sweep plan', () => {
     const plan = await withTransaction(db.pool, async (client) => {
       await client.query('SET LOCAL enable_seqscan = off');
       const { rows } = await client.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>(
-        `EXPLAIN (FORMAT JSON) ${SETTLE_CANCELED_PENDING_SQL}`,
+        `EXPLAIN (FORMAT JSON) ${SETTLE_CANCELED_PENDING.text}`,
       );
       return rows[0]!['QUERY PLAN'][0].Plan;
     });
