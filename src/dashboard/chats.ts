@@ -135,19 +135,18 @@ export async function listChats(
   const param = (value: unknown) => `$${values.push(value)}`;
   const where: string[] = [];
   if (query.q !== undefined) {
-    // A UNION of three index lookups (chat id range, owner username prefix, workspace name prefix): an OR
-    // across the joined tables would make Postgres scan every chat.
+    // Three index lookups OR-ed into one bitmap of chats (chat id range, owner username prefix, workspace
+    // name prefix): the matching owners and workspaces are looked up first, once each (ARRAY(...)), then
+    // their chats through chats_owner_id_idx and chats_workspace_id_idx. A search costs what it matches. A
+    // UNION of joins instead made the planner hash all chats (a Seq Scan) once a prefix matched ~100 of 10k.
     const pattern = param(likePrefix(query.q));
     const matches = [
-      `SELECT c2.id FROM users u2 JOIN chats c2 ON c2.owner_id = u2.id
-        WHERE lower(u2.username) LIKE ${pattern}`,
-      `SELECT c3.id FROM workspaces w3 JOIN chats c3 ON c3.workspace_id = w3.id
-        WHERE lower(w3.name) LIKE ${pattern}`,
+      `c.owner_id = ANY (ARRAY(SELECT id FROM users WHERE lower(username) LIKE ${pattern}))`,
+      `c.workspace_id = ANY (ARRAY(SELECT id FROM workspaces WHERE lower(name) LIKE ${pattern}))`,
     ];
     const range = uuidPrefixRange(query.q);
-    if (range)
-      matches.unshift(`SELECT id FROM chats WHERE id BETWEEN ${param(range[0])} AND ${param(range[1])}`);
-    where.push(`c.id IN (${matches.join(' UNION ')})`);
+    if (range) matches.unshift(`c.id BETWEEN ${param(range[0])} AND ${param(range[1])}`);
+    where.push(`(${matches.join(' OR ')})`);
   }
   if (query.after) {
     where.push(
