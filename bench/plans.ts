@@ -319,6 +319,15 @@ void runBench('plans', 150_000, async (cleanup) => {
       name: 'dashboard: /api/chats search, workspace name',
       statements: await sqlOf((pool) => listChats(pool, { q: 'ws-9950' })),
     },
+    // The first keystrokes of a search: prefixes that match a tenth of the chats, and all of them.
+    {
+      name: 'dashboard: /api/chats search, 1,111 of the workspaces',
+      statements: await sqlOf((pool) => listChats(pool, { q: 'ws-1' })),
+    },
+    {
+      name: 'dashboard: /api/chats search, every owner',
+      statements: await sqlOf((pool) => listChats(pool, { q: 'u' })),
+    },
     {
       name: 'dashboard: /api/chats search, chat id prefix',
       statements: await sqlOf((pool) => listChats(pool, { q: at.chat!.slice(0, 8) })),
