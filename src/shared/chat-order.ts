@@ -81,6 +81,12 @@ export class ChatOrder {
     await this.redis.zrem(this.keys.chatOrder(chatId), jobId);
   }
 
+  /** The chat's first job in its order (one ZRANGE): the one its lock goes to next. */
+  async head(chatId: string): Promise<string | undefined> {
+    const [first] = await this.redis.zrange(this.keys.chatOrder(chatId), 0, 0);
+    return first;
+  }
+
   /** The chat's jobs in their order, first to last (ended ones too, until a head check removes them). */
   async jobs(chatId: string): Promise<string[]> {
     return this.redis.zrange(this.keys.chatOrder(chatId), 0, -1);

@@ -6,14 +6,15 @@
 // only real failures (`internal`, `invalid_payload`): those fail without retries, with the stack of the error
 // behind them.
 //
-// A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle; every
-// write to the job's BullMQ progress goes through writeProgress. The jobs of one chat take its lock in
-// enqueue order (chat-order.ts): a job waits while an earlier one of its chat is live, and leaves the order
-// as its result goes out.
+// A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle, then
+// handOff; every write to the job's BullMQ progress goes through writeProgress. The jobs of one chat take its
+// lock in enqueue order (chat-order.ts): a job waits while an earlier one of its chat is live, leaves the
+// order as its result goes out, and once its lock is released promotes the chat's next job out of its re-delay.
 //
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
 // BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
@@ -68,7 +69,16 @@ export interface ProcessorOptions {
   timeouts: WaitTimeouts;
   accessUrl?: string;
   log: Logger;
-  /** First re-delay of a job that found its chat lock busy; doubles per wait. Default 1000. */
+  /**
+   * Promotes a delayed job of this queue so that it runs now (Job.promote); resolves `promoted`, or the
+   * job's state when it is not delayed (`unknown` when gone). The hand-off to a chat's next job; absent = the
+   * next job waits out its re-delay.
+   */
+  promote?: (jobId: string) => Promise<string>;
+  /**
+   * First re-delay of a job that found its chat lock busy; doubles per wait. Default 1000. A hand-off
+   * (promote) usually ends the wait sooner: the re-delay is the safety net for a lost one.
+   */
   lockRetryMinMs?: number;
   /** Longest re-delay. Default 15000. */
   lockRetryMaxMs?: number;
@@ -98,6 +108,10 @@ export interface ProcessorOptions {
    */
   cancelSettleTimeoutMs?: number;
 }
+
+/** How often a hand-off tries to promote the chat's next job, and how long it waits between tries. */
+const HAND_OFF_TRIES = 5;
+const HAND_OFF_RETRY_MS = 20;
 
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
 function nameLabel(name: string): string {
@@ -204,6 +218,9 @@ export function createProcessor(options: ProcessorOptions) {
   return async function process(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
     // Watched from its pickup: a cancel request made before it, or during any step, is seen.
     const watch = await options.cancels?.watch(job.id!);
+    // The chat this attempt hands on as it ends (handOff): every end but its own lock wait.
+    const dataChatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
+    let handOffChat = isChatId(dataChatId) ? dataChatId : undefined;
     try {
       const parsed = await parsePayload(job, token, watch?.signal);
       if (parsed.failure) return settle(job, parsed.failure, parsed.log);
@@ -227,14 +244,44 @@ export function createProcessor(options: ProcessorOptions) {
         await cancelOwnBuild(attempt, buildIdOf(job), signal, workspaceLog);
         return settle(job, await finish(attempt, failures(attempt.ref.name).canceled(request)), workspaceLog);
       }
-      const lock = await takeLockOrDelay(attempt, workspaceLog);
+      const lock = await takeLockOrDelay(attempt, workspaceLog).catch((error: unknown) => {
+        if (error instanceof DelayedError) handOffChat = undefined;
+        throw error;
+      });
       if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
       const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
       return settle(job, result, workspaceLog);
     } finally {
       watch?.done();
+      if (handOffChat !== undefined) await handOff(handOffChat, job.id!);
     }
   };
+
+  /**
+   * Step 5 (docs/design.md §5): the attempt has released its chat lock (runUnderLock's finally) or left the
+   * chat's order, so the chat's next job in enqueue order, which may be sleeping out a lock-wait re-delay,
+   * is promoted to take its turn now; only that one, the rest keep waiting for theirs. One ZRANGE when
+   * nobody is next (or this job, still in the order for a retry, is). A next job that is active may be
+   * between its turn check and its re-delay: it is tried again a few times (one waiting to be picked up
+   * finds its turn itself). A promotion lost anyway (a crash, a worker without promote) costs the next job
+   * its re-delay, nothing more.
+   */
+  async function handOff(chatId: string, jobId: string): Promise<void> {
+    const { promote } = options;
+    if (!promote) return;
+    try {
+      const next = await order.head(chatId);
+      if (next === undefined || next === jobId) return;
+      for (let tries = 1; (await promote(next)) === 'active' && tries < HAND_OFF_TRIES; tries++) {
+        await sleep(HAND_OFF_RETRY_MS);
+      }
+    } catch (error) {
+      log.warn(
+        { err: error, chatId, jobId },
+        'could not hand the chat to its next job; it takes its turn after its re-delay',
+      );
+    }
+  }
 
   /** The attempt's cancel request, once it was made. */
   function cancelOf(attempt: Attempt): CancelRequest | undefined {
