@@ -31,6 +31,23 @@ import type { Logger } from '../shared/logger.js';
 import { idSchema } from '../shared/schemas.js';
 import type { EventStreamSlots } from './stream-slots.js';
 
+/**
+ * Each event's SSE block, made once per process: EventSubscriber hands the same event object to every client of
+ * the chat, so with 1,000 tabs on one chat the JSON and its UTF-8 bytes are made once, not 1,000 times (issue
+ * 11). Replayed events are read per client, so they are new objects and serialised for that client alone.
+ */
+const blocks = new WeakMap<WorkspaceJobEvent, Buffer>();
+
+function sseBlock(event: WorkspaceJobEvent): Buffer {
+  let block = blocks.get(event);
+  if (block === undefined) {
+    // JSON.stringify never emits a raw newline, so the whole envelope is one `data:` line.
+    block = Buffer.from(`id: ${event.seq}\ndata: ${JSON.stringify(event)}\n\n`);
+    blocks.set(event, block);
+  }
+  return block;
+}
+
 /** The chat event-stream handler; its streams take slots of the dashboard's EventStreamSlots. */
 export class ChatEventStreams {
   constructor(
@@ -83,8 +100,7 @@ export class ChatEventStreams {
       if (stream.stopped) return;
       if (lastSent !== undefined && compareSeq(event.seq, lastSent) <= 0) return;
       lastSent = event.seq;
-      // JSON.stringify never emits a raw newline, so the whole envelope is one `data:` line.
-      stream.write(`id: ${event.seq}\ndata: ${JSON.stringify(event)}\n\n`);
+      stream.write(sseBlock(event));
     };
 
     // 3. Replay after `since`, then live. Events reach `send` while this awaits (the replay) and after.

@@ -36,8 +36,11 @@ export interface EventStream {
   readonly res: Response;
   /** True once stopped (client gone, cut off, or the dashboard closing). */
   readonly stopped: boolean;
-  /** Writes an SSE block unless stopped; cuts the client off when too much is buffered for it. */
-  write(block: string): void;
+  /**
+   * Writes an SSE block unless stopped; cuts the client off when too much is buffered for it. A Buffer may be
+   * shared by many streams (it is not copied or changed).
+   */
+  write(block: string | Buffer): void;
   /** Ends the response and runs the stream's clean-up; resolves once that is done. Idempotent. */
   stop(): Promise<void>;
 }

@@ -217,6 +217,36 @@ describe('connection handling', () => {
     await vi.waitFor(async () => expect(await subscribers(chatId)).toBe(0), { timeout: 5_000 });
   });
 
+  it('when several clients watch one chat › serialises each live event once, and a later client still gets its replay', async () => {
+    const chatId = randomUUID();
+    const clients = await Promise.all([1, 2, 3].map(() => openSse(t.url(`/chats/${chatId}/events`))));
+    try {
+      await Promise.all(clients.map((c) => c.comment('live')));
+      // Counts the serialisations of this chat's events (the dashboard runs in this process).
+      const stringify = vi.spyOn(JSON, 'stringify');
+      const ofEvents = () =>
+        stringify.mock.calls.filter(
+          ([value]) => (value as Partial<WorkspaceJobEvent>)?.chatId === chatId && 'seq' in (value as object),
+        ).length;
+      try {
+        const [event] = await publish(chatId, 1);
+        for (const c of clients) expect(await take(c, 1)).toEqual([event]);
+        expect(ofEvents()).toBe(1);
+      } finally {
+        stringify.mockRestore();
+      }
+      const late = await openSse(t.url(`/chats/${chatId}/events?since=0`));
+      clients.push(late);
+      const [replayed] = await take(late, 1);
+      await late.comment('live');
+      const [next] = await publish(chatId, 1, 2);
+      for (const c of clients) expect(await take(c, 1)).toEqual([next]);
+      expect(replayed!.message).toBe('event 1');
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+
   it('ends open streams and closes everything on close()', async () => {
     const own = await startTestDashboard({ db });
     const chatId = randomUUID();
