@@ -3,11 +3,11 @@
 // delivery), and replay of a 1,000-event stream with `since`.
 import { randomUUID } from 'node:crypto';
 import { EventPublisher, EventSubscriber, compareSeq, readChatEvents } from '../src/shared/events.js';
-import type { EventDraft, WorkspaceJobEvent } from '../src/shared/contract.js';
+import type { WorkspaceJobEvent } from '../src/shared/contract.js';
 import { redisKeys } from '../src/shared/keys.js';
 import { createLogger } from '../src/shared/logger.js';
 import { closeRedis, duplicateSubscriber } from '../src/shared/redis.js';
-import { benchRedis, check, report, runBench, stats, timed, uniquePrefix } from './lib.js';
+import { benchRedis, check, progressDraft, report, runBench, stats, timed, uniquePrefix } from './lib.js';
 
 const SEQUENTIAL = 3_000;
 const CONCURRENT = 10_000;
@@ -19,18 +19,6 @@ const REPLAY_EVENTS = 1_000;
 const REPLAYS = 50;
 
 const log = createLogger('silent');
-
-function draft(chatId: string, i: number): EventDraft {
-  return {
-    type: 'progress',
-    stage: 'build_running',
-    job: { id: randomUUID(), name: 'start-workspace', attempt: 1 },
-    chatId,
-    workspaceId: chatId,
-    message: `Build #${i} is running`,
-    data: { i, build_number: i, transition: 'start' },
-  };
-}
 
 const indexOf = (event: WorkspaceJobEvent) => (event.data as { i: number }).i;
 
@@ -55,7 +43,7 @@ await runBench('events', 45_000, async (cleanup) => {
   await timed(
     Array.from({ length: 300 }, (_, i) => i),
     8,
-    (i) => publisher.publish(draft(warm, i)),
+    (i) => publisher.publish(progressDraft(warm, i)),
   );
 
   // Throughput without subscribers.
@@ -63,7 +51,7 @@ await runBench('events', 45_000, async (cleanup) => {
   const seq = await timed(
     Array.from({ length: SEQUENTIAL }, (_, i) => i),
     1,
-    (i) => publisher.publish(draft(busyChat, i)),
+    (i) => publisher.publish(progressDraft(busyChat, i)),
   );
   report({
     case: 'publish sequential, one chat',
@@ -76,12 +64,12 @@ await runBench('events', 45_000, async (cleanup) => {
   const conc = await timed(
     Array.from({ length: CONCURRENT }, (_, i) => i),
     IN_FLIGHT,
-    (i) => publisher.publish(draft(chats[i % CHATS]!, i)),
+    (i) => publisher.publish(progressDraft(chats[i % CHATS]!, i)),
   );
   await timed(
     Array.from({ length: CONCURRENT }, (_, i) => i),
     IN_FLIGHT,
-    (i) => publisher.publish(draft(busyChat, SEQUENTIAL + i)),
+    (i) => publisher.publish(progressDraft(busyChat, SEQUENTIAL + i)),
   );
   const kept = await redis.xlen(keys.chatLog(busyChat));
   check(kept >= 1_000 && kept < 1_200, `the replay stream kept ${kept} entries, expected about 1000`);
@@ -105,7 +93,7 @@ await runBench('events', 45_000, async (cleanup) => {
         onDelivered = (event) => {
           if (indexOf(event) === i) resolve();
         };
-        publisher.publish(draft(pingChat, i)).catch(reject);
+        publisher.publish(progressDraft(pingChat, i)).catch(reject);
       }),
   );
   await unsubscribePing();
@@ -134,7 +122,7 @@ await runBench('events', 45_000, async (cleanup) => {
     IN_FLIGHT,
     (i) => {
       sentAt[i] = performance.now();
-      return publisher.publish(draft(loadChat, i));
+      return publisher.publish(progressDraft(loadChat, i));
     },
   );
   let timer: NodeJS.Timeout | undefined;
@@ -162,7 +150,7 @@ await runBench('events', 45_000, async (cleanup) => {
   const events = await timed(
     Array.from({ length: REPLAY_EVENTS }, (_, i) => i),
     IN_FLIGHT,
-    (i) => publisher.publish(draft(replayChat, i)),
+    (i) => publisher.publish(progressDraft(replayChat, i)),
   );
   const seqs = events.results.map((e) => e!.seq);
   const replay = async (since: string, expected: number) => {

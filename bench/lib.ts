@@ -1,11 +1,12 @@
 // Shared helpers of the benchmarks: timing and percentiles, one result line per measurement, a throwaway
 // Redis key prefix and Postgres database per run, and a bounded runner that always cleans up and exits
 // non-zero when a benchmark fails or runs out of time.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { appendFileSync } from 'node:fs';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
 import { insertBuild, insertChat, insertWorkspace } from '../src/cli/fixtures.js';
+import type { EventDraft } from '../src/shared/contract.js';
 import { migrate } from '../src/shared/migrate.js';
 import { createPool, type Pool } from '../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../src/shared/redis.js';
@@ -117,6 +118,19 @@ export async function until<T>(
     check(Date.now() < deadline, `no ${what} within ${timeoutMs} ms`);
     await sleep(10);
   }
+}
+
+/** The `i`-th event of a chat, as a build in progress sends them (`data.i` = i). */
+export function progressDraft(chatId: string, i: number): EventDraft {
+  return {
+    type: 'progress',
+    stage: 'build_running',
+    job: { id: randomUUID(), name: 'start-workspace', attempt: 1 },
+    chatId,
+    workspaceId: chatId,
+    message: `Build #${i} is running`,
+    data: { i, build_number: i, transition: 'start' },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ const BENCHES: Record<string, number> = {
   enqueue: 90_000,
   lock: 90_000,
   events: 60_000,
+  fanout: 120_000,
   waits: 90_000,
   worker: 100_000,
   logs: 60_000,

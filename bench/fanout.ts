@@ -1,0 +1,206 @@
+// SSE fan-out (issue 11): the real dashboard in-process and 1,000 SSE clients on GET /chats/:id/events, all
+// on one chat and on 1,000 distinct chats. The clients run in a child process (as browsers are not in the
+// dashboard's process), each its own HTTP connection through a keep-alive agent with no socket limit. Latency
+// runs from the publish call (EventPublisher, its own Redis connection) to the client's receipt of the event's
+// block, on the machine's clock (performance.timeOrigin + now() in both processes); every client must get
+// every event of its chat once, in order.
+import { fork, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { Agent, get } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { startDashboard } from '../src/dashboard/server.js';
+import { loadConfig } from '../src/shared/config.js';
+import { EventPublisher } from '../src/shared/events.js';
+import { createLogger } from '../src/shared/logger.js';
+import {
+  BenchFailure,
+  DATABASE_URL,
+  REDIS_URL,
+  benchRedis,
+  check,
+  mapLimit,
+  progressDraft,
+  report,
+  runBench,
+  stats,
+  uniquePrefix,
+} from './lib.js';
+
+const CLIENTS = 1_000;
+/** Events per case, one round at a time: the next once every client has the last. */
+const ROUNDS = 30;
+/** Publishes in flight when every client has a chat of its own, as in bench/events.ts. */
+const IN_FLIGHT = 64;
+const WAIT_MS = 20_000;
+
+/** The machine's clock in ms, comparable across processes. */
+const clock = () => performance.timeOrigin + performance.now();
+
+/** parent → clients */
+type Command = { connect: { url: string; chatIds: string[] } } | { awaitRound: number } | { results: true };
+/** clients → parent */
+type Answer =
+  | { connected: true }
+  | { round: number }
+  | { results: { seqs: string[][]; receivedAt: number[][] } }
+  | { failed: string };
+
+/** The child: opens the streams, counts each one's event blocks and when they arrived. */
+function runClients(): void {
+  const send = (answer: Answer) => process.send!(answer);
+  const agent = new Agent({ keepAlive: true, maxSockets: Infinity });
+  const seqs: string[][] = [];
+  const receivedAt: number[][] = [];
+  let waiting: number | undefined;
+  const checkRound = () => {
+    if (waiting !== undefined && seqs.every((s) => s.length > waiting!)) {
+      send({ round: waiting });
+      waiting = undefined;
+    }
+  };
+  const open = (url: string, chatId: string, index: number) =>
+    new Promise<void>((resolve, reject) => {
+      seqs[index] = [];
+      receivedAt[index] = [];
+      const req = get(`${url}/chats/${chatId}/events`, { agent, headers: { Accept: 'text/event-stream' } });
+      req.on('error', reject);
+      req.on('response', (res) => {
+        if (res.statusCode !== 200)
+          return reject(new Error(`GET /chats/${chatId}/events: ${res.statusCode}`));
+        res.setEncoding('utf8');
+        let buffer = '';
+        res.on('data', (chunk: string) => {
+          const at = clock();
+          buffer += chunk;
+          let end: number;
+          while ((end = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            // The handler's comment once subscribed: from here on it gets every live event.
+            if (block.startsWith(': replay done')) resolve();
+            if (!block.startsWith('id: ')) continue;
+            seqs[index]!.push(block.slice(4, block.indexOf('\n')));
+            receivedAt[index]!.push(at);
+          }
+          checkRound();
+        });
+      });
+    });
+  process.on('message', (command: Command) => {
+    if ('connect' in command) {
+      const { url, chatIds } = command.connect;
+      // 100 at a time, so the dashboard's accept queue and Redis see a steady stream rather than a wall.
+      void mapLimit(chatIds, 100, (chatId, i) => open(url, chatId, i)).then(
+        () => send({ connected: true }),
+        (error: unknown) => send({ failed: String(error) }),
+      );
+    } else if ('awaitRound' in command) {
+      waiting = command.awaitRound;
+      checkRound();
+    } else {
+      process.send!({ results: { seqs, receivedAt } } satisfies Answer, () => {
+        agent.destroy();
+        process.disconnect();
+      });
+    }
+  });
+}
+
+/** The clients' process, and a way to ask it something and wait (bounded) for its answer. */
+function startClients(): { child: ChildProcess; ask: (command: Command) => Promise<Answer> } {
+  const child = fork(fileURLToPath(import.meta.url), ['clients'], { execArgv: ['--import', 'tsx'] });
+  const ask = (command: Command) =>
+    new Promise<Answer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.off('message', onAnswer);
+        reject(
+          new BenchFailure(`the SSE clients did not answer ${JSON.stringify(command)} within ${WAIT_MS} ms`),
+        );
+      }, WAIT_MS);
+      const onAnswer = (answer: Answer) => {
+        clearTimeout(timer);
+        child.off('message', onAnswer);
+        if ('failed' in answer) reject(new BenchFailure(`the SSE clients failed: ${answer.failed}`));
+        else resolve(answer);
+      };
+      child.on('message', onAnswer);
+      child.send(command);
+    });
+  return { child, ask };
+}
+
+async function bench(): Promise<void> {
+  const log = createLogger('silent');
+  await runBench('fanout', 100_000, async (cleanup) => {
+    const prefix = uniquePrefix('fanout');
+    const redis = benchRedis(cleanup, prefix);
+    const publisher = new EventPublisher(redis, prefix, { log });
+    const config = loadConfig({
+      REDIS_URL,
+      // Event streams need no tables: any database on the server does.
+      DATABASE_URL,
+      QUEUE_PREFIX: prefix,
+      LOG_LEVEL: 'silent',
+      DASHBOARD_HOST: '127.0.0.1',
+      DASHBOARD_PORT: '0',
+      // Room for a case's streams while the last case's may still be closing.
+      DASHBOARD_SSE_MAX_PER_CLIENT: String(2 * CLIENTS),
+      DASHBOARD_SSE_MAX_STREAMS: String(2 * CLIENTS),
+    });
+    const dashboard = await startDashboard(config, log);
+    cleanup.add('dashboard', () => dashboard.close());
+
+    const measure = async (label: string, chatIds: string[]) => {
+      const { child, ask } = startClients();
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      cleanup.add('SSE clients', async () => {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        await exited;
+      });
+      await ask({ connect: { url: dashboard.url, chatIds } });
+      const chats = [...new Set(chatIds)];
+      const published = new Map<string, { seq: string; at: number }[]>(chats.map((id) => [id, []]));
+      for (let round = 0; round < ROUNDS; round++) {
+        const done = ask({ awaitRound: round });
+        await mapLimit(chats, IN_FLIGHT, async (id) => {
+          const at = clock();
+          const event = await publisher.publish(progressDraft(id, round));
+          published.get(id)!.push({ seq: event!.seq, at });
+        });
+        await done;
+      }
+      const answer = await ask({ results: true });
+      check('results' in answer, 'the SSE clients sent no results');
+      const { seqs, receivedAt } = answer.results;
+      const latencies: number[] = [];
+      chatIds.forEach((chatId, i) => {
+        const expected = published.get(chatId)!;
+        check(
+          seqs[i]!.length === expected.length && seqs[i]!.every((s, r) => s === expected[r]!.seq),
+          `a client of chat ${chatId} got ${seqs[i]!.length} events, not the ${expected.length} published in order`,
+        );
+        expected.forEach((e, r) => latencies.push(receivedAt[i]![r]! - e.at));
+      });
+      await exited;
+      report({
+        case: `publish -> SSE receipt, ${chatIds.length} clients on ${label}`,
+        n: latencies.length,
+        latency: stats(latencies),
+        notes: `${ROUNDS} rounds of ${chats.length} publish(es), ${Math.min(IN_FLIGHT, chats.length)} in flight; every event once, in order`,
+      });
+    };
+
+    const oneChat = randomUUID();
+    await measure(
+      'one chat',
+      Array.from({ length: CLIENTS }, () => oneChat),
+    );
+    await measure(
+      `${CLIENTS} distinct chats`,
+      Array.from({ length: CLIENTS }, () => randomUUID()),
+    );
+  });
+}
+
+if (process.argv[2] === 'clients') runClients();
+else await bench();
