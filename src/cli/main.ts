@@ -1,7 +1,7 @@
 // The `workspace-jobs` command line (docs/design.md §2). Exit codes: 0 success, 1 failure (or a failed
 // job result with --wait), 2 bad usage, configuration or input.
 import { ConfigError, loadConfig, type Config } from '../shared/config.js';
-import { createLogger, type Logger } from '../shared/logger.js';
+import { createLogger, flushLogSync, type Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { createPool } from '../shared/postgres.js';
 import { preflight, ServiceUnavailableError, type ServiceNeeds } from '../shared/preflight.js';
@@ -61,6 +61,14 @@ const SERVICE_NAMES = new Map([
   ['demo', 'workspace-jobs-demo'],
 ]);
 
+/**
+ * The daemons log in the background (LoggerOptions.sync): their logging must not block jobs, requests or
+ * builds. The other commands are short or quiet (migrate, seed, enqueue, cancel, logs, watch, healthcheck) or
+ * only start the daemons as child processes (demo); they keep writing each line at once, so their few lines
+ * keep their order with what they print on stdout.
+ */
+const LOGS_IN_BACKGROUND = new Set(['worker', 'provisioner', 'dashboard']);
+
 /** The services each command uses, checked before it starts (its --help needs none). */
 const NEEDS: Record<string, ServiceNeeds> = {
   migrate: { postgres: 'server' },
@@ -108,13 +116,20 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const config: Config = loadConfig();
-  const log = createLogger(config.logLevel, `workspace-jobs-${command}`);
-  const serviceName = SERVICE_NAMES.get(command);
-  const tracing = serviceName === undefined ? undefined : await startTracing({ serviceName, log });
+  const log = createLogger(config.logLevel, `workspace-jobs-${command}`, {
+    sync: !LOGS_IN_BACKGROUND.has(command),
+  });
   try {
-    return await runCommand(command, args, config, log);
+    const serviceName = SERVICE_NAMES.get(command);
+    const tracing = serviceName === undefined ? undefined : await startTracing({ serviceName, log });
+    try {
+      return await runCommand(command, args, config, log);
+    } finally {
+      await tracing?.shutdown();
+    }
   } finally {
-    await tracing?.shutdown();
+    // Stopped or failed: every log line out before the command's last word (its one-line error) on stderr.
+    flushLogSync(log);
   }
 }
 
