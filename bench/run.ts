@@ -17,6 +17,7 @@ import { formatOps, ms, type Result } from './lib.js';
 const BENCHES: Record<string, number> = {
   enqueue: 90_000,
   lock: 90_000,
+  handoff: 100_000,
   events: 60_000,
   fanout: 120_000,
   waits: 90_000,
