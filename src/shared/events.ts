@@ -153,16 +153,21 @@ export interface EventPublisherOptions {
 }
 
 // KEYS: the chat's stream; the job's once-marker (result or queued; the stream again for other events); the
-// job's BullMQ lock (the stream again when unchecked); the job's watcher set; each watcher chat's stream. All
-// share the prefix, so one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'queued' | 'result'),
-// ttl seconds, maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope
-// without v and seq (for splicing), the chat's channel, the number of watchers, then per watcher its chat id,
-// its envelope and its channel.
+// job's BullMQ lock (the stream again when unchecked); the job's watcher set; the job's BullMQ hash and its
+// log list (the stream again when nothing is recorded); each watcher chat's stream. All share the prefix, so
+// one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'queued' | 'result'), ttl seconds,
+// maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope without v and
+// seq (for splicing), the chat's channel, the number of watchers, the job's progress ('' = not recorded), its
+// log entry ('' = none), its keepLogs ('' = unbounded), then per watcher its chat id, its envelope and its
+// channel.
 // The caller names the watchers it knows of (none at first): when the set differs, the script writes nothing
-// and returns the set's members, to be called again with them, as the watchers' streams must be in KEYS. The owner, the marker and the watchers are
-// checked first, and every stream written before the marker is set and anything is published: scripts do not
-// roll back. The marker keeps the published envelope, so that a re-run can end the job with that same result;
-// a result also ends the watcher set (a chat that joins later gets a copy of the result, announceDeduplicated).
+// and returns the set's members, to be called again with them, as the watchers' streams must be in KEYS. The
+// owner, the marker and the watchers are checked first, and every stream written before the marker is set and
+// anything is published: scripts do not roll back. The marker keeps the published envelope, so that a re-run
+// can end the job with that same result; a result also ends the watcher set (a chat that joins later gets a
+// copy of the result, announceDeduplicated). The job's progress and log entry go with the event, under the
+// same owner check: an attempt that lost its job can no more overwrite the progress than publish (what BullMQ's
+// own updateProgress and log do not check), and it is one round trip, not three.
 const PUBLISH_SCRIPT = `
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
@@ -170,7 +175,7 @@ local n = tonumber(ARGV[8])
 local watchers = redis.call('SMEMBERS', KEYS[4])
 if #watchers ~= n then return watchers end
 for i = 1, n do
-  if redis.call('SISMEMBER', KEYS[4], ARGV[6 + 3 * i]) == 0 then return watchers end
+  if redis.call('SISMEMBER', KEYS[4], ARGV[9 + 3 * i]) == 0 then return watchers end
 end
 local function append(key, tail)
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', '${EVENT_FIELD}', '{"v":1,' .. string.sub(tail, 2))
@@ -180,15 +185,30 @@ end
 local id, message = append(KEYS[1], ARGV[6])
 local copies = {}
 for i = 1, n do
-  local _, copy = append(KEYS[4 + i], ARGV[7 + 3 * i])
+  local _, copy = append(KEYS[6 + i], ARGV[10 + 3 * i])
   copies[i] = copy
 end
 if ARGV[1] ~= '' then redis.call('SET', KEYS[2], message, 'EX', ARGV[2]) end
 if ARGV[1] == 'result' then redis.call('DEL', KEYS[4]) end
+if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HSET', KEYS[5], 'progress', ARGV[9])
+  if ARGV[10] ~= '' then
+    redis.call('RPUSH', KEYS[6], ARGV[10])
+    if ARGV[11] ~= '' then redis.call('LTRIM', KEYS[6], -tonumber(ARGV[11]), -1) end
+  end
+end
 redis.call('PUBLISH', ARGV[7], message)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], message) end
-for i = 1, n do redis.call('PUBLISH', ARGV[8 + 3 * i], copies[i]) end
+for i = 1, n do redis.call('PUBLISH', ARGV[11 + 3 * i], copies[i]) end
 return id`;
+
+// KEYS: the job's BullMQ hash, its lock. ARGV: the lock token ('' = unchecked), the progress. 0 when the token
+// no longer holds the lock, -1 when the job is gone.
+const RECORD_PROGRESS_SCRIPT = `
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+return 1`;
 
 // KEYS: the deduplicated chat's stream, the job's announced set, its watcher set, its result marker. ARGV: the
 // chat id, the announcement without v and seq, the chat's channel, the workspace channel ('' = none), '1' when
@@ -233,6 +253,20 @@ export interface JobOwner {
   token: string;
 }
 
+/**
+ * What a job's event also writes to the job's BullMQ record, in the same script: its progress (the hash's
+ * `progress` field, as Job.updateProgress writes it, without BullMQ's `progress` stream event, which nothing
+ * reads) and an entry of its log (as Job.log writes it).
+ */
+export interface JobRecord {
+  /** The job's hash, `<queue prefix>:<queue name>:<job id>`; its log list is this with `:logs`. */
+  jobKey: string;
+  progress: unknown;
+  log?: string;
+  /** The job's `keepLogs` option: the log keeps at most this many entries. Default: all. */
+  keepLogs?: number;
+}
+
 /** The job's BullMQ lock is no longer this token's: another worker owns the job now, or nobody does. */
 export class StaleAttemptError extends Error {
   override name = 'StaleAttemptError';
@@ -240,11 +274,13 @@ export class StaleAttemptError extends Error {
 
 const PUBLISH_COMMAND = 'wsjobsPublishEvent';
 const DEDUPLICATED_COMMAND = 'wsjobsPublishDeduplicated';
+const RECORD_PROGRESS_COMMAND = 'wsjobsRecordProgress';
 /** A publish is tried at most this often when chats keep joining the job's watchers while it publishes. */
 const WATCHER_TRIES = 20;
 
 type ScriptedRedis = RedisClient & {
   [DEDUPLICATED_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
+  [RECORD_PROGRESS_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
 };
 
 export class EventPublisher {
@@ -261,6 +297,8 @@ export class EventPublisher {
     this.publishCommand(0);
     if (!(DEDUPLICATED_COMMAND in redis))
       redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
+    if (!(RECORD_PROGRESS_COMMAND in redis))
+      redis.defineCommand(RECORD_PROGRESS_COMMAND, { numberOfKeys: 2, lua: RECORD_PROGRESS_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
     this.ttlSeconds = options.ttlSeconds ?? 86_400;
     if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
@@ -278,16 +316,20 @@ export class EventPublisher {
    * chats deduplicated onto it, until its result) gets it too, on its own stream and channel, with its own
    * chatId and seq. A `result` event is published at most once per job id, and so is a `queued` one: returns
    * null when it is already out (publishedResult() has the result). With `owner`, publishes only while that
-   * token holds the job's BullMQ lock, else throws a StaleAttemptError. All of it is one script, so a crash
-   * cannot leave a result marker without its event, or a stream without its expiry.
+   * token holds the job's BullMQ lock, else throws a StaleAttemptError. With `record`, the event also writes
+   * the job's progress and log entry (only when it is published, and while the job exists). All of it is one
+   * script, so a crash cannot leave a result marker without its event, or a stream without its expiry.
    */
-  async publish(draft: EventDraft, options: { owner?: JobOwner } = {}): Promise<WorkspaceJobEvent | null> {
+  async publish(
+    draft: EventDraft,
+    options: { owner?: JobOwner; record?: JobRecord } = {},
+  ): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
     // The streams hold the envelope without seq (its entry id is the seq); the script splices v and seq in.
     const tail = JSON.stringify(body);
     const log = this.keys.chatLog(draft.chatId);
     const once = onceOf(draft);
-    const { owner } = options;
+    const { owner, record } = options;
     const watchersKey = this.keys.jobChats(draft.job.id);
     // Most jobs have no watchers: one round trip.
     let watchers: string[] = [];
@@ -301,6 +343,8 @@ export class EventPublisher {
             : log,
         owner?.lockKey ?? log,
         watchersKey,
+        record?.jobKey ?? log,
+        record ? `${record.jobKey}:logs` : log,
         ...watchers.map((chatId) => this.keys.chatLog(chatId)),
         once,
         this.ttlSeconds,
@@ -310,6 +354,9 @@ export class EventPublisher {
         tail,
         this.keys.chatChannel(draft.chatId),
         watchers.length,
+        record ? JSON.stringify(record.progress) : '',
+        record?.log ?? '',
+        record?.keepLogs ?? '',
         ...watchers.flatMap((chatId) => [
           chatId,
           JSON.stringify({ ...body, chatId }),
@@ -340,7 +387,7 @@ export class EventPublisher {
   private publishCommand(watchers: number): (...args: (string | number)[]) => Promise<unknown> {
     const name = watchers === 0 ? PUBLISH_COMMAND : `${PUBLISH_COMMAND}${watchers}`;
     const redis = this.redis as unknown as Record<string, (...args: (string | number)[]) => Promise<unknown>>;
-    if (!(name in redis)) this.redis.defineCommand(name, { numberOfKeys: 4 + watchers, lua: PUBLISH_SCRIPT });
+    if (!(name in redis)) this.redis.defineCommand(name, { numberOfKeys: 6 + watchers, lua: PUBLISH_SCRIPT });
     return (...args) => redis[name]!(...args);
   }
 
@@ -373,6 +420,24 @@ export class EventPublisher {
       `${chatId} ${[...job.differs].sort().join(' ')}`,
     )) as string | null | false;
     return seq ? { v, seq, ...body } : null;
+  }
+
+  /**
+   * Writes a job's progress (as Job.updateProgress does) while `owner` holds the job's BullMQ lock, else throws
+   * a StaleAttemptError; false when the job is gone.
+   */
+  async recordProgress(jobKey: string, progress: unknown, owner?: JobOwner): Promise<boolean> {
+    const done = await (this.redis as ScriptedRedis)[RECORD_PROGRESS_COMMAND](
+      jobKey,
+      owner?.lockKey ?? jobKey,
+      owner?.token ?? '',
+      JSON.stringify(progress),
+    );
+    if (done === 0)
+      throw new StaleAttemptError(
+        `job at ${jobKey} is no longer this worker's; its progress was not written`,
+      );
+    return done === 1;
   }
 
   /**

@@ -7,7 +7,7 @@
 // behind them.
 //
 // A job runs as a pipeline of named steps: parsePayload → takeLockOrDelay → runUnderLock → settle, then
-// handOff; every write to the job's BullMQ progress goes through writeProgress. The jobs of one chat take its
+// handOff; every write to the job's BullMQ progress is checked against the job's lock (EventPublisher). The jobs of one chat take its
 // lock in enqueue order (chat-order.ts): a job waits while an earlier one of its chat is live, leaves the
 // order as its result goes out, and once its lock is released promotes the chat's next job out of its re-delay.
 //
@@ -140,18 +140,15 @@ type ProgressChange =
   | { kind: 'stage'; stage: JobProgress['stage']; message: string; result?: JobResult }
   | ({ kind: 'facts' } & Pick<JobProgress, 'lockWaits' | 'lockWaitStartedAt' | 'buildId'>);
 
-/** The one writer of a job's progress (see JobProgress). */
-async function writeProgress(job: Job, change: ProgressChange): Promise<void> {
+/** The job's progress after `change` (see JobProgress); written only by emit, finish and recordProgress. */
+function nextProgress(job: Job, change: ProgressChange): JobProgress {
   const kept = { startedAt: startedAtOf(job), buildId: buildIdOf(job) };
-  let progress: JobProgress;
   if (change.kind === 'stage') {
     const { stage, message, result } = change;
-    progress = { stage, message, at: new Date().toISOString(), ...kept, ...(result && { result }) };
-  } else {
-    const { kind: _kind, ...facts } = change;
-    progress = { ...(job.progress as JobProgress), ...kept, ...facts };
+    return { stage, message, at: new Date().toISOString(), ...kept, ...(result && { result }) };
   }
-  await job.updateProgress(progress);
+  const { kind: _kind, ...facts } = change;
+  return { ...(job.progress as JobProgress), ...kept, ...facts };
 }
 
 /**
@@ -355,8 +352,9 @@ export function createProcessor(options: ProcessorOptions) {
         failure: flagged('invalid_payload', `unknown job name ${JSON.stringify(job.name)}`),
         log: jobLog,
       };
-    // Every event of this attempt is published only while it holds the job's BullMQ lock.
-    const owner = token ? { lockKey: `${job.queueQualifiedName}:${job.id}:lock`, token } : undefined;
+    // Every event of this attempt, and every write to its progress, only while it holds the job's BullMQ lock.
+    const jobKey = `${job.queueQualifiedName}:${job.id}`;
+    const owner = token ? { lockKey: `${jobKey}:lock`, token } : undefined;
 
     const parsed = kind.payloadSchema.safeParse(job.data);
     if (!parsed.success) {
@@ -365,7 +363,7 @@ export function createProcessor(options: ProcessorOptions) {
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
       if (isChatId(chatId)) {
         await finish(
-          { job, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced, canceled },
+          { job, jobKey, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced, canceled },
           failure,
         );
       }
@@ -373,7 +371,15 @@ export function createProcessor(options: ProcessorOptions) {
       return { failure, log: jobLog };
     }
     // A copy: the events' workspace id changes as a create job goes, the kind's payload does not.
-    const attempt: Attempt = { job, ref, payload: { ...parsed.data }, owner, fence: unfenced, canceled };
+    const attempt: Attempt = {
+      job,
+      jobKey,
+      ref,
+      payload: { ...parsed.data },
+      owner,
+      fence: unfenced,
+      canceled,
+    };
     const workspaceLog = jobLog.child({ workspaceId: parsed.data.workspaceId });
     return { attempt, kind, payload: parsed.data, log: workspaceLog };
   }
@@ -428,7 +434,7 @@ export function createProcessor(options: ProcessorOptions) {
     if (lockWaits === 1) {
       await emit(attempt, 'waiting_for_lock', waitingFor, { retry_in_ms: Math.round(delay) });
     }
-    await writeProgress(job, { kind: 'facts', lockWaits, lockWaitStartedAt });
+    await recordProgress(attempt, { kind: 'facts', lockWaits, lockWaitStartedAt });
     workspaceLog.debug({ lockWaits, delay, waitingFor, ahead }, 'chat lock not taken; re-delaying');
     // Re-delay without counting an attempt and without holding a worker slot while we wait.
     await job.moveToDelayed(Date.now() + Math.round(delay), attempt.owner?.token);
@@ -488,7 +494,7 @@ export function createProcessor(options: ProcessorOptions) {
           ownBuildId = buildId;
           attempt.fence();
           try {
-            await writeProgress(job, { kind: 'facts', buildId });
+            await recordProgress(attempt, { kind: 'facts', buildId });
           } catch (error) {
             // The build runs either way; only a re-run after a crash would report it as "no build".
             workspaceLog.warn({ err: error, buildId }, "could not record the job's build in its progress");
@@ -670,24 +676,22 @@ export function createProcessor(options: ProcessorOptions) {
   ): Promise<void> {
     const { job, ref } = attempt;
     attempt.fence();
+    const progress = nextProgress(job, { kind: 'stage', stage, message });
     try {
-      await publisher.publish(progressDraft(attempt, stage, message, data), { owner: attempt.owner });
+      const record = {
+        jobKey: attempt.jobKey,
+        progress,
+        log: jobLogEntry(stage, message, data),
+        keepLogs: job.opts.keepLogs,
+      };
+      await publisher.publish(progressDraft(attempt, stage, message, data), { owner: attempt.owner, record });
     } catch (error) {
       if (error instanceof StaleAttemptError) throw error;
       metrics?.eventPublishFailures.inc({ type: 'progress' });
       log.warn({ err: error, jobId: ref.id, stage }, 'could not publish a progress event');
       return;
     }
-    attempt.fence();
-    try {
-      await writeProgress(job, { kind: 'stage', stage, message });
-      await job.log(jobLogEntry(stage, message, data));
-    } catch (error) {
-      log.warn(
-        { err: error, jobId: ref.id, stage },
-        "could not record a progress event in the job's progress",
-      );
-    }
+    job.progress = progress;
   }
 
   /**
@@ -706,26 +710,34 @@ export function createProcessor(options: ProcessorOptions) {
     // Likewise the job's place in its chat's order: a job enqueued after this result must not wait for this
     // one to leave. Only a final result gets here; a retried attempt keeps its place, so nothing overtakes it.
     await order.leave(payload.chatId, ref.id);
+    const stage = failed ? 'failed' : 'completed';
+    const message = describeResult(result);
+    const progress = nextProgress(attempt.job, { kind: 'stage', stage, message, result });
     let event: WorkspaceJobEvent | null;
     try {
       event = await publisher.publish(
         {
           type: 'result',
-          stage: failed ? 'failed' : 'completed',
+          stage,
           job: ref,
           chatId: payload.chatId,
           workspaceId: payload.workspaceId,
-          message: describeResult(result),
+          message,
           data: result,
         },
-        { owner: attempt.owner },
+        { owner: attempt.owner, record: { jobKey: attempt.jobKey, progress } },
       );
     } catch (error) {
       if (!(error instanceof StaleAttemptError)) metrics?.eventPublishFailures.inc({ type: 'result' });
       throw error;
     }
-    const recorded = event ? result : ((await recordedResult(ref.id)) ?? result);
-    await keepResult(attempt, recorded);
+    let recorded = result;
+    if (event) attempt.job.progress = progress;
+    else {
+      // An earlier attempt published first: the job ends with its result, kept as this one would have been.
+      recorded = (await recordedResult(ref.id)) ?? result;
+      await keepResult(attempt, recorded);
+    }
     // Test-only probe of the window between the result event and BullMQ's record of the outcome.
     await options.afterResultPublished?.(ref.id);
     return recorded;
@@ -735,13 +747,23 @@ export function createProcessor(options: ProcessorOptions) {
   async function keepResult(attempt: Attempt, result: JobResult): Promise<void> {
     attempt.fence();
     const stage = isFailure(result) ? 'failed' : 'completed';
-    await writeProgress(attempt.job, { kind: 'stage', stage, message: describeResult(result), result });
+    await recordProgress(attempt, { kind: 'stage', stage, message: describeResult(result), result });
+  }
+
+  /** A change to the job's progress without an event: only while the attempt holds the job's lock. */
+  async function recordProgress(attempt: Attempt, change: ProgressChange): Promise<void> {
+    const progress = nextProgress(attempt.job, change);
+    if (!(await publisher.recordProgress(attempt.jobKey, progress, attempt.owner)))
+      throw new Error(`job ${attempt.ref.id} is gone; its progress was not written`);
+    attempt.job.progress = progress;
   }
 }
 
 /** One attempt's writes: the job, its events' identity, and the checks that it may still write. */
 interface Attempt {
   job: Job;
+  /** The job's BullMQ hash. */
+  jobKey: string;
   ref: JobRef;
   payload: ChatPayload;
   /** The job's BullMQ lock: the publish script refuses this attempt's events once it is not theirs. */

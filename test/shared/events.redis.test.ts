@@ -325,6 +325,66 @@ describe('events on the real Redis', () => {
       expect(await readChatEvents(redis, prefix, chatId, '0')).toEqual([]);
       expect(await publisher.publishedResult('job-1')).toBeNull();
     });
+
+    describe("with the job's record given", () => {
+      const jobKey = () => `${prefix}:workspaces:job-1`;
+
+      it("writes the job's progress and log entry with the event, the log trimmed to keepLogs", async () => {
+        prefix = uniquePrefix('events');
+        const redis = connection();
+        const chatId = randomUUID();
+        const publisher = new EventPublisher(redis, prefix);
+        const owner = { lockKey: lockKey(), token: 'token-a' };
+        await redis.set(lockKey(), 'token-a', 'PX', 10_000);
+        await redis.hset(jobKey(), 'name', 'start-workspace');
+
+        for (const n of [1, 2, 3]) {
+          const record = {
+            jobKey: jobKey(),
+            progress: { stage: `stage ${n}` },
+            log: `entry ${n}`,
+            keepLogs: 2,
+          };
+          await publisher.publish(draft(chatId, n), { owner, record });
+        }
+
+        expect(numbers(await readChatEvents(redis, prefix, chatId, '0'))).toEqual([1, 2, 3]);
+        expect(JSON.parse((await redis.hget(jobKey(), 'progress'))!)).toEqual({ stage: 'stage 3' });
+        expect(await redis.lrange(`${jobKey()}:logs`, 0, -1)).toEqual(['entry 2', 'entry 3']);
+      });
+
+      it('when another token holds the lock › writes neither the progress nor the log', async () => {
+        prefix = uniquePrefix('events');
+        const redis = connection();
+        const publisher = new EventPublisher(redis, prefix);
+        const owner = { lockKey: lockKey(), token: 'token-a' };
+        await redis.set(lockKey(), 'token-b', 'PX', 10_000);
+        await redis.hset(jobKey(), 'progress', '"theirs"');
+        const record = { jobKey: jobKey(), progress: 'stale', log: 'stale entry' };
+
+        await expect(publisher.publish(draft(randomUUID(), 1), { owner, record })).rejects.toBeInstanceOf(
+          StaleAttemptError,
+        );
+        await expect(publisher.recordProgress(jobKey(), 'stale', owner)).rejects.toBeInstanceOf(
+          StaleAttemptError,
+        );
+
+        expect(await redis.hget(jobKey(), 'progress')).toBe('"theirs"');
+        expect(await redis.exists(`${jobKey()}:logs`)).toBe(0);
+      });
+
+      it('when the job is gone › recordProgress answers false and creates nothing', async () => {
+        prefix = uniquePrefix('events');
+        const redis = connection();
+        const publisher = new EventPublisher(redis, prefix);
+
+        expect(await publisher.recordProgress(jobKey(), { stage: 'checking' })).toBe(false);
+        expect(await publisher.recordProgress(jobKey(), { stage: 'checking' }, undefined)).toBe(false);
+        await redis.hset(jobKey(), 'name', 'start-workspace');
+        expect(await publisher.recordProgress(jobKey(), { stage: 'checking' })).toBe(true);
+        expect(JSON.parse((await redis.hget(jobKey(), 'progress'))!)).toEqual({ stage: 'checking' });
+      });
+    });
   });
 
   it('after the subscriber connection drops and comes back › events published meanwhile are delivered once', async () => {
