@@ -11,7 +11,10 @@ import {
   type Chat,
   type NewestBuildLogs,
   type NewBuild,
+  type NewStartBuild,
   type NewWorkspace,
+  type StartBuildInputs,
+  type StartBuildInsert,
   type Template,
   type TemplateVersionParameter,
   type User,
@@ -38,12 +41,21 @@ function isUniqueViolation(error: unknown): boolean {
   return (error as { code?: unknown } | null)?.code === '23505';
 }
 
-/** Runs an insert, turning a unique index's refusal into the domain's error for it. */
-async function unlessTaken<T>(insert: Promise<T>, taken: (cause: unknown) => Error): Promise<T> {
+/**
+ * Runs an insert, turning a unique index's refusal into the domain's error for it; with `table`, only a
+ * refusal by that table's indexes (a statement that inserts into several).
+ */
+async function unlessTaken<T>(
+  insert: Promise<T>,
+  taken: (cause: unknown) => Error,
+  table?: string,
+): Promise<T> {
   try {
     return await insert;
   } catch (error) {
-    throw isUniqueViolation(error) ? taken(error) : error;
+    const refused =
+      isUniqueViolation(error) && (table === undefined || (error as { table?: unknown }).table === table);
+    throw refused ? taken(error) : error;
   }
 }
 
@@ -166,6 +178,22 @@ const toParameter = (r: Row): TemplateVersionParameter => ({
   validationMonotonic: r.validation_monotonic as TemplateVersionParameter['validationMonotonic'],
   validationError: r.validation_error as string,
 });
+
+/** A build just inserted, as its insert's caller knows it: no error, no quota. */
+function insertedBuild(id: string, input: NewBuild, jobId: string, jobStatus: string): Build {
+  return {
+    id,
+    workspaceId: input.workspaceId,
+    buildNumber: input.buildNumber,
+    transition: input.transition,
+    templateVersionId: input.templateVersionId,
+    jobId,
+    jobStatus: jobStatus as Build['jobStatus'],
+    jobError: null,
+    jobErrorCode: null,
+    jobQuota: null,
+  };
+}
 
 async function one<T>(
   db: Queryable,
@@ -297,6 +325,35 @@ const INSERT_BUILD_PARAMETERS = prepared(
    SELECT $1, name, value FROM unnest($2::text[], $3::text[]) AS p(name, value)`,
 );
 
+// The template and the parameters a start build is planned with, in one read: the previous build's values
+// ($2), and the parameters of the previous build's version ($3) and of the active version.
+const GET_START_BUILD_INPUTS = prepared(
+  'worker.get_start_build_inputs',
+  `SELECT t.id, t.name, t.active_version_id, t.require_active_version,
+          (SELECT coalesce(json_agg(p ORDER BY p.name), '[]')
+             FROM (SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $2::uuid) p
+          ) AS previous_parameters,
+          (SELECT coalesce(json_agg(v ORDER BY v.display_order, v.name), '[]')
+             FROM (SELECT template_version_id, display_order, ${PARAMETER_COLUMNS} FROM template_version_parameters
+                    WHERE template_version_id IN (t.active_version_id, $3::uuid)) v
+          ) AS version_parameters
+     FROM templates t WHERE t.id = $1`,
+);
+
+const INSERT_START_BUILD = prepared(
+  'worker.insert_start_build',
+  `SELECT outcome, build_id, job_id, job_status
+     FROM create_start_build($1::uuid, $2::uuid, $3::automatic_updates, $4::uuid, $5::boolean, $6::uuid,
+                             $7::uuid, $8::integer, $9::uuid, $10::text[], $11::text[], $12::jsonb)`,
+);
+
+const toTemplate = (r: Row): Template => ({
+  id: r.id as string,
+  name: r.name as string,
+  activeVersionId: r.active_version_id as string,
+  requireActiveVersion: r.require_active_version as boolean,
+});
+
 export class PgWorkspaceStore implements WorkspaceStore {
   constructor(private readonly pool: Pool) {}
 
@@ -393,6 +450,76 @@ export class PgWorkspaceStore implements WorkspaceStore {
     };
   }
 
+  async getStartBuildInputs(
+    templateId: string,
+    previousBuild: Build | null,
+  ): Promise<StartBuildInputs | null> {
+    const {
+      rows: [row],
+    } = await runPrepared<Row>(this.pool, GET_START_BUILD_INPUTS, [
+      templateId,
+      previousBuild?.id ?? null,
+      previousBuild?.templateVersionId ?? null,
+    ]);
+    if (!row) return null;
+    const versionParameters = new Map<string, TemplateVersionParameter[]>();
+    for (const r of row.version_parameters as Row[]) {
+      const versionId = r.template_version_id as string;
+      versionParameters.set(versionId, [...(versionParameters.get(versionId) ?? []), toParameter(r)]);
+    }
+    return {
+      template: toTemplate(row),
+      previousParameters: row.previous_parameters as BuildParameter[],
+      versionParameters,
+    };
+  }
+
+  async insertStartBuild(input: NewStartBuild): Promise<StartBuildInsert> {
+    const buildId = randomUUID();
+    const {
+      rows: [row],
+    } = await unlessTaken(
+      runPrepared<{ outcome: string; build_id: string | null; job_id: string | null; job_status: string }>(
+        this.pool,
+        INSERT_START_BUILD,
+        [
+          input.workspaceId,
+          input.previousBuildId,
+          input.automaticUpdates,
+          input.activeVersionId,
+          input.requireActiveVersion,
+          buildId,
+          input.templateVersionId,
+          input.buildNumber,
+          input.initiatorId,
+          input.parameters.map((p) => p.name),
+          input.parameters.map((p) => p.value),
+          // The job attempt's span (active here): the provisioner's build span links to it.
+          traceCarrier() ?? null,
+        ],
+      ),
+      (cause) => new BuildConflictError(input.workspaceId, input.buildNumber, { cause }),
+      'workspace_builds',
+    );
+    switch (row!.outcome) {
+      case 'deleted':
+      case 'changed':
+        return { kind: row!.outcome };
+      case 'build_active': {
+        const active = await this.getBuild(row!.build_id!);
+        if (!active) throw new Error(`get build: build ${row!.build_id} not found`);
+        return { kind: 'build_active', build: active };
+      }
+      case 'created':
+        return {
+          kind: 'created',
+          build: insertedBuild(buildId, { ...input, transition: 'start' }, row!.job_id!, row!.job_status),
+        };
+      default:
+        throw new Error(`create start build: unexpected outcome ${JSON.stringify(row!.outcome)}`);
+    }
+  }
+
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T> {
     return withTransaction(this.pool, (client) => fn(new PgBuildTransaction(client)));
   }
@@ -410,17 +537,7 @@ class PgBuildTransaction implements BuildTransaction {
   }
 
   getTemplate(templateId: string): Promise<Template | null> {
-    return one(
-      this.client,
-      (r) => ({
-        id: r.id as string,
-        name: r.name as string,
-        activeVersionId: r.active_version_id as string,
-        requireActiveVersion: r.require_active_version as boolean,
-      }),
-      GET_TEMPLATE,
-      [templateId],
-    );
+    return one(this.client, toTemplate, GET_TEMPLATE, [templateId]);
   }
 
   async getTemplateVersionParameters(templateVersionId: string): Promise<TemplateVersionParameter[]> {
@@ -477,17 +594,6 @@ class PgBuildTransaction implements BuildTransaction {
       input.parameters.map((p) => p.name),
       input.parameters.map((p) => p.value),
     ]);
-    return {
-      id: buildId,
-      workspaceId: input.workspaceId,
-      buildNumber: input.buildNumber,
-      transition: input.transition,
-      templateVersionId: input.templateVersionId,
-      jobId: job!.id,
-      jobStatus: job!.job_status,
-      jobError: null,
-      jobErrorCode: null,
-      jobQuota: null,
-    };
+    return insertedBuild(buildId, input, job!.id, job!.job_status);
   }
 }

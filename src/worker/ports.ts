@@ -145,9 +145,49 @@ export interface WorkspaceStore {
    * to its daemon to abort (`canceling`); a completed (or unknown) job is not touched (`untouched`).
    */
   cancelProvisionerJob(jobId: string): Promise<'completed' | 'canceling' | 'untouched'>;
+  /**
+   * What a start build is planned with besides its workspace and latest build, in one read: the template,
+   * the previous build's parameters and those of the versions it may build on. Null when the template is gone.
+   */
+  getStartBuildInputs(templateId: string, previousBuild: Build | null): Promise<StartBuildInputs | null>;
+  /**
+   * Creates a start build in one statement and transaction (migrations/0009): takes the workspace's row lock,
+   * checks under it what the plan saw, inserts job, build and parameters. BuildConflictError if the number
+   * is taken.
+   */
+  insertStartBuild(input: NewStartBuild): Promise<StartBuildInsert>;
   /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T>;
 }
+
+export interface StartBuildInputs {
+  template: Template;
+  /** The previous build's parameter values (none without a previous build). */
+  previousParameters: BuildParameter[];
+  /**
+   * The parameters of the previous build's version and of the template's active version, by version id,
+   * each in display order.
+   */
+  versionParameters: ReadonlyMap<string, TemplateVersionParameter[]>;
+}
+
+/** A start build, with what its plan saw: insertStartBuild creates it only while all of that still holds. */
+export interface NewStartBuild extends Omit<NewBuild, 'transition'> {
+  previousBuildId: string | null;
+  automaticUpdates: Workspace['automaticUpdates'];
+  activeVersionId: string;
+  requireActiveVersion: boolean;
+}
+
+/**
+ * insertStartBuild's outcome: `deleted` (the workspace is gone or deleted), `build_active` (its latest build
+ * is), `changed` (something the plan saw changed; plan again), or `created`.
+ */
+export type StartBuildInsert =
+  | { kind: 'created'; build: Build }
+  | { kind: 'deleted' }
+  | { kind: 'build_active'; build: Build }
+  | { kind: 'changed' };
 
 export interface NewestBuildLogs {
   lines: BuildLogPreviewLine[];

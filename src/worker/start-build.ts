@@ -1,6 +1,7 @@
-// Creating a start build in one transaction (Coder's wsbuilder, for a chat start): choose the template
-// version, resolve the parameters, refuse when a build is still active, insert job + build + parameters.
-// A parameter failure persists nothing. The transaction's frame (lock, refusals, counting) serves stop too.
+// Creating a start build (Coder's wsbuilder, for a chat start): choose the template version, resolve the
+// parameters, refuse when a build is still active, insert job + build + parameters in one transaction (one
+// statement, migrations/0009). A parameter failure persists nothing. The transaction frame of the other
+// builds (lock, refusals, counting) serves stop.
 import type { Validation } from '../shared/contract.js';
 import {
   BuildConflictError,
@@ -13,7 +14,12 @@ import {
 import { resolveParameters } from './parameters.js';
 
 export interface StartBuildRequest {
-  workspaceId: string;
+  /**
+   * The workspace and its latest build as the job read them, the build not active: the plan's base, checked
+   * again under the workspace's row lock before the build is inserted.
+   */
+  workspace: Workspace;
+  previousBuild: Build | null;
   initiatorId: string;
   /** Values from the job; they override the previous build's. */
   parameters: Record<string, string>;
@@ -29,6 +35,8 @@ export type StartBuildOutcome =
     }
   | { kind: 'deleted' }
   | { kind: 'build_active'; build: Build }
+  /** The workspace, its latest build or its template changed since the job read them: look again. */
+  | { kind: 'changed' }
   | {
       kind: 'invalid_parameters';
       versionChanged: boolean;
@@ -63,13 +71,21 @@ export async function lockForNewBuild(
   return { kind: 'free', workspace, previousBuild };
 }
 
-async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<StartBuildOutcome> {
-  const locked = await lockForNewBuild(tx, request.workspaceId);
-  if (locked.kind !== 'free') return locked;
-  const { workspace, previousBuild } = locked;
-
-  const template = await tx.getTemplate(workspace.templateId);
-  if (!template) throw new Error(`get template: template ${workspace.templateId} not found`);
+/**
+ * The start build (docs/start-workspace.md step 7): planned on one read of the template and the parameters,
+ * then created by one statement that locks the workspace row and checks the plan's base under it (D12).
+ */
+export async function createStartBuild(
+  ctx: JobContext,
+  request: StartBuildRequest,
+): Promise<StartBuildOutcome> {
+  const { workspace, previousBuild } = request;
+  // Never create a build for an attempt that has already lost its lock.
+  ctx.signal.throwIfAborted();
+  if (previousBuild && isBuildActive(previousBuild)) return { kind: 'build_active', build: previousBuild };
+  const inputs = await ctx.store.getStartBuildInputs(workspace.templateId, previousBuild);
+  if (!inputs) throw new Error(`get template: template ${workspace.templateId} not found`);
+  const { template } = inputs;
 
   // D4: Coder's chat start honours only require_active_version; autobuild also honours automatic_updates.
   // A workspace without builds (an error in Coder's builder) starts on the active version.
@@ -85,8 +101,8 @@ async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<S
   const versionChanged = previousBuild !== null && previousBuild.templateVersionId !== targetVersionId;
 
   const resolved = resolveParameters({
-    parameters: await tx.getTemplateVersionParameters(targetVersionId),
-    previous: previousBuild ? await tx.getBuildParameters(previousBuild.id) : [],
+    parameters: inputs.versionParameters.get(targetVersionId) ?? [],
+    previous: inputs.previousParameters,
     provided: request.parameters,
     firstBuild: previousBuild === null,
   });
@@ -101,19 +117,30 @@ async function plan(tx: BuildTransaction, request: StartBuildRequest): Promise<S
     };
   }
 
-  const build = await tx.insertBuild({
-    workspaceId: workspace.id,
-    templateVersionId: targetVersionId,
-    buildNumber: (previousBuild?.buildNumber ?? 0) + 1,
-    transition: 'start',
-    initiatorId: request.initiatorId,
-    parameters: resolved.values,
-  });
-  return { kind: 'created', build, previousBuild, updateReason: versionChanged ? updateReason : undefined };
-}
-
-export function createStartBuild(ctx: JobContext, request: StartBuildRequest): Promise<StartBuildOutcome> {
-  return createBuild(ctx, request.workspaceId, (tx) => plan(tx, request));
+  ctx.signal.throwIfAborted();
+  let inserted;
+  try {
+    inserted = await ctx.store.insertStartBuild({
+      workspaceId: workspace.id,
+      templateVersionId: targetVersionId,
+      buildNumber: (previousBuild?.buildNumber ?? 0) + 1,
+      initiatorId: request.initiatorId,
+      parameters: resolved.values,
+      previousBuildId: previousBuild?.id ?? null,
+      automaticUpdates: workspace.automaticUpdates,
+      activeVersionId: template.activeVersionId,
+      requireActiveVersion: template.requireActiveVersion,
+    });
+  } catch (error) {
+    const refusal = await activeAfterConflict(ctx, workspace.id, error);
+    if (refusal) return refusal;
+    throw error;
+  }
+  if (inserted.kind !== 'created') return inserted;
+  const reason = versionChanged ? updateReason : undefined;
+  // Committed: the build exists now.
+  ctx.observe?.buildCreated(inserted.build, reason);
+  return { kind: 'created', build: inserted.build, previousBuild, updateReason: reason };
 }
 
 /**
@@ -136,12 +163,23 @@ export async function createBuild<
       ctx.observe?.buildCreated(outcome.build, outcome.updateReason);
     return outcome;
   } catch (error) {
-    // The unique (workspace_id, build_number) index caught a concurrent insert the row lock did not
-    // (e.g. a build inserted by something that does not lock the workspace row).
-    if (error instanceof BuildConflictError) {
-      const latest = await ctx.store.getLatestBuild(workspaceId);
-      if (latest) return { kind: 'build_active', build: latest };
-    }
+    const refusal = await activeAfterConflict(ctx, workspaceId, error);
+    if (refusal) return refusal;
     throw error;
   }
+}
+
+/**
+ * A failed insert that the unique (workspace_id, build_number) index refused: it caught a concurrent insert
+ * the row lock did not (e.g. a build inserted by something that does not lock the workspace row), reported
+ * as that build being active. Undefined for any other error.
+ */
+async function activeAfterConflict(
+  ctx: JobContext,
+  workspaceId: string,
+  error: unknown,
+): Promise<NewBuildRefusal | undefined> {
+  if (!(error instanceof BuildConflictError)) return undefined;
+  const latest = await ctx.store.getLatestBuild(workspaceId);
+  return latest ? { kind: 'build_active', build: latest } : undefined;
 }

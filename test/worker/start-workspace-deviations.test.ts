@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   insertAgents,
+  insertBuild,
   insertChat,
   insertUser,
   insertWorkspace,
@@ -580,22 +581,18 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     });
   });
 
-  it('build_active: the database refuses a second active build even without the chat lock', async () => {
-    // Two jobs for one stopped workspace both decide to start it, then meet before creating the build:
-    // exactly one build is created, the other job is refused by the build transaction.
-    let arrived = 0;
-    let release!: () => void;
-    const bothArrived = new Promise<void>((resolve) => (release = resolve));
-    const wrapStore = (store: WorkspaceStore): WorkspaceStore =>
+  /** The store, awaiting `before` before each start build insert (after the job planned the build). */
+  const beforeEachInsert =
+    (before: () => Promise<unknown>) =>
+    (store: WorkspaceStore): WorkspaceStore =>
       new Proxy(store, {
         get(target, property) {
-          if (property === 'transaction') {
-            const transaction: WorkspaceStore['transaction'] = async (fn) => {
-              if (++arrived === 2) release();
-              await Promise.race([bothArrived, new Promise((resolve) => setTimeout(resolve, 5_000))]);
-              return target.transaction(fn);
+          if (property === 'insertStartBuild') {
+            const insertStartBuild: WorkspaceStore['insertStartBuild'] = async (input) => {
+              await before();
+              return target.insertStartBuild(input);
             };
-            return transaction;
+            return insertStartBuild;
           }
           const value: unknown = Reflect.get(target, property, target);
           return typeof value === 'function'
@@ -603,6 +600,17 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
             : value;
         },
       });
+
+  it('build_active: the database refuses a second active build even without the chat lock', async () => {
+    // Two jobs for one stopped workspace both decide to start it, then meet before creating the build:
+    // exactly one build is created, the other job is refused by the build's insert (under the row lock).
+    let arrived = 0;
+    let release!: () => void;
+    const bothArrived = new Promise<void>((resolve) => (release = resolve));
+    const wrapStore = beforeEachInsert(async () => {
+      if (++arrived === 2) release();
+      await Promise.race([bothArrived, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    });
     const t = await context({ wrapStore });
     const w = await world({ then: stopped });
 
@@ -626,6 +634,68 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       error: 'A workspace build is already active.',
     });
     expect(success(results[1 - firstDone]!).build_id).toBe(build.id);
+  });
+
+  describe('D12: the build insert checks under the row lock what the start was planned on', () => {
+    /** A store that runs `meddle` once, after the job planned its build and before the insert. */
+    const meddleBeforeInsert = (meddle: () => Promise<unknown>) => {
+      let meddled = false;
+      return beforeEachInsert(async () => {
+        if (meddled) return;
+        meddled = true;
+        await meddle();
+      });
+    };
+
+    it('when the template starts requiring its active version meanwhile › plans again and builds that version', async () => {
+      const w = await world({ then: stopped, versions: [[], []] });
+      const t = await context({
+        wrapStore: meddleBeforeInsert(() =>
+          db.pool.query('UPDATE templates SET require_active_version = true WHERE id = $1', [w.templateId]),
+        ),
+      });
+
+      const running = startWorkspace(t.ctx, w.payload);
+      const build = await provision(t, w.workspaceId, 3);
+      const result = success(await running);
+
+      expect(build.template_version_id).toBe(w.versionIds[1]);
+      expect(result).toMatchObject({ update_reason: 'template requires active versions' });
+      expect(await listBuilds(db, w.workspaceId)).toHaveLength(3);
+    });
+
+    it('when another build of the workspace ended meanwhile › looks again and builds on it', async () => {
+      const w = await world({ then: stopped });
+      const t = await context({
+        // A stop (build #3) that ran and ended between the job's look and its insert.
+        wrapStore: meddleBeforeInsert(() =>
+          insertBuild(db.pool, {
+            workspaceId: w.workspaceId,
+            templateVersionId: w.versionIds[0]!,
+            initiatorId: w.ownerId,
+            transition: 'stop',
+            status: 'succeeded',
+          }),
+        ),
+      });
+
+      const running = startWorkspace(t.ctx, w.payload);
+      const build = await provision(t, w.workspaceId, 4);
+      expect(success(await running).build_id).toBe(build.id);
+      expect(await listBuilds(db, w.workspaceId)).toHaveLength(4);
+    });
+
+    it('when the workspace is deleted meanwhile › workspace_deleted, no build', async () => {
+      const w = await world({ then: stopped });
+      const t = await context({
+        wrapStore: meddleBeforeInsert(() =>
+          db.pool.query('UPDATE workspaces SET deleted = true WHERE id = $1', [w.workspaceId]),
+        ),
+      });
+
+      expect(failure(await startWorkspace(t.ctx, w.payload))).toMatchObject({ code: 'workspace_deleted' });
+      expect(await listBuilds(db, w.workspaceId)).toHaveLength(2);
+    });
   });
 
   it('progress events of a stopped start come in order, without going back', async () => {

@@ -19,7 +19,7 @@ import { agentReadiness } from '../../worker/agent-readiness.js';
 import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
 import { buildData, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
 import { failures, messages } from '../../worker/results.js';
-import { createStartBuild } from '../../worker/start-build.js';
+import { createStartBuild, type StartBuildOutcome } from '../../worker/start-build.js';
 
 const { buildActive, buildFailed, flagged, unflagged } = failures('start-workspace');
 
@@ -80,24 +80,27 @@ export async function startWorkspace(
         }
         break;
     }
-    return start(ctx, payload, chat, owner, workspace);
+    const outcome = await createStartBuild(ctx, {
+      workspace,
+      previousBuild: latest,
+      initiatorId: owner.id,
+      parameters: payload.parameters ?? {},
+    });
+    // The workspace changed between our look and the build's insert: look again.
+    if (outcome.kind === 'changed') continue;
+    return start(ctx, chat, owner, workspace, outcome);
   }
   return flagged('internal', `the workspace's state kept changing; gave up after ${MAX_PASSES} looks`);
 }
 
-/** Steps 7-9: create the start build, wait for it and for the agent. */
+/** Steps 7-9: the start build's creation, then the wait for it and for the agent. */
 async function start(
   ctx: JobContext,
-  payload: StartWorkspacePayload,
   chat: Chat,
   owner: User,
   workspace: Workspace,
+  outcome: Exclude<StartBuildOutcome, { kind: 'changed' }>,
 ): Promise<StartWorkspaceResult> {
-  const outcome = await createStartBuild(ctx, {
-    workspaceId: workspace.id,
-    initiatorId: owner.id,
-    parameters: payload.parameters ?? {},
-  });
   switch (outcome.kind) {
     case 'deleted':
       return flagged('workspace_deleted', messages.workspaceDeleted);
