@@ -1,8 +1,9 @@
 // Shared helpers of the benchmarks: timing and percentiles, one result line per measurement, a throwaway
 // Redis key prefix and Postgres database per run, and a bounded runner that always cleans up and exits
 // non-zero when a benchmark fails or runs out of time.
+import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
 import { insertBuild, insertChat, insertWorkspace } from '../src/cli/fixtures.js';
@@ -339,16 +340,22 @@ export async function runBench(
 export interface CallCounts {
   /** Postgres queries per application_name (worker, provisioner, producer, bench). */
   pg: Record<string, number>;
-  /** Redis commands per connection name. */
+  /** Redis commands per connection name; a pipeline's or a MULTI's commands each count. */
   redis: Record<string, number>;
+  /**
+   * Redis round trips per connection name: a command sent on its own is one, a pipeline or MULTI (one write,
+   * its replies read together) is one however many commands it holds. An EVALSHA is one command, one trip.
+   */
+  redisTrips: Record<string, number>;
 }
 
-/**
- * Counts every pg Client query and every ioredis command sent from this process, by application or
- * connection name, from now on. Returns a function that reads the counts.
- */
-export function countCalls(): () => CallCounts {
-  const counts: CallCounts = { pg: {}, redis: {} };
+const totals: CallCounts = { pg: {}, redis: {}, redisTrips: {} };
+let counting = false;
+
+/** Patches pg's Client.query and ioredis's sendCommand once per process to count into `totals`. */
+function startCounting(): void {
+  if (counting) return;
+  counting = true;
   const bump = (table: Record<string, number>, key: string | undefined) => {
     const name = key ?? '(unnamed)';
     table[name] = (table[name] ?? 0) + 1;
@@ -357,14 +364,135 @@ export function countCalls(): () => CallCounts {
   const pgProto = pg.Client.prototype as unknown as Patchable;
   const query = pgProto.query!;
   pgProto.query = function (this: { connectionParameters?: { application_name?: string } }, ...args) {
-    bump(counts.pg, this.connectionParameters?.application_name);
+    bump(totals.pg, this.connectionParameters?.application_name);
     return query.apply(this, args);
   };
+  // ioredis hands each command of a pipeline (and of a MULTI, which is a pipeline) to sendCommand with the
+  // pipeline's own stream object, written to the socket once all of them are in: one trip per such object.
+  const pipelines = new WeakSet<object>();
   const redisProto = RedisClient.prototype as unknown as Patchable;
   const sendCommand = redisProto.sendCommand!;
   redisProto.sendCommand = function (this: { options?: { connectionName?: string } }, ...args) {
-    bump(counts.redis, this.options?.connectionName);
+    const name = this.options?.connectionName;
+    bump(totals.redis, name);
+    const stream = args[1] as { isPipeline?: boolean } | undefined;
+    if (!stream?.isPipeline) bump(totals.redisTrips, name);
+    else if (!pipelines.has(stream)) {
+      pipelines.add(stream);
+      bump(totals.redisTrips, name);
+    }
     return sendCommand.apply(this, args);
   };
-  return () => structuredClone(counts);
+}
+
+/**
+ * Counts every pg Client query, every ioredis command and every Redis round trip sent from this process, by
+ * application or connection name, from now on. Returns a function that reads the counts so far.
+ */
+export function countCalls(): () => CallCounts {
+  startCounting();
+  const base = structuredClone(totals);
+  const since = (now: Record<string, number>, then: Record<string, number>) =>
+    Object.fromEntries(Object.entries(now).map(([name, n]) => [name, n - (then[name] ?? 0)]));
+  return () => ({
+    pg: since(totals.pg, base.pg),
+    redis: since(totals.redis, base.redis),
+    redisTrips: since(totals.redisTrips, base.redisTrips),
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// CPU time of this process and of the servers (when they run on this machine)
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** utime + stime of a process in ms from /proc/<pid>/stat, or undefined when it is gone or not ours to see. */
+function processCpuMs(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, utime 14.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) / CLK_TCK) * 1000;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU ms of every process on this machine whose /proc/<pid>/comm is `comm`, by pid. */
+function cpuByName(comm: string): Map<number, number> {
+  const byPid = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== comm) continue;
+    } catch {
+      continue; // exited while we looked
+    }
+    const cpu = processCpuMs(Number(entry));
+    if (cpu !== undefined) byPid.set(Number(entry), cpu);
+  }
+  return byPid;
+}
+
+export interface CpuSplit {
+  /** This Node process (process.cpuUsage: user + system). */
+  nodeMs: number;
+  /** Each of the `processes` asked for, by label (0 for one gone by the end). */
+  processesMs: Record<string, number>;
+  /** The Postgres backends of `database` at the end of the window; undefined when Postgres is not on this machine. */
+  postgresMs?: number;
+  /** Every postgres process on the machine: other databases' backends and the background processes too. */
+  postgresAllMs?: number;
+  /** The Redis server the connection talks to (INFO's process_id); undefined when it is not on this machine. */
+  redisMs?: number;
+}
+
+/**
+ * Starts measuring CPU time: this process, other `processes` (label -> pid), Redis and (given its database)
+ * Postgres, from /proc before and after (processes that exit in between are missed: keep pools open over the
+ * window). Returns the function that ends the window. On a shared machine the Redis server and
+ * `postgresAllMs` include the neighbours' load.
+ */
+export async function measureCpu(
+  redis: Redis,
+  {
+    postgres,
+    processes = {},
+  }: { postgres?: { pool: Pool; database: string }; processes?: Record<string, number> } = {},
+): Promise<() => Promise<CpuSplit>> {
+  const info = await redis.info('server');
+  const redisPid = Number(/^process_id:(\d+)/m.exec(info)?.[1]);
+  const node = process.cpuUsage();
+  const before = postgres ? cpuByName('postgres') : new Map<number, number>();
+  const redisBefore = processCpuMs(redisPid);
+  const processesBefore = Object.fromEntries(
+    Object.entries(processes).map(([label, pid]) => [label, processCpuMs(pid) ?? 0]),
+  );
+  return async () => {
+    const nodeUsage = process.cpuUsage(node);
+    const after = postgres ? cpuByName('postgres') : new Map<number, number>();
+    const redisAfter = processCpuMs(redisPid);
+    const processesMs = Object.fromEntries(
+      Object.entries(processes).map(([label, pid]) => [
+        label,
+        (processCpuMs(pid) ?? 0) - processesBefore[label]!,
+      ]),
+    );
+    const delta = (pid: number) => (after.get(pid) ?? 0) - (before.get(pid) ?? 0);
+    let ours: number[] = [];
+    if (postgres) {
+      const { rows } = await postgres.pool.query<{ pid: number }>(
+        'SELECT pid FROM pg_stat_activity WHERE datname = $1',
+        [postgres.database],
+      );
+      ours = rows.map((r) => r.pid).filter((pid) => after.has(pid));
+    }
+    return {
+      nodeMs: (nodeUsage.user + nodeUsage.system) / 1000,
+      processesMs,
+      postgresMs: ours.length > 0 ? ours.reduce((sum, pid) => sum + delta(pid), 0) : undefined,
+      postgresAllMs: after.size > 0 ? [...after.keys()].reduce((sum, pid) => sum + delta(pid), 0) : undefined,
+      redisMs: redisBefore !== undefined && redisAfter !== undefined ? redisAfter - redisBefore : undefined,
+    };
+  };
 }
