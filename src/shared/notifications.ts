@@ -12,14 +12,15 @@ import type { Logger } from './logger.js';
  */
 export const PENDING_JOB_TOPIC = 'provisioner_job:pending';
 
-interface Payload {
+/** What a trigger's notification carries (only some fields per channel); listeners get it as sent. */
+export interface NotificationPayload {
   id?: string;
   job_status?: string;
   job_id?: string;
 }
 
 /** Channels raised by the triggers in migrations/ (0001, 0006), and the topics each payload maps to. */
-const CHANNELS: Record<string, (payload: Payload) => (string | undefined)[]> = {
+const CHANNELS: Record<string, (payload: NotificationPayload) => (string | undefined)[]> = {
   provisioner_job_changed: (p) => [
     p.id ? `provisioner_job:${p.id}` : undefined,
     p.job_status === 'pending' ? PENDING_JOB_TOPIC : undefined,
@@ -42,7 +43,8 @@ export interface PgNotificationHubOptions {
   log?: Logger;
 }
 
-type Listener = () => void;
+/** Called with the notification's payload; with none when the hub wakes everyone after a reconnect. */
+type Listener = (payload?: NotificationPayload) => void;
 
 export class PgNotificationHub implements ChangeWaiter {
   private client: pg.Client | undefined;
@@ -96,7 +98,7 @@ export class PgNotificationHub implements ChangeWaiter {
 
   async waitFor<T>(
     topics: string[],
-    check: () => Promise<T | undefined>,
+    check: (notice?: NotificationPayload) => Promise<T | undefined>,
     options: { timeoutMs: number; signal?: AbortSignal },
   ): Promise<T> {
     const { timeoutMs, signal } = options;
@@ -109,18 +111,27 @@ export class PgNotificationHub implements ChangeWaiter {
       timeoutMs,
     );
 
-    // A notification that arrives while a check runs must cause one more check afterwards.
+    // A notification that arrives while a check runs must cause one more check afterwards. That check gets
+    // the payload of the last notification since the previous one, or none when it must look for itself:
+    // the first check, a safety re-check, a wake-up without a payload (a reconnect) among them.
     let wake: () => void = () => {};
     let pending: boolean;
-    const notify = () => {
+    let notice: NotificationPayload | undefined;
+    let unseen = false;
+    const notify = (payload?: NotificationPayload) => {
       pending = true;
+      if (payload) notice = payload;
+      else unseen = true;
       wake();
     };
     const offs = topics.map((t) => this.on(t, notify));
     try {
       for (;;) {
+        const told = unseen ? undefined : notice;
         pending = false;
-        const result = await check();
+        notice = undefined;
+        unseen = false;
+        const result = await check(told);
         // An abort that came while the check ran wins: its answer is too late for the caller.
         signal?.throwIfAborted();
         if (result !== undefined) return result;
@@ -148,8 +159,8 @@ export class PgNotificationHub implements ChangeWaiter {
     }
   }
 
-  private emit(topic: string): void {
-    for (const listener of this.listeners.get(topic) ?? []) listener();
+  private emit(topic: string, payload?: NotificationPayload): void {
+    for (const listener of this.listeners.get(topic) ?? []) listener(payload);
   }
 
   /** Wakes every waiter: after a reconnect we cannot know what we missed. */
@@ -176,7 +187,8 @@ export class PgNotificationHub implements ChangeWaiter {
       this.emit(channelTopic(msg.channel));
       if (!toTopics || !msg.payload) return;
       try {
-        for (const topic of toTopics(JSON.parse(msg.payload) as Payload)) if (topic) this.emit(topic);
+        const payload = JSON.parse(msg.payload) as NotificationPayload;
+        for (const topic of toTopics(payload)) if (topic) this.emit(topic, payload);
       } catch {
         this.options.log?.warn({ channel: msg.channel }, 'unparseable notification payload');
       }

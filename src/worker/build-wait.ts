@@ -6,6 +6,7 @@ import type { FailureCode } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
 import { buildFailureDetails, type BuildFailureDetails } from './results.js';
 import { BuildWatch } from './build-watch.js';
+import { isBuildActive } from './start-build.js';
 
 /** A failed outcome's `details`: the provisioner job's error code, and for a quota failure Coder's quota shape. */
 export type BuildOutcome =
@@ -56,7 +57,17 @@ export async function waitForBuild(
   try {
     outcome = await ctx.waiter.waitFor<BuildOutcome>(
       [topics.provisionerJob(build.jobId)],
-      async () => {
+      async (notice) => {
+        // A notification of a status the build is still active in (`running`, or `pending` again) says all a
+        // progress event needs: the build is read only at its end, or when no notification says why we look.
+        const noticed = notice?.job_status && {
+          ...build,
+          jobStatus: notice.job_status as Build['jobStatus'],
+        };
+        if (noticed && isBuildActive(noticed)) {
+          await report(noticed);
+          return undefined;
+        }
         const current = await ctx.store.getBuild(build.id);
         if (!current) throw new Error(`get build: build ${build.id} not found`);
         switch (current.jobStatus) {

@@ -2,6 +2,7 @@
 // and the waiter it reads them through, and the context of one job. Implemented on Postgres by PgWorkspaceStore
 // (pg-store.ts) and on LISTEN/NOTIFY by notifications.ts.
 import type { BuildEstimate, BuildLogPreviewLine, ProgressStage, QueuePosition } from '../shared/contract.js';
+import type { NotificationPayload } from '../shared/notifications.js';
 
 // ---------------------------------------------------------------------------------------------------
 // Database rows (Coder's names; see migrations/)
@@ -262,12 +263,14 @@ export interface NewBuild {
 export interface ChangeWaiter {
   /**
    * Calls `check` at once, then whenever one of `topics` changes (and at the safety re-check interval),
-   * until it returns something other than `undefined`. Rejects with a `WaitTimeoutError` after
-   * `timeoutMs`, and with the signal's reason when `signal` aborts.
+   * until it returns something other than `undefined`. A check woken by notifications gets the last one's
+   * payload (`notice`, what the trigger sent: a job's new job_status); the first check, a safety re-check
+   * and one after a reconnect get none and must read what they need. Rejects with a `WaitTimeoutError`
+   * after `timeoutMs`, and with the signal's reason when `signal` aborts.
    */
   waitFor<T>(
     topics: string[],
-    check: () => Promise<T | undefined>,
+    check: (notice?: NotificationPayload) => Promise<T | undefined>,
     options: { timeoutMs: number; signal?: AbortSignal },
   ): Promise<T>;
 }

@@ -127,8 +127,8 @@ export async function createStartContext(
       const wait: RecordedWait = { topics: [...topics], timeoutMs: waitOptions.timeoutMs, blocked: false };
       waits.push(wait);
       let first = true;
-      const recordingCheck = async () => {
-        const result = await check();
+      const recordingCheck: typeof check = async (notice) => {
+        const result = await check(notice);
         if (first) {
           first = false;
           if (result === undefined) wait.blocked = true;

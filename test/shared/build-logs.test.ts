@@ -65,7 +65,7 @@ describe('build logs', () => {
 
   it('an insert › wakes a waiter on the job-logs topic', async () => {
     const { jobId } = await runningBuild();
-    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJobLogs(jobId), resolve));
+    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJobLogs(jobId), () => resolve()));
     await writeLines(jobId, 1, 1);
     await expect(woken).resolves.toBeUndefined();
   });

@@ -1,6 +1,12 @@
+import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
-import { channelTopic, PENDING_JOB_TOPIC } from '../../src/shared/notifications.js';
+import {
+  channelTopic,
+  PENDING_JOB_TOPIC,
+  PgNotificationHub,
+  type NotificationPayload,
+} from '../../src/shared/notifications.js';
 import { topics } from '../../src/worker/ports.js';
 import { useListeningDatabase } from '../helpers/listening-database.js';
 
@@ -43,7 +49,9 @@ describe('PgNotificationHub', () => {
   });
 
   it('when a new job is inserted › wakes channel-wide listeners', async () => {
-    const woken = new Promise<void>((resolve) => t.hub.on(channelTopic('provisioner_job_changed'), resolve));
+    const woken = new Promise<void>((resolve) =>
+      t.hub.on(channelTopic('provisioner_job_changed'), () => resolve()),
+    );
     await insertJob();
     await expect(woken).resolves.toBeUndefined();
   });
@@ -73,6 +81,42 @@ describe('PgNotificationHub', () => {
     await expect(
       t.hub.waitFor([topics.provisionerJob(jobId)], async () => undefined, { timeoutMs: 150 }),
     ).rejects.toBeInstanceOf(WaitTimeoutError);
+  });
+
+  it('when a check is woken by a notification › gets its payload; the first check and a safety re-check get none', async () => {
+    const jobId = randomUUID();
+    // The insert's own notification is out of the way before the wait begins.
+    const inserted = new Promise<void>((resolve) => {
+      const off = t.hub.on(topics.provisionerJob(jobId), () => {
+        off();
+        resolve();
+      });
+    });
+    await t.db.pool.query('INSERT INTO provisioner_jobs (id) VALUES ($1)', [jobId]);
+    await inserted;
+    const hub = new PgNotificationHub(t.db.url, { safetyRecheckMs: 100 });
+    await hub.start();
+    try {
+      const notices: (NotificationPayload | undefined)[] = [];
+      const waiting = hub.waitFor(
+        [topics.provisionerJob(jobId)],
+        async (notice) => {
+          notices.push(notice);
+          // Done at the first check without a payload after the running notification's.
+          return notice === undefined && notices.some((n) => n?.job_status === 'running')
+            ? 'done'
+            : undefined;
+        },
+        { timeoutMs: 10_000 },
+      );
+      await expect.poll(() => notices.length).toBe(1);
+      await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+      await expect(waiting).resolves.toBe('done');
+      expect(notices[0]).toBeUndefined();
+      expect(notices.filter((n) => n !== undefined)).toEqual([{ id: jobId, job_status: 'running' }]);
+    } finally {
+      await hub.stop();
+    }
   });
 
   it('when the signal aborts › rejects with its reason', async () => {
@@ -119,7 +163,7 @@ describe('PgNotificationHub', () => {
 
     // And notifications flow again on the new connection.
     const jobId = await insertJob();
-    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJob(jobId), resolve));
+    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJob(jobId), () => resolve()));
     await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
     await expect(woken).resolves.toBeUndefined();
   });

@@ -36,6 +36,21 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
   const stopped = { transition: 'stop', status: 'succeeded' } as const;
 
+  /** The store, awaiting `before(method)` before each of its calls. */
+  const beforeCalls =
+    (before: (method: string) => Promise<unknown> | void) =>
+    (store: WorkspaceStore): WorkspaceStore =>
+      new Proxy(store, {
+        get(target, property) {
+          const value: unknown = Reflect.get(target, property, target);
+          if (typeof value !== 'function') return value;
+          return async (...args: unknown[]) => {
+            await before(String(property));
+            return (value as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+
   /** Plays the provisioner for build `buildNumber` once the job waits on it. */
   async function provision(
     t: StartContext,
@@ -277,8 +292,9 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
   });
 
   it('D6: waits are woken by notifications, not by polling', async () => {
+    const calls: string[] = [];
     // A safety re-check far longer than the test's timeout: only notifications can wake the waits.
-    const t = await context({ safetyRecheckMs: 600_000 });
+    const t = await context({ safetyRecheckMs: 600_000, wrapStore: beforeCalls((m) => void calls.push(m)) });
     const w = await world({ then: stopped });
 
     const running = startWorkspace(t.ctx, w.payload);
@@ -304,6 +320,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       build_id: build.id,
     });
     expect(t.stages()).toContain('agent_ready');
+    // The build is read as its wait begins and at its end; its running notification said all in between.
+    expect(calls.filter((m) => m === 'getBuild')).toHaveLength(2);
   });
 
   describe('D7: owner checks', () => {
@@ -581,25 +599,11 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     });
   });
 
-  /** The store, awaiting `before` before each start build insert (after the job planned the build). */
-  const beforeEachInsert =
-    (before: () => Promise<unknown>) =>
-    (store: WorkspaceStore): WorkspaceStore =>
-      new Proxy(store, {
-        get(target, property) {
-          if (property === 'insertStartBuild') {
-            const insertStartBuild: WorkspaceStore['insertStartBuild'] = async (input) => {
-              await before();
-              return target.insertStartBuild(input);
-            };
-            return insertStartBuild;
-          }
-          const value: unknown = Reflect.get(target, property, target);
-          return typeof value === 'function'
-            ? (value as (...args: unknown[]) => unknown).bind(target)
-            : value;
-        },
-      });
+  /** The start build's inserts awaiting `before` (after the job planned the build). */
+  const beforeEachInsert = (before: () => Promise<unknown>) =>
+    beforeCalls(async (method) => {
+      if (method === 'insertStartBuild') await before();
+    });
 
   it('build_active: the database refuses a second active build even without the chat lock', async () => {
     // Two jobs for one stopped workspace both decide to start it, then meet before creating the build:
