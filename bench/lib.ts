@@ -9,7 +9,7 @@ import pg from 'pg';
 import { insertBuild, insertChat, insertWorkspace } from '../src/cli/fixtures.js';
 import type { EventDraft } from '../src/shared/contract.js';
 import { migrate } from '../src/shared/migrate.js';
-import { createPool, type Pool } from '../src/shared/postgres.js';
+import { createPool, withTransaction, type Pool } from '../src/shared/postgres.js';
 import { closeRedis, createRedis, type Redis } from '../src/shared/redis.js';
 
 export const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -290,6 +290,63 @@ export async function insertStoppedWorkspace(
   return { chatId, workspaceId, ownerId };
 }
 
+/**
+ * `count` stopped workspaces as insertStoppedWorkspace makes them (start build #1 with a ready agent, stop
+ * build #2, a chat bound to it), in bulk: one INSERT … SELECT per table, in one transaction.
+ */
+export async function insertStoppedWorkspaces(
+  pool: Pool,
+  template: { ownerId: string; templateId: string; versionId: string },
+  count: number,
+): Promise<{ chatId: string; workspaceId: string; ownerId: string }[]> {
+  if (!Number.isInteger(count) || count < 1)
+    throw new RangeError(`count must be a whole number ≥ 1, got ${count}`);
+  const { ownerId, templateId, versionId } = template;
+  return withTransaction(pool, async (client) => {
+    // CREATE TABLE AS takes no parameters; count is a checked integer.
+    await client.query(
+      `CREATE TEMP TABLE seed ON COMMIT DROP AS
+       SELECT n, gen_random_uuid() AS workspace_id, gen_random_uuid() AS chat_id, gen_random_uuid() AS resource_id,
+              gen_random_uuid() AS start_job, gen_random_uuid() AS start_build,
+              gen_random_uuid() AS stop_job, gen_random_uuid() AS stop_build
+       FROM generate_series(1, ${count}) n`,
+    );
+    await client.query(
+      `INSERT INTO workspaces (id, owner_id, template_id, name) SELECT workspace_id, $1, $2, 'ws-' || n FROM seed`,
+      [ownerId, templateId],
+    );
+    await client.query(
+      `INSERT INTO provisioner_jobs (id, input, started_at, completed_at)
+       SELECT job, jsonb_build_object('workspace_build_id', build), now(), now()
+       FROM seed, LATERAL (VALUES (start_job, start_build), (stop_job, stop_build)) AS b(job, build)`,
+    );
+    await client.query(
+      `INSERT INTO workspace_builds (id, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+       SELECT build, workspace_id, $1, number, transition::workspace_transition, $2, job
+       FROM seed, LATERAL (VALUES (start_build, 1, 'start', start_job), (stop_build, 2, 'stop', stop_job))
+                  AS b(build, number, transition, job)`,
+      [versionId, ownerId],
+    );
+    await client.query(
+      `INSERT INTO workspace_resources (id, job_id, transition, type, name)
+       SELECT resource_id, start_job, 'start', 'docker_container', 'dev' FROM seed`,
+    );
+    await client.query(
+      `INSERT INTO workspace_agents (resource_id, name, lifecycle_state, first_connected_at, last_connected_at,
+                                     started_at, ready_at)
+       SELECT resource_id, 'main', 'ready', now(), now(), now(), now() FROM seed`,
+    );
+    await client.query(
+      `INSERT INTO chats (id, owner_id, workspace_id, build_id, title) SELECT chat_id, $1, workspace_id, stop_build, 'chat-' || n FROM seed`,
+      [ownerId],
+    );
+    const { rows } = await client.query<{ chat_id: string; workspace_id: string }>(
+      'SELECT chat_id, workspace_id FROM seed ORDER BY n',
+    );
+    return rows.map((r) => ({ chatId: r.chat_id, workspaceId: r.workspace_id, ownerId }));
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Running one benchmark file
 
@@ -340,6 +397,8 @@ export async function runBench(
 export interface CallCounts {
   /** Postgres queries per application_name (worker, provisioner, producer, bench). */
   pg: Record<string, number>;
+  /** Postgres queries per application_name and statement name (`worker worker.get_build`; `(unnamed)`). */
+  pgStatements: Record<string, number>;
   /** Redis commands per connection name; a pipeline's or a MULTI's commands each count. */
   redis: Record<string, number>;
   /**
@@ -349,7 +408,7 @@ export interface CallCounts {
   redisTrips: Record<string, number>;
 }
 
-const totals: CallCounts = { pg: {}, redis: {}, redisTrips: {} };
+const totals: CallCounts = { pg: {}, pgStatements: {}, redis: {}, redisTrips: {} };
 let counting = false;
 
 /** Patches pg's Client.query and ioredis's sendCommand once per process to count into `totals`. */
@@ -364,7 +423,10 @@ function startCounting(): void {
   const pgProto = pg.Client.prototype as unknown as Patchable;
   const query = pgProto.query!;
   pgProto.query = function (this: { connectionParameters?: { application_name?: string } }, ...args) {
-    bump(totals.pg, this.connectionParameters?.application_name);
+    const application = this.connectionParameters?.application_name;
+    bump(totals.pg, application);
+    const statement = (args[0] as { name?: string } | null)?.name ?? '(unnamed)';
+    bump(totals.pgStatements, `${application?.replace(/^workspace-jobs-/, '') ?? '(unnamed)'} ${statement}`);
     return query.apply(this, args);
   };
   // ioredis hands each command of a pipeline (and of a MULTI, which is a pipeline) to sendCommand with the
@@ -396,6 +458,7 @@ export function countCalls(): () => CallCounts {
     Object.fromEntries(Object.entries(now).map(([name, n]) => [name, n - (then[name] ?? 0)]));
   return () => ({
     pg: since(totals.pg, base.pg),
+    pgStatements: since(totals.pgStatements, base.pgStatements),
     redis: since(totals.redis, base.redis),
     redisTrips: since(totals.redisTrips, base.redisTrips),
   });

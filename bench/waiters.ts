@@ -1,0 +1,298 @@
+// Issue 11: 10,000 starts waiting in one worker process. 10,000 stopped workspaces started through the
+// producer, ONE WorkspaceWorker (concurrency 10,000) in this process and no provisioner daemon, so every job
+// creates its build and then waits on it, pending. Once every job has told its chat `build_queued`, an idle
+// window longer than the hub's 10 s safety re-check measures what waiting costs: RSS and heap per waiter,
+// the process's CPU, the worker's Postgres queries/s against a computed 2 s poll (Coder's), and how evenly
+// the chat-lock refreshes are spread. Then ONE statement completes every build as the provisioner and the
+// simulated agents would (job succeeded, its resource and a ready agent) and times the results' arrival.
+// BENCH_WAITERS runs it with fewer (a quick look; the targets are for 10,000).
+import { Queue } from 'bullmq';
+import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
+import { WorkspaceJobsProducer } from '../src/producer/producer.js';
+import { loadConfig } from '../src/shared/config.js';
+import { QUEUE_NAME, type EventDraft } from '../src/shared/contract.js';
+import { EventPublisher } from '../src/shared/events.js';
+import { ChatLocks } from '../src/shared/lock.js';
+import { createLogger } from '../src/shared/logger.js';
+import { closeRedis, createRedis } from '../src/shared/redis.js';
+import { WorkspaceWorker } from '../src/worker/worker.js';
+import {
+  REDIS_URL,
+  benchDatabase,
+  benchRedis,
+  check,
+  countCalls,
+  insertStoppedWorkspaces,
+  mapLimit,
+  memory,
+  report,
+  runBench,
+  sleep,
+  stats,
+  uniquePrefix,
+  until,
+  type CallCounts,
+} from './lib.js';
+
+const WAITERS = Number(process.env.BENCH_WAITERS ?? 10_000);
+if (!Number.isInteger(WAITERS) || WAITERS < 10 || WAITERS > 10_000) {
+  throw new RangeError(
+    `BENCH_WAITERS must be a whole number from 10 to 10000, got ${process.env.BENCH_WAITERS}`,
+  );
+}
+/** Longer than the hub's safety re-check (10 s, ±20 %), so the window holds a whole round of it. */
+const IDLE_MS = 13_000;
+/** After the last build_queued, for the last followers' first checks to drain before the window opens. */
+const SETTLE_MS = 3_000;
+const POLL_MS = 2_000;
+const BUCKET_MS = 100;
+// Issue 11's targets.
+const MAX_RSS_MB = 500;
+const MAX_KIB_PER_WAITER = 25;
+const MAX_CPU_PERCENT = 5;
+const MIN_FEWER_THAN_POLL = 100;
+const MAX_LAST_RESULT_MS = 5_000;
+/** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
+const BURST_FACTOR = 2;
+
+const flag = (met: boolean) => (met ? 'met' : 'MISSED');
+const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
+const diff = (after: Record<string, number>, before: Record<string, number>) =>
+  Object.fromEntries(Object.entries(after).map(([k, n]) => [k, n - (before[k] ?? 0)]));
+const top = (table: Record<string, number>, seconds: number, n = 4) =>
+  Object.entries(table)
+    .filter(([, count]) => count > 0)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, n)
+    .map(([name, count]) => `${name} ${(count / seconds).toFixed(0)}/s`)
+    .join(', ');
+
+await runBench('waiters', 420_000, async (cleanup) => {
+  // Pool of 10 for the seed and the producer; the worker makes its own (20 at this concurrency).
+  const db = await benchDatabase(cleanup, 10);
+  const prefix = uniquePrefix('waiters');
+  const redis = benchRedis(cleanup, prefix);
+  const log = createLogger('silent');
+
+  const seedStarted = performance.now();
+  const { userId } = await insertUser(db.pool);
+  const template = await insertTemplate(db.pool, { versions: [{}] });
+  const seeded = await insertStoppedWorkspaces(
+    db.pool,
+    { ownerId: userId, templateId: template.templateId, versionId: template.versionIds[0]! },
+    WAITERS,
+  );
+  const seedMs = performance.now() - seedStarted;
+
+  const config = loadConfig({
+    REDIS_URL,
+    DATABASE_URL: db.url,
+    QUEUE_PREFIX: prefix,
+    LOG_LEVEL: 'silent',
+    WORKER_CONCURRENCY: String(WAITERS),
+  });
+  // The worker's own lock and publisher, as WorkspaceWorker makes them, but observed: every refresh's start,
+  // every job's first build_queued and each result.
+  const lockRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-lock', failFast: true, log });
+  cleanup.add('lock connection', () => closeRedis(lockRedis));
+  const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log });
+  cleanup.add('events connection', () => closeRedis(eventsRedis));
+  let refreshes: number[] | undefined;
+  const locks = new ChatLocks([lockRedis], prefix, {
+    lockTimeoutMs: config.chatLockTtlMs,
+    log,
+    onOperation: (operation, ms) => {
+      if (operation === 'refresh') refreshes?.push(performance.now() - ms);
+    },
+  });
+  const refreshPeriodMs = Math.round(config.chatLockTtlMs / 3);
+  const publisher = new EventPublisher(eventsRedis, prefix, { log });
+  const queuedAt = new Map<string, number>();
+  const results = new Map<string, { at: number; ok: boolean; count: number; data: unknown }>();
+  const publish = publisher.publish.bind(publisher);
+  publisher.publish = async (draft: EventDraft, options) => {
+    const event = await publish(draft, options);
+    const at = performance.now();
+    if (draft.type === 'progress' && draft.stage === 'build_queued' && !queuedAt.has(draft.job.id)) {
+      queuedAt.set(draft.job.id, at);
+    } else if (draft.type === 'result') {
+      const seen = results.get(draft.job.id);
+      results.set(draft.job.id, { at, ok: draft.data.ok, count: (seen?.count ?? 0) + 1, data: draft.data });
+    }
+    return event;
+  };
+
+  const worker = await WorkspaceWorker.start(config, log, { processor: { locks, publisher } });
+  cleanup.add('worker', () => worker.close(5_000));
+  const producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, log });
+  cleanup.add('producer', () => producer.close());
+  const queue = new Queue(QUEUE_NAME, { connection: redis, prefix });
+  cleanup.add('queue', () => queue.close());
+
+  const before = memory(true);
+  const calls = countCalls();
+  const started = performance.now();
+  const enqueued = await mapLimit(seeded, 64, (input) => producer.startWorkspace(input));
+  const enqueueMs = performance.now() - started;
+  check(
+    enqueued.every((e) => !e.deduplicated),
+    'a start of a distinct workspace was deduplicated',
+  );
+  const jobIds = enqueued.map((e) => e.jobId);
+  await until('every job waiting on its build', () => (queuedAt.size >= WAITERS ? true : undefined), 300_000);
+  const rampMs = performance.now() - started;
+  const { rows: pending } = await db.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM provisioner_jobs WHERE started_at IS NULL AND completed_at IS NULL`,
+  );
+  check(pending[0]!.n === WAITERS, `${pending[0]!.n} pending provisioner jobs, expected ${WAITERS}`);
+  check(results.size === 0, `${results.size} jobs ended before any build completed`);
+  await sleep(SETTLE_MS);
+
+  // The idle window: nothing changes in the database; only timers (safety re-checks, lock refreshes,
+  // BullMQ's lock extension) do anything.
+  refreshes = [];
+  const windowCalls = calls();
+  const cpu = process.cpuUsage();
+  const windowStarted = performance.now();
+  let peakRssMb = memory().rssMb;
+  const sampler = setInterval(() => (peakRssMb = Math.max(peakRssMb, memory().rssMb)), 200);
+  await sleep(IDLE_MS);
+  clearInterval(sampler);
+  const windowSeconds = (performance.now() - windowStarted) / 1000;
+  const used = process.cpuUsage(cpu);
+  const idleCalls = calls();
+  const idleRefreshes = refreshes;
+  refreshes = undefined;
+  const during = memory(true);
+  check(results.size === 0, `${results.size} jobs ended while nothing changed`);
+
+  const cpuPercent = ((used.user + used.system) / 1000 / (windowSeconds * 1000)) * 100;
+  const rssPerWaiterKb = ((during.rssMb - before.rssMb) * 1024) / WAITERS;
+  const heapPerWaiterKb = ((during.heapMb - before.heapMb) * 1024) / WAITERS;
+  const queuedTimes = [...queuedAt.values()].map((t) => t - started);
+  report({
+    case: `${WAITERS} starts enqueued -> all waiting on their builds`,
+    n: WAITERS,
+    opsPerSec: (WAITERS / rampMs) * 1000,
+    latency: stats(queuedTimes),
+    notes:
+      `seed ${(seedMs / 1000).toFixed(1)} s; enqueue ${(enqueueMs / 1000).toFixed(1)} s, the last build_queued ` +
+      `after ${(rampMs / 1000).toFixed(1)} s; latency = enqueue start -> the job's build_queued`,
+  });
+  const memoryMet = peakRssMb < MAX_RSS_MB && rssPerWaiterKb <= MAX_KIB_PER_WAITER;
+  report({
+    case: `memory with ${WAITERS} waiting`,
+    n: WAITERS,
+    notes:
+      `RSS ${before.rssMb.toFixed(0)} -> ${during.rssMb.toFixed(0)} MiB (peak in the window ${peakRssMb.toFixed(0)}), ` +
+      `${rssPerWaiterKb.toFixed(1)} KiB/waiter; heap ${before.heapMb.toFixed(0)} -> ${during.heapMb.toFixed(0)} MiB ` +
+      `after GC, ${heapPerWaiterKb.toFixed(1)} KiB/waiter; target RSS < ${MAX_RSS_MB} MiB and <= ` +
+      `${MAX_KIB_PER_WAITER} KiB/waiter: ${flag(memoryMet)}`,
+  });
+
+  const windowOf = (pick: (c: CallCounts) => Record<string, number>) =>
+    diff(pick(idleCalls), pick(windowCalls));
+  const pgWindow = windowOf((c) => c.pg);
+  const workerQueries = (pgWindow['workspace-jobs-worker'] ?? 0) + (pgWindow['workspace-jobs-listener'] ?? 0);
+  const workerQps = workerQueries / windowSeconds;
+  const pollQps = WAITERS / (POLL_MS / 1000);
+  const fewer = pollQps / Math.max(workerQps, 1 / windowSeconds);
+  const redisWindow = windowOf((c) => c.redis);
+  report({
+    case: `idle ${windowSeconds.toFixed(1)} s with ${WAITERS} waiting: CPU`,
+    n: WAITERS,
+    notes:
+      `this process ${cpuPercent.toFixed(1)} % of a core (user ${(used.user / 1000).toFixed(0)} ms, system ` +
+      `${(used.system / 1000).toFixed(0)} ms); Redis ${(sum(redisWindow) / windowSeconds).toFixed(0)} commands/s ` +
+      `(${top(redisWindow, windowSeconds)}); target < ${MAX_CPU_PERCENT} %: ${flag(cpuPercent < MAX_CPU_PERCENT)}`,
+  });
+  report({
+    case: `idle: the worker's Postgres queries vs a 2 s poll (computed)`,
+    n: workerQueries,
+    opsPerSec: workerQps,
+    notes:
+      `${top(
+        windowOf((c) => c.pgStatements),
+        windowSeconds,
+      )}; a 2 s poll of ${WAITERS}: ${pollQps.toFixed(0)}/s, ` +
+      `${fewer.toFixed(1)}x more; target >= ${MIN_FEWER_THAN_POLL}x fewer: ${flag(fewer >= MIN_FEWER_THAN_POLL)}`,
+  });
+
+  // Refreshes per 100 ms bucket; an even spread puts BUCKET_MS / period of a period's refreshes in each.
+  const buckets = new Map<number, number>();
+  for (const t of idleRefreshes) {
+    const bucket = Math.floor((t - windowStarted) / BUCKET_MS);
+    buckets.set(bucket, (buckets.get(bucket) ?? 0) + 1);
+  }
+  const perPeriod = idleRefreshes.length / ((windowSeconds * 1000) / refreshPeriodMs);
+  const busiest = Math.max(0, ...buckets.values());
+  const busiestShare = perPeriod > 0 ? busiest / perPeriod : 0;
+  const evenShare = BUCKET_MS / refreshPeriodMs;
+  const bursts = [...buckets.values()].filter((n) => n > BURST_FACTOR * evenShare * perPeriod).length;
+  const spread = busiestShare <= BURST_FACTOR * evenShare;
+  report({
+    case: `idle: chat-lock refreshes per ${BUCKET_MS} ms`,
+    n: idleRefreshes.length,
+    opsPerSec: idleRefreshes.length / windowSeconds,
+    notes:
+      `every ${refreshPeriodMs} ms per lock (TTL ${config.chatLockTtlMs} ms): the busiest ${BUCKET_MS} ms held ` +
+      `${busiest} = ${(busiestShare * 100).toFixed(1)} % of a period's ${perPeriod.toFixed(0)} (even: ` +
+      `${(evenShare * 100).toFixed(0)} %); ${bursts} of ${Math.ceil((windowSeconds * 1000) / BUCKET_MS)} buckets ` +
+      `over ${BURST_FACTOR}x even; spread, not bursts: ${flag(spread)}${spread ? '' : ' (bursts)'}`,
+  });
+
+  // Every build done at once, in one statement (one transaction), as the provisioner's completion writes it
+  // for a start build (the job completed, its resource, its agent) with the simulated agent already ready.
+  const resultsBefore = calls();
+  const completeStarted = performance.now();
+  const { rowCount } = await db.pool.query(
+    `WITH jobs AS (
+       UPDATE provisioner_jobs j SET started_at = now(), completed_at = now(), updated_at = now()
+         FROM workspace_builds b
+        WHERE b.job_id = j.id AND b.build_number = 3 AND j.completed_at IS NULL
+       RETURNING j.id
+     ), resources AS (
+       INSERT INTO workspace_resources (job_id, transition, type, name)
+       SELECT id, 'start', 'sim_container', 'dev' FROM jobs RETURNING id
+     )
+     INSERT INTO workspace_agents (resource_id, name, lifecycle_state, first_connected_at, last_connected_at,
+                                   started_at, ready_at)
+     SELECT id, 'main', 'ready', now(), now(), now(), now() FROM resources`,
+  );
+  const updateMs = performance.now() - completeStarted;
+  check(rowCount === WAITERS, `the completing statement made ${rowCount} agents, expected ${WAITERS}`);
+  await until('every result', () => (results.size >= WAITERS ? true : undefined), 60_000);
+  const resultTimes = [...results.values()].map((r) => r.at - completeStarted);
+  const lastResultMs = Math.max(...resultTimes);
+  const completedCalls = calls();
+
+  const failures = jobIds.filter((id) => !results.get(id)?.ok);
+  check(
+    failures.length === 0,
+    `${failures.length} jobs did not start their workspace, e.g. ${JSON.stringify(results.get(failures[0]!)?.data)}`,
+  );
+  const repeated = [...results.values()].filter((r) => r.count !== 1).length;
+  check(repeated === 0, `${repeated} jobs published more than one result`);
+  const notReady = [...results.values()].filter(
+    (r) => (r.data as { agent_status?: string }).agent_status,
+  ).length;
+  check(notReady === 0, `${notReady} results report an agent that is not ready`);
+  await until(
+    'every job completed in the queue',
+    async () => ((await queue.getCompletedCount()) >= WAITERS ? true : undefined),
+    30_000,
+  );
+  const perResult = (pick: (c: CallCounts) => Record<string, number>) =>
+    (sum(pick(completedCalls)) - sum(pick(resultsBefore))) / WAITERS;
+  report({
+    case: `${WAITERS} builds completed by one statement -> every result`,
+    n: WAITERS,
+    opsPerSec: (WAITERS / lastResultMs) * 1000,
+    latency: stats(resultTimes),
+    notes:
+      `the statement ${updateMs.toFixed(0)} ms, the last result after ${(lastResultMs / 1000).toFixed(2)} s; ` +
+      `per result ${perResult((c) => c.pg).toFixed(1)} Postgres queries, ${perResult((c) => c.redis).toFixed(1)} ` +
+      `Redis commands; every job one ok result; target all within ${MAX_LAST_RESULT_MS / 1000} s: ` +
+      `${flag(lastResultMs <= MAX_LAST_RESULT_MS)}`,
+  });
+});
