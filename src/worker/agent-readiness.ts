@@ -23,15 +23,28 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
   const chosen = selection.agent;
   const data = { agent_id: chosen.id, agent_name: chosen.name };
 
-  const wait = <T>(check: (agent: Agent) => Promise<T | undefined>, timeoutMs: number) =>
-    ctx.waiter.waitFor<T | 'gone'>(
+  // The agent as last read, first by the agents read: a wait's first check takes it when it ends the wait
+  // (`ends`) and reads the agent again when it would block, since a change made before the wait subscribed
+  // would not wake it. Later checks always read.
+  let lastRead: Agent | null = chosen;
+  const wait = <T>(
+    ends: (agent: Agent) => boolean,
+    check: (agent: Agent) => Promise<T | undefined>,
+    timeoutMs: number,
+  ) => {
+    let first = true;
+    return ctx.waiter.waitFor<T | 'gone'>(
       [topics.agent(chosen.id)],
       async () => {
-        const agent = await ctx.store.getAgent(chosen.id);
+        const known = first && lastRead && ends(lastRead) ? lastRead : null;
+        first = false;
+        const agent = known ?? (await ctx.store.getAgent(chosen.id));
+        lastRead = agent;
         return agent ? check(agent) : 'gone';
       },
       { timeoutMs, signal: ctx.signal },
     );
+  };
   const gone: AgentReadiness = {
     agent_status: 'not_ready',
     agent_error: `agent "${chosen.name}" no longer exists`,
@@ -40,19 +53,23 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
   // Phase 1: reachability.
   let announced = false;
   try {
-    const connected = await wait(async (agent) => {
-      if (isAgentConnected(agent)) return true;
-      if (!announced) {
-        announced = true;
-        await ctx.progress(
-          'agent_connecting',
-          `Waiting for agent "${chosen.name}" to connect`,
-          data,
-          workspaceId,
-        );
-      }
-      return undefined;
-    }, ctx.timeouts.agentConnectTimeoutMs);
+    const connected = await wait(
+      isAgentConnected,
+      async (agent) => {
+        if (isAgentConnected(agent)) return true;
+        if (!announced) {
+          announced = true;
+          await ctx.progress(
+            'agent_connecting',
+            `Waiting for agent "${chosen.name}" to connect`,
+            data,
+            workspaceId,
+          );
+        }
+        return undefined;
+      },
+      ctx.timeouts.agentConnectTimeoutMs,
+    );
     if (connected === 'gone') return gone;
   } catch (error) {
     if (!(error instanceof WaitTimeoutError)) throw error;
@@ -65,25 +82,29 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
   // Phase 2: startup scripts, through the agent's lifecycle.
   let lastState: string | undefined;
   try {
-    const outcome = await wait<AgentReadiness>(async (agent) => {
-      const state = agent.lifecycleState;
-      if (state !== lastState) {
-        lastState = state;
-        if (state === 'starting') {
-          await ctx.progress(
-            'agent_starting',
-            `Agent "${chosen.name}" is running its startup scripts`,
-            data,
-            workspaceId,
-          );
-        } else if (state === 'ready') {
-          await ctx.progress('agent_ready', `Agent "${chosen.name}" is ready`, data, workspaceId);
+    const outcome = await wait<AgentReadiness>(
+      (agent) => !STARTING.has(agent.lifecycleState),
+      async (agent) => {
+        const state = agent.lifecycleState;
+        if (state !== lastState) {
+          lastState = state;
+          if (state === 'starting') {
+            await ctx.progress(
+              'agent_starting',
+              `Agent "${chosen.name}" is running its startup scripts`,
+              data,
+              workspaceId,
+            );
+          } else if (state === 'ready') {
+            await ctx.progress('agent_ready', `Agent "${chosen.name}" is ready`, data, workspaceId);
+          }
         }
-      }
-      if (STARTING.has(state)) return undefined;
-      if (state === 'ready') return {};
-      return { startup_scripts: 'startup_scripts_failed', lifecycle_state: state };
-    }, ctx.timeouts.startupScriptTimeoutMs);
+        if (STARTING.has(state)) return undefined;
+        if (state === 'ready') return {};
+        return { startup_scripts: 'startup_scripts_failed', lifecycle_state: state };
+      },
+      ctx.timeouts.startupScriptTimeoutMs,
+    );
     return outcome === 'gone' ? gone : outcome;
   } catch (error) {
     if (error instanceof WaitTimeoutError) return { startup_scripts: 'startup_scripts_timeout' };

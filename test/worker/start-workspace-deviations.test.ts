@@ -463,7 +463,11 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
   describe('D9: already running', () => {
     it('with the chat agent connected and ready: answers at once, without waiting', async () => {
-      const t = await context({ safetyRecheckMs: 600_000 });
+      const calls: string[] = [];
+      const t = await context({
+        safetyRecheckMs: 600_000,
+        wrapStore: beforeCalls((m) => void calls.push(m)),
+      });
       const w = await world();
 
       const result = success(await startWorkspace(t.ctx, w.payload));
@@ -476,6 +480,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
         no_build: true,
       });
       expect(t.waits.filter((x) => x.blocked)).toEqual([]);
+      // The agents read said it all: connected and ready need no second look.
+      expect(calls.filter((m) => m.startsWith('getAgent'))).toEqual(['getAgentsOfLatestBuild']);
     });
 
     it('with the agent still starting: waits for it to become ready', async () => {
