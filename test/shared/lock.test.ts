@@ -4,7 +4,13 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import RedisMock from 'ioredis-mock';
 import type { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ChatLocks, LockLostError, LockUnavailableError, type HeldLock } from '../../src/shared/lock.js';
+import {
+  ChatLocks,
+  LockLostError,
+  LockUnavailableError,
+  jitteredRefreshInterval,
+  type HeldLock,
+} from '../../src/shared/lock.js';
 import { sleep } from '../../src/shared/errors.js';
 import type { Logger } from '../../src/shared/logger.js';
 
@@ -168,6 +174,58 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
     });
   });
 
+  describe('refresh jitter', () => {
+    /** The refresh interval each lock acquired in `run` started (redis-semaphore's setInterval). */
+    async function intervalsOf(run: () => Promise<unknown>): Promise<number[]> {
+      const setInterval = vi.spyOn(globalThis, 'setInterval');
+      await run();
+      const delays = setInterval.mock.calls.map(([, delay]) => Number(delay));
+      setInterval.mockRestore();
+      return delays;
+    }
+
+    it("shortens each lock's interval by its own draw of up to refreshJitter, never past refreshIntervalMs", async () => {
+      const locks = new ChatLocks([client()], uniquePrefix(), {
+        lockTimeoutMs: 3_000,
+        refreshIntervalMs: 1_000,
+        refreshJitter: 0.5,
+      });
+      const draws = [0, 0.5, 0.75];
+      const random = vi.spyOn(Math, 'random');
+      const intervals = await intervalsOf(async () => {
+        for (const draw of draws) {
+          random.mockReturnValue(draw);
+          await acquire(locks, randomUUID());
+        }
+      });
+
+      expect(intervals).toEqual([1_000, 750, 625]);
+    });
+
+    it('with refreshJitter 0 › every lock refreshes every refreshIntervalMs', async () => {
+      const locks = new ChatLocks([client()], uniquePrefix(), {
+        lockTimeoutMs: 3_000,
+        refreshIntervalMs: 1_000,
+        refreshJitter: 0,
+      });
+      vi.spyOn(Math, 'random').mockReturnValue(0.999);
+      const intervals = await intervalsOf(() =>
+        Promise.all([1, 2, 3].map(() => acquire(locks, randomUUID()))),
+      );
+
+      expect(intervals).toEqual([1_000, 1_000, 1_000]);
+    });
+
+    it('stays within (interval × (1 − jitter), interval] for any draw in [0, 1)', () => {
+      const draws = [0, 1e-9, 0.25, 0.5, 0.75, 1 - 1e-12, ...Array.from({ length: 1_000 }, Math.random)];
+      for (const draw of draws) {
+        const interval = jitteredRefreshInterval(2_000, 0.2, () => draw);
+        expect(interval).toBeLessThanOrEqual(2_000);
+        expect(interval).toBeGreaterThan(1_600);
+      }
+    });
+  });
+
   describe('isHeld', () => {
     it('is true while the lock is confirmed, false once released', async () => {
       let refreshes = 0;
@@ -269,6 +327,14 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
         RangeError,
       );
       expect(() => new ChatLocks([client()], 'p', { lockTimeoutMs: 0 })).toThrow(RangeError);
+    });
+
+    it('refuses a refresh jitter outside [0, 1), naming it', () => {
+      for (const refreshJitter of [1, -0.1, Number.NaN]) {
+        expect(() => new ChatLocks([client()], 'p', { refreshJitter })).toThrow(
+          /refreshJitter must be from 0/,
+        );
+      }
     });
   });
 });
