@@ -434,7 +434,15 @@ export class Provisioner {
       claim: { workerId: this.id, claims },
       log,
     });
-    const off = this.options.hub.on(topics.provisionerJob(job.jobId), () => this.checkJob(claim, controller));
+    // Our own claim made the job 'running', and its notification reaches us here, usually after this
+    // subscription: checking on it would be a query per job for nothing. The payload's job_status tells it
+    // apart, whichever daemon or pool connection sent it (a notification's processId is one backend of a
+    // pool, and another daemon's claim could reuse a pid of ours): only a claim makes a job 'running', and
+    // another daemon can claim ours only after it was handed back, whose 'pending' we check on. No payload
+    // (after a reconnect) is checked.
+    const off = this.options.hub.on(topics.provisionerJob(job.jobId), (payload) => {
+      if (payload?.job_status !== 'running') this.checkJob(claim, controller);
+    });
     try {
       log.info({ reruns }, 'running provisioner job');
       const rerun = reruns > 0 ? `, re-run ${reruns} of ${this.maxReruns}` : '';

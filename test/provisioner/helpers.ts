@@ -314,3 +314,37 @@ export async function getClaims(pool: Pool, jobId: string): Promise<{ claims: nu
   );
   return rows[0]!;
 }
+
+/**
+ * A daemon's pool that counts the named statements it runs (the daemon's, src/shared/postgres.ts prepared)
+ * and, when given `afterAnswer`, runs it once such a statement answered, before the daemon sees the answer.
+ */
+export class CountingPool {
+  readonly pool: Pool;
+  private readonly counts = new Map<string, number>();
+
+  constructor(target: Pool, afterAnswer?: (name: string, rows: Record<string, unknown>[]) => Promise<void>) {
+    const counts = this.counts;
+    const query = async (...args: Parameters<Pool['query']>) => {
+      const name = (args[0] as { name?: string } | undefined)?.name;
+      if (name) counts.set(name, (counts.get(name) ?? 0) + 1);
+      const result = await (
+        target.query as (...a: unknown[]) => Promise<{ rows: Record<string, unknown>[] }>
+      )(...args);
+      if (name) await afterAnswer?.(name, result.rows);
+      return result;
+    };
+    this.pool = new Proxy(target, {
+      get(pool, property) {
+        if (property === 'query') return query;
+        const value: unknown = Reflect.get(pool, property);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(pool) : value;
+      },
+    });
+  }
+
+  /** How often the statement `name` was sent. */
+  count(name: string): number {
+    return this.counts.get(name) ?? 0;
+  }
+}

@@ -6,6 +6,7 @@ import { PgNotificationHub } from '../../src/shared/notifications.js';
 import { createPool, type Pool } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
+  CountingPool,
   countResources,
   createFixture,
   createWorkspace,
@@ -354,6 +355,40 @@ describe('Provisioner', () => {
     expect(executor.aborted).toEqual([build.jobId]);
     expect(await countResources(db.pool, build.jobId)).toBe(0);
     expect((await getLogs(db.pool, build.jobId)).at(-1)).toMatchObject({ output: 'Job canceled' });
+  });
+
+  it("when its job's notification says running › the daemon checks nothing; any other status is checked", async () => {
+    const counting = new CountingPool(db.pool);
+    const hub = await startHub();
+    const executor = new RecordingExecutor({ hold: true });
+    await startProvisioner({ executor, pool: counting.pool, hub });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    await executor.whenStarted(build.jobId);
+    // What the daemon's own claim sends (which may still be on its way too), and what a cancellation
+    // sends, marked as the test's. The daemon subscribed first, so its listener has run once the test's has.
+    const seen: unknown[] = [];
+    hub.on(topics.provisionerJob(build.jobId), (payload) => {
+      const { job_status, sent_by } = payload as { job_status?: string; sent_by?: string };
+      if (sent_by === 'test') seen.push(job_status);
+    });
+    const notify = (status: string) =>
+      db.pool.query(
+        `SELECT pg_notify('provisioner_job_changed',
+                          json_build_object('id', $1::uuid, 'job_status', $2::text, 'sent_by', 'test')::text)`,
+        [build.jobId, status],
+      );
+
+    await notify('running');
+    await expect.poll(() => seen, POLL).toEqual(['running']);
+    expect(counting.count('provisioner.check_job')).toBe(0);
+    await notify('canceling');
+    await expect.poll(() => seen, POLL).toEqual(['running', 'canceling']);
+    expect(counting.count('provisioner.check_job')).toBe(1);
+
+    // The check found the job running and its own: it goes on.
+    executor.release(build.jobId);
+    expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
+    expect(executor.aborted).toEqual([]);
   });
 
   it('when a job is canceled while pending › it completes as canceled without running', async () => {
