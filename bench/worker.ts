@@ -50,6 +50,8 @@ const TARGET_STARTS_PER_SEC = 300;
 const TARGET_PG_PER_START = 20;
 const TARGET_REDIS_TRIPS_PER_START = 10;
 const ZERO_DELAY_STARTS = 600;
+/** The connection (and, with `-sub`, the subscriber) of the bench's waitForResult calls. */
+const WAITS_CONNECTION = 'workspace-jobs-bench-waits';
 const BASELINE_JOBS = 20_000;
 
 interface StartsCase {
@@ -142,6 +144,12 @@ async function startWorkspaces(
   }
   const producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, log });
   cleanup.add('producer', () => producer.close());
+  // The chat backend's waits for the results on connections of their own, so that a start's round trips
+  // (enqueue, worker, provisioner) are counted apart from what its caller spends waiting.
+  const waitsRedis = createRedis(REDIS_URL, { name: WAITS_CONNECTION });
+  cleanup.add('waits connection', () => closeRedis(waitsRedis));
+  const waits = new WorkspaceJobsProducer({ connection: waitsRedis, pool: db.pool, prefix, log });
+  cleanup.add('waits producer', () => waits.close());
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix });
   cleanup.add('queue', () => queue.close());
 
@@ -160,7 +168,7 @@ async function startWorkspaces(
     'a start of a distinct workspace was deduplicated',
   );
   const results = await Promise.all(
-    enqueued.map(({ jobId }) => producer.waitForResult(jobId, { timeoutMs: 60_000 })),
+    enqueued.map(({ jobId }) => waits.waitForResult(jobId, { timeoutMs: 60_000 })),
   );
   const elapsedMs = performance.now() - started;
   const utilization = performance.eventLoopUtilization(elu).utilization;
@@ -271,15 +279,27 @@ function reportStarts(
   });
 }
 
+/** A table without the waits' connections, and those alone. */
+function splitWaits(table: Record<string, number>): [Record<string, number>, Record<string, number>] {
+  const isWait = ([name]: [string, number]) => name.startsWith(WAITS_CONNECTION);
+  const entries = Object.entries(table);
+  return [Object.fromEntries(entries.filter((e) => !isWait(e))), Object.fromEntries(entries.filter(isWait))];
+}
+
 function roundTrips(run: StartsRun, workspaces: number) {
-  const { pg, redis, redisTrips } = run.counted;
+  const { pg } = run.counted;
+  const [redis, redisWaits] = splitWaits(run.counted.redis);
+  const [trips, tripsWaits] = splitWaits(run.counted.redisTrips);
+  const per = (table: Record<string, number>) => (sum(table) / workspaces).toFixed(1);
   return {
     pg: sum(pg) / workspaces,
     redis: sum(redis) / workspaces,
+    redisTrips: sum(trips) / workspaces,
     notes:
-      `Postgres statements ${(sum(pg) / workspaces).toFixed(1)} (${perStart(pg, workspaces)}); ` +
-      `Redis round trips ${(sum(redisTrips) / workspaces).toFixed(1)} (${perStart(redisTrips, workspaces)}), ` +
-      `commands ${(sum(redis) / workspaces).toFixed(1)} (${perStart(redis, workspaces)})`,
+      `Postgres statements ${per(pg)} (${perStart(pg, workspaces)}); ` +
+      `Redis round trips ${per(trips)} (${perStart(trips, workspaces)}), ` +
+      `commands ${per(redis)} (${perStart(redis, workspaces)}); ` +
+      `the caller's waitForResult besides: ${per(tripsWaits)} round trips, ${per(redisWaits)} commands`,
   };
 }
 
@@ -346,8 +366,9 @@ await runBench('worker', 100_000, async (cleanup) => {
     case: 'round trips per started workspace',
     n: 200,
     notes:
-      `${fastTrips.notes}; at most ${MAX_PG_PER_START} statements and ${MAX_REDIS_PER_START} commands ` +
-      `(issue 11's targets: ${TARGET_PG_PER_START} and ${TARGET_REDIS_TRIPS_PER_START} round trips)`,
+      `${fastTrips.notes}; at most ${MAX_PG_PER_START} statements and ${MAX_REDIS_PER_START} commands; ` +
+      `issue 11's targets: ${TARGET_PG_PER_START} statements ${flag(fastTrips.pg <= TARGET_PG_PER_START)}, ` +
+      `${TARGET_REDIS_TRIPS_PER_START} round trips ${flag(fastTrips.redisTrips <= TARGET_REDIS_TRIPS_PER_START)}`,
   });
   check(
     fastTrips.pg <= MAX_PG_PER_START,

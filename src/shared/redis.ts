@@ -30,6 +30,11 @@ export interface RedisConnectionOptions {
   failFast?: boolean;
   /** With failFast: how long a command may wait for its answer. Default 500. */
   commandTimeoutMs?: number;
+  /**
+   * Commands sent in one turn of the event loop go out in one write and one round trip (ioredis's
+   * auto-pipelining), for a connection that many concurrent jobs share and nothing blocks on. Default false.
+   */
+  pipelined?: boolean;
   /** A name shown in `CLIENT LIST`, and in the connection's log lines. */
   name?: string;
   /** Where the connection's outages are logged. Default: nowhere (the error is still handled). */
@@ -46,6 +51,7 @@ export interface RedisConnectionOptions {
 const SUBSCRIBER_OPTIONS = {
   maxRetriesPerRequest: null,
   enableReadyCheck: false,
+  enableAutoPipelining: false,
 } satisfies RedisOptions;
 
 export function createRedis(url: string, options: RedisConnectionOptions & { cluster: true }): Cluster;
@@ -56,6 +62,7 @@ export function createRedis(url: string, options: RedisConnectionOptions = {}): 
     connectionName: options.name,
     maxRetriesPerRequest: options.blocking ? null : 3,
     connectTimeout: 10_000,
+    enableAutoPipelining: options.pipelined ?? false,
     // Reconnect with a capped backoff rather than giving up.
     retryStrategy: (times) => Math.min(times * 200, 5_000),
     ...(options.failFast && {
@@ -75,19 +82,20 @@ export function createRedis(url: string, options: RedisConnectionOptions = {}): 
 }
 
 /**
- * The cluster takes the offline queue and the reconnect backoff for itself (its node connections get
+ * The cluster takes the offline queue, auto-pipelining and the reconnect backoff for itself (its node connections get
  * neither: a node that fails is dropped and rediscovered); every other option goes to each node connection.
  * Credentials and TLS come from the first seed URL, since discovered nodes have no URL of their own.
  */
 function createCluster(
   urls: string,
-  { enableOfflineQueue, ...nodeOptions }: RedisOptions,
+  { enableOfflineQueue, enableAutoPipelining, ...nodeOptions }: RedisOptions,
   retryStrategy: RedisOptions['retryStrategy'],
 ): Cluster {
   const seeds = urls.split(',').map((u) => new URL(u.trim()));
   const first = seeds[0]!;
   const clusterOptions: ClusterOptions = {
     ...(enableOfflineQueue !== undefined && { enableOfflineQueue }),
+    ...(enableAutoPipelining !== undefined && { enableAutoPipelining }),
     clusterRetryStrategy: retryStrategy,
     redisOptions: {
       ...nodeOptions,

@@ -119,7 +119,15 @@ export class WorkspaceWorker {
       log,
       cluster,
     });
-    const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log, cluster });
+    // Every running job's events, progress, chat order and cancel checks: at concurrency the commands of
+    // many jobs meet in one turn of the event loop and share a write (issue 11: socket writes were the
+    // worker's largest cost).
+    const eventsRedis = createRedis(config.redisUrl, {
+      name: 'workspace-jobs-events',
+      pipelined: true,
+      log,
+      cluster,
+    });
     // Fail fast: a dead or hung lock node must cost a Redlock vote milliseconds, not a reconnect backoff.
     const lockClients = config.lockRedisUrls.map((url) =>
       createRedis(url, {

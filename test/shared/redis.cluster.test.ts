@@ -53,6 +53,19 @@ describe('createRedis with cluster: true', () => {
     await vi.waitFor(() => expect(received).toEqual(['hello']), { timeout: 5_000 });
   });
 
+  it('when pipelined › the cluster client pipelines commands sent in one turn, and all answer', async () => {
+    const pipelined = keep(testClient({ pipelined: true }));
+    expect(isCluster(pipelined)).toBe(true);
+    if (!isCluster(pipelined)) return;
+    await pipelined.ping();
+    const key = `{wsjtest}:${randomUUID()}`;
+
+    const answers = Promise.all([pipelined.set(key, '1'), pipelined.incr(key), pipelined.get(key)]);
+    expect(pipelined.autoPipelineQueueSize).toBe(3);
+    expect(await answers).toEqual(['OK', 2, '2']);
+    await pipelined.del(key);
+  });
+
   it('logs an unreachable cluster once, naming its seeds without the password', async () => {
     const lines: { msg: string; url?: string }[] = [];
     const log = pino({ level: 'warn' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
