@@ -212,7 +212,6 @@ void runBench('plans', 150_000, async (cleanup) => {
     `SELECT id, claims FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
   );
   const store = (pool: Pool) => new PgWorkspaceStore(pool);
-  const previous = await store(db.pool).getBuild(at.build!);
   const firstPage = await listChats(db.pool, {});
   check(firstPage.next_cursor, 'the first chats page has no next page');
 
@@ -275,8 +274,8 @@ void runBench('plans', 150_000, async (cleanup) => {
     },
     { name: 'worker: agent', statements: await sqlOf((pool) => store(pool).getAgent(at.agent!)) },
     {
-      name: 'worker: start build inputs (template and parameters)',
-      statements: await sqlOf((pool) => store(pool).getStartBuildInputs(at.template!, previous)),
+      name: 'worker: start state (workspace, latest build, template, parameters)',
+      statements: await sqlOf((pool) => store(pool).getStartState(at.workspace!)),
     },
     {
       name: 'worker: build transaction reads (stop, create)',

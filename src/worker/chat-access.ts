@@ -52,8 +52,16 @@ export async function loadOwnedWorkspace(
   workspaceId: string,
   owner: User,
 ): Promise<Workspace | JobFailure> {
+  return ownedWorkspace(kind, await ctx.store.getWorkspace(workspaceId), owner);
+}
+
+/** Step 5 on a workspace row already read (null: none). */
+export function ownedWorkspace(
+  kind: JobName,
+  workspace: Workspace | null,
+  owner: User,
+): Workspace | JobFailure {
   const { flagged } = failures(kind);
-  const workspace = await ctx.store.getWorkspace(workspaceId);
   if (!workspace || workspace.deleted) return flagged('workspace_deleted', messages.workspaceDeleted);
   if (workspace.ownerId !== owner.id) {
     return flagged('forbidden', `workspace ${workspace.id} does not belong to the chat's owner`);

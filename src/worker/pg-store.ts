@@ -13,8 +13,8 @@ import {
   type NewBuild,
   type NewStartBuild,
   type NewWorkspace,
-  type StartBuildInputs,
   type StartBuildInsert,
+  type StartState,
   type Template,
   type TemplateVersionParameter,
   type User,
@@ -325,19 +325,29 @@ const INSERT_BUILD_PARAMETERS = prepared(
    SELECT $1, name, value FROM unnest($2::text[], $3::text[]) AS p(name, value)`,
 );
 
-// The template and the parameters a start build is planned with, in one read: the previous build's values
-// ($2), and the parameters of the previous build's version ($3) and of the active version.
-const GET_START_BUILD_INPUTS = prepared(
-  'worker.get_start_build_inputs',
-  `SELECT t.id, t.name, t.active_version_id, t.require_active_version,
+// A start's look at its workspace in one read: the workspace, its latest build (as JSON, null without one),
+// its template, and the parameters a start build is planned with: the previous build's values and those of
+// the previous build's version and of the template's active version.
+const GET_START_STATE = prepared(
+  'worker.get_start_state',
+  `SELECT w.id, w.owner_id, w.template_id, w.name, w.deleted, w.automatic_updates,
+          to_json(b) AS latest_build, to_json(t) AS template,
           (SELECT coalesce(json_agg(p ORDER BY p.name), '[]')
-             FROM (SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = $2::uuid) p
+             FROM (SELECT name, value FROM workspace_build_parameters WHERE workspace_build_id = b.id) p
           ) AS previous_parameters,
           (SELECT coalesce(json_agg(v ORDER BY v.display_order, v.name), '[]')
              FROM (SELECT template_version_id, display_order, ${PARAMETER_COLUMNS} FROM template_version_parameters
-                    WHERE template_version_id IN (t.active_version_id, $3::uuid)) v
+                    WHERE template_version_id IN (t.active_version_id, b.template_version_id)) v
           ) AS version_parameters
-     FROM templates t WHERE t.id = $1`,
+     FROM workspaces w
+     LEFT JOIN LATERAL (
+       SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+        WHERE b.workspace_id = w.id ORDER BY b.build_number DESC LIMIT 1
+     ) b ON true
+     LEFT JOIN LATERAL (
+       SELECT id, name, active_version_id, require_active_version FROM templates WHERE id = w.template_id
+     ) t ON true
+    WHERE w.id = $1`,
 );
 
 const INSERT_START_BUILD = prepared(
@@ -450,17 +460,10 @@ export class PgWorkspaceStore implements WorkspaceStore {
     };
   }
 
-  async getStartBuildInputs(
-    templateId: string,
-    previousBuild: Build | null,
-  ): Promise<StartBuildInputs | null> {
+  async getStartState(workspaceId: string): Promise<StartState | null> {
     const {
       rows: [row],
-    } = await runPrepared<Row>(this.pool, GET_START_BUILD_INPUTS, [
-      templateId,
-      previousBuild?.id ?? null,
-      previousBuild?.templateVersionId ?? null,
-    ]);
+    } = await runPrepared<Row>(this.pool, GET_START_STATE, [workspaceId]);
     if (!row) return null;
     const versionParameters = new Map<string, TemplateVersionParameter[]>();
     for (const r of row.version_parameters as Row[]) {
@@ -468,9 +471,15 @@ export class PgWorkspaceStore implements WorkspaceStore {
       versionParameters.set(versionId, [...(versionParameters.get(versionId) ?? []), toParameter(r)]);
     }
     return {
-      template: toTemplate(row),
-      previousParameters: row.previous_parameters as BuildParameter[],
-      versionParameters,
+      workspace: toWorkspace(row),
+      latestBuild: row.latest_build ? toBuild(row.latest_build as Row) : null,
+      inputs: row.template
+        ? {
+            template: toTemplate(row.template as Row),
+            previousParameters: row.previous_parameters as BuildParameter[],
+            versionParameters,
+          }
+        : null,
     };
   }
 

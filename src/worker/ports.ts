@@ -147,10 +147,10 @@ export interface WorkspaceStore {
    */
   cancelProvisionerJob(jobId: string): Promise<'completed' | 'canceling' | 'untouched'>;
   /**
-   * What a start build is planned with besides its workspace and latest build, in one read: the template,
-   * the previous build's parameters and those of the versions it may build on. Null when the template is gone.
+   * What a start looks at, in one read: the workspace, its latest build and what a start build is planned
+   * with. Null when there is no such workspace row.
    */
-  getStartBuildInputs(templateId: string, previousBuild: Build | null): Promise<StartBuildInputs | null>;
+  getStartState(workspaceId: string): Promise<StartState | null>;
   /**
    * Creates a start build in one statement and transaction (migrations/0009): takes the workspace's row lock,
    * checks under it what the plan saw, inserts job, build and parameters. BuildConflictError if the number
@@ -161,6 +161,14 @@ export interface WorkspaceStore {
   transaction<T>(fn: (tx: BuildTransaction) => Promise<T>): Promise<T>;
 }
 
+export interface StartState {
+  workspace: Workspace;
+  latestBuild: Build | null;
+  /** Null when the workspace's template is gone. */
+  inputs: StartBuildInputs | null;
+}
+
+/** What a start build is planned with besides the workspace and its latest build. */
 export interface StartBuildInputs {
   template: Template;
   /** The previous build's parameter values (none without a previous build). */

@@ -8,6 +8,7 @@ import {
   type Build,
   type BuildTransaction,
   type JobContext,
+  type StartBuildInputs,
   type UpdateReason,
   type Workspace,
 } from './ports.js';
@@ -20,6 +21,8 @@ export interface StartBuildRequest {
    */
   workspace: Workspace;
   previousBuild: Build | null;
+  /** Read with them (null: the template is gone). */
+  inputs: StartBuildInputs | null;
   initiatorId: string;
   /** Values from the job; they override the previous build's. */
   parameters: Record<string, string>;
@@ -72,18 +75,17 @@ export async function lockForNewBuild(
 }
 
 /**
- * The start build (docs/start-workspace.md step 7): planned on one read of the template and the parameters,
- * then created by one statement that locks the workspace row and checks the plan's base under it (D12).
+ * The start build (docs/start-workspace.md step 7): planned on what the job read (getStartState), then
+ * created by one statement that locks the workspace row and checks the plan's base under it (D12).
  */
 export async function createStartBuild(
   ctx: JobContext,
   request: StartBuildRequest,
 ): Promise<StartBuildOutcome> {
-  const { workspace, previousBuild } = request;
+  const { workspace, previousBuild, inputs } = request;
   // Never create a build for an attempt that has already lost its lock.
   ctx.signal.throwIfAborted();
   if (previousBuild && isBuildActive(previousBuild)) return { kind: 'build_active', build: previousBuild };
-  const inputs = await ctx.store.getStartBuildInputs(workspace.templateId, previousBuild);
   if (!inputs) throw new Error(`get template: template ${workspace.templateId} not found`);
   const { template } = inputs;
 

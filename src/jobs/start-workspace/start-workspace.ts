@@ -16,7 +16,7 @@ import {
   type Workspace,
 } from '../../worker/ports.js';
 import { agentReadiness } from '../../worker/agent-readiness.js';
-import { checkChatWorkspace, loadOwnedWorkspace } from '../../worker/chat-access.js';
+import { checkChatWorkspace, ownedWorkspace } from '../../worker/chat-access.js';
 import { buildData, waitForBuild, waitForBuildInFlight } from '../../worker/build-wait.js';
 import { failures, messages } from '../../worker/results.js';
 import { createStartBuild, type StartBuildOutcome } from '../../worker/start-build.js';
@@ -37,10 +37,12 @@ export async function startWorkspace(
   const { chat, owner } = checked;
 
   for (let pass = 0; pass < MAX_PASSES; pass++) {
-    const workspace = await loadOwnedWorkspace(ctx, 'start-workspace', payload.workspaceId, owner);
+    // One read per look: the workspace, its latest build and what a start build would be planned with.
+    const state = await ctx.store.getStartState(payload.workspaceId);
+    const workspace = ownedWorkspace('start-workspace', state?.workspace ?? null, owner);
     if (isFailure(workspace)) return workspace;
+    const { latestBuild: latest, inputs } = state!;
 
-    const latest = await ctx.store.getLatestBuild(workspace.id);
     // A re-run after a crash: the build this job made already finished; report it as the first attempt would.
     if (latest && latest.id === ctx.ownBuildId && FINISHED_JOB_STATUSES.has(latest.jobStatus)) {
       await ctx.store.bindChat(chat.id, workspace.id, latest.id);
@@ -83,6 +85,7 @@ export async function startWorkspace(
     const outcome = await createStartBuild(ctx, {
       workspace,
       previousBuild: latest,
+      inputs,
       initiatorId: owner.id,
       parameters: payload.parameters ?? {},
     });
