@@ -1,7 +1,7 @@
 // Query plans of the hot and periodic paths on a long history (issue 11): seeds 1M provisioner jobs, 100k
 // builds, 1M log lines and 10k chats in a throwaway database, then runs EXPLAIN (ANALYZE, FORMAT JSON) for
-// every query the provisioner daemon sends on each poll, claim and heartbeat, the worker on each start and
-// the dashboard on each page, and prints each plan's nodes and time. The SQL is the code's own: exported
+// every query the provisioner daemon sends on each poll, claim, heartbeat and completion, the worker on each
+// start and the dashboard on each page, and prints each plan's nodes and time. The SQL is the code's own: exported
 // constants, or what the real functions send to a pool that records it. Fails when a plan reads a big table
 // with a Seq Scan. Each plan is also run with migration 0008's indexes dropped (inside a transaction that is
 // rolled back), so the figures before and after the migration stand side by side.
@@ -10,6 +10,7 @@ import { getBuild, listChats, parseChatsQuery } from '../src/dashboard/chats.js'
 import { JobLogWriter } from '../src/provisioner/job-log-writer.js';
 import {
   CLAIM,
+  COMPLETE,
   DEFAULT_MAX_RERUNS,
   DEFAULT_STALE_AFTER_MS,
   HEARTBEAT,
@@ -250,6 +251,29 @@ void runBench('plans', 150_000, async (cleanup) => {
         });
         await writer.append('provisioner', 'info', 'a line', 'Starting workspace');
       }),
+    },
+    {
+      name: 'provisioner: completion of a start build (job, resource, agent, last log line)',
+      statements: [
+        {
+          text: COMPLETE.text,
+          values: [
+            running.rows[0]!.id,
+            at.daemon,
+            running.rows[0]!.claims,
+            null,
+            null,
+            null,
+            null,
+            'workspace',
+            ['main'],
+            ['provisioner_daemon'],
+            ['info'],
+            ['Cleaning Up'],
+            ['Build succeeded'],
+          ],
+        },
+      ],
     },
     // The worker, on each start and each wake-up of a build wait.
     {

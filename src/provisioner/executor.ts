@@ -30,8 +30,9 @@ export interface ExecutorContext {
   /** Aborted when the job is canceled, the daemon shuts down, or another daemon took the job over. */
   signal: AbortSignal;
   /**
-   * Appends a line to provisioner_job_logs (source `provisioner`). Lines are written in call order and
-   * are all stored before the job completes, so executors may call this without awaiting it. Never rejects.
+   * Appends a line to provisioner_job_logs (source `provisioner`). Lines are written in call order, in
+   * batches, and those of a run that resolved are all stored by the time the job completes (the last with
+   * its completion), so executors may call this without awaiting it. Never rejects.
    */
   log(level: LogLevel, output: string, stage?: string): Promise<void>;
 }

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { topics, type QuotaUsage } from '../worker/ports.js';
 import type { Logger } from '../shared/logger.js';
 import { PENDING_JOB_TOPIC, type PgNotificationHub } from '../shared/notifications.js';
-import { prepared, runPrepared, withTransaction, type Pool } from '../shared/postgres.js';
+import { prepared, runPrepared, type Pool } from '../shared/postgres.js';
 import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import { JobCanceledError, JobLostError, ProvisionerShutdownError } from './abort-reasons.js';
 import { recordBuildOutcome, traceBuild } from './build-span.js';
@@ -23,7 +23,7 @@ import {
   type ExecutorContext,
   type ExecutorResult,
 } from './executor.js';
-import { JobLogWriter } from './job-log-writer.js';
+import { JobLogWriter, type LogColumns } from './job-log-writer.js';
 
 export interface ProvisionerOptions {
   pool: Pool;
@@ -126,9 +126,12 @@ interface ClaimRow {
 
 const MAX_ERROR_LENGTH = 4000;
 
+/** A completion without log lines of its own (a job failed before it ran). */
+const NO_LINES: LogColumns = { sources: [], levels: [], stages: [], outputs: [] };
+
 // The daemon's statements, each run by name (prepared, src/shared/postgres.ts). Those of every claim,
-// heartbeat and poll are exported so bench/plans.ts can EXPLAIN exactly these (a plan that scans a table
-// would grow with the job history).
+// completion, heartbeat and poll are exported so bench/plans.ts can EXPLAIN exactly these (a plan that
+// scans a table would grow with the job history).
 
 /** Claims the oldest pending build job: $1 this daemon's id, $2 the ids of its own runs still winding down. */
 export const CLAIM = prepared(
@@ -162,31 +165,40 @@ const RELEASE = prepared(
    WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL`,
 );
 
-const COMPLETE = prepared(
+/**
+ * Completes a job under its claim, in one statement and so one transaction: $1 the job, $2 this daemon's id,
+ * $3 the claim; $4-$7 the error, its code and quota (all NULL: succeeded, or canceled when canceled_at is
+ * set); $8 a succeeded start build's resource type (NULL: no resource) and $9 its agents' names in display
+ * order; $10-$13 the job's last log lines (JobLogWriter.close), stored with its end. No row when the job is no
+ * longer this claim's: then nothing is written. A job canceled meanwhile reads canceled (failed, if it failed:
+ * the error wins) and gets no resource; `agents` are the committed ones, in display order.
+ */
+export const COMPLETE = prepared(
   'provisioner.complete',
-  `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now()
-   WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
-   RETURNING canceled_at IS NOT NULL AS canceled`,
-);
-
-const INSERT_RESOURCE = prepared(
-  'provisioner.insert_resource',
-  `INSERT INTO workspace_resources (job_id, transition, type, name)
-   VALUES ($1, $2, $3, 'dev') RETURNING id`,
-);
-
-const INSERT_AGENTS = prepared(
-  'provisioner.insert_agents',
-  `INSERT INTO workspace_agents (resource_id, name, display_order)
-   SELECT $1, t.name, t.n - 1 FROM unnest($2::text[]) WITH ORDINALITY AS t(name, n)
-   RETURNING id, name, display_order`,
-);
-
-const SETTLE = prepared(
-  'provisioner.settle',
-  `UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $3, error_code = $5,
-          quota_credits_consumed = $6, quota_budget = $7
-   WHERE id = $1 AND worker_id = $2 AND claims = $4 AND completed_at IS NULL`,
+  `WITH done AS (
+     UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $4, error_code = $5,
+            quota_credits_consumed = $6, quota_budget = $7
+     WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
+     RETURNING id, canceled_at IS NOT NULL AS canceled
+   ), logged AS (
+     INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
+     SELECT d.id, t.source::log_source, t.level::log_level, t.stage, t.output
+     FROM done d, unnest($10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY
+       AS t(source, level, stage, output, n)
+     ORDER BY t.n
+   ), resource AS (
+     INSERT INTO workspace_resources (job_id, transition, type, name)
+     SELECT id, 'start', $8, 'dev' FROM done WHERE $8::text IS NOT NULL AND NOT canceled
+     RETURNING id
+   ), agents AS (
+     INSERT INTO workspace_agents (resource_id, name, display_order)
+     SELECT r.id, t.name, t.n - 1 FROM resource r, unnest($9::text[]) WITH ORDINALITY AS t(name, n)
+     RETURNING id, name, display_order
+   )
+   SELECT d.canceled,
+          coalesce((SELECT json_agg(json_build_object('id', a.id, 'name', a.name) ORDER BY a.display_order)
+                    FROM agents a), '[]') AS agents
+   FROM done d`,
 );
 
 const CHECK_JOB = prepared(
@@ -385,7 +397,7 @@ export class Provisioner {
       if (!row) return;
       if (row.build_id === null) {
         // A job without a build cannot be built; failing it beats leaving it for the reaper.
-        await this.settle(row.job_id, row.claims, {
+        await this.settle(row.job_id, row.claims, NO_LINES, {
           message: 'workspace build not found for provisioner job',
         });
         continue;
@@ -432,6 +444,11 @@ export class Provisioner {
       pool: this.pool,
       jobId: job.jobId,
       claim: { workerId: this.id, claims },
+      // Every batch of lines reads the job under this claim, so it is a check of the job too.
+      onJobState: (state) => {
+        if (controller.signal.aborted) return;
+        controller.abort(state === 'lost' ? new JobLostError() : new JobCanceledError());
+      },
       log,
     });
     // Our own claim made the job 'running', and its notification reaches us here, usually after this
@@ -446,14 +463,14 @@ export class Provisioner {
     try {
       log.info({ reruns }, 'running provisioner job');
       const rerun = reruns > 0 ? `, re-run ${reruns} of ${this.maxReruns}` : '';
+      // Written at once, after the subscription above: its INSERT's check (onJobState) catches a
+      // cancellation between the claim and the subscription, whose notification reached nobody.
       void logs.append(
         'provisioner_daemon',
         'info',
         `Provisioner ${this.id} acquired the job: ${job.transition} of workspace ${job.workspaceName} (build #${job.buildNumber}${rerun})`,
         'Setting up',
       );
-      // A cancellation between the claim and the subscription above sent its notification to nobody.
-      this.checkJob(claim, controller);
       const ctx: ExecutorContext = {
         signal: controller.signal,
         log: (level, output, stage) => logs.append('provisioner', level, output, stage),
@@ -467,38 +484,35 @@ export class Provisioner {
         const { reason } = outcome;
         if (reason instanceof JobLostError) {
           log.warn('job was handed back or settled by another daemon (stale reaper); dropping its outcome');
-          await logs.flush();
           return;
         }
         if (reason instanceof JobCanceledError) {
           void logs.append('provisioner_daemon', 'warn', 'Job canceled', 'Cleaning Up');
-          await logs.flush();
-          await this.settle(job.jobId, claims, null);
+          await this.settle(job.jobId, claims, await logs.close(), null);
           log.info('job canceled');
           return;
         }
         const message = reason instanceof Error ? reason.message : 'provisioner job aborted';
         void logs.append('provisioner_daemon', 'error', message, 'Cleaning Up');
-        await logs.flush();
-        await this.settle(job.jobId, claims, { message });
+        await this.settle(job.jobId, claims, await logs.close(), { message });
         log.warn({ error: message }, 'job aborted');
         return;
       }
       if (outcome.kind === 'failed') {
         void logs.append('provisioner_daemon', 'error', `Build failed: ${outcome.message}`, 'Cleaning Up');
-        await logs.flush();
-        await this.settle(job.jobId, claims, outcome);
+        await this.settle(job.jobId, claims, await logs.close(), outcome);
         log.info({ error: outcome.message, errorCode: outcome.errorCode }, 'job failed');
         return;
       }
       void logs.append('provisioner_daemon', 'info', 'Build succeeded', 'Cleaning Up');
-      await logs.flush();
-      const agents = await this.succeed(claim, outcome.result);
+      const agents = await this.succeed(claim, await logs.close(), outcome.result);
       if (agents !== undefined) log.info({ agents: agents.length }, 'job succeeded');
       // Also when nothing was committed, so the executor can let go of what run() kept for the job.
       this.afterCommit(job, agents ?? []);
     } finally {
       off();
+      // Drops what a run that was not completed here still had queued (another claim's job now).
+      void logs.close();
     }
   }
 
@@ -539,71 +553,82 @@ export class Provisioner {
 
   /**
    * Completes a succeeded job and, for a start build, writes its resource and agents in the same
-   * transaction, so a succeeded start build always has its agents. Returns the agents, or undefined
-   * when the job was no longer ours or was canceled meanwhile (then nothing is written).
+   * statement, so a succeeded start build always has its agents. Returns the agents, or undefined
+   * when the job was no longer ours or was canceled meanwhile (then no resource is written).
    */
   private async succeed(
     { job, claims }: Claim,
+    lines: LogColumns,
     result: ExecutorResult,
   ): Promise<CommittedAgent[] | undefined> {
+    const start = job.transition === 'start';
     try {
-      return await withTransaction(this.pool, async (client) => {
-        const { rows } = await runPrepared<{ canceled: boolean }>(client, COMPLETE, [
-          job.jobId,
-          this.id,
-          claims,
-        ]);
-        const row = rows[0];
-        if (!row) {
-          this.log.warn({ jobId: job.jobId }, 'job was settled elsewhere before it could complete');
-          return undefined;
-        }
-        // Canceled while the executor finished: the job now reads 'canceled'; a canceled build has no agents.
-        if (row.canceled) {
-          this.log.info({ jobId: job.jobId }, 'job was canceled as it finished; completed as canceled');
-          return undefined;
-        }
-        if (job.transition !== 'start') return [];
-        const { rows: resources } = await runPrepared<{ id: string }>(client, INSERT_RESOURCE, [
-          job.jobId,
-          job.transition,
-          result.resourceType ?? 'workspace',
-        ]);
-        const names = [...new Set(result.agents ?? [])];
-        if (names.length === 0) return [];
-        const { rows: agents } = await runPrepared<{ id: string; name: string; display_order: number }>(
-          client,
-          INSERT_AGENTS,
-          [resources[0]!.id, names],
-        );
-        return agents.sort((a, b) => a.display_order - b.display_order).map(({ id, name }) => ({ id, name }));
+      const row = await this.complete(job.jobId, claims, lines, null, {
+        type: start ? (result.resourceType ?? 'workspace') : null,
+        agents: start ? [...new Set(result.agents ?? [])] : [],
       });
+      if (!row) {
+        this.log.warn({ jobId: job.jobId }, 'job was settled elsewhere before it could complete');
+        return undefined;
+      }
+      // Canceled while the executor finished: the job now reads 'canceled'; a canceled build has no agents.
+      if (row.canceled) {
+        this.log.info({ jobId: job.jobId }, 'job was canceled as it finished; completed as canceled');
+        return undefined;
+      }
+      return row.agents;
     } catch (error) {
       // Fail the job rather than leave it running; if the database is gone this fails too, and the
       // stale reaper settles the job once it is back.
       this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
-      await this.settle(job.jobId, claims, {
+      await this.settle(job.jobId, claims, lines, {
         message: `could not record the build's results: ${errorMessage(error)}`,
       });
       return undefined;
     }
   }
 
-  /** Completes a job as failed (with its error, code and quota) or canceled (null), if it is still this claim's. */
-  private async settle(jobId: string, claims: number, failure: Failure | null): Promise<void> {
+  /**
+   * Completes a job as failed (with its error, code and quota) or canceled (null), with its last log lines,
+   * if it is still this claim's.
+   */
+  private async settle(
+    jobId: string,
+    claims: number,
+    lines: LogColumns,
+    failure: Failure | null,
+  ): Promise<void> {
     try {
-      await runPrepared(this.pool, SETTLE, [
-        jobId,
-        this.id,
-        failure?.message ?? null,
-        claims,
-        failure?.errorCode ?? null,
-        failure?.quota?.creditsConsumed ?? null,
-        failure?.quota?.budget ?? null,
-      ]);
+      await this.complete(jobId, claims, lines, failure, { type: null, agents: [] });
     } catch (err) {
       this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
     }
+  }
+
+  /** Runs COMPLETE; undefined when the job is no longer this claim's. */
+  private async complete(
+    jobId: string,
+    claims: number,
+    lines: LogColumns,
+    failure: Failure | null,
+    resource: { type: string | null; agents: string[] },
+  ): Promise<{ canceled: boolean; agents: CommittedAgent[] } | undefined> {
+    const { rows } = await runPrepared<{ canceled: boolean; agents: CommittedAgent[] }>(this.pool, COMPLETE, [
+      jobId,
+      this.id,
+      claims,
+      failure?.message ?? null,
+      failure?.errorCode ?? null,
+      failure?.quota?.creditsConsumed ?? null,
+      failure?.quota?.budget ?? null,
+      resource.type,
+      resource.agents,
+      lines.sources,
+      lines.levels,
+      lines.stages,
+      lines.outputs,
+    ]);
+    return rows[0];
   }
 
   /** Aborts the executor when the job was canceled or is no longer this claim's. */

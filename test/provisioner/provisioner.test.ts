@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
 import { topics } from '../../src/worker/ports.js';
-import { PgNotificationHub } from '../../src/shared/notifications.js';
+import { PENDING_JOB_TOPIC, PgNotificationHub } from '../../src/shared/notifications.js';
 import { createPool, type Pool } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
@@ -394,6 +394,56 @@ describe('Provisioner', () => {
     executor.release(build.jobId);
     expect(await waitForCompletion(db.pool, build.jobId)).toMatchObject({ job_status: 'succeeded' });
     expect(executor.aborted).toEqual([]);
+  });
+
+  it('when a start build runs › its logs take one INSERT before the end, its completion one statement', async () => {
+    const counting = new CountingPool(db.pool);
+    const executor = new RecordingExecutor({ agents: ['main'] });
+    const provisioner = await startProvisioner({ executor, pool: counting.pool });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    await waitForCompletion(db.pool, build.jobId);
+    await expect.poll(() => provisioner.runningJobs, POLL).toBe(0);
+
+    // The first line and the executor's went out at once; the last commits with the job's end.
+    expect(counting.count('provisioner.insert_logs')).toBe(1);
+    expect(counting.count('provisioner.complete')).toBe(1);
+    expect((await getLogs(db.pool, build.jobId)).map((l) => l.output)).toEqual([
+      expect.stringContaining('acquired the job'),
+      'recording start',
+      'Build succeeded',
+    ]);
+    expect((await getAgents(db.pool, build.jobId)).map((a) => a.name)).toEqual(['main']);
+  });
+
+  it('when a job is canceled between its claim and the subscription › its first log write aborts it', async () => {
+    // The cancellation commits right after the claim, and its notification reaches nobody: the per-job
+    // topics are not passed on, and the heartbeat is a minute away.
+    const counting = new CountingPool(db.pool, async (name, rows) => {
+      if (name !== 'provisioner.claim' || rows.length === 0) return;
+      await db.pool.query(`UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`, [rows[0]!.job_id]);
+    });
+    const hub = await startHub();
+    const deaf: ProvisionerOptions['hub'] = {
+      on: (topic, listener) => (topic === PENDING_JOB_TOPIC ? hub.on(topic, listener) : () => {}),
+    };
+    const executor = new RecordingExecutor({ hold: true, agents: ['main'] });
+    await startProvisioner({
+      executor,
+      pool: counting.pool,
+      hub: deaf,
+      heartbeatMs: 60_000,
+      staleAfterMs: 180_000,
+    });
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'canceled', error: null });
+    expect(executor.aborted).toEqual([build.jobId]);
+    expect(counting.count('provisioner.check_job')).toBe(0);
+    expect(await countResources(db.pool, build.jobId)).toBe(0);
+    expect((await getLogs(db.pool, build.jobId)).at(-1)).toMatchObject({ output: 'Job canceled' });
   });
 
   it('when a job is canceled while pending › it completes as canceled without running', async () => {

@@ -1,0 +1,129 @@
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  JobLogWriter,
+  type JobState,
+  type JobLogWriterOptions,
+} from '../../src/provisioner/job-log-writer.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { CountingPool, getLogs } from './helpers.js';
+
+describe('JobLogWriter', () => {
+  let db: TestDatabase;
+  let counting: CountingPool;
+  let jobId: string;
+  const daemon = randomUUID();
+  const writers: JobLogWriter[] = [];
+
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    counting = new CountingPool(db.pool);
+    // A job this daemon claimed once and is running.
+    const { rows } = await db.pool.query<{ id: string }>(
+      `INSERT INTO provisioner_jobs (started_at, worker_id, claims) VALUES (now(), $1, 1) RETURNING id`,
+      [daemon],
+    );
+    jobId = rows[0]!.id;
+  });
+
+  afterEach(async () => {
+    for (const writer of writers.splice(0)) await writer.close();
+    await db.drop();
+  });
+
+  function writer(options: Partial<JobLogWriterOptions> = {}): JobLogWriter {
+    const created = new JobLogWriter({
+      pool: counting.pool,
+      jobId,
+      claim: { workerId: daemon, claims: 1 },
+      ...options,
+    });
+    writers.push(created);
+    return created;
+  }
+
+  const inserts = () => counting.count('provisioner.insert_logs');
+  const outputs = async () => (await getLogs(db.pool, jobId)).map((l) => l.output);
+
+  it('when lines come within the flush interval › the first goes out at once, the rest wait for the next write', async () => {
+    // An interval no test outlasts: what waits for it is left to close().
+    const logs = writer({ flushIntervalMs: 60_000 });
+    const first = ['a', 'b', 'c'].map((line) => logs.append('provisioner', 'info', line));
+    await Promise.all(first);
+    const later = ['d', 'e'].map((line) => logs.append('provisioner', 'info', line, 'Stage'));
+
+    expect(await outputs()).toEqual(['a', 'b', 'c']);
+    expect(await logs.close()).toEqual({
+      sources: ['provisioner', 'provisioner'],
+      levels: ['info', 'info'],
+      stages: ['Stage', 'Stage'],
+      outputs: ['d', 'e'],
+    });
+    await Promise.all(later); // handed over: the caller stores them with the job's end
+    expect(inserts()).toBe(1);
+    // Closed: nothing more is queued or written.
+    await logs.append('provisioner', 'info', 'too late');
+    expect(await logs.close()).toEqual({ sources: [], levels: [], stages: [], outputs: [] });
+    expect(await outputs()).toEqual(['a', 'b', 'c']);
+  });
+
+  it('when a batch fills › it goes out without waiting for the interval, at most maxBatchLines per INSERT', async () => {
+    const logs = writer({ flushIntervalMs: 60_000, maxBatchLines: 10 });
+    const appended = Array.from({ length: 25 }, (_, i) => logs.append('provisioner', 'info', `line ${i}`));
+
+    await Promise.all(appended.slice(0, 20));
+
+    expect(inserts()).toBe(2);
+    expect(await outputs()).toEqual(Array.from({ length: 20 }, (_, i) => `line ${i}`));
+    expect((await logs.close()).outputs).toEqual(Array.from({ length: 5 }, (_, i) => `line ${20 + i}`));
+  });
+
+  it('when the interval passes › the waiting lines are written without a flush', async () => {
+    const logs = writer({ flushIntervalMs: 50 });
+    await logs.append('provisioner', 'info', 'first');
+    await Promise.all(['second', 'third'].map((line) => logs.append('provisioner', 'info', line)));
+
+    expect(await outputs()).toEqual(['first', 'second', 'third']);
+    expect(inserts()).toBe(2);
+  });
+
+  it.each([
+    ['canceled', 'canceled', ['line'], `UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`],
+    ['claimed again by another daemon', 'lost', [], `UPDATE provisioner_jobs SET claims = 2 WHERE id = $1`],
+    [
+      'completed by the reaper',
+      'lost',
+      [],
+      `UPDATE provisioner_jobs SET completed_at = now(), error = 'stale' WHERE id = $1`,
+    ],
+  ] as const)(
+    'when the job was %s › a write says %s (its lines stored only if still its claim’s)',
+    async (_what, state, stored, change) => {
+      const states: JobState[] = [];
+      const logs = writer({ onJobState: (s) => states.push(s) });
+      await db.pool.query(change, [jobId]);
+
+      await logs.append('provisioner', 'info', 'line');
+
+      expect(states).toEqual([state]);
+      expect(await outputs()).toEqual(stored);
+    },
+  );
+
+  it('when the job is still its claim’s and not canceled › a write says nothing', async () => {
+    const states: JobState[] = [];
+    const logs = writer({ onJobState: (s) => states.push(s) });
+
+    await logs.append('provisioner', 'info', 'line');
+
+    expect(states).toEqual([]);
+    expect(await outputs()).toEqual(['line']);
+  });
+
+  it('when given a bad batch size or interval › throws, naming it', () => {
+    expect(() => writer({ maxBatchLines: 0 })).toThrow('maxBatchLines must be a whole number ≥ 1, got 0');
+    expect(() => writer({ flushIntervalMs: -1 })).toThrow(
+      'flushIntervalMs must be a whole number ≥ 0, got -1',
+    );
+  });
+});
