@@ -277,10 +277,10 @@ void runBench('plans', 150_000, async (cleanup) => {
     },
     // The worker, on each start and each wake-up of a build wait.
     {
-      name: 'worker: chat, user, workspace',
+      name: 'worker: chat with its owner, chat, workspace',
       statements: await sqlOf(async (pool) => {
+        await store(pool).getChatWithOwner(at.chat!);
         await store(pool).getChat(at.chat!);
-        await store(pool).getUser(at.user!);
         await store(pool).getWorkspace(at.workspace!);
       }),
     },

@@ -14,8 +14,9 @@ export async function checkChatAccess(
   ownerId: string,
 ): Promise<ChatAccess> {
   const { flagged } = failures(kind);
-  const chat = await ctx.store.getChat(chatId);
-  if (!chat) return flagged('invalid_payload', `load chat: chat ${chatId} not found`);
+  const found = await ctx.store.getChatWithOwner(chatId);
+  if (!found) return flagged('invalid_payload', `load chat: chat ${chatId} not found`);
+  const { chat, owner } = found;
   if (chat.ownerId !== ownerId) return flagged('forbidden', `user ${ownerId} does not own chat ${chat.id}`);
   if (chat.parentChatId !== null) {
     return flagged(
@@ -23,7 +24,6 @@ export async function checkChatAccess(
       'only root chats can start or create workspaces; this chat is a sub-chat (ask its root chat to do it)',
     );
   }
-  const owner = await ctx.store.getUser(chat.ownerId);
   if (!owner || owner.deleted || owner.status !== 'active') {
     return flagged('forbidden', `load user authorization: user ${chat.ownerId} is not an active user`);
   }

@@ -77,7 +77,13 @@ const GET_CHAT = prepared(
   'worker.get_chat',
   'SELECT id, owner_id, parent_chat_id, workspace_id, build_id, agent_id FROM chats WHERE id = $1',
 );
-const GET_USER = prepared('worker.get_user', 'SELECT id, username, status, deleted FROM users WHERE id = $1');
+const GET_CHAT_WITH_OWNER = prepared(
+  'worker.get_chat_with_owner',
+  `SELECT c.id, c.owner_id, c.parent_chat_id, c.workspace_id, c.build_id, c.agent_id, to_json(u) AS owner
+     FROM chats c
+     LEFT JOIN LATERAL (SELECT id, username, status, deleted FROM users WHERE id = c.owner_id) u ON true
+    WHERE c.id = $1`,
+);
 const GET_WORKSPACE = prepared(
   'worker.get_workspace',
   `SELECT ${WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1`,
@@ -371,8 +377,13 @@ export class PgWorkspaceStore implements WorkspaceStore {
     return one(this.pool, toChat, GET_CHAT, [chatId]);
   }
 
-  getUser(userId: string): Promise<User | null> {
-    return one(this.pool, (r) => r as unknown as User, GET_USER, [userId]);
+  getChatWithOwner(chatId: string): Promise<{ chat: Chat; owner: User | null } | null> {
+    return one(
+      this.pool,
+      (r) => ({ chat: toChat(r), owner: (r.owner as User | null) ?? null }),
+      GET_CHAT_WITH_OWNER,
+      [chatId],
+    );
   }
 
   getWorkspace(workspaceId: string): Promise<Workspace | null> {

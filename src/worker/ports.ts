@@ -125,7 +125,8 @@ export type AgentConnectionStatus = 'connecting' | 'connected' | 'disconnected' 
 /** Reads and writes outside a transaction. */
 export interface WorkspaceStore {
   getChat(chatId: string): Promise<Chat | null>;
-  getUser(userId: string): Promise<User | null>;
+  /** The chat with its owner's user row (null when that is missing), in one read. */
+  getChatWithOwner(chatId: string): Promise<{ chat: Chat; owner: User | null } | null>;
   getWorkspace(workspaceId: string): Promise<Workspace | null>;
   getLatestBuild(workspaceId: string): Promise<Build | null>;
   getBuild(buildId: string): Promise<Build | null>;
