@@ -133,14 +133,17 @@ export class JobLogWriter {
   }
 
   /**
-   * Stops writing and returns the lines not written yet, once the write in flight (if any) is done: the
-   * caller stores them with the job's completion. Later appends are dropped.
+   * Stops writing and returns the lines not written yet (at most maxBatchLines: full batches before them are
+   * written first), once the writes are done: the caller stores them with the job's completion. Later
+   * appends are dropped.
    */
   async close(): Promise<LogColumns> {
     this.closed = true;
     clearTimeout(this.timer);
     this.timer = undefined;
     while (this.writing) await this.writing;
+    // Full batches still go out on their own: the completion takes at most one batch too.
+    while (this.queued.length > this.maxBatchLines) await this.write();
     const rest = this.queued.splice(0);
     for (const { stored } of rest) stored();
     return columns(rest.map(({ row }) => row));
@@ -173,7 +176,7 @@ export class JobLogWriter {
   }
 
   private async write(): Promise<void> {
-    if (this.closed || this.queued.length === 0) return;
+    if (this.queued.length === 0) return;
     this.lastWriteAt = performance.now();
     const batch = this.queued.splice(0, this.maxBatchLines);
     const { sources, levels, stages, outputs } = columns(batch.map(({ row }) => row));

@@ -78,6 +78,17 @@ describe('JobLogWriter', () => {
     expect((await logs.close()).outputs).toEqual(Array.from({ length: 5 }, (_, i) => `line ${20 + i}`));
   });
 
+  it('when closed with more than a batch queued › full batches are written, the completion gets one at most', async () => {
+    const logs = writer({ flushIntervalMs: 60_000, maxBatchLines: 10 });
+    for (let i = 0; i < 25; i++) void logs.append('provisioner', 'info', `line ${i}`);
+
+    const rest = await logs.close();
+
+    expect(rest.outputs).toEqual(Array.from({ length: 5 }, (_, i) => `line ${20 + i}`));
+    expect(inserts()).toBe(2);
+    expect(await outputs()).toEqual(Array.from({ length: 20 }, (_, i) => `line ${i}`));
+  });
+
   it('when the interval passes › the waiting lines are written without a flush', async () => {
     const logs = writer({ flushIntervalMs: 50 });
     await logs.append('provisioner', 'info', 'first');
