@@ -15,9 +15,16 @@ export const QUEUE_CHECK_INTERVAL_MS = 1_000;
 /** Every provisioner job's status change: a job that starts, completes or is canceled leaves the pending set. */
 const ANY_JOB_CHANGED = channelTopic('provisioner_job_changed');
 
-/** `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. */
-function throttled<T>(intervalMs: number, signal: AbortSignal, check: () => Promise<T>): () => Promise<T> {
-  let last = -Infinity;
+/**
+ * `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. `last`:
+ * when it last ran, if it did before (a read the caller made itself).
+ */
+function throttled<T>(
+  intervalMs: number,
+  signal: AbortSignal,
+  check: () => Promise<T>,
+  last = -Infinity,
+): () => Promise<T> {
   return async () => {
     const wait = last + intervalMs - Date.now();
     if (wait > 0) await sleep(wait, signal);
@@ -39,6 +46,7 @@ export class BuildWatch {
   private readonly failed = new AbortController();
   private readonly followers = new Set<Promise<void>>();
   private queueFollower: Promise<void> | undefined;
+  private leftQueue: AbortController | undefined;
   private lastPosition: QueuePosition | null = null;
 
   constructor(
@@ -79,18 +87,27 @@ export class BuildWatch {
     );
   }
 
-  /** Starts following the queue while the build is pending, unless that already runs. */
+  /**
+   * Starts following the queue while the build is pending, unless that already runs. Called just after
+   * position(): that read is the interval's check, so the first look comes one interval later.
+   */
   followQueue(): void {
     if (this.queueFollower) return;
+    const left = (this.leftQueue = new AbortController());
     this.queueFollower = this.spawn(async (signal) => {
       await this.ctx.waiter.waitFor(
         [ANY_JOB_CHANGED],
-        throttled(QUEUE_CHECK_INTERVAL_MS, signal, () => this.checkPosition()),
+        throttled(QUEUE_CHECK_INTERVAL_MS, signal, () => this.checkPosition(), Date.now()),
         { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
       );
-    }).finally(() => {
+    }, left.signal).finally(() => {
       this.queueFollower = undefined;
     });
+  }
+
+  /** Stops following the queue: the build's status says it has left it. */
+  leaveQueue(): void {
+    this.leftQueue?.abort();
   }
 
   /** Stops the followers (the build ended) and, with `flush`, publishes the log lines not carried yet. */
@@ -156,11 +173,11 @@ export class BuildWatch {
   }
 
   /**
-   * Runs a follower until end(): a follower that fails ends the whole wait with its error (`signal`); its
-   * abort by end() is its normal end.
+   * Runs a follower until end() (or `until` aborts): a follower that fails ends the whole wait with its
+   * error (`signal`); its abort by end() or `until` is its normal end.
    */
-  private spawn(run: (signal: AbortSignal) => Promise<unknown>): Promise<void> {
-    const signal = AbortSignal.any([this.ctx.signal, this.stop.signal]);
+  private spawn(run: (signal: AbortSignal) => Promise<unknown>, until?: AbortSignal): Promise<void> {
+    const signal = AbortSignal.any([this.ctx.signal, this.stop.signal, ...(until ? [until] : [])]);
     const follower = run(signal).then(
       () => {},
       (error: unknown) => {
