@@ -21,7 +21,7 @@ const BENCHES: Record<string, number> = {
   events: 60_000,
   fanout: 120_000,
   waits: 90_000,
-  waiters: 450_000,
+  waiters: 630_000,
   worker: 120_000,
   logs: 60_000,
   recovery: 160_000,

@@ -5,7 +5,9 @@
 // the process's CPU, the worker's Postgres queries/s against a computed 2 s poll (Coder's), and how evenly
 // the chat-lock refreshes are spread. Then ONE statement completes every build as the provisioner and the
 // simulated agents would (job succeeded, its resource and a ready agent) and times the results' arrival.
-// BENCH_WAITERS runs it with fewer (a quick look; the targets are for 10,000).
+// BENCH_WAITERS runs it with fewer (a quick look; the targets are for 10,000); BENCH_HEAP_SNAPSHOT=<file>
+// writes a heap snapshot at the end of the idle window.
+import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
@@ -14,6 +16,7 @@ import { QUEUE_NAME, type EventDraft } from '../src/shared/contract.js';
 import { EventPublisher } from '../src/shared/events.js';
 import { ChatLocks } from '../src/shared/lock.js';
 import { createLogger } from '../src/shared/logger.js';
+import type { Pool } from '../src/shared/postgres.js';
 import { closeRedis, createRedis } from '../src/shared/redis.js';
 import { WorkspaceWorker } from '../src/worker/worker.js';
 import {
@@ -55,6 +58,29 @@ const MAX_LAST_RESULT_MS = 5_000;
 /** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
 const BURST_FACTOR = 2;
 
+/** How long every job may take to tell build_queued, and how often the ramp says how far it is. */
+const RAMP_LIMIT_MS = 480_000;
+const RAMP_PROGRESS_MS = 15_000;
+
+let lastProgress: { at: number; counts: CallCounts } | undefined;
+async function rampProgress(pool: Pool, calls: () => CallCounts, queued: number, started: number) {
+  const { rows } = await pool.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM workspace_builds WHERE build_number = 3',
+  );
+  const at = performance.now();
+  const counts = calls();
+  const since = lastProgress ?? {
+    at: started,
+    counts: { pg: {}, pgStatements: {}, redis: {}, redisTrips: {} },
+  };
+  lastProgress = { at, counts };
+  const seconds = (at - since.at) / 1000;
+  console.log(
+    `waiters: ramp ${((at - started) / 1000).toFixed(0)} s: ${rows[0]!.n} builds made, ${queued} build_queued; ` +
+      `${top(diff(counts.pgStatements, since.counts.pgStatements), seconds)}; ${memory().rssMb.toFixed(0)} MiB RSS`,
+  );
+}
+
 const flag = (met: boolean) => (met ? 'met' : 'MISSED');
 const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
 const diff = (after: Record<string, number>, before: Record<string, number>) =>
@@ -67,7 +93,7 @@ const top = (table: Record<string, number>, seconds: number, n = 4) =>
     .map(([name, count]) => `${name} ${(count / seconds).toFixed(0)}/s`)
     .join(', ');
 
-await runBench('waiters', 420_000, async (cleanup) => {
+await runBench('waiters', 600_000, async (cleanup) => {
   // Pool of 10 for the seed and the producer; the worker makes its own (20 at this concurrency).
   const db = await benchDatabase(cleanup, 10);
   const prefix = uniquePrefix('waiters');
@@ -139,7 +165,37 @@ await runBench('waiters', 420_000, async (cleanup) => {
     'a start of a distinct workspace was deduplicated',
   );
   const jobIds = enqueued.map((e) => e.jobId);
-  await until('every job waiting on its build', () => (queuedAt.size >= WAITERS ? true : undefined), 300_000);
+  // The ramp can take minutes (every pending build's queue follower re-counts the queue as builds are made):
+  // say how far it is.
+  const ramp = setInterval(() => {
+    void rampProgress(db.pool, calls, queuedAt.size, started).catch(() => {});
+  }, RAMP_PROGRESS_MS);
+  cleanup.add('ramp progress', async () => clearInterval(ramp));
+  // A job that fails while it should wait (its BullMQ lock or a pool connection timed out under the load)
+  // fails the run at once: it never gets its ok result.
+  let failedCheckedAt = 0;
+  const noneFailed = async (when: string) => {
+    if (performance.now() - failedCheckedAt < 1_000) return;
+    failedCheckedAt = performance.now();
+    const [first] = await queue.getJobs(['failed'], 0, 0);
+    if (!first) return;
+    const failedCount = await queue.getFailedCount();
+    check(
+      false,
+      `${failedCount} jobs failed ${when}, ${queuedAt.size} of ${WAITERS} having told build_queued after ` +
+        `${((performance.now() - started) / 1000).toFixed(0)} s; the first: ${first.failedReason} ` +
+        `(${first.stacktrace?.at(0)?.split('\n')[0] ?? 'no stack'})`,
+    );
+  };
+  await until(
+    'build_queued from every job',
+    async () => {
+      await noneFailed('before every build was waited on');
+      return queuedAt.size >= WAITERS ? true : undefined;
+    },
+    RAMP_LIMIT_MS,
+  );
+  clearInterval(ramp);
   const rampMs = performance.now() - started;
   const { rows: pending } = await db.pool.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM provisioner_jobs WHERE started_at IS NULL AND completed_at IS NULL`,
@@ -164,7 +220,11 @@ await runBench('waiters', 420_000, async (cleanup) => {
   const idleRefreshes = refreshes;
   refreshes = undefined;
   const during = memory(true);
+  if (process.env.BENCH_HEAP_SNAPSHOT)
+    console.log(`heap snapshot: ${writeHeapSnapshot(process.env.BENCH_HEAP_SNAPSHOT)}`);
   check(results.size === 0, `${results.size} jobs ended while nothing changed`);
+  failedCheckedAt = 0;
+  await noneFailed('while nothing changed');
 
   const cpuPercent = ((used.user + used.system) / 1000 / (windowSeconds * 1000)) * 100;
   const rssPerWaiterKb = ((during.rssMb - before.rssMb) * 1024) / WAITERS;
@@ -261,7 +321,14 @@ await runBench('waiters', 420_000, async (cleanup) => {
   );
   const updateMs = performance.now() - completeStarted;
   check(rowCount === WAITERS, `the completing statement made ${rowCount} agents, expected ${WAITERS}`);
-  await until('every result', () => (results.size >= WAITERS ? true : undefined), 60_000);
+  await until(
+    'every result',
+    async () => {
+      await noneFailed('after their builds completed');
+      return results.size >= WAITERS ? true : undefined;
+    },
+    60_000,
+  );
   const resultTimes = [...results.values()].map((r) => r.at - completeStarted);
   const lastResultMs = Math.max(...resultTimes);
   const completedCalls = calls();
