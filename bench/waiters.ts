@@ -6,7 +6,8 @@
 // the chat-lock refreshes are spread. Then ONE statement completes every build as the provisioner and the
 // simulated agents would (job succeeded, its resource and a ready agent) and times the results' arrival.
 // BENCH_WAITERS runs it with fewer (a quick look; the targets are for 10,000); BENCH_HEAP_SNAPSHOT=<file>
-// writes a heap snapshot at the end of the idle window.
+// writes a heap snapshot at the end of the idle window; JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS,
+// when set, configure the worker.
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
@@ -58,6 +59,13 @@ const MAX_LAST_RESULT_MS = 5_000;
 /** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
 const BURST_FACTOR = 2;
 
+/** Passed through from the environment when set. */
+const LOCK_SETTINGS = ['JOB_LOCK_MS', 'STALLED_INTERVAL_MS', 'CHAT_LOCK_TTL_MS'] as const;
+const SETTING_FIELDS = {
+  JOB_LOCK_MS: 'jobLockMs',
+  STALLED_INTERVAL_MS: 'stalledIntervalMs',
+  CHAT_LOCK_TTL_MS: 'chatLockTtlMs',
+} as const;
 /** How long every job may take to tell build_queued, and how often the ramp says how far it is. */
 const RAMP_LIMIT_MS = 480_000;
 const RAMP_PROGRESS_MS = 15_000;
@@ -116,7 +124,13 @@ await runBench('waiters', 600_000, async (cleanup) => {
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: 'silent',
     WORKER_CONCURRENCY: String(WAITERS),
+    // The worker's lock settings, as an operator would set them for this many jobs; unset = the defaults.
+    ...Object.fromEntries(
+      LOCK_SETTINGS.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])),
+    ),
   });
+  const settings = LOCK_SETTINGS.map((name) => `${name}=${config[SETTING_FIELDS[name]]}`).join(' ');
+  console.log(`waiters: ${WAITERS} waiters, ${settings}`);
   // The worker's own lock and publisher, as WorkspaceWorker makes them, but observed: every refresh's start,
   // every job's first build_queued and each result.
   const lockRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-lock', failFast: true, log });
