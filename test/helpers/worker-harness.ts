@@ -359,11 +359,14 @@ export class WorkerHarness {
     return { ownerId: o.ownerId, workspaceId, workspaceName: name, chatId, stopBuildId: stop.buildId };
   }
 
-  /** The worker's store, except that getChat always fails: an attempt that throws, whatever the job. */
+  /**
+   * The worker's store, except that its chat reads (getChat, getChatWithOwner) always fail: an attempt that
+   * throws, whatever the job.
+   */
   brokenStore(): WorkspaceStore {
     return new Proxy(new PgWorkspaceStore(this.db.pool), {
       get(target, property, receiver) {
-        if (property === 'getChat') {
+        if (property === 'getChat' || property === 'getChatWithOwner') {
           return () => Promise.reject(new Error('connection reset (simulated by the test)'));
         }
         const value: unknown = Reflect.get(target, property, receiver);

@@ -227,7 +227,7 @@ describe('start-workspace processor', () => {
       expect(failed.attemptsMade).toBe(3);
       expect(failed.failedReason).toContain('connection reset');
       // A real failure: in Bull Board's failed list with one stack per attempt, the last one the error's own
-      // (where getChat rejected), not the place that failed the job.
+      // (where the chat read rejected), not the place that failed the job.
       const { list, card } = await onBoard(h, job.id!);
       expect(list).toBe('failed');
       expect(card.isFailed).toBe(true);
