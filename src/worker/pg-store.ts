@@ -356,11 +356,19 @@ const GET_START_STATE = prepared(
     WHERE w.id = $1`,
 );
 
+// The insert (migrations/0009) and, once it created the build, the chat's binding to it ($13), in one
+// statement and so one transaction.
 const INSERT_START_BUILD = prepared(
   'worker.insert_start_build',
-  `SELECT outcome, build_id, job_id, job_status
-     FROM create_start_build($1::uuid, $2::uuid, $3::automatic_updates, $4::uuid, $5::boolean, $6::uuid,
-                             $7::uuid, $8::integer, $9::uuid, $10::text[], $11::text[], $12::jsonb)`,
+  `WITH created AS (
+     SELECT outcome, build_id, job_id, job_status
+       FROM create_start_build($1::uuid, $2::uuid, $3::automatic_updates, $4::uuid, $5::boolean, $6::uuid,
+                               $7::uuid, $8::integer, $9::uuid, $10::text[], $11::text[], $12::jsonb)
+   ), bound AS (
+     UPDATE chats SET workspace_id = $1::uuid, build_id = created.build_id, agent_id = NULL, updated_at = now()
+       FROM created WHERE chats.id = $13::uuid AND created.outcome = 'created'
+   )
+   SELECT outcome, build_id, job_id, job_status FROM created`,
 );
 
 const toTemplate = (r: Row): Template => ({
@@ -516,6 +524,7 @@ export class PgWorkspaceStore implements WorkspaceStore {
           input.parameters.map((p) => p.value),
           // The job attempt's span (active here): the provisioner's build span links to it.
           traceCarrier() ?? null,
+          input.chatId,
         ],
       ),
       (cause) => new BuildConflictError(input.workspaceId, input.buildNumber, { cause }),

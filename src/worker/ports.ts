@@ -154,8 +154,8 @@ export interface WorkspaceStore {
   getStartState(workspaceId: string): Promise<StartState | null>;
   /**
    * Creates a start build in one statement and transaction (migrations/0009): takes the workspace's row lock,
-   * checks under it what the plan saw, inserts job, build and parameters. BuildConflictError if the number
-   * is taken.
+   * checks under it what the plan saw, inserts job, build and parameters, and binds the chat to the build
+   * (as bindChat). BuildConflictError if the number is taken.
    */
   insertStartBuild(input: NewStartBuild): Promise<StartBuildInsert>;
   /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
@@ -183,6 +183,8 @@ export interface StartBuildInputs {
 
 /** A start build, with what its plan saw: insertStartBuild creates it only while all of that still holds. */
 export interface NewStartBuild extends Omit<NewBuild, 'transition'> {
+  /** The chat bound to the build once it is created. */
+  chatId: string;
   previousBuildId: string | null;
   automaticUpdates: Workspace['automaticUpdates'];
   activeVersionId: string;

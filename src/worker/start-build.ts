@@ -21,6 +21,8 @@ export interface StartBuildRequest {
    */
   workspace: Workspace;
   previousBuild: Build | null;
+  /** The chat to bind to the build as it is created. */
+  chatId: string;
   /** Read with them (null: the template is gone). */
   inputs: StartBuildInputs | null;
   initiatorId: string;
@@ -128,6 +130,7 @@ export async function createStartBuild(
       buildNumber: (previousBuild?.buildNumber ?? 0) + 1,
       initiatorId: request.initiatorId,
       parameters: resolved.values,
+      chatId: request.chatId,
       previousBuildId: previousBuild?.id ?? null,
       automaticUpdates: workspace.automaticUpdates,
       activeVersionId: template.activeVersionId,

@@ -85,6 +85,7 @@ export async function startWorkspace(
     const outcome = await createStartBuild(ctx, {
       workspace,
       previousBuild: latest,
+      chatId: chat.id,
       inputs,
       initiatorId: owner.id,
       parameters: payload.parameters ?? {},
@@ -143,8 +144,8 @@ async function start(
       workspace.id,
     );
   }
+  // The chat is bound to the build already, by its insert.
   await ctx.recordBuild(build.id);
-  await ctx.store.bindChat(chat.id, workspace.id, build.id);
 
   const result = await waitForStart(ctx, workspace, build);
   if (!isFailure(result) && updateReason && previousBuild) {
