@@ -38,16 +38,18 @@ import {
 
 const PROVISIONER_CONCURRENCY = 16;
 /**
- * Ceilings on the round trips per started workspace of the fast-build case, about 15 % above what they are
- * (2026-12-03: Postgres 39.6-41.6, Redis 42.9-47.9 commands; build_log events and lock waits vary with
- * timing): the run fails when a change makes them grow. Lower them as issue 11's levers land (its targets: 20
- * Postgres statements and 10 Redis round trips).
+ * Ceilings on what a started workspace of the fast-build case sends: the run fails when a change makes it
+ * grow. Measured 2026-12-03 after issue 11's levers: Postgres 17.3 statements at load 1 (18.0 at load 7),
+ * Redis 9.4 round trips at load 1 (10.2 at load 11: a longer job refreshes its chat lock more often, and
+ * auto-pipelining shares fewer writes when the process is starved) and 22.9-24.2 commands. The statements'
+ * ceiling is issue 11's target itself; the round trips' sits 10 % above theirs (flagged `met` / `MISSED`
+ * apart), so that a loaded machine alone does not fail the run.
  */
-const MAX_PG_PER_START = 46;
-const MAX_REDIS_PER_START = 52;
+const MAX_PG_PER_START = 20;
+const MAX_REDIS_TRIPS_PER_START = 11;
+const MAX_REDIS_PER_START = 26;
 /** Issue 11's targets for the zero-delay case on 2 cores, flagged (`met` / `MISSED`), not failed on. */
 const TARGET_STARTS_PER_SEC = 300;
-const TARGET_PG_PER_START = 20;
 const TARGET_REDIS_TRIPS_PER_START = 10;
 const ZERO_DELAY_STARTS = 600;
 /** The connection (and, with `-sub`, the subscriber) of the bench's waitForResult calls. */
@@ -366,13 +368,18 @@ await runBench('worker', 100_000, async (cleanup) => {
     case: 'round trips per started workspace',
     n: 200,
     notes:
-      `${fastTrips.notes}; at most ${MAX_PG_PER_START} statements and ${MAX_REDIS_PER_START} commands; ` +
-      `issue 11's targets: ${TARGET_PG_PER_START} statements ${flag(fastTrips.pg <= TARGET_PG_PER_START)}, ` +
+      `${fastTrips.notes}; at most ${MAX_PG_PER_START} statements, ${MAX_REDIS_TRIPS_PER_START} round trips ` +
+      `and ${MAX_REDIS_PER_START} commands; ` +
+      `issue 11's targets: ${MAX_PG_PER_START} statements ${flag(fastTrips.pg <= MAX_PG_PER_START)}, ` +
       `${TARGET_REDIS_TRIPS_PER_START} round trips ${flag(fastTrips.redisTrips <= TARGET_REDIS_TRIPS_PER_START)}`,
   });
   check(
     fastTrips.pg <= MAX_PG_PER_START,
     `${fastTrips.pg.toFixed(1)} Postgres queries per start, more than the ceiling of ${MAX_PG_PER_START}`,
+  );
+  check(
+    fastTrips.redisTrips <= MAX_REDIS_TRIPS_PER_START,
+    `${fastTrips.redisTrips.toFixed(1)} Redis round trips per start, more than the ceiling of ${MAX_REDIS_TRIPS_PER_START}`,
   );
   check(
     fastTrips.redis <= MAX_REDIS_PER_START,
