@@ -7,23 +7,26 @@ import type { BuildLogLine } from '../../src/shared/build-logs.js';
 import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { completeJob } from '../helpers/fixtures.js';
-import { TEST_REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { TEST_REDIS_URL, removePrefix, uniquePrefix } from '../helpers/redis.js';
 
 const RUN_MS = 30_000;
 
 describe('workspace-jobs logs', () => {
   let db: TestDatabase;
-  const env = (): Record<string, string> => ({
-    REDIS_URL: TEST_REDIS_URL,
-    DATABASE_URL: db.url,
-    QUEUE_PREFIX: uniquePrefix('logs'),
-    LOG_LEVEL: 'warn',
-  });
+  const prefixes: string[] = [];
+  const env = (): Record<string, string> => {
+    const prefix = uniquePrefix('logs');
+    prefixes.push(prefix);
+    return { REDIS_URL: TEST_REDIS_URL, DATABASE_URL: db.url, QUEUE_PREFIX: prefix, LOG_LEVEL: 'warn' };
+  };
 
   beforeAll(async () => {
     db = await createTestDatabase();
   });
-  afterEach(killAll);
+  afterEach(async () => {
+    await killAll();
+    for (const prefix of prefixes.splice(0)) await removePrefix(prefix);
+  });
   afterAll(async () => {
     await db?.drop();
   });

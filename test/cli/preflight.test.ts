@@ -1,11 +1,11 @@
 // Start-up checks as real processes: with Redis or Postgres on a closed port, every command that uses it
 // exits 1 within 10 s with one stderr line naming the service, its URL without the password and how to
 // start it: no stack trace, no stream of JSON error lines, no password.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { freePort } from '../helpers/redis-server.js';
 import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { TEST_REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { TEST_REDIS_URL, removePrefix, uniquePrefix } from '../helpers/redis.js';
 
 /** The issue's bound: a command without its service says so within 10 s. */
 const EXIT_MS = 10_000;
@@ -141,10 +141,12 @@ describe('start-up checks', () => {
 
     it('when one is unreachable › the worker starts, reporting the node, and stops cleanly', async () => {
       const down = await freePort();
+      const prefix = uniquePrefix('preflight');
+      onTestFinished(() => removePrefix(prefix));
       const worker = new CliProcess('worker', ['worker'], {
         REDIS_URL: TEST_REDIS_URL,
         DATABASE_URL: db.url,
-        QUEUE_PREFIX: uniquePrefix('preflight'),
+        QUEUE_PREFIX: prefix,
         LOG_LEVEL: 'info',
         LOCK_REDIS_URLS: `redis://127.0.0.1:${down},${TEST_REDIS_URL}/1,${TEST_REDIS_URL}/2`,
       });

@@ -2,13 +2,13 @@
 // basic auth on everything but /healthz, and the refusal to listen beyond loopback without credentials.
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { startDashboard } from '../../src/dashboard/server.js';
 import { ConfigError, loadConfig } from '../../src/shared/config.js';
 import { QUEUE_NAME } from '../../src/shared/contract.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { uniquePrefix } from '../helpers/redis.js';
+import { removePrefix, uniquePrefix } from '../helpers/redis.js';
 import {
   PASSWORD,
   USER,
@@ -157,6 +157,7 @@ describe('with DASHBOARD_USER and DASHBOARD_PASSWORD', () => {
 describe('/healthz when Postgres is unreachable', () => {
   it('answers 503 naming the part, with no error text in its open body', async () => {
     const prefix = uniquePrefix('dash');
+    onTestFinished(() => removePrefix(prefix));
     // A database that does not exist: every Postgres check fails with an error that names it.
     const missing = `wsjobs_test_missing_${randomUUID().slice(0, 8)}`;
     const config = loadConfig(
@@ -177,7 +178,9 @@ describe('/healthz when Postgres is unreachable', () => {
 
 describe('binding', () => {
   it('refuses a non-loopback host without credentials (ConfigError) and opens nothing', async () => {
-    const config = loadConfig(dashboardEnv(db, uniquePrefix('dash'), { DASHBOARD_HOST: '0.0.0.0' }));
+    const prefix = uniquePrefix('dash');
+    onTestFinished(() => removePrefix(prefix));
+    const config = loadConfig(dashboardEnv(db, prefix, { DASHBOARD_HOST: '0.0.0.0' }));
     await expect(startDashboard(config, createLogger('silent'))).rejects.toThrow(ConfigError);
     await expect(startDashboard(config, createLogger('silent'))).rejects.toThrow(/DASHBOARD_USER/);
   });

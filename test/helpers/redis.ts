@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
 import {
+  closeRedis,
   createRedis,
   isCluster,
   type Redis,
@@ -48,6 +49,16 @@ export async function deleteKeys(redis: RedisClient, prefix: string): Promise<vo
       cursor = next;
       if (keys.length) await node.del(...keys);
     } while (cursor !== '0');
+  }
+}
+
+/** Deletes a prefix's keys on a connection of its own: for a test whose processes wrote under the prefix. */
+export async function removePrefix(prefix: string): Promise<void> {
+  const redis = testClient();
+  try {
+    await deleteKeys(redis, prefix);
+  } finally {
+    await closeRedis(redis);
   }
 }
 
