@@ -5,6 +5,7 @@
 //
 // Every script touches one key, so it runs on Redis Cluster too (the prefix carries the hash tag there).
 import { redisKeys, type RedisKeys } from './keys.js';
+import { LuaScript } from './lua-script.js';
 import type { RedisClient } from './redis.js';
 
 /** The set expires this long after the chat's last enqueue: what no job removed (a job deleted by hand) goes. */
@@ -16,33 +17,22 @@ export const DEFAULT_ORDER_GRACE_MS = 30_000;
 // ARGV: job id, ttl ms. The score is Redis' TIME in µs (exact in a double until the year 2255), and always
 // above the set's last score, so that entries are ordered as Redis ran the scripts even within one µs or if
 // the clock steps back (a failover). NX: entering again keeps a job's place.
-const ENTER_SCRIPT = `
+const ENTER_SCRIPT = new LuaScript(`
 local t = redis.call('TIME')
 local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
 if last and tonumber(last) >= score then score = tonumber(last) + 1 end
 redis.call('ZADD', KEYS[1], 'NX', string.format('%.0f', score), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return string.format('%.0f', score)`;
+return string.format('%.0f', score)`);
 
 // ARGV: job id. Returns the head's id and score, this job's score (nil without an entry), and Redis' TIME in
 // µs, so that an entry's age is read on the clock that scored it.
-const HEAD_SCRIPT = `
+const HEAD_SCRIPT = new LuaScript(`
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local t = redis.call('TIME')
 return { head[1] or false, head[2] or false, redis.call('ZSCORE', KEYS[1], ARGV[1]),
-  string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])) }`;
-
-const ENTER_COMMAND = 'wsjobsEnterChatOrder';
-const HEAD_COMMAND = 'wsjobsChatOrderHead';
-
-type ScriptedRedis = RedisClient & {
-  [ENTER_COMMAND]: (key: string, jobId: string, ttlMs: number) => Promise<string>;
-  [HEAD_COMMAND]: (
-    key: string,
-    jobId: string,
-  ) => Promise<[string | null, string | null, string | null, string]>;
-};
+  string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])) }`);
 
 /** A BullMQ job state, or `unknown` for a job that does not exist (Queue.getJobState). */
 export type JobStateReader = (jobId: string) => Promise<string>;
@@ -66,14 +56,11 @@ export class ChatOrder {
     if (!Number.isInteger(this.ttlMs) || this.ttlMs < 1) {
       throw new RangeError(`ttlMs must be a positive whole number, got ${this.ttlMs}`);
     }
-    if (!(ENTER_COMMAND in redis)) redis.defineCommand(ENTER_COMMAND, { numberOfKeys: 1, lua: ENTER_SCRIPT });
-    if (!(HEAD_COMMAND in redis)) redis.defineCommand(HEAD_COMMAND, { numberOfKeys: 1, lua: HEAD_SCRIPT });
   }
 
   /** Enters the job last in its chat's order (refreshing the set's expiry); returns its score (µs). */
   async enter(chatId: string, jobId: string): Promise<number> {
-    const scripted = this.redis as ScriptedRedis;
-    return Number(await scripted[ENTER_COMMAND](this.keys.chatOrder(chatId), jobId, this.ttlMs));
+    return Number(await ENTER_SCRIPT.run(this.redis, [this.keys.chatOrder(chatId)], [jobId, this.ttlMs]));
   }
 
   /** Removes the job's entry (a settled job, a deduplicated or failed add, a stale head). */
@@ -105,7 +92,12 @@ export class ChatOrder {
   ): Promise<string | undefined> {
     const key = this.keys.chatOrder(chatId);
     for (;;) {
-      const [head, headScore, mine, now] = await (this.redis as ScriptedRedis)[HEAD_COMMAND](key, jobId);
+      const [head, headScore, mine, now] = (await HEAD_SCRIPT.run(this.redis, [key], [jobId])) as [
+        string | null,
+        string | null,
+        string | null,
+        string,
+      ];
       if (head === null || head === jobId || mine === null) return undefined;
       const state = await options.jobState(head);
       const ended = state === 'completed' || state === 'failed';

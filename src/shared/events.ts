@@ -3,6 +3,7 @@
 // Pub/sub alone is at-most-once; the stream lets a subscriber that is late, or was disconnected, catch up.
 import type { EventDraft, WorkspaceJobEvent } from './contract.js';
 import { redisKeys, type RedisKeys } from './keys.js';
+import { LuaScript } from './lua-script.js';
 import type { Logger } from './logger.js';
 import { followSubscriber, unsubscribe, type RedisClient } from './redis.js';
 import { workspaceJobEventSchema } from '../jobs/contract-schemas.js';
@@ -188,7 +189,7 @@ export interface EventPublisherOptions {
 // copy of the result, announceDeduplicated). The job's progress and log entry go with the event, under the
 // same owner check: an attempt that lost its job can no more overwrite the progress than publish (what BullMQ's
 // own updateProgress and log do not check), and it is one round trip, not three.
-const PUBLISH_SCRIPT = `
+const PUBLISH_SCRIPT = new LuaScript(`
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local n = tonumber(ARGV[8])
@@ -220,15 +221,15 @@ end
 redis.call('PUBLISH', ARGV[7], message)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], message) end
 for i = 1, n do redis.call('PUBLISH', ARGV[11 + 3 * i], copies[i]) end
-return id`;
+return id`);
 
 // KEYS: the job's BullMQ hash, its lock. ARGV: the lock token ('' = unchecked), the progress. 0 when the token
 // no longer holds the lock, -1 when the job is gone.
-const RECORD_PROGRESS_SCRIPT = `
+const RECORD_PROGRESS_SCRIPT = new LuaScript(`
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
-return 1`;
+return 1`);
 
 // KEYS: the deduplicated chat's stream, the job's announced set, its watcher set, its result marker. ARGV: the
 // chat id, the announcement without v and seq, the chat's channel, the workspace channel ('' = none), '1' when
@@ -238,7 +239,7 @@ return 1`;
 // of duplicates cannot push the job's events out of the capped stream. On a watcher's first, it joins the set,
 // or, when the job's result is already out (the set ended with it), gets that result at once: its envelope
 // from the marker with seq and chatId spliced in.
-const DEDUPLICATED_SCRIPT = `
+const DEDUPLICATED_SCRIPT = new LuaScript(`
 local first = redis.call('SADD', KEYS[2], ARGV[1]) == 1
 if redis.call('SADD', KEYS[2], ARGV[8]) == 0 then return false end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -265,7 +266,7 @@ end
 redis.call('PUBLISH', ARGV[3], message)
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], message) end
 if copy then redis.call('PUBLISH', ARGV[3], copy) end
-return id`;
+return id`);
 
 /** Who may publish a job's events: the holder of its BullMQ lock (the key and the worker's token). */
 export interface JobOwner {
@@ -292,16 +293,8 @@ export class StaleAttemptError extends Error {
   override name = 'StaleAttemptError';
 }
 
-const PUBLISH_COMMAND = 'wsjobsPublishEvent';
-const DEDUPLICATED_COMMAND = 'wsjobsPublishDeduplicated';
-const RECORD_PROGRESS_COMMAND = 'wsjobsRecordProgress';
 /** A publish is tried at most this often when chats keep joining the job's watchers while it publishes. */
 const WATCHER_TRIES = 20;
-
-type ScriptedRedis = RedisClient & {
-  [DEDUPLICATED_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
-  [RECORD_PROGRESS_COMMAND]: (...args: (string | number)[]) => Promise<unknown>;
-};
 
 export class EventPublisher {
   private readonly keys: RedisKeys;
@@ -314,11 +307,6 @@ export class EventPublisher {
     options: EventPublisherOptions = {},
   ) {
     this.keys = redisKeys(prefix);
-    this.publishCommand(0);
-    if (!(DEDUPLICATED_COMMAND in redis))
-      redis.defineCommand(DEDUPLICATED_COMMAND, { numberOfKeys: 4, lua: DEDUPLICATED_SCRIPT });
-    if (!(RECORD_PROGRESS_COMMAND in redis))
-      redis.defineCommand(RECORD_PROGRESS_COMMAND, { numberOfKeys: 2, lua: RECORD_PROGRESS_SCRIPT });
     this.maxLen = options.maxLen ?? 1000;
     this.ttlSeconds = options.ttlSeconds ?? 86_400;
     if (!Number.isInteger(this.maxLen) || this.maxLen < 1) {
@@ -354,7 +342,7 @@ export class EventPublisher {
     // Most jobs have no watchers: one round trip.
     let watchers: string[] = [];
     for (let tries = 0; tries < WATCHER_TRIES; tries++) {
-      const seq = (await this.publishCommand(watchers.length)(
+      const keys = [
         log,
         once === 'result'
           ? this.keys.resultMarker(draft.job.id)
@@ -366,6 +354,8 @@ export class EventPublisher {
         record?.jobKey ?? log,
         record ? `${record.jobKey}:logs` : log,
         ...watchers.map((chatId) => this.keys.chatLog(chatId)),
+      ];
+      const seq = (await PUBLISH_SCRIPT.run(this.redis, keys, [
         once,
         this.ttlSeconds,
         this.maxLen,
@@ -382,7 +372,7 @@ export class EventPublisher {
           JSON.stringify({ ...body, chatId }),
           this.keys.chatChannel(chatId),
         ]),
-      )) as string | number | string[] | null | false;
+      ])) as string | number | string[] | null | false;
       if (Array.isArray(seq)) {
         watchers = seq;
         continue;
@@ -401,17 +391,6 @@ export class EventPublisher {
   }
 
   /**
-   * The publish script for a job with `watchers` watcher chats: a command per number of keys (EVALSHA, and
-   * ioredis-mock, need it fixed per command), defined on first use.
-   */
-  private publishCommand(watchers: number): (...args: (string | number)[]) => Promise<unknown> {
-    const name = watchers === 0 ? PUBLISH_COMMAND : `${PUBLISH_COMMAND}${watchers}`;
-    const redis = this.redis as unknown as Record<string, (...args: (string | number)[]) => Promise<unknown>>;
-    if (!(name in redis)) this.redis.defineCommand(name, { numberOfKeys: 6 + watchers, lua: PUBLISH_SCRIPT });
-    return (...args) => redis[name]!(...args);
-  }
-
-  /**
    * Announces a deduplicated enqueue on the calling chat's stream and channel (and the workspace's), once
    * per chat, job and set of fields that differ from the job's (`differs`): a repeat writes nothing and
    * returns null. A chat that is not the job's own (`jobChatId`) becomes one of its watchers on its first
@@ -424,11 +403,13 @@ export class EventPublisher {
   ): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
     const chatId = draft.chatId.toLowerCase();
-    const seq = (await (this.redis as ScriptedRedis)[DEDUPLICATED_COMMAND](
+    const keys = [
       this.keys.chatLog(draft.chatId),
       this.keys.jobDeduplicated(draft.job.id),
       this.keys.jobChats(draft.job.id),
       this.keys.resultMarker(draft.job.id),
+    ];
+    const seq = (await DEDUPLICATED_SCRIPT.run(this.redis, keys, [
       chatId,
       JSON.stringify(body),
       this.keys.chatChannel(draft.chatId),
@@ -438,7 +419,7 @@ export class EventPublisher {
       this.maxLen,
       // A space cannot be in a chat id or a field name.
       `${chatId} ${[...job.differs].sort().join(' ')}`,
-    )) as string | null | false;
+    ])) as string | null | false;
     return seq ? { v, seq, ...body } : null;
   }
 
@@ -447,11 +428,10 @@ export class EventPublisher {
    * a StaleAttemptError; false when the job is gone.
    */
   async recordProgress(jobKey: string, progress: unknown, owner?: JobOwner): Promise<boolean> {
-    const done = await (this.redis as ScriptedRedis)[RECORD_PROGRESS_COMMAND](
-      jobKey,
-      owner?.lockKey ?? jobKey,
-      owner?.token ?? '',
-      JSON.stringify(progress),
+    const done = await RECORD_PROGRESS_SCRIPT.run(
+      this.redis,
+      [jobKey, owner?.lockKey ?? jobKey],
+      [owner?.token ?? '', JSON.stringify(progress)],
     );
     if (done === 0)
       throw new StaleAttemptError(

@@ -2,12 +2,12 @@
 // deduplicated onto another chat's job hears its later events on its own stream and channel, also a result
 // that was out before it joined; repeats of an announcement write nothing; a changed watcher set is re-read.
 import { randomUUID } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { EventPublisher, EventSubscriber, readChatEvents } from '../../src/shared/events.js';
 import type { EventDraft, WorkspaceJobEvent } from '../../src/shared/contract.js';
-import { closeRedis, type Redis } from '../../src/shared/redis.js';
+import { closeRedis, createRedis, type Redis } from '../../src/shared/redis.js';
 import { draft } from '../helpers/events.js';
-import { deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
+import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/redis.js';
 
 const POLL = { timeout: 5_000, interval: 10 };
 const RESULT = { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' } as const;
@@ -149,8 +149,8 @@ describe('watcher chats and deduplicated announcements on the real Redis', () =>
       get(target, property, receiver) {
         const value: unknown = Reflect.get(target, property, receiver);
         if (typeof value !== 'function') return value;
-        if (typeof property !== 'string' || !property.startsWith('wsjobsPublishEvent'))
-          return value.bind(target);
+        // The publish script runs by EVALSHA (LuaScript); this publisher sends nothing else.
+        if (property !== 'evalsha') return value.bind(target);
         return async (...args: unknown[]) => {
           await publisher.announceDeduplicated(deduplicated(randomUUID()), { chatId: own, differs: [] });
           return (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
@@ -176,5 +176,27 @@ describe('watcher chats and deduplicated announcements on the real Redis', () =>
       'build_running',
     ]);
     expect(await redis.ttl(`${prefix}:queued:job-1`)).toBeGreaterThan(0);
+  });
+
+  it('on an auto-pipelined connection › a publish to a watcher while other commands share its pipeline reaches both chats', async () => {
+    // The worker's events connection pipelines; a script first used for a watcher count while a pipeline was
+    // open used to be missing from it (TypeError, then an uncaught exception from the pipeline's replies).
+    const pipelined = createRedis(TEST_REDIS_URL, { name: 'workspace-jobs-test', pipelined: true });
+    onTestFinished(() => closeRedis(pipelined));
+    const worker = new EventPublisher(pipelined, prefix);
+    await publisher.announceDeduplicated(deduplicated(other), { chatId: own, differs: [] });
+
+    // The get's answer comes first and sends another get, which opens the next pipeline; then the publish,
+    // told of the watcher, tries again with it in that pipeline.
+    const key = `${prefix}:unrelated`;
+    const unrelated = pipelined.get(key).then(() => pipelined.get(key));
+    const published = await worker.publish(draft(own, 1));
+    await unrelated;
+
+    expect(published).toMatchObject({ chatId: own, data: { n: 1 } });
+    expect((await readChatEvents(redis, prefix, other, '0')).map((e) => e.stage)).toEqual([
+      'deduplicated',
+      'build_running',
+    ]);
   });
 });

@@ -99,17 +99,18 @@ describe('every chat that asked is told', () => {
       string,
       (...args: unknown[]) => Promise<unknown>
     >;
-    const publishScript = producerCommands.wsjobsPublishEvent!.bind(suite.h.redis);
+    const evalsha = producerCommands.evalsha!.bind(suite.h.redis);
     let slowProducer = false;
-    vi.spyOn(producerCommands, 'wsjobsPublishEvent').mockImplementation(async (...args) => {
-      const queuedMarker = String(args[1]);
+    // The publish script's second key (after the script's sha and the number of keys) is the job's marker.
+    vi.spyOn(producerCommands, 'evalsha').mockImplementation(async (...args) => {
+      const queuedMarker = String(args[3]);
       const jobId = queuedMarker.slice(`${suite.h.prefix}:queued:`.length);
       if (slowProducer && queuedMarker.startsWith(`${suite.h.prefix}:queued:`)) {
         await vi.waitFor(async () => {
           expect((await suite.h.jobEvents(suite.ws.chatId, jobId)).at(-1)?.type).toBe('result');
         }, POLL);
       }
-      return publishScript(...args);
+      return evalsha(...args);
     });
     const jobIds: string[] = [];
     // After the first start the workspace is running: each later job's worker is as quick as it gets.
