@@ -579,9 +579,13 @@ export class Provisioner {
       return row.agents;
     } catch (error) {
       // Fail the job rather than leave it running; if the database is gone this fails too, and the
-      // stale reaper settles the job once it is back.
-      this.log.error({ err: error, jobId: job.jobId }, 'could not complete provisioner job');
-      await this.settle(job.jobId, claims, lines, {
+      // stale reaper settles the job once it is back. Without the last log lines: one of them may be what
+      // made the completion fail, and then the job would stay running until the reaper hands it back.
+      this.log.error(
+        { err: error, jobId: job.jobId, linesDropped: lines.outputs.length },
+        'could not complete provisioner job',
+      );
+      await this.settle(job.jobId, claims, NO_LINES, {
         message: `could not record the build's results: ${errorMessage(error)}`,
       });
       return undefined;

@@ -674,6 +674,17 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
       expect(await listBuilds(db, w.workspaceId)).toHaveLength(3);
     });
 
+    it("when the template has no active version › builds on the previous build's version", async () => {
+      const w = await world({ then: stopped });
+      await db.pool.query('UPDATE templates SET active_version_id = NULL WHERE id = $1', [w.templateId]);
+      const t = await context();
+
+      const running = startWorkspace(t.ctx, w.payload);
+      const build = await provision(t, w.workspaceId, 3);
+      expect(success(await running).build_id).toBe(build.id);
+      expect(build.template_version_id).toBe(w.versionIds[0]);
+    });
+
     it('when another build of the workspace ended meanwhile › looks again and builds on it', async () => {
       const w = await world({ then: stopped });
       const t = await context({
