@@ -7,8 +7,9 @@
 -- outcome:
 --   'deleted'       the workspace is gone or deleted;
 --   'build_active'  its latest build (build_id) is pending, running or canceling;
---   'changed'       its latest build, its automatic_updates or its template's active version or
---                   require_active_version is no longer what the plan saw: the worker plans again;
+--   'changed'       its latest build, its automatic_updates or its template's active version (compared
+--                   NULL-safe: a template may have none) or require_active_version is no longer what the
+--                   plan saw: the worker plans again;
 --   'created'       the build (build_id) and its job (job_id, job_status) exist once the call returns.
 -- A concurrent insert that did not take the row lock still meets the unique (workspace_id, build_number)
 -- index: the call fails with its unique_violation, as the INSERT did before.
@@ -59,7 +60,7 @@ BEGIN
      OR NOT EXISTS (
        SELECT 1 FROM templates t
         WHERE t.id = workspace.template_id
-          AND t.active_version_id = p_active_version_id
+          AND t.active_version_id IS NOT DISTINCT FROM p_active_version_id
           AND t.require_active_version = p_require_active_version) THEN
     outcome := 'changed';
     RETURN;
