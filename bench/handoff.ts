@@ -16,14 +16,13 @@ import {
   benchDatabase,
   benchRedis,
   check,
-  insertStoppedWorkspace,
+  flag,
+  insertStoppedWorkspaces,
   mapLimit,
   report,
   runBench,
   stats,
   uniquePrefix,
-  type BenchDatabase,
-  type Cleanup,
 } from './lib.js';
 
 const CHATS = 100;
@@ -41,17 +40,17 @@ await runBench('handoff', 90_000, async (cleanup) => {
   const template = await insertTemplate(db.pool, { versions: [{}] });
   const seed = { ownerId: userId, templateId: template.templateId, versionId: template.versionIds[0]! };
 
-  const handedOff = await handOffs(cleanup, db, seed, {});
+  const handedOff = await handOffs({});
   report({
     case: 'chat lock hand-off: release → next job acquires',
     n: handedOff.n,
     latency: handedOff,
     notes:
-      `p99 target < ${P99_TARGET_MS} ms: ${handedOff.p99 < P99_TARGET_MS ? 'met' : 'MISSED'}; ` +
+      `p99 target < ${P99_TARGET_MS} ms: ${flag(handedOff.p99 < P99_TARGET_MS)}; ` +
       `the next job promoted out of its re-delay, ${PARALLEL} chats at a time`,
   });
   // The old behaviour, with the same workers and jobs: nobody promotes, the re-delay decides.
-  const slept = await handOffs(cleanup, db, seed, { promote: undefined });
+  const slept = await handOffs({ promote: undefined });
   report({
     case: 'no hand-off (before): the next job sleeps out its re-delay',
     n: slept.n,
@@ -64,12 +63,7 @@ await runBench('handoff', 90_000, async (cleanup) => {
   );
 
   /** Release of each chat's start → lock acquired by its stop, in ms, on workers with `processor`. */
-  async function handOffs(
-    cleanup: Cleanup,
-    db: BenchDatabase,
-    seed: { ownerId: string; templateId: string; versionId: string },
-    processor: Partial<ProcessorOptions>,
-  ) {
+  async function handOffs(processor: Partial<ProcessorOptions>) {
     const prefix = uniquePrefix('handoff');
     const redis = benchRedis(cleanup, prefix);
     const config = loadConfig({
@@ -93,9 +87,7 @@ await runBench('handoff', 90_000, async (cleanup) => {
     const producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, log });
     cleanup.add(`producer ${prefix}`, () => producer.close());
 
-    const chats = await mapLimit(Array.from({ length: CHATS }), 8, () =>
-      insertStoppedWorkspace(db.pool, seed),
-    );
+    const chats = await insertStoppedWorkspaces(db.pool, seed, CHATS);
     // One after the other: the start enters the chat's order first, the stop waits for it. PARALLEL chats
     // at a time, so that what is measured is the hand-off, not a saturated event loop.
     const pairs = await mapLimit(chats, PARALLEL, async (input) => {

@@ -6,7 +6,6 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
-import { insertBuild, insertChat, insertWorkspace } from '../src/cli/fixtures.js';
 import type { EventDraft } from '../src/shared/contract.js';
 import { migrate } from '../src/shared/migrate.js';
 import { createPool, withTransaction, type Pool } from '../src/shared/postgres.js';
@@ -107,6 +106,12 @@ export function sleep(ms: number): Promise<void> {
  * Polls `probe` every 10 ms until it returns a value, failing the run after `timeoutMs`. A loop, not
  * vi.waitFor: the benchmarks run outside vitest.
  */
+/** The sum of a table's counts. */
+export const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
+
+/** How a figure stands against its target, as every benchmark prints it. */
+export const flag = (met: boolean) => (met ? 'met' : 'MISSED');
+
 export async function until<T>(
   what: string,
   probe: () => Promise<T | undefined> | T | undefined,
@@ -265,34 +270,9 @@ export async function benchDatabase(cleanup: Cleanup, max = 10): Promise<BenchDa
 }
 
 /**
- * A stopped workspace with its chat, as `seed` makes one: start build #1 (its agent ready), stop build #2,
- * so the next start is build #3.
- */
-export async function insertStoppedWorkspace(
-  pool: Pool,
-  template: { ownerId: string; templateId: string; versionId: string },
-): Promise<{ chatId: string; workspaceId: string; ownerId: string }> {
-  const { ownerId, templateId, versionId } = template;
-  const { workspaceId } = await insertWorkspace(pool, { ownerId, templateId });
-  const common = {
-    workspaceId,
-    templateVersionId: versionId,
-    initiatorId: ownerId,
-    status: 'succeeded',
-  } as const;
-  await insertBuild(pool, {
-    ...common,
-    transition: 'start',
-    agents: [{ name: 'main', lifecycleState: 'ready', connected: true }],
-  });
-  const stop = await insertBuild(pool, { ...common, transition: 'stop' });
-  const { chatId } = await insertChat(pool, { ownerId, workspaceId, buildId: stop.buildId });
-  return { chatId, workspaceId, ownerId };
-}
-
-/**
- * `count` stopped workspaces as insertStoppedWorkspace makes them (start build #1 with a ready agent, stop
- * build #2, a chat bound to it), in bulk: one INSERT … SELECT per table, in one transaction.
+ * `count` stopped workspaces with their chats, as `seed` makes them (start build #1 with a ready agent, stop
+ * build #2, a chat bound to it, so the next start is build #3), in bulk: one INSERT … SELECT per table, in
+ * one transaction.
  */
 export async function insertStoppedWorkspaces(
   pool: Pool,
@@ -311,8 +291,9 @@ export async function insertStoppedWorkspaces(
               gen_random_uuid() AS stop_job, gen_random_uuid() AS stop_build
        FROM generate_series(1, ${count}) n`,
     );
+    // Named by id: an owner's workspace names are unique, and a benchmark may seed the same owner again.
     await client.query(
-      `INSERT INTO workspaces (id, owner_id, template_id, name) SELECT workspace_id, $1, $2, 'ws-' || n FROM seed`,
+      `INSERT INTO workspaces (id, owner_id, template_id, name) SELECT workspace_id, $1, $2, 'ws-' || workspace_id FROM seed`,
       [ownerId, templateId],
     );
     await client.query(

@@ -23,7 +23,7 @@ import {
   benchDatabase,
   benchRedis,
   check,
-  insertStoppedWorkspace,
+  insertStoppedWorkspaces,
   ms,
   report,
   runBench,
@@ -246,7 +246,9 @@ await runBench('logs', 50_000, async (cleanup) => {
       SIM_AGENT_CONNECT_MS: '10',
       SIM_STARTUP_MS: '10',
     });
-    const seeded = await insertStoppedWorkspace(db.pool, { ownerId: userId, templateId, versionId });
+    const seeded = (
+      await insertStoppedWorkspaces(db.pool, { ownerId: userId, templateId, versionId }, 1)
+    )[0]!;
     const { chatId, workspaceId } = seeded;
     const before = await redis.xlen(keys.chatLog(chatId));
 

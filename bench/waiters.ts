@@ -29,6 +29,7 @@ import {
   benchRedis,
   check,
   countCalls,
+  flag,
   insertStoppedWorkspaces,
   mapLimit,
   memory,
@@ -36,6 +37,7 @@ import {
   runBench,
   sleep,
   stats,
+  sum,
   uniquePrefix,
   until,
   type CallCounts,
@@ -92,8 +94,6 @@ async function rampProgress(pool: Pool, calls: () => CallCounts, queued: number,
   );
 }
 
-const flag = (met: boolean) => (met ? 'met' : 'MISSED');
-const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
 const diff = (after: Record<string, number>, before: Record<string, number>) =>
   Object.fromEntries(Object.entries(after).map(([k, n]) => [k, n - (before[k] ?? 0)]));
 const top = (table: Record<string, number>, seconds: number, n = 4) =>

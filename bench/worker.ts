@@ -23,15 +23,17 @@ import {
   benchRedis,
   check,
   countCalls,
-  insertStoppedWorkspace,
+  flag,
+  insertStoppedWorkspaces,
   mapLimit,
   measureCpu,
   memory,
   report,
   runBench,
-  sleep,
   stats,
+  sum,
   uniquePrefix,
+  until,
   type CallCounts,
   type CpuSplit,
 } from './lib.js';
@@ -99,10 +101,10 @@ async function startWorkspaces(
   const { userId } = await insertUser(db.pool);
   const template = await insertTemplate(db.pool, { versions: [{}] });
   const versionId = template.versionIds[0]!;
-  const seeded = await mapLimit(
-    Array.from({ length: workspaces }, (_, i) => i),
-    8,
-    () => insertStoppedWorkspace(db.pool, { ownerId: userId, templateId: template.templateId, versionId }),
+  const seeded = await insertStoppedWorkspaces(
+    db.pool,
+    { ownerId: userId, templateId: template.templateId, versionId },
+    workspaces,
   );
 
   const config = loadConfig({
@@ -188,7 +190,11 @@ async function startWorkspaces(
   check(notReady === 0, `${notReady} results report an agent that is not ready`);
 
   // The result event goes out just before BullMQ moves the job to completed: let the last ones land.
-  for (let i = 0; i < 100 && (await queue.getCompletedCount()) < workspaces; i++) await sleep(20);
+  await until(
+    'every job completed in BullMQ',
+    async () => ((await queue.getCompletedCount()) >= workspaces ? true : undefined),
+    2_000,
+  );
   const jobs = await queue.getJobs(['completed'], 0, workspaces - 1);
   check(jobs.length === workspaces, `${jobs.length} completed jobs in the queue, expected ${workspaces}`);
   const span = Math.max(...jobs.map((j) => j.finishedOn!)) - Math.min(...jobs.map((j) => j.timestamp));
@@ -218,8 +224,6 @@ async function startWorkspaces(
   } satisfies StartsRun;
 }
 
-const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
-
 /** A table's per-start counts by name, the largest first, leaving out names below 1 per 20 starts. */
 function perStart(table: Record<string, number>, starts: number): string {
   return Object.entries(table)
@@ -231,8 +235,6 @@ function perStart(table: Record<string, number>, starts: number): string {
     )
     .join(', ');
 }
-
-const flag = (ok: boolean) => (ok ? 'met' : 'MISSED');
 
 /**
  * CPU ms per unit of work: the Node process, the run's Postgres backends (and every postgres process, the
