@@ -339,34 +339,41 @@ export class EventPublisher {
     const once = onceOf(draft);
     const { owner, record } = options;
     const watchersKey = this.keys.jobChats(draft.job.id);
+    // The same on every try; only the watchers' keys and arguments follow them.
+    const jobKeys = [
+      log,
+      once === 'result'
+        ? this.keys.resultMarker(draft.job.id)
+        : once === 'queued'
+          ? this.keys.queuedMarker(draft.job.id)
+          : log,
+      owner?.lockKey ?? log,
+      watchersKey,
+      record?.jobKey ?? log,
+      record ? `${record.jobKey}:logs` : log,
+    ];
+    const head = [
+      once,
+      this.ttlSeconds,
+      this.maxLen,
+      owner?.token ?? '',
+      draft.workspaceId === undefined ? '' : this.keys.workspaceChannel(draft.workspaceId),
+      tail,
+      this.keys.chatChannel(draft.chatId),
+    ];
+    const recorded = [
+      record ? JSON.stringify(record.progress) : '',
+      record?.log ?? '',
+      record?.keepLogs ?? '',
+    ];
     // Most jobs have no watchers: one round trip.
     let watchers: string[] = [];
     for (let tries = 0; tries < WATCHER_TRIES; tries++) {
-      const keys = [
-        log,
-        once === 'result'
-          ? this.keys.resultMarker(draft.job.id)
-          : once === 'queued'
-            ? this.keys.queuedMarker(draft.job.id)
-            : log,
-        owner?.lockKey ?? log,
-        watchersKey,
-        record?.jobKey ?? log,
-        record ? `${record.jobKey}:logs` : log,
-        ...watchers.map((chatId) => this.keys.chatLog(chatId)),
-      ];
+      const keys = [...jobKeys, ...watchers.map((chatId) => this.keys.chatLog(chatId))];
       const seq = (await PUBLISH_SCRIPT.run(this.redis, keys, [
-        once,
-        this.ttlSeconds,
-        this.maxLen,
-        owner?.token ?? '',
-        draft.workspaceId === undefined ? '' : this.keys.workspaceChannel(draft.workspaceId),
-        tail,
-        this.keys.chatChannel(draft.chatId),
+        ...head,
         watchers.length,
-        record ? JSON.stringify(record.progress) : '',
-        record?.log ?? '',
-        record?.keepLogs ?? '',
+        ...recorded,
         ...watchers.flatMap((chatId) => [
           chatId,
           JSON.stringify({ ...body, chatId }),

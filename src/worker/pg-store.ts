@@ -487,7 +487,9 @@ export class PgWorkspaceStore implements WorkspaceStore {
     const versionParameters = new Map<string, TemplateVersionParameter[]>();
     for (const r of row.version_parameters as Row[]) {
       const versionId = r.template_version_id as string;
-      versionParameters.set(versionId, [...(versionParameters.get(versionId) ?? []), toParameter(r)]);
+      let parameters = versionParameters.get(versionId);
+      if (!parameters) versionParameters.set(versionId, (parameters = []));
+      parameters.push(toParameter(r));
     }
     return {
       workspace: toWorkspace(row),

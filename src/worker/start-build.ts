@@ -87,7 +87,6 @@ export async function createStartBuild(
   const { workspace, previousBuild, inputs } = request;
   // Never create a build for an attempt that has already lost its lock.
   ctx.signal.throwIfAborted();
-  if (previousBuild && isBuildActive(previousBuild)) return { kind: 'build_active', build: previousBuild };
   if (!inputs) throw new Error(`get template: template ${workspace.templateId} not found`);
   const { template } = inputs;
 
