@@ -182,6 +182,7 @@ export async function* followBuildLogs(
           if (!next) return { lines: [], done: true, jobId: first.jobId };
           return next.lines.length > 0 || next.done ? next : undefined;
         },
+        // No timed re-check: every log INSERT (0006) and the job's completion (0001) notify.
         { timeoutMs: idleTimeoutMs, signal },
       )
       .catch((error: unknown) => {

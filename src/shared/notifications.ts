@@ -1,8 +1,11 @@
 // One LISTEN connection per process, fanning Postgres notifications out to any number of waiters
 // (docs/start-workspace.md D6). Coder polls every 2 s per waiting tool call; with hundreds of jobs waiting
-// that is hundreds of queries a second, where this costs one idle connection and a slow safety re-check.
+// that is hundreds of queries a second, where this costs one idle connection and one ping per interval,
+// however many wait.
+import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { sleep, WaitTimeoutError } from './errors.js';
+import { sleep, WaitTimeoutError, withTimeout } from './errors.js';
+import { prepared, preparedQuery } from './postgres.js';
 import type { ChangeWaiter } from '../worker/ports.js';
 import type { Logger } from './logger.js';
 
@@ -34,14 +37,19 @@ export const channelTopic = (channel: string) => `channel:${channel}`;
 
 export interface PgNotificationHubOptions {
   /**
-   * How often every waiter re-checks even without a notification, covering notifications lost while
-   * the LISTEN connection was down and changes no trigger reports. Default 10000.
+   * How often the hub proves, while anyone listens, that its LISTEN connection still delivers: one
+   * `pg_notify` to itself, whatever the number of waiters. Default 10000.
    */
-  safetyRecheckMs?: number;
+  pingIntervalMs?: number;
+  /** How long a ping may take to come back before the connection counts as lost. Default 5000. */
+  pingTimeoutMs?: number;
   /** Delay before reconnecting a lost LISTEN connection. Default 1000. */
   reconnectDelayMs?: number;
   log?: Logger;
 }
+
+/** The hub's ping to itself: its private channel, a nonce. */
+const PING = prepared('notifications.ping', 'SELECT pg_notify($1, $2)');
 
 /** Called with the notification's payload; with none when the hub wakes everyone after a reconnect. */
 type Listener = (payload?: NotificationPayload) => void;
@@ -49,8 +57,15 @@ type Listener = (payload?: NotificationPayload) => void;
 export class PgNotificationHub implements ChangeWaiter {
   private client: pg.Client | undefined;
   private readonly listeners = new Map<string, Set<Listener>>();
-  private readonly safetyRecheckMs: number;
+  private readonly pingIntervalMs: number;
+  private readonly pingTimeoutMs: number;
   private readonly reconnectDelayMs: number;
+  /** Private to this hub, so that other processes' pings do not reach it. */
+  private readonly pingChannel = `workspace_jobs_ping_${randomUUID().replaceAll('-', '')}`;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private pings = 0;
+  /** The ping out, until its nonce comes back. */
+  private pong: { nonce: string; back: () => void } | undefined;
   private readonly stopping = new AbortController();
   private connecting: Promise<void> | undefined;
   private started = false;
@@ -59,7 +74,8 @@ export class PgNotificationHub implements ChangeWaiter {
     private readonly databaseUrl: string,
     private readonly options: PgNotificationHubOptions = {},
   ) {
-    this.safetyRecheckMs = options.safetyRecheckMs ?? 10_000;
+    this.pingIntervalMs = options.pingIntervalMs ?? 10_000;
+    this.pingTimeoutMs = options.pingTimeoutMs ?? 5_000;
     this.reconnectDelayMs = options.reconnectDelayMs ?? 1_000;
   }
 
@@ -67,6 +83,7 @@ export class PgNotificationHub implements ChangeWaiter {
   async start(): Promise<void> {
     await this.connect();
     this.started = true;
+    this.pingTimer ??= setInterval(() => void this.ping(), this.pingIntervalMs).unref();
   }
 
   /**
@@ -80,6 +97,7 @@ export class PgNotificationHub implements ChangeWaiter {
 
   async stop(): Promise<void> {
     this.stopping.abort();
+    clearInterval(this.pingTimer);
     const client = this.client;
     this.client = undefined;
     await client?.end().catch(() => {});
@@ -99,9 +117,9 @@ export class PgNotificationHub implements ChangeWaiter {
   async waitFor<T>(
     topics: string[],
     check: (notice?: NotificationPayload) => Promise<T | undefined>,
-    options: { timeoutMs: number; signal?: AbortSignal },
+    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number },
   ): Promise<T> {
-    const { timeoutMs, signal } = options;
+    const { timeoutMs, signal, recheckMs } = options;
     signal?.throwIfAborted();
     const done = new AbortController();
     const abort = () => done.abort(signal?.reason);
@@ -113,7 +131,7 @@ export class PgNotificationHub implements ChangeWaiter {
 
     // A notification that arrives while a check runs must cause one more check afterwards. That check gets
     // the payload of the last notification since the previous one, or none when it must look for itself:
-    // the first check, a safety re-check, a wake-up without a payload (a reconnect) among them.
+    // the first check, a timed re-check, a wake-up without a payload (a reconnect) among them.
     let wake: () => void = () => {};
     let pending: boolean;
     let notice: NotificationPayload | undefined;
@@ -138,9 +156,13 @@ export class PgNotificationHub implements ChangeWaiter {
         done.signal.throwIfAborted();
         if (pending) continue;
         await new Promise<void>((resolve) => {
-          // ±20% jitter: waiters that started together must not all re-check in the same instant. The
-          // re-check finishes too, or every re-check of a long wait would leave its abort listener behind.
-          const recheck = setTimeout(() => finish(), this.safetyRecheckMs * (0.8 + Math.random() * 0.4));
+          // Only a wait that asked for one re-checks on a timer (±20 %: waiters that started together must
+          // not all re-check in the same instant); the hub's ping stands in for the rest. Every way out
+          // removes the abort listener, or each round of a long wait would leave one behind.
+          const recheck =
+            recheckMs === undefined
+              ? undefined
+              : setTimeout(() => finish(), recheckMs * (0.8 + Math.random() * 0.4));
           const finish = () => {
             clearTimeout(recheck);
             done.signal.removeEventListener('abort', finish);
@@ -183,6 +205,11 @@ export class PgNotificationHub implements ChangeWaiter {
       keepAlive: true,
     });
     client.on('notification', (msg) => {
+      if (msg.channel === this.pingChannel) {
+        const pong = this.pong;
+        if (pong && msg.payload === pong.nonce) pong.back();
+        return;
+      }
       const toTopics = CHANNELS[msg.channel];
       this.emit(channelTopic(msg.channel));
       if (!toTopics || !msg.payload) return;
@@ -198,7 +225,7 @@ export class PgNotificationHub implements ChangeWaiter {
     client.on('end', () => void this.reconnect(client));
     try {
       await client.connect();
-      for (const channel of Object.keys(CHANNELS))
+      for (const channel of [...Object.keys(CHANNELS), this.pingChannel])
         await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
     } catch (error) {
       await client.end().catch(() => {});
@@ -209,6 +236,32 @@ export class PgNotificationHub implements ChangeWaiter {
       return;
     }
     this.client = client;
+  }
+
+  /**
+   * Proves the LISTEN connection still delivers: Postgres hands a listener its notifications in commit
+   * order, its own among them, so this nonce coming back means none committed before it was lost. One not
+   * back within pingTimeoutMs, on a connection that died without a word (a dropped network, a stuck
+   * backend), counts as lost: reconnect, and every waiter re-checks. Nobody listening, nothing to prove.
+   */
+  private async ping(): Promise<void> {
+    const client = this.client;
+    if (!client || this.pong || this.listeners.size === 0) return;
+    const nonce = String(++this.pings);
+    try {
+      await withTimeout(
+        new Promise<void>((resolve, reject) => {
+          this.pong = { nonce, back: resolve };
+          client.query(preparedQuery(PING, [this.pingChannel, nonce])).catch(reject);
+        }),
+        this.pingTimeoutMs,
+        "the LISTEN connection's ping",
+      );
+    } catch (error) {
+      void this.reconnect(client, error as Error);
+    } finally {
+      this.pong = undefined;
+    }
   }
 
   private async reconnect(lost: pg.Client, cause?: Error): Promise<void> {

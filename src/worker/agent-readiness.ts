@@ -8,6 +8,11 @@ import { isAgentConnected, selectChatAgent } from './agent-selection.js';
 
 /** Lifecycle states in which the startup scripts are still running. */
 const STARTING = new Set(['created', 'starting']);
+/**
+ * The connect wait's timed re-check: an agent that reconnects by moving only `last_connected_at` past its
+ * `disconnected_at` raises no notification (migrations/0001: heartbeats do not notify).
+ */
+export const AGENT_CONNECT_RECHECK_MS = 10_000;
 
 export async function agentReadiness(ctx: JobContext, workspaceId: string): Promise<AgentReadiness> {
   let agents: Agent[];
@@ -30,7 +35,7 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
   const wait = <T>(
     ends: (agent: Agent) => boolean,
     check: (agent: Agent) => Promise<T | undefined>,
-    timeoutMs: number,
+    timeouts: { timeoutMs: number; recheckMs?: number },
   ) => {
     let first = true;
     return ctx.waiter.waitFor<T | 'gone'>(
@@ -42,7 +47,7 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
         lastRead = agent;
         return agent ? check(agent) : 'gone';
       },
-      { timeoutMs, signal: ctx.signal },
+      { ...timeouts, signal: ctx.signal },
     );
   };
   const gone: AgentReadiness = {
@@ -68,7 +73,8 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
         }
         return undefined;
       },
-      ctx.timeouts.agentConnectTimeoutMs,
+      // Re-checked on a timer too: a reconnect can come without a notification (AGENT_CONNECT_RECHECK_MS).
+      { timeoutMs: ctx.timeouts.agentConnectTimeoutMs, recheckMs: AGENT_CONNECT_RECHECK_MS },
     );
     if (connected === 'gone') return gone;
   } catch (error) {
@@ -103,7 +109,8 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
         if (state === 'ready') return {};
         return { startup_scripts: 'startup_scripts_failed', lifecycle_state: state };
       },
-      ctx.timeouts.startupScriptTimeoutMs,
+      // No timed re-check: the check looks only at lifecycle_state, and every change of it notifies.
+      { timeoutMs: ctx.timeouts.startupScriptTimeoutMs },
     );
     return outcome === 'gone' ? gone : outcome;
   } catch (error) {

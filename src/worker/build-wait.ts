@@ -92,6 +92,7 @@ export async function waitForBuild(
             return { ok: false, reason: `unexpected job status: ${current.jobStatus}`, code: 'build_failed' };
         }
       },
+      // No timed re-check: every change of job_status notifies (migrations/0001), and the hub's ping covers loss.
       { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: watch.signal },
     );
   } catch (error) {

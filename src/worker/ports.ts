@@ -270,19 +270,21 @@ export interface NewBuild {
   parameters: BuildParameter[];
 }
 
-/** Event-driven waiting on database changes (LISTEN/NOTIFY plus a slow safety re-check). */
+/** Event-driven waiting on database changes (LISTEN/NOTIFY, on a connection its hub proves alive). */
 export interface ChangeWaiter {
   /**
-   * Calls `check` at once, then whenever one of `topics` changes (and at the safety re-check interval),
-   * until it returns something other than `undefined`. A check woken by notifications gets the last one's
-   * payload (`notice`, what the trigger sent: a job's new job_status); the first check, a safety re-check
-   * and one after a reconnect get none and must read what they need. Rejects with a `WaitTimeoutError`
-   * after `timeoutMs`, and with the signal's reason when `signal` aborts.
+   * Calls `check` at once, then whenever one of `topics` changes (every one after the LISTEN connection was
+   * restored), until it returns something other than `undefined`. A check woken by notifications gets the
+   * last one's payload (`notice`, what the trigger sent: a job's new job_status); the first check, a timed
+   * re-check and one after a reconnect get none and must read what they need. Rejects with a
+   * `WaitTimeoutError` after `timeoutMs`, and with the signal's reason when `signal` aborts. `recheckMs`:
+   * also re-check about this often (±20 %), for a condition that can change without a notification (a
+   * heartbeat column no trigger watches, the clock); without it a wait costs no query until a change.
    */
   waitFor<T>(
     topics: string[],
     check: (notice?: NotificationPayload) => Promise<T | undefined>,
-    options: { timeoutMs: number; signal?: AbortSignal },
+    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number },
   ): Promise<T>;
 }
 

@@ -315,6 +315,7 @@ export function createProcessor(options: ProcessorOptions) {
           const current = await store.getBuild(buildId);
           return !current || FINISHED_JOB_STATUSES.has(current.jobStatus) ? true : undefined;
         },
+        // No timed re-check: the build ends by a change of job_status, which notifies.
         { timeoutMs: cancelSettleTimeoutMs, signal },
       );
     } catch (error) {

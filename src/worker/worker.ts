@@ -64,8 +64,6 @@ async function promoteDelayed(queue: Queue, jobId: string): Promise<string> {
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
   processor?: Partial<ProcessorOptions>;
-  /** See PgNotificationHubOptions.safetyRecheckMs. Default 10000. */
-  safetyRecheckMs?: number;
   /** The chat lock's TTL (tests shorten it). Default: config.chatLockTtlMs. */
   chatLockTimeoutMs?: number;
   /**
@@ -143,7 +141,7 @@ export class WorkspaceWorker {
       applicationName: 'workspace-jobs-worker',
       log,
     });
-    const hub = new PgNotificationHub(config.databaseUrl, { safetyRecheckMs: options.safetyRecheckMs, log });
+    const hub = new PgNotificationHub(config.databaseUrl, { log });
     // Cancel broadcasts for the jobs running here (subscriber mode takes a connection of its own).
     const cancelSubscriber = duplicateSubscriber(eventsRedis, 'workspace-jobs-cancel', log);
     const cancels = new CancelListener(

@@ -107,7 +107,7 @@ beforeAll(async () => {
       WORKER_CONCURRENCY: '10',
     }),
   );
-  worker = await WorkspaceWorker.start(config, log, { safetyRecheckMs: 500 });
+  worker = await WorkspaceWorker.start(config, log);
   provisioner = await startProvisioner(
     config,
     loadProvisionerConfig({

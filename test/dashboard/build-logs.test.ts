@@ -32,7 +32,7 @@ async function stopProvisioners(): Promise<void> {
 beforeAll(async () => {
   db = await createTestDatabase();
   t = await startTestDashboard({ db, dashboard: { sse: { heartbeatMs: 100 } } });
-  hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+  hub = new PgNotificationHub(db.url);
   await hub.start();
   fixture = await createFixture(db.pool);
 });

@@ -1,5 +1,5 @@
-// A test database with a started PgNotificationHub on it, for the tests of what LISTEN/NOTIFY drives. The
-// hub's safety re-check is long, so that only notifications can wake a waiter in these tests.
+// A test database with a started PgNotificationHub on it, for the tests of what LISTEN/NOTIFY drives. Its
+// waits re-check on no timer, so only notifications (or a reconnect) wake a waiter in these tests.
 import { afterEach, beforeEach } from 'vitest';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -15,7 +15,7 @@ export function useListeningDatabase(): ListeningDatabase {
   let hub: PgNotificationHub | undefined;
   beforeEach(async () => {
     db = await createTestDatabase();
-    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000, reconnectDelayMs: 50 });
+    hub = new PgNotificationHub(db.url, { reconnectDelayMs: 50 });
     await hub.start();
   });
   afterEach(async () => {

@@ -36,8 +36,6 @@ export interface RecordedWait {
 export interface StartContextOptions {
   timeouts?: Partial<WaitTimeouts>;
   accessUrl?: string;
-  /** The hub's safety re-check. Default 200 ms. */
-  safetyRecheckMs?: number;
   /** Wraps the real store, e.g. to make two jobs meet at a point. */
   wrapStore?: (store: WorkspaceStore) => WorkspaceStore;
 }
@@ -112,10 +110,7 @@ export async function createStartContext(
   db: TestDatabase,
   options: StartContextOptions = {},
 ): Promise<StartContext> {
-  const hub = new PgNotificationHub(db.url, {
-    safetyRecheckMs: options.safetyRecheckMs ?? 200,
-    reconnectDelayMs: 50,
-  });
+  const hub = new PgNotificationHub(db.url, { reconnectDelayMs: 50 });
   await hub.start();
   const store = new PgWorkspaceStore(db.pool);
   const events: RecordedProgress[] = [];

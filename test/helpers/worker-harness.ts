@@ -252,7 +252,6 @@ export class WorkerHarness {
   /** A WorkspaceWorker on this harness's database and prefix; closed by close() unless closed before. */
   async startWorker(options: WorkspaceWorkerOptions = {}, env: Env = {}): Promise<WorkspaceWorker> {
     const worker = await WorkspaceWorker.start(this.config(env), this.log, {
-      safetyRecheckMs: 500,
       ...options,
       processor: { lockRetryMinMs: 50, lockRetryMaxMs: 200, ...options.processor },
     });

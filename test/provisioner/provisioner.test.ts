@@ -40,8 +40,7 @@ describe('Provisioner', () => {
   });
 
   async function startHub(): Promise<PgNotificationHub> {
-    // A long safety re-check: claims in these tests come from notifications (or the daemon's own poll).
-    const hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+    const hub = new PgNotificationHub(db.url);
     await hub.start();
     cleanups.push(() => hub.stop());
     return hub;

@@ -29,7 +29,7 @@ describe('SimExecutor', () => {
 
   beforeEach(async () => {
     db = await createTestDatabase();
-    hub = new PgNotificationHub(db.url, { safetyRecheckMs: 60_000 });
+    hub = new PgNotificationHub(db.url);
     await hub.start();
     fixture = await createFixture(db.pool);
   });

@@ -8,6 +8,7 @@ import {
   type NotificationPayload,
 } from '../../src/shared/notifications.js';
 import { topics } from '../../src/worker/ports.js';
+import { startFreezableProxy } from '../helpers/freezable-proxy.js';
 import { useListeningDatabase } from '../helpers/listening-database.js';
 
 describe('PgNotificationHub', () => {
@@ -83,7 +84,7 @@ describe('PgNotificationHub', () => {
     ).rejects.toBeInstanceOf(WaitTimeoutError);
   });
 
-  it('when a check is woken by a notification › gets its payload; the first check and a safety re-check get none', async () => {
+  it('when a check is woken by a notification › gets its payload; the first check and a timed re-check get none', async () => {
     const jobId = randomUUID();
     // The insert's own notification is out of the way before the wait begins.
     const inserted = new Promise<void>((resolve) => {
@@ -94,26 +95,57 @@ describe('PgNotificationHub', () => {
     });
     await t.db.pool.query('INSERT INTO provisioner_jobs (id) VALUES ($1)', [jobId]);
     await inserted;
-    const hub = new PgNotificationHub(t.db.url, { safetyRecheckMs: 100 });
+    const notices: (NotificationPayload | undefined)[] = [];
+    const waiting = t.hub.waitFor(
+      [topics.provisionerJob(jobId)],
+      async (notice) => {
+        notices.push(notice);
+        // Done at the first check without a payload after the running notification's.
+        return notice === undefined && notices.some((n) => n?.job_status === 'running') ? 'done' : undefined;
+      },
+      { timeoutMs: 10_000, recheckMs: 100 },
+    );
+    await expect.poll(() => notices.length).toBe(1);
+    await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
+    await expect(waiting).resolves.toBe('done');
+    expect(notices[0]).toBeUndefined();
+    expect(notices.filter((n) => n !== undefined)).toEqual([{ id: jobId, job_status: 'running' }]);
+  });
+
+  it('when nothing changes › a wait with recheckMs re-checks on its timer, a default wait never, however many pings go by', async () => {
+    const hub = new PgNotificationHub(t.db.url, { pingIntervalMs: 20, pingTimeoutMs: 200 });
     await hub.start();
+    const stop = new AbortController();
     try {
-      const notices: (NotificationPayload | undefined)[] = [];
-      const waiting = hub.waitFor(
-        [topics.provisionerJob(jobId)],
-        async (notice) => {
-          notices.push(notice);
-          // Done at the first check without a payload after the running notification's.
-          return notice === undefined && notices.some((n) => n?.job_status === 'running')
-            ? 'done'
-            : undefined;
-        },
-        { timeoutMs: 10_000 },
-      );
-      await expect.poll(() => notices.length).toBe(1);
-      await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
-      await expect(waiting).resolves.toBe('done');
-      expect(notices[0]).toBeUndefined();
-      expect(notices.filter((n) => n !== undefined)).toEqual([{ id: jobId, job_status: 'running' }]);
+      let defaultChecks = 0;
+      let timedChecks = 0;
+      const waits = [
+        hub.waitFor(['nothing-will-notify-this'], async () => void defaultChecks++, {
+          timeoutMs: 10_000,
+          signal: stop.signal,
+        }),
+        hub.waitFor(['nothing-will-notify-this'], async () => void timedChecks++, {
+          timeoutMs: 10_000,
+          signal: stop.signal,
+          recheckMs: 50,
+        }),
+      ].map((wait) => wait.catch(() => {}));
+      // The hub pings while anyone waits (its listener's last statement says so) ...
+      await expect
+        .poll(async () => {
+          const { rows } = await t.db.pool.query<{ query: string }>(
+            `SELECT query FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
+          );
+          return rows.map((r) => r.query).join('\n');
+        })
+        .toContain('pg_notify');
+      // ... and by the timed wait's fifth re-check (about 10 pings), every ping came back: a lost one would
+      // have reconnected and re-checked the default wait.
+      await expect.poll(() => timedChecks).toBeGreaterThanOrEqual(6);
+      expect(defaultChecks).toBe(1);
+      stop.abort();
+      await Promise.all(waits);
     } finally {
       await hub.stop();
     }
@@ -142,10 +174,14 @@ describe('PgNotificationHub', () => {
     await expect(waiting).rejects.toThrow('lock lost');
   });
 
-  it('when the LISTEN connection is killed › reconnects and re-checks every waiter', async () => {
+  /**
+   * A waiter on a topic nothing notifies is re-checked once `breakConnection` has broken the hub's LISTEN
+   * connection (only the reconnect can wake it), and notifications flow on the new connection.
+   */
+  async function expectReconnectRechecks(hub: PgNotificationHub, breakConnection: () => Promise<unknown>) {
     let ready = false;
     let checks = 0;
-    const waiting = t.hub.waitFor(
+    const waiting = hub.waitFor(
       ['nothing-will-notify-this'],
       async () => {
         checks++;
@@ -155,16 +191,37 @@ describe('PgNotificationHub', () => {
     );
     await expect.poll(() => checks).toBe(1);
     ready = true;
-    await t.db.pool.query(
-      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-       WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
-    );
+    await breakConnection();
     await expect(waiting).resolves.toBe('rechecked');
 
-    // And notifications flow again on the new connection.
     const jobId = await insertJob();
-    const woken = new Promise<void>((resolve) => t.hub.on(topics.provisionerJob(jobId), () => resolve()));
+    const woken = new Promise<void>((resolve) => hub.on(topics.provisionerJob(jobId), () => resolve()));
     await t.db.pool.query('UPDATE provisioner_jobs SET started_at = now() WHERE id = $1', [jobId]);
     await expect(woken).resolves.toBeUndefined();
+  }
+
+  it('when the LISTEN connection is killed › reconnects and re-checks every waiter', async () => {
+    await expectReconnectRechecks(t.hub, () =>
+      t.db.pool.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
+      ),
+    );
+  });
+
+  it('when the LISTEN connection stops delivering without an error › its ping finds out: it reconnects and re-checks every waiter', async () => {
+    const proxy = await startFreezableProxy(t.db.url);
+    const hub = new PgNotificationHub(proxy.url, {
+      pingIntervalMs: 50,
+      pingTimeoutMs: 200,
+      reconnectDelayMs: 50,
+    });
+    try {
+      await hub.start();
+      await expectReconnectRechecks(hub, async () => proxy.freezeOpen());
+    } finally {
+      await hub.stop();
+      await proxy.close();
+    }
   });
 });

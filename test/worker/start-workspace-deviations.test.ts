@@ -293,8 +293,8 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
 
   it('D6: waits are woken by notifications, not by polling', async () => {
     const calls: string[] = [];
-    // A safety re-check far longer than the test's timeout: only notifications can wake the waits.
-    const t = await context({ safetyRecheckMs: 600_000, wrapStore: beforeCalls((m) => void calls.push(m)) });
+    // Only notifications wake these waits (the agent connect wait's timed re-check is 10 s away).
+    const t = await context({ wrapStore: beforeCalls((m) => void calls.push(m)) });
     const w = await world({ then: stopped });
 
     const running = startWorkspace(t.ctx, w.payload);
@@ -464,10 +464,7 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
   describe('D9: already running', () => {
     it('with the chat agent connected and ready: answers at once, without waiting', async () => {
       const calls: string[] = [];
-      const t = await context({
-        safetyRecheckMs: 600_000,
-        wrapStore: beforeCalls((m) => void calls.push(m)),
-      });
+      const t = await context({ wrapStore: beforeCalls((m) => void calls.push(m)) });
       const w = await world();
 
       const result = success(await startWorkspace(t.ctx, w.payload));
