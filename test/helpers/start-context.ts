@@ -1,5 +1,5 @@
 // A JobContext for start/create-workspace tests: the real PgWorkspaceStore on the test database, a real
-// PgNotificationHub (short safety re-check), a recording progress reporter, short timeouts and an
+// PgNotificationHub (fast reconnects), a recording progress reporter, short timeouts and an
 // AbortController. The waiter is wrapped so a test can tell when the job is *actually* waiting on a
 // provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
 // way Coder's tests complete the job after the tool's first read.
