@@ -74,7 +74,10 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
         return undefined;
       },
       // Re-checked on a timer too: a reconnect can come without a notification (AGENT_CONNECT_RECHECK_MS).
-      { timeoutMs: ctx.timeouts.agentConnectTimeoutMs, recheckMs: AGENT_CONNECT_RECHECK_MS },
+      {
+        timeoutMs: ctx.timeouts.agentConnectTimeoutMs,
+        recheckMs: ctx.timeouts.agentConnectRecheckMs ?? AGENT_CONNECT_RECHECK_MS,
+      },
     );
     if (connected === 'gone') return gone;
   } catch (error) {

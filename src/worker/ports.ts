@@ -300,6 +300,8 @@ export interface WaitTimeouts {
   buildTimeoutMs: number;
   agentConnectTimeoutMs: number;
   startupScriptTimeoutMs: number;
+  /** The agent connect wait's timed re-check (tests shorten it). Default AGENT_CONNECT_RECHECK_MS. */
+  agentConnectRecheckMs?: number;
 }
 
 /** Publishes a progress event of the running job. */

@@ -324,6 +324,36 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     expect(calls.filter((m) => m === 'getBuild')).toHaveLength(2);
   });
 
+  it('D6: an agent that reconnects without a notification (only last_connected_at moves) is seen by the connect wait', async () => {
+    const t = await context({ timeouts: { agentConnectRecheckMs: 100 } });
+    const w = await world({ then: stopped });
+
+    const running = startWorkspace(t.ctx, w.payload);
+    const build = await awaitBuild(db, w.workspaceId, 3);
+    await t.waitingOn(topics.provisionerJob(build.job_id));
+    const { agentIds } = await insertAgents(db.pool, build.job_id, [{ name: 'dev' }]);
+    const agentId = agentIds[0]!;
+    // Connected once, disconnected since.
+    await db.pool.query(
+      `UPDATE workspace_agents SET first_connected_at = now() - interval '1 minute',
+              last_connected_at = now() - interval '1 minute', disconnected_at = now() - interval '30 seconds'
+        WHERE id = $1`,
+      [agentId],
+    );
+    await completeJob(db.pool, build.job_id);
+    await t.waitForStage('agent_connecting');
+    // The reconnect as a heartbeat writes it: no trigger watches last_connected_at alone.
+    await db.pool.query('UPDATE workspace_agents SET last_connected_at = now() WHERE id = $1', [agentId]);
+    // Only the timed re-check can end the connect wait; the startup-script wait comes next.
+    await expect
+      .poll(() => t.waits.filter((x) => x.topics.includes(topics.agent(agentId))).length, { timeout: 5_000 })
+      .toBe(2);
+    await setAgentLifecycle(db.pool, agentId, 'ready');
+
+    expect(success(await running)).toMatchObject({ ok: true, build_id: build.id });
+    expect(t.stages()).toContain('agent_ready');
+  });
+
   describe('D7: owner checks', () => {
     it('a job whose owner is not the chat owner is forbidden', async () => {
       const t = await context();
