@@ -540,3 +540,68 @@ export async function measureCpu(
     };
   };
 }
+
+// ---------------------------------------------------------------------------------------------------
+// What a database's backends wait on
+
+/** How often waitEvents() looks at pg_stat_activity. */
+const WAIT_SAMPLE_MS = 20;
+
+/**
+ * Starts sampling what the active backends of `database` do, every 20 ms, from a connection to
+ * DATABASE_URL's database (so that it is no backend of the run, whose CPU measureCpu counts): on CPU, or the
+ * wait event they wait on (`Lock:object` is the lock every transaction that sent a NOTIFY holds from its commit
+ * until the commit is flushed to disk, so notifying transactions commit one at a time). Returns the function
+ * that ends the window and gives each state's share of the samples, the largest first; `cleanup` ends it too
+ * when the run fails first.
+ */
+export async function waitEvents(
+  cleanup: Cleanup,
+  database: string,
+): Promise<() => Promise<Record<string, number>>> {
+  const client = new pg.Client({
+    connectionString: DATABASE_URL,
+    application_name: 'workspace-jobs-bench-sampler',
+  });
+  client.on('error', () => undefined);
+  await client.connect();
+  const counts: Record<string, number> = {};
+  let running = true;
+  const sampling = (async () => {
+    while (running) {
+      const { rows } = await client.query<{ state: string }>(
+        `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS state FROM pg_stat_activity
+          WHERE datname = $1 AND state = 'active'`,
+        [database],
+      );
+      for (const { state } of rows) counts[state] = (counts[state] ?? 0) + 1;
+      await sleep(WAIT_SAMPLE_MS);
+    }
+  })();
+  // Seen when the window ends; a failure before that must not be an unhandled rejection.
+  const sampled = sampling.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  let ended: Promise<unknown> | undefined;
+  const end = () =>
+    (ended ??= (async () => {
+      running = false;
+      const error = await sampled;
+      await client.end();
+      return error;
+    })());
+  cleanup.add('wait-event sampler', async () => {
+    await end();
+  });
+  return async () => {
+    const error = await end();
+    if (error) throw error;
+    const total = sum(counts);
+    return Object.fromEntries(
+      Object.entries(counts)
+        .sort((a, b) => b[1] - a[1])
+        .map(([state, n]) => [state, total === 0 ? 0 : n / total]),
+    );
+  };
+}

@@ -34,6 +34,7 @@ import {
   sum,
   uniquePrefix,
   until,
+  waitEvents,
   type CallCounts,
   type CpuSplit,
 } from './lib.js';
@@ -83,6 +84,8 @@ interface StartsRun {
   rssMb: { before: number; peak: number; after: number };
   heapMb: { before: number; after: number };
   utilization: number;
+  /** Separate processes only: each state's share of the run's active Postgres backends (waitEvents). */
+  backendStates?: Record<string, number>;
 }
 
 /** One case on a database and prefix of its own, all of it closed before it returns. */
@@ -163,6 +166,7 @@ async function startWorkspaces(
 
   const calls = countCalls();
   const cpu = await measureCpu(redis, { postgres: { pool: db.pool, database: db.name }, processes });
+  const backends = separateProcesses ? await waitEvents(cleanup, db.name) : undefined;
   const elu = performance.eventLoopUtilization();
   const started = performance.now();
   const enqueued = await mapLimit(seeded, 32, (input) => producer.startWorkspace(input));
@@ -178,6 +182,7 @@ async function startWorkspaces(
   const utilization = performance.eventLoopUtilization(elu).utilization;
   const counted = calls();
   const cpuSplit = await cpu();
+  const backendStates = await backends?.();
   clearInterval(sampler);
   const memAfter = memory(true);
 
@@ -221,6 +226,7 @@ async function startWorkspaces(
     rssMb: { before: memBefore.rssMb, peak: peakRssMb, after: memAfter.rssMb },
     heapMb: { before: memBefore.heapMb, after: memAfter.heapMb },
     utilization,
+    backendStates,
   } satisfies StartsRun;
 }
 
@@ -409,6 +415,18 @@ await runBench('worker', 100_000, async (cleanup) => {
     notes:
       `${cpuPerUnit(zero.cpu, ZERO_DELAY_STARTS, 'bench (producer, waits)')} ` +
       `(issue 11: 13.1 = Postgres 7.5, worker 3.0, provisioner 1.8, Redis 0.7)`,
+  });
+  const states = Object.entries(zero.backendStates ?? {});
+  report({
+    case: "zero-delay builds: the run's Postgres backends",
+    n: ZERO_DELAY_STARTS,
+    notes:
+      `of the samples of active backends (every 20 ms): ` +
+      states
+        .filter(([, share]) => share >= 0.01)
+        .map(([state, share]) => `${state} ${(share * 100).toFixed(0)}%`)
+        .join(', ') +
+      `; Lock:object is the NOTIFY commit lock (one notifying transaction commits at a time)`,
   });
 
   const raw = await rawBullmq(cleanup);
