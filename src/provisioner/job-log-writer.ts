@@ -11,6 +11,11 @@
 // the daemon (onJobState) when the job was canceled or is no longer its own.
 // Each INSERT notifies `provisioner_job_logs` with the batch's last id (a trigger, migrations/0006), which is
 // what live followers of the log (src/shared/build-logs.ts) wake on.
+// Each INSERT commits without waiting for its WAL flush (synchronous_commit off for its transaction alone):
+// a transaction that sent a NOTIFY holds Postgres's notify lock until its commit is flushed, so every
+// notifying commit of every backend waits for the one before it, and a log batch's flush was one of the six
+// a zero-delay start waited in line for. A Postgres crash can lose the last batches (a few hundred ms of
+// them), never a build's end: the next flushed commit (the completion among them) makes them durable too.
 import type { Logger } from '../shared/logger.js';
 import { prepared, runPrepared, type Pool } from '../shared/postgres.js';
 import type { LogLevel } from './executor.js';
@@ -58,6 +63,9 @@ const INSERT_LOGS = prepared(
   `WITH job AS (
      SELECT canceled_at IS NOT NULL AS canceled FROM provisioner_jobs
      WHERE id = $1 AND worker_id = $6 AND claims = $7 AND completed_at IS NULL
+   ), unflushed AS (
+     -- Local to this statement's transaction; joined below, so that it is evaluated.
+     SELECT set_config('synchronous_commit', 'off', true)
    ), logged AS (
      INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
      SELECT $1, t.source::log_source, t.level::log_level, t.stage, t.output
@@ -66,7 +74,7 @@ const INSERT_LOGS = prepared(
      WHERE EXISTS (SELECT 1 FROM job)
      ORDER BY t.n
    )
-   SELECT canceled FROM job`,
+   SELECT canceled FROM job, unflushed`,
 );
 
 interface Row {

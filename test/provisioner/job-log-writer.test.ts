@@ -6,6 +6,7 @@ import {
   type JobLogWriterOptions,
 } from '../../src/provisioner/job-log-writer.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import type { Pool } from '../../src/shared/postgres.js';
 import { CountingPool, getLogs } from './helpers.js';
 
 describe('JobLogWriter', () => {
@@ -120,6 +121,28 @@ describe('JobLogWriter', () => {
       expect(await outputs()).toEqual(stored);
     },
   );
+
+  it('when a batch is written › its transaction commits without waiting for the WAL flush, and only it', async () => {
+    const client = await db.pool.connect();
+    try {
+      // The writer's statement inside a transaction the test keeps open, to look at its settings.
+      const inTransaction = { query: (config: unknown) => client.query(config as never) } as unknown as Pool;
+      const show = async () =>
+        (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
+          .synchronous_commit;
+      const before = await show();
+      await client.query('BEGIN');
+      await writer({ pool: inTransaction }).append('provisioner', 'info', 'line');
+
+      expect(await show()).toBe('off');
+      await client.query('COMMIT');
+      expect(await show()).toBe(before);
+      expect(before).not.toBe('off');
+      expect(await outputs()).toEqual(['line']);
+    } finally {
+      client.release();
+    }
+  });
 
   it('when the job is still its claim’s and not canceled › a write says nothing', async () => {
     const states: JobState[] = [];
