@@ -209,6 +209,10 @@ void runBench('plans', 150_000, async (cleanup) => {
             (SELECT id::text FROM workspace_agents LIMIT 1) AS agent`,
   );
   const at = ids.rows[0]!;
+  // Every pending build's job (builds 99901–100000), as one worker's waits follow them all.
+  const pendingJobs = await db.pool.query<{ ids: string[] }>(
+    `SELECT array_agg(${id('job', '900000 + b')}::text) AS ids FROM generate_series(99901, 100000) b`,
+  );
   const running = await db.pool.query<{ id: string; claims: number }>(
     `SELECT id, claims FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
   );
@@ -318,8 +322,8 @@ void runBench('plans', 150_000, async (cleanup) => {
       statements: await sqlOf((pool) => store(pool).bindChat(at.chat!, at.workspace!, at.build!)),
     },
     {
-      name: 'worker: queue position (100 pending)',
-      statements: await sqlOf((pool) => store(pool).getQueuePosition(at.pending_job!)),
+      name: 'worker: queue positions (100 pending, all followed)',
+      statements: await sqlOf((pool) => store(pool).getQueuePositions(pendingJobs.rows[0]!.ids)),
     },
     {
       name: 'worker: build estimate',

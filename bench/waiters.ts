@@ -88,12 +88,15 @@ async function rampProgress(pool: Pool, calls: () => CallCounts, queued: number,
   };
   lastProgress = { at, counts };
   const seconds = (at - since.at) / 1000;
+  const workerQueries = diff(counts.pg, since.counts.pg)[WORKER_APPLICATION] ?? 0;
   console.log(
     `waiters: ramp ${((at - started) / 1000).toFixed(0)} s: ${rows[0]!.n} builds made, ${queued} build_queued; ` +
-      `${top(diff(counts.pgStatements, since.counts.pgStatements), seconds)}; ${memory().rssMb.toFixed(0)} MiB RSS`,
+      `worker ${(workerQueries / seconds).toFixed(0)} queries/s (` +
+      `${top(diff(counts.pgStatements, since.counts.pgStatements), seconds)}); ${memory().rssMb.toFixed(0)} MiB RSS`,
   );
 }
 
+const WORKER_APPLICATION = 'workspace-jobs-worker';
 const diff = (after: Record<string, number>, before: Record<string, number>) =>
   Object.fromEntries(Object.entries(after).map(([k, n]) => [k, n - (before[k] ?? 0)]));
 /** A rate with a decimal below 10/s, so that the hub's 0.1 ping/s does not read as 0. */
@@ -184,7 +187,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
     'a start of a distinct workspace was deduplicated',
   );
   const jobIds = enqueued.map((e) => e.jobId);
-  // The ramp can take minutes (every pending build's queue follower re-counts the queue as builds are made):
+  // The ramp can take minutes at 10,000 (BullMQ's stalled check and lock extension walk every active job):
   // say how far it is.
   const ramp = setInterval(() => {
     void rampProgress(db.pool, calls, queuedAt.size, started).catch(() => {});
@@ -216,6 +219,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   );
   clearInterval(ramp);
   const rampMs = performance.now() - started;
+  const rampCalls = calls();
   const { rows: pending } = await db.pool.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM provisioner_jobs WHERE started_at IS NULL AND completed_at IS NULL`,
   );
@@ -256,7 +260,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
     latency: stats(queuedTimes),
     notes:
       `seed ${(seedMs / 1000).toFixed(1)} s; enqueue ${(enqueueMs / 1000).toFixed(1)} s, the last build_queued ` +
-      `after ${(rampMs / 1000).toFixed(1)} s; latency = enqueue start -> the job's build_queued`,
+      `after ${(rampMs / 1000).toFixed(1)} s; the worker's Postgres queries meanwhile ` +
+      `${((rampCalls.pg[WORKER_APPLICATION] ?? 0) / (rampMs / 1000)).toFixed(0)}/s ` +
+      `(${top(rampCalls.pgStatements, rampMs / 1000)}); latency = enqueue start -> the job's build_queued`,
   });
   const memoryMet = peakRssMb < MAX_RSS_MB && rssPerWaiterKb <= MAX_KIB_PER_WAITER;
   report({
@@ -272,7 +278,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const windowOf = (pick: (c: CallCounts) => Record<string, number>) =>
     diff(pick(idleCalls), pick(windowCalls));
   const pgWindow = windowOf((c) => c.pg);
-  const workerQueries = (pgWindow['workspace-jobs-worker'] ?? 0) + (pgWindow['workspace-jobs-listener'] ?? 0);
+  const workerQueries = (pgWindow[WORKER_APPLICATION] ?? 0) + (pgWindow['workspace-jobs-listener'] ?? 0);
   const workerQps = workerQueries / windowSeconds;
   const pollQps = WAITERS / (POLL_MS / 1000);
   const fewer = pollQps / Math.max(workerQps, 1 / windowSeconds);

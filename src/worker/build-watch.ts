@@ -1,9 +1,9 @@
 // What a waiting build tells its chat besides its status (docs/design.md §6): the newest lines of its log
 // (`build_log`, at most one event per BUILD_LOG_INTERVAL_MS, however chatty the build) and, while it is
-// pending, its place among the pending provisioner jobs (`queue_position`, recomputed at most once per
-// QUEUE_CHECK_INTERVAL_MS when the pending set changes). Each follows its own notifications beside the
-// status wait of build-wait.ts, which stops them and flushes the log's last lines once the build ends.
-import { channelTopic } from '../shared/notifications.js';
+// pending, its place among the pending provisioner jobs (`queue_position`, from the process's shared reads of
+// the queue, queue-positions.ts: at most one per QUEUE_CHECK_INTERVAL_MS when the pending set changes). Each
+// follows beside the status wait of build-wait.ts, which stops them and flushes the log's last lines once the
+// build ends.
 import { sleep } from '../shared/errors.js';
 import type { BuildLogData, ProgressStage, QueuePosition } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
@@ -11,15 +11,12 @@ import { topics, type Build, type JobContext } from './ports.js';
 export const BUILD_LOG_INTERVAL_MS = 500;
 /** Lines one build_log event carries at most: a preview, the logs endpoint serves the whole log. */
 export const BUILD_LOG_LINES = 20;
-export const QUEUE_CHECK_INTERVAL_MS = 1_000;
-/** Every provisioner job's status change: a job that starts, completes or is canceled leaves the pending set. */
-const ANY_JOB_CHANGED = channelTopic('provisioner_job_changed');
 
 /**
  * `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. `last`:
  * when it last ran, if it did before (a read the caller made itself).
  */
-function throttled<T>(
+export function throttled<T>(
   intervalMs: number,
   signal: AbortSignal,
   check: () => Promise<T>,
@@ -69,7 +66,7 @@ export class BuildWatch {
 
   /** The build's place in the queue, remembered as the one its events last told. */
   async position(): Promise<QueuePosition | null> {
-    this.lastPosition = await this.ctx.store.getQueuePosition(this.build.jobId);
+    this.lastPosition = await this.ctx.queue.position(this.build.jobId);
     return this.lastPosition;
   }
 
@@ -89,17 +86,16 @@ export class BuildWatch {
 
   /**
    * Starts following the queue while the build is pending, unless that already runs. Called just after
-   * position(): that read is the interval's check, so the first look comes one interval later.
+   * position(): the follow's first look comes an interval later at the earliest.
    */
   followQueue(): void {
     if (this.queueFollower) return;
     const left = (this.leftQueue = new AbortController());
     this.queueFollower = this.spawn(async (signal) => {
-      await this.ctx.waiter.waitFor(
-        [ANY_JOB_CHANGED],
-        throttled(QUEUE_CHECK_INTERVAL_MS, signal, () => this.checkPosition(), Date.now()),
-        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
-      );
+      await this.ctx.queue.follow(this.build.jobId, (position) => this.checkPosition(position), {
+        timeoutMs: this.ctx.timeouts.buildTimeoutMs,
+        signal,
+      });
     }, left.signal).finally(() => {
       this.queueFollower = undefined;
     });
@@ -146,13 +142,11 @@ export class BuildWatch {
   }
 
   /** Publishes a queue_position when the build moved; true once it is no longer pending. */
-  private async checkPosition(): Promise<true | undefined> {
-    const previous = this.lastPosition;
-    const now = await this.ctx.store.getQueuePosition(this.build.jobId);
+  private async checkPosition(now: QueuePosition | null): Promise<true | undefined> {
     if (!now) return true;
-    if (previous?.position === now.position) return undefined;
+    if (this.lastPosition?.position === now.position) return undefined;
     this.lastPosition = now;
-    const estimate = await this.ctx.store.getBuildEstimate(this.build.id);
+    const estimate = await this.ctx.queue.estimate(this.build);
     await this.say(async () => {
       // The status wait may have reported the build running meanwhile: this position is past.
       if (this.reported !== 'build_queued') return;

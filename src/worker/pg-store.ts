@@ -219,17 +219,18 @@ async function bindChat(db: Queryable, chatId: string, workspaceId: string, buil
   await runPrepared(db, BIND_CHAT, [chatId, workspaceId, buildId]);
 }
 
-// Coder's ROW_NUMBER() OVER (ORDER BY created_at), as a count over the pending set (the pending partial
-// index of 0001); id breaks ties so that two jobs never share a place.
-const QUEUE_POSITION = prepared(
-  'worker.get_queue_position',
-  `SELECT count(*) FILTER (WHERE (p.created_at, p.id) <= (me.created_at, me.id))::int AS position,
-         count(*)::int AS pending, bool_or(p.id = me.id) AS listed
-    FROM provisioner_jobs me
-    JOIN provisioner_jobs p
-      ON p.started_at IS NULL AND p.canceled_at IS NULL AND p.completed_at IS NULL
-     AND p.type = 'workspace_build'
-   WHERE me.id = $1`,
+// Coder's ROW_NUMBER() OVER (ORDER BY created_at) over the pending set (the pending partial index of 0001),
+// for every job asked at once: one walk of the queue however many builds follow it. id breaks ties so that
+// two jobs never share a place.
+const QUEUE_POSITIONS = prepared(
+  'worker.get_queue_positions',
+  `SELECT id, position, pending
+     FROM (SELECT id, (row_number() OVER (ORDER BY created_at, id))::int AS position,
+                  (count(*) OVER ())::int AS pending
+             FROM provisioner_jobs
+            WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
+              AND type = 'workspace_build') queue
+    WHERE id = ANY($1::uuid[])`,
 );
 
 // The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
@@ -425,14 +426,13 @@ export class PgWorkspaceStore implements WorkspaceStore {
     return rows[0].completed ? 'completed' : 'canceling';
   }
 
-  async getQueuePosition(jobId: string): Promise<QueuePosition | null> {
-    const { rows } = await runPrepared<{ position: number; pending: number; listed: boolean | null }>(
+  async getQueuePositions(jobIds: readonly string[]): Promise<Map<string, QueuePosition>> {
+    const { rows } = await runPrepared<{ id: string; position: number; pending: number }>(
       this.pool,
-      QUEUE_POSITION,
-      [jobId],
+      QUEUE_POSITIONS,
+      [jobIds],
     );
-    const row = rows[0];
-    return row?.listed ? { position: row.position, pending: row.pending } : null;
+    return new Map(rows.map((r) => [r.id, { position: r.position, pending: r.pending }]));
   }
 
   async getBuildEstimate(buildId: string): Promise<BuildEstimate | null> {

@@ -135,8 +135,11 @@ export interface WorkspaceStore {
   getAgent(agentId: string): Promise<Agent | null>;
   /** Points the chat at a workspace and build and clears its agent (Coder's UpdateChatWorkspaceBinding). */
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void>;
-  /** The provisioner job's place among the pending ones (Coder's queue position); null when it is not pending. */
-  getQueuePosition(jobId: string): Promise<QueuePosition | null>;
+  /**
+   * The places of the provisioner jobs among the pending ones (Coder's queue position), in one read, by job id;
+   * a job that is not pending has none.
+   */
+  getQueuePositions(jobIds: readonly string[]): Promise<Map<string, QueuePosition>>;
   /** When the build will be done, from its template's recent builds; null without history. */
   getBuildEstimate(buildId: string): Promise<BuildEstimate | null>;
   /** The newest `limit` log lines of the job after line `after` (oldest first), and how many there are in all. */
@@ -288,6 +291,31 @@ export interface ChangeWaiter {
   ): Promise<T>;
 }
 
+/**
+ * The queue positions of waiting builds, read for all of a process's waits at once (queue-positions.ts):
+ * what a waiting build tells of its queue costs the same few queries however many builds wait.
+ */
+export interface QueueWatch {
+  /** The job's place among the pending ones (Coder's queue position); null when it is not pending. */
+  position(jobId: string): Promise<QueuePosition | null>;
+  /**
+   * Calls `check` with the job's position (null once it is not pending) each time the queue is read after a
+   * provisioner job changed, at most once per interval, until it returns something other than `undefined`.
+   * The first read comes an interval after the call at the earliest. Rejects with a `WaitTimeoutError`
+   * after `timeoutMs`, and with the signal's reason when `signal` aborts.
+   */
+  follow<T>(
+    jobId: string,
+    check: (position: QueuePosition | null) => Promise<T | undefined>,
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<T>;
+  /**
+   * A followed build's estimate (as WorkspaceStore.getBuildEstimate), shared with the followers of its
+   * template version and transition told by the same read of the queue.
+   */
+  estimate(build: Build): Promise<BuildEstimate | null>;
+}
+
 /** Topics a ChangeWaiter understands: one per provisioner job, one per job's log lines, one per agent. */
 export const topics = {
   provisionerJob: (jobId: string) => `provisioner_job:${jobId}`,
@@ -328,6 +356,7 @@ export interface JobObserver {
 export interface JobContext {
   store: WorkspaceStore;
   waiter: ChangeWaiter;
+  queue: QueueWatch;
   progress: ProgressReporter;
   timeouts: WaitTimeouts;
   /** Aborted when the chat lock is lost, the worker shuts down, or the job is canceled. */

@@ -34,6 +34,7 @@ import {
   topics,
   type ChangeWaiter,
   type JobContext,
+  type QueueWatch,
   type WaitTimeouts,
   type WorkspaceStore,
 } from './ports.js';
@@ -66,6 +67,8 @@ export interface ProcessorOptions {
   publisher: EventPublisher;
   store: WorkspaceStore;
   waiter: ChangeWaiter;
+  /** The process's shared reads of the build queue (queue-positions.ts). */
+  queue: QueueWatch;
   timeouts: WaitTimeouts;
   accessUrl?: string;
   log: Logger;
@@ -486,6 +489,7 @@ export function createProcessor(options: ProcessorOptions) {
       const ctx: JobContext = {
         store: fencedStore(options.store, attempt.fence),
         waiter: options.waiter,
+        queue: options.queue,
         timeouts: options.timeouts,
         accessUrl: options.accessUrl,
         signal: aborted,

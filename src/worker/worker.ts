@@ -25,6 +25,7 @@ import { bullmqTelemetry } from '../shared/telemetry.js';
 import { traceAttempts } from './attempt-span.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { PgWorkspaceStore } from './pg-store.js';
+import { QueuePositions } from './queue-positions.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
 import { CancelListener } from './cancel-listener.js';
 import {
@@ -80,6 +81,8 @@ interface Resources {
   redis: RedisClient[];
   pool: Pool;
   hub: PgNotificationHub;
+  /** The queue positions of every build waiting here, in one read per interval. */
+  queuePositions: QueuePositions;
   /** Reads job states (the chat order's stale heads) and the job counts for the metrics. */
   queue: Queue;
   /** Stays open through the grace period: a job canceled while the worker drains still ends canceled. */
@@ -179,6 +182,8 @@ export class WorkspaceWorker {
     }
 
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
+    const store = new PgWorkspaceStore(pool);
+    const queuePositions = new QueuePositions(store, hub, { log });
     const processor = createProcessor({
       locks,
       order: new ChatOrder(eventsRedis, config.queuePrefix),
@@ -186,8 +191,9 @@ export class WorkspaceWorker {
       jobState: (jobId) => queue.getJobState(jobId),
       promote: (jobId) => promoteDelayed(queue, jobId),
       publisher,
-      store: new PgWorkspaceStore(pool),
+      store,
       waiter: hub,
+      queue: queuePositions,
       timeouts: config,
       accessUrl: config.accessUrl,
       log,
@@ -261,7 +267,12 @@ export class WorkspaceWorker {
       'worker started',
     );
     started.bull = worker;
-    started.worker = new WorkspaceWorker(worker, { redis, pool, hub, queue, cancels, server }, log, metrics);
+    started.worker = new WorkspaceWorker(
+      worker,
+      { redis, pool, hub, queuePositions, queue, cancels, server },
+      log,
+      metrics,
+    );
     return started.worker;
   }
 
@@ -295,6 +306,7 @@ export class WorkspaceWorker {
       this.log.warn({ err }, "could not close the worker's queue");
     });
     await this.resources.cancels.close();
+    await this.resources.queuePositions.close();
     await this.resources.hub.stop();
     await this.resources.pool.end();
     await Promise.all(this.resources.redis.map((r) => closeRedis(r)));

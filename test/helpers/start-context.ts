@@ -1,8 +1,8 @@
 // A JobContext for start/create-workspace tests: the real PgWorkspaceStore on the test database, a real
-// PgNotificationHub (fast reconnects), a recording progress reporter, short timeouts and an
-// AbortController. The waiter is wrapped so a test can tell when the job is *actually* waiting on a
-// provisioner job or an agent (its first check found nothing), and play the provisioner only then, the
-// way Coder's tests complete the job after the tool's first read.
+// PgNotificationHub (fast reconnects), the queue's shared reads over both (QueuePositions), a recording
+// progress reporter, short timeouts and an AbortController. The waiter is wrapped so a test can tell when
+// the job is *actually* waiting on a provisioner job or an agent (its first check found nothing), and play
+// the provisioner only then, the way Coder's tests complete the job after the tool's first read.
 import { afterEach, beforeEach, expect, vi } from 'vitest';
 import type { AgentInput } from '../../src/cli/fixtures.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
@@ -15,6 +15,7 @@ import {
 } from '../../src/shared/contract.js';
 import type { ChangeWaiter, JobContext, WaitTimeouts, WorkspaceStore } from '../../src/worker/ports.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
+import { QueuePositions } from '../../src/worker/queue-positions.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
 export interface RecordedProgress {
@@ -143,9 +144,12 @@ export async function createStartContext(
     },
   };
 
+  const ctxStore = options.wrapStore ? options.wrapStore(store) : store;
+  const queue = new QueuePositions(ctxStore, waiter);
   const ctx: JobContext = {
-    store: options.wrapStore ? options.wrapStore(store) : store,
+    store: ctxStore,
     waiter,
+    queue,
     progress: async (stage, message, data, workspaceId) => {
       events.push({ stage, message, data, workspaceId });
     },
@@ -181,6 +185,7 @@ export async function createStartContext(
       }, POLL),
     async close() {
       abort.abort(new Error('test finished'));
+      await queue.close();
       await hub.stop();
     },
   };

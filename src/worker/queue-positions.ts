@@ -1,0 +1,203 @@
+// The queue positions of a worker process's waiting builds (issue 11). Each pending build's wait follows its
+// place in the queue; read per wait, k waits cost k counts of the k pending jobs whenever any job changed,
+// O(k²). Here the waits register their job and ONE read of the queue per interval, after a provisioner job
+// changed, answers them all; the first positions (at build_queued) asked while a read runs share the next
+// read, and the followers it moved that are alike share one read of their estimate.
+import { channelTopic } from '../shared/notifications.js';
+import { WaitTimeoutError } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
+import type { Build, ChangeWaiter, QueueWatch, WorkspaceStore } from './ports.js';
+import { throttled } from './build-watch.js';
+
+export const QUEUE_CHECK_INTERVAL_MS = 1_000;
+/** Every provisioner job's status change: a job that starts, completes or is canceled leaves the pending set. */
+const ANY_JOB_CHANGED = channelTopic('provisioner_job_changed');
+/** The reads' wait on the changes is renewed this often (every wait is bounded). */
+const READS_RENEWED_MS = 600_000;
+
+interface Follower {
+  jobId: string;
+  /** The newest read's answer for the job, until its check takes it. */
+  unseen?: { position: QueuePosition | null };
+  wake: () => void;
+}
+
+interface Asked {
+  jobId: string;
+  resolve: (position: QueuePosition | null) => void;
+  reject: (error: unknown) => void;
+}
+
+export interface QueuePositionsOptions {
+  /** How often the queue is read at most while it changes. Default QUEUE_CHECK_INTERVAL_MS. */
+  intervalMs?: number;
+  log?: Logger;
+}
+
+const unique = (ids: string[]) => [...new Set(ids)];
+
+export class QueuePositions implements QueueWatch {
+  private readonly intervalMs: number;
+  private readonly followers = new Set<Follower>();
+  private asked: Asked[] = [];
+  private answering = false;
+  /** The reads, while anyone follows. */
+  private reading: Promise<void> | undefined;
+  private failing = false;
+  /** The estimates read since the last read of the queue, by template version and transition. */
+  private readonly estimates = new Map<string, Promise<BuildEstimate | null>>();
+  private readonly closing = new AbortController();
+
+  constructor(
+    private readonly store: Pick<WorkspaceStore, 'getQueuePositions' | 'getBuildEstimate'>,
+    private readonly waiter: ChangeWaiter,
+    private readonly options: QueuePositionsOptions = {},
+  ) {
+    this.intervalMs = options.intervalMs ?? QUEUE_CHECK_INTERVAL_MS;
+  }
+
+  position(jobId: string): Promise<QueuePosition | null> {
+    return new Promise((resolve, reject) => {
+      if (this.closing.signal.aborted) return reject(this.closing.signal.reason);
+      this.asked.push({ jobId, resolve, reject });
+      void this.answerAsked();
+    });
+  }
+
+  async follow<T>(
+    jobId: string,
+    check: (position: QueuePosition | null) => Promise<T | undefined>,
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<T> {
+    const { timeoutMs, signal } = options;
+    signal?.throwIfAborted();
+    this.closing.signal.throwIfAborted();
+    const timedOut = new AbortController();
+    const timer = setTimeout(
+      () => timedOut.abort(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
+      timeoutMs,
+    );
+    const stop = AbortSignal.any([timedOut.signal, this.closing.signal, ...(signal ? [signal] : [])]);
+    const follower: Follower = { jobId, wake: () => {} };
+    const wake = () => follower.wake();
+    stop.addEventListener('abort', wake, { once: true });
+    this.followers.add(follower);
+    this.startReading();
+    try {
+      for (;;) {
+        stop.throwIfAborted();
+        if (!follower.unseen) {
+          await new Promise<void>((resolve) => (follower.wake = resolve));
+          follower.wake = () => {};
+          stop.throwIfAborted();
+        }
+        const { position } = follower.unseen!;
+        follower.unseen = undefined;
+        const result = await check(position);
+        // An abort that came while the check ran wins: its answer is too late for the caller.
+        signal?.throwIfAborted();
+        if (result !== undefined) return result;
+      }
+    } finally {
+      clearTimeout(timer);
+      stop.removeEventListener('abort', wake);
+      this.followers.delete(follower);
+    }
+  }
+
+  /**
+   * A pending build's estimate, read once per read of the queue for the followers of its template version and
+   * transition that it moved (a pending build's is measured from now, so theirs are the same).
+   */
+  estimate(build: Build): Promise<BuildEstimate | null> {
+    const key = `${build.templateVersionId} ${build.transition}`;
+    const shared = this.estimates.get(key);
+    if (shared) return shared;
+    const estimate = this.store.getBuildEstimate(build.id);
+    this.estimates.set(key, estimate);
+    // A failed read is its own callers' alone: the next one reads again.
+    estimate.catch(() => {
+      if (this.estimates.get(key) === estimate) this.estimates.delete(key);
+    });
+    return estimate;
+  }
+
+  /** Ends the reads and every follow (they reject); resolves once no read is left running. */
+  async close(): Promise<void> {
+    this.closing.abort(new Error('queue positions closed: the worker is shutting down'));
+    await this.reading;
+  }
+
+  /** One read for every position asked while the previous one ran. */
+  private async answerAsked(): Promise<void> {
+    if (this.answering) return;
+    this.answering = true;
+    try {
+      while (this.asked.length > 0) {
+        const batch = this.asked;
+        this.asked = [];
+        try {
+          const positions = await this.store.getQueuePositions(unique(batch.map((a) => a.jobId)));
+          for (const a of batch) a.resolve(positions.get(a.jobId) ?? null);
+        } catch (error) {
+          for (const a of batch) a.reject(error);
+        }
+      }
+    } finally {
+      this.answering = false;
+    }
+  }
+
+  /** Runs the reads while anyone follows; the next follow starts them again once all have left. */
+  private startReading(): void {
+    if (this.reading || this.followers.size === 0 || this.closing.signal.aborted) return;
+    this.reading = this.readWhileFollowed().finally(() => {
+      this.reading = undefined;
+      this.startReading();
+    });
+  }
+
+  private async readWhileFollowed(): Promise<void> {
+    // A follow begins just after its build's own read (position()): the first look comes an interval later.
+    const read = throttled(this.intervalMs, this.closing.signal, () => this.read(), Date.now());
+    try {
+      await this.waiter.waitFor(
+        [ANY_JOB_CHANGED],
+        async () => {
+          // A failed read is retried an interval later, notified or not.
+          while (this.followers.size > 0) if (await read()) return undefined;
+          return true;
+        },
+        { timeoutMs: READS_RENEWED_MS, signal: this.closing.signal },
+      );
+    } catch (error) {
+      if (this.closing.signal.aborted || error instanceof WaitTimeoutError) return;
+      this.options.log?.warn({ err: error }, 'queue position reads stopped; starting them again');
+    }
+  }
+
+  /** Reads the followed jobs' positions and hands each follower its own; false when the read failed. */
+  private async read(): Promise<boolean> {
+    const followers = [...this.followers];
+    if (followers.length === 0) return true;
+    let positions: Map<string, QueuePosition>;
+    try {
+      positions = await this.store.getQueuePositions(unique(followers.map((f) => f.jobId)));
+    } catch (error) {
+      // Once per outage; the waits go on, and the next interval reads again.
+      if (!this.failing)
+        this.options.log?.warn({ err: error }, 'could not read the queue positions; retrying');
+      this.failing = true;
+      return false;
+    }
+    if (this.failing) this.options.log?.info('queue positions read again');
+    this.failing = false;
+    this.estimates.clear();
+    for (const f of followers) {
+      f.unseen = { position: positions.get(f.jobId) ?? null };
+      f.wake();
+    }
+    return true;
+  }
+}
