@@ -42,7 +42,11 @@ export async function waitForBuild(
       build_succeeded: 'succeeded',
     }[stage];
     const position = stage === 'build_queued' ? await watch.position() : null;
-    const estimate = stage === 'build_succeeded' ? null : await ctx.store.getBuildEstimate(b.id);
+    // A pending build's is its template's from now: the builds queued together share its read.
+    const estimate =
+      stage === 'build_succeeded'
+        ? null
+        : await (stage === 'build_queued' ? ctx.queue.estimate(b) : ctx.store.getBuildEstimate(b.id));
     await watch.say(async () => {
       watch.reported = stage;
       const data = { ...buildData(b), ...position, ...(estimate && { estimate }) };

@@ -310,8 +310,8 @@ export interface QueueWatch {
     options: { timeoutMs: number; signal?: AbortSignal },
   ): Promise<T>;
   /**
-   * A followed build's estimate (as WorkspaceStore.getBuildEstimate), shared with the followers of its
-   * template version and transition told by the same read of the queue.
+   * A pending build's estimate (as WorkspaceStore.getBuildEstimate), shared with the pending builds of its
+   * template version and transition that ask while its read runs.
    */
   estimate(build: Build): Promise<BuildEstimate | null>;
 }

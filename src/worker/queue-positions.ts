@@ -2,7 +2,7 @@
 // place in the queue; read per wait, k waits cost k counts of the k pending jobs whenever any job changed,
 // O(k²). Here the waits register their job and ONE read of the queue per interval, after a provisioner job
 // changed, answers them all; the first positions (at build_queued) asked while a read runs share the next
-// read, and the followers it moved that are alike share one read of their estimate.
+// read, and so do the estimates of pending builds alike.
 import { channelTopic } from '../shared/notifications.js';
 import { WaitTimeoutError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -45,7 +45,7 @@ export class QueuePositions implements QueueWatch {
   /** The reads, while anyone follows. */
   private reading: Promise<void> | undefined;
   private failing = false;
-  /** The estimates read since the last read of the queue, by template version and transition. */
+  /** The estimate reads running, by template version and transition. */
   private readonly estimates = new Map<string, Promise<BuildEstimate | null>>();
   private readonly closing = new AbortController();
 
@@ -107,19 +107,18 @@ export class QueuePositions implements QueueWatch {
   }
 
   /**
-   * A pending build's estimate, read once per read of the queue for the followers of its template version and
-   * transition that it moved (a pending build's is measured from now, so theirs are the same).
+   * A pending build's estimate, shared by the pending builds of its template version and transition that ask
+   * while its read runs (a pending build's is measured from now, so theirs are the same).
    */
   estimate(build: Build): Promise<BuildEstimate | null> {
     const key = `${build.templateVersionId} ${build.transition}`;
-    const shared = this.estimates.get(key);
-    if (shared) return shared;
-    const estimate = this.store.getBuildEstimate(build.id);
-    this.estimates.set(key, estimate);
-    // A failed read is its own callers' alone: the next one reads again.
-    estimate.catch(() => {
-      if (this.estimates.get(key) === estimate) this.estimates.delete(key);
-    });
+    let estimate = this.estimates.get(key);
+    if (!estimate) {
+      estimate = this.store.getBuildEstimate(build.id);
+      this.estimates.set(key, estimate);
+      const done = () => this.estimates.delete(key);
+      estimate.then(done, done);
+    }
     return estimate;
   }
 
@@ -193,7 +192,6 @@ export class QueuePositions implements QueueWatch {
     }
     if (this.failing) this.options.log?.info('queue positions read again');
     this.failing = false;
-    this.estimates.clear();
     for (const f of followers) {
       f.unseen = { position: positions.get(f.jobId) ?? null };
       f.wake();
