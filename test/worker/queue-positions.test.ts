@@ -17,8 +17,6 @@ import { CountingPool } from '../provisioner/helpers.js';
 const READ = 'worker.get_queue_positions';
 const INTERVAL_MS = 100;
 const POLL = { timeout: 5_000, interval: 10 };
-/** Long enough that no safety re-check of the hub adds a read while a test runs. */
-const SAFETY_RECHECK_MS = 60_000;
 
 /** One follow of a job: every position it was told, and how the follow ended. */
 interface Followed {
@@ -69,7 +67,7 @@ describe('queue positions', () => {
 
   beforeEach(async () => {
     db = await createTestDatabase();
-    hub = new PgNotificationHub(db.url, { safetyRecheckMs: SAFETY_RECHECK_MS, reconnectDelayMs: 50 });
+    hub = new PgNotificationHub(db.url, { reconnectDelayMs: 50 });
     await hub.start();
     answered = [];
     counting = new CountingPool(db.pool, async (name, rows) => {
