@@ -9,6 +9,8 @@
 // once, in order.
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { startDashboard } from '../src/dashboard/server.js';
@@ -21,6 +23,7 @@ import {
   REDIS_URL,
   benchRedis,
   check,
+  num,
   mapLimit,
   progressDraft,
   report,
@@ -35,6 +38,8 @@ const ROUNDS = 30;
 /** Publishes in flight when every client has a chat of its own, as in bench/events.ts. */
 const IN_FLIGHT = 64;
 const WAIT_MS = 20_000;
+/** `BENCH_CPU_PROFILE=dir` writes a V8 CPU profile of the dashboard's process over each case's rounds there. */
+const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
 
 /** The machine's clock in ms, comparable across processes. */
 const clock = () => performance.timeOrigin + performance.now();
@@ -45,7 +50,7 @@ type Command = { connect: { url: string; chatIds: string[] } } | { awaitRound: n
 type Answer =
   | { connected: true }
   | { round: number }
-  | { results: { seqs: string[][]; receivedAt: number[][] } }
+  | { results: { seqs: string[][]; receivedAt: number[][]; cpuMicros: number } }
   | { failed: string };
 
 /** The child: opens the streams, counts each one's event blocks and when they arrived. */
@@ -55,6 +60,8 @@ function runClients(): void {
   const seqs: string[][] = [];
   const receivedAt: number[][] = [];
   let waiting: number | undefined;
+  /** The process's CPU time from the first round on (connecting is not part of it). */
+  let roundsCpu: NodeJS.CpuUsage | undefined;
   const checkRound = () => {
     if (waiting !== undefined && seqs.every((s) => s.length > waiting!)) {
       send({ round: waiting });
@@ -111,10 +118,12 @@ function runClients(): void {
         (error: unknown) => send({ failed: String(error) }),
       );
     } else if ('awaitRound' in command) {
+      roundsCpu ??= process.cpuUsage();
       waiting = command.awaitRound;
       checkRound();
     } else {
-      process.send!({ results: { seqs, receivedAt } } satisfies Answer, () => {
+      const { user, system } = process.cpuUsage(roundsCpu);
+      process.send!({ results: { seqs, receivedAt, cpuMicros: user + system } } satisfies Answer, () => {
         for (const socket of sockets) socket.destroy();
         process.disconnect();
       });
@@ -176,6 +185,14 @@ async function bench(): Promise<void> {
       await ask({ connect: { url: dashboard.url, chatIds } });
       const chats = [...new Set(chatIds)];
       const published = new Map<string, { seq: string; at: number }[]>(chats.map((id) => [id, []]));
+      // This process is the dashboard's, plus one publish per event (the publisher) and the rounds' messages.
+      const profiler = PROFILE_DIR === undefined ? undefined : new Session();
+      if (profiler) {
+        profiler.connect();
+        await profiler.post('Profiler.enable');
+        await profiler.post('Profiler.start');
+      }
+      const serverCpu = process.cpuUsage();
       for (let round = 0; round < ROUNDS; round++) {
         const done = ask({ awaitRound: round });
         await mapLimit(chats, IN_FLIGHT, async (id) => {
@@ -185,9 +202,17 @@ async function bench(): Promise<void> {
         });
         await done;
       }
+      const { user, system } = process.cpuUsage(serverCpu);
+      if (profiler) {
+        const { profile } = await profiler.post('Profiler.stop');
+        const file = `${PROFILE_DIR}/fanout-${chats.length}-chats.cpuprofile`;
+        writeFileSync(file, JSON.stringify(profile));
+        profiler.disconnect();
+        console.log(`fanout: CPU profile of ${label} written to ${file}`);
+      }
       const answer = await ask({ results: true });
       check('results' in answer, 'the SSE clients sent no results');
-      const { seqs, receivedAt } = answer.results;
+      const { seqs, receivedAt, cpuMicros } = answer.results;
       const latencies: number[] = [];
       chatIds.forEach((chatId, i) => {
         const expected = published.get(chatId)!;
@@ -203,6 +228,16 @@ async function bench(): Promise<void> {
         n: latencies.length,
         latency: stats(latencies),
         notes: `${ROUNDS} rounds of ${chats.length} publish(es), ${Math.min(IN_FLIGHT, chats.length)} in flight; every event once, in order`,
+      });
+      // CPU time does not grow with the machine's load as wall-clock latency does: the figure to compare.
+      const perDelivery = (micros: number) => num(micros / latencies.length, 1);
+      report({
+        case: `CPU per event delivered, ${chatIds.length} clients on ${label}`,
+        n: latencies.length,
+        notes:
+          `dashboard process ${perDelivery(user + system)} µs per client-event (user ${perDelivery(user)}, ` +
+          `system ${perDelivery(system)}; ${num((user + system) / 1000 / (ROUNDS * chats.length), 2)} ms ` +
+          `per published event), clients' process ${perDelivery(cpuMicros)} µs`,
       });
     };
 

@@ -155,7 +155,7 @@ export interface Result {
 
 let currentBench = 'bench';
 
-const num = (value: number, digits = 0) =>
+export const num = (value: number, digits = 0) =>
   value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
 export const ms = (value: number) => (value < 10 ? num(value, 2) : value < 100 ? num(value, 1) : num(value));
