@@ -29,22 +29,27 @@ import { compareSeq, streamIdProblem } from '../shared/events.js';
 import type { WorkspaceJobEvent } from '../shared/contract.js';
 import type { Logger } from '../shared/logger.js';
 import { idSchema } from '../shared/schemas.js';
-import type { EventStreamSlots } from './stream-slots.js';
+import { sharedBlock, type EventStreamSlots, type SharedBlock } from './stream-slots.js';
 
 /**
  * Each event's SSE block, made once per process: EventSubscriber hands the same event object to every client of
- * the chat, so with 1,000 tabs on one chat the JSON and its UTF-8 bytes are made once, not 1,000 times (issue
- * 11). Replayed events are read per client, so they are new objects and serialised for that client alone.
+ * the chat, so with 1,000 tabs on one chat the JSON, its UTF-8 bytes and its chunk framing are made once, not
+ * 1,000 times (issue 11). Replayed events are read per client, so they are new objects and serialised for that
+ * client alone.
  */
-const blocks = new WeakMap<WorkspaceJobEvent, Buffer>();
+const blocks = new WeakMap<WorkspaceJobEvent, SharedBlock>();
+/** The last event asked for, ahead of the WeakMap: its clients ask one after another. */
+let last: { event: WorkspaceJobEvent; block: SharedBlock } | undefined;
 
-function sseBlock(event: WorkspaceJobEvent): Buffer {
+function sseBlock(event: WorkspaceJobEvent): SharedBlock {
+  if (last?.event === event) return last.block;
   let block = blocks.get(event);
   if (block === undefined) {
     // JSON.stringify never emits a raw newline, so the whole envelope is one `data:` line.
-    block = Buffer.from(`id: ${event.seq}\ndata: ${JSON.stringify(event)}\n\n`);
+    block = sharedBlock(`id: ${event.seq}\ndata: ${JSON.stringify(event)}\n\n`);
     blocks.set(event, block);
   }
+  last = { event, block };
   return block;
 }
 

@@ -11,6 +11,7 @@
 // DASHBOARD_SSE_MAX_PER_CLIENT) and in total (503 past DASHBOARD_SSE_MAX_STREAMS), before anything is
 // subscribed. The address, not the user: Basic auth has one user for all operators. Behind a proxy every
 // client has the proxy's address, so there the per-client cap is one more total cap.
+import { ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
 import { DEFAULT_SSE_MAX_PER_CLIENT, DEFAULT_SSE_MAX_STREAMS } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
@@ -31,16 +32,35 @@ export interface SseOptions {
 /** Retry-After (seconds) of a stream refused by a cap: streams are long-lived, so a slot frees slowly. */
 const CAP_RETRY_AFTER_S = 10;
 
+/**
+ * An SSE block made once and written to many streams: `chunk` is it framed as one HTTP/1.1 chunk (size line,
+ * block, CRLF), `body` the block alone (a view into `chunk`) for a response that is not chunked.
+ */
+export interface SharedBlock {
+  readonly chunk: Buffer;
+  readonly body: Buffer;
+}
+
+export function sharedBlock(text: string): SharedBlock {
+  const length = Buffer.byteLength(text);
+  const sizeLine = `${length.toString(16)}\r\n`;
+  const chunk = Buffer.allocUnsafe(sizeLine.length + length + 2);
+  chunk.write(sizeLine, 0, 'latin1');
+  chunk.write(text, sizeLine.length);
+  chunk.write('\r\n', sizeLine.length + length, 'latin1');
+  return { chunk, body: chunk.subarray(sizeLine.length, sizeLine.length + length) };
+}
+
 /** An open stream: its response is committed to `text/event-stream`. */
 export interface EventStream {
   readonly res: Response;
   /** True once stopped (client gone, cut off, or the dashboard closing). */
   readonly stopped: boolean;
   /**
-   * Writes an SSE block unless stopped; cuts the client off when too much is buffered for it. A Buffer may be
-   * shared by many streams (it is not copied or changed).
+   * Writes an SSE block unless stopped; cuts the client off when too much is buffered for it. A SharedBlock is
+   * not copied or changed: many streams write the same one.
    */
-  write(block: string | Buffer): void;
+  write(block: string | SharedBlock): void;
   /** Ends the response and runs the stream's clean-up; resolves once that is done. Idempotent. */
   stop(): Promise<void>;
 }
@@ -114,6 +134,9 @@ export class EventStreamSlots {
     res.flushHeaders();
     req.socket.setNoDelay(true);
     res.write(`retry: ${this.retryMs}\n\n`);
+    // Whether shared blocks may bypass res.write (below): only for chunked framing done by Node itself, not
+    // when a middleware (compression) replaced res.write and so owns the bytes.
+    const framedByNode = res.chunkedEncoding && res.write === ServerResponse.prototype.write;
 
     // Comments (lines starting with `:`) are ignored by EventSource; they only keep the connection busy.
     const heartbeat = setInterval(() => {
@@ -128,12 +151,29 @@ export class EventStreamSlots {
       },
       write: (block) => {
         if (stopped || res.writableEnded) return;
-        res.write(block);
-        if (res.writableLength > this.maxBufferedBytes) {
+        const socket = res.socket;
+        let buffered: number;
+        // A shared block goes to the socket already framed: res.write would frame it again for every client
+        // (a size line, the block and a CRLF through OutgoingMessage, corked, then one writev each), which was
+        // most of the dashboard's CPU per client with 1,000 on one chat (issue 11). It stays in order with
+        // what res.write sent before: the headers are flushed and res.write hands its bytes to this same
+        // socket as it goes (res.socket is only set once the response owns the connection). Otherwise (HTTP/1.0,
+        // where the body ends at the close, or res.write replaced) the bare block goes through res.write.
+        if (typeof block !== 'string' && framedByNode && socket !== null) {
+          socket.write(block.chunk);
+          buffered = socket.writableLength;
+        } else {
+          res.write(typeof block === 'string' ? block : block.body);
+          buffered = res.writableLength;
+        }
+        if (buffered > this.maxBufferedBytes) {
           this.log.warn(
-            { ...fields, buffered: res.writableLength },
+            { ...fields, buffered },
             'event stream client is not reading; disconnecting it (it resumes from Last-Event-ID)',
           );
+          // Dropped, not ended: an ended response would keep its unsent bytes for as long as the client reads
+          // nothing.
+          res.destroy();
           void stream.stop();
         }
       },
