@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
 import type { EventDraft } from '../src/shared/contract.js';
@@ -56,6 +57,28 @@ export function memory(afterGc = false): { rssMb: number; heapMb: number } {
   if (afterGc && gc) gc();
   const { rss, heapUsed } = process.memoryUsage();
   return { rssMb: rss / 2 ** 20, heapMb: heapUsed / 2 ** 20 };
+}
+
+/**
+ * Where the RSS is, in MiB: V8's heap used and committed (heapTotal; per space: new, old, code, large
+ * objects), memory outside it that JS objects hold (external, of which arrayBuffers: Buffers), and the
+ * rest (rss − heapTotal − external: native code, malloc arenas, thread stacks).
+ */
+export function memoryBreakdown(): Record<string, number> {
+  const { rss, heapTotal, heapUsed, external, arrayBuffers } = process.memoryUsage();
+  const mb = (n: number) => n / 2 ** 20;
+  const spaces = Object.fromEntries(
+    getHeapSpaceStatistics().map((s) => [s.space_name.replace(/_space$/, ''), mb(s.space_size)]),
+  );
+  return {
+    rss: mb(rss),
+    heapTotal: mb(heapTotal),
+    heapUsed: mb(heapUsed),
+    external: mb(external),
+    arrayBuffers: mb(arrayBuffers),
+    rest: mb(rss - heapTotal - external),
+    ...spaces,
+  };
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight; results in input order. */

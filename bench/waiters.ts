@@ -33,6 +33,7 @@ import {
   insertStoppedWorkspaces,
   mapLimit,
   memory,
+  memoryBreakdown,
   report,
   runBench,
   sleep,
@@ -178,6 +179,11 @@ await runBench('waiters', 600_000, async (cleanup) => {
   cleanup.add('queue', () => queue.close());
 
   const before = memory(true);
+  const breakdownBefore = memoryBreakdown();
+  if (process.env.BENCH_HEAP_SNAPSHOT) {
+    const file = process.env.BENCH_HEAP_SNAPSHOT.replace(/(\.heapsnapshot)?$/, '.before.heapsnapshot');
+    console.log(`heap snapshot before the enqueue: ${writeHeapSnapshot(file)}`);
+  }
   const calls = countCalls();
   const started = performance.now();
   const enqueued = await mapLimit(seeded, 64, (input) => producer.startWorkspace(input));
@@ -220,6 +226,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   clearInterval(ramp);
   const rampMs = performance.now() - started;
   const rampCalls = calls();
+  const breakdownRamp = memoryBreakdown();
   const { rows: pending } = await db.pool.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM provisioner_jobs WHERE started_at IS NULL AND completed_at IS NULL`,
   );
@@ -243,6 +250,14 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const idleRefreshes = refreshes;
   refreshes = undefined;
   const during = memory(true);
+  const breakdownDuring = memoryBreakdown();
+  const fmt = (b: Record<string, number>) =>
+    Object.entries(b)
+      .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+      .join(', ');
+  console.log(`waiters: MiB before the enqueue (after GC): ${fmt(breakdownBefore)}`);
+  console.log(`waiters: MiB at the end of the ramp (no GC): ${fmt(breakdownRamp)}`);
+  console.log(`waiters: MiB at the end of the idle window (after GC): ${fmt(breakdownDuring)}`);
   if (process.env.BENCH_HEAP_SNAPSHOT)
     console.log(`heap snapshot: ${writeHeapSnapshot(process.env.BENCH_HEAP_SNAPSHOT)}`);
   check(results.size === 0, `${results.size} jobs ended while nothing changed`);
