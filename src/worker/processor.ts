@@ -40,7 +40,7 @@ import {
 } from './ports.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../shared/chat-order.js';
-import type { Logger } from '../shared/logger.js';
+import { LazyChildLogger, type JobLogger, type Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
 import type { CancelRequest } from '../shared/cancel-requests.js';
@@ -299,7 +299,7 @@ export function createProcessor(options: ProcessorOptions) {
     attempt: Attempt,
     buildId: string | undefined,
     signal: AbortSignal | undefined,
-    workspaceLog: Logger,
+    workspaceLog: JobLogger,
   ): Promise<void> {
     if (buildId === undefined) return;
     const store = fencedStore(options.store, attempt.fence);
@@ -339,11 +339,11 @@ export function createProcessor(options: ProcessorOptions) {
     token: string | undefined,
     canceled: AbortSignal | undefined,
   ): Promise<
-    | { failure: JobFailure; log: Logger }
-    | { failure?: undefined; attempt: Attempt; kind: AnyJobKind; payload: ChatPayload; log: Logger }
+    | { failure: JobFailure; log: JobLogger }
+    | { failure?: undefined; attempt: Attempt; kind: AnyJobKind; payload: ChatPayload; log: JobLogger }
   > {
     const ref: JobRef = { id: job.id!, name: job.name as JobName, attempt: job.attemptsMade + 1 };
-    const jobLog = log.child({
+    const jobLog = new LazyChildLogger(log, {
       jobId: ref.id,
       jobName: ref.name,
       attempt: ref.attempt,
@@ -395,7 +395,7 @@ export function createProcessor(options: ProcessorOptions) {
    */
   async function takeLockOrDelay(
     attempt: Attempt,
-    workspaceLog: Logger,
+    workspaceLog: JobLogger,
   ): Promise<{ held: HeldLock; failure?: undefined } | { held?: undefined; failure: JobFailure }> {
     const { job, ref, payload } = attempt;
     const progress = job.progress as Partial<JobProgress> | undefined;
@@ -456,7 +456,7 @@ export function createProcessor(options: ProcessorOptions) {
     kind: AnyJobKind,
     payload: ChatPayload,
     signal: AbortSignal | undefined,
-    workspaceLog: Logger,
+    workspaceLog: JobLogger,
   ): Promise<JobResult> {
     const { job, ref } = unlocked;
     workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
@@ -536,7 +536,7 @@ export function createProcessor(options: ProcessorOptions) {
     ownBuildId: string | undefined,
     held: HeldLock,
     signal: AbortSignal | undefined,
-    workspaceLog: Logger,
+    workspaceLog: JobLogger,
   ): Promise<JobFailure> {
     workspaceLog.info('job canceled under its chat lock');
     // Its wait for the build ends early once this attempt can no longer write, or must stop.
@@ -556,7 +556,7 @@ export function createProcessor(options: ProcessorOptions) {
     held: HeldLock,
     signal: AbortSignal | undefined,
     ownBuildId: string | undefined,
-    workspaceLog: Logger,
+    workspaceLog: JobLogger,
   ): Promise<JobResult> {
     const { job } = attempt;
     if (isLost(error, held)) throw error;
@@ -592,7 +592,7 @@ export function createProcessor(options: ProcessorOptions) {
    * publish script checks the job's lock token): then BullMQ retries it (or, on a last attempt, fails it and
    * the worker's `failed` handler publishes that result); once another worker owns the job, nothing.
    */
-  async function stopIfLost(attempt: Attempt, error: unknown, held: HeldLock, workspaceLog: Logger) {
+  async function stopIfLost(attempt: Attempt, error: unknown, held: HeldLock, workspaceLog: JobLogger) {
     if (error instanceof DelayedError || !isLost(error, held)) return error;
     const lost = error instanceof StaleAttemptError ? error : lockLoss(held);
     workspaceLog.warn(
@@ -632,7 +632,7 @@ export function createProcessor(options: ProcessorOptions) {
    * Step 4, and the one place the processor counts a job's end: hands its result to BullMQ, returned (the job
    * completes) on success and on an expected failure, thrown (the job fails) on a real one.
    */
-  function settle(job: Job, result: JobResult, workspaceLog: Logger): JobResult {
+  function settle(job: Job, result: JobResult, workspaceLog: JobLogger): JobResult {
     const outcome = isFailure(result) ? result.code : 'ok';
     recordFinished(metrics, job, outcome);
     workspaceLog.info({ outcome }, 'job finished');

@@ -1,5 +1,7 @@
 // The daemons' background logger (issue 11) loses nothing when the process ends right after logging.
-import { afterEach, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { LazyChildLogger } from '../../src/shared/logger.js';
 import { CliProcess, killAll, logLines } from '../helpers/cli-process.js';
 
 const LINES = 5_000;
@@ -22,5 +24,39 @@ describe('a background (asynchronous) logger', () => {
     expect(await cli.waitForExit(EXIT_MS)).toEqual({ code: 1, signal: null });
     expect(numbers(cli.stderr)).toEqual(oneTo(LINES));
     expect(cli.stderr.at(-1)).toBe('log-then-exit: the last word');
+  });
+});
+
+describe('a lazy child logger', () => {
+  /** A pino logger at `level` whose lines are kept, parsed, without their time. */
+  function capturing(level: string) {
+    const lines: Record<string, unknown>[] = [];
+    const stream = {
+      write(line: string) {
+        const { time: _time, ...rest } = JSON.parse(line) as Record<string, unknown>;
+        lines.push(rest);
+      },
+    };
+    return { log: pino({ level }, stream), lines };
+  }
+
+  it('when it logs › writes the lines a pino child with the same bindings writes', () => {
+    const lazy = capturing('info');
+    const eager = capturing('info');
+    const bindings = { jobId: 'j1', attempt: 1 };
+    new LazyChildLogger(lazy.log, bindings).child({ workspaceId: 'w1' }).warn({ outcome: 'ok' }, 'done');
+    eager.log.child(bindings).child({ workspaceId: 'w1' }).warn({ outcome: 'ok' }, 'done');
+    new LazyChildLogger(lazy.log, bindings).info('plain');
+    eager.log.child(bindings).info('plain');
+    expect(lazy.lines).toEqual(eager.lines);
+    expect(lazy.lines[0]).toMatchObject({ jobId: 'j1', workspaceId: 'w1', outcome: 'ok', msg: 'done' });
+  });
+
+  it('when its lines are below the level › makes no pino child and writes nothing', () => {
+    const { log, lines } = capturing('info');
+    const child = vi.spyOn(log, 'child');
+    new LazyChildLogger(log, { jobId: 'j1' }).debug({ lock: 'l' }, 'chat lock acquired');
+    expect(child).not.toHaveBeenCalled();
+    expect(lines).toEqual([]);
   });
 });
