@@ -6,15 +6,16 @@ import type { WorkspaceJobOptions } from '../producer/job-options.js';
 import { isFailure, type JobFailure, type JobProgress } from '../shared/contract.js';
 import { ATTR, inSpan, linkTo } from '../shared/telemetry.js';
 
-type Processor<R> = (job: Job, token: string | undefined, signal: AbortSignal | undefined) => Promise<R>;
+type Processor<R> = (job: Job, token: string | undefined) => Promise<R>;
 
 /**
  * `process` wrapped in an attempt span; its outcome is `ok`, a final failure's code, `delayed` or `error`.
  * An expected failure result is returned, not thrown: its span carries the code and is not an error.
  */
 export function traceAttempts<R>(process: Processor<R>): Processor<R> {
-  // Three declared parameters: BullMQ passes the abort signal only to a processor whose length is 3.
-  return (job, token, signal) =>
+  // Two declared parameters: BullMQ makes an AbortController for each job only for a processor whose length
+  // is 3; the worker stops its attempts with one signal of its own (ProcessorOptions.shutdown).
+  return (job, token) =>
     inSpan(
       `attempt ${job.name}`,
       {
@@ -28,7 +29,7 @@ export function traceAttempts<R>(process: Processor<R>): Processor<R> {
       },
       async (span) => {
         try {
-          const result = await process(job, token, signal);
+          const result = await process(job, token);
           const code = (result as Partial<JobFailure> | undefined)?.code;
           span.setAttribute(ATTR.jobOutcome, code ?? 'ok');
           return result;

@@ -87,6 +87,8 @@ interface Resources {
   queue: Queue;
   /** Stays open through the grace period: a job canceled while the worker drains still ends canceled. */
   cancels: CancelListener;
+  /** Aborted once the grace period is over: the attempts still running stop and go back to the queue. */
+  shutdown: AbortController;
   server?: MetricsServer;
 }
 
@@ -184,6 +186,7 @@ export class WorkspaceWorker {
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const store = new PgWorkspaceStore(pool);
     const queuePositions = new QueuePositions(store, hub, { log });
+    const shutdown = new AbortController();
     const processor = createProcessor({
       locks,
       order: new ChatOrder(eventsRedis, config.queuePrefix),
@@ -198,6 +201,7 @@ export class WorkspaceWorker {
       accessUrl: config.accessUrl,
       log,
       metrics,
+      shutdown: shutdown.signal,
       ...options.processor,
     });
 
@@ -269,7 +273,7 @@ export class WorkspaceWorker {
     started.bull = worker;
     started.worker = new WorkspaceWorker(
       worker,
-      { redis, pool, hub, queuePositions, queue, cancels, server },
+      { redis, pool, hub, queuePositions, queue, cancels, shutdown, server },
       log,
       metrics,
     );
@@ -296,7 +300,7 @@ export class WorkspaceWorker {
     });
     if ((await Promise.race([closing, graceOver])) === 'timeout') {
       this.log.warn({ graceMs }, 'grace period over; handing active jobs back to the queue');
-      this.worker.cancelAllJobs('worker shutting down');
+      this.resources.shutdown.abort('worker shutting down');
       // Bounded, and the timer cleared: a pending timer would keep the process alive after close().
       await withTimeout(closing, HAND_BACK_MS, 'handing the jobs back').catch(() => {});
     }
