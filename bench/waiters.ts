@@ -9,7 +9,9 @@
 // check and lock extension walk every active job, and jobs fail as stalled during the ramp; bench/README.md),
 // and a benchmark that always fails guards nothing. BENCH_WAITERS=10000 runs issue 11's case, which the
 // targets are for; BENCH_HEAP_SNAPSHOT=<file>
-// writes a heap snapshot at the end of the idle window; JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS,
+// writes a heap snapshot at the end of the idle window and one before the enqueue (<file>.before.heapsnapshot,
+// to diff: what the waiters hold); writing one leaves about 90 MiB of RSS behind, so such a run's RSS figures
+// are not measurements. JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS,
 // when set, configure the worker.
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
@@ -267,6 +269,8 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const cpuPercent = ((used.user + used.system) / 1000 / (windowSeconds * 1000)) * 100;
   const rssPerWaiterKb = ((during.rssMb - before.rssMb) * 1024) / WAITERS;
   const heapPerWaiterKb = ((during.heapMb - before.heapMb) * 1024) / WAITERS;
+  const perWaiterKb = (field: string) =>
+    ((breakdownDuring[field]! - breakdownBefore[field]!) * 1024) / WAITERS;
   const queuedTimes = [...queuedAt.values()].map((t) => t - started);
   report({
     case: `${WAITERS} starts enqueued -> all waiting on their builds`,
@@ -286,7 +290,8 @@ await runBench('waiters', 600_000, async (cleanup) => {
     notes:
       `RSS ${before.rssMb.toFixed(0)} -> ${during.rssMb.toFixed(0)} MiB (peak in the window ${peakRssMb.toFixed(0)}), ` +
       `${rssPerWaiterKb.toFixed(1)} KiB/waiter; heap ${before.heapMb.toFixed(0)} -> ${during.heapMb.toFixed(0)} MiB ` +
-      `after GC, ${heapPerWaiterKb.toFixed(1)} KiB/waiter; target RSS < ${MAX_RSS_MB} MiB and <= ` +
+      `after GC, ${heapPerWaiterKb.toFixed(1)} KiB/waiter (committed ${perWaiterKb('heapTotal').toFixed(1)}, ` +
+      `the rest of the RSS outside the heap ${perWaiterKb('rest').toFixed(1)}); target RSS < ${MAX_RSS_MB} MiB and <= ` +
       `${MAX_KIB_PER_WAITER} KiB/waiter: ${flag(memoryMet)}`,
   });
 
