@@ -8,22 +8,28 @@
 //   retryInterval after every miss. One attempt with retryInterval 0 = "try once": the library still
 //   awaits a 0 ms timer after the miss, so a refusal costs about 1 ms (bench/lock.ts), not a real wait.
 //   Mutex: a connection error rejects (here: a LockUnavailableError, so it is never mistaken for "busy").
-// - Refresh: an unref'd setInterval runs a Lua "PEXPIRE if the value is still ours". A refresh that answers
-//   "not ours" (key deleted, expired or taken) calls onLockLost with a LostLockError and stops refreshing.
-//   But a Mutex refresh that cannot reach Redis *rejects*, and the interval callback leaves that rejection
-//   unhandled (Node's default then kills the process) while the key silently expires: loss is never
-//   reported. Hence the refresh guard and the watchdog below.
+// - Refresh: an unref'd setInterval per lock runs a Lua "PEXPIRE if the value is still ours": one command per
+//   lock per refresh (562 commands/s, most of a worker's idle CPU at 1,000 waiting jobs), and a Mutex refresh
+//   that cannot reach Redis *rejects* inside the interval callback, unhandled (Node's default then kills the
+//   process) while the key silently expires. So it is turned off (`refreshInterval: 0`: tryAcquire starts
+//   the interval only when it is above 0, and release() still deletes the key), and lock-refresher.ts
+//   refreshes every lock of a ChatLocks in batches, one script per node per tick, with the loss, quorum and
+//   watchdog rules below. The library is kept for what it still does well: the acquire loop, the
+//   compare-and-delete release, the identifier, and Lock's acquired/released state.
 // - Redlock: RedlockMutex sends each step to every node and awaits them all (Promise.all), swallowing
-//   per-node errors. So one dead or hung node makes every acquire, refresh and release as slow as that
-//   node's timeout (with a client's offline queue: its reconnect backoff), and an unreachable majority
-//   looks like "held by someone else". QuorumMutex replaces the three steps with votes (lock-vote.ts)
-//   decided by the first majority of answers, with each node bounded by `nodeTimeoutMs`, and tells an
-//   unreachable quorum (LockUnavailableError) from a refusal or a loss.
+//   per-node errors. So one dead or hung node makes every acquire and release as slow as that node's
+//   timeout (with a client's offline queue: its reconnect backoff), and an unreachable majority looks like
+//   "held by someone else". QuorumMutex replaces both steps with votes (lock-vote.ts) decided by the first
+//   majority of answers, with each node bounded by `nodeTimeoutMs`, and tells an unreachable quorum
+//   (LockUnavailableError) from a refusal; the batched refresh votes the same way, per lock.
+// - Loss: a lock is lost when a refresh finds it not ours (on a quorum), or by the clock (the watchdog: no
+//   confirmed refresh for WATCHDOG_SHARE of the TTL). Its key is left alone until release(), which every
+//   job path calls: the compare-and-delete then frees what is still ours, on every node.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
-import { expireIfEqualLua } from 'redis-semaphore/lib/mutex/refresh.js';
 import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
+import { LockRefresher, type RefreshedLock } from './lock-refresher.js';
 import { countVotes, describeVote, quorumOf, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
@@ -50,11 +56,15 @@ export interface ChatLocksOptions {
    */
   refreshJitter?: number;
   /**
-   * Redlock: how long a node may take to answer before it counts as unreachable; the vote does not wait for
-   * it longer. Default 500 (createRedis' failFast command timeout).
+   * How long a node may take to answer before it counts as unreachable; the vote does not wait for it longer.
+   * Every step on Redlock nodes; on one node, the refresh (a batch that does not answer in time keeps its
+   * locks until their watchdog). Default 500 (createRedis' failFast command timeout).
    */
   nodeTimeoutMs?: number;
-  /** Called with the duration of every acquire, refresh and release (benchmarks, metrics). */
+  /**
+   * Called with the duration of every acquire, refresh and release (benchmarks, metrics). A refresh is one
+   * lock's: from its batch being sent to its vote, so the locks of one batch share its start.
+   */
   onOperation?: (operation: LockOperation, ms: number) => void;
   log?: Logger;
 }
@@ -90,16 +100,8 @@ export function jitteredRefreshInterval(intervalMs: number, jitter: number, rand
 /** A release waits at most this long for Redis; the key expires on its own anyway. */
 const MAX_RELEASE_WAIT_MS = 5_000;
 
-type Refresh = () => Promise<boolean>;
-type RefreshGuard = (refresh: Refresh) => Promise<boolean>;
-
 class SingleNodeMutex extends Mutex {
-  constructor(
-    client: RedisClient,
-    key: string,
-    options: LockOptions,
-    private readonly guard: RefreshGuard,
-  ) {
+  constructor(client: RedisClient, key: string, options: LockOptions) {
     super(client, key, options);
     this._key = key; // not `mutex:<key>`: see the top of the file
   }
@@ -112,10 +114,6 @@ class SingleNodeMutex extends Mutex {
       throw new LockUnavailableError(`the lock node is unreachable: ${cause}`, { cause: error });
     }
   }
-
-  protected override _refresh(): Promise<boolean> {
-    return this.guard(() => super._refresh());
-  }
 }
 
 class QuorumMutex extends RedlockMutex {
@@ -123,7 +121,6 @@ class QuorumMutex extends RedlockMutex {
     clients: RedisClient[],
     key: string,
     options: LockOptions,
-    private readonly guard: RefreshGuard,
     private readonly nodeTimeoutMs: number,
   ) {
     super(clients, key, options);
@@ -139,48 +136,20 @@ class QuorumMutex extends RedlockMutex {
     return false;
   }
 
-  protected override _refresh(): Promise<boolean> {
-    return this.guard(async () => {
-      const { identifier, lockTimeout } = this._acquireOptions;
-      const answers = this.ask((client) =>
-        expireIfEqualLua(client, [this._key, identifier, lockTimeout]).then((result) => +result === 1),
-      );
-      const vote = await countVotes(answers, this.nodeTimeoutMs);
-      if (vote.won) {
-        // A node that lost the key (restarted empty, or was down at acquire) holds it again from here on.
-        answers.forEach((answer, i) =>
-          answer.then((ours) => (ours ? undefined : this.take(this._clients[i]!).catch(ignore)), ignore),
-        );
-        return true;
-      }
-      // Unreachable is not lost: the guard keeps the lock until the watchdog, in case the nodes come back.
-      if (vote.quorumUnavailable) throw unavailable(vote);
-      await this.deleteEverywhere();
-      return false;
-    });
-  }
-
   protected override async _release(): Promise<void> {
     const vote = await this.deleteEverywhere();
     if (vote.quorumUnavailable) throw unavailable(vote);
   }
 
+  /** `command` on every node, one answer each, decided by the first majority. */
   private vote(command: (client: RedisClient) => Promise<boolean>): Promise<Vote> {
-    return countVotes(this.ask(command), this.nodeTimeoutMs);
-  }
-
-  /** `command` on every node, one answer each. */
-  private ask(command: (client: RedisClient) => Promise<boolean>): Promise<boolean>[] {
-    return this._clients.map((client) =>
+    const answers = this._clients.map((client) =>
       command(client as RedisClient).catch((error: unknown) => {
-        // A command timeout means the node is hung: alive to TCP, answering nothing (a stopped process, a
-        // black-holed network). Its client would keep queueing unanswered commands for as long as it hangs;
-        // reconnecting drops them, and until the node answers the ready check again its commands fail at
-        // once, like a dead node's.
-        if (error instanceof Error && error.message === 'Command timed out') reconnect(client as RedisClient);
+        onNodeError(client as RedisClient, error);
         throw error;
       }),
     );
+    return countVotes(answers, this.nodeTimeoutMs);
   }
 
   private take(client: Pick<RedisClient, 'set'>): Promise<boolean> {
@@ -200,7 +169,15 @@ function unavailable(vote: Vote): LockUnavailableError {
   return new LockUnavailableError(`lock quorum unavailable: ${describeVote(vote)}`);
 }
 
-function ignore(): void {}
+/**
+ * A Redlock node's command failed. A command timeout means the node is hung: alive to TCP, answering nothing
+ * (a stopped process, a black-holed network). Its client would keep queueing unanswered commands for as long
+ * as it hangs; reconnecting drops them, and until the node answers the ready check again its commands fail
+ * at once, like a dead node's.
+ */
+function onNodeError(client: RedisClient, error: unknown): void {
+  if (error instanceof Error && error.message === 'Command timed out') reconnect(client);
+}
 
 /** Clients being reconnected: each of a hung node's many timed-out commands would otherwise ask again. */
 const reconnecting = new WeakSet<RedisClient>();
@@ -212,15 +189,15 @@ function reconnect(client: RedisClient): void {
   client.disconnect(true);
 }
 
-type MutexFactory = (key: string, options: LockOptions, guard: RefreshGuard) => Mutex | RedlockMutex;
+type MutexFactory = (key: string, options: LockOptions) => Mutex | RedlockMutex;
 
-class ChatLock implements HeldLock {
+class ChatLock implements HeldLock, RefreshedLock {
   readonly signal: AbortSignal;
+  readonly identifier: string;
   private readonly controller = new AbortController();
   private readonly mutex: Mutex | RedlockMutex;
-  private watchdog: NodeJS.Timeout | undefined;
   /** Until when the last confirmed acquire/refresh keeps the lock ours (the watchdog's deadline). */
-  private heldUntil = 0;
+  heldUntil = 0;
   private lost = false;
   private released = false;
   private releasing: Promise<void> | undefined;
@@ -230,33 +207,32 @@ class ChatLock implements HeldLock {
   constructor(
     readonly resource: string,
     private readonly lockTimeoutMs: number,
-    refreshIntervalMs: number,
+    readonly refreshIntervalMs: number,
     factory: MutexFactory,
+    private readonly refresher: LockRefresher,
     private readonly log: Logger | undefined,
     private readonly onOperation: ChatLocksOptions['onOperation'],
   ) {
     this.signal = this.controller.signal;
-    this.mutex = factory(
-      resource,
-      {
-        lockTimeout: lockTimeoutMs,
-        refreshInterval: refreshIntervalMs,
-        // Try once (only a 0 ms timer after a miss): a busy chat is re-delayed by the caller instead.
-        acquireAttemptsLimit: 1,
-        acquireTimeout: lockTimeoutMs,
-        retryInterval: 0,
-        // The default throws inside a timer callback; report the loss through the signal instead.
-        onLockLost: (error) =>
-          this.markLost('the lock was deleted, expired or taken by another holder', error),
-      },
-      (refresh) => this.guardedRefresh(refresh),
-    );
+    this.mutex = factory(resource, {
+      lockTimeout: lockTimeoutMs,
+      // The refresher refreshes every lock of the ChatLocks (see the top of the file).
+      refreshInterval: 0,
+      // Try once (only a 0 ms timer after a miss): a busy chat is re-delayed by the caller instead.
+      acquireAttemptsLimit: 1,
+      acquireTimeout: lockTimeoutMs,
+      retryInterval: 0,
+    });
+    this.identifier = this.mutex.identifier;
   }
 
   async acquire(): Promise<boolean> {
     const sentAt = Date.now();
     const acquired = await this.timed('acquire', () => this.mutex.tryAcquire());
-    if (acquired) this.armWatchdog(sentAt);
+    if (acquired) {
+      this.heldUntil = this.confirmedUntil(sentAt);
+      this.refresher.add(this, sentAt);
+    }
     return acquired;
   }
 
@@ -270,9 +246,28 @@ class ChatLock implements HeldLock {
     return this.releasing;
   }
 
+  onRefreshed(sentAt: number): void {
+    if (this.lost || this.released) return;
+    this.refreshFailure = undefined;
+    this.heldUntil = this.confirmedUntil(sentAt);
+  }
+
+  onNotOurs(): void {
+    this.markLost('the lock was deleted, expired or taken by another holder');
+  }
+
+  /** Keeps the lock for now: the next refresh may get through, and the watchdog gives it up in time. */
+  onUnreachable(reason: string): void {
+    this.refreshFailure = reason;
+  }
+
+  onWatchdog(): void {
+    this.markLostByClock();
+  }
+
   private async doRelease(): Promise<void> {
     this.released = true;
-    clearTimeout(this.watchdog);
+    this.refresher.remove(this);
     try {
       // Deletes the key only while it still holds our identifier (Lua compare-and-delete), so releasing a
       // lost lock never frees someone else's.
@@ -280,27 +275,11 @@ class ChatLock implements HeldLock {
         withTimeout(this.mutex.release(), MAX_RELEASE_WAIT_MS, 'releasing the chat lock'),
       );
     } catch (error) {
-      // redis-semaphore stopped refreshing before its first await, so a lock we could not free just expires.
+      // Refreshing stopped first, so a lock we could not free just expires.
       this.log?.warn(
         { err: error, resource: this.resource },
         'could not release the chat lock; it expires on its own',
       );
-    }
-  }
-
-  private async guardedRefresh(refresh: Refresh): Promise<boolean> {
-    const sentAt = Date.now();
-    try {
-      const refreshed = await this.timed('refresh', refresh);
-      this.refreshFailure = undefined;
-      if (refreshed) this.armWatchdog(sentAt);
-      return refreshed;
-    } catch (error) {
-      // The lock node, or a Redlock quorum, is unreachable. Keep the lock for now: the next refresh may get
-      // through, and the watchdog declares the lock lost before its TTL can run out.
-      this.refreshFailure = error instanceof Error ? error.message : String(error);
-      this.log?.warn({ err: error, resource: this.resource }, 'could not refresh the chat lock');
-      return true;
     }
   }
 
@@ -313,13 +292,8 @@ class ChatLock implements HeldLock {
     }
   }
 
-  private armWatchdog(confirmedAt: number): void {
-    if (this.lost || this.released) return;
-    clearTimeout(this.watchdog);
-    this.heldUntil = confirmedAt + this.lockTimeoutMs * WATCHDOG_SHARE;
-    this.watchdog = setTimeout(() => this.markLostByClock(), Math.max(0, this.heldUntil - Date.now()));
-    // The job holding the lock keeps the process alive, not this timer.
-    this.watchdog.unref();
+  private confirmedUntil(sentAt: number): number {
+    return sentAt + this.lockTimeoutMs * WATCHDOG_SHARE;
   }
 
   private markLostByClock(): void {
@@ -327,14 +301,13 @@ class ChatLock implements HeldLock {
     this.markLost(`not refreshed for ${Math.round(this.lockTimeoutMs * WATCHDOG_SHARE)} ms${failure}`);
   }
 
-  private markLost(reason: string, cause?: unknown): void {
+  private markLost(reason: string): void {
     if (this.lost || this.released) return;
     this.lost = true;
-    clearTimeout(this.watchdog);
-    this.mutex.stopRefresh();
+    this.refresher.remove(this);
     // The key is not deleted here: the job has not stopped yet. release() deletes it if it is still ours.
     this.log?.warn({ resource: this.resource, reason }, 'lost the chat lock');
-    this.controller.abort(new LockLostError(`lost the lock ${this.resource}: ${reason}`, { cause }));
+    this.controller.abort(new LockLostError(`lost the lock ${this.resource}: ${reason}`));
   }
 }
 
@@ -344,6 +317,7 @@ export class ChatLocks {
   private readonly refreshIntervalMs: number;
   private readonly refreshJitter: number;
   private readonly factory: MutexFactory;
+  private readonly refresher: LockRefresher;
   private readonly log: Logger | undefined;
   private readonly onOperation: ChatLocksOptions['onOperation'];
   private readonly clients: RedisClient[];
@@ -383,8 +357,17 @@ export class ChatLocks {
     const [first] = clients;
     this.factory =
       clients.length === 1
-        ? (key, lockOptions, guard) => new SingleNodeMutex(first!, key, lockOptions, guard)
-        : (key, lockOptions, guard) => new QuorumMutex(clients, key, lockOptions, guard, nodeTimeoutMs);
+        ? (key, lockOptions) => new SingleNodeMutex(first!, key, lockOptions)
+        : (key, lockOptions) => new QuorumMutex(clients, key, lockOptions, nodeTimeoutMs);
+    this.refresher = new LockRefresher({
+      clients,
+      lockTimeoutMs: this.lockTimeoutMs,
+      refreshIntervalMs: this.refreshIntervalMs,
+      nodeTimeoutMs,
+      ...(clients.length > 1 && { onNodeError }),
+      onOperation: options.onOperation,
+      log: options.log,
+    });
   }
 
   /**
@@ -421,6 +404,7 @@ export class ChatLocks {
       this.lockTimeoutMs,
       jitteredRefreshInterval(this.refreshIntervalMs, this.refreshJitter),
       this.factory,
+      this.refresher,
       this.log,
       this.onOperation,
     );

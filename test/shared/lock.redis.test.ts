@@ -8,6 +8,30 @@ import { TEST_REDIS_URL, deleteKeys, testRedis, uniquePrefix } from '../helpers/
 /** How long and how often the tests poll for what a lock's timers do. */
 const POLL = { timeout: 5_000, interval: 25 };
 
+/** A script command (EVALSHA or EVAL) a client sent, with its keys. */
+interface ScriptCommand {
+  node: number;
+  keys: string[];
+}
+
+/**
+ * Every EVALSHA and EVAL that `nodes` send from now on (a command-counting wrapper around each client),
+ * until `stop`. The refresh and release scripts go through these two commands.
+ */
+function watchScripts(nodes: Redis[]): { seen: ScriptCommand[]; stop: () => void } {
+  const seen: ScriptCommand[] = [];
+  const spies = nodes.flatMap((redis, node) =>
+    (['evalsha', 'eval'] as const).map((command) => {
+      const send = redis[command].bind(redis) as (...args: unknown[]) => Promise<unknown>;
+      return vi.spyOn(redis, command).mockImplementation(((...args: unknown[]) => {
+        seen.push({ node, keys: args.slice(2, 2 + Number(args[1])) as string[] });
+        return send(...args);
+      }) as never);
+    }),
+  );
+  return { seen, stop: () => spies.forEach((spy) => spy.mockRestore()) };
+}
+
 function redisOnDb(db: number): Redis {
   const url = new URL(TEST_REDIS_URL);
   url.pathname = `/${db}`;
@@ -125,6 +149,123 @@ describe('ChatLocks on the real Redis', () => {
     });
   });
 
+  describe('many locks held by one ChatLocks (batched refresh)', () => {
+    const LOCKS = 50;
+    /** No jitter: locks taken together stay due together, so every tick refreshes all of them. */
+    const options = { lockTimeoutMs: 1_000, refreshIntervalMs: 200, refreshJitter: 0 };
+
+    async function acquireMany(locks: ChatLocks, n: number): Promise<HeldLock[]> {
+      const taken = await Promise.all(Array.from({ length: n }, () => locks.tryAcquire(randomUUID())));
+      return taken.map((lock) => {
+        expect(lock).not.toBeNull();
+        return keep(lock)!;
+      });
+    }
+
+    /** ChatLocks on `nodes` with the options above, counting its lock refreshes. */
+    function countingLocks(nodes: Redis[]): { locks: ChatLocks; refreshes: () => number } {
+      let refreshes = 0;
+      const locks = new ChatLocks(nodes, prefix, {
+        ...options,
+        onOperation: (operation) => void (operation === 'refresh' && refreshes++),
+      });
+      return { locks, refreshes: () => refreshes };
+    }
+
+    /**
+     * While `run`, the script commands `nodes` sent and the lock refreshes made, from the second round of
+     * refreshes on (a lock whose acquire answered late, on a loaded machine, is refreshed on its own until it
+     * is next due with the rest).
+     */
+    async function refreshedWhile(
+      nodes: Redis[],
+      refreshes: () => number,
+      locks: number,
+      run: () => Promise<void>,
+    ): Promise<{ commands: ScriptCommand[]; rounds: number }> {
+      await expect.poll(refreshes, POLL).toBeGreaterThanOrEqual(locks * 2);
+      const before = refreshes();
+      const scripts = watchScripts(nodes);
+      try {
+        await run();
+      } finally {
+        scripts.stop();
+      }
+      return { commands: scripts.seen, rounds: (refreshes() - before) / locks };
+    }
+
+    /** About one command per node and round for all `locks`: at most two, and each lock in 5 or more. */
+    function expectBatched(commands: ScriptCommand[], rounds: number, locks: HeldLock[]): void {
+      expect(commands.length).toBeLessThanOrEqual(2 * Math.ceil(rounds));
+      for (const lock of locks) {
+        const refreshing = commands.filter((command) => command.keys.includes(lock.resource));
+        expect(refreshing.length, `commands refreshing ${lock.resource}`).toBeGreaterThanOrEqual(5);
+      }
+    }
+
+    /** None of `locks` aborted, and each key still on `redis`: kept past its TTL. */
+    async function expectHeld(locks: HeldLock[], redis: Redis): Promise<void> {
+      expect(locks.filter((lock) => lock.signal.aborted)).toEqual([]);
+      const ttls = await Promise.all(locks.map((lock) => redis.pttl(lock.resource)));
+      expect(ttls.every((ttl) => ttl > 0)).toBe(true);
+    }
+
+    it('refreshes all of them by one command per tick, and keeps every key past its TTL', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = client();
+      const { locks, refreshes } = countingLocks([redis]);
+      const many = await acquireMany(locks, LOCKS);
+      // 6 rounds of refreshes, 200 ms apart, span more than the TTL.
+      const { commands, rounds } = await refreshedWhile([redis], refreshes, LOCKS, () =>
+        expect.poll(refreshes, POLL).toBeGreaterThanOrEqual(LOCKS * 8),
+      );
+
+      expectBatched(commands, rounds, many);
+      await expectHeld(many, redis);
+    });
+
+    it('when another holder takes one lock of the batch › only that one is lost, the others stay held', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = client();
+      const { locks, refreshes } = countingLocks([redis]);
+      const [taken, ...others] = await acquireMany(locks, 10);
+
+      await redis.set(taken!.resource, 'another-holder', 'PX', 10_000);
+
+      await expect.poll(() => taken!.signal.reason, POLL).toBeInstanceOf(LockLostError);
+      // The others go on being refreshed together, past their TTL.
+      const lostAfter = refreshes();
+      await expect.poll(refreshes, POLL).toBeGreaterThanOrEqual(lostAfter + others.length * 6);
+      expect(others.every((lock) => lock.isHeld())).toBe(true);
+      await expectHeld(others, redis);
+      await taken!.release();
+      expect(await redis.get(taken!.resource)).toBe('another-holder');
+    });
+
+    it('on three nodes with one down › refreshes by quorum: one command per live node per tick, none lost', async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      nodes[2]!.disconnect();
+      const { locks, refreshes } = countingLocks(nodes);
+      // The live nodes' fresh connections, before the votes' 500 ms bound counts them as unreachable.
+      expect(await locks.whenReachable(POLL.timeout)).toBe(true);
+      const many = await acquireMany(locks, 20);
+      const { commands, rounds } = await refreshedWhile(nodes, refreshes, many.length, () =>
+        expect.poll(refreshes, POLL).toBeGreaterThanOrEqual(many.length * 8),
+      );
+
+      await expectHeld(many, nodes[0]!);
+      // Each live node got about one command per round, for all the locks.
+      for (const node of [0, 1]) {
+        expectBatched(
+          commands.filter((command) => command.node === node),
+          rounds,
+          many,
+        );
+      }
+    });
+  });
+
   describe('three nodes (Redlock)', () => {
     it('under 20 concurrent tryAcquire calls › at most one wins, holding the key on a quorum of nodes', async () => {
       prefix = uniquePrefix('lock');
@@ -192,8 +333,8 @@ describe('ChatLocks on the real Redis', () => {
       const locks = new ChatLocks(nodes, prefix, { lockTimeoutMs: 2_000, refreshIntervalMs: 100 });
       const lock = keep(await locks.tryAcquire(randomUUID()))!;
 
-      await cleaners.get(1)!.del(lock.resource);
-      await cleaners.get(2)!.del(lock.resource);
+      // Both at once: a refresh between the two would see a quorum still holding it, and write node 1 again.
+      await Promise.all([cleaners.get(1)!.del(lock.resource), cleaners.get(2)!.del(lock.resource)]);
 
       await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
     });

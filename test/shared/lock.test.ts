@@ -175,45 +175,70 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
   });
 
   describe('refresh jitter', () => {
-    /** The refresh interval each lock acquired in `run` started (redis-semaphore's setInterval). */
-    async function intervalsOf(run: () => Promise<unknown>): Promise<number[]> {
-      const setInterval = vi.spyOn(globalThis, 'setInterval');
-      await run();
-      const delays = setInterval.mock.calls.map(([, delay]) => Number(delay));
-      setInterval.mockRestore();
-      return delays;
+    /**
+     * How long after its acquire each lock taken in `run` was first refreshed (on a fake clock), in the
+     * order taken, and the refresh commands sent meanwhile.
+     */
+    async function firstRefreshesOf(
+      redis: Redis,
+      run: () => Promise<HeldLock[]>,
+    ): Promise<{ after: number[]; commands: number }> {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+      try {
+        const acquiredAt = Date.now();
+        const sent: { at: number; keys: unknown[] }[] = [];
+        const evalsha = redis.evalsha.bind(redis);
+        vi.spyOn(redis, 'evalsha').mockImplementation((...args: Parameters<Redis['evalsha']>) => {
+          const keyCount = Number(args[1]);
+          sent.push({ at: Date.now(), keys: args.slice(2, 2 + keyCount) });
+          return evalsha(...args);
+        });
+        const locks = await run();
+        await vi.advanceTimersByTimeAsync(1_100);
+        const after = locks.map(
+          (lock) => sent.find(({ keys }) => keys.includes(lock.resource))!.at - acquiredAt,
+        );
+        return { after, commands: sent.length };
+      } finally {
+        vi.useRealTimers();
+      }
     }
 
     it("shortens each lock's interval by its own draw of up to refreshJitter, never past refreshIntervalMs", async () => {
-      const locks = new ChatLocks([client()], uniquePrefix(), {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), {
         lockTimeoutMs: 3_000,
         refreshIntervalMs: 1_000,
         refreshJitter: 0.5,
       });
       const draws = [0, 0.5, 0.75];
       const random = vi.spyOn(Math, 'random');
-      const intervals = await intervalsOf(async () => {
+      const { after } = await firstRefreshesOf(redis, async () => {
+        const taken: HeldLock[] = [];
         for (const draw of draws) {
           random.mockReturnValue(draw);
-          await acquire(locks, randomUUID());
+          taken.push(await acquire(locks, randomUUID()));
         }
+        return taken;
       });
 
-      expect(intervals).toEqual([1_000, 750, 625]);
+      expect(after).toEqual([1_000, 750, 625]);
     });
 
-    it('with refreshJitter 0 › every lock refreshes every refreshIntervalMs', async () => {
-      const locks = new ChatLocks([client()], uniquePrefix(), {
+    it('with refreshJitter 0 › every lock refreshes every refreshIntervalMs, all in one command', async () => {
+      const redis = client();
+      const locks = new ChatLocks([redis], uniquePrefix(), {
         lockTimeoutMs: 3_000,
         refreshIntervalMs: 1_000,
         refreshJitter: 0,
       });
       vi.spyOn(Math, 'random').mockReturnValue(0.999);
-      const intervals = await intervalsOf(() =>
+      const { after, commands } = await firstRefreshesOf(redis, () =>
         Promise.all([1, 2, 3].map(() => acquire(locks, randomUUID()))),
       );
 
-      expect(intervals).toEqual([1_000, 1_000, 1_000]);
+      expect(after).toEqual([1_000, 1_000, 1_000]);
+      expect(commands).toBe(1);
     });
 
     it('stays within (interval × (1 − jitter), interval] for any draw in [0, 1)', () => {
