@@ -1,9 +1,12 @@
 // ChatLocks (one Redis node, redis-semaphore Mutex): uncontended tryAcquire + release, sequential and 64 in
 // flight; tryAcquire on a chat someone holds; and races of 200 simultaneous tryAcquire on one free chat,
-// each of which must have exactly one winner. Then Redlock on three redis-server processes of its own, as
+// each of which must have exactly one winner. What holding many locks costs: 1,000 held with the worker's
+// default TTL, idle, their refreshes' Redis commands and this process's CPU. Then Redlock on three redis-server processes of its own, as
 // the worker connects to them (failFast): acquire, refresh and release with all nodes up, with one killed
 // and with one frozen (SIGSTOP), while locks are held and refreshed; none may be lost.
 import { randomUUID } from 'node:crypto';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { BATCH_SHARE } from '../src/shared/lock-refresher.js';
 import { ChatLocks, type HeldLock, type LockOperation } from '../src/shared/lock.js';
 import { createLogger } from '../src/shared/logger.js';
 import { closeRedis, createRedis } from '../src/shared/redis.js';
@@ -11,6 +14,7 @@ import { RedisServerProcess } from '../test/helpers/redis-server.js';
 import {
   benchRedis,
   check,
+  countCalls,
   report,
   runBench,
   sleep,
@@ -34,6 +38,10 @@ const HELD = 50;
 const PAIRS = 2_000;
 const TTL_MS = 2_000;
 const REFRESH_MS = 200;
+// Held idle: as many locks as bench/waiters.ts's jobs, the worker's default CHAT_LOCK_TTL_MS.
+const IDLE_HELD = 1_000;
+const IDLE_TTL_MS = 6_000;
+const IDLE_MS = 6_000;
 
 await runBench('lock', 75_000, async (cleanup) => {
   const prefix = uniquePrefix('lock');
@@ -134,8 +142,72 @@ await runBench('lock', 75_000, async (cleanup) => {
   const [, left] = await redis.scan('0', 'MATCH', `${prefix}:lock:*`, 'COUNT', 10_000);
   check(left.length === 0, `${left.length} lock keys left after every lock was released`);
 
+  await heldIdle(cleanup, prefix);
   await redlockWithOneNodeDown(cleanup);
 });
+
+/** IDLE_HELD locks held for three refresh periods: the Redis commands and the CPU their refreshes take. */
+async function heldIdle(cleanup: Cleanup, prefix: string): Promise<void> {
+  const connection = 'workspace-jobs-bench-lock-held';
+  const redis = benchRedis(cleanup, prefix, connection);
+  /** When each refresh's tick (its command) started. */
+  let refreshes: number[] = [];
+  const locks = new ChatLocks([redis], prefix, {
+    lockTimeoutMs: IDLE_TTL_MS,
+    onOperation: (operation, ms) => void (operation === 'refresh' && refreshes.push(performance.now() - ms)),
+    log: createLogger('silent'),
+  });
+  // Taken over one refresh period, as a worker's jobs start at different times.
+  const held: HeldLock[] = [];
+  cleanup.add('release the idle locks', () => Promise.all(held.map((lock) => lock.release())));
+  const periodMs = IDLE_TTL_MS / 3;
+  for (let i = 0; i < IDLE_HELD; i++) {
+    const lock = await locks.tryAcquire(randomUUID());
+    check(lock, 'could not take a free lock to hold idle');
+    held.push(lock);
+    if (i % 10 === 9) await sleep(periodMs / (IDLE_HELD / 10));
+  }
+  await sleep(periodMs); // every lock refreshed once: the window sees only steady state
+  refreshes = [];
+  const calls = countCalls();
+  const cpu = process.cpuUsage();
+  const loopDelay = monitorEventLoopDelay({ resolution: 5 });
+  loopDelay.enable();
+  const started = performance.now();
+  await sleep(IDLE_MS);
+  loopDelay.disable();
+  const seconds = (performance.now() - started) / 1000;
+  const used = process.cpuUsage(cpu);
+  const commands = calls().redis[connection] ?? 0;
+  // The locks of one tick share its start; ticks are at least BATCH_SHARE of the interval apart.
+  const ticks: number[] = [];
+  let previous = -Infinity;
+  for (const t of refreshes.sort((a, b) => a - b)) {
+    if (t - previous > 1) ticks.push(0);
+    ticks[ticks.length - 1]!++;
+    previous = t;
+  }
+  const perPeriod = refreshes.length / ((seconds * 1000) / periodMs);
+  const lost = held.filter((lock) => lock.signal.aborted).length;
+  check(lost === 0, `${lost} of ${IDLE_HELD} idle locks were lost`);
+  check(
+    commands * 10 < refreshes.length,
+    `${commands} Redis commands for ${refreshes.length} lock refreshes: not batched (one command per tick)`,
+  );
+  report({
+    case: `${IDLE_HELD} locks held, idle ${seconds.toFixed(1)} s: refreshes`,
+    n: refreshes.length,
+    opsPerSec: refreshes.length / seconds,
+    notes:
+      `TTL ${IDLE_TTL_MS} ms; ${(commands / seconds).toFixed(1)} Redis commands/s in ${ticks.length} ticks, ` +
+      `${(refreshes.length / Math.max(ticks.length, 1)).toFixed(0)} locks per tick, the most ` +
+      `${Math.max(0, ...ticks)} = ${((Math.max(0, ...ticks) / perPeriod) * 100).toFixed(1)} % of a period's ` +
+      `(even: ${BATCH_SHARE * 100} %); this process ` +
+      `${((used.user + used.system) / 1000 / seconds).toFixed(1)} ms CPU/s, event loop delay p99 ` +
+      `${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms; 0 lost`,
+  });
+  await Promise.all(held.splice(0).map((lock) => lock.release()));
+}
 
 async function redlockWithOneNodeDown(cleanup: Cleanup): Promise<void> {
   const nodes = await RedisServerProcess.startMany(3);

@@ -3,7 +3,7 @@
 // creates its build and then waits on it, pending. Once every job has told its chat `build_queued`, an idle
 // window longer than the hub's 10 s ping interval measures what waiting costs: RSS and heap per waiter,
 // the process's CPU, the worker's Postgres queries/s against a computed 2 s poll (Coder's), and how evenly
-// the chat-lock refreshes are spread. Then ONE statement completes every build as the provisioner and the
+// the chat-lock refreshes are spread (per 100 ms, and per tick of the batched refresh). Then ONE statement completes every build as the provisioner and the
 // simulated agents would (job succeeded, its resource and a ready agent) and times the results' arrival.
 // It runs 1,000 waiters by default: 10,000 cannot all be picked up by one worker today (BullMQ's stalled
 // check and lock extension walk every active job, and jobs fail as stalled during the ramp; bench/README.md),
@@ -335,6 +335,14 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const evenShare = BUCKET_MS / refreshPeriodMs;
   const bursts = [...buckets.values()].filter((n) => n > BURST_FACTOR * evenShare * perPeriod).length;
   const spread = busiestShare <= BURST_FACTOR * evenShare;
+  // The locks of one tick share its start (one command per lock node for all of them); ticks are apart.
+  const ticks: number[] = [];
+  let previous = -Infinity;
+  for (const t of [...idleRefreshes].sort((a, b) => a - b)) {
+    if (t - previous > 1) ticks.push(0);
+    ticks[ticks.length - 1]!++;
+    previous = t;
+  }
   report({
     case: `idle: chat-lock refreshes per ${BUCKET_MS} ms`,
     n: idleRefreshes.length,
@@ -343,7 +351,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
       `every ${refreshPeriodMs} ms per lock (TTL ${config.chatLockTtlMs} ms): the busiest ${BUCKET_MS} ms held ` +
       `${busiest} = ${(busiestShare * 100).toFixed(1)} % of a period's ${perPeriod.toFixed(0)} (even: ` +
       `${(evenShare * 100).toFixed(0)} %); ${bursts} of ${Math.ceil((windowSeconds * 1000) / BUCKET_MS)} buckets ` +
-      `over ${BURST_FACTOR}x even; spread, not bursts: ${flag(spread)}${spread ? '' : ' (bursts)'}`,
+      `over ${BURST_FACTOR}x even; in ${ticks.length} ticks (${(ticks.length / windowSeconds).toFixed(1)}/s), ` +
+      `${(idleRefreshes.length / Math.max(ticks.length, 1)).toFixed(0)} locks per tick, the most ` +
+      `${Math.max(0, ...ticks)}; spread, not bursts: ${flag(spread)}${spread ? '' : ' (bursts)'}`,
   });
 
   // Every build done at once, in one statement (one transaction), as the provisioner's completion writes it
