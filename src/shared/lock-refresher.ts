@@ -3,8 +3,8 @@
 // commands/s and most of a worker's idle CPU at 1,000 waiting jobs, bench/waiters.ts).
 //
 // Each lock keeps its own (jittered) interval and is refreshed at the latest when it is due: a tick sends
-// the locks due by then plus those due within BATCH_SHARE of the interval after it (a little early), so
-// that locks due close together share one command. The next tick is at the next lock due, so ticks are at
+// the locks due by then plus those due within BATCH_SHARE of the interval after it was meant to run (a
+// little early), so that locks due close together share one command. The next tick is at the next lock due, so ticks are at
 // least that window apart and each carries about its share of the locks (their phases spread by the
 // jitter and kept through late ticks), not a burst. The same one timer is every held lock's watchdog: at the earliest `heldUntil` it
 // reports the lock lost by the clock. The timer is unref'd (the jobs holding locks keep the process alive)
@@ -118,9 +118,12 @@ export class LockRefresher {
   }
 
   private tick(): void {
+    const now = Date.now();
+    // A late tick (a busy event loop) sends what is overdue, but no more early ones than it would have on
+    // time: otherwise every moment it was late would add to its batch, on top of the window.
+    const horizon = Math.max(now, this.wakeAt + this.batchWindowMs);
     this.timer = undefined;
     this.wakeAt = Infinity;
-    const now = Date.now();
     const due: RefreshedLock[] = [];
     let next = Infinity;
     for (const [lock, schedule] of this.held) {
@@ -129,7 +132,7 @@ export class LockRefresher {
         lock.onWatchdog();
         continue;
       }
-      if (!schedule.inFlight && schedule.dueAt <= now + this.batchWindowMs) {
+      if (!schedule.inFlight && schedule.dueAt <= horizon) {
         due.push(lock);
         schedule.inFlight = true;
         // From when it was due, or sent if sooner: a late tick (a busy event loop) does not move the lock's
