@@ -13,7 +13,8 @@
 // Per lock, per node answer, the vote is the one every other step takes (lock-vote.ts): a quorum of "ours"
 // confirms it, as of when the batch was sent (a node that answered "not ours" is written to again, as it
 // is by an acquire); enough "not ours" loses it; too few nodes reached (a refused, failed or timed-out
-// command) keeps it until its watchdog, in case the nodes come back.
+// command) keeps it until its watchdog, in case the nodes come back. On a Redis Cluster one script's keys
+// must be in one slot: every chat lock key is under the prefix, whose hash tag REDIS_CLUSTER requires.
 import type { LockOperation } from './lock.js';
 import { countBatchVotes, describeVote, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';

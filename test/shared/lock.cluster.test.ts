@@ -72,6 +72,23 @@ describe('the chat lock on a Redis Cluster', () => {
     expect(keep(await other.tryAcquire(chatId))).not.toBeNull();
   });
 
+  it("keeps many chats' locks past their TTL by one script for all of them (one slot: the prefix's hash tag)", async () => {
+    let refreshes = 0;
+    const locks = new ChatLocks([clients[0]!], prefix, {
+      lockTimeoutMs: 600,
+      refreshIntervalMs: 150,
+      onOperation: (operation) => void (operation === 'refresh' && refreshes++),
+    });
+    const many = await Promise.all(Array.from({ length: 20 }, () => locks.tryAcquire(randomUUID())));
+    for (const lock of many) expect(keep(lock)).not.toBeNull();
+
+    // Six refreshes of each take longer than the TTL.
+    await vi.waitFor(() => expect(refreshes).toBeGreaterThanOrEqual(20 * 6), { timeout: 10_000 });
+    expect(many.filter((lock) => lock!.signal.aborted)).toEqual([]);
+    const ttls = await Promise.all(many.map((lock) => clients[1]!.pttl(lock!.resource)));
+    expect(ttls.every((ttl) => ttl > 0)).toBe(true);
+  });
+
   it('aborts the holder with a LockLostError when its key is removed', async () => {
     const lock = keep(
       await new ChatLocks([clients[0]!], prefix, { lockTimeoutMs: 2_000, refreshIntervalMs: 100 }).tryAcquire(
