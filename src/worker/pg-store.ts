@@ -30,6 +30,7 @@ import {
   type Prepared,
   type Queryable,
 } from '../shared/postgres.js';
+import { ReadBatcher } from '../shared/read-batcher.js';
 import { traceCarrier } from '../shared/telemetry.js';
 import { cancelProvisionerJobsSql } from '../shared/provisioner-cancel.js';
 import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
@@ -97,21 +98,28 @@ const GET_LATEST_BUILD = prepared(
   `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
    WHERE b.workspace_id = $1 ORDER BY b.build_number DESC LIMIT 1`,
 );
-const GET_BUILD = prepared(
-  'worker.get_build',
-  `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id WHERE b.id = $1`,
+// The reads of a waiting job's end, each for a batch of keys (ReadBatcher): when a burst of builds completes,
+// the jobs it wakes read in one query per batch instead of one each (issue 11).
+const GET_BUILDS = prepared(
+  'worker.get_builds',
+  `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+   WHERE b.id = ANY($1::uuid[])`,
 );
-const GET_AGENTS_OF_LATEST_BUILD = prepared(
-  'worker.get_agents_of_latest_build',
-  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a
-   JOIN workspace_resources r ON r.id = a.resource_id
-   JOIN workspace_builds b ON b.job_id = r.job_id
-   WHERE b.workspace_id = $1 AND NOT a.deleted
-     AND b.build_number = (SELECT max(build_number) FROM workspace_builds WHERE workspace_id = $1)`,
+// Per workspace, its latest build (by build_number), that build's resources and their agents.
+const GET_AGENTS_OF_LATEST_BUILDS = prepared(
+  'worker.get_agents_of_latest_builds',
+  `SELECT w.id AS workspace_id, ${AGENT_COLUMNS}
+     FROM unnest($1::uuid[]) AS w(id)
+    CROSS JOIN LATERAL (
+      SELECT job_id FROM workspace_builds WHERE workspace_id = w.id ORDER BY build_number DESC LIMIT 1
+    ) latest
+     JOIN workspace_resources r ON r.job_id = latest.job_id
+     JOIN workspace_agents a ON a.resource_id = r.id
+    WHERE NOT a.deleted`,
 );
-const GET_AGENT = prepared(
-  'worker.get_agent',
-  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a WHERE a.id = $1 AND NOT a.deleted`,
+const GET_AGENTS = prepared(
+  'worker.get_agents',
+  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a WHERE a.id = ANY($1::uuid[]) AND NOT a.deleted`,
 );
 const CANCEL_PROVISIONER_JOB = prepared(
   'worker.cancel_provisioner_job',
@@ -211,6 +219,43 @@ async function one<T>(
   return rows[0] ? map(rows[0]) : null;
 }
 
+/** A batched read's rows, grouped by the column that says which key each answers. */
+async function rowsBy(
+  db: Queryable,
+  statement: Prepared,
+  params: unknown[],
+  column: string,
+): Promise<Map<unknown, Row[]>> {
+  const { rows } = await runPrepared<Row>(db, statement, params);
+  const by = new Map<unknown, Row[]>();
+  for (const row of rows) {
+    const key = row[column];
+    let group = by.get(key);
+    if (!group) by.set(key, (group = []));
+    group.push(row);
+  }
+  return by;
+}
+
+/** A key's one row, mapped; null when the batch had none for it (as a single-row read's absent row). */
+function firstOf<T>(rows: Row[] | undefined, map: (r: Row) => T): T | null {
+  return rows?.[0] ? map(rows[0]) : null;
+}
+
+/** One ask's rows of NEWEST_BUILD_LOGS (newest first), oldest first as the caller gets them. */
+function toNewestBuildLogs(rows: Row[]): NewestBuildLogs {
+  return {
+    lines: rows.reverse().map((r) => ({
+      id: r.id as string,
+      at: (r.created_at as Date).toISOString(),
+      level: r.level as string,
+      stage: r.stage as string,
+      output: r.output as string,
+    })),
+    total: (rows[0]?.total as number | undefined) ?? 0,
+  };
+}
+
 function latestBuild(db: Queryable, workspaceId: string): Promise<Build | null> {
   return one(db, toBuild, GET_LATEST_BUILD, [workspaceId]);
 }
@@ -277,15 +322,19 @@ const BUILD_ESTIMATE = prepared(
      FROM me`,
 );
 
-// Newest first down (job_id, id), counting the whole run after the cursor (bounded by what one throttle
-// interval wrote).
+// Per (job, cursor, limit) of the batch (`ask`, its place in the arrays): newest first down (job_id, id),
+// counting the whole run after the cursor (bounded by what one throttle interval wrote).
 // ORDER BY the bigint column, not the text `id` output column (which would sort "999" after "1000").
 const NEWEST_BUILD_LOGS = prepared(
-  'worker.get_newest_build_logs',
-  `SELECT l.id::text AS id, l.created_at, l.level::text AS level, l.stage, l.output,
-         (count(*) OVER ())::int AS total
-    FROM provisioner_job_logs l WHERE l.job_id = $1 AND l.id > $2::bigint
-   ORDER BY l.id DESC LIMIT $3`,
+  'worker.get_newest_logs_of_builds',
+  `SELECT q.ask::int AS ask, l.id::text AS id, l.created_at, l.level::text AS level, l.stage, l.output, l.total
+     FROM unnest($1::uuid[], $2::bigint[], $3::int[]) WITH ORDINALITY AS q(job_id, after, lim, ask)
+    CROSS JOIN LATERAL (
+      SELECT id, created_at, level, stage, output, (count(*) OVER ())::int AS total
+        FROM provisioner_job_logs WHERE job_id = q.job_id AND id > q.after
+       ORDER BY id DESC LIMIT q.lim
+    ) l
+    ORDER BY q.ask, l.id DESC`,
 );
 
 const TEMPLATE_VERSION_PARAMETERS = prepared(
@@ -379,8 +428,45 @@ const toTemplate = (r: Row): Template => ({
   requireActiveVersion: r.require_active_version as boolean,
 });
 
+/** One ask of getNewestBuildLogs. */
+interface LogsAsk {
+  jobId: string;
+  after: string;
+  limit: number;
+}
+
 export class PgWorkspaceStore implements WorkspaceStore {
-  constructor(private readonly pool: Pool) {}
+  private readonly builds: ReadBatcher<string, Build | null>;
+  private readonly agentsOfLatestBuilds: ReadBatcher<string, Agent[]>;
+  private readonly agents: ReadBatcher<string, Agent | null>;
+  private readonly newestBuildLogs: ReadBatcher<LogsAsk, NewestBuildLogs>;
+
+  constructor(private readonly pool: Pool) {
+    this.builds = new ReadBatcher(async (ids) => {
+      const byId = await rowsBy(pool, GET_BUILDS, [ids], 'id');
+      return ids.map((id) => firstOf(byId.get(id), toBuild));
+    });
+    this.agentsOfLatestBuilds = new ReadBatcher(async (workspaceIds) => {
+      const byWorkspace = await rowsBy(pool, GET_AGENTS_OF_LATEST_BUILDS, [workspaceIds], 'workspace_id');
+      return workspaceIds.map((id) => (byWorkspace.get(id) ?? []).map(toAgent));
+    });
+    this.agents = new ReadBatcher(async (ids) => {
+      const byId = await rowsBy(pool, GET_AGENTS, [ids], 'id');
+      return ids.map((id) => firstOf(byId.get(id), toAgent));
+    });
+    this.newestBuildLogs = new ReadBatcher(
+      async (asks) => {
+        const byAsk = await rowsBy(
+          pool,
+          NEWEST_BUILD_LOGS,
+          [asks.map((a) => a.jobId), asks.map((a) => a.after), asks.map((a) => a.limit)],
+          'ask',
+        );
+        return asks.map((_, i) => toNewestBuildLogs(byAsk.get(i + 1) ?? []));
+      },
+      { identify: (a) => `${a.jobId} ${a.after} ${a.limit}` },
+    );
+  }
 
   getChat(chatId: string): Promise<Chat | null> {
     return one(this.pool, toChat, GET_CHAT, [chatId]);
@@ -404,16 +490,15 @@ export class PgWorkspaceStore implements WorkspaceStore {
   }
 
   getBuild(buildId: string): Promise<Build | null> {
-    return one(this.pool, toBuild, GET_BUILD, [buildId]);
+    return this.builds.get(buildId);
   }
 
-  async getAgentsOfLatestBuild(workspaceId: string): Promise<Agent[]> {
-    const { rows } = await runPrepared<Row>(this.pool, GET_AGENTS_OF_LATEST_BUILD, [workspaceId]);
-    return rows.map(toAgent);
+  getAgentsOfLatestBuild(workspaceId: string): Promise<Agent[]> {
+    return this.agentsOfLatestBuilds.get(workspaceId);
   }
 
   getAgent(agentId: string): Promise<Agent | null> {
-    return one(this.pool, toAgent, GET_AGENT, [agentId]);
+    return this.agents.get(agentId);
   }
 
   bindChat(chatId: string, workspaceId: string, buildId: string): Promise<void> {
@@ -458,25 +543,8 @@ export class PgWorkspaceStore implements WorkspaceStore {
     return estimate;
   }
 
-  async getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs> {
-    const { rows } = await runPrepared<{
-      id: string;
-      created_at: Date;
-      level: string;
-      stage: string;
-      output: string;
-      total: number;
-    }>(this.pool, NEWEST_BUILD_LOGS, [jobId, after, limit]);
-    return {
-      lines: rows.reverse().map((r) => ({
-        id: r.id,
-        at: r.created_at.toISOString(),
-        level: r.level,
-        stage: r.stage,
-        output: r.output,
-      })),
-      total: rows[0]?.total ?? 0,
-    };
+  getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs> {
+    return this.newestBuildLogs.get({ jobId, after, limit });
   }
 
   async getStartState(workspaceId: string): Promise<StartState | null> {

@@ -1,0 +1,87 @@
+// Concurrent reads of the same shape, coalesced into one query per batch (issue 11: a burst of k completed
+// builds wakes k waiting jobs, each reading its one row; one `= ANY($1)` query serves them all). DataLoader's
+// batching without its cache: a read joins only a batch that has not been sent yet, so its answer always comes
+// from a query sent after it was asked, and a read asked after a write sees the write.
+
+export interface ReadBatcherOptions<K> {
+  /**
+   * Most distinct keys one load is given; a batch that collected more runs as several loads, each settling
+   * only its own callers. Default 500.
+   */
+  maxBatchSize?: number;
+  /**
+   * What makes two keys the same read, answered by one value (e.g. a string for a composite key). Default:
+   * the key itself (Map identity, right for strings).
+   */
+  identify?: (key: K) => unknown;
+}
+
+interface Caller<V> {
+  resolve: (value: V) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Batch<K, V> {
+  keys: K[];
+  callers: Map<unknown, Caller<V>[]>;
+}
+
+/**
+ * Collects the keys asked for (`get`) until the current turn of the event loop is over (setImmediate: after
+ * every callback of this I/O round and its promise continuations), then gives them to `load` at once.
+ * `load` answers one value per key, in the order of the keys. A load that fails rejects every caller of
+ * that load; nothing is remembered between batches, so the next read queries again.
+ */
+export class ReadBatcher<K, V> {
+  private readonly maxBatchSize: number;
+  private readonly identify: (key: K) => unknown;
+  private collecting: Batch<K, V> | undefined;
+
+  constructor(
+    private readonly load: (keys: readonly K[]) => Promise<readonly V[]>,
+    options: ReadBatcherOptions<K> = {},
+  ) {
+    this.maxBatchSize = options.maxBatchSize ?? 500;
+    if (!Number.isInteger(this.maxBatchSize) || this.maxBatchSize < 1) {
+      throw new RangeError(`maxBatchSize must be a whole number of at least 1, got ${options.maxBatchSize}`);
+    }
+    this.identify = options.identify ?? ((key) => key);
+  }
+
+  /** The value `load` gives for `key`, from a load sent after this call. */
+  get(key: K): Promise<V> {
+    let batch = this.collecting;
+    if (!batch) {
+      batch = this.collecting = { keys: [], callers: new Map() };
+      setImmediate(() => this.send());
+    }
+    const id = this.identify(key);
+    let callers = batch.callers.get(id);
+    if (!callers) {
+      batch.callers.set(id, (callers = []));
+      batch.keys.push(key);
+    }
+    return new Promise<V>((resolve, reject) => callers.push({ resolve, reject }));
+  }
+
+  private send(): void {
+    const batch = this.collecting!;
+    this.collecting = undefined;
+    for (let start = 0; start < batch.keys.length; start += this.maxBatchSize) {
+      void this.run(batch.keys.slice(start, start + this.maxBatchSize), batch.callers);
+    }
+  }
+
+  private async run(keys: K[], callers: Map<unknown, Caller<V>[]>): Promise<void> {
+    const waiting = keys.map((key) => callers.get(this.identify(key))!);
+    try {
+      const values = await this.load(keys);
+      if (values.length !== keys.length) {
+        throw new Error(`batched load answered ${values.length} values for ${keys.length} keys`);
+      }
+      waiting.forEach((each, i) => each.forEach((caller) => caller.resolve(values[i] as V)));
+    } catch (error) {
+      for (const each of waiting) each.forEach((caller) => caller.reject(error));
+    }
+  }
+}
