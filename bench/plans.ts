@@ -217,6 +217,20 @@ void runBench('plans', 150_000, async (cleanup) => {
     `SELECT id, claims FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
   );
   const store = (pool: Pool) => new PgWorkspaceStore(pool);
+  // A burst's batch (the store's reads of a waiting job's end, ReadBatcher's 500 keys): the newest builds.
+  const { rows: burst } = await db.pool.query<{ build: string; workspace: string; job: string }>(
+    `SELECT id::text AS build, workspace_id::text AS workspace, job_id::text AS job
+       FROM workspace_builds ORDER BY created_at DESC LIMIT 500`,
+  );
+  const { rows: burstAgents } = await db.pool.query<{ id: string }>(
+    'SELECT id::text FROM workspace_agents LIMIT 500',
+  );
+  /** One store's reads asked all at once: one batched statement. */
+  const batchOf = <T>(keys: T[], read: (s: PgWorkspaceStore, key: T) => Promise<unknown>) =>
+    sqlOf(async (pool) => {
+      const s = store(pool);
+      await Promise.all(keys.map((key) => read(s, key)));
+    });
   const firstPage = await listChats(db.pool, {});
   check(firstPage.next_cursor, 'the first chats page has no next page');
 
@@ -332,6 +346,22 @@ void runBench('plans', 150_000, async (cleanup) => {
     {
       name: 'worker: newest build log lines',
       statements: await sqlOf((pool) => store(pool).getNewestBuildLogs(at.job!, '0', 20)),
+    },
+    {
+      name: 'worker: a burst of 500 builds (wait checks, one batch)',
+      statements: await batchOf(burst, (s, r) => s.getBuild(r.build)),
+    },
+    {
+      name: "worker: a burst of 500 workspaces' agents of latest build (one batch)",
+      statements: await batchOf(burst, (s, r) => s.getAgentsOfLatestBuild(r.workspace)),
+    },
+    {
+      name: 'worker: a burst of 500 agents (one batch)',
+      statements: await batchOf(burstAgents, (s, r) => s.getAgent(r.id)),
+    },
+    {
+      name: "worker: a burst of 500 builds' newest log lines (one batch)",
+      statements: await batchOf(burst, (s, r) => s.getNewestBuildLogs(r.job, '0', 20)),
     },
     {
       name: 'worker: cancel a pending build job',

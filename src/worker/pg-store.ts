@@ -99,11 +99,12 @@ const GET_LATEST_BUILD = prepared(
    WHERE b.workspace_id = $1 ORDER BY b.build_number DESC LIMIT 1`,
 );
 // The reads of a waiting job's end, each for a batch of keys (ReadBatcher): when a burst of builds completes,
-// the jobs it wakes read in one query per batch instead of one each (issue 11).
+// the jobs it wakes read in one query per batch instead of one each (issue 11). The keys are joined from
+// unnest(), not matched by `= ANY($1)`: for a batch of hundreds the planner would scan the table instead.
 const GET_BUILDS = prepared(
   'worker.get_builds',
-  `SELECT ${BUILD_COLUMNS} FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
-   WHERE b.id = ANY($1::uuid[])`,
+  `SELECT ${BUILD_COLUMNS} FROM unnest($1::uuid[]) AS k(id)
+     JOIN workspace_builds b ON b.id = k.id JOIN provisioner_jobs j ON j.id = b.job_id`,
 );
 // Per workspace, its latest build (by build_number), that build's resources and their agents.
 const GET_AGENTS_OF_LATEST_BUILDS = prepared(
@@ -119,7 +120,12 @@ const GET_AGENTS_OF_LATEST_BUILDS = prepared(
 );
 const GET_AGENTS = prepared(
   'worker.get_agents',
-  `SELECT ${AGENT_COLUMNS} FROM workspace_agents a WHERE a.id = ANY($1::uuid[]) AND NOT a.deleted`,
+  // LIMIT 1 (an id is one row) keeps the lateral a lookup per key: as a join, the planner hashes a scan of
+  // the whole table for a batch of hundreds.
+  `SELECT a.* FROM unnest($1::uuid[]) AS k(id)
+    CROSS JOIN LATERAL (
+      SELECT ${AGENT_COLUMNS} FROM workspace_agents a WHERE a.id = k.id AND NOT a.deleted LIMIT 1
+    ) a`,
 );
 const CANCEL_PROVISIONER_JOB = prepared(
   'worker.cancel_provisioner_job',
