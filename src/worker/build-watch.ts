@@ -39,23 +39,33 @@ export class BuildWatch {
   reported: ProgressStage | undefined;
   private after = '0';
   private chain: Promise<unknown> = Promise.resolve();
-  private readonly stop = new AbortController();
-  private readonly failed = new AbortController();
+  /**
+   * One controller for the whole watch, not an AbortSignal.any per follower (each about 1.5 KiB, and a
+   * worker holds thousands of watches): aborted by the job's signal, a failed follower or end().
+   */
+  private readonly stopped = new AbortController();
   private readonly followers = new Set<Promise<void>>();
   private queueFollower: Promise<void> | undefined;
   private leftQueue: AbortController | undefined;
   private lastPosition: QueuePosition | null = null;
+  private readonly jobAborted = () => this.stopped.abort(this.ctx.signal.reason);
 
   constructor(
     private readonly ctx: JobContext,
     private readonly build: Build,
     private readonly workspaceId: string,
   ) {
-    this.signal = AbortSignal.any([ctx.signal, this.failed.signal]);
+    if (ctx.signal.aborted) this.jobAborted();
+    else ctx.signal.addEventListener('abort', this.jobAborted, { once: true });
   }
 
-  /** Aborts when the job's does, or when a follower failed (with its error). */
-  readonly signal: AbortSignal;
+  /**
+   * Aborts when the job's does, or when a follower failed (with its error); also at end(), once the status
+   * wait it is for is over.
+   */
+  get signal(): AbortSignal {
+    return this.stopped.signal;
+  }
 
   /** Runs `publish` after every event asked for before it. */
   say<T>(publish: () => Promise<T>): Promise<T> {
@@ -72,7 +82,8 @@ export class BuildWatch {
 
   /** Starts following the log. */
   followLogs(): void {
-    this.spawn((signal) =>
+    const signal = this.stopped.signal;
+    this.spawn(
       this.ctx.waiter.waitFor(
         [topics.provisionerJobLogs(this.build.jobId)],
         throttled(BUILD_LOG_INTERVAL_MS, signal, async () => {
@@ -81,6 +92,7 @@ export class BuildWatch {
         }),
         { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
       ),
+      signal,
     );
   }
 
@@ -90,13 +102,17 @@ export class BuildWatch {
    */
   followQueue(): void {
     if (this.queueFollower) return;
+    // Its own controller, since it also ends when the build leaves the queue; the watch's stop ends it too.
     const left = (this.leftQueue = new AbortController());
-    this.queueFollower = this.spawn(async (signal) => {
-      await this.ctx.queue.follow(this.build.jobId, (position) => this.checkPosition(position), {
-        timeoutMs: this.ctx.timeouts.buildTimeoutMs,
-        signal,
-      });
-    }, left.signal).finally(() => {
+    const stop = () => left.abort(this.stopped.signal.reason);
+    if (this.stopped.signal.aborted) stop();
+    else this.stopped.signal.addEventListener('abort', stop, { once: true });
+    const follow = this.ctx.queue.follow(this.build.jobId, (position) => this.checkPosition(position), {
+      timeoutMs: this.ctx.timeouts.buildTimeoutMs,
+      signal: left.signal,
+    });
+    this.queueFollower = this.spawn(follow, left.signal).finally(() => {
+      this.stopped.signal.removeEventListener('abort', stop);
       this.queueFollower = undefined;
     });
   }
@@ -108,7 +124,8 @@ export class BuildWatch {
 
   /** Stops the followers (the build ended) and, with `flush`, publishes the log lines not carried yet. */
   async end(flush: boolean): Promise<void> {
-    this.stop.abort();
+    this.ctx.signal.removeEventListener('abort', this.jobAborted);
+    this.stopped.abort();
     await Promise.all(this.followers);
     if (flush) await this.flushLogs();
   }
@@ -167,15 +184,14 @@ export class BuildWatch {
   }
 
   /**
-   * Runs a follower until end() (or `until` aborts): a follower that fails ends the whole wait with its
-   * error (`signal`); its abort by end() or `until` is its normal end.
+   * Tracks a follower, which runs until `signal` aborts: one that fails ends the whole wait with its error
+   * (`signal` of the watch); ending by its signal's abort (end(), the job's, leaving the queue) is normal.
    */
-  private spawn(run: (signal: AbortSignal) => Promise<unknown>, until?: AbortSignal): Promise<void> {
-    const signal = AbortSignal.any([this.ctx.signal, this.stop.signal, ...(until ? [until] : [])]);
-    const follower = run(signal).then(
+  private spawn(run: Promise<unknown>, signal: AbortSignal): Promise<void> {
+    const follower = run.then(
       () => {},
       (error: unknown) => {
-        if (!signal.aborted) this.failed.abort(error);
+        if (!signal.aborted) this.stopped.abort(error);
       },
     );
     this.followers.add(follower);
