@@ -51,6 +51,8 @@ export interface PgNotificationHubOptions {
 /** The hub's ping to itself: its private channel, a nonce. */
 const PING = prepared('notifications.ping', 'SELECT pg_notify($1, $2)');
 
+const noop = () => {};
+
 /** Called with the notification's payload; with none when the hub wakes everyone after a reconnect. */
 type Listener = (payload?: NotificationPayload) => void;
 
@@ -121,18 +123,27 @@ export class PgNotificationHub implements ChangeWaiter {
   ): Promise<T> {
     const { timeoutMs, signal, recheckMs } = options;
     signal?.throwIfAborted();
-    const done = new AbortController();
-    const abort = () => done.abort(signal?.reason);
+    // Why the wait ended early (the caller's abort, the timeout), once it has. A plain field and the wake-up
+    // below rather than an AbortController: a worker holds two of these per waiting start.
+    let ended: { reason: unknown } | undefined;
+    const end = (reason: unknown) => {
+      ended ??= { reason };
+      wake();
+    };
+    const throwIfEnded = () => {
+      if (ended) throw ended.reason;
+    };
+    const abort = () => end(signal?.reason);
     signal?.addEventListener('abort', abort, { once: true });
     const timer = setTimeout(
-      () => done.abort(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
+      () => end(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
       timeoutMs,
     );
 
     // A notification that arrives while a check runs must cause one more check afterwards. That check gets
     // the payload of the last notification since the previous one, or none when it must look for itself:
     // the first check, a timed re-check, a wake-up without a payload (a reconnect) among them.
-    let wake: () => void = () => {};
+    let wake: () => void = noop;
     let pending: boolean;
     let notice: NotificationPayload | undefined;
     let unseen = false;
@@ -153,26 +164,23 @@ export class PgNotificationHub implements ChangeWaiter {
         // An abort that came while the check ran wins: its answer is too late for the caller.
         signal?.throwIfAborted();
         if (result !== undefined) return result;
-        done.signal.throwIfAborted();
+        throwIfEnded();
         if (pending) continue;
         await new Promise<void>((resolve) => {
           // Only a wait that asked for one re-checks on a timer (±20 %: waiters that started together must
-          // not all re-check in the same instant); the hub's ping stands in for the rest. Every way out
-          // removes the abort listener, or each round of a long wait would leave one behind.
+          // not all re-check in the same instant); the hub's ping stands in for the rest.
           const recheck =
             recheckMs === undefined
               ? undefined
               : setTimeout(() => finish(), recheckMs * (0.8 + Math.random() * 0.4));
           const finish = () => {
             clearTimeout(recheck);
-            done.signal.removeEventListener('abort', finish);
+            wake = noop;
             resolve();
           };
           wake = finish;
-          done.signal.addEventListener('abort', finish, { once: true });
         });
-        wake = () => {};
-        done.signal.throwIfAborted();
+        throwIfEnded();
       }
     } finally {
       clearTimeout(timer);
