@@ -26,6 +26,11 @@ export interface Config {
   queuePrefix: string;
   /** Jobs one worker process runs at once. Default 50. */
   workerConcurrency: number;
+  /**
+   * Of those, jobs doing their work at once (not waiting on a change): the rest wait for a slot before their
+   * chat lock (src/worker/admission.ts). Default: 4 × the worker's Postgres pool (80 from concurrency 100).
+   */
+  workerAdmittedJobs?: number;
   /** Default 600000 (Coder's 10 minutes). */
   buildTimeoutMs: number;
   /** Default 120000 (Coder's 2 minutes). */
@@ -219,6 +224,7 @@ export function loadConfig(env: Env = process.env): Config {
     ]),
     queuePrefix,
     workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 50, 1, 10_000)!,
+    workerAdmittedJobs: integer(env, 'WORKER_ADMITTED_JOBS', undefined, 1, 10_000),
     buildTimeoutMs: integer(env, 'BUILD_TIMEOUT_MS', 600_000, 1, DAY_MS)!,
     agentConnectTimeoutMs: integer(env, 'AGENT_CONNECT_TIMEOUT_MS', 120_000, 1, DAY_MS)!,
     startupScriptTimeoutMs: integer(env, 'STARTUP_SCRIPT_TIMEOUT_MS', 600_000, 1, DAY_MS)!,

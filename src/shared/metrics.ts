@@ -34,6 +34,8 @@ export interface Metrics {
   eventPublishFailures: Counter<'type'>;
   /** BullMQ job counts of queue `workspaces`, by state; refreshed on each scrape. */
   queueJobs: Gauge<'state'>;
+  /** Jobs of this worker waiting for a slot before they start (WORKER_ADMITTED_JOBS). */
+  admissionWaiting: Gauge;
 }
 
 export interface MetricsOptions {
@@ -121,6 +123,11 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
       name: 'wsjobs_event_publish_failures_total',
       help: 'Events that could not be published, by type (progress or result)',
       labelNames: ['type'] as const,
+      registers,
+    }),
+    admissionWaiting: new Gauge({
+      name: 'wsjobs_admission_waiting_jobs',
+      help: 'Jobs of this worker waiting for a slot before they start (WORKER_ADMITTED_JOBS)',
       registers,
     }),
     queueJobs: new Gauge({

@@ -52,6 +52,7 @@ import { failures } from './results.js';
 import { jobLogEntry } from './job-log.js';
 import type { CancelListener } from './cancel-listener.js';
 import { JobCancelRequestedError } from './cancel-requested.js';
+import { AdmissionClosedError, type Admission, type AdmissionTicket } from './admission.js';
 
 export interface ProcessorOptions {
   locks: ChatLocks;
@@ -116,6 +117,11 @@ export interface ProcessorOptions {
    * parameters gets none): about 0.8 KiB less for each waiting job (issue 11).
    */
   shutdown?: AbortSignal;
+  /**
+   * The worker's bound on jobs doing their work at once (admission.ts): an attempt is admitted before its
+   * chat lock and gives its slot back while it waits on notifications. Absent = no bound.
+   */
+  admission?: Admission;
 }
 
 /** How often a hand-off tries to promote the chat's next job, and how long it waits between tries. */
@@ -234,7 +240,15 @@ export function createProcessor(options: ProcessorOptions) {
     // The chat this attempt hands on as it ends (handOff): every end but its own lock wait.
     const dataChatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
     let handOffChat = isChatId(dataChatId) ? dataChatId : undefined;
+    const ticket = options.admission?.ticket();
     try {
+      if (ticket) {
+        // A job handed back before its turn keeps its place in its chat's order, like one re-delayed.
+        await admit(job, ticket, token, watch?.signal).catch((error: unknown) => {
+          if (error instanceof DelayedError) handOffChat = undefined;
+          throw error;
+        });
+      }
       const parsed = await parsePayload(job, token, watch?.signal);
       if (parsed.failure) return settle(job, parsed.failure, parsed.log);
       const { attempt, kind, log: workspaceLog } = parsed;
@@ -262,13 +276,46 @@ export function createProcessor(options: ProcessorOptions) {
         throw error;
       });
       if (!lock.held) return settle(job, await finish(attempt, lock.failure), workspaceLog);
-      const result = await runUnderLock(attempt, lock.held, kind, parsed.payload, signal, workspaceLog);
+      const waiter = ticket?.waiter(options.waiter) ?? options.waiter;
+      const result = await runUnderLock(
+        attempt,
+        lock.held,
+        kind,
+        parsed.payload,
+        signal,
+        waiter,
+        workspaceLog,
+      );
       return settle(job, result, workspaceLog);
     } finally {
+      ticket?.done();
       watch?.done();
       if (handOffChat !== undefined) await handOff(handOffChat, job.id!);
     }
   };
+
+  /**
+   * Step 0: a slot of the worker's admission bound, before anything else. A cancel while the job waits
+   * admits it at once (its canceled end is cheap); the worker's close (which refuses the waiting jobs at once,
+   * without waiting out its grace period), or a wait longer than the admission timeout, hands it back to the
+   * queue without spending an attempt (DelayedError).
+   */
+  async function admit(
+    job: Job,
+    ticket: AdmissionTicket,
+    token: string | undefined,
+    canceled: AbortSignal | undefined,
+  ): Promise<void> {
+    try {
+      await ticket.enter(canceled);
+    } catch (error) {
+      if (canceled?.aborted) return;
+      if (!(error instanceof AdmissionClosedError || error instanceof WaitTimeoutError)) throw error;
+      log.info({ jobId: job.id, reason: String(error) }, 'job not admitted; it goes back to the queue');
+      await job.moveToDelayed(Date.now(), token);
+      throw new DelayedError();
+    }
+  }
 
   /**
    * Step 5 (docs/design.md §5): the attempt has released its chat lock (runUnderLock's finally) or left the
@@ -469,6 +516,7 @@ export function createProcessor(options: ProcessorOptions) {
     kind: AnyJobKind,
     payload: ChatPayload,
     signal: AbortSignal | undefined,
+    waiter: ChangeWaiter,
     workspaceLog: JobLogger,
   ): Promise<JobResult> {
     const { job, ref } = unlocked;
@@ -497,7 +545,7 @@ export function createProcessor(options: ProcessorOptions) {
       await emit(attempt, 'lock_acquired', 'Chat lock acquired');
       const ctx: JobContext = {
         store: fencedStore(options.store, attempt.fence),
-        waiter: options.waiter,
+        waiter,
         queue: options.queue,
         timeouts: options.timeouts,
         accessUrl: options.accessUrl,

@@ -28,6 +28,7 @@ import { PgWorkspaceStore } from './pg-store.js';
 import { QueuePositions } from './queue-positions.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
 import { CancelListener } from './cancel-listener.js';
+import { Admission } from './admission.js';
 import {
   createProcessor,
   observeFailedJob,
@@ -37,6 +38,9 @@ import {
 
 /** Stalls (its worker died) a job survives; the next one fails it. */
 const MAX_STALLED_COUNT = 3;
+
+/** The default of WORKER_ADMITTED_JOBS, per connection of the worker's pool. */
+const ADMITTED_PER_CONNECTION = 4;
 
 /** How long close() waits, after the grace period, for aborted jobs to be handed back. */
 const HAND_BACK_MS = 10_000;
@@ -89,6 +93,8 @@ interface Resources {
   cancels: CancelListener;
   /** Aborted once the grace period is over: the attempts still running stop and go back to the queue. */
   shutdown: AbortController;
+  /** Closed as the worker closes: the jobs not admitted yet go back to the queue at once. */
+  admission: Admission;
   server?: MetricsServer;
 }
 
@@ -140,9 +146,10 @@ export class WorkspaceWorker {
         cluster: config.lockRedisCluster,
       }),
     );
+    const poolSize = Math.min(20, Math.max(4, Math.ceil(config.workerConcurrency / 5)));
     const pool = createPool(config.databaseUrl, {
       // Each running job holds a connection only for single queries, never across a wait.
-      max: Math.min(20, Math.max(4, Math.ceil(config.workerConcurrency / 5))),
+      max: poolSize,
       applicationName: 'workspace-jobs-worker',
       log,
     });
@@ -183,6 +190,12 @@ export class WorkspaceWorker {
       metrics = createMetrics({ queueCounts: () => queue.getJobCounts(), log });
     }
 
+    // A few queries waiting per connection at most: a job's queries are short, and no wait outlasts the
+    // pool's connect timeout (issue 11: 10,000 starts at once through 20 connections did).
+    const admission = new Admission({
+      limit: config.workerAdmittedJobs ?? ADMITTED_PER_CONNECTION * poolSize,
+      onWaiting: (waiting) => metrics?.admissionWaiting.set(waiting),
+    });
     const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
     const store = new PgWorkspaceStore(pool);
     const queuePositions = new QueuePositions(store, hub, { log });
@@ -202,6 +215,7 @@ export class WorkspaceWorker {
       log,
       metrics,
       shutdown: shutdown.signal,
+      admission,
       ...options.processor,
     });
 
@@ -267,13 +281,18 @@ export class WorkspaceWorker {
       });
     });
     log.info(
-      { queue: QUEUE_NAME, prefix: config.queuePrefix, concurrency: config.workerConcurrency },
+      {
+        queue: QUEUE_NAME,
+        prefix: config.queuePrefix,
+        concurrency: config.workerConcurrency,
+        admitted: admission.limit,
+      },
       'worker started',
     );
     started.bull = worker;
     started.worker = new WorkspaceWorker(
       worker,
-      { redis, pool, hub, queuePositions, queue, cancels, shutdown, server },
+      { redis, pool, hub, queuePositions, queue, cancels, shutdown, admission, server },
       log,
       metrics,
     );
@@ -294,6 +313,7 @@ export class WorkspaceWorker {
     // From here /healthz answers 503 (worker: closing) while /metrics stays up until the jobs are out.
     this.closing = true;
     const closing = this.worker.close();
+    this.resources.admission.close();
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), graceMs);

@@ -1,0 +1,244 @@
+// Admission control (issue 11, docs/design.md §8): a bound on the jobs of one worker that are doing their work
+// at once, as opposed to waiting on a change. At WORKER_CONCURRENCY 10,000 every job picked up would
+// otherwise run its start phase (order, chat lock, reads, the build's insert) at the same moment through a
+// pool of 20 connections: the pool's queue outwaits its connect timeout, the heap fills with half-done
+// starts and the event loop stalls long enough for chat locks to go unrefreshed. A job is admitted before
+// it takes its chat lock, so one waiting for admission holds nothing to refresh; it gives its slot back
+// while it waits on notifications (admittedWaiter) and takes one again to go on. Jobs that go on (and the
+// checks of their waits) come before new ones: they hold a chat lock already.
+import { WaitTimeoutError } from '../shared/errors.js';
+import type { ChangeWaiter } from './ports.js';
+
+/** How long a job waits for a slot before it gives up (default of AdmissionOptions.timeoutMs). */
+export const DEFAULT_ADMISSION_TIMEOUT_MS = 300_000;
+
+/** The worker is closing: a job not admitted yet goes back to the queue. */
+export class AdmissionClosedError extends Error {
+  override name = 'AdmissionClosedError';
+}
+
+export interface AdmissionOptions {
+  /** Jobs doing their work at once (WORKER_ADMITTED_JOBS). */
+  limit: number;
+  /** How long a job waits for a slot before the wait fails. Default DEFAULT_ADMISSION_TIMEOUT_MS. */
+  timeoutMs?: number;
+  /** Told the number of jobs waiting to start whenever it changes (a gauge). */
+  onWaiting?: (waiting: number) => void;
+}
+
+interface Waiter {
+  grant: () => void;
+  refuse: (error: Error) => void;
+  /** Set once it was granted, timed out or aborted: skipped when its turn comes. */
+  settled: boolean;
+}
+
+/** A FIFO of waiters; one that gave up stays in it, settled, and is skipped (removal in O(1)). */
+class WaiterQueue {
+  private items: Waiter[] = [];
+  private head = 0;
+  /** Waiters not settled. */
+  size = 0;
+
+  push(waiter: Waiter): void {
+    this.items.push(waiter);
+    this.size++;
+  }
+
+  /** The first waiter not settled, taken out. */
+  shift(): Waiter | undefined {
+    while (this.head < this.items.length) {
+      const waiter = this.items[this.head++]!;
+      if (this.head > 1_024 && this.head * 2 > this.items.length) {
+        this.items = this.items.slice(this.head);
+        this.head = 0;
+      }
+      if (!waiter.settled) return waiter;
+    }
+    return undefined;
+  }
+
+  /** Every waiter not settled, taken out (each settles itself, which counts it out of `size`). */
+  drain(): Waiter[] {
+    const rest = this.items.slice(this.head).filter((w) => !w.settled);
+    this.items = [];
+    this.head = 0;
+    return rest;
+  }
+}
+
+export class Admission {
+  readonly limit: number;
+  private readonly timeoutMs: number;
+  private inUse = 0;
+  /** Jobs going on after a wait, and the checks of waits: served first. */
+  private readonly resuming = new WaiterQueue();
+  /** Jobs not admitted yet. */
+  private readonly starting = new WaiterQueue();
+  private closed = false;
+
+  constructor(private readonly options: AdmissionOptions) {
+    if (!Number.isInteger(options.limit) || options.limit < 1) {
+      throw new RangeError(`the admission limit must be a whole number of at least 1, got ${options.limit}`);
+    }
+    this.limit = options.limit;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_ADMISSION_TIMEOUT_MS;
+  }
+
+  /** Slots taken now. */
+  get admitted(): number {
+    return this.inUse;
+  }
+
+  /** Jobs waiting for their first slot. */
+  get waiting(): number {
+    return this.starting.size;
+  }
+
+  /**
+   * A slot, once one is free: `start` for a job not admitted yet (rejects with AdmissionClosedError once
+   * the worker closes), else for one going on. Rejects with a WaitTimeoutError after the timeout and with
+   * the signal's reason when it aborts. After close() a job going on is let through unbounded: the worker
+   * is draining, and what still runs must end.
+   */
+  acquire(kind: 'start' | 'resume', signal?: AbortSignal): Promise<void> {
+    if (kind === 'start' && this.closed) return Promise.reject(closedError());
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.closed || this.inUse < this.limit) {
+      this.inUse++;
+      return Promise.resolve();
+    }
+    const queue = kind === 'start' ? this.starting : this.resuming;
+    return new Promise((resolve, reject) => {
+      const settle = () => {
+        waiter.settled = true;
+        queue.size--;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (kind === 'start') this.options.onWaiting?.(this.starting.size);
+      };
+      const waiter: Waiter = {
+        settled: false,
+        grant: () => {
+          settle();
+          resolve();
+        },
+        refuse: (error) => {
+          settle();
+          reject(error);
+        },
+      };
+      const onAbort = () => {
+        settle();
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(() => {
+        settle();
+        reject(new WaitTimeoutError(`no worker slot free after ${this.timeoutMs} ms`, this.timeoutMs));
+      }, this.timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      queue.push(waiter);
+      if (kind === 'start') this.options.onWaiting?.(this.starting.size);
+    });
+  }
+
+  /** Gives a slot back: to the next job going on, else to the next one to start. */
+  release(): void {
+    const next = this.resuming.shift() ?? this.starting.shift();
+    if (next) next.grant();
+    else this.inUse--;
+  }
+
+  /** `fn` under a slot of its own (a wait's check). */
+  async run<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    await this.acquire('resume', signal);
+    try {
+      return await fn();
+    } finally {
+      this.release();
+    }
+  }
+
+  /**
+   * The worker closes: jobs waiting to start are refused (AdmissionClosedError: they go back to the queue),
+   * and from now on no job is held up.
+   */
+  close(): void {
+    this.closed = true;
+    const error = closedError();
+    for (const waiter of this.starting.drain()) waiter.refuse(error);
+    for (const waiter of this.resuming.drain()) {
+      this.inUse++;
+      waiter.grant();
+    }
+  }
+
+  /** One attempt's hold on a slot. */
+  ticket(): AdmissionTicket {
+    return new AdmissionTicket(this);
+  }
+}
+
+function closedError(): AdmissionClosedError {
+  return new AdmissionClosedError('the worker is closing; the job goes back to the queue');
+}
+
+/**
+ * One attempt's slot: taken by enter(), given back while one of its waits blocks, and for good by done().
+ * A wait that begins while the slot is already given back (a side wait beside the main one, build-watch.ts)
+ * leaves it alone, so that an attempt holds at most one slot besides those of its checks.
+ */
+export class AdmissionTicket {
+  private held = false;
+  private finished = false;
+
+  constructor(private readonly admission: Admission) {}
+
+  /** Admits the attempt (see Admission.acquire, kind `start`). */
+  async enter(signal?: AbortSignal): Promise<void> {
+    await this.admission.acquire('start', signal);
+    this.held = true;
+  }
+
+  /** Gives the slot back for good; safe to call when none is held. */
+  done(): void {
+    this.finished = true;
+    this.giveBack();
+  }
+
+  /**
+   * `waiter`, giving this attempt's slot back while a wait blocks and taking one again before it returns;
+   * each check of the wait runs under a slot of its own (10,000 builds ending at once must not all read at
+   * once either).
+   */
+  waiter(waiter: ChangeWaiter): ChangeWaiter {
+    return {
+      waitFor: async (topics, check, options) => {
+        const gaveBack = this.giveBack();
+        try {
+          return await waiter.waitFor(
+            topics,
+            (notice) => this.admission.run(() => check(notice), options.signal),
+            options,
+          );
+        } finally {
+          if (gaveBack) await this.retake();
+        }
+      },
+    };
+  }
+
+  private giveBack(): boolean {
+    if (!this.held) return false;
+    this.held = false;
+    this.admission.release();
+    return true;
+  }
+
+  private async retake(): Promise<void> {
+    if (this.finished) return;
+    await this.admission.acquire('resume');
+    if (this.finished) this.admission.release();
+    else this.held = true;
+  }
+}
