@@ -136,7 +136,8 @@ export const sum = (table: Record<string, number>) => Object.values(table).reduc
 export const flag = (met: boolean) => (met ? 'met' : 'MISSED');
 
 export async function until<T>(
-  what: string,
+  /** What is waited for; a function is asked at the timeout (a count so far). */
+  what: string | (() => string),
   probe: () => Promise<T | undefined> | T | undefined,
   timeoutMs: number,
 ): Promise<T> {
@@ -144,7 +145,8 @@ export async function until<T>(
   for (;;) {
     const value = await probe();
     if (value !== undefined) return value;
-    check(Date.now() < deadline, `no ${what} within ${timeoutMs} ms`);
+    if (Date.now() >= deadline)
+      check(false, `no ${typeof what === 'string' ? what : what()} within ${timeoutMs} ms`);
     await sleep(10);
   }
 }
@@ -219,24 +221,31 @@ export async function deleteKeys(redis: Redis, prefix: string): Promise<number> 
   return deleted;
 }
 
+/** How long a cleanup step may take unless it says otherwise. */
+const CLEANUP_STEP_MS = 15_000;
+
 /** Cleanup steps, run last-in first-out, each bounded, whatever happened before. */
 export class Cleanup {
-  private readonly steps: { label: string; fn: () => Promise<unknown> }[] = [];
+  private readonly steps: { label: string; fn: () => Promise<unknown>; timeoutMs: number }[] = [];
 
-  add(label: string, fn: () => Promise<unknown>): void {
-    this.steps.push({ label, fn });
+  /**
+   * `timeoutMs`: the step's bound (default 15 s). A step that outlives it keeps running beside the next
+   * ones: a worker still closing recreates the keys and connections they remove, so bound it generously.
+   */
+  add(label: string, fn: () => Promise<unknown>, timeoutMs = CLEANUP_STEP_MS): void {
+    this.steps.push({ label, fn, timeoutMs });
   }
 
   async run(): Promise<boolean> {
     let ok = true;
     while (this.steps.length > 0) {
-      const { label, fn } = this.steps.pop()!;
+      const { label, fn, timeoutMs } = this.steps.pop()!;
       let timer: NodeJS.Timeout | undefined;
       try {
         await Promise.race([
           fn(),
           new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error('timed out after 15 s')), 15_000);
+            timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s`)), timeoutMs);
           }),
         ]);
       } catch (error) {

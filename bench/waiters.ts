@@ -67,6 +67,9 @@ const MAX_LAST_RESULT_MS = 5_000;
 /** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
 const BURST_FACTOR = 2;
 
+/** The cleanup's bound on the worker's close. */
+const WORKER_CLOSE_MS = 60_000;
+
 /** Passed through from the environment when set. */
 const LOCK_SETTINGS = ['JOB_LOCK_MS', 'STALLED_INTERVAL_MS', 'CHAT_LOCK_TTL_MS'] as const;
 const SETTING_FIELDS = {
@@ -174,7 +177,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
   };
 
   const worker = await WorkspaceWorker.start(config, log, { processor: { locks, publisher } });
-  cleanup.add('worker', () => worker.close(5_000));
+  // Its close hands up to 10,000 jobs back (5 s grace, then up to 10 s for the hand-back) and then closes its
+  // connections: the keys and the database are removed only after, or the jobs being handed back leave keys.
+  cleanup.add('worker', () => worker.close(5_000), WORKER_CLOSE_MS);
   const producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, log });
   cleanup.add('producer', () => producer.close());
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix });
@@ -377,7 +382,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const updateMs = performance.now() - completeStarted;
   check(rowCount === WAITERS, `the completing statement made ${rowCount} agents, expected ${WAITERS}`);
   await until(
-    'every result',
+    () => `every result (${results.size} of ${WAITERS} came)`,
     async () => {
       await noneFailed('after their builds completed');
       return results.size >= WAITERS ? true : undefined;
