@@ -20,7 +20,21 @@ interface Follower {
   jobId: string;
   /** The newest read's answer for the job, until its check takes it. */
   unseen?: { position: QueuePosition | null };
+  /** Why its follow ends early (its timeout, its signal, close()), once it does. */
+  ended?: { reason: unknown };
   wake: () => void;
+}
+
+const noop = () => {};
+
+/**
+ * Ends a follow early. A field and the follower's wake-up rather than an AbortSignal.any per follow (about
+ * 1.5 KiB, with a worker following thousands of builds), and close() ends each one directly instead of every
+ * follow listening on one shared signal.
+ */
+function endFollow(follower: Follower, reason: unknown): void {
+  follower.ended ??= { reason };
+  follower.wake();
 }
 
 interface Asked {
@@ -73,24 +87,25 @@ export class QueuePositions implements QueueWatch {
     const { timeoutMs, signal } = options;
     signal?.throwIfAborted();
     this.closing.signal.throwIfAborted();
-    const timedOut = new AbortController();
+    const follower: Follower = { jobId, wake: noop };
     const timer = setTimeout(
-      () => timedOut.abort(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
+      () => endFollow(follower, new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
       timeoutMs,
     );
-    const stop = AbortSignal.any([timedOut.signal, this.closing.signal, ...(signal ? [signal] : [])]);
-    const follower: Follower = { jobId, wake: () => {} };
-    const wake = () => follower.wake();
-    stop.addEventListener('abort', wake, { once: true });
+    const aborted = () => endFollow(follower, signal?.reason);
+    signal?.addEventListener('abort', aborted, { once: true });
+    const throwIfEnded = () => {
+      if (follower.ended) throw follower.ended.reason;
+    };
     this.followers.add(follower);
     this.startReading();
     try {
       for (;;) {
-        stop.throwIfAborted();
+        throwIfEnded();
         if (!follower.unseen) {
           await new Promise<void>((resolve) => (follower.wake = resolve));
-          follower.wake = () => {};
-          stop.throwIfAborted();
+          follower.wake = noop;
+          throwIfEnded();
         }
         const { position } = follower.unseen!;
         follower.unseen = undefined;
@@ -101,7 +116,7 @@ export class QueuePositions implements QueueWatch {
       }
     } finally {
       clearTimeout(timer);
-      stop.removeEventListener('abort', wake);
+      signal?.removeEventListener('abort', aborted);
       this.followers.delete(follower);
     }
   }
@@ -125,6 +140,7 @@ export class QueuePositions implements QueueWatch {
   /** Ends the reads and every follow (they reject); resolves once no read is left running. */
   async close(): Promise<void> {
     this.closing.abort(new Error('queue positions closed: the worker is shutting down'));
+    for (const follower of this.followers) endFollow(follower, this.closing.signal.reason);
     await this.reading;
   }
 
