@@ -404,9 +404,13 @@ await runBench('waiters', 600_000, async (cleanup) => {
     (r) => (r.data as { agent_status?: string }).agent_status,
   ).length;
   check(notReady === 0, `${notReady} results report an agent that is not ready`);
+  // No job left to run or failed; not the completed count, which removeOnComplete caps at 5,000.
   await until(
     'every job completed in the queue',
-    async () => ((await queue.getCompletedCount()) >= WAITERS ? true : undefined),
+    async () => {
+      const counts = await queue.getJobCounts('active', 'waiting', 'delayed', 'failed');
+      return Object.values(counts).every((n) => n === 0) ? true : undefined;
+    },
     30_000,
   );
   const perResult = (pick: (c: CallCounts) => Record<string, number>) =>
