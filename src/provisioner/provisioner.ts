@@ -23,7 +23,7 @@ import {
   type ExecutorContext,
   type ExecutorResult,
 } from './executor.js';
-import { JobLogWriter, type LogColumns } from './job-log-writer.js';
+import { JobLogWriter, type JobState, type LogColumns } from './job-log-writer.js';
 
 export interface ProvisionerOptions {
   pool: Pool;
@@ -445,10 +445,7 @@ export class Provisioner {
       jobId: job.jobId,
       claim: { workerId: this.id, claims },
       // Every batch of lines reads the job under this claim, so it is a check of the job too.
-      onJobState: (state) => {
-        if (controller.signal.aborted) return;
-        controller.abort(state === 'lost' ? new JobLostError() : new JobCanceledError());
-      },
+      onJobState: (state) => abortFor(controller, state),
       log,
     });
     // Our own claim made the job 'running', and its notification reaches us here, usually after this
@@ -642,8 +639,7 @@ export class Provisioner {
     runPrepared<{ canceled: boolean; ours: boolean }>(this.pool, CHECK_JOB, [jobId, this.id, claims])
       .then(({ rows }) => {
         const row = rows[0];
-        if (!row?.ours) controller.abort(new JobLostError());
-        else if (row.canceled) controller.abort(new JobCanceledError());
+        abortFor(controller, !row?.ours ? 'lost' : row.canceled ? 'canceled' : undefined);
       })
       // The heartbeat checks again; a failed check must not abort a healthy job.
       .catch((error: unknown) => this.log.debug({ err: error, jobId }, 'job check failed'));
@@ -667,8 +663,7 @@ export class Provisioner {
         for (const [jobId, { controller }] of entries) {
           if (controller.signal.aborted) continue;
           const canceled = alive.get(jobId);
-          if (canceled === undefined) controller.abort(new JobLostError());
-          else if (canceled) controller.abort(new JobCanceledError());
+          abortFor(controller, canceled === undefined ? 'lost' : canceled ? 'canceled' : undefined);
         }
       })
       .catch((error: unknown) => this.log.warn({ err: error }, 'provisioner heartbeat failed'))
@@ -762,4 +757,10 @@ function errorMessage(error: unknown): string {
   // An empty error would make job_status read 'succeeded' (nullif(error, '')).
   if (message === '') return 'build failed';
   return message.length > MAX_ERROR_LENGTH ? `${message.slice(0, MAX_ERROR_LENGTH)}…` : message;
+}
+
+/** Stops a run the database says is no longer this claim's, or canceled (once: a later reason is ignored). */
+function abortFor(controller: AbortController, state: JobState | undefined): void {
+  if (state === undefined || controller.signal.aborted) return;
+  controller.abort(state === 'lost' ? new JobLostError() : new JobCanceledError());
 }
