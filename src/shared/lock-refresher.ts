@@ -201,12 +201,11 @@ export class LockRefresher {
       answer.then((ours) => {
         locks.forEach((lock, i) => {
           if (ours[i] || !votes[i]?.won || !this.held.has(lock)) return;
-          this.options.clients[node]!.set(
+          takeLock(
+            this.options.clients[node]!,
             lock.resource,
             lock.identifier,
-            'PX',
             this.options.lockTimeoutMs,
-            'NX',
           ).catch(ignore);
         });
       }, ignore);
@@ -217,6 +216,16 @@ export class LockRefresher {
     if (vote.nodes > 1) return `lock quorum unavailable: ${describeVote(vote)}`;
     return `the lock node is unreachable: ${cause ?? `no answer within ${this.options.nodeTimeoutMs} ms`}`;
   }
+}
+
+/** Takes the lock on one node if nobody holds it there: the acquire's step, and the retake after a refresh. */
+export function takeLock(
+  client: Pick<RedisClient, 'set'>,
+  key: string,
+  identifier: string,
+  ttlMs: number,
+): Promise<boolean> {
+  return client.set(key, identifier, 'PX', ttlMs, 'NX').then((result) => result === 'OK');
 }
 
 function ignore(): void {}

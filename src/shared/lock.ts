@@ -29,7 +29,7 @@ import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
 import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
-import { LockRefresher, type RefreshedLock } from './lock-refresher.js';
+import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
 import { countVotes, describeVote, quorumOf, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
@@ -154,7 +154,7 @@ class QuorumMutex extends RedlockMutex {
 
   private take(client: Pick<RedisClient, 'set'>): Promise<boolean> {
     const { identifier, lockTimeout } = this._acquireOptions;
-    return client.set(this._key, identifier, 'PX', lockTimeout, 'NX').then((result) => result === 'OK');
+    return takeLock(client, this._key, identifier, lockTimeout);
   }
 
   /** Compare-and-delete on every node; decided once a quorum has answered (deleted or not ours). */
