@@ -23,7 +23,9 @@ interface Caller<V> {
 
 interface Batch<K, V> {
   keys: K[];
-  callers: Map<unknown, Caller<V>[]>;
+  /** The callers of each key, at its index in `keys`. */
+  waiting: Caller<V>[][];
+  byId: Map<unknown, Caller<V>[]>;
 }
 
 /**
@@ -52,14 +54,15 @@ export class ReadBatcher<K, V> {
   get(key: K): Promise<V> {
     let batch = this.collecting;
     if (!batch) {
-      batch = this.collecting = { keys: [], callers: new Map() };
+      batch = this.collecting = { keys: [], waiting: [], byId: new Map() };
       setImmediate(() => this.send());
     }
     const id = this.identify(key);
-    let callers = batch.callers.get(id);
+    let callers = batch.byId.get(id);
     if (!callers) {
-      batch.callers.set(id, (callers = []));
+      batch.byId.set(id, (callers = []));
       batch.keys.push(key);
+      batch.waiting.push(callers);
     }
     return new Promise<V>((resolve, reject) => callers.push({ resolve, reject }));
   }
@@ -68,12 +71,12 @@ export class ReadBatcher<K, V> {
     const batch = this.collecting!;
     this.collecting = undefined;
     for (let start = 0; start < batch.keys.length; start += this.maxBatchSize) {
-      void this.run(batch.keys.slice(start, start + this.maxBatchSize), batch.callers);
+      const end = start + this.maxBatchSize;
+      void this.run(batch.keys.slice(start, end), batch.waiting.slice(start, end));
     }
   }
 
-  private async run(keys: K[], callers: Map<unknown, Caller<V>[]>): Promise<void> {
-    const waiting = keys.map((key) => callers.get(this.identify(key))!);
+  private async run(keys: K[], waiting: Caller<V>[][]): Promise<void> {
     try {
       const values = await this.load(keys);
       if (values.length !== keys.length) {
