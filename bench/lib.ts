@@ -125,16 +125,31 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/**
- * Polls `probe` every 10 ms until it returns a value, failing the run after `timeoutMs`. A loop, not
- * vi.waitFor: the benchmarks run outside vitest.
- */
 /** The sum of a table's counts. */
 export const sum = (table: Record<string, number>) => Object.values(table).reduce((a, b) => a + b, 0);
 
 /** How a figure stands against its target, as every benchmark prints it. */
 export const flag = (met: boolean) => (met ? 'met' : 'MISSED');
 
+/**
+ * The batched lock refresh's ticks, from each lock refresh's start: the locks of one tick share its start
+ * (one command per lock node for all of them), and ticks are more than 1 ms apart. Each tick's lock count.
+ */
+export function ticksOf(starts: number[]): number[] {
+  const ticks: number[] = [];
+  let previous = -Infinity;
+  for (const t of [...starts].sort((a, b) => a - b)) {
+    if (t - previous > 1) ticks.push(0);
+    ticks[ticks.length - 1]!++;
+    previous = t;
+  }
+  return ticks;
+}
+
+/**
+ * Polls `probe` every 10 ms until it returns a value, failing the run after `timeoutMs`. A loop, not
+ * vi.waitFor: the benchmarks run outside vitest.
+ */
 export async function until<T>(
   /** What is waited for; a function is asked at the timeout (a count so far). */
   what: string | (() => string),

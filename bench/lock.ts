@@ -20,6 +20,7 @@ import {
   sleep,
   stats,
   timed,
+  ticksOf,
   uniquePrefix,
   type Cleanup,
 } from './lib.js';
@@ -179,14 +180,7 @@ async function heldIdle(cleanup: Cleanup, prefix: string): Promise<void> {
   const seconds = (performance.now() - started) / 1000;
   const used = process.cpuUsage(cpu);
   const commands = calls().redis[connection] ?? 0;
-  // The locks of one tick share its start; ticks are at least BATCH_SHARE of the interval apart.
-  const ticks: number[] = [];
-  let previous = -Infinity;
-  for (const t of refreshes.sort((a, b) => a - b)) {
-    if (t - previous > 1) ticks.push(0);
-    ticks[ticks.length - 1]!++;
-    previous = t;
-  }
+  const ticks = ticksOf(refreshes);
   const perPeriod = refreshes.length / ((seconds * 1000) / periodMs);
   const lost = held.filter((lock) => lock.signal.aborted).length;
   check(lost === 0, `${lost} of ${IDLE_HELD} idle locks were lost`);

@@ -40,6 +40,7 @@ import {
   sleep,
   stats,
   sum,
+  ticksOf,
   uniquePrefix,
   until,
   type CallCounts,
@@ -339,14 +340,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const evenShare = BUCKET_MS / refreshPeriodMs;
   const bursts = [...buckets.values()].filter((n) => n > BURST_FACTOR * evenShare * perPeriod).length;
   const spread = busiestShare <= BURST_FACTOR * evenShare;
-  // The locks of one tick share its start (one command per lock node for all of them); ticks are apart.
-  const ticks: number[] = [];
-  let previous = -Infinity;
-  for (const t of [...idleRefreshes].sort((a, b) => a - b)) {
-    if (t - previous > 1) ticks.push(0);
-    ticks[ticks.length - 1]!++;
-    previous = t;
-  }
+  const ticks = ticksOf(idleRefreshes);
   report({
     case: `idle: chat-lock refreshes per ${BUCKET_MS} ms`,
     n: idleRefreshes.length,
