@@ -21,7 +21,12 @@ Exit 0 when every job is canceled, cancel requested or already finished (also fo
   --reason TEXT  who or why, carried in the result's error ("canceled: TEXT"); one line, at most 200 characters
   --json         one JSON object per job, the producer's answer: { jobId, outcome, was?, result? }`;
 
-export async function cancelCommand(args: string[], config: Config, log: Logger): Promise<number> {
+export async function cancelCommand(
+  args: string[],
+  config: Config,
+  log: Logger,
+  servicesReady: () => Promise<void>,
+): Promise<number> {
   const { values } = parseFlags(args, {
     job: { type: 'string' },
     chat: { type: 'string' },
@@ -42,6 +47,7 @@ export async function cancelCommand(args: string[], config: Config, log: Logger)
   const jobId = values.job === undefined ? undefined : requireId('--job', values.job);
   const chatId = values.chat === undefined ? undefined : requireId('--chat', values.chat);
 
+  await servicesReady();
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   let answers: CancelAnswer[];
   try {

@@ -93,7 +93,12 @@ class Interrupted extends Error {
   override name = 'Interrupted';
 }
 
-export async function demoCommand(args: string[], config: Config, log: Logger): Promise<number> {
+export async function demoCommand(
+  args: string[],
+  config: Config,
+  log: Logger,
+  servicesReady: () => Promise<void>,
+): Promise<number> {
   const { values } = parseFlags(args, { exit: { type: 'boolean' } });
   if (values.help) {
     console.log(DEMO_HELP);
@@ -101,6 +106,7 @@ export async function demoCommand(args: string[], config: Config, log: Logger): 
   }
   // The children read the same SHUTDOWN_GRACE_MS: they get it in full before being killed.
   const childExitMs = graceMs() + 10_000;
+  await servicesReady();
   // From the start, so that a Ctrl-C at any point stops the children, which ignore SIGINT (see spawnChild).
   let stopRequested = false;
   const signalled = untilSignal(async () => void (stopRequested = true), log);

@@ -94,7 +94,12 @@ function fieldValue(flag: FieldFlag, raw: string | string[] | undefined): unknow
   return raw;
 }
 
-export async function enqueueCommand(args: string[], config: Config, log: Logger): Promise<number> {
+export async function enqueueCommand(
+  args: string[],
+  config: Config,
+  log: Logger,
+  servicesReady: () => Promise<void>,
+): Promise<number> {
   const [command, ...rest] = args;
   if (command === '--help' || command === '-h' || command === undefined) {
     console.log(enqueueHelp());
@@ -135,11 +140,12 @@ export async function enqueueCommand(args: string[], config: Config, log: Logger
     const value = fieldValue(flag, given[flag.flag] as string | string[] | undefined);
     if (value !== undefined) fields[flag.field] = value;
   }
-  const ownerId =
-    values.owner === undefined ? await ownerOfChat(config, chatId, log) : requireId('--owner', values.owner);
+  const givenOwner = values.owner === undefined ? undefined : requireId('--owner', values.owner);
   const defaultTimeout =
     2 * (config.buildTimeoutMs + config.agentConnectTimeoutMs + config.startupScriptTimeoutMs) + 60_000;
   const timeoutMs = parseMs('--timeout', values.timeout, defaultTimeout);
+  await servicesReady();
+  const ownerId = givenOwner ?? (await ownerOfChat(config, chatId, log));
 
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {

@@ -18,7 +18,12 @@ Exit 1 when there is no such build.
   --follow     keep printing lines as they are written, until the build's provisioner job completes
   --json       one JSON object per line: { id, at, level, stage, source, output }`;
 
-export async function logsCommand(args: string[], config: Config, log: Logger): Promise<number> {
+export async function logsCommand(
+  args: string[],
+  config: Config,
+  log: Logger,
+  servicesReady: () => Promise<void>,
+): Promise<number> {
   const { values } = parseFlags(args, {
     build: { type: 'string' },
     after: { type: 'string' },
@@ -37,6 +42,7 @@ export async function logsCommand(args: string[], config: Config, log: Logger): 
     ? (line: BuildLogLine) => JSON.stringify(line)
     : (line: BuildLogLine) => `${line.at} ${line.level} [${line.stage}] ${line.output}`;
 
+  await servicesReady();
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   const interrupted = new AbortController();
   // Ctrl-C (or SIGTERM, or a closed stdout) ends a follow early; the close below runs either way.

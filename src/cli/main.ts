@@ -202,22 +202,17 @@ async function runCommand(command: string, args: string[], config: Config, log: 
         return { stop: dashboard.close };
       });
     case 'enqueue':
-      await servicesReady();
-      return enqueueCommand(args, config, log);
+      return enqueueCommand(args, config, log, servicesReady);
     case 'healthcheck':
       return healthcheckCommand(args);
     case 'watch':
-      await servicesReady();
-      return watchCommand(args, config, log);
+      return watchCommand(args, config, log, servicesReady);
     case 'logs':
-      await servicesReady();
-      return logsCommand(args, config, log);
+      return logsCommand(args, config, log, servicesReady);
     case 'cancel':
-      await servicesReady();
-      return cancelCommand(args, config, log);
+      return cancelCommand(args, config, log, servicesReady);
     case 'demo':
-      await servicesReady();
-      return demoCommand(args, config, log);
+      return demoCommand(args, config, log, servicesReady);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}; run 'workspace-jobs --help'`);
   }

@@ -15,7 +15,12 @@ such as an event's "seq"; default: all of them), then live ones, until interrupt
   --since ID   replay only the events after this one ("$" for live events only)
   --pretty     one readable line per event instead of JSON`;
 
-export async function watchCommand(args: string[], config: Config, log: Logger): Promise<number> {
+export async function watchCommand(
+  args: string[],
+  config: Config,
+  log: Logger,
+  servicesReady: () => Promise<void>,
+): Promise<number> {
   const { values } = parseFlags(args, {
     chat: { type: 'string' },
     since: { type: 'string' },
@@ -32,6 +37,7 @@ export async function watchCommand(args: string[], config: Config, log: Logger):
       `--since must be a stream entry id like 1732190000000-0, got ${JSON.stringify(since)}`,
     );
   }
+  await servicesReady();
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {
     const unsubscribe = await producer.subscribe(

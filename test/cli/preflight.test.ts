@@ -53,6 +53,33 @@ describe('start-up checks', () => {
     });
   });
 
+  describe('when Redis and Postgres are both unreachable', () => {
+    it.each([
+      [['cancel'], 'give --job ID or --chat ID'],
+      [['cancel', '--job', 'x'], '--job must be a UUID'],
+      [['watch', '--chat', CHAT, '--since', 'now'], '--since must be a stream entry id'],
+      [['logs', '--build', CHAT, '--after', 'abc'], '--after:'],
+      [['enqueue', 'start', '--chat', CHAT, '--timeout', 'soon'], '--timeout'],
+      [['enqueue', 'start', '--chat', CHAT, '--owner', 'x'], '--owner must be a UUID'],
+      [['demo', '--exti'], '--exti'],
+    ])('%j › a bad flag is still named first, exit 2', async (args, named) => {
+      const [redisPort, postgresPort] = [await freePort(), await freePort()];
+      const result = await runCli(
+        args,
+        {
+          REDIS_URL: `redis://127.0.0.1:${redisPort}/0`,
+          DATABASE_URL: `postgres://postgres@127.0.0.1:${postgresPort}/wsjobs`,
+        },
+        EXIT_MS,
+      );
+      expect(result.exit, JSON.stringify(result)).toEqual({ code: 2, signal: null });
+      const lines = result.stderr.filter((line) => line.trim());
+      expect(lines, JSON.stringify(result)).toHaveLength(1);
+      expect(lines[0]).toContain(named);
+      expect(lines[0]).not.toContain('unreachable');
+    });
+  });
+
   describe('when no seed node of a Redis Cluster answers', () => {
     it('worker › exits 1 with one line naming every seed without its password', async () => {
       const [a, b] = [await freePort(), await freePort()];
