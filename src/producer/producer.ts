@@ -11,6 +11,7 @@ import { WaitTimeoutError } from '../shared/errors.js';
 import { PgNotificationHub } from '../shared/notifications.js';
 import { EventPublisher, EventSubscriber } from '../shared/events.js';
 import { ChatOrder } from '../shared/chat-order.js';
+import { handOffChat, promoteThrough } from '../shared/chat-hand-off.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
 import {
   QUEUE_NAME,
@@ -492,8 +493,24 @@ export class WorkspaceJobsProducer {
     // Until the key is gone, an enqueue of the same workspace is deduplicated onto this job: its caller
     // gets the canceled result too.
     await job.removeDeduplicationKey();
-    if (chatId !== undefined) await this.order.leave(chatId, jobId);
+    if (chatId !== undefined) await this.leaveOrderCanceled(chatId, jobId);
     return { jobId, outcome: 'canceled', was: state, result };
+  }
+
+  /**
+   * Takes a removed job out of its chat's order; when it was the chat's turn, hands the turn on to the next
+   * job, which may be sleeping out a lock-wait re-delay behind it (as a worker does when it lets go).
+   */
+  private async leaveOrderCanceled(chatId: string, jobId: string): Promise<void> {
+    const wasHead = (await this.order.head(chatId)) === jobId;
+    await this.order.leave(chatId, jobId);
+    if (!wasHead) return;
+    await handOffChat(this.order, promoteThrough(this.queue), chatId, jobId).catch((error: unknown) =>
+      this.log.warn(
+        { err: error, chatId, jobId },
+        'could not hand the chat to its next job; it takes its turn after its re-delay',
+      ),
+    );
   }
 
   /** Cancels every live job of the chat (its order set lists them), oldest first. */

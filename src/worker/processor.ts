@@ -14,7 +14,6 @@
 // Metrics (when `metrics` is given): a job's outcome is counted in settle for every outcome the processor
 // reports, and by observeFailedJob (the worker's `failed` event) only for retried attempts and for failures
 // BullMQ decides alone (attempts used up by thrown errors, a job stalled too often).
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { StaleAttemptError, type EventPublisher, type JobOwner } from '../shared/events.js';
 import {
@@ -40,6 +39,7 @@ import {
 } from './ports.js';
 import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
 import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../shared/chat-order.js';
+import { handOffChat, type Promote } from '../shared/chat-hand-off.js';
 import { LazyChildLogger, type JobLogger, type Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { describeIssues } from '../shared/schemas.js';
@@ -73,12 +73,8 @@ export interface ProcessorOptions {
   timeouts: WaitTimeouts;
   accessUrl?: string;
   log: Logger;
-  /**
-   * Promotes a delayed job of this queue so that it runs now (Job.promote); resolves `promoted`, or the
-   * job's state when it is not delayed (`unknown` when gone). The hand-off to a chat's next job; absent = the
-   * next job waits out its re-delay.
-   */
-  promote?: (jobId: string) => Promise<string>;
+  /** The hand-off to a chat's next job (promoteThrough the worker's queue); absent = it waits out its re-delay. */
+  promote?: Promote;
   /**
    * First re-delay of a job that found its chat lock busy; doubles per wait. Default 1000. A hand-off
    * (promote) usually ends the wait sooner: the re-delay is the safety net for a lost one.
@@ -123,10 +119,6 @@ export interface ProcessorOptions {
    */
   admission?: Admission;
 }
-
-/** How often a hand-off tries to promote the chat's next job, and how long it waits between tries. */
-const HAND_OFF_TRIES = 5;
-const HAND_OFF_RETRY_MS = 20;
 
 /** The `name` label of a job: one of ours, else `unknown` (a label must not take arbitrary values). */
 function nameLabel(name: string): string {
@@ -320,21 +312,14 @@ export function createProcessor(options: ProcessorOptions) {
   /**
    * Step 5 (docs/design.md §5): the attempt has released its chat lock (runUnderLock's finally) or left the
    * chat's order, so the chat's next job in enqueue order, which may be sleeping out a lock-wait re-delay,
-   * is promoted to take its turn now; only that one, the rest keep waiting for theirs. One ZRANGE when
-   * nobody is next (or this job, still in the order for a retry, is). A next job that is active may be
-   * between its turn check and its re-delay: it is tried again a few times (one waiting to be picked up
-   * finds its turn itself). A promotion lost anyway (a crash, a worker without promote) costs the next job
-   * its re-delay, nothing more.
+   * is promoted to take its turn now (handOffChat). Without promote, the next job takes its turn after its
+   * re-delay.
    */
   async function handOff(chatId: string, jobId: string): Promise<void> {
     const { promote } = options;
     if (!promote) return;
     try {
-      const next = await order.head(chatId);
-      if (next === undefined || next === jobId) return;
-      for (let tries = 1; (await promote(next)) === 'active' && tries < HAND_OFF_TRIES; tries++) {
-        await sleep(HAND_OFF_RETRY_MS);
-      }
+      await handOffChat(order, promote, chatId, jobId);
     } catch (error) {
       log.warn(
         { err: error, chatId, jobId },

@@ -2,12 +2,13 @@
 // for BullMQ, events and the lock; a Postgres pool; one LISTEN connection). Closing is graceful: stop
 // taking jobs, let active ones finish within the grace period, then hand the rest back to the queue.
 // With METRICS_PORT set it serves /metrics and /healthz (metrics-server.ts) until it has stopped.
-import { ErrorCode, Job, Queue, Worker } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import { EventPublisher } from '../shared/events.js';
 import { QUEUE_NAME } from '../shared/contract.js';
 import type { Config } from '../shared/config.js';
 import { ChatLocks } from '../shared/lock.js';
 import { ChatOrder } from '../shared/chat-order.js';
+import { promoteThrough } from '../shared/chat-hand-off.js';
 import type { Logger } from '../shared/logger.js';
 import { createMetrics, type Metrics } from '../shared/metrics.js';
 import { PgNotificationHub } from '../shared/notifications.js';
@@ -48,23 +49,6 @@ const HAND_BACK_MS = 10_000;
 const LOCK_NODES_START_WAIT_MS = 3_000;
 /** How long start() waits for the SUBSCRIBE to the cancel channel. */
 const CANCEL_SUBSCRIBE_WAIT_MS = 10_000;
-
-/**
- * Promotes a job of this queue out of the delayed set (the processor's hand-off to a chat's next job):
- * `promoted`, or the job's state when it is not delayed (BullMQ's JobNotInState) or gone (`unknown`).
- * Through the worker's own queue, so only a job of its prefix is ever promoted.
- */
-async function promoteDelayed(queue: Queue, jobId: string): Promise<string> {
-  const job = await Job.fromId(queue, jobId);
-  if (!job) return 'unknown';
-  try {
-    await job.promote();
-    return 'promoted';
-  } catch (error) {
-    if ((error as { code?: unknown }).code !== ErrorCode.JobNotInState) throw error;
-    return queue.getJobState(jobId);
-  }
-}
 
 export interface WorkspaceWorkerOptions {
   /** Overrides of the processor's options (tests shorten the lock re-delays, record lock intervals). */
@@ -205,7 +189,7 @@ export class WorkspaceWorker {
       order: new ChatOrder(eventsRedis, config.queuePrefix),
       cancels,
       jobState: (jobId) => queue.getJobState(jobId),
-      promote: (jobId) => promoteDelayed(queue, jobId),
+      promote: promoteThrough(queue),
       publisher,
       store,
       waiter: hub,

@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { QUEUE_NAME, type WorkspaceJobEvent } from '../../src/shared/contract.js';
 import { redisKeys } from '../../src/shared/keys.js';
+import { ChatOrder } from '../../src/shared/chat-order.js';
 import { readChatEvents } from '../../src/shared/events.js';
 import { ValidationError } from '../../src/shared/schemas.js';
 import { closeRedis, type Redis } from '../../src/shared/redis.js';
@@ -115,6 +116,39 @@ describe('WorkspaceJobsProducer.cancel', () => {
     expect(await producer.cancel(jobId, { reason: '  by ops  ' })).toMatchObject({
       was: 'waiting',
       result: { error: 'canceled: by ops' },
+    });
+  });
+
+  describe("when the canceled job was its chat's turn and the next one sleeps out a lock-wait re-delay", () => {
+    /** A job as a worker leaves it when the chat's turn is not its own: last in the order, delayed a minute. */
+    async function addReDelayed(chatId: string): Promise<string> {
+      const jobId = randomUUID();
+      await new ChatOrder(redis, prefix).enter(chatId, jobId);
+      const data = { chatId, ownerId: randomUUID(), workspaceId: randomUUID() };
+      await queue.add('start-workspace', data, { jobId, delay: 60_000 });
+      return jobId;
+    }
+
+    it('promotes the next job to take its turn now', async () => {
+      const chatId = randomUUID();
+      const first = await enqueue(chatId);
+      const nextId = await addReDelayed(chatId);
+
+      expect(await producer.cancel(first.jobId)).toMatchObject({ outcome: 'canceled' });
+
+      expect(await queue.getJobState(nextId)).toBe('waiting');
+    });
+
+    it('leaves a later job delayed when the canceled one was not the turn', async () => {
+      const chatId = randomUUID();
+      const first = await enqueue(chatId);
+      const second = await enqueue(chatId);
+      const laterId = await addReDelayed(chatId);
+
+      expect(await producer.cancel(second.jobId)).toMatchObject({ outcome: 'canceled' });
+
+      expect(await queue.getJobState(first.jobId)).toBe('waiting');
+      expect(await queue.getJobState(laterId)).toBe('delayed');
     });
   });
 
