@@ -12,6 +12,8 @@
 // to diff: what the waiters hold); writing one leaves about 90 MiB of RSS behind, so such a run's RSS figures
 // are not measurements. JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS,
 // when set, configure the worker.
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
@@ -67,6 +69,9 @@ const MAX_LAST_RESULT_MS = 5_000;
 /** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
 const BURST_FACTOR = 2;
 
+/** `BENCH_CPU_PROFILE=dir` writes a V8 CPU profile of this process (the worker's) from the completing statement to the last result. */
+const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+
 /** The cleanup's bound on the worker's close. */
 const WORKER_CLOSE_MS = 60_000;
 
@@ -115,6 +120,20 @@ const top = (table: Record<string, number>, seconds: number, n = 4) =>
     .map(([name, count]) => `${name} ${perSecond(count / seconds)}/s`)
     .join(', ');
 
+/** Redis commands / round trips per result on each connection between two counts. */
+const perConnection = (before: CallCounts, after: CallCounts) => {
+  const commands = diff(after.redis, before.redis);
+  const trips = diff(after.redisTrips, before.redisTrips);
+  return Object.entries(commands)
+    .filter(([, n]) => n > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(
+      ([name, n]) =>
+        `${name.replace(/^workspace-jobs-/, '')} ${(n / WAITERS).toFixed(1)}/${((trips[name] ?? 0) / WAITERS).toFixed(2)}`,
+    )
+    .join(', ');
+};
+
 await runBench('waiters', 600_000, async (cleanup) => {
   // Pool of 10 for the seed and the producer; the worker makes its own (20 at this concurrency).
   const db = await benchDatabase(cleanup, 10);
@@ -149,7 +168,8 @@ await runBench('waiters', 600_000, async (cleanup) => {
   // every job's first build_queued and each result.
   const lockRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-lock', failFast: true, log });
   cleanup.add('lock connection', () => closeRedis(lockRedis));
-  const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', log });
+  // Auto-pipelined like the worker's own events connection: without it every event was a write of its own.
+  const eventsRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-events', pipelined: true, log });
   cleanup.add('events connection', () => closeRedis(eventsRedis));
   let refreshes: number[] | undefined;
   const locks = new ChatLocks([lockRedis], prefix, {
@@ -356,7 +376,14 @@ await runBench('waiters', 600_000, async (cleanup) => {
 
   // Every build done at once, in one statement (one transaction), as the provisioner's completion writes it
   // for a start build (the job completed, its resource, its agent) with the simulated agent already ready.
+  const profiler = PROFILE_DIR === undefined ? undefined : new Session();
+  if (profiler) {
+    profiler.connect();
+    await profiler.post('Profiler.enable');
+    await profiler.post('Profiler.start');
+  }
   const resultsBefore = calls();
+  const completeCpu = process.cpuUsage();
   const completeStarted = performance.now();
   const { rowCount } = await db.pool.query(
     `WITH jobs AS (
@@ -385,6 +412,14 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const resultTimes = [...results.values()].map((r) => r.at - completeStarted);
   const lastResultMs = Math.max(...resultTimes);
   const completedCalls = calls();
+  const completeUsed = process.cpuUsage(completeCpu);
+  if (profiler) {
+    const { profile } = await profiler.post('Profiler.stop');
+    const file = `${PROFILE_DIR}/waiters-${WAITERS}-results.cpuprofile`;
+    writeFileSync(file, JSON.stringify(profile));
+    profiler.disconnect();
+    console.log(`waiters: CPU profile of the results written to ${file}`);
+  }
 
   const failures = jobIds.filter((id) => !results.get(id)?.ok);
   check(
@@ -423,7 +458,10 @@ await runBench('waiters', 600_000, async (cleanup) => {
     notes:
       `the statement ${updateMs.toFixed(0)} ms, the last result after ${(lastResultMs / 1000).toFixed(2)} s; ` +
       `per result ${perResult((c) => c.pg).toFixed(1)} Postgres queries, ${perResult((c) => c.redis).toFixed(1)} ` +
-      `Redis commands (statements in all: ${statements}); every job one ok result; target all within ${MAX_LAST_RESULT_MS / 1000} s: ` +
+      `Redis commands in ${perResult((c) => c.redisTrips).toFixed(1)} round trips (${perConnection(resultsBefore, completedCalls)}), ` +
+      `CPU ${((completeUsed.user + completeUsed.system) / 1000 / WAITERS).toFixed(2)} ms per result ` +
+      `(user ${(completeUsed.user / 1000).toFixed(0)} ms, system ${(completeUsed.system / 1000).toFixed(0)} ms in all) ` +
+      `(statements in all: ${statements}); every job one ok result; target all within ${MAX_LAST_RESULT_MS / 1000} s: ` +
       `${flag(lastResultMs <= MAX_LAST_RESULT_MS)}`,
   });
 });
