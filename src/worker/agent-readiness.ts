@@ -28,22 +28,25 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
   const chosen = selection.agent;
   const data = { agent_id: chosen.id, agent_name: chosen.name };
 
-  // The agent as last read, first by the agents read: a wait's first check takes it when it ends the wait
-  // (`ends`) and reads the agent again when it would block, since a change made before the wait subscribed
-  // would not wake it. Later checks always read.
+  // The agent as last read, first by the agents read: when it ends a wait (`ends`), the wait is answered from
+  // it without subscribing (10,000 builds ending at once with their agents ready: no hub listener, timer or
+  // admission slot for either phase, issue 11). Otherwise the wait's checks read the agent, the first one
+  // too, since a change made before the wait subscribed would not wake it.
   let lastRead: Agent | null = chosen;
-  const wait = <T>(
+  const wait = async <T>(
     ends: (agent: Agent) => boolean,
     check: (agent: Agent) => Promise<T | undefined>,
     timeouts: { timeoutMs: number; recheckMs?: number },
-  ) => {
-    let first = true;
+  ): Promise<T | 'gone'> => {
+    ctx.signal.throwIfAborted();
+    if (lastRead && ends(lastRead)) {
+      const known = await check(lastRead);
+      if (known !== undefined) return known;
+    }
     return ctx.waiter.waitFor<T | 'gone'>(
       [topics.agent(chosen.id)],
       async () => {
-        const known = first && lastRead && ends(lastRead) ? lastRead : null;
-        first = false;
-        const agent = known ?? (await ctx.store.getAgent(chosen.id));
+        const agent = await ctx.store.getAgent(chosen.id);
         lastRead = agent;
         return agent ? check(agent) : 'gone';
       },

@@ -291,15 +291,20 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     });
   });
 
-  it('D6: waits are woken by notifications, not by polling', async () => {
+  /** A start of a stopped workspace, waiting on its new build, with the store calls it makes recorded. */
+  async function startWaitingOnBuild() {
     const calls: string[] = [];
-    // Only notifications wake these waits (the agent connect wait's timed re-check is 10 s away).
     const t = await context({ wrapStore: beforeCalls((m) => void calls.push(m)) });
     const w = await world({ then: stopped });
-
     const running = startWorkspace(t.ctx, w.payload);
     const build = await awaitBuild(db, w.workspaceId, 3);
     await t.waitingOn(topics.provisionerJob(build.job_id));
+    return { calls, t, w, running, build };
+  }
+
+  it('D6: waits are woken by notifications, not by polling', async () => {
+    // Only notifications wake these waits (the agent connect wait's timed re-check is 10 s away).
+    const { calls, t, w, running, build } = await startWaitingOnBuild();
     await startJob(db.pool, build.job_id);
     await t.waitForStage('build_running');
     const { agentIds } = await insertAgents(db.pool, build.job_id, [{ name: 'dev' }]);
@@ -322,6 +327,20 @@ describe('startWorkspace: deviations from Coder and extra cases', () => {
     expect(t.stages()).toContain('agent_ready');
     // The build is read as its wait begins and at its end; its running notification said all in between.
     expect(calls.filter((m) => m === 'getBuild')).toHaveLength(2);
+  });
+
+  it('D6: an agent already ready when its build ends is told ready from the agents read, without a wait on it', async () => {
+    const { calls, t, running, build } = await startWaitingOnBuild();
+    const { agentIds } = await insertAgents(db.pool, build.job_id, READY_AGENT);
+    await completeJob(db.pool, build.job_id);
+    const result = success(await running);
+
+    expect(result).toMatchObject({ ok: true, build_id: build.id });
+    expect(result.agent_status).toBeUndefined();
+    expect(t.stages().slice(-2)).toEqual(['build_succeeded', 'agent_ready']);
+    // 10,000 builds ending at once: no hub listener, timer or admission slot per agent phase (issue 11).
+    expect(t.waits.filter((x) => x.topics.includes(topics.agent(agentIds[0]!)))).toEqual([]);
+    expect(calls.filter((m) => m === 'getAgent')).toEqual([]);
   });
 
   it('D6: an agent that reconnects without a notification (only last_connected_at moves) is seen by the connect wait', async () => {
