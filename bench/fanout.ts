@@ -9,8 +9,6 @@
 // once, in order.
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
-import { Session } from 'node:inspector/promises';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { startDashboard } from '../src/dashboard/server.js';
@@ -28,6 +26,7 @@ import {
   progressDraft,
   report,
   runBench,
+  startCpuProfile,
   stats,
   uniquePrefix,
 } from './lib.js';
@@ -186,12 +185,7 @@ async function bench(): Promise<void> {
       const chats = [...new Set(chatIds)];
       const published = new Map<string, { seq: string; at: number }[]>(chats.map((id) => [id, []]));
       // This process is the dashboard's, plus one publish per event (the publisher) and the rounds' messages.
-      const profiler = PROFILE_DIR === undefined ? undefined : new Session();
-      if (profiler) {
-        profiler.connect();
-        await profiler.post('Profiler.enable');
-        await profiler.post('Profiler.start');
-      }
+      const stopProfile = PROFILE_DIR === undefined ? undefined : await startCpuProfile();
       const serverCpu = process.cpuUsage();
       for (let round = 0; round < ROUNDS; round++) {
         const done = ask({ awaitRound: round });
@@ -203,11 +197,9 @@ async function bench(): Promise<void> {
         await done;
       }
       const { user, system } = process.cpuUsage(serverCpu);
-      if (profiler) {
-        const { profile } = await profiler.post('Profiler.stop');
+      if (stopProfile) {
         const file = `${PROFILE_DIR}/fanout-${chats.length}-chats.cpuprofile`;
-        writeFileSync(file, JSON.stringify(profile));
-        profiler.disconnect();
+        await stopProfile(file);
         console.log(`fanout: CPU profile of ${label} written to ${file}`);
       }
       const answer = await ask({ results: true });

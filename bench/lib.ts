@@ -3,7 +3,8 @@
 // non-zero when a benchmark fails or runs out of time.
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { Redis as RedisClient } from 'ioredis';
 import pg from 'pg';
@@ -78,6 +79,22 @@ export function memoryBreakdown(): Record<string, number> {
     arrayBuffers: mb(arrayBuffers),
     rest: mb(rss - heapTotal - external),
     ...spaces,
+  };
+}
+
+/**
+ * Starts a V8 CPU profile of this process (sampling: a few % of CPU on top of what it measures); the
+ * returned stop writes it to `file` (open in Chrome DevTools or speedscope).
+ */
+export async function startCpuProfile(): Promise<(file: string) => Promise<void>> {
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return async (file) => {
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(file, JSON.stringify(profile));
+    session.disconnect();
   };
 }
 
@@ -497,8 +514,11 @@ export function countCalls(): () => CallCounts {
 
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
-/** utime + stime of a process in ms from /proc/<pid>/stat, or undefined when it is gone or not ours to see. */
-function processCpuMs(pid: number): number | undefined {
+/**
+ * utime + stime in ms from /proc/<pid>/stat (or a thread's, /proc/<pid>/task/<tid>/stat), or undefined when
+ * it is gone or not ours to see.
+ */
+function processCpuMs(pid: number | string): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, utime 14.
@@ -507,6 +527,21 @@ function processCpuMs(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * This process's CPU ms so far, split by thread: the main thread (JS and the syscalls it makes) and the
+ * others (V8's concurrent GC and compiler threads, libuv's pool, a CPU profiler's sampler).
+ */
+export function threadsCpuMs(): { mainMs: number; otherMs: number } {
+  let mainMs = 0;
+  let otherMs = 0;
+  for (const tid of readdirSync(`/proc/${process.pid}/task`)) {
+    const ms = processCpuMs(`${process.pid}/task/${tid}`) ?? 0;
+    if (Number(tid) === process.pid) mainMs += ms;
+    else otherMs += ms;
+  }
+  return { mainMs, otherMs };
 }
 
 /** CPU ms of every process on this machine whose /proc/<pid>/comm is `comm`, by pid. */

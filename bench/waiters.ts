@@ -10,10 +10,9 @@
 // survive); BENCH_WAITERS (10 to 10,000) runs fewer. BENCH_HEAP_SNAPSHOT=<file>
 // writes a heap snapshot at the end of the idle window and one before the enqueue (<file>.before.heapsnapshot,
 // to diff: what the waiters hold); writing one leaves about 90 MiB of RSS behind, so such a run's RSS figures
-// are not measurements. JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS,
-// when set, configure the worker.
-import { writeFileSync } from 'node:fs';
-import { Session } from 'node:inspector/promises';
+// are not measurements. BENCH_CPU_PROFILE=<dir> writes V8 CPU profiles of the idle window and of the results
+// (the sampler adds a little to the windows' CPU figures). JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS, when set,
+// configure the worker.
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
@@ -40,7 +39,9 @@ import {
   report,
   runBench,
   sleep,
+  startCpuProfile,
   stats,
+  threadsCpuMs,
   sum,
   ticksOf,
   uniquePrefix,
@@ -69,7 +70,10 @@ const MAX_LAST_RESULT_MS = 5_000;
 /** A 100 ms bucket holding more than this many times its even share of a refresh period's refreshes is a burst. */
 const BURST_FACTOR = 2;
 
-/** `BENCH_CPU_PROFILE=dir` writes a V8 CPU profile of this process (the worker's) from the completing statement to the last result. */
+/**
+ * `BENCH_CPU_PROFILE=dir` writes V8 CPU profiles of this process (the worker's) there: of the idle window
+ * and from the completing statement to the last result.
+ */
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
 
 /** The cleanup's bound on the worker's close. */
@@ -263,9 +267,11 @@ await runBench('waiters', 600_000, async (cleanup) => {
 
   // The idle window: nothing changes in the database; only timers (the hub's ping, lock refreshes,
   // BullMQ's lock extension) do anything.
+  const stopIdleProfile = PROFILE_DIR === undefined ? undefined : await startCpuProfile();
   refreshes = [];
   const windowCalls = calls();
   const cpu = process.cpuUsage();
+  const threadsBefore = threadsCpuMs();
   const windowStarted = performance.now();
   let peakRssMb = memory().rssMb;
   const sampler = setInterval(() => (peakRssMb = Math.max(peakRssMb, memory().rssMb)), 200);
@@ -273,9 +279,15 @@ await runBench('waiters', 600_000, async (cleanup) => {
   clearInterval(sampler);
   const windowSeconds = (performance.now() - windowStarted) / 1000;
   const used = process.cpuUsage(cpu);
+  const threadsAfter = threadsCpuMs();
   const idleCalls = calls();
   const idleRefreshes = refreshes;
   refreshes = undefined;
+  if (stopIdleProfile) {
+    const file = `${PROFILE_DIR}/waiters-${WAITERS}-idle.cpuprofile`;
+    await stopIdleProfile(file);
+    console.log(`waiters: CPU profile of the idle window written to ${file}`);
+  }
   const during = memory(true);
   const breakdownDuring = memoryBreakdown();
   const fmt = (b: Record<string, number>) =>
@@ -333,7 +345,8 @@ await runBench('waiters', 600_000, async (cleanup) => {
     n: WAITERS,
     notes:
       `this process ${cpuPercent.toFixed(1)} % of a core (user ${(used.user / 1000).toFixed(0)} ms, system ` +
-      `${(used.system / 1000).toFixed(0)} ms); Redis ${(sum(redisWindow) / windowSeconds).toFixed(0)} commands/s ` +
+      `${(used.system / 1000).toFixed(0)} ms; the main thread ${(threadsAfter.mainMs - threadsBefore.mainMs).toFixed(0)} ms, ` +
+      `the others ${(threadsAfter.otherMs - threadsBefore.otherMs).toFixed(0)} ms); Redis ${(sum(redisWindow) / windowSeconds).toFixed(0)} commands/s ` +
       `(${top(redisWindow, windowSeconds)}); target < ${MAX_CPU_PERCENT} %: ${flag(cpuPercent < MAX_CPU_PERCENT)}`,
   });
   report({
@@ -376,12 +389,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
 
   // Every build done at once, in one statement (one transaction), as the provisioner's completion writes it
   // for a start build (the job completed, its resource, its agent) with the simulated agent already ready.
-  const profiler = PROFILE_DIR === undefined ? undefined : new Session();
-  if (profiler) {
-    profiler.connect();
-    await profiler.post('Profiler.enable');
-    await profiler.post('Profiler.start');
-  }
+  const stopResultsProfile = PROFILE_DIR === undefined ? undefined : await startCpuProfile();
   const resultsBefore = calls();
   const completeCpu = process.cpuUsage();
   const completeStarted = performance.now();
@@ -413,11 +421,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const lastResultMs = Math.max(...resultTimes);
   const completedCalls = calls();
   const completeUsed = process.cpuUsage(completeCpu);
-  if (profiler) {
-    const { profile } = await profiler.post('Profiler.stop');
+  if (stopResultsProfile) {
     const file = `${PROFILE_DIR}/waiters-${WAITERS}-results.cpuprofile`;
-    writeFileSync(file, JSON.stringify(profile));
-    profiler.disconnect();
+    await stopResultsProfile(file);
     console.log(`waiters: CPU profile of the results written to ${file}`);
   }
 
