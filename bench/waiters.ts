@@ -19,12 +19,7 @@ import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { loadConfig } from '../src/shared/config.js';
 import { QUEUE_NAME, type EventDraft } from '../src/shared/contract.js';
-import { EventPublisher } from '../src/shared/events.js';
-import { ChatLocks } from '../src/shared/lock.js';
-import { createLogger } from '../src/shared/logger.js';
 import type { Pool } from '../src/shared/postgres.js';
-import { closeRedis, createRedis } from '../src/shared/redis.js';
-import { WorkspaceWorker } from '../src/worker/worker.js';
 import {
   REDIS_URL,
   benchDatabase,
@@ -48,6 +43,28 @@ import {
   until,
   type CallCounts,
 } from './lib.js';
+
+/**
+ * What the worker runs: src/ through tsx (the default), or with BENCH_COMPILED=1 the JavaScript that
+ * `npm run build` makes in dist/, as bin/workspace-jobs.js runs it in production. tsx wraps every function
+ * of ours in `__name`, which gives each closure a property array of its own: a cost only a bench pays.
+ */
+const COMPILED = process.env.BENCH_COMPILED === '1';
+const CODE = COMPILED ? '../dist/src' : '../src';
+// Everything that lives in the waiting worker comes from CODE; the seed and the producer stay in src/.
+const [
+  { EventPublisher },
+  { ChatLocks },
+  { createLogger },
+  { closeRedis, createRedis },
+  { WorkspaceWorker },
+] = await Promise.all([
+  import(`${CODE}/shared/events.js`) as Promise<typeof import('../src/shared/events.js')>,
+  import(`${CODE}/shared/lock.js`) as Promise<typeof import('../src/shared/lock.js')>,
+  import(`${CODE}/shared/logger.js`) as Promise<typeof import('../src/shared/logger.js')>,
+  import(`${CODE}/shared/redis.js`) as Promise<typeof import('../src/shared/redis.js')>,
+  import(`${CODE}/worker/worker.js`) as Promise<typeof import('../src/worker/worker.js')>,
+]);
 
 const WAITERS = Number(process.env.BENCH_WAITERS ?? 10_000);
 if (!Number.isInteger(WAITERS) || WAITERS < 10 || WAITERS > 10_000) {
@@ -167,7 +184,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
     ),
   });
   const settings = LOCK_SETTINGS.map((name) => `${name}=${config[SETTING_FIELDS[name]]}`).join(' ');
-  console.log(`waiters: ${WAITERS} waiters, ${settings}`);
+  console.log(
+    `waiters: ${WAITERS} waiters, ${settings}; the worker's code from ${COMPILED ? 'dist/ (compiled)' : 'src/ (tsx)'}`,
+  );
   // The worker's own lock and publisher, as WorkspaceWorker makes them, but observed: every refresh's start,
   // every job's first build_queued and each result.
   const lockRedis = createRedis(config.redisUrl, { name: 'workspace-jobs-lock', failFast: true, log });
@@ -322,7 +341,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   });
   const memoryMet = peakRssMb < MAX_RSS_MB && rssPerWaiterKb <= MAX_KIB_PER_WAITER;
   report({
-    case: `memory with ${WAITERS} waiting`,
+    case: `memory with ${WAITERS} waiting${COMPILED ? ', compiled (dist/)' : ''}`,
     n: WAITERS,
     notes:
       `RSS ${before.rssMb.toFixed(0)} -> ${during.rssMb.toFixed(0)} MiB (peak in the window ${peakRssMb.toFixed(0)}), ` +
