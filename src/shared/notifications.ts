@@ -4,7 +4,8 @@
 // however many wait.
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { sleep, WaitTimeoutError, withTimeout } from './errors.js';
+import { sleep, withTimeout } from './errors.js';
+import { Wait, type WaitBounds } from './wait.js';
 import { prepared, preparedQuery } from './postgres.js';
 import type { ChangeWaiter } from '../worker/ports.js';
 import type { Logger } from './logger.js';
@@ -51,14 +52,20 @@ export interface PgNotificationHubOptions {
 /** The hub's ping to itself: its private channel, a nonce. */
 const PING = prepared('notifications.ping', 'SELECT pg_notify($1, $2)');
 
-const noop = () => {};
-
 /** Called with the notification's payload; with none when the hub wakes everyone after a reconnect. */
 type Listener = (payload?: NotificationPayload) => void;
+/** What the hub tells of a topic's notifications: an `on` listener, or a waitFor's wait. */
+type Subscriber = Listener | Pick<TopicWait<unknown>, 'notify'>;
+type Subscribers = Map<string, Set<Subscriber>>;
+
+function tell(subscriber: Subscriber, payload?: NotificationPayload): void {
+  if (typeof subscriber === 'function') subscriber(payload);
+  else subscriber.notify(payload);
+}
 
 export class PgNotificationHub implements ChangeWaiter {
   private client: pg.Client | undefined;
-  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly listeners: Subscribers = new Map();
   private readonly pingIntervalMs: number;
   private readonly pingTimeoutMs: number;
   private readonly reconnectDelayMs: number;
@@ -107,95 +114,27 @@ export class PgNotificationHub implements ChangeWaiter {
 
   /** Calls `listener` on every notification for `topic`; returns the unsubscribe function. */
   on(topic: string, listener: Listener): () => void {
-    let set = this.listeners.get(topic);
-    if (!set) this.listeners.set(topic, (set = new Set()));
-    set.add(listener);
-    return () => {
-      set.delete(listener);
-      if (set.size === 0) this.listeners.delete(topic);
-    };
+    subscribe(this.listeners, topic, listener);
+    return () => unsubscribe(this.listeners, topic, listener);
   }
 
-  async waitFor<T>(
+  waitFor<T>(
     topics: string[],
     check: (notice?: NotificationPayload) => Promise<T | undefined>,
     options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number },
   ): Promise<T> {
-    const { timeoutMs, signal, recheckMs } = options;
-    signal?.throwIfAborted();
-    // Why the wait ended early (the caller's abort, the timeout), once it has. A plain field and the wake-up
-    // below rather than an AbortController: a worker holds two of these per waiting start.
-    let ended: { reason: unknown } | undefined;
-    const end = (reason: unknown) => {
-      ended ??= { reason };
-      wake();
-    };
-    const throwIfEnded = () => {
-      if (ended) throw ended.reason;
-    };
-    const abort = () => end(signal?.reason);
-    signal?.addEventListener('abort', abort, { once: true });
-    const timer = setTimeout(
-      () => end(new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
-      timeoutMs,
-    );
-
-    // A notification that arrives while a check runs must cause one more check afterwards. That check gets
-    // the payload of the last notification since the previous one, or none when it must look for itself:
-    // the first check, a timed re-check, a wake-up without a payload (a reconnect) among them.
-    let wake: () => void = noop;
-    let pending: boolean;
-    let notice: NotificationPayload | undefined;
-    let unseen = false;
-    const notify = (payload?: NotificationPayload) => {
-      pending = true;
-      if (payload) notice = payload;
-      else unseen = true;
-      wake();
-    };
-    const offs = topics.map((t) => this.on(t, notify));
-    try {
-      for (;;) {
-        const told = unseen ? undefined : notice;
-        pending = false;
-        notice = undefined;
-        unseen = false;
-        const result = await check(told);
-        // An abort that came while the check ran wins: its answer is too late for the caller.
-        signal?.throwIfAborted();
-        if (result !== undefined) return result;
-        throwIfEnded();
-        if (pending) continue;
-        await new Promise<void>((resolve) => {
-          // Only a wait that asked for one re-checks on a timer (±20 %: waiters that started together must
-          // not all re-check in the same instant); the hub's ping stands in for the rest.
-          const recheck =
-            recheckMs === undefined
-              ? undefined
-              : setTimeout(() => finish(), recheckMs * (0.8 + Math.random() * 0.4));
-          const finish = () => {
-            clearTimeout(recheck);
-            wake = noop;
-            resolve();
-          };
-          wake = finish;
-        });
-        throwIfEnded();
-      }
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', abort);
-      offs.forEach((off) => off());
-    }
+    const { signal, recheckMs } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new TopicWait(this.listeners, topics, check, recheckMs, options).promise;
   }
 
   private emit(topic: string, payload?: NotificationPayload): void {
-    for (const listener of this.listeners.get(topic) ?? []) listener(payload);
+    for (const listener of this.listeners.get(topic) ?? []) tell(listener, payload);
   }
 
   /** Wakes every waiter: after a reconnect we cannot know what we missed. */
   private emitAll(): void {
-    for (const set of this.listeners.values()) for (const listener of set) listener();
+    for (const set of this.listeners.values()) for (const listener of set) tell(listener);
   }
 
   private connect(): Promise<void> {
@@ -292,4 +231,83 @@ export class PgNotificationHub implements ChangeWaiter {
       }
     }
   }
+}
+
+function subscribe(subscribers: Subscribers, topic: string, subscriber: Subscriber): void {
+  let set = subscribers.get(topic);
+  if (!set) subscribers.set(topic, (set = new Set()));
+  set.add(subscriber);
+}
+
+function unsubscribe(subscribers: Subscribers, topic: string, subscriber: Subscriber): void {
+  const set = subscribers.get(topic);
+  if (!set?.delete(subscriber)) return;
+  if (set.size === 0) subscribers.delete(topic);
+}
+
+/**
+ * One waitFor (ChangeWaiter's contract), as one object (wait.ts): a worker holds two per waiting start. A
+ * notification that arrives while a check runs causes one more afterwards, with the payload of the last
+ * notification since the previous check, or none when it must look for itself: the first check, a timed
+ * re-check, a wake-up without a payload (a reconnect) among them.
+ */
+class TopicWait<T> extends Wait<T> {
+  /** Notified, or due for a check, since the last check began: the first check is due at once. */
+  private pending = true;
+  private notice: NotificationPayload | undefined;
+  private unseen = false;
+  private recheck: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly subscribers: Subscribers,
+    private readonly topics: string[],
+    private readonly check: (notice?: NotificationPayload) => Promise<T | undefined>,
+    private readonly recheckMs: number | undefined,
+    bounds: WaitBounds,
+  ) {
+    super(bounds);
+    for (const topic of topics) subscribe(subscribers, topic, this);
+    this.next();
+  }
+
+  /** A notification of one of its topics (none: the hub was reconnected). */
+  notify(payload?: NotificationPayload): void {
+    this.pending = true;
+    if (payload) this.notice = payload;
+    else this.unseen = true;
+    this.wake();
+  }
+
+  /** The timed re-check, as a check without a payload. */
+  recheckNow(): void {
+    this.recheck = undefined;
+    this.pending = true;
+    this.wake();
+  }
+
+  protected next(): void {
+    if (this.ended) return this.fail(this.ended.reason);
+    if (!this.pending) {
+      // Only a wait that asked for one re-checks on a timer (±20 %: waiters that started together must
+      // not all re-check in the same instant); the hub's ping stands in for the rest.
+      if (this.recheckMs !== undefined)
+        this.recheck = setTimeout(recheckDue, this.recheckMs * (0.8 + Math.random() * 0.4), this);
+      return;
+    }
+    clearTimeout(this.recheck);
+    const told = this.unseen ? undefined : this.notice;
+    this.pending = false;
+    this.notice = undefined;
+    this.unseen = false;
+    this.runCheck(() => this.check(told));
+  }
+
+  protected leave(): void {
+    clearTimeout(this.recheck);
+    for (const topic of this.topics) unsubscribe(this.subscribers, topic, this);
+  }
+}
+
+function recheckDue(wait: Pick<TopicWait<unknown>, 'recheckNow'>): void {
+  wait.recheckNow();
 }

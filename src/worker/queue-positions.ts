@@ -5,6 +5,7 @@
 // read, and so do the estimates of pending builds alike.
 import { channelTopic } from '../shared/notifications.js';
 import { WaitTimeoutError } from '../shared/errors.js';
+import { Wait, type WaitBounds } from '../shared/wait.js';
 import type { Logger } from '../shared/logger.js';
 import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
 import type { Build, ChangeWaiter, QueueWatch, WorkspaceStore } from './ports.js';
@@ -15,27 +16,6 @@ export const QUEUE_CHECK_INTERVAL_MS = 1_000;
 const ANY_JOB_CHANGED = channelTopic('provisioner_job_changed');
 /** The reads' wait on the changes is renewed this often (every wait is bounded). */
 const READS_RENEWED_MS = 600_000;
-
-interface Follower {
-  jobId: string;
-  /** The newest read's answer for the job, until its check takes it. */
-  unseen?: { position: QueuePosition | null };
-  /** Why its follow ends early (its timeout, its signal, close()), once it does. */
-  ended?: { reason: unknown };
-  wake: () => void;
-}
-
-const noop = () => {};
-
-/**
- * Ends a follow early. A field and the follower's wake-up rather than an AbortSignal.any per follow (about
- * 1.5 KiB, with a worker following thousands of builds), and close() ends each one directly instead of every
- * follow listening on one shared signal.
- */
-function endFollow(follower: Follower, reason: unknown): void {
-  follower.ended ??= { reason };
-  follower.wake();
-}
 
 interface Asked {
   jobId: string;
@@ -53,7 +33,7 @@ const unique = (ids: string[]) => [...new Set(ids)];
 
 export class QueuePositions implements QueueWatch {
   private readonly intervalMs: number;
-  private readonly followers = new Set<Follower>();
+  private readonly followers = new Set<Followed>();
   private asked: Asked[] = [];
   private answering = false;
   /** The reads, while anyone follows. */
@@ -79,46 +59,17 @@ export class QueuePositions implements QueueWatch {
     });
   }
 
-  async follow<T>(
+  follow<T>(
     jobId: string,
     check: (position: QueuePosition | null) => Promise<T | undefined>,
     options: { timeoutMs: number; signal?: AbortSignal },
   ): Promise<T> {
-    const { timeoutMs, signal } = options;
-    signal?.throwIfAborted();
-    this.closing.signal.throwIfAborted();
-    const follower: Follower = { jobId, wake: noop };
-    const timer = setTimeout(
-      () => endFollow(follower, new WaitTimeoutError(`timed out after ${timeoutMs} ms`, timeoutMs)),
-      timeoutMs,
-    );
-    const aborted = () => endFollow(follower, signal?.reason);
-    signal?.addEventListener('abort', aborted, { once: true });
-    const throwIfEnded = () => {
-      if (follower.ended) throw follower.ended.reason;
-    };
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
+    if (this.closing.signal.aborted) return Promise.reject(this.closing.signal.reason);
+    const follower = new Follower(jobId, check, options, this.followers);
     this.followers.add(follower);
     this.startReading();
-    try {
-      for (;;) {
-        throwIfEnded();
-        if (!follower.unseen) {
-          await new Promise<void>((resolve) => (follower.wake = resolve));
-          follower.wake = noop;
-          throwIfEnded();
-        }
-        const { position } = follower.unseen!;
-        follower.unseen = undefined;
-        const result = await check(position);
-        // An abort that came while the check ran wins: its answer is too late for the caller.
-        signal?.throwIfAborted();
-        if (result !== undefined) return result;
-      }
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
-      this.followers.delete(follower);
-    }
+    return follower.promise;
   }
 
   /**
@@ -140,7 +91,7 @@ export class QueuePositions implements QueueWatch {
   /** Ends the reads and every follow (they reject); resolves once no read is left running. */
   async close(): Promise<void> {
     this.closing.abort(new Error('queue positions closed: the worker is shutting down'));
-    for (const follower of this.followers) endFollow(follower, this.closing.signal.reason);
+    for (const follower of this.followers) follower.end(this.closing.signal.reason);
     await this.reading;
   }
 
@@ -208,10 +159,46 @@ export class QueuePositions implements QueueWatch {
     }
     if (this.failing) this.options.log?.info('queue positions read again');
     this.failing = false;
-    for (const f of followers) {
-      f.unseen = { position: positions.get(f.jobId) ?? null };
-      f.wake();
-    }
+    for (const f of followers) f.tell(positions.get(f.jobId) ?? null);
     return true;
   }
 }
+
+/**
+ * One follow (QueueWatch's contract), as one object (wait.ts): a worker follows thousands of builds. It
+ * ends early by a field and a wake-up (its timeout, its signal, close()), not by an AbortSignal.any.
+ */
+class Follower<T> extends Wait<T> {
+  /** The newest read's answer for the job, until its check takes it. */
+  private unseen: { position: QueuePosition | null } | undefined;
+
+  constructor(
+    readonly jobId: string,
+    private readonly check: (position: QueuePosition | null) => Promise<T | undefined>,
+    bounds: WaitBounds,
+    private readonly followers: Set<Followed>,
+  ) {
+    super(bounds);
+  }
+
+  /** A read's answer for the job. */
+  tell(position: QueuePosition | null): void {
+    this.unseen = { position };
+    this.wake();
+  }
+
+  protected next(): void {
+    if (this.ended) return this.fail(this.ended.reason);
+    if (!this.unseen) return;
+    const { position } = this.unseen;
+    this.unseen = undefined;
+    this.runCheck(() => this.check(position));
+  }
+
+  protected leave(): void {
+    this.followers.delete(this);
+  }
+}
+
+/** What the reads and close() see of a follow. */
+type Followed = Pick<Follower<unknown>, 'jobId' | 'tell' | 'end'>;
