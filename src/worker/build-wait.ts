@@ -33,7 +33,6 @@ export async function waitForBuild(
   const report = async (b: Build) => {
     const stage = STAGE_OF_STATUS[b.jobStatus as keyof typeof STAGE_OF_STATUS];
     if (!stage || watch.reported === stage) return;
-    if (stage !== 'build_queued') watch.leaveQueue();
     // Running, then pending again: its provisioner stopped responding and the build waits for a re-run.
     const requeued = stage === 'build_queued' && watch.reported === 'build_running';
     const verb = {

@@ -52,7 +52,6 @@ export class BuildWatch {
   private readonly stopped = new AbortController();
   private readonly followers = new Set<Promise<void>>();
   private queueFollower: Promise<void> | undefined;
-  private leftQueue: AbortController | undefined;
   private lastPosition: QueuePosition | null = null;
   private readonly jobAborted = () => this.stopped.abort(this.ctx.signal.reason);
 
@@ -104,28 +103,21 @@ export class BuildWatch {
 
   /**
    * Starts following the queue while the build is pending, unless that already runs. Called just after
-   * position(): the follow's first look comes an interval later at the earliest.
+   * position(): the follow's first look comes an interval later at the earliest. It ends at the first read
+   * after the build left the queue (no position: the build's start is a change that makes one), or with
+   * the watch; no controller of its own (an AbortSignal is about 0.9 KiB, issue 11). One that is still
+   * running when the build is queued again goes on.
    */
   followQueue(): void {
     if (this.queueFollower) return;
-    // Its own controller, since it also ends when the build leaves the queue; the watch's stop ends it too.
-    const left = (this.leftQueue = new AbortController());
-    const stop = () => left.abort(this.stopped.signal.reason);
-    if (this.stopped.signal.aborted) stop();
-    else this.stopped.signal.addEventListener('abort', stop, { once: true });
+    const signal = this.stopped.signal;
     const follow = this.ctx.queue.follow(this.build.jobId, (position) => this.checkPosition(position), {
       timeoutMs: this.ctx.timeouts.buildTimeoutMs,
-      signal: left.signal,
+      signal,
     });
-    this.queueFollower = this.spawn(follow, left.signal).finally(() => {
-      this.stopped.signal.removeEventListener('abort', stop);
+    this.queueFollower = this.spawn(follow, signal).finally(() => {
       this.queueFollower = undefined;
     });
-  }
-
-  /** Stops following the queue: the build's status says it has left it. */
-  leaveQueue(): void {
-    this.leftQueue?.abort(FOLLOW_OVER);
   }
 
   /** Stops the followers (the build ended) and, with `flush`, publishes the log lines not carried yet. */
