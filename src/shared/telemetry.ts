@@ -187,7 +187,12 @@ export function inSpan<T>(
   fn: (span: Span) => Promise<T>,
   isFailure: (error: unknown) => boolean = () => true,
 ): Promise<T> {
-  return tracer().startActiveSpan(name, options, async (span) => {
+  const parent = context.active();
+  const span = tracer().startSpan(name, options, parent);
+  // Tracing off (no provider: a span that records nothing and carries no trace): `fn` alone, without a
+  // context to make active or an async frame around it that a waiting job would hold (issue 11).
+  if (!span.isRecording() && !isSpanContextValid(span.spanContext())) return fn(span);
+  return context.with(trace.setSpan(parent, span), async () => {
     try {
       return await fn(span);
     } catch (error) {

@@ -28,6 +28,9 @@ export function traceAttempts<R>(process: Processor<R>): Processor<R> {
         },
       },
       async (span) => {
+        // A span that records nothing gets no outcome: returned, not awaited, so that a job waiting for its
+        // build does not hold this frame too (issue 11).
+        if (!span.isRecording()) return process(job, token);
         try {
           const result = await process(job, token);
           const code = (result as Partial<JobFailure> | undefined)?.code;
