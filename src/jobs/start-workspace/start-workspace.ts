@@ -147,17 +147,21 @@ async function start(
   // The chat is bound to the build already, by its insert.
   await ctx.recordBuild(build.id);
 
-  const result = await waitForStart(ctx, workspace, build);
-  if (!isFailure(result) && updateReason && previousBuild) {
-    Object.assign(result, {
-      updated_to_active_version: true,
-      update_reason: messages.updateReason(updateReason),
-      message: messages.updatedMessage(updateReason),
-      previous_template_version_id: previousBuild.templateVersionId,
-      template_version_id: build.templateVersionId,
-    });
-  }
-  return result;
+  const update =
+    updateReason && previousBuild
+      ? {
+          updated_to_active_version: true,
+          update_reason: messages.updateReason(updateReason),
+          message: messages.updatedMessage(updateReason),
+          previous_template_version_id: previousBuild.templateVersionId,
+          template_version_id: build.templateVersionId,
+        }
+      : undefined;
+  // Returned, not awaited: while the build runs, only `update` is held, not this frame with the chat, its
+  // owner and the workspace's previous build (issue 11: thousands of starts wait at once).
+  return waitForStart(ctx, workspace, build).then((result) =>
+    update && !isFailure(result) ? Object.assign(result, update) : result,
+  );
 }
 
 /** Step 9: the start build's outcome, then the agent's readiness. */
