@@ -10,9 +10,9 @@ import { topics, type Build, type JobContext } from './ports.js';
 
 export const BUILD_LOG_INTERVAL_MS = 500;
 /**
- * Why a watch's followers stop when its build wait is over or the build leaves the queue: one reason for
- * every watch, as abort() without one makes a DOMException and its stack trace per call (issue 11: 5,000
- * builds ending at once spent about as long making those as running their events' scripts).
+ * Why a watch's followers stop when its build wait is over: one reason for every watch, as abort() without
+ * one makes a DOMException and its stack trace per call (issue 11: 5,000 builds ending at once spent about
+ * as long making those as running their events' scripts).
  */
 const FOLLOW_OVER = new Error('the build wait no longer follows this');
 /** Lines one build_log event carries at most: a preview, the logs endpoint serves the whole log. */
