@@ -415,9 +415,16 @@ export async function runBench(
       budgetMs,
     );
   });
+  // Ctrl-C or the runner's SIGTERM: the cleanup still runs, so that no worker or provisioner process (in
+  // groups of their own), database or key is left behind. A second signal kills at once.
+  let onSignal: ((signal: NodeJS.Signals) => void) | undefined;
+  const interrupted = new Promise<never>((_, reject) => {
+    onSignal = (signal) => reject(new BenchFailure(`interrupted by ${signal}; cleaning up`));
+  });
+  process.once('SIGINT', onSignal!).once('SIGTERM', onSignal!);
   let failed = false;
   try {
-    await Promise.race([fn(cleanup), overBudget]);
+    await Promise.race([fn(cleanup), overBudget, interrupted]);
   } catch (error) {
     failed = true;
     console.error(`${name}: FAILED: ${error instanceof BenchFailure ? error.message : String(error)}`);
@@ -426,6 +433,7 @@ export async function runBench(
     clearTimeout(timer);
   }
   if (!(await cleanup.run())) failed = true;
+  process.off('SIGINT', onSignal!).off('SIGTERM', onSignal!);
   console.log(`${name}: ${failed ? 'FAILED' : 'done'} in ${((now() - started) / 1000).toFixed(1)} s`);
   process.exitCode = failed ? 1 : 0;
   // Everything was closed above; a handle that is still open is a leak worth knowing about.

@@ -51,6 +51,17 @@ const selected = requested.length > 0 ? requested : Object.keys(BENCHES);
 const dir = mkdtempSync(join(tmpdir(), 'wsjobs-bench-'));
 const resultsFile = join(dir, 'results.jsonl');
 
+/** How long a benchmark stopped at its limit has for its cleanup. */
+const CLEANUP_MS = 30_000;
+
+// Ctrl-C reaches the benchmark too (one process group): wait for its cleanup, then stop with the rest.
+let interrupted = false;
+process.on('SIGINT', () => {
+  if (interrupted) process.exit(130);
+  interrupted = true;
+  console.error('interrupted: waiting for the running benchmark to clean up (Ctrl-C again to leave now)');
+});
+
 function runOne(name: string): Promise<{ ok: boolean; seconds: number }> {
   const file = fileURLToPath(new URL(`./${name}.ts`, import.meta.url));
   const started = performance.now();
@@ -60,12 +71,18 @@ function runOne(name: string): Promise<{ ok: boolean; seconds: number }> {
       env: { ...process.env, BENCH_RESULTS_FILE: resultsFile },
     });
     const limit = BENCHES[name]!;
+    // SIGTERM first: the benchmark's cleanup stops the processes it started and drops what it made.
+    let killer: NodeJS.Timeout | undefined;
     const timer = setTimeout(() => {
-      console.error(`${name}: killed after ${limit / 1000} s`);
-      child.kill('SIGKILL');
+      console.error(
+        `${name}: stopped after ${limit / 1000} s; killed if not done within ${CLEANUP_MS / 1000} s`,
+      );
+      child.kill('SIGTERM');
+      killer = setTimeout(() => child.kill('SIGKILL'), CLEANUP_MS);
     }, limit);
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
+      clearTimeout(killer);
       resolve({ ok: code === 0 && signal === null, seconds: (performance.now() - started) / 1000 });
     });
     child.on('error', (error) => {
@@ -89,6 +106,7 @@ for (let run = 1; run <= runs; run++) {
   for (const name of selected) {
     outcomes.push({ name: runs > 1 ? `${name} (run ${run})` : name, ...(await runOne(name)) });
     console.log();
+    if (interrupted) process.exit(130);
   }
 }
 
