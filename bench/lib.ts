@@ -637,24 +637,33 @@ export async function measureCpu(
 /** How often waitEvents() looks at pg_stat_activity. */
 const WAIT_SAMPLE_MS = 20;
 
+/** What the backends of a window waited on (waitEvents), and the server's WAL flushes meanwhile. */
+export interface BackendStates {
+  /** Each state's share of the active backends' samples, the largest first. */
+  shares: Record<string, number>;
+  /** `pg_stat_wal.wal_sync` over the window: every flush of the server's WAL (the neighbours' too). */
+  walFlushes: number;
+}
+
 /**
  * Starts sampling what the active backends of `database` do, every 20 ms, from a connection to
  * DATABASE_URL's database (so that it is no backend of the run, whose CPU measureCpu counts): on CPU, or the
  * wait event they wait on (`Lock:object` is the lock every transaction that sent a NOTIFY holds from its commit
  * until the commit is flushed to disk, so notifying transactions commit one at a time). Returns the function
- * that ends the window and gives each state's share of the samples, the largest first; `cleanup` ends it too
- * when the run fails first.
+ * that ends the window and gives each state's share of the samples, the largest first, and the WAL flushes of
+ * the window; `cleanup` ends it too when the run fails first.
  */
-export async function waitEvents(
-  cleanup: Cleanup,
-  database: string,
-): Promise<() => Promise<Record<string, number>>> {
+export async function waitEvents(cleanup: Cleanup, database: string): Promise<() => Promise<BackendStates>> {
   const client = new pg.Client({
     connectionString: DATABASE_URL,
     application_name: 'workspace-jobs-bench-sampler',
   });
   client.on('error', () => undefined);
   await client.connect();
+  const walFlushes = async () =>
+    Number((await client.query<{ wal_sync: string }>('SELECT wal_sync FROM pg_stat_wal')).rows[0]!.wal_sync);
+  const flushesBefore = await walFlushes();
+  let flushesAfter: number | undefined;
   const counts: Record<string, number> = {};
   let running = true;
   const sampling = (async () => {
@@ -678,6 +687,7 @@ export async function waitEvents(
     (ended ??= (async () => {
       running = false;
       const error = await sampled;
+      flushesAfter = await walFlushes().catch(() => undefined);
       await client.end();
       return error;
     })());
@@ -687,11 +697,13 @@ export async function waitEvents(
   return async () => {
     const error = await end();
     if (error) throw error;
+    if (flushesAfter === undefined) throw new Error('could not read pg_stat_wal at the end of the window');
     const total = sum(counts);
-    return Object.fromEntries(
+    const shares = Object.fromEntries(
       Object.entries(counts)
         .sort((a, b) => b[1] - a[1])
         .map(([state, n]) => [state, total === 0 ? 0 : n / total]),
     );
+    return { shares, walFlushes: flushesAfter - flushesBefore };
   };
 }

@@ -6,6 +6,8 @@
 // compared with. Reports starts/s, job duration (enqueued -> finished) percentiles, the provisioner's share,
 // Postgres statements and Redis commands and round trips per start (in-process case), CPU per start split by
 // process (Node processes, the run's Postgres backends, the Redis server), and the process's memory.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Queue, Worker } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
@@ -35,6 +37,7 @@ import {
   uniquePrefix,
   until,
   waitEvents,
+  type BackendStates,
   type CallCounts,
   type CpuSplit,
 } from './lib.js';
@@ -58,6 +61,21 @@ const ZERO_DELAY_STARTS = 600;
 /** The connection (and, with `-sub`, the subscriber) of the bench's waitForResult calls. */
 const WAITS_CONNECTION = 'workspace-jobs-bench-waits';
 const BASELINE_JOBS = 20_000;
+/**
+ * `BENCH_CPU_PROFILE=dir`: the zero-delay case's worker and provisioner processes write V8 CPU profiles there
+ * (`worker.cpuprofile`, `provisioner.cpuprofile`, from `--cpu-prof`, over their whole life), and
+ * `zero-delay-window.json` the measured window on the same monotonic clock (µs), to cut the profiles to it.
+ */
+const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+
+/** A child's Node options for a profile named `name`, when BENCH_CPU_PROFILE asks for one. */
+function profileArgs(name: string): string[] {
+  if (!PROFILE_DIR) return [];
+  return ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=${name}.cpuprofile`];
+}
+
+/** The monotonic clock of V8's CPU profiles (CLOCK_MONOTONIC), in µs. */
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 interface StartsCase {
   workspaces: number;
@@ -84,8 +102,8 @@ interface StartsRun {
   rssMb: { before: number; peak: number; after: number };
   heapMb: { before: number; after: number };
   utilization: number;
-  /** Separate processes only: each state's share of the run's active Postgres backends (waitEvents). */
-  backendStates?: Record<string, number>;
+  /** Separate processes only: what the run's active Postgres backends waited on, WAL flushes (waitEvents). */
+  backendStates?: BackendStates;
 }
 
 /** One case on a database and prefix of its own, all of it closed before it returns. */
@@ -129,8 +147,9 @@ async function startWorkspaces(
       PROVISIONER_CONCURRENCY: String(PROVISIONER_CONCURRENCY),
     };
     cleanup.add('worker and provisioner processes', killAll);
-    const worker = new CliProcess('worker', ['worker'], env);
-    const provisioner = new CliProcess('provisioner', ['provisioner'], env);
+    const cli = (name: string) => new CliProcess(name, [name], env, undefined, profileArgs(name));
+    const worker = cli('worker');
+    const provisioner = cli('provisioner');
     cleanup.add('provisioner process', () => provisioner.stop('SIGTERM', 10_000));
     cleanup.add('worker process', () => worker.stop('SIGTERM', 10_000));
     await Promise.all([
@@ -168,6 +187,7 @@ async function startWorkspaces(
   const cpu = await measureCpu(redis, { postgres: { pool: db.pool, database: db.name }, processes });
   const backends = separateProcesses ? await waitEvents(cleanup, db.name) : undefined;
   const elu = performance.eventLoopUtilization();
+  const startedUs = monotonicUs();
   const started = performance.now();
   const enqueued = await mapLimit(seeded, 32, (input) => producer.startWorkspace(input));
   const enqueueMs = performance.now() - started;
@@ -179,6 +199,10 @@ async function startWorkspaces(
     enqueued.map(({ jobId }) => waits.waitForResult(jobId, { timeoutMs: 60_000 })),
   );
   const elapsedMs = performance.now() - started;
+  if (separateProcesses && PROFILE_DIR) {
+    const window = { startUs: startedUs, endUs: monotonicUs() };
+    writeFileSync(join(PROFILE_DIR, 'zero-delay-window.json'), JSON.stringify(window));
+  }
   const utilization = performance.eventLoopUtilization(elu).utilization;
   const counted = calls();
   const cpuSplit = await cpu();
@@ -416,7 +440,7 @@ await runBench('worker', 100_000, async (cleanup) => {
       `${cpuPerUnit(zero.cpu, ZERO_DELAY_STARTS, 'bench (producer, waits)')} ` +
       `(issue 11: 13.1 = Postgres 7.5, worker 3.0, provisioner 1.8, Redis 0.7)`,
   });
-  const states = Object.entries(zero.backendStates ?? {});
+  const states = Object.entries(zero.backendStates!.shares);
   report({
     case: "zero-delay builds: the run's Postgres backends",
     n: ZERO_DELAY_STARTS,
@@ -426,7 +450,9 @@ await runBench('worker', 100_000, async (cleanup) => {
         .filter(([, share]) => share >= 0.01)
         .map(([state, share]) => `${state} ${(share * 100).toFixed(0)}%`)
         .join(', ') +
-      `; Lock:object is the NOTIFY commit lock (one notifying transaction commits at a time)`,
+      `; Lock:object is the NOTIFY commit lock (one notifying transaction commits at a time); ` +
+      `WAL flushes ${(zero.backendStates!.walFlushes / ZERO_DELAY_STARTS).toFixed(1)} per start ` +
+      `(pg_stat_wal, the whole server's)`,
   });
 
   const raw = await rawBullmq(cleanup);

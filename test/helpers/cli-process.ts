@@ -37,9 +37,11 @@ export class CliProcess {
     env: Record<string, string>,
     /** What runs, from the repository root: the CLI, or a test's own entry point. */
     script = 'src/cli/main.ts',
+    /** Node's own options before the script (e.g. a benchmark's `--cpu-prof`, which NODE_OPTIONS refuses). */
+    nodeArgs: string[] = [],
   ) {
     // A small, explicit environment: the CLI reads its configuration from it, nothing leaks in from vitest.
-    this.child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
+    this.child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], {
       cwd: REPO_ROOT,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
