@@ -59,6 +59,27 @@ export interface SimExecutorOptions {
   log?: Logger;
 }
 
+// The simulated agent's two reports (connected and starting; ready or failed). Each commits without waiting
+// for its WAL flush (synchronous_commit off for its own transaction, as the build log batches in
+// job-log-writer.ts): each notifies `workspace_agent_changed` (migrations/0001), and a transaction that sent
+// a NOTIFY holds Postgres's notify lock until its commit is flushed, so every notifying commit of the server
+// waits for the one before it; the two reports were two of the five flushes a zero-delay start queued for. A
+// Postgres crash can lose the last reports: they are a simulation's, which nothing else remembers and the
+// next start of the workspace replays. Guards: an agent a stop build already switched off stays off.
+const AGENT_CONNECTED = `
+  WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
+  UPDATE workspace_agents
+  SET first_connected_at = coalesce(first_connected_at, now()), last_connected_at = now(),
+      lifecycle_state = 'starting', started_at = now(), updated_at = now()
+  FROM unflushed
+  WHERE id = $1 AND lifecycle_state = 'created' AND disconnected_at IS NULL`;
+const AGENT_STARTED = `
+  WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
+  UPDATE workspace_agents
+  SET lifecycle_state = $2, ready_at = now(), last_connected_at = now(), updated_at = now()
+  FROM unflushed
+  WHERE id = $1 AND lifecycle_state = 'starting' AND disconnected_at IS NULL`;
+
 /** How often the simulated output catches up with its schedule. */
 const OUTPUT_TICK_MS = 20;
 
@@ -310,21 +331,9 @@ export class SimExecutor implements Executor {
   ): Promise<void> {
     try {
       await sleep(this.agentConnectMs, signal);
-      // Guards: an agent a stop build already switched off stays off.
-      await this.pool.query(
-        `UPDATE workspace_agents
-         SET first_connected_at = coalesce(first_connected_at, now()), last_connected_at = now(),
-             lifecycle_state = 'starting', started_at = now(), updated_at = now()
-         WHERE id = $1 AND lifecycle_state = 'created' AND disconnected_at IS NULL`,
-        [agent.id],
-      );
+      await this.pool.query(AGENT_CONNECTED, [agent.id]);
       await sleep(this.startupMs, signal);
-      await this.pool.query(
-        `UPDATE workspace_agents
-         SET lifecycle_state = $2, ready_at = now(), last_connected_at = now(), updated_at = now()
-         WHERE id = $1 AND lifecycle_state = 'starting' AND disconnected_at IS NULL`,
-        [agent.id, startupFails ? 'start_error' : 'ready'],
-      );
+      await this.pool.query(AGENT_STARTED, [agent.id, startupFails ? 'start_error' : 'ready']);
     } catch (error) {
       if (!signal.aborted) this.log.warn({ err: error, agentId: agent.id }, 'simulated agent failed');
     }

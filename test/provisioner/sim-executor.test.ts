@@ -6,7 +6,9 @@ import {
   SimExecutor,
   type SimExecutorOptions,
 } from '../../src/provisioner/sim-executor.js';
+import type { BuildJob } from '../../src/provisioner/executor.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
+import type { Pool } from '../../src/shared/postgres.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import {
   createFixture,
@@ -112,6 +114,46 @@ describe('SimExecutor', () => {
     const [agent] = await waitForAgents(build.jobId, (as) => as[0]!.lifecycle_state === 'starting');
     expect(agent!.first_connected_at).not.toBeNull();
     expect(agent!.ready_at).toBeNull();
+  });
+
+  it('when an agent reports › each report commits without waiting for the WAL flush, and only it', async () => {
+    // A committed start build whose agent has not connected: its daemon's simulator never lets it.
+    const parked = startSim({ agentConnectMs: 60_000 });
+    const workspaceId = await createWorkspace(db.pool, fixture);
+    const build = await insertBuild(db.pool, fixture, workspaceId);
+    await waitForCompletion(db.pool, build.jobId);
+    await parked.stop();
+    const [created] = await getAgents(db.pool, build.jobId);
+
+    const client = await db.pool.connect();
+    try {
+      // The simulator's reports inside a transaction the test keeps open, to look at its settings.
+      const inTransaction = { query: (...args: unknown[]) => client.query(...(args as [string])) } as Pool;
+      const show = async () =>
+        (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
+          .synchronous_commit;
+      const before = await show();
+      await client.query('BEGIN');
+      const sim = new SimExecutor({ pool: inTransaction, agentConnectMs: 0, startupMs: 0, log: silentLog });
+      const job = { jobId: build.jobId, workspaceId, transition: 'start' } as BuildJob;
+      sim.afterCommit(job, [{ id: created!.id, name: created!.name }]);
+      await vi.waitFor(async () => {
+        const { rows } = await client.query<{ lifecycle_state: string }>(
+          'SELECT lifecycle_state FROM workspace_agents WHERE id = $1',
+          [created!.id],
+        );
+        expect(rows[0]!.lifecycle_state).toBe('ready');
+      }, POLL);
+      await sim.stop();
+
+      expect(await show()).toBe('off');
+      await client.query('COMMIT');
+      expect(await show()).toBe(before);
+      expect(before).not.toBe('off');
+      expect((await getAgents(db.pool, build.jobId)).map((a) => a.lifecycle_state)).toEqual(['ready']);
+    } finally {
+      client.release();
+    }
   });
 
   it('when the failure rate is 1 › the build fails with the simulated error, logs and no agents', async () => {
