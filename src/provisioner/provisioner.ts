@@ -133,7 +133,16 @@ const NO_LINES: LogColumns = { sources: [], levels: [], stages: [], outputs: [] 
 // completion, heartbeat and poll are exported so bench/plans.ts can EXPLAIN exactly these (a plan that
 // scans a table would grow with the job history).
 
-/** Claims the oldest pending build job: $1 this daemon's id, $2 the ids of its own runs still winding down. */
+/**
+ * Claims the oldest pending build job: $1 this daemon's id, $2 the ids of its own runs still winding down.
+ * The claim of a start or stop build commits without waiting for its WAL flush (synchronous_commit off for
+ * its own transaction): it notifies `provisioner_job_changed` (the job is `running`), and a notifying
+ * transaction holds Postgres's notify lock until its commit is flushed, so every notifying commit of the
+ * server waits for the one before it. A claim a Postgres crash loses leaves the job pending, as though never
+ * claimed: the run finds it lost at its next write or heartbeat and drops its outcome, and the job is built
+ * again, as a stale start or stop build is (they are safe to repeat). A delete build is never re-run: its
+ * claim is flushed.
+ */
 export const CLAIM = prepared(
   'provisioner.claim',
   `WITH claimed AS (
@@ -153,7 +162,11 @@ export const CLAIM = prepared(
           w.name AS workspace_name, w.owner_id,
           b.template_version_id, b.build_number, b.transition,
           coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
-                    WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters
+                    WHERE p.workspace_build_id = b.id), '{}'::jsonb) AS parameters,
+          set_config('synchronous_commit',
+                     CASE WHEN b.transition IN ('start', 'stop') THEN 'off'
+                          ELSE current_setting('synchronous_commit') END,
+                     true) AS synchronous_commit
    FROM claimed c
    LEFT JOIN workspace_builds b ON b.job_id = c.id
    LEFT JOIN workspaces w ON w.id = b.workspace_id`,

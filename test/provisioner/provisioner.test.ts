@@ -1,6 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Provisioner, STALE_JOB_ERROR, type ProvisionerOptions } from '../../src/provisioner/provisioner.js';
+import {
+  CLAIM,
+  Provisioner,
+  STALE_JOB_ERROR,
+  type ProvisionerOptions,
+} from '../../src/provisioner/provisioner.js';
 import { topics } from '../../src/worker/ports.js';
 import { PENDING_JOB_TOPIC, PgNotificationHub } from '../../src/shared/notifications.js';
 import { createPool, type Pool } from '../../src/shared/postgres.js';
@@ -414,6 +419,35 @@ describe('Provisioner', () => {
     ]);
     expect((await getAgents(db.pool, build.jobId)).map((a) => a.name)).toEqual(['main']);
   });
+
+  it.each([
+    ['start', 'off'],
+    ['stop', 'off'],
+    ['delete', 'as before'],
+  ] as const)(
+    'when a %s build is claimed › the claim commits with synchronous_commit %s',
+    async (transition, expected) => {
+      await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture), { transition });
+      const client = await db.pool.connect();
+      try {
+        const show = async () =>
+          (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
+            .synchronous_commit;
+        const before = await show();
+        // The claim inside a transaction the test keeps open (and rolls back), to look at its settings.
+        await client.query('BEGIN');
+        const { rows } = await client.query(CLAIM.text, [randomUUID(), []]);
+
+        expect(rows).toHaveLength(1);
+        expect(await show()).toBe(expected === 'off' ? 'off' : before);
+        expect(before).not.toBe('off');
+        await client.query('ROLLBACK');
+        expect(await show()).toBe(before);
+      } finally {
+        client.release();
+      }
+    },
+  );
 
   it('when a job is canceled between its claim and the subscription › its first log write aborts it', async () => {
     // The cancellation commits right after the claim, and its notification reaches nobody: the per-job
