@@ -4,8 +4,9 @@
 // pool of 20 connections: the pool's queue outwaits its connect timeout, the heap fills with half-done
 // starts and the event loop stalls long enough for chat locks to go unrefreshed. A job is admitted before
 // it takes its chat lock, so one waiting for admission holds nothing to refresh; it gives its slot back
-// while it waits on notifications (admittedWaiter) and takes one again to go on. Jobs that go on (and the
-// checks of their waits) come before new ones: they hold a chat lock already.
+// while it waits on notifications (AdmissionTicket.waiter) and goes on under the slot of the check that
+// ended the wait. Jobs that go on (and the checks of their waits) come before new ones: they hold a chat
+// lock already.
 import { WaitTimeoutError } from '../shared/errors.js';
 import type { ChangeWaiter } from './ports.js';
 
@@ -154,16 +155,6 @@ export class Admission {
     else this.inUse--;
   }
 
-  /** `fn` under a slot of its own (a wait's check). */
-  async run<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    await this.acquire('resume', signal);
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
-  }
-
   /**
    * The worker closes: jobs waiting to start are refused (AdmissionClosedError: they go back to the queue),
    * and from now on no job is held up.
@@ -214,19 +205,33 @@ export class AdmissionTicket {
   /**
    * `waiter`, giving this attempt's slot back while a wait blocks and taking one again before it returns;
    * each check of the wait runs under a slot of its own (10,000 builds ending at once must not all read at
-   * once either).
+   * once either). The check that ends the wait keeps its slot for the attempt to go on with: given back and
+   * asked for again, it queued behind every other check of the burst, so that no job went on before all of
+   * them had been read (issue 11).
    */
   waiter(waiter: ChangeWaiter): ChangeWaiter {
     // Not an async function: a suspended one would hold its frame for the whole wait (issue 11).
     return {
       waitFor: (topics, check, options) => {
         const gaveBack = this.giveBack();
+        let kept = false;
         const waited = waiter.waitFor(
           topics,
-          (notice) => this.admission.run(() => check(notice), options.signal),
+          async (notice) => {
+            await this.admission.acquire('resume', options.signal);
+            let answer;
+            try {
+              answer = await check(notice);
+            } finally {
+              kept = answer !== undefined && gaveBack && !this.finished;
+              if (kept) this.held = true;
+              else this.admission.release();
+            }
+            return answer;
+          },
           options,
         );
-        return gaveBack ? waited.finally(() => this.retake()) : waited;
+        return gaveBack ? waited.finally(() => kept || this.retake()) : waited;
       },
     };
   }

@@ -108,5 +108,36 @@ describe('AdmissionTicket', () => {
       ticket.done();
       expect(admission.admitted).toBe(0);
     });
+
+    it('goes on under the slot of the check that ended its wait, before a job that asked meanwhile', async () => {
+      const admission = new Admission({ limit: 1 });
+      const ticket = admission.ticket();
+      await ticket.enter();
+      const { waiter, end } = blockingWaiter();
+      const other = admission.ticket();
+      let otherEntered: Promise<void> | undefined;
+      let checks = 0;
+      const waiting = ticket.waiter(waiter).waitFor(
+        ['topic'],
+        async () => {
+          if (++checks === 1) return undefined;
+          // Asked while the last check holds the only slot.
+          otherEntered = other.enter();
+          return 'done';
+        },
+        { timeoutMs: 1_000 },
+      );
+      expect(await settled(waiting)).toBe(false);
+      end();
+
+      // It kept the slot: given back and asked for again, the slot would have gone to the other job first.
+      await expect(waiting).resolves.toBe('done');
+      expect(admission.admitted).toBe(1);
+      expect(await settled(otherEntered!)).toBe(false);
+      ticket.done();
+      await otherEntered;
+      other.done();
+      expect(admission.admitted).toBe(0);
+    });
   });
 });
