@@ -1,5 +1,5 @@
 // A worker's ear for cancel requests (docs/design.md §6): one subscriber connection on the cancel channel,
-// and an AbortController for each job attempt this process runs. A broadcast of one of their ids aborts it
+// and a controller for each job attempt this process runs (the attempt's own). A broadcast of one of their ids aborts it
 // with a JobCancelRequestedError carrying the request from the job's marker. Pub/sub is at-most-once, so
 // the marker is also read when a job is first watched (a request made before the broadcast could reach
 // us) and again for every watched job after the connection comes back (a broadcast sent while it was down).
@@ -11,14 +11,41 @@ import { JobCancelRequestedError } from './cancel-requested.js';
 
 /** One job attempt's view of its cancel request. */
 export interface CancelWatch {
-  /** Aborted, with a JobCancelRequestedError, once the job's cancel is requested. */
+  /** Aborted, with a JobCancelRequestedError, once the job's cancel is requested (the watched controller's). */
   readonly signal: AbortSignal;
+  /** The request, once one came: also when the controller was aborted for another reason before. */
+  readonly request: CancelRequest | undefined;
   /** Stops watching (the attempt is over). */
   done(): void;
 }
 
+/** A watched attempt: its controller, aborted by its cancel, and the request once it came. */
+class Watched implements CancelWatch {
+  request: CancelRequest | undefined;
+
+  constructor(
+    readonly jobId: string,
+    private readonly controller: AbortController,
+    private readonly running: Map<string, Set<Watched>>,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  cancel(reason: JobCancelRequestedError): void {
+    this.request ??= reason.request;
+    this.controller.abort(reason);
+  }
+
+  done(): void {
+    const watched = this.running.get(this.jobId);
+    if (watched?.delete(this) && watched.size === 0) this.running.delete(this.jobId);
+  }
+}
+
 export class CancelListener {
-  private readonly running = new Map<string, Set<AbortController>>();
+  private readonly running = new Map<string, Set<Watched>>();
   private readonly channel: string;
   private unfollow: (() => void) | undefined;
 
@@ -39,25 +66,23 @@ export class CancelListener {
   }
 
   /**
-   * Watches a job attempt that starts running here. Reads the job's marker once (after registering, so
-   * that a broadcast in between is not lost): a request made already aborts the signal before this resolves.
+   * Watches a job attempt that starts running here: its cancel aborts `controller` (the attempt's own stop,
+   * so that it needs no signal of ours to listen to; issue 11). Reads the job's marker once (after
+   * registering, so that a broadcast in between is not lost): a request made already aborts it before this
+   * resolves.
    */
-  async watch(jobId: string): Promise<CancelWatch> {
-    const controller = new AbortController();
-    let controllers = this.running.get(jobId);
-    if (!controllers) this.running.set(jobId, (controllers = new Set()));
-    controllers.add(controller);
-    const done = () => {
-      controllers.delete(controller);
-      if (controllers.size === 0 && this.running.get(jobId) === controllers) this.running.delete(jobId);
-    };
+  async watch(jobId: string, controller = new AbortController()): Promise<CancelWatch> {
+    const watched = new Watched(jobId, controller, this.running);
+    let running = this.running.get(jobId);
+    if (!running) this.running.set(jobId, (running = new Set()));
+    running.add(watched);
     try {
       await this.check(jobId, false);
     } catch (error) {
-      done();
+      watched.done();
       throw error;
     }
-    return { signal: controller.signal, done };
+    return watched;
   }
 
   /** Stops listening; the connection stays open for its owner to close. */
@@ -70,7 +95,7 @@ export class CancelListener {
 
   private abort(jobId: string, request: CancelRequest): void {
     const reason = new JobCancelRequestedError(jobId, request);
-    for (const controller of this.running.get(jobId) ?? []) controller.abort(reason);
+    for (const watched of this.running.get(jobId) ?? []) watched.cancel(reason);
   }
 
   /** Aborts the job's attempts with its marker's request; `broadcast`: it was asked for even without one. */

@@ -50,8 +50,7 @@ import type { ChatPayload } from '../jobs/job-kind.js';
 import { findJobKind, queuedDraft, type AnyJobKind } from '../jobs/registry.js';
 import { failures } from './results.js';
 import { jobLogEntry } from './job-log.js';
-import type { CancelListener } from './cancel-listener.js';
-import { JobCancelRequestedError } from './cancel-requested.js';
+import type { CancelListener, CancelWatch } from './cancel-listener.js';
 import { AdmissionClosedError, type Admission, type AdmissionTicket } from './admission.js';
 
 export interface ProcessorOptions {
@@ -227,8 +226,11 @@ export function createProcessor(options: ProcessorOptions) {
   // The pipeline: parse the payload, take the chat lock or re-delay, run under the lock, settle. Each step
   // either hands the next one what it needs or ends the job (a result to settle, or a thrown DelayedError).
   return async function process(job: Job, token?: string): Promise<JobResult> {
-    // Watched from its pickup: a cancel request made before it, or during any step, is seen.
-    const watch = await options.cancels?.watch(job.id!);
+    // Its work stops when the job is canceled, watched from its pickup (a cancel request made before it, or
+    // during any step, is seen); under its chat lock also when the lock is lost or the worker shuts down.
+    const stop = new AttemptStop(metrics);
+    const watch = await options.cancels?.watch(job.id!, stop);
+    const canceled = watch && stop.signal;
     // The chat this attempt hands on as it ends (handOff): every end but its own lock wait.
     const dataChatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
     let handOffChat = isChatId(dataChatId) ? dataChatId : undefined;
@@ -236,12 +238,12 @@ export function createProcessor(options: ProcessorOptions) {
     try {
       if (ticket) {
         // A job handed back before its turn keeps its place in its chat's order, like one re-delayed.
-        await admit(job, ticket, token, watch?.signal).catch((error: unknown) => {
+        await admit(job, ticket, token, canceled).catch((error: unknown) => {
           if (error instanceof DelayedError) handOffChat = undefined;
           throw error;
         });
       }
-      const parsed = await parsePayload(job, token, watch?.signal);
+      const parsed = await parsePayload(job, token, stop, watch);
       if (parsed.failure) return settle(job, parsed.failure, parsed.log);
       const { attempt, kind, log: workspaceLog } = parsed;
       // A job picked up again (after a lock wait, a retry) has reported a stage: its `queued` is out already.
@@ -330,8 +332,7 @@ export function createProcessor(options: ProcessorOptions) {
 
   /** The attempt's cancel request, once it was made. */
   function cancelOf(attempt: Attempt): CancelRequest | undefined {
-    const reason: unknown = attempt.canceled?.reason;
-    return reason instanceof JobCancelRequestedError ? reason.request : undefined;
+    return attempt.cancel?.request;
   }
 
   /**
@@ -382,7 +383,8 @@ export function createProcessor(options: ProcessorOptions) {
   async function parsePayload(
     job: Job,
     token: string | undefined,
-    canceled: AbortSignal | undefined,
+    stop: AttemptStop,
+    cancel: CancelWatch | undefined,
   ): Promise<
     | { failure: JobFailure; log: JobLogger }
     | { failure?: undefined; attempt: Attempt; kind: AnyJobKind; payload: ChatPayload; log: JobLogger }
@@ -412,7 +414,7 @@ export function createProcessor(options: ProcessorOptions) {
       const chatId = (job.data as Partial<ChatPayload> | undefined)?.chatId;
       if (isChatId(chatId)) {
         await finish(
-          { job, jobKey, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced, canceled },
+          { job, jobKey, ref, payload: { chatId } as ChatPayload, owner, fence: unfenced, stop, cancel },
           failure,
         );
       }
@@ -427,7 +429,8 @@ export function createProcessor(options: ProcessorOptions) {
       payload: { ...parsed.data },
       owner,
       fence: unfenced,
-      canceled,
+      stop,
+      cancel,
     };
     const workspaceLog = jobLog.child({ workspaceId: parsed.data.workspaceId });
     return { attempt, kind, payload: parsed.data, log: workspaceLog };
@@ -508,7 +511,8 @@ export function createProcessor(options: ProcessorOptions) {
     workspaceLog.debug({ lock: held.resource }, 'chat lock acquired');
     options.onLockHeld?.({ chatId: payload.chatId, jobId: ref.id, phase: 'acquired' });
     // Its work stops when the chat lock is lost, the worker shuts down, or the job is canceled.
-    const stop = new AttemptStop(held, signal, unlocked.canceled, metrics);
+    const { stop } = unlocked;
+    stop.follow(held, signal);
     underLock.add(stop);
     let ownBuildId = buildIdOf(job);
     // By the clock, not only by the signal: after a pause, I/O callbacks run before the lock's watchdog timer.
@@ -820,8 +824,10 @@ interface Attempt {
   fence: () => void;
   /** This attempt already published its `retrying` event. */
   retryAnnounced?: boolean;
-  /** Aborted with a JobCancelRequestedError once the job's cancel is requested (CancelListener). */
-  canceled: AbortSignal | undefined;
+  /** Stops its work: aborted by its cancel (CancelListener), under its chat lock also by the lock's loss. */
+  stop: AttemptStop;
+  /** Its cancel request, once one came (CancelListener); absent when cancels are not watched. */
+  cancel: CancelWatch | undefined;
 }
 
 /** The error behind an `internal` result of a last attempt, whose stack the failed job should show. */
@@ -836,36 +842,36 @@ function unrecoverable(failure: JobFailure): UnrecoverableError {
 }
 
 /**
- * An attempt's stop under its chat lock: aborted, with the first reason, when the lock is lost (counted in
- * metrics when by a LockLostError), the job is canceled, or the worker shuts down (the processor aborts it:
- * the shutdown signal is the worker's, shared by every attempt). Listens itself (no closure) and stops
- * listening at the attempt's end: AbortSignal.any's signal costs about 1.6 KiB a job in Node 20, this about
- * 1.1 (issue 11).
+ * An attempt's stop: aborted, with the first reason, when the job is canceled (the cancel watch aborts it
+ * from the attempt's pickup), and under its chat lock when the lock is lost (counted in metrics when by a
+ * LockLostError) or the worker shuts down (the processor aborts it: the shutdown signal is the worker's,
+ * shared by every attempt). One controller for all three, whose signal is the job context's: a signal with
+ * a listener is about 0.94 KiB in Node 20, and a cancel watch of its own was one more per waiting job
+ * (issue 11). It listens itself (no closure) and stops listening when the lock is released.
  */
 class AttemptStop extends AbortController {
-  private readonly sources: AbortSignal[];
+  private held: HeldLock | undefined;
 
-  constructor(
-    private readonly held: HeldLock,
-    shutdown: AbortSignal | undefined,
-    canceled: AbortSignal | undefined,
-    private readonly metrics: Metrics | undefined,
-  ) {
+  constructor(private readonly metrics: Metrics | undefined) {
     super();
-    this.sources = canceled ? [held.signal, canceled] : [held.signal];
-    const aborted = [held.signal, shutdown, canceled].find((s) => s?.aborted);
-    if (aborted) this.abort(aborted.reason);
-    for (const source of this.sources) source.addEventListener('abort', this);
   }
 
-  handleEvent(event: Event): void {
-    const { reason } = event.target as AbortSignal;
-    if (event.target === this.held.signal && reason instanceof LockLostError) this.metrics?.locksLost.inc();
+  /** The chat lock is taken: its loss stops the attempt too; so does a loss or shutdown that came already. */
+  follow(held: HeldLock, shutdown: AbortSignal | undefined): void {
+    this.held = held;
+    const aborted = [held.signal, shutdown].find((s) => s?.aborted);
+    if (aborted) this.abort(aborted.reason);
+    held.signal.addEventListener('abort', this);
+  }
+
+  handleEvent(): void {
+    const reason: unknown = this.held?.signal.reason;
+    if (reason instanceof LockLostError) this.metrics?.locksLost.inc();
     this.abort(reason);
   }
 
   unfollow(): void {
-    for (const source of this.sources) source.removeEventListener('abort', this);
+    this.held?.signal.removeEventListener('abort', this);
   }
 }
 

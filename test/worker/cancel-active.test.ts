@@ -8,6 +8,7 @@ import { insertBuild, type BuildStatus } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
 import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import type { JobResult } from '../../src/shared/contract.js';
+import type { CancelRequest } from '../../src/shared/cancel-requests.js';
 import type { ChatLocks } from '../../src/shared/lock.js';
 import { JobCancelRequestedError } from '../../src/worker/cancel-requested.js';
 import { getJob, getLogs, isAlive } from '../provisioner/helpers.js';
@@ -98,24 +99,32 @@ describe('cancel of a delayed or an active job', () => {
      */
     async function workerCanceledAtLock(lock: 'taken' | 'busy', lockWaitTimeoutMs?: number) {
       const { h } = t;
-      const watches: AbortController[] = [];
+      const watches: { cancel: () => void }[] = [];
       let tries = 0;
       const real = h.locks();
       const request = { at: new Date().toISOString(), reason: 'user pressed stop' };
       await h.startWorker({
         processor: {
           cancels: {
-            watch: async () => {
-              const controller = new AbortController();
-              watches.push(controller);
-              return { signal: controller.signal, done: () => {} };
+            // As CancelListener's: the request kept, the attempt's controller aborted with it.
+            watch: async (_jobId, controller = new AbortController()) => {
+              const watch = {
+                signal: controller.signal,
+                request: undefined as CancelRequest | undefined,
+                done: () => {},
+                cancel: () => {
+                  watch.request ??= request;
+                  controller.abort(new JobCancelRequestedError('the job', request));
+                },
+              };
+              watches.push(watch);
+              return watch;
             },
           },
           locks: {
             tryAcquire: async (chatId: string) => {
               tries++;
-              if (lock === 'taken' || tries > 1)
-                for (const w of watches) w.abort(new JobCancelRequestedError('the job', request));
+              if (lock === 'taken' || tries > 1) for (const w of watches) w.cancel();
               return lock === 'taken' ? real.tryAcquire(chatId) : null;
             },
           } as unknown as ChatLocks,
