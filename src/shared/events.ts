@@ -184,28 +184,36 @@ export interface EventPublisherOptions {
 
 // KEYS: the chat's stream; the job's once-marker (result or queued; the stream again for other events); the
 // job's BullMQ lock (the stream again when unchecked); the job's watcher set; the job's BullMQ hash and its
-// log list (the stream again when nothing is recorded); each watcher chat's stream. All share the prefix, so
+// log list (the stream again when nothing is recorded); the job's BullMQ deduplication key and its chat's
+// order (the stream again when it does not leave them); each watcher chat's stream. All share the prefix, so
 // one hash tag keeps them in one Redis Cluster slot. ARGV: once ('' | 'queued' | 'result'), ttl seconds,
 // maxlen, the job's lock token ('' = unchecked), the workspace channel ('' = none), the envelope without v and
 // seq (for splicing), the chat's channel, the number of watchers, the job's progress ('' = not recorded), its
-// log entry ('' = none), its keepLogs ('' = unbounded), then per watcher its chat id, its envelope and its
-// channel.
+// log entry ('' = none), its keepLogs ('' = unbounded), the id of the job leaving ('' = none), '1' when it
+// has a deduplication key, then per watcher its chat id, its envelope and its channel.
+// A job that leaves (its result) frees its deduplication id (while the key still names it) and its place in
+// its chat's order right after the owner check, before its result goes out or is found out already: one
+// command instead of three, and an attempt that lost its job frees nothing the job's new owner holds.
 // The caller names the watchers it knows of (none at first): when the set differs, the script writes nothing
-// and returns the set's members, to be called again with them, as the watchers' streams must be in KEYS. The
-// owner, the marker and the watchers are checked first, and every stream written before the marker is set and
-// anything is published: scripts do not roll back. The marker keeps the published envelope, so that a re-run
+// else (leaving is idempotent) and returns the set's members, to be called again with them, as the watchers'
+// streams must be in KEYS. The owner, the marker and the watchers are checked first, and every stream written
+// before the marker is set and anything is published: scripts do not roll back. The marker keeps the published envelope, so that a re-run
 // can end the job with that same result; a result also ends the watcher set (a chat that joins later gets a
 // copy of the result, announceDeduplicated). The job's progress and log entry go with the event, under the
 // same owner check: an attempt that lost its job can no more overwrite the progress than publish (what BullMQ's
 // own updateProgress and log do not check), and it is one round trip, not three.
 const PUBLISH_SCRIPT = new LuaScript(`
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
+if ARGV[12] ~= '' then
+  if ARGV[13] == '1' and redis.call('GET', KEYS[7]) == ARGV[12] then redis.call('DEL', KEYS[7]) end
+  redis.call('ZREM', KEYS[8], ARGV[12])
+end
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local n = tonumber(ARGV[8])
 local watchers = redis.call('SMEMBERS', KEYS[4])
 if #watchers ~= n then return watchers end
 for i = 1, n do
-  if redis.call('SISMEMBER', KEYS[4], ARGV[9 + 3 * i]) == 0 then return watchers end
+  if redis.call('SISMEMBER', KEYS[4], ARGV[11 + 3 * i]) == 0 then return watchers end
 end
 local function append(key, tail)
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', '${EVENT_FIELD}', '{"v":1,' .. string.sub(tail, 2))
@@ -215,7 +223,7 @@ end
 local id, message = append(KEYS[1], ARGV[6])
 local copies = {}
 for i = 1, n do
-  local _, copy = append(KEYS[6 + i], ARGV[10 + 3 * i])
+  local _, copy = append(KEYS[8 + i], ARGV[12 + 3 * i])
   copies[i] = copy
 end
 if ARGV[1] ~= '' then redis.call('SET', KEYS[2], message, 'EX', ARGV[2]) end
@@ -229,7 +237,7 @@ if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then
 end
 redis.call('PUBLISH', ARGV[7], message)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], message) end
-for i = 1, n do redis.call('PUBLISH', ARGV[11 + 3 * i], copies[i]) end
+for i = 1, n do redis.call('PUBLISH', ARGV[13 + 3 * i], copies[i]) end
 return id`);
 
 // KEYS: the job's BullMQ hash, its lock. ARGV: the lock token ('' = unchecked), the progress. 0 when the token
@@ -297,6 +305,16 @@ export interface JobRecord {
   keepLogs?: number;
 }
 
+/**
+ * What a job's result leaves, in the same script, before it goes out (docs/design.md §4, §5): its place in its
+ * chat's order and, when it has one, its deduplication id, so that a caller who has seen the result and
+ * enqueues again gets a new job that does not wait for this one.
+ */
+export interface JobLeaving {
+  /** BullMQ's deduplication key of the job (`<queue prefix>:<queue name>:de:<id>`): deleted while it names the job. */
+  deduplicationKey?: string;
+}
+
 /** The job's BullMQ lock is no longer this token's: another worker owns the job now, or nobody does. */
 export class StaleAttemptError extends Error {
   override name = 'StaleAttemptError';
@@ -334,19 +352,21 @@ export class EventPublisher {
    * chatId and seq. A `result` event is published at most once per job id, and so is a `queued` one: returns
    * null when it is already out (publishedResult() has the result). With `owner`, publishes only while that
    * token holds the job's BullMQ lock, else throws a StaleAttemptError. With `record`, the event also writes
-   * the job's progress and log entry (only when it is published, and while the job exists). All of it is one
-   * script, so a crash cannot leave a result marker without its event, or a stream without its expiry.
+   * the job's progress and log entry (only when it is published, and while the job exists). With `leaving`,
+   * the job leaves its chat's order and frees its deduplication id first (also when its result is already
+   * out; with `owner`, only while that token holds the job). All of it is one script, so a crash cannot leave
+   * a result marker without its event, or a stream without its expiry.
    */
   async publish(
     draft: EventDraft,
-    options: { owner?: JobOwner; record?: JobRecord } = {},
+    options: { owner?: JobOwner; record?: JobRecord; leaving?: JobLeaving } = {},
   ): Promise<WorkspaceJobEvent | null> {
     const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
     // The streams hold the envelope without seq (its entry id is the seq); the script splices v and seq in.
     const tail = JSON.stringify(body);
     const log = this.keys.chatLog(draft.chatId);
     const once = onceOf(draft);
-    const { owner, record } = options;
+    const { owner, record, leaving } = options;
     const watchersKey = this.keys.jobChats(draft.job.id);
     // The same on every try; only the watchers' keys and arguments follow them.
     const jobKeys = [
@@ -360,6 +380,8 @@ export class EventPublisher {
       watchersKey,
       record?.jobKey ?? log,
       record ? `${record.jobKey}:logs` : log,
+      leaving?.deduplicationKey ?? log,
+      leaving ? this.keys.chatOrder(draft.chatId) : log,
     ];
     const head = [
       once,
@@ -374,6 +396,8 @@ export class EventPublisher {
       record ? JSON.stringify(record.progress) : '',
       record?.log ?? '',
       record?.keepLogs ?? '',
+      leaving ? draft.job.id : '',
+      leaving?.deduplicationKey === undefined ? '' : '1',
     ];
     // Most jobs have no watchers: one round trip.
     let watchers: string[] = [];

@@ -131,6 +131,13 @@ function startedAtOf(job: Job): string {
   return new Date(job.processedOn ?? Date.now()).toISOString();
 }
 
+/** The job's BullMQ deduplication key, as BullMQ names it (its removeDeduplicationKey), when it has an id. */
+function deduplicationKeyOf(job: Job): string | undefined {
+  return job.deduplicationId === undefined
+    ? undefined
+    : `${job.queueQualifiedName}:de:${job.deduplicationId}`;
+}
+
 /** The build the job created, kept in its progress across attempts. */
 function buildIdOf(job: Job): string | undefined {
   const kept = (job.progress as Partial<JobProgress> | undefined)?.buildId;
@@ -755,13 +762,6 @@ export function createProcessor(options: ProcessorOptions) {
     const { ref, payload } = attempt;
     const failed = isFailure(result);
     attempt.fence();
-    // Free the deduplication id before the result goes out (BullMQ frees it only at completion, after this):
-    // a caller that has seen the result and enqueues again gets a new job, not this finished one. Removed
-    // only while it still names this job.
-    await attempt.job.removeDeduplicationKey();
-    // Likewise the job's place in its chat's order: a job enqueued after this result must not wait for this
-    // one to leave. Only a final result gets here; a retried attempt keeps its place, so nothing overtakes it.
-    await order.leave(payload.chatId, ref.id);
     const stage = failed ? 'failed' : 'completed';
     const message = describeResult(result);
     const progress = nextProgress(attempt.job, { kind: 'stage', stage, message, result });
@@ -777,7 +777,15 @@ export function createProcessor(options: ProcessorOptions) {
           message,
           data: result,
         },
-        { owner: attempt.owner, record: { jobKey: attempt.jobKey, progress } },
+        // The deduplication id is freed before the result goes out (BullMQ frees it only at completion, after
+        // this): a caller that has seen the result and enqueues again gets a new job, not this finished one.
+        // Likewise the job's place in its chat's order: a job enqueued after this result must not wait for
+        // this one. Only a final result gets here; a retried attempt keeps its place, so nothing overtakes it.
+        {
+          owner: attempt.owner,
+          record: { jobKey: attempt.jobKey, progress },
+          leaving: { deduplicationKey: deduplicationKeyOf(attempt.job) },
+        },
       );
     } catch (error) {
       if (!(error instanceof StaleAttemptError)) metrics?.eventPublishFailures.inc({ type: 'result' });

@@ -387,6 +387,58 @@ describe('events on the real Redis', () => {
     });
   });
 
+  describe('with the job leaving (its result)', () => {
+    const deduplicationKey = () => `${prefix}:workspaces:de:start-workspace:ws-1`;
+    const orderKey = (chatId: string) => `${prefix}:order:chat:${chatId}`;
+    const result = (chatId: string) =>
+      draft(chatId, 1, {
+        type: 'result',
+        stage: 'completed',
+        data: { kind: 'start-workspace', ok: true, started: true, workspace_name: 'dev' },
+      });
+
+    it('frees the deduplication id while it names the job and leaves the chat order, also when the result is out', async () => {
+      prefix = uniquePrefix('events');
+      const redis = connection();
+      const chatId = randomUUID();
+      const publisher = new EventPublisher(redis, prefix);
+      const leaving = { deduplicationKey: deduplicationKey() };
+      await redis.set(deduplicationKey(), 'job-1');
+      await redis.zadd(orderKey(chatId), 1, 'job-1', 2, 'job-2');
+
+      expect(await publisher.publish(result(chatId), { leaving })).not.toBeNull();
+      expect(await redis.exists(deduplicationKey())).toBe(0);
+      expect(await redis.zrange(orderKey(chatId), 0, -1)).toEqual(['job-2']);
+
+      // A re-run that finds the result out leaves too; a deduplication id naming another job stays.
+      await redis.zadd(orderKey(chatId), 1, 'job-1');
+      await redis.set(deduplicationKey(), 'job-3');
+      expect(await publisher.publish(result(chatId), { leaving })).toBeNull();
+      expect(await redis.get(deduplicationKey())).toBe('job-3');
+      expect(await redis.zrange(orderKey(chatId), 0, -1)).toEqual(['job-2']);
+      expect(await readChatEvents(redis, prefix, chatId, '0')).toHaveLength(1);
+    });
+
+    it('when another token holds the job › frees nothing', async () => {
+      prefix = uniquePrefix('events');
+      const redis = connection();
+      const chatId = randomUUID();
+      const lockKey = `${prefix}:workspaces:job-1:lock`;
+      await redis.set(lockKey, 'token-b', 'PX', 10_000);
+      await redis.set(deduplicationKey(), 'job-1');
+      await redis.zadd(orderKey(chatId), 1, 'job-1');
+
+      await expect(
+        new EventPublisher(redis, prefix).publish(result(chatId), {
+          owner: { lockKey, token: 'token-a' },
+          leaving: { deduplicationKey: deduplicationKey() },
+        }),
+      ).rejects.toBeInstanceOf(StaleAttemptError);
+      expect(await redis.get(deduplicationKey())).toBe('job-1');
+      expect(await redis.zrange(orderKey(chatId), 0, -1)).toEqual(['job-1']);
+    });
+  });
+
   it('after the subscriber connection drops and comes back › events published meanwhile are delivered once', async () => {
     prefix = uniquePrefix('events');
     const redis = connection();
