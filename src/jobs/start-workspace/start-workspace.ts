@@ -57,7 +57,7 @@ export async function startWorkspace(
         }
         // D2: Coder reports a finished stop or delete as "started"; we look again and start it.
         if (latest.transition !== 'start') continue;
-        return started(workspace, { build_id: latest.id }, await agentReadiness(ctx, workspace.id));
+        return started(workspace.name, { build_id: latest.id }, await agentReadiness(ctx, workspace.id));
       }
       case 'canceling':
         // D3: Coder tries to start at once and gets a 409; we let the cancellation settle first.
@@ -78,7 +78,7 @@ export async function startWorkspace(
       case 'succeeded':
         if (latest.transition === 'start') {
           // Already running: no build; D9: a ready agent answers at once (readiness checks before waiting).
-          return started(workspace, { no_build: true }, await agentReadiness(ctx, workspace.id));
+          return started(workspace.name, { no_build: true }, await agentReadiness(ctx, workspace.id));
         }
         break;
     }
@@ -165,20 +165,19 @@ async function start(
 }
 
 /** Step 9: the start build's outcome, then the agent's readiness. */
-async function waitForStart(
-  ctx: JobContext,
-  workspace: Workspace,
-  build: Build,
-): Promise<StartWorkspaceResult> {
-  const waited = await waitForBuild(ctx, build, workspace.id);
-  if (!waited.ok) {
-    return buildFailed(waited, 'workspace start build failed', build.id);
-  }
-  return started(workspace, { build_id: build.id }, await agentReadiness(ctx, workspace.id));
+function waitForStart(ctx: JobContext, workspace: Workspace, build: Build): Promise<StartWorkspaceResult> {
+  // Not awaited here: while the build runs, a start holds the ids and the name it needs after, not this
+  // frame with the workspace's row (issue 11: thousands of starts wait at once).
+  const { id: workspaceId, name } = workspace;
+  const buildId = build.id;
+  return waitForBuild(ctx, build, workspaceId).then(async (waited) => {
+    if (!waited.ok) return buildFailed(waited, 'workspace start build failed', buildId);
+    return started(name, { build_id: buildId }, await agentReadiness(ctx, workspaceId));
+  });
 }
 
 function started(
-  workspace: Workspace,
+  workspaceName: string,
   build: { build_id: Build['id'] } | { no_build: true },
   readiness: AgentReadiness,
 ): StartWorkspaceResult {
@@ -186,7 +185,7 @@ function started(
     kind: 'start-workspace',
     ok: true,
     started: true,
-    workspace_name: workspace.name,
+    workspace_name: workspaceName,
     ...build,
     ...readiness,
   };
