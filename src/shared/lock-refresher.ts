@@ -21,12 +21,16 @@ import type { Logger } from './logger.js';
 import { LuaScript } from './lua-script.js';
 import type { RedisClient } from './redis.js';
 
-/** PEXPIRE each key still holding its token: ARGV[1] the TTL, ARGV[i + 1] KEYS[i]'s token; 1 or 0 per key. */
-const refreshEach = new LuaScript(`
+/**
+ * A script that runs `action` (Lua, on `key`) on each key still holding its token, ARGV[i] KEYS[i]'s; ARGV
+ * after the tokens are the action's. It answers 1 (ours, done) or 0 (not ours) per key.
+ */
+export function eachKeyStillOurs(action: string): LuaScript {
+  return new LuaScript(`
 local answers = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[i + 1] then
-    redis.call('pexpire', key, ARGV[1])
+  if redis.call('get', key) == ARGV[i] then
+    ${action}
     answers[i] = 1
   else
     answers[i] = 0
@@ -34,6 +38,10 @@ for i, key in ipairs(KEYS) do
 end
 return answers
 `);
+}
+
+/** PEXPIRE each key still ours by the TTL after the tokens. */
+const refreshEach = eachKeyStillOurs("redis.call('pexpire', key, ARGV[#KEYS + 1])");
 
 /**
  * A lock is refreshed up to this share of the refresh interval before it is due, with the others due by
@@ -154,7 +162,7 @@ export class LockRefresher {
   private async refresh(locks: RefreshedLock[], sentAt: number): Promise<void> {
     const { clients, lockTimeoutMs, nodeTimeoutMs, onNodeError } = this.options;
     const keys = locks.map((lock) => lock.resource);
-    const args = [lockTimeoutMs, ...locks.map((lock) => lock.identifier)];
+    const args = [...locks.map((lock) => lock.identifier), lockTimeoutMs];
     const started = performance.now();
     let cause: string | undefined;
     const answers = clients.map((client) =>

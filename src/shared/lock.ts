@@ -14,22 +14,25 @@
 //   process) while the key silently expires. So it is turned off (`refreshInterval: 0`: tryAcquire starts
 //   the interval only when it is above 0, and release() still deletes the key), and lock-refresher.ts
 //   refreshes every lock of a ChatLocks in batches, one script per node per tick, with the loss, quorum and
-//   watchdog rules below. The library is kept for what it still does well: the acquire loop, the
-//   compare-and-delete release, the identifier, and Lock's acquired/released state.
+//   watchdog rules below. The library is kept for what it still does well: the acquire loop, the identifier,
+//   and Lock's acquired state.
+// - Release: one compare-and-delete script per lock. Released in a burst (10,000 builds completed at once),
+//   that was a write and a round trip per lock, so lock-releaser.ts deletes the locks let go in one turn of
+//   the event loop with one script per node, voted per lock as below.
 // - Redlock: RedlockMutex sends each step to every node and awaits them all (Promise.all), swallowing
 //   per-node errors. So one dead or hung node makes every acquire and release as slow as that node's
 //   timeout (with a client's offline queue: its reconnect backoff), and an unreachable majority looks like
 //   "held by someone else". QuorumMutex replaces both steps with votes (lock-vote.ts) decided by the first
 //   majority of answers, with each node bounded by `nodeTimeoutMs`, and tells an unreachable quorum
-//   (LockUnavailableError) from a refusal; the batched refresh votes the same way, per lock.
+//   (LockUnavailableError) from a refusal; the batched refresh and release vote the same way, per lock.
 // - Loss: a lock is lost when a refresh finds it not ours (on a quorum), or by the clock (the watchdog: no
 //   confirmed refresh for WATCHDOG_SHARE of the TTL). Its key is left alone until release(), which every
 //   job path calls: the compare-and-delete then frees what is still ours, on every node.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
 import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
-import { withTimeout } from './errors.js';
 import { redisKeys } from './keys.js';
 import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
+import { LockReleaser } from './lock-releaser.js';
 import { countVotes, describeVote, quorumOf, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
@@ -58,7 +61,8 @@ export interface ChatLocksOptions {
   /**
    * How long a node may take to answer before it counts as unreachable; the vote does not wait for it longer.
    * Every step on Redlock nodes; on one node, the refresh (a batch that does not answer in time keeps its
-   * locks until their watchdog). Default 500 (createRedis' failFast command timeout).
+   * locks until their watchdog) and the release (one not answered in time is logged, and its key expires
+   * unless the late answer deleted it). Default 500 (createRedis' failFast command timeout).
    */
   nodeTimeoutMs?: number;
   /**
@@ -97,9 +101,6 @@ export function jitteredRefreshInterval(intervalMs: number, jitter: number, rand
   return intervalMs * (1 - jitter * random());
 }
 
-/** A release waits at most this long for Redis; the key expires on its own anyway. */
-const MAX_RELEASE_WAIT_MS = 5_000;
-
 class SingleNodeMutex extends Mutex {
   constructor(client: RedisClient, key: string, options: LockOptions) {
     super(client, key, options);
@@ -134,11 +135,6 @@ class QuorumMutex extends RedlockMutex {
     void this.deleteEverywhere();
     if (vote.quorumUnavailable) throw unavailable(vote);
     return false;
-  }
-
-  protected override async _release(): Promise<void> {
-    const vote = await this.deleteEverywhere();
-    if (vote.quorumUnavailable) throw unavailable(vote);
   }
 
   /** `command` on every node, one answer each, decided by the first majority. */
@@ -210,6 +206,7 @@ class ChatLock implements HeldLock, RefreshedLock {
     readonly refreshIntervalMs: number,
     factory: MutexFactory,
     private readonly refresher: LockRefresher,
+    private readonly releaser: LockReleaser,
     private readonly log: Logger | undefined,
     private readonly onOperation: ChatLocksOptions['onOperation'],
   ) {
@@ -268,19 +265,17 @@ class ChatLock implements HeldLock, RefreshedLock {
   private async doRelease(): Promise<void> {
     this.released = true;
     this.refresher.remove(this);
-    try {
-      // Deletes the key only while it still holds our identifier (Lua compare-and-delete), so releasing a
-      // lost lock never frees someone else's.
-      await this.timed('release', () =>
-        withTimeout(this.mutex.release(), MAX_RELEASE_WAIT_MS, 'releasing the chat lock'),
-      );
-    } catch (error) {
-      // Refreshing stopped first, so a lock we could not free just expires.
-      this.log?.warn(
-        { err: error, resource: this.resource },
-        'could not release the chat lock; it expires on its own',
-      );
-    }
+    // Deletes the key only while it still holds our identifier (Lua compare-and-delete, on every node), so
+    // releasing a lost lock never frees someone else's. Each node is waited for nodeTimeoutMs at most.
+    const { vote, cause } = await this.timed('release', () => this.releaser.release(this));
+    if (vote.won) return;
+    // Refreshing stopped first, so a lock we could not free just expires.
+    const reason =
+      vote.nodes > 1 ? unavailable(vote).message : `the lock node is unreachable: ${cause ?? 'no answer'}`;
+    this.log?.warn(
+      { err: new LockUnavailableError(reason), resource: this.resource },
+      'could not release the chat lock; it expires on its own',
+    );
   }
 
   private async timed<T>(operation: LockOperation, run: () => Promise<T>): Promise<T> {
@@ -318,6 +313,7 @@ export class ChatLocks {
   private readonly refreshJitter: number;
   private readonly factory: MutexFactory;
   private readonly refresher: LockRefresher;
+  private readonly releaser: LockReleaser;
   private readonly log: Logger | undefined;
   private readonly onOperation: ChatLocksOptions['onOperation'];
   private readonly clients: RedisClient[];
@@ -368,6 +364,11 @@ export class ChatLocks {
       onOperation: options.onOperation,
       log: options.log,
     });
+    this.releaser = new LockReleaser({
+      clients,
+      nodeTimeoutMs,
+      ...(clients.length > 1 && { onNodeError }),
+    });
   }
 
   /**
@@ -405,6 +406,7 @@ export class ChatLocks {
       jitteredRefreshInterval(this.refreshIntervalMs, this.refreshJitter),
       this.factory,
       this.refresher,
+      this.releaser,
       this.log,
       this.onOperation,
     );

@@ -266,6 +266,56 @@ describe('ChatLocks on the real Redis', () => {
     });
   });
 
+  describe('many locks released in one turn of the event loop (batched release)', () => {
+    async function acquireMany(locks: ChatLocks, n: number): Promise<HeldLock[]> {
+      const taken = await Promise.all(Array.from({ length: n }, () => locks.tryAcquire(randomUUID())));
+      expect(taken.filter((lock) => lock === null)).toEqual([]);
+      return taken.map((lock) => keep(lock)!);
+    }
+
+    it('deletes them by one command per node, each only where it is still ours', async () => {
+      prefix = uniquePrefix('lock');
+      const redis = client();
+      const [taken, ...ours] = await acquireMany(new ChatLocks([redis], prefix), 30);
+      await redis.set(taken!.resource, 'another-holder', 'PX', 10_000);
+
+      const scripts = watchScripts([redis]);
+      try {
+        await Promise.all([taken!, ...ours].map((lock) => lock.release()));
+      } finally {
+        scripts.stop();
+      }
+
+      expect(scripts.seen).toHaveLength(1);
+      expect(scripts.seen[0]!.keys).toHaveLength(30);
+      expect(await Promise.all(ours.map((lock) => redis.exists(lock.resource)))).toEqual(ours.map(() => 0));
+      expect(await redis.get(taken!.resource)).toBe('another-holder');
+    });
+
+    it('on three nodes with one down › released by quorum, one command per live node', async () => {
+      prefix = uniquePrefix('lock');
+      const warn = vi.fn();
+      const nodes = [client(1), client(2), client(3)];
+      const locks = new ChatLocks(nodes, prefix, { log: { warn } as never });
+      expect(await locks.whenReachable(POLL.timeout)).toBe(true);
+      const many = await acquireMany(locks, 20);
+      nodes[2]!.disconnect();
+
+      const scripts = watchScripts(nodes);
+      try {
+        await Promise.all(many.map((lock) => lock.release()));
+      } finally {
+        scripts.stop();
+      }
+
+      for (const node of [0, 1]) expect(scripts.seen.filter((c) => c.node === node)).toHaveLength(1);
+      for (const node of nodes.slice(0, 2)) {
+        expect(await Promise.all(many.map((lock) => node.exists(lock.resource)))).toEqual(many.map(() => 0));
+      }
+      expect(warn).not.toHaveBeenCalled();
+    });
+  });
+
   describe('three nodes (Redlock)', () => {
     it('under 20 concurrent tryAcquire calls › at most one wins, holding the key on a quorum of nodes', async () => {
       prefix = uniquePrefix('lock');

@@ -1,0 +1,91 @@
+// Releases the chat locks of one ChatLocks (one process) that let go in the same turn of the event loop with
+// one command per lock node, as lock-refresher.ts refreshes them: 10,000 builds completed at once end 10,000
+// jobs within seconds, and a compare-and-delete script each was a write and a round trip of its own per
+// lock (issue 11).
+//
+// Per lock, per node answer, the vote is redis-semaphore's release's and lock.ts's QuorumMutex's: a node that
+// answered (deleted, or the key was not ours any more) counts, and the release is done once a quorum has
+// answered; too few nodes reached (a refused, failed or timed-out command) fails it, and the key expires on
+// its own. On a Redis Cluster one script's keys must be in one slot: every chat lock key is under the prefix,
+// whose hash tag REDIS_CLUSTER requires.
+import { countBatchVotes, type Vote } from './lock-vote.js';
+import { MAX_KEYS_PER_COMMAND, eachKeyStillOurs } from './lock-refresher.js';
+import type { RedisClient } from './redis.js';
+
+/** DEL each key still holding its token. */
+const releaseEach = eachKeyStillOurs("redis.call('del', key)");
+
+/** What the releaser needs of a lock. */
+export interface ReleasedLock {
+  readonly resource: string;
+  readonly identifier: string;
+}
+
+export interface LockReleaserOptions {
+  clients: RedisClient[];
+  /** How long a node may take to answer a batch before it counts as unreachable for every lock in it. */
+  nodeTimeoutMs: number;
+  /** Redlock: a node's command failed (lock.ts reconnects a hung node's client). */
+  onNodeError?: (client: RedisClient, error: unknown) => void;
+}
+
+/** A lock's release vote, and why a node could not be reached when one could not. */
+export interface ReleaseOutcome {
+  vote: Vote;
+  cause?: string;
+}
+
+interface Release {
+  lock: ReleasedLock;
+  resolve: (outcome: ReleaseOutcome) => void;
+}
+
+export class LockReleaser {
+  private collecting: Release[] | undefined;
+
+  constructor(private readonly options: LockReleaserOptions) {}
+
+  /**
+   * Deletes `lock`'s key on every node where it still holds its identifier, with the other locks released in
+   * this turn of the event loop (setImmediate, as the read batcher collects reads); resolves with its vote.
+   */
+  release(lock: ReleasedLock): Promise<ReleaseOutcome> {
+    let batch = this.collecting;
+    if (!batch) {
+      batch = this.collecting = [];
+      setImmediate(() => this.send());
+    }
+    return new Promise((resolve) => batch.push({ lock, resolve }));
+  }
+
+  private send(): void {
+    const batch = this.collecting!;
+    this.collecting = undefined;
+    for (let start = 0; start < batch.length; start += MAX_KEYS_PER_COMMAND) {
+      void this.releaseBatch(batch.slice(start, start + MAX_KEYS_PER_COMMAND));
+    }
+  }
+
+  /** One script per node for the batch, then each lock's vote. */
+  private async releaseBatch(batch: Release[]): Promise<void> {
+    const { clients, nodeTimeoutMs, onNodeError } = this.options;
+    const keys = batch.map(({ lock }) => lock.resource);
+    const identifiers = batch.map(({ lock }) => lock.identifier);
+    // Every node that answers counts, whether it deleted the key or it was not ours there any more.
+    const answered = new Array<boolean>(batch.length).fill(true);
+    let cause: string | undefined;
+    const answers = clients.map((client) =>
+      releaseEach.run(client, keys, identifiers).then(
+        () => answered,
+        (error: unknown) => {
+          cause ??= error instanceof Error ? error.message : String(error);
+          onNodeError?.(client, error);
+          throw error;
+        },
+      ),
+    );
+    await countBatchVotes(answers, batch.length, nodeTimeoutMs, (i, vote) =>
+      batch[i]!.resolve({ vote, ...(cause !== undefined && { cause }) }),
+    );
+  }
+}
