@@ -10,6 +10,14 @@
 // reports the lock lost by the clock. The timer is unref'd (the jobs holding locks keep the process alive)
 // and stopped while no lock is held.
 //
+// What a tick costs is O(1) per lock it sends or loses, never a walk over every held lock (at 10,000 held and
+// 20 ticks a second that walk was 200,000 visits a second, half of a waiting worker's idle CPU; a heap's
+// O(log n) cost as much, in cache misses). A lock waiting for its next refresh is in the bucket of the window
+// its next look falls in (its refresh due, or its watchdog if that comes first); a tick takes the buckets up
+// to its horizon. A lock whose refresh is in flight, or whose watchdog comes before its next refresh, is in
+// the watched list, which each tick looks through for the watchdog: about one batch. Nodes answer with the
+// locks that were not theirs only, so a batch whose locks all are costs one empty reply to read.
+//
 // Per lock, per node answer, the vote is the one every other step takes (lock-vote.ts): a quorum of "ours"
 // confirms it, as of when the batch was sent (a node that answered "not ours" is written to again, as it
 // is by an acquire); enough "not ours" loses it; too few nodes reached (a refused, failed or timed-out
@@ -23,20 +31,20 @@ import type { RedisClient } from './redis.js';
 
 /**
  * A script that runs `action` (Lua, on `key`) on each key still holding its token, ARGV[i] KEYS[i]'s; ARGV
- * after the tokens are the action's. It answers 1 (ours, done) or 0 (not ours) per key.
+ * after the tokens are the action's. It answers the 0-based indexes of the keys that were not ours (deleted,
+ * expired or another holder's): usually none, so a batch of thousands reads one empty reply.
  */
 export function eachKeyStillOurs(action: string): LuaScript {
   return new LuaScript(`
-local answers = {}
+local notOurs = {}
 for i, key in ipairs(KEYS) do
   if redis.call('get', key) == ARGV[i] then
     ${action}
-    answers[i] = 1
   else
-    answers[i] = 0
+    notOurs[#notOurs + 1] = i - 1
   end
 end
-return answers
+return notOurs
 `);
 }
 
@@ -83,14 +91,43 @@ export interface LockRefresherOptions {
   log?: Logger;
 }
 
-interface Schedule {
+class Schedule {
+  /** When its next refresh is due. */
   dueAt: number;
-  /** Sent, its vote not decided yet: not sent again meanwhile. */
-  inFlight: boolean;
+  /**
+   * In a bucket, waiting for its next refresh; in flight (sent, its vote not decided yet: not sent again
+   * meanwhile); expiring (its watchdog comes before its next refresh); or removed (released or lost). An
+   * in-flight or expiring lock is in the watched list. A removed one left in a bucket or the list is skipped.
+   */
+  state: 'waiting' | 'inFlight' | 'expiring' | 'removed' = 'waiting';
+
+  constructor(
+    readonly lock: RefreshedLock,
+    dueAt: number,
+  ) {
+    this.dueAt = dueAt;
+  }
+
+  get removed(): boolean {
+    return this.state === 'removed';
+  }
+
+  /** When a tick must look at it: its refresh due, or its watchdog's deadline if that comes first. */
+  get nextAt(): number {
+    return Math.min(this.dueAt, this.lock.heldUntil);
+  }
 }
 
 export class LockRefresher {
   private readonly held = new Map<RefreshedLock, Schedule>();
+  /** The waiting locks by window: bucket i holds those whose nextAt is in [i × window, (i + 1) × window). */
+  private buckets = new Map<number, Schedule[]>();
+  /** The first bucket the next tick takes: a lock whose nextAt is earlier goes in it. */
+  private cursor = 0;
+  /** The last bucket a lock was put in. */
+  private lastBucket = 0;
+  /** The locks whose watchdog each tick checks: in flight or expiring. */
+  private watched: Schedule[] = [];
   private timer: NodeJS.Timeout | undefined;
   /** When the timer fires (epoch ms). */
   private wakeAt = Infinity;
@@ -102,13 +139,17 @@ export class LockRefresher {
 
   /** Refreshes `lock` from now on, the first time `refreshIntervalMs` after `sentAt` (its acquire). */
   add(lock: RefreshedLock, sentAt: number): void {
-    const dueAt = sentAt + lock.refreshIntervalMs;
-    this.held.set(lock, { dueAt, inFlight: false });
-    this.wakeBy(Math.min(dueAt, lock.heldUntil));
+    if (this.held.size === 0) this.cursor = this.lastBucket = this.bucketOf(Date.now());
+    const schedule = new Schedule(lock, sentAt + lock.refreshIntervalMs);
+    this.held.set(lock, schedule);
+    this.wait(schedule);
   }
 
   /** Stops refreshing `lock` (released or lost); the timer stops with the last one. */
   remove(lock: RefreshedLock): void {
+    const schedule = this.held.get(lock);
+    if (!schedule) return;
+    schedule.state = 'removed';
     this.held.delete(lock);
     if (this.held.size === 0) this.stop();
   }
@@ -117,6 +158,24 @@ export class LockRefresher {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.wakeAt = Infinity;
+    this.buckets = new Map();
+    this.watched = [];
+  }
+
+  private bucketOf(at: number): number {
+    return Math.floor(at / this.batchWindowMs);
+  }
+
+  /** Puts `schedule` in the bucket of its nextAt (the next tick's, when that has passed). */
+  private wait(schedule: Schedule): void {
+    schedule.state = 'waiting';
+    const at = schedule.nextAt;
+    const index = Math.max(this.bucketOf(at), this.cursor);
+    const bucket = this.buckets.get(index);
+    if (bucket) bucket.push(schedule);
+    else this.buckets.set(index, [schedule]);
+    this.lastBucket = Math.max(this.lastBucket, index);
+    this.wakeBy(at);
   }
 
   private wakeBy(at: number): void {
@@ -135,39 +194,83 @@ export class LockRefresher {
     const horizon = Math.max(now, this.wakeAt + this.batchWindowMs);
     this.timer = undefined;
     this.wakeAt = Infinity;
-    const due: RefreshedLock[] = [];
+    const batch: Schedule[] = [];
     let next = Infinity;
-    for (const [lock, schedule] of this.held) {
+    /** Looks at a lock now: lost by the clock, sent, expiring or, when neither is due yet, false. */
+    const look = (schedule: Schedule): boolean => {
+      const { lock } = schedule;
       if (now >= lock.heldUntil) {
-        this.held.delete(lock);
+        this.remove(lock);
         lock.onWatchdog();
-        continue;
-      }
-      if (!schedule.inFlight && schedule.dueAt <= horizon) {
-        due.push(lock);
-        schedule.inFlight = true;
+      } else if (schedule.state !== 'inFlight' && schedule.dueAt <= horizon) {
+        schedule.state = 'inFlight';
         // From when it was due, or sent if sooner: a late tick (a busy event loop) does not move the lock's
         // phase onto everyone else's, and the next refresh is never more than an interval after this one.
         schedule.dueAt = Math.min(schedule.dueAt, now) + lock.refreshIntervalMs;
+        batch.push(schedule);
+        if (batch.length === MAX_KEYS_PER_COMMAND) void this.refresh(batch.splice(0), now);
+        this.watched.push(schedule);
+        next = Math.min(next, lock.heldUntil);
+      } else if (schedule.state === 'inFlight' || lock.heldUntil <= horizon) {
+        if (schedule.state === 'waiting') schedule.state = 'expiring';
+        this.watched.push(schedule);
+        next = Math.min(next, lock.heldUntil);
+      } else return false;
+      return true;
+    };
+    // The watched list first: each tick rebuilds it, so no lock is in it twice.
+    const watched = this.watched;
+    this.watched = [];
+    for (const schedule of watched) {
+      const { state } = schedule;
+      if ((state === 'inFlight' || state === 'expiring') && !look(schedule)) this.wait(schedule);
+    }
+    const last = this.bucketOf(horizon);
+    const later: Schedule[] = [];
+    for (; this.cursor <= last; this.cursor++) {
+      const bucket = this.buckets.get(this.cursor);
+      if (!bucket) continue;
+      this.buckets.delete(this.cursor);
+      for (const schedule of bucket) {
+        if (schedule.state === 'waiting' && !look(schedule)) later.push(schedule);
       }
-      next = Math.min(next, lock.heldUntil, schedule.inFlight ? Infinity : schedule.dueAt);
     }
-    for (let start = 0; start < due.length; start += MAX_KEYS_PER_COMMAND) {
-      void this.refresh(due.slice(start, start + MAX_KEYS_PER_COMMAND), now);
+    // What the horizon's own bucket holds beyond the horizon stays in it, for the next tick.
+    if (later.length > 0) {
+      this.cursor = last;
+      this.buckets.set(last, later);
+      for (const schedule of later) next = Math.min(next, schedule.nextAt);
+    } else {
+      // The next tick at the first lock due (not at its bucket's start: no lock is sent earlier than the
+      // window asks), a look at one bucket.
+      let due = Infinity;
+      for (let index = this.cursor; index <= this.lastBucket && due === Infinity; index++) {
+        for (const schedule of this.buckets.get(index) ?? []) {
+          if (schedule.state === 'waiting') due = Math.min(due, schedule.nextAt);
+        }
+      }
+      next = Math.min(next, due);
     }
+    if (batch.length > 0) void this.refresh(batch, now);
     if (this.held.size > 0) this.wakeBy(next);
   }
 
-  /** One script per node for `locks`, then each lock's vote. */
-  private async refresh(locks: RefreshedLock[], sentAt: number): Promise<void> {
+  /** One script per node for `batch`, then each lock's vote. */
+  private async refresh(batch: Schedule[], sentAt: number): Promise<void> {
     const { clients, lockTimeoutMs, nodeTimeoutMs, onNodeError } = this.options;
-    const keys = locks.map((lock) => lock.resource);
-    const args = [...locks.map((lock) => lock.identifier), lockTimeoutMs];
+    // Pushed, not preallocated: a holey array takes ioredis' flattening of the arguments down a slow path.
+    const keys: string[] = [];
+    const args: (string | number)[] = [];
+    for (const { lock } of batch) {
+      keys.push(lock.resource);
+      args.push(lock.identifier);
+    }
+    args.push(lockTimeoutMs);
     const started = performance.now();
     let cause: string | undefined;
     const answers = clients.map((client) =>
       refreshEach.run(client, keys, args).then(
-        (result) => (result as (number | string)[]).map((answer) => +answer === 1),
+        (notOurs) => notOurs as number[],
         (error: unknown) => {
           cause ??= error instanceof Error ? error.message : String(error);
           onNodeError?.(client, error);
@@ -175,16 +278,15 @@ export class LockRefresher {
         },
       ),
     );
-    const votes = new Array<Vote>(locks.length);
+    const votes = new Array<Vote>(batch.length);
     let unreachable = 0;
     let reason: string | undefined;
-    await countBatchVotes(answers, locks.length, nodeTimeoutMs, (i, vote) => {
+    await countBatchVotes(answers, batch.length, nodeTimeoutMs, (i, vote) => {
       votes[i] = vote;
-      const lock = locks[i]!;
+      const schedule = batch[i]!;
+      const { lock } = schedule;
       this.options.onOperation?.('refresh', performance.now() - started);
-      const schedule = this.held.get(lock);
-      if (!schedule) return; // released (or lost) meanwhile
-      schedule.inFlight = false;
+      if (schedule.removed) return; // released (or lost) meanwhile
       if (vote.won) lock.onRefreshed(sentAt);
       else if (!vote.quorumUnavailable) lock.onNotOurs();
       else {
@@ -192,7 +294,8 @@ export class LockRefresher {
         reason ??= this.unreachableReason(vote, cause);
         lock.onUnreachable(reason);
       }
-      if (this.held.has(lock)) this.wakeBy(Math.min(schedule.dueAt, lock.heldUntil));
+      // Lost now, or else waiting for its next refresh (the watched list drops it at the next tick).
+      if (!schedule.removed) this.wait(schedule);
     });
     if (unreachable > 0) {
       this.options.log?.warn(
@@ -200,22 +303,23 @@ export class LockRefresher {
         'could not refresh chat locks; keeping them until their watchdog',
       );
     }
-    if (clients.length > 1) this.retake(locks, votes, answers);
+    if (clients.length > 1) this.retake(batch, votes, answers);
   }
 
   /** A node that lost a key of a lock the quorum kept (restarted empty, or down at acquire) holds it again. */
-  private retake(locks: RefreshedLock[], votes: Vote[], answers: Promise<boolean[]>[]): void {
+  private retake(batch: Schedule[], votes: Vote[], answers: Promise<number[]>[]): void {
     answers.forEach((answer, node) => {
-      answer.then((ours) => {
-        locks.forEach((lock, i) => {
-          if (ours[i] || !votes[i]?.won || !this.held.has(lock)) return;
+      answer.then((notOurs) => {
+        for (const i of notOurs) {
+          const { lock, removed } = batch[i]!;
+          if (!votes[i]?.won || removed) continue;
           takeLock(
             this.options.clients[node]!,
             lock.resource,
             lock.identifier,
             this.options.lockTimeoutMs,
           ).catch(ignore);
-        });
+        }
       }, ignore);
     });
   }

@@ -71,12 +71,12 @@ export class LockReleaser {
     const { clients, nodeTimeoutMs, onNodeError } = this.options;
     const keys = batch.map(({ lock }) => lock.resource);
     const identifiers = batch.map(({ lock }) => lock.identifier);
-    // Every node that answers counts, whether it deleted the key or it was not ours there any more.
-    const answered = new Array<boolean>(batch.length).fill(true);
+    // Every node that answers counts as yes, whether it deleted the key or it was not ours there any more.
+    const noneRefused: number[] = [];
     let cause: string | undefined;
     const answers = clients.map((client) =>
       releaseEach.run(client, keys, identifiers).then(
-        () => answered,
+        () => noneRefused,
         (error: unknown) => {
           cause ??= error instanceof Error ? error.message : String(error);
           onNodeError?.(client, error);

@@ -1,6 +1,6 @@
 // Counting Redlock nodes' answers: decided by the first answers that settle it, silent nodes bounded.
 import { describe, expect, it } from 'vitest';
-import { countVotes, quorumOf } from '../../src/shared/lock-vote.js';
+import { countBatchVotes, countVotes, quorumOf, type Vote } from '../../src/shared/lock-vote.js';
 
 const silent = () => new Promise<boolean>(() => {});
 const unreachable = () => Promise.reject(new Error("Stream isn't writeable"));
@@ -40,5 +40,61 @@ describe('countVotes', () => {
 
     expect(performance.now() - started).toBeGreaterThanOrEqual(45);
     expect(vote).toMatchObject({ won: false, yes: 1, unreachable: 2, quorumUnavailable: true });
+  });
+});
+
+describe('countBatchVotes', () => {
+  /** Every vote of a batch of `size`, by index, once all are decided. */
+  async function batch(answers: Promise<readonly number[]>[], size: number, timeoutMs = 60_000) {
+    const votes = new Array<Vote>(size);
+    await countBatchVotes(answers, size, timeoutMs, (i, vote) => {
+      expect(votes[i], `vote ${i} decided twice`).toBeUndefined();
+      votes[i] = vote;
+    });
+    return votes;
+  }
+
+  it('counts each node as yes to every vote but those it lists', async () => {
+    const votes = await batch([Promise.resolve([1]), Promise.resolve([1, 2]), Promise.resolve([])], 4);
+
+    expect(votes.map((vote) => vote.won)).toEqual([true, false, true, true]);
+    // Decided lost by the first two: the third's yes was not needed.
+    expect(votes[1]).toMatchObject({ yes: 0, no: 2, quorumUnavailable: false });
+    expect(votes[2]).toMatchObject({ yes: 2, no: 1 });
+  });
+
+  it('decides each vote once its quorum is in, without waiting for the nodes it does not need', async () => {
+    const decided = new Map<number, Vote>();
+    void countBatchVotes(
+      [Promise.resolve([]), Promise.resolve([0]), silent().then(() => [])],
+      2,
+      60_000,
+      (i, vote) => decided.set(i, vote),
+    );
+
+    // Vote 1 has its two yes; vote 0 can still be won only by the silent node, so it waits.
+    await expect.poll(() => decided.get(1)).toMatchObject({ won: true, yes: 2 });
+    expect(decided.has(0)).toBe(false);
+  });
+
+  it('with a silent node › decides the rest at the timeout, counting it as unreachable', async () => {
+    const votes = await batch([Promise.resolve([]), Promise.resolve([0]), silent().then(() => [])], 2, 50);
+
+    expect(votes[0]).toMatchObject({ won: false, yes: 1, no: 1, unreachable: 1, quorumUnavailable: false });
+    expect(votes[1]).toMatchObject({ won: true, yes: 2, unreachable: 0 });
+  });
+
+  it('when the nodes are unreachable › every vote lost for want of a quorum', async () => {
+    const votes = await batch([unreachable(), unreachable(), Promise.resolve([])], 3);
+
+    expect(votes.every((vote) => !vote.won && vote.quorumUnavailable && vote.unreachable === 2)).toBe(true);
+  });
+
+  it('gives votes with the same counts one Vote object (nothing allocated per vote)', async () => {
+    const votes = await batch([Promise.resolve([2])], 1_000);
+
+    expect(new Set(votes).size).toBe(2);
+    expect(votes[0]).toBe(votes[999]);
+    expect(votes[2]).toMatchObject({ won: false, no: 1 });
   });
 });
