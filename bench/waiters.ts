@@ -236,6 +236,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   }
   const calls = countCalls();
   const started = performance.now();
+  const rampCpu = process.cpuUsage();
   const enqueued = await mapLimit(seeded, 64, (input) => producer.startWorkspace(input));
   const enqueueMs = performance.now() - started;
   check(
@@ -275,6 +276,9 @@ await runBench('waiters', 600_000, async (cleanup) => {
   );
   clearInterval(ramp);
   const rampMs = performance.now() - started;
+  // The producer's share included (it runs here too): a figure to compare runs by, e.g. GC settings.
+  const rampCpuUsed = process.cpuUsage(rampCpu);
+  const rampCpuMs = (rampCpuUsed.user + rampCpuUsed.system) / 1000;
   const rampCalls = calls();
   const breakdownRamp = memoryBreakdown();
   const { rows: pending } = await db.pool.query<{ n: number }>(
@@ -337,7 +341,8 @@ await runBench('waiters', 600_000, async (cleanup) => {
       `seed ${(seedMs / 1000).toFixed(1)} s; enqueue ${(enqueueMs / 1000).toFixed(1)} s, the last build_queued ` +
       `after ${(rampMs / 1000).toFixed(1)} s; the worker's Postgres queries meanwhile ` +
       `${((rampCalls.pg[WORKER_APPLICATION] ?? 0) / (rampMs / 1000)).toFixed(0)}/s ` +
-      `(${top(rampCalls.pgStatements, rampMs / 1000)}); latency = enqueue start -> the job's build_queued`,
+      `(${top(rampCalls.pgStatements, rampMs / 1000)}); this process's CPU ${(rampCpuMs / WAITERS).toFixed(2)} ms ` +
+      `per start, the producer's included; latency = enqueue start -> the job's build_queued`,
   });
   const memoryMet = peakRssMb < MAX_RSS_MB && rssPerWaiterKb <= MAX_KIB_PER_WAITER;
   report({
