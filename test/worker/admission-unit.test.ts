@@ -19,7 +19,7 @@ async function settled(promise: Promise<unknown>): Promise<boolean> {
 describe('Admission', () => {
   describe('when every slot is taken', () => {
     it('admits the next job once one is given back, a job going on before a new one', async () => {
-      const admission = new Admission({ limit: 1 });
+      const admission = new Admission({ limit: 1, resumeLimit: 1 });
       await admission.acquire('start');
       const starting = admission.acquire('start');
       const resuming = admission.acquire('resume');
@@ -27,6 +27,27 @@ describe('Admission', () => {
 
       admission.release();
       expect(await settled(resuming)).toBe(true);
+      expect(await settled(starting)).toBe(false);
+      admission.release();
+      expect(await settled(starting)).toBe(true);
+      expect(admission.admitted).toBe(1);
+    });
+
+    it('lets jobs going on take slots up to the resume limit, and new ones wait until slots drop below the limit', async () => {
+      const admission = new Admission({ limit: 1, resumeLimit: 3 });
+      await admission.acquire('start');
+      await admission.acquire('resume');
+      await admission.acquire('resume');
+      const resuming = admission.acquire('resume');
+      const starting = admission.acquire('start');
+      expect(await settled(resuming)).toBe(false);
+
+      admission.release();
+      expect(await settled(resuming)).toBe(true);
+      admission.release();
+      admission.release();
+      // One slot still taken: the limit's.
+      expect(admission.admitted).toBe(1);
       expect(await settled(starting)).toBe(false);
       admission.release();
       expect(await settled(starting)).toBe(true);
