@@ -12,6 +12,7 @@
 // subscribed. The address, not the user: Basic auth has one user for all operators. Behind a proxy every
 // client has the proxy's address, so there the per-client cap is one more total cap.
 import { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { DEFAULT_SSE_MAX_PER_CLIENT, DEFAULT_SSE_MAX_STREAMS } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
@@ -134,60 +135,26 @@ export class EventStreamSlots {
     res.flushHeaders();
     req.socket.setNoDelay(true);
     res.write(`retry: ${this.retryMs}\n\n`);
-    // Whether shared blocks may bypass res.write (below): only for chunked framing done by Node itself, not
-    // when a middleware (compression) replaced res.write and so owns the bytes.
-    const framedByNode = res.chunkedEncoding && res.write === ServerResponse.prototype.write;
-
-    // Comments (lines starting with `:`) are ignored by EventSource; they only keep the connection busy.
-    const heartbeat = setInterval(() => {
-      if (!res.writableEnded) res.write(': heartbeat\n\n');
-    }, this.heartbeatMs);
-
-    let stopped: Promise<void> | undefined;
-    const stream: EventStream = {
+    // The socket shared blocks go to directly, bypassing res.write (SlotStream.write): only with chunked
+    // framing done by Node itself, not when a middleware (compression) replaced res.write and so owns the
+    // bytes, and only once the response owns the connection (res.socket is null while a pipelined request
+    // ahead still answers).
+    const directSocket =
+      res.chunkedEncoding && res.write === ServerResponse.prototype.write ? res.socket : null;
+    const { heartbeatMs, maxBufferedBytes, log } = this;
+    const stream = new SlotStream(
       res,
-      get stopped() {
-        return stopped !== undefined;
+      directSocket,
+      { heartbeatMs, maxBufferedBytes, log },
+      fields,
+      async () => {
+        this.streams.delete(stream);
+        const left = (this.perClient.get(client) ?? 1) - 1;
+        if (left > 0) this.perClient.set(client, left);
+        else this.perClient.delete(client);
+        await cleanUp();
       },
-      write: (block) => {
-        if (stopped || res.writableEnded) return;
-        const socket = res.socket;
-        let buffered: number;
-        // A shared block goes to the socket already framed: res.write would frame it again for every client
-        // (a size line, the block and a CRLF through OutgoingMessage, corked, then one writev each), which was
-        // most of the dashboard's CPU per client with 1,000 on one chat (issue 11). It stays in order with
-        // what res.write sent before: the headers are flushed and res.write hands its bytes to this same
-        // socket as it goes (res.socket is only set once the response owns the connection). Otherwise (HTTP/1.0,
-        // where the body ends at the close, or res.write replaced) the bare block goes through res.write.
-        if (typeof block !== 'string' && framedByNode && socket !== null) {
-          socket.write(block.chunk);
-          buffered = socket.writableLength;
-        } else {
-          res.write(typeof block === 'string' ? block : block.body);
-          buffered = res.writableLength;
-        }
-        if (buffered > this.maxBufferedBytes) {
-          this.log.warn(
-            { ...fields, buffered },
-            'event stream client is not reading; disconnecting it (it resumes from Last-Event-ID)',
-          );
-          // Dropped, not ended: an ended response would keep its unsent bytes for as long as the client reads
-          // nothing.
-          res.destroy();
-          void stream.stop();
-        }
-      },
-      stop: () =>
-        (stopped ??= (async () => {
-          clearInterval(heartbeat);
-          this.streams.delete(stream);
-          const left = (this.perClient.get(client) ?? 1) - 1;
-          if (left > 0) this.perClient.set(client, left);
-          else this.perClient.delete(client);
-          if (!res.writableEnded) res.end();
-          await cleanUp();
-        })()),
-    };
+    );
     this.streams.add(stream);
     this.perClient.set(client, ofClient + 1);
     // The client went away (tab closed, network gone) or we ended the response: clean up either way.
@@ -199,6 +166,76 @@ export class EventStreamSlots {
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all([...this.streams].map((stream) => stream.stop()));
+  }
+}
+
+/**
+ * A class, not an object literal per stream: a literal with a getter is a dictionary-mode object, so every
+ * `stream.stopped` or `stream.write` in the per-client loop of a chat's fan-out was a hash lookup through the
+ * generic load IC. For the same reason the response is touched only off that loop: every Express response has
+ * a hidden class of its own (Express 5 sets each one's prototype), so each `res.<property>` read there was a
+ * megamorphic inline-cache miss, a runtime lookup of about a microsecond; the sockets all share one (issue 11).
+ */
+class SlotStream implements EventStream {
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly maxBufferedBytes: number;
+  private readonly log: Logger;
+  private stopping: Promise<void> | undefined;
+
+  constructor(
+    readonly res: Response,
+    private readonly directSocket: Socket | null,
+    settings: { heartbeatMs: number; maxBufferedBytes: number; log: Logger },
+    private readonly fields: Record<string, unknown>,
+    private readonly onStop: () => Promise<void>,
+  ) {
+    this.maxBufferedBytes = settings.maxBufferedBytes;
+    this.log = settings.log;
+    // Comments (lines starting with `:`) are ignored by EventSource; they only keep the connection busy.
+    this.heartbeat = setInterval(() => {
+      if (this.stopping === undefined) res.write(': heartbeat\n\n');
+    }, settings.heartbeatMs);
+  }
+
+  get stopped(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  write(block: string | SharedBlock): void {
+    // Only stop() ends the response, and it sets `stopping` first.
+    if (this.stopping !== undefined) return;
+    let buffered: number;
+    // A shared block goes to the socket already framed: res.write would frame it again for every client (a
+    // size line, the block and a CRLF through OutgoingMessage, corked, then one writev each), which was most of
+    // the dashboard's CPU per client with 1,000 on one chat (issue 11). It stays in order with what res.write
+    // sent before: the headers are flushed and res.write hands its bytes to this same socket as it goes.
+    // Otherwise (HTTP/1.0, where the body ends at the close, res.write replaced, or a pipelined response) the
+    // bare block goes through res.write.
+    if (typeof block !== 'string' && this.directSocket !== null) {
+      this.directSocket.write(block.chunk);
+      buffered = this.directSocket.writableLength;
+    } else {
+      this.res.write(typeof block === 'string' ? block : block.body);
+      buffered = this.res.writableLength;
+    }
+    if (buffered > this.maxBufferedBytes) {
+      this.log.warn(
+        { ...this.fields, buffered },
+        'event stream client is not reading; disconnecting it (it resumes from Last-Event-ID)',
+      );
+      // Dropped, not ended: an ended response would keep its unsent bytes for as long as the client reads
+      // nothing.
+      this.res.destroy();
+      void this.stop();
+    }
+  }
+
+  stop(): Promise<void> {
+    return (this.stopping ??= (async () => {
+      clearInterval(this.heartbeat);
+      if (!this.res.writableEnded) this.res.end();
+      await this.onStop();
+    })());
   }
 }
 
