@@ -133,6 +133,45 @@ describe('on the wire', () => {
     }
   });
 
+  it('when the stream is asked for pipelined behind another request › its events still arrive as valid chunks', async () => {
+    // The response has no socket of its own until /healthz (async: it pings Redis and Postgres) has answered,
+    // so its blocks cannot go to the socket directly when the stream opens.
+    const own = await startTestDashboard({ db });
+    try {
+      const chatId = randomUUID();
+      const { hostname, port } = new URL(own.url('/'));
+      const socket = connect(Number(port), hostname);
+      socket.setEncoding('latin1');
+      let received = '';
+      let closed = false;
+      socket.on('data', (chunk: string) => (received += chunk));
+      socket.on('close', () => (closed = true));
+      socket.on('error', () => {});
+      socket.write(
+        `GET /healthz HTTP/1.1\r\nHost: ${hostname}\r\n\r\n` +
+          `GET /chats/${chatId}/events HTTP/1.1\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`,
+      );
+      await vi.waitFor(() => expect(received).toContain('replay done'), { timeout: 5_000 });
+      const events = [await publish(own, chatId, 'one'), await publish(own, chatId, 'two')];
+      await vi.waitFor(() => expect(received).toContain(`id: ${events[1]!.seq}`), { timeout: 5_000 });
+      await own.dashboard.close();
+      await vi.waitFor(() => expect(closed).toBe(true), { timeout: 5_000 });
+
+      // /healthz's response first (its body is not chunked: it ends where the next head begins).
+      const streamHead = received.indexOf('HTTP/1.1 200', 1);
+      expect(streamHead).toBeGreaterThan(0);
+      const stream = received.slice(streamHead);
+      const headEnd = stream.indexOf('\r\n\r\n');
+      expect(stream.slice(0, headEnd)).toMatch(
+        /content-type: text\/event-stream[^]*transfer-encoding: chunked/i,
+      );
+      const body = dechunk(stream.slice(headEnd + 4));
+      expect([...body.matchAll(/^id: (.*)$/gm)].map((m) => m[1])).toEqual(events.map((e) => e.seq));
+    } finally {
+      await own.close();
+    }
+  });
+
   it('when a client speaks HTTP/1.0 › the body is the bare blocks, ended by closing the connection', async () => {
     const chatId = randomUUID();
     const wire = rawGet(t, `/chats/${chatId}/events`, '1.0');
