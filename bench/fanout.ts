@@ -11,6 +11,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { startDashboard } from '../src/dashboard/server.js';
 import { loadConfig } from '../src/shared/config.js';
 import { EventPublisher } from '../src/shared/events.js';
@@ -32,19 +33,39 @@ import {
 } from './lib.js';
 
 const CLIENTS = 1_000;
-/** Events per case, one round at a time: the next once every client has the last. */
-const ROUNDS = 30;
+/**
+ * Measured events per case, one round at a time: the next once every client has the last. 100, so that one
+ * round slowed by the neighbours or a GC is 1 % of the samples, not the p99 itself (30 until 2026-12-03).
+ */
+const ROUNDS = roundsFromEnv('BENCH_FANOUT_ROUNDS', 100, 1);
+/**
+ * Rounds before those, reported apart: the first events of a fresh process run through code V8 has not
+ * compiled yet (the first 3 took 2-4 times a later round's CPU), which a dashboard that has been up a while
+ * does not do again. `BENCH_FANOUT_WARMUP=0 BENCH_FANOUT_ROUNDS=30` is the measurement as it was before.
+ */
+const WARMUP_ROUNDS = roundsFromEnv('BENCH_FANOUT_WARMUP', 10, 0);
 /** Publishes in flight when every client has a chat of its own, as in bench/events.ts. */
 const IN_FLIGHT = 64;
 const WAIT_MS = 20_000;
-/** `BENCH_CPU_PROFILE=dir` writes a V8 CPU profile of the dashboard's process over each case's rounds there. */
+/** `BENCH_CPU_PROFILE=dir` writes a V8 CPU profile of the dashboard's process over each case's measured rounds. */
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+
+function roundsFromEnv(name: string, fallback: number, least: number): number {
+  const value = Number(process.env[name] ?? fallback);
+  if (!Number.isInteger(value) || value < least || value > 1000) {
+    throw new Error(`${name} takes a whole number from ${least} to 1000, not ${process.env[name]}`);
+  }
+  return value;
+}
 
 /** The machine's clock in ms, comparable across processes. */
 const clock = () => performance.timeOrigin + performance.now();
 
 /** parent → clients */
-type Command = { connect: { url: string; chatIds: string[] } } | { awaitRound: number } | { results: true };
+type Command =
+  | { connect: { url: string; chatIds: string[] } }
+  | { awaitRound: number; measuredFrom: boolean }
+  | { results: true };
 /** clients → parent */
 type Answer =
   | { connected: true }
@@ -59,54 +80,67 @@ function runClients(): void {
   const seqs: string[][] = [];
   const receivedAt: number[][] = [];
   let waiting: number | undefined;
-  /** The process's CPU time from the first round on (connecting is not part of it). */
+  /** While a round is awaited: how many clients lack its event (counted down, not re-scanned per read). */
+  let lacking = 0;
+  /** The process's CPU time from the first measured round on (connecting and warming up are not part of it). */
   let roundsCpu: NodeJS.CpuUsage | undefined;
-  const checkRound = () => {
-    if (waiting !== undefined && seqs.every((s) => s.length > waiting!)) {
-      send({ round: waiting });
-      waiting = undefined;
-    }
+  const roundDone = () => {
+    send({ round: waiting! });
+    waiting = undefined;
   };
+  // One buffer for every socket's reads (`onread`: each read is handed over at once, without a Buffer
+  // allocated, pushed through a Readable and emitted per chunk): a stand-in for 1,000 browsers must cost
+  // little per block beside the dashboard it measures, on the same 2 cores.
+  const readBuffer = Buffer.allocUnsafe(64 * 1024);
   const open = (url: string, chatId: string, index: number) =>
     new Promise<void>((resolve, reject) => {
-      seqs[index] = [];
-      receivedAt[index] = [];
+      const received: string[] = (seqs[index] = []);
+      const times: number[] = (receivedAt[index] = []);
       const { hostname, port } = new URL(url);
-      const socket = connect(Number(port), hostname);
-      socket.setNoDelay(true);
+      let buffer = '';
+      let headed = false;
+      const onRead = (length: number): boolean => {
+        const at = clock();
+        buffer += readBuffer.toString('latin1', 0, length);
+        // The response head, then the chunked body: its size lines sit between the blocks, outside `id:` lines.
+        if (!headed) {
+          const head = buffer.indexOf('\r\n\r\n');
+          if (head < 0) return true;
+          if (!buffer.startsWith('HTTP/1.1 200')) {
+            reject(new Error(`GET /chats/${chatId}/events: ${buffer.slice(0, 12)}`));
+            return true;
+          }
+          headed = true;
+          buffer = buffer.slice(head + 4);
+        }
+        let start = 0;
+        let end: number;
+        while ((end = buffer.indexOf('\n\n', start)) >= 0) {
+          const id = buffer.indexOf('id: ', start);
+          if (id >= 0 && id < end) {
+            received.push(buffer.slice(id + 4, buffer.indexOf('\n', id)));
+            times.push(at);
+            if (received.length === waiting! + 1 && --lacking === 0) roundDone();
+          } else if (buffer.startsWith(': replay done', buffer.indexOf(':', start))) {
+            // The handler's comment once subscribed: from here on it gets every live event.
+            resolve();
+          }
+          start = end + 2;
+        }
+        buffer = start === buffer.length ? '' : buffer.slice(start);
+        return true;
+      };
+      const socket = connect({
+        port: Number(port),
+        host: hostname,
+        noDelay: true,
+        onread: { buffer: readBuffer, callback: onRead },
+      });
       socket.on('error', reject);
       socket.write(
         `GET /chats/${chatId}/events HTTP/1.1\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`,
       );
       sockets.push(socket);
-      socket.setEncoding('latin1');
-      let buffer = '';
-      let headed = false;
-      socket.on('data', (chunk: string) => {
-        const at = clock();
-        buffer += chunk;
-        // The response head, then the chunked body: its size lines sit between the blocks, outside `id:` lines.
-        if (!headed) {
-          const head = buffer.indexOf('\r\n\r\n');
-          if (head < 0) return;
-          if (!buffer.startsWith('HTTP/1.1 200'))
-            return reject(new Error(`GET /chats/${chatId}/events: ${buffer.slice(0, 12)}`));
-          headed = true;
-          buffer = buffer.slice(head + 4);
-        }
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          // The handler's comment once subscribed: from here on it gets every live event.
-          if (block.includes(': replay done')) resolve();
-          const id = block.indexOf('id: ');
-          if (id < 0) continue;
-          seqs[index]!.push(block.slice(id + 4, block.indexOf('\n', id)));
-          receivedAt[index]!.push(at);
-        }
-        checkRound();
-      });
     });
   process.on('message', (command: Command) => {
     if ('connect' in command) {
@@ -117,9 +151,10 @@ function runClients(): void {
         (error: unknown) => send({ failed: String(error) }),
       );
     } else if ('awaitRound' in command) {
-      roundsCpu ??= process.cpuUsage();
+      if (command.measuredFrom) roundsCpu = process.cpuUsage();
       waiting = command.awaitRound;
-      checkRound();
+      lacking = seqs.filter((received) => received.length <= waiting!).length;
+      if (lacking === 0) roundDone();
     } else {
       const { user, system } = process.cpuUsage(roundsCpu);
       process.send!({ results: { seqs, receivedAt, cpuMicros: user + system } } satisfies Answer, () => {
@@ -185,10 +220,26 @@ async function bench(): Promise<void> {
       const chats = [...new Set(chatIds)];
       const published = new Map<string, { seq: string; at: number }[]>(chats.map((id) => [id, []]));
       // This process is the dashboard's, plus one publish per event (the publisher) and the rounds' messages.
-      const stopProfile = PROFILE_DIR === undefined ? undefined : await startCpuProfile();
-      const serverCpu = process.cpuUsage();
-      for (let round = 0; round < ROUNDS; round++) {
-        const done = ask({ awaitRound: round });
+      let stopProfile: ((file: string) => Promise<void>) | undefined;
+      // GC pauses of this process over the measured rounds: whether a slow round was a collection.
+      const gcPauses: number[] = [];
+      const gcObserver = new PerformanceObserver((list) => {
+        for (const entry of list.getEntries()) gcPauses.push(entry.duration);
+      });
+      const stopGcObserver = () => {
+        // Entries are delivered after the fact: the last ones are still queued.
+        for (const entry of gcObserver.takeRecords()) gcPauses.push(entry.duration);
+        gcObserver.disconnect();
+      };
+      let serverCpu = process.cpuUsage();
+      for (let round = 0; round < WARMUP_ROUNDS + ROUNDS; round++) {
+        const measuredFrom = round === WARMUP_ROUNDS;
+        if (measuredFrom) {
+          if (PROFILE_DIR !== undefined) stopProfile = await startCpuProfile();
+          gcObserver.observe({ entryTypes: ['gc'] });
+          serverCpu = process.cpuUsage();
+        }
+        const done = ask({ awaitRound: round, measuredFrom });
         await mapLimit(chats, IN_FLIGHT, async (id) => {
           const at = clock();
           const event = await publisher.publish(progressDraft(id, round));
@@ -197,6 +248,7 @@ async function bench(): Promise<void> {
         await done;
       }
       const { user, system } = process.cpuUsage(serverCpu);
+      stopGcObserver();
       if (stopProfile) {
         const file = `${PROFILE_DIR}/fanout-${chats.length}-chats.cpuprofile`;
         await stopProfile(file);
@@ -205,21 +257,41 @@ async function bench(): Promise<void> {
       const answer = await ask({ results: true });
       check('results' in answer, 'the SSE clients sent no results');
       const { seqs, receivedAt, cpuMicros } = answer.results;
+      const warmup: number[] = [];
       const latencies: number[] = [];
+      /** Per measured round, its slowest delivery. */
+      const roundMax = new Array<number>(ROUNDS).fill(0);
       chatIds.forEach((chatId, i) => {
         const expected = published.get(chatId)!;
         check(
           seqs[i]!.length === expected.length && seqs[i]!.every((s, r) => s === expected[r]!.seq),
           `a client of chat ${chatId} got ${seqs[i]!.length} events, not the ${expected.length} published in order`,
         );
-        expected.forEach((e, r) => latencies.push(receivedAt[i]![r]! - e.at));
+        expected.forEach((e, r) => {
+          const latency = receivedAt[i]![r]! - e.at;
+          if (r < WARMUP_ROUNDS) warmup.push(latency);
+          else {
+            latencies.push(latency);
+            roundMax[r - WARMUP_ROUNDS] = Math.max(roundMax[r - WARMUP_ROUNDS]!, latency);
+          }
+        });
       });
       await exited;
+      const rounds = stats(roundMax);
+      const cold = stats(warmup);
+      const gc = stats(gcPauses);
       report({
         case: `publish -> SSE receipt, ${chatIds.length} clients on ${label}`,
         n: latencies.length,
         latency: stats(latencies),
-        notes: `${ROUNDS} rounds of ${chats.length} publish(es), ${Math.min(IN_FLIGHT, chats.length)} in flight; every event once, in order`,
+        notes:
+          `${ROUNDS} rounds of ${chats.length} publish(es), ${Math.min(IN_FLIGHT, chats.length)} in flight, ` +
+          `after ${WARMUP_ROUNDS} warm-up rounds; every event once, in order; each round's slowest delivery ` +
+          `p50 ${num(rounds.p50, 1)}, p95 ${num(rounds.p95, 1)}, max ${num(rounds.max, 1)} ms; ` +
+          `${gcPauses.length} GC pauses in the rounds (max ${gcPauses.length > 0 ? num(gc.max, 1) : 0} ms)` +
+          (WARMUP_ROUNDS > 0
+            ? `; the warm-up rounds: p50 ${num(cold.p50, 1)}, p99 ${num(cold.p99, 1)} ms`
+            : ''),
       });
       // CPU time does not grow with the machine's load as wall-clock latency does: the figure to compare.
       const perDelivery = (micros: number) => num(micros / latencies.length, 1);
@@ -229,7 +301,7 @@ async function bench(): Promise<void> {
         notes:
           `dashboard process ${perDelivery(user + system)} µs per client-event (user ${perDelivery(user)}, ` +
           `system ${perDelivery(system)}; ${num((user + system) / 1000 / (ROUNDS * chats.length), 2)} ms ` +
-          `per published event), clients' process ${perDelivery(cpuMicros)} µs`,
+          `per published event), clients' process ${perDelivery(cpuMicros)} µs; over the measured rounds`,
       });
     };
 
