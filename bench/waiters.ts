@@ -1,5 +1,5 @@
 // Issue 11: 10,000 starts waiting in one worker process. 10,000 stopped workspaces started through the
-// producer, ONE WorkspaceWorker (concurrency 10,000) in this process and no provisioner daemon, so every job
+// producer (in a process of its own, as the chat backend: bench/producer-process.ts), ONE WorkspaceWorker (concurrency 10,000) in this process and no provisioner daemon, so every job
 // creates its build and then waits on it, pending. Once every job has told its chat `build_queued`, an idle
 // window longer than the hub's 10 s ping interval measures what waiting costs: RSS and heap per waiter,
 // the process's CPU, the worker's Postgres queries/s against a computed 2 s poll (Coder's), and how evenly
@@ -16,10 +16,10 @@
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
-import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import { loadConfig } from '../src/shared/config.js';
 import { QUEUE_NAME, type EventDraft } from '../src/shared/contract.js';
 import type { Pool } from '../src/shared/postgres.js';
+import { startWorkspacesElsewhere } from './producer-process.js';
 import {
   REDIS_URL,
   benchDatabase,
@@ -28,7 +28,6 @@ import {
   countCalls,
   flag,
   insertStoppedWorkspaces,
-  mapLimit,
   memory,
   memoryBreakdown,
   report,
@@ -156,7 +155,7 @@ const perConnection = (before: CallCounts, after: CallCounts) => {
 };
 
 await runBench('waiters', 600_000, async (cleanup) => {
-  // Pool of 10 for the seed and the producer; the worker makes its own (20 at this concurrency).
+  // Pool of 10 for the seed and the bench's reads; the worker makes its own (20 at this concurrency).
   const db = await benchDatabase(cleanup, 10);
   const prefix = uniquePrefix('waiters');
   const redis = benchRedis(cleanup, prefix);
@@ -223,8 +222,6 @@ await runBench('waiters', 600_000, async (cleanup) => {
   // Its close hands up to 10,000 jobs back (5 s grace, then up to 10 s for the hand-back) and then closes its
   // connections: the keys and the database are removed only after, or the jobs being handed back leave keys.
   cleanup.add('worker', () => worker.close(5_000), WORKER_CLOSE_MS);
-  const producer = new WorkspaceJobsProducer({ connection: redis, pool: db.pool, prefix, log });
-  cleanup.add('producer', () => producer.close());
   const queue = new Queue(QUEUE_NAME, { connection: redis, prefix });
   cleanup.add('queue', () => queue.close());
 
@@ -237,7 +234,11 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const calls = countCalls();
   const started = performance.now();
   const rampCpu = process.cpuUsage();
-  const enqueued = await mapLimit(seeded, 64, (input) => producer.startWorkspace(input));
+  // Through the producer in a process of its own, as the chat backend enqueues: not the worker's garbage.
+  const enqueued = await startWorkspacesElsewhere(
+    { redisUrl: REDIS_URL, databaseUrl: db.url, prefix, inputs: seeded, inFlight: 64 },
+    RAMP_LIMIT_MS,
+  );
   const enqueueMs = performance.now() - started;
   check(
     enqueued.every((e) => !e.deduplicated),
@@ -276,7 +277,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   );
   clearInterval(ramp);
   const rampMs = performance.now() - started;
-  // The producer's share included (it runs here too): a figure to compare runs by, e.g. GC settings.
+  // The worker's alone (the producer runs in its own process): a figure to compare runs by, e.g. GC settings.
   const rampCpuUsed = process.cpuUsage(rampCpu);
   const rampCpuMs = (rampCpuUsed.user + rampCpuUsed.system) / 1000;
   const rampCalls = calls();
@@ -342,7 +343,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
       `after ${(rampMs / 1000).toFixed(1)} s; the worker's Postgres queries meanwhile ` +
       `${((rampCalls.pg[WORKER_APPLICATION] ?? 0) / (rampMs / 1000)).toFixed(0)}/s ` +
       `(${top(rampCalls.pgStatements, rampMs / 1000)}); this process's CPU ${(rampCpuMs / WAITERS).toFixed(2)} ms ` +
-      `per start, the producer's included; latency = enqueue start -> the job's build_queued`,
+      `per start; latency = enqueue start -> the job's build_queued`,
   });
   const memoryMet = peakRssMb < MAX_RSS_MB && rssPerWaiterKb <= MAX_KIB_PER_WAITER;
   report({
