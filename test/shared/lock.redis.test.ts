@@ -383,10 +383,17 @@ describe('ChatLocks on the real Redis', () => {
       const locks = new ChatLocks(nodes, prefix, { lockTimeoutMs: 2_000, refreshIntervalMs: 100 });
       const lock = keep(await locks.tryAcquire(randomUUID()))!;
 
-      // Both at once: a refresh between the two would see a quorum still holding it, and write node 1 again.
-      await Promise.all([cleaners.get(1)!.del(lock.resource), cleaners.get(2)!.del(lock.resource)]);
+      // Both at once, and again until it is lost: a refresh in flight between the two deletes still sees a
+      // quorum holding the lock, and writes the first node's key back.
+      const lose = () =>
+        Promise.all([cleaners.get(1)!.del(lock.resource), cleaners.get(2)!.del(lock.resource)]);
 
-      await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
+      await expect
+        .poll(async () => {
+          if (!lock.signal.aborted) await lose();
+          return lock.signal.reason;
+        }, POLL)
+        .toBeInstanceOf(LockLostError);
     });
   });
 });

@@ -85,7 +85,8 @@ describe('every chat that asked is told', () => {
     const sinceQueued = await readChatEvents(suite.h.redis, suite.h.prefix, suite.ws.chatId, live[0]!.seq);
     expect(sinceQueued).toEqual(live.slice(1));
     expect(stagesOf(live).filter((s) => s === 'deduplicated')).toHaveLength(1);
-    expect(stagesOf(live)).toEqual(expect.arrayContaining(['lock_acquired', 'build_running', 'completed']));
+    // build_running is not among them when the build ended before the worker looked at its claim.
+    expect(stagesOf(live)).toEqual(expect.arrayContaining(['lock_acquired', 'build_succeeded', 'completed']));
     const theirs = await suite.h.jobEvents(second, first.jobId);
     expect(stagesOf(theirs).filter((s) => s === 'deduplicated')).toHaveLength(1);
     expect(theirs.at(-1)?.type).toBe('result');
