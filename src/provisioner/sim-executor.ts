@@ -59,13 +59,15 @@ export interface SimExecutorOptions {
   log?: Logger;
 }
 
-// The simulated agent's two reports (connected and starting; ready or failed). Each commits without waiting
-// for its WAL flush (synchronous_commit off for its own transaction, as the build log batches in
-// job-log-writer.ts): each notifies `workspace_agent_changed` (migrations/0001), and a transaction that sent
-// a NOTIFY holds Postgres's notify lock until its commit is flushed, so every notifying commit of the server
-// waits for the one before it; the two reports were two of the five flushes a zero-delay start queued for. A
-// Postgres crash can lose the last reports: they are a simulation's, which nothing else remembers and the
-// next start of the workspace replays. Guards: an agent a stop build already switched off stays off.
+// The simulated agent's two reports (connected and starting; ready or failed). Each notifies
+// `workspace_agent_changed` (migrations/0001), and a transaction that sent a NOTIFY holds Postgres's notify
+// lock until its commit is flushed, so every notifying commit of the server waits for the one before it.
+// The first commits without waiting for its WAL flush (synchronous_commit off for its own transaction, as
+// the build log batches in job-log-writer.ts): a crash that loses it leaves the agent `created`, as an agent
+// that never connected, and the flushed second report makes it durable by WAL order. The second stays
+// flushed: the worker tells the chat the agent is ready (or failed) on it, and nothing writes after it, so a
+// lost one would leave a workspace every later start waits on for an agent that never reports again.
+// Guards: an agent a stop build already switched off stays off.
 const AGENT_CONNECTED = `
   WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
   UPDATE workspace_agents
@@ -74,10 +76,8 @@ const AGENT_CONNECTED = `
   FROM unflushed
   WHERE id = $1 AND lifecycle_state = 'created' AND disconnected_at IS NULL`;
 const AGENT_STARTED = `
-  WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
   UPDATE workspace_agents
   SET lifecycle_state = $2, ready_at = now(), last_connected_at = now(), updated_at = now()
-  FROM unflushed
   WHERE id = $1 AND lifecycle_state = 'starting' AND disconnected_at IS NULL`;
 
 /** How often the simulated output catches up with its schedule. */

@@ -116,7 +116,7 @@ describe('SimExecutor', () => {
     expect(agent!.ready_at).toBeNull();
   });
 
-  it('when an agent reports › each report commits without waiting for the WAL flush, and only it', async () => {
+  it('when an agent reports › its connect report commits without waiting for the WAL flush, its ready report with it', async () => {
     // A committed start build whose agent has not connected: its daemon's simulator never lets it.
     const parked = startSim({ agentConnectMs: 60_000 });
     const workspaceId = await createWorkspace(db.pool, fixture);
@@ -127,30 +127,38 @@ describe('SimExecutor', () => {
 
     const client = await db.pool.connect();
     try {
-      // The simulator's reports inside a transaction the test keeps open, to look at its settings.
-      const inTransaction = { query: (...args: unknown[]) => client.query(...(args as [string])) } as Pool;
       const show = async () =>
         (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
           .synchronous_commit;
+      // Each of the simulator's reports in a transaction of its own, as the pool runs it, with the setting
+      // it commits under looked at before its commit.
+      const settings: string[] = [];
+      const oneTransactionEach = {
+        query: async (...args: unknown[]) => {
+          await client.query('BEGIN');
+          const result = await client.query(...(args as [string]));
+          settings.push(await show());
+          await client.query('COMMIT');
+          return result;
+        },
+      } as Pool;
       const before = await show();
-      await client.query('BEGIN');
-      const sim = new SimExecutor({ pool: inTransaction, agentConnectMs: 0, startupMs: 0, log: silentLog });
+      const sim = new SimExecutor({
+        pool: oneTransactionEach,
+        agentConnectMs: 0,
+        startupMs: 0,
+        log: silentLog,
+      });
       const job = { jobId: build.jobId, workspaceId, transition: 'start' } as BuildJob;
       sim.afterCommit(job, [{ id: created!.id, name: created!.name }]);
       await vi.waitFor(async () => {
-        const { rows } = await client.query<{ lifecycle_state: string }>(
-          'SELECT lifecycle_state FROM workspace_agents WHERE id = $1',
-          [created!.id],
-        );
-        expect(rows[0]!.lifecycle_state).toBe('ready');
+        expect((await getAgents(db.pool, build.jobId)).map((a) => a.lifecycle_state)).toEqual(['ready']);
       }, POLL);
       await sim.stop();
 
-      expect(await show()).toBe('off');
-      await client.query('COMMIT');
-      expect(await show()).toBe(before);
       expect(before).not.toBe('off');
-      expect((await getAgents(db.pool, build.jobId)).map((a) => a.lifecycle_state)).toEqual(['ready']);
+      expect(settings).toEqual(['off', before]);
+      expect(await show()).toBe(before);
     } finally {
       client.release();
     }
