@@ -2,13 +2,14 @@
 // (waiters.ts): in production the producer runs in the chat backend, so the garbage and CPU of its enqueues
 // are not the worker's. Not a benchmark itself: waiters.ts forks this file and sends it one order.
 import { fork } from 'node:child_process';
+import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { WorkspaceJobsProducer } from '../src/producer/producer.js';
 import type { StartWorkspaceInput } from '../src/jobs/start-workspace/schemas.js';
 import { createLogger } from '../src/shared/logger.js';
 import { createPool } from '../src/shared/postgres.js';
 import { closeRedis, createRedis } from '../src/shared/redis.js';
-import { BenchFailure, mapLimit } from './lib.js';
+import { BenchFailure, mapLimit, type Cleanup } from './lib.js';
 
 interface StartOrder {
   redisUrl: string;
@@ -26,9 +27,23 @@ interface Enqueued {
 
 type Answer = { enqueued: Enqueued[] } | { failed: string };
 
-/** Starts every input through a producer in a child process; resolves with each one's job id, in order. */
-export function startWorkspacesElsewhere(order: StartOrder, timeoutMs: number): Promise<Enqueued[]> {
+/**
+ * Starts every input through a producer in a child process; resolves with each one's job id, in order. The
+ * child is killed in `cleanup` if it is still running (the run interrupted during the enqueue), before the
+ * keys it writes are removed.
+ */
+export function startWorkspacesElsewhere(
+  order: StartOrder,
+  timeoutMs: number,
+  cleanup: Cleanup,
+): Promise<Enqueued[]> {
   const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'] });
+  const exited = once(child, 'exit');
+  cleanup.add('producer process', async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await exited;
+  });
   return new Promise<Enqueued[]>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');

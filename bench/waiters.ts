@@ -238,6 +238,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const enqueued = await startWorkspacesElsewhere(
     { redisUrl: REDIS_URL, databaseUrl: db.url, prefix, inputs: seeded, inFlight: 64 },
     RAMP_LIMIT_MS,
+    cleanup,
   );
   const enqueueMs = performance.now() - started;
   check(
