@@ -225,7 +225,9 @@ export class LockRefresher {
       const { state } = schedule;
       if ((state === 'inFlight' || state === 'expiring') && !look(schedule)) this.wait(schedule);
     }
-    const last = this.bucketOf(horizon);
+    // At least the cursor's bucket: a tick earlier than it (an in-flight lock's heldUntil) must still look at
+    // what wait() put there, or a lock refused at once would be neither sent nor watched until it was late.
+    const last = Math.max(this.bucketOf(horizon), this.cursor);
     const later: Schedule[] = [];
     for (; this.cursor <= last; this.cursor++) {
       const bucket = this.buckets.get(this.cursor);

@@ -12,10 +12,10 @@
 //   lock per refresh (562 commands/s, most of a worker's idle CPU at 1,000 waiting jobs), and a Mutex refresh
 //   that cannot reach Redis *rejects* inside the interval callback, unhandled (Node's default then kills the
 //   process) while the key silently expires. So it is turned off (`refreshInterval: 0`: tryAcquire starts
-//   the interval only when it is above 0, and release() still deletes the key), and lock-refresher.ts
+//   the interval only when it is above 0), and lock-refresher.ts
 //   refreshes every lock of a ChatLocks in batches, one script per node per tick, with the loss, quorum and
-//   watchdog rules below. The library is kept for what it still does well: the acquire loop, the identifier,
-//   and Lock's acquired state.
+//   watchdog rules below; releases go in batches too (lock-releaser.ts). The library is kept for what it still
+//   does well: the acquire loop, the identifier, and Lock's acquired state.
 // - Release: one compare-and-delete script per lock. Released in a burst (10,000 builds completed at once),
 //   that was a write and a round trip per lock, so lock-releaser.ts deletes the locks let go in one turn of
 //   the event loop with one script per node, voted per lock as below.

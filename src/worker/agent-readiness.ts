@@ -41,6 +41,8 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     ctx.signal.throwIfAborted();
     if (lastRead && ends(lastRead)) {
       const known = await check(lastRead);
+      // As in a wait: an abort that came during the check wins over its answer.
+      ctx.signal.throwIfAborted();
       if (known !== undefined) return known;
     }
     return ctx.waiter.waitFor<T | 'gone'>(

@@ -56,10 +56,11 @@ export async function waitForBuild(
 
   // The status the caller saw first (a new build is pending), even if the provisioner is quicker than our check.
   await report(build);
-  watch.followLogs();
   let outcome: BuildOutcome;
   try {
-    outcome = await ctx.waiter.waitFor<BuildOutcome>(
+    // The build's wait before the log follower's: an attempt's first wait is the one whose ending check keeps
+    // its admission slot for the job to go on with (admission.ts), and the follower's is the side wait.
+    const waited = ctx.waiter.waitFor<BuildOutcome>(
       [topics.provisionerJob(build.jobId)],
       async (notice) => {
         // A notification of a status the build is still active in (`running`, or `pending` again) says all a
@@ -98,6 +99,8 @@ export async function waitForBuild(
       // No timed re-check: every change of job_status notifies (migrations/0001), and the hub's ping covers loss.
       { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: watch.signal },
     );
+    watch.followLogs();
+    outcome = await waited;
   } catch (error) {
     if (error instanceof WaitTimeoutError) {
       await watch.end(true);

@@ -183,7 +183,7 @@ export class BuildWatch {
 
   /**
    * Tracks a follower, which runs until `signal` aborts: one that fails ends the whole wait with its error
-   * (`signal` of the watch); ending by its signal's abort (end(), the job's, leaving the queue) is normal.
+   * (`signal` of the watch); ending by its signal's abort (end(), the job's) or by itself is normal.
    */
   private spawn(run: Promise<unknown>, signal: AbortSignal): Promise<void> {
     const follower = run.then(
