@@ -135,10 +135,12 @@ describe('on the wire', () => {
 
   it('when the stream is asked for pipelined behind another request › its events still arrive as valid chunks', async () => {
     // The response has no socket of its own until /healthz (async: it pings Redis and Postgres) has answered,
-    // so its blocks cannot go to the socket directly when the stream opens.
+    // so its blocks cannot go to the socket directly when the stream opens: the replayed event is written
+    // then, and would land inside /healthz's response.
     const own = await startTestDashboard({ db });
     try {
       const chatId = randomUUID();
+      const replayed = await publish(own, chatId, 'before');
       const { hostname, port } = new URL(own.url('/'));
       const socket = connect(Number(port), hostname);
       socket.setEncoding('latin1');
@@ -149,11 +151,11 @@ describe('on the wire', () => {
       socket.on('error', () => {});
       socket.write(
         `GET /healthz HTTP/1.1\r\nHost: ${hostname}\r\n\r\n` +
-          `GET /chats/${chatId}/events HTTP/1.1\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`,
+          `GET /chats/${chatId}/events?since=0 HTTP/1.1\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`,
       );
       await vi.waitFor(() => expect(received).toContain('replay done'), { timeout: 5_000 });
-      const events = [await publish(own, chatId, 'one'), await publish(own, chatId, 'two')];
-      await vi.waitFor(() => expect(received).toContain(`id: ${events[1]!.seq}`), { timeout: 5_000 });
+      const events = [replayed, await publish(own, chatId, 'one'), await publish(own, chatId, 'two')];
+      await vi.waitFor(() => expect(received).toContain(`id: ${events[2]!.seq}`), { timeout: 5_000 });
       await own.dashboard.close();
       await vi.waitFor(() => expect(closed).toBe(true), { timeout: 5_000 });
 
