@@ -180,6 +180,8 @@ class SlotStream implements EventStream {
   private readonly heartbeat: NodeJS.Timeout;
   private readonly maxBufferedBytes: number;
   private readonly log: Logger;
+  /** Set as stop() begins, before anything it calls could write: nothing is written to an ending response. */
+  private ending = false;
   private stopping: Promise<void> | undefined;
 
   constructor(
@@ -193,17 +195,17 @@ class SlotStream implements EventStream {
     this.log = settings.log;
     // Comments (lines starting with `:`) are ignored by EventSource; they only keep the connection busy.
     this.heartbeat = setInterval(() => {
-      if (this.stopping === undefined) res.write(': heartbeat\n\n');
+      if (!this.ending) res.write(': heartbeat\n\n');
     }, settings.heartbeatMs);
   }
 
   get stopped(): boolean {
-    return this.stopping !== undefined;
+    return this.ending;
   }
 
   write(block: string | SharedBlock): void {
-    // Only stop() ends the response, and it sets `stopping` first.
-    if (this.stopping !== undefined) return;
+    // Only stop() ends the response, and it sets `ending` first.
+    if (this.ending) return;
     let buffered: number;
     // A shared block goes to the socket already framed: res.write would frame it again for every client (a
     // size line, the block and a CRLF through OutgoingMessage, corked, then one writev each), which was most of
@@ -231,11 +233,14 @@ class SlotStream implements EventStream {
   }
 
   stop(): Promise<void> {
-    return (this.stopping ??= (async () => {
+    if (this.stopping) return this.stopping;
+    this.ending = true;
+    this.stopping = (async () => {
       clearInterval(this.heartbeat);
       if (!this.res.writableEnded) this.res.end();
       await this.onStop();
-    })());
+    })();
+    return this.stopping;
   }
 }
 
