@@ -13,6 +13,8 @@
 // are not measurements. BENCH_CPU_PROFILE=<dir> writes V8 CPU profiles of the idle window and of the results
 // (the sampler adds a little to the windows' CPU figures). JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS, when set,
 // configure the worker.
+import { readdirSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
 import { insertTemplate, insertUser } from '../src/cli/fixtures.js';
@@ -50,6 +52,7 @@ import {
  */
 const COMPILED = process.env.BENCH_COMPILED === '1';
 const CODE = COMPILED ? '../dist/src' : '../src';
+if (COMPILED) assertBuildIsCurrent();
 // Everything that lives in the waiting worker comes from CODE; the seed and the producer stay in src/.
 const [
   { EventPublisher },
@@ -70,6 +73,19 @@ if (!Number.isInteger(WAITERS) || WAITERS < 10 || WAITERS > 10_000) {
   throw new RangeError(
     `BENCH_WAITERS must be a whole number from 10 to 10000, got ${process.env.BENCH_WAITERS}`,
   );
+}
+/** A build older than a source file would be measured under the compiled label: refused, naming the file. */
+function assertBuildIsCurrent(): void {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const mtime = (path: string) => statSync(root + path, { throwIfNoEntry: false })?.mtimeMs;
+  const built = mtime('dist/src/worker/worker.js');
+  if (built === undefined) throw new Error('BENCH_COMPILED=1 needs dist/: run npm run build first');
+  const newer = readdirSync(root + 'src', { recursive: true, encoding: 'utf8' })
+    .filter((file) => file.endsWith('.ts'))
+    .find((file) => mtime(`src/${file}`)! > built);
+  if (newer !== undefined) {
+    throw new Error(`BENCH_COMPILED=1: src/${newer} is newer than dist/: run npm run build first`);
+  }
 }
 /** Longer than the hub's ping interval (10 s), so the window holds at least one ping. */
 const IDLE_MS = 13_000;
