@@ -24,7 +24,7 @@
 // command) keeps it until its watchdog, in case the nodes come back. On a Redis Cluster one script's keys
 // must be in one slot: every chat lock key is under the prefix, whose hash tag REDIS_CLUSTER requires.
 import type { LockOperation } from './lock.js';
-import { countBatchVotes, describeVote, type Vote } from './lock-vote.js';
+import { countBatchVotes, unreachableReason, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import { LuaScript } from './lua-script.js';
 import type { RedisClient } from './redis.js';
@@ -293,7 +293,7 @@ export class LockRefresher {
       else if (!vote.quorumUnavailable) lock.onNotOurs();
       else {
         unreachable++;
-        reason ??= this.unreachableReason(vote, cause);
+        reason ??= unreachableReason(vote, cause ?? `no answer within ${this.options.nodeTimeoutMs} ms`);
         lock.onUnreachable(reason);
       }
       // Lost now, or else waiting for its next refresh (the watched list drops it at the next tick).
@@ -324,11 +324,6 @@ export class LockRefresher {
         }
       }, ignore);
     });
-  }
-
-  private unreachableReason(vote: Vote, cause: string | undefined): string {
-    if (vote.nodes > 1) return `lock quorum unavailable: ${describeVote(vote)}`;
-    return `the lock node is unreachable: ${cause ?? `no answer within ${this.options.nodeTimeoutMs} ms`}`;
   }
 }
 

@@ -117,3 +117,13 @@ export function countBatchVotes(
 export function describeVote(vote: Vote): string {
   return `${vote.unreachable} of ${vote.nodes} lock nodes unreachable, ${vote.quorum} needed`;
 }
+
+/**
+ * Why a vote found its nodes out of reach: with several, how the quorum answered; with one, its connection's
+ * error (`cause`).
+ */
+export function unreachableReason(vote: Vote, cause: string): string {
+  return vote.nodes > 1
+    ? `lock quorum unavailable: ${describeVote(vote)}`
+    : `the lock node is unreachable: ${cause}`;
+}

@@ -33,7 +33,7 @@ import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { redisKeys } from './keys.js';
 import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
 import { LockReleaser } from './lock-releaser.js';
-import { countVotes, describeVote, quorumOf, type Vote } from './lock-vote.js';
+import { countVotes, describeVote, quorumOf, unreachableReason, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
 
@@ -270,8 +270,7 @@ class ChatLock implements HeldLock, RefreshedLock {
     const { vote, cause } = await this.timed('release', () => this.releaser.release(this));
     if (vote.won) return;
     // Refreshing stopped first, so a lock we could not free just expires.
-    const reason =
-      vote.nodes > 1 ? unavailable(vote).message : `the lock node is unreachable: ${cause ?? 'no answer'}`;
+    const reason = unreachableReason(vote, cause ?? 'no answer');
     this.log?.warn(
       { err: new LockUnavailableError(reason), resource: this.resource },
       'could not release the chat lock; it expires on its own',
