@@ -31,8 +31,8 @@ async function publish(t: TestDashboard, chatId: string, message: string): Promi
   return event!;
 }
 
-/** A raw connection that sent `GET <path>` in HTTP/`version`; `received` is everything read so far. */
-function rawGet(t: TestDashboard, path: string, version: '1.0' | '1.1') {
+/** A raw connection that sent `request(host)`; `received` is everything read so far. */
+function rawConnect(t: TestDashboard, request: (host: string) => string) {
   const { hostname, port } = new URL(t.url('/'));
   const socket: Socket = connect(Number(port), hostname);
   socket.setEncoding('latin1');
@@ -40,8 +40,16 @@ function rawGet(t: TestDashboard, path: string, version: '1.0' | '1.1') {
   socket.on('data', (chunk: string) => (wire.received += chunk));
   socket.on('close', () => (wire.closed = true));
   socket.on('error', () => {});
-  socket.write(`GET ${path} HTTP/${version}\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`);
+  socket.write(request(hostname));
   return wire;
+}
+
+/** A raw connection that sent `GET <path>` in HTTP/`version`. */
+function rawGet(t: TestDashboard, path: string, version: '1.0' | '1.1') {
+  return rawConnect(
+    t,
+    (host) => `GET ${path} HTTP/${version}\r\nHost: ${host}\r\nAccept: text/event-stream\r\n\r\n`,
+  );
 }
 
 /** The body of a chunked response, checking every chunk's size line and CRLF and the final `0` chunk. */
@@ -141,23 +149,18 @@ describe('on the wire', () => {
     try {
       const chatId = randomUUID();
       const replayed = await publish(own, chatId, 'before');
-      const { hostname, port } = new URL(own.url('/'));
-      const socket = connect(Number(port), hostname);
-      socket.setEncoding('latin1');
-      let received = '';
-      let closed = false;
-      socket.on('data', (chunk: string) => (received += chunk));
-      socket.on('close', () => (closed = true));
-      socket.on('error', () => {});
-      socket.write(
-        `GET /healthz HTTP/1.1\r\nHost: ${hostname}\r\n\r\n` +
-          `GET /chats/${chatId}/events?since=0 HTTP/1.1\r\nHost: ${hostname}\r\nAccept: text/event-stream\r\n\r\n`,
+      const wire = rawConnect(
+        own,
+        (host) =>
+          `GET /healthz HTTP/1.1\r\nHost: ${host}\r\n\r\n` +
+          `GET /chats/${chatId}/events?since=0 HTTP/1.1\r\nHost: ${host}\r\nAccept: text/event-stream\r\n\r\n`,
       );
-      await vi.waitFor(() => expect(received).toContain('replay done'), { timeout: 5_000 });
+      await vi.waitFor(() => expect(wire.received).toContain('replay done'), { timeout: 5_000 });
       const events = [replayed, await publish(own, chatId, 'one'), await publish(own, chatId, 'two')];
-      await vi.waitFor(() => expect(received).toContain(`id: ${events[2]!.seq}`), { timeout: 5_000 });
+      await vi.waitFor(() => expect(wire.received).toContain(`id: ${events[2]!.seq}`), { timeout: 5_000 });
       await own.dashboard.close();
-      await vi.waitFor(() => expect(closed).toBe(true), { timeout: 5_000 });
+      await vi.waitFor(() => expect(wire.closed).toBe(true), { timeout: 5_000 });
+      const { received } = wire;
 
       // /healthz's response first (its body is not chunked: it ends where the next head begins).
       const streamHead = received.indexOf('HTTP/1.1 200', 1);
