@@ -14,6 +14,12 @@ import type {
 
 export const silentLog = pino({ level: 'silent' });
 
+/** The session's synchronous_commit, as a transaction on `client` sees it (a local setting included). */
+export async function synchronousCommit(client: Pick<Pool, 'query'>): Promise<string> {
+  const { rows } = await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit');
+  return rows[0]!.synchronous_commit;
+}
+
 export interface Fixture {
   userId: string;
   templateId: string;

@@ -7,7 +7,7 @@ import {
 } from '../../src/provisioner/job-log-writer.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import type { Pool } from '../../src/shared/postgres.js';
-import { CountingPool, getLogs } from './helpers.js';
+import { CountingPool, getLogs, synchronousCommit } from './helpers.js';
 
 describe('JobLogWriter', () => {
   let db: TestDatabase;
@@ -127,9 +127,7 @@ describe('JobLogWriter', () => {
     try {
       // The writer's statement inside a transaction the test keeps open, to look at its settings.
       const inTransaction = { query: (config: unknown) => client.query(config as never) } as unknown as Pool;
-      const show = async () =>
-        (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
-          .synchronous_commit;
+      const show = () => synchronousCommit(client);
       const before = await show();
       await client.query('BEGIN');
       await writer({ pool: inTransaction }).append('provisioner', 'info', 'line');

@@ -27,6 +27,7 @@ import {
   waitForCompletion,
   waitForStatus,
   type Fixture,
+  synchronousCommit,
 } from './helpers.js';
 
 describe('Provisioner', () => {
@@ -430,9 +431,7 @@ describe('Provisioner', () => {
       await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture), { transition });
       const client = await db.pool.connect();
       try {
-        const show = async () =>
-          (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
-            .synchronous_commit;
+        const show = () => synchronousCommit(client);
         const before = await show();
         // The claim inside a transaction the test keeps open (and rolls back), to look at its settings.
         await client.query('BEGIN');

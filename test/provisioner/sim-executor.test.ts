@@ -21,6 +21,7 @@ import {
   waitForCompletion,
   type AgentRow,
   type Fixture,
+  synchronousCommit,
 } from './helpers.js';
 
 describe('SimExecutor', () => {
@@ -127,9 +128,7 @@ describe('SimExecutor', () => {
 
     const client = await db.pool.connect();
     try {
-      const show = async () =>
-        (await client.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!
-          .synchronous_commit;
+      const show = () => synchronousCommit(client);
       // Each of the simulator's reports in a transaction of its own, as the pool runs it, with the setting
       // it commits under looked at before its commit.
       const settings: string[] = [];
