@@ -220,7 +220,7 @@ async function bench(): Promise<void> {
       const chats = [...new Set(chatIds)];
       const published = new Map<string, { seq: string; at: number }[]>(chats.map((id) => [id, []]));
       // This process is the dashboard's, plus one publish per event (the publisher) and the rounds' messages.
-      let stopProfile: ((file: string) => Promise<void>) | undefined;
+      let stopProfile: ((file: string, what: string) => Promise<void>) | undefined;
       // GC pauses of this process over the measured rounds: whether a slow round was a collection.
       const gcPauses: number[] = [];
       const gcObserver = new PerformanceObserver((list) => {
@@ -249,11 +249,7 @@ async function bench(): Promise<void> {
       }
       const { user, system } = process.cpuUsage(serverCpu);
       stopGcObserver();
-      if (stopProfile) {
-        const file = `${PROFILE_DIR}/fanout-${chats.length}-chats.cpuprofile`;
-        await stopProfile(file);
-        console.log(`fanout: CPU profile of ${label} written to ${file}`);
-      }
+      await stopProfile?.(`${PROFILE_DIR}/fanout-${chats.length}-chats.cpuprofile`, label);
       const answer = await ask({ results: true });
       check('results' in answer, 'the SSE clients sent no results');
       const { seqs, receivedAt, cpuMicros } = answer.results;

@@ -84,17 +84,18 @@ export function memoryBreakdown(): Record<string, number> {
 
 /**
  * Starts a V8 CPU profile of this process (sampling: a few % of CPU on top of what it measures); the
- * returned stop writes it to `file` (open in Chrome DevTools or speedscope).
+ * returned stop writes it to `file` (open in Chrome DevTools or speedscope) and says so, naming `what` it covers.
  */
-export async function startCpuProfile(): Promise<(file: string) => Promise<void>> {
+export async function startCpuProfile(): Promise<(file: string, what: string) => Promise<void>> {
   const session = new Session();
   session.connect();
   await session.post('Profiler.enable');
   await session.post('Profiler.start');
-  return async (file) => {
+  return async (file, what) => {
     const { profile } = await session.post('Profiler.stop');
     writeFileSync(file, JSON.stringify(profile));
     session.disconnect();
+    console.log(`${currentBench}: CPU profile of ${what} written to ${file}`);
   };
 }
 

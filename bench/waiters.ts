@@ -324,11 +324,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const idleCalls = calls();
   const idleRefreshes = refreshes;
   refreshes = undefined;
-  if (stopIdleProfile) {
-    const file = `${PROFILE_DIR}/waiters-${WAITERS}-idle.cpuprofile`;
-    await stopIdleProfile(file);
-    console.log(`waiters: CPU profile of the idle window written to ${file}`);
-  }
+  await stopIdleProfile?.(`${PROFILE_DIR}/waiters-${WAITERS}-idle.cpuprofile`, 'the idle window');
   const during = memory(true);
   const breakdownDuring = memoryBreakdown();
   const fmt = (b: Record<string, number>) =>
@@ -463,11 +459,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const lastResultMs = Math.max(...resultTimes);
   const completedCalls = calls();
   const completeUsed = process.cpuUsage(completeCpu);
-  if (stopResultsProfile) {
-    const file = `${PROFILE_DIR}/waiters-${WAITERS}-results.cpuprofile`;
-    await stopResultsProfile(file);
-    console.log(`waiters: CPU profile of the results written to ${file}`);
-  }
+  await stopResultsProfile?.(`${PROFILE_DIR}/waiters-${WAITERS}-results.cpuprofile`, 'the results');
 
   const failures = jobIds.filter((id) => !results.get(id)?.ok);
   check(
