@@ -121,11 +121,11 @@ export class PgNotificationHub implements ChangeWaiter {
   waitFor<T>(
     topics: string[],
     check: (notice?: NotificationPayload) => Promise<T | undefined>,
-    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number },
+    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number; minIntervalMs?: number },
   ): Promise<T> {
-    const { signal, recheckMs } = options;
+    const { signal, recheckMs, minIntervalMs = 0 } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
-    return new TopicWait(this.listeners, topics, check, recheckMs, options).promise;
+    return new TopicWait(this.listeners, topics, check, recheckMs, minIntervalMs, options).promise;
   }
 
   private emit(topic: string, payload?: NotificationPayload): void {
@@ -257,12 +257,15 @@ class TopicWait<T> extends Wait<T> {
   private notice: NotificationPayload | undefined;
   private unseen = false;
   private recheck: NodeJS.Timeout | undefined;
+  /** When the last check began (with a minIntervalMs only). */
+  private checkedAt = -Infinity;
 
   constructor(
     private readonly subscribers: Subscribers,
     private readonly topics: string[],
     private readonly check: (notice?: NotificationPayload) => Promise<T | undefined>,
     private readonly recheckMs: number | undefined,
+    private readonly minIntervalMs: number,
     bounds: WaitBounds,
   ) {
     super(bounds);
@@ -295,6 +298,17 @@ class TopicWait<T> extends Wait<T> {
       return;
     }
     clearTimeout(this.recheck);
+    if (this.minIntervalMs > 0) {
+      // A check due sooner than minIntervalMs after the last waits out the rest on the timer, outside any
+      // check: a caller's check may hold something meanwhile (a worker's admission slot, admission.ts).
+      const now = Date.now();
+      const early = this.checkedAt + this.minIntervalMs - now;
+      if (early > 0) {
+        this.recheck = setTimeout(recheckDue, early, this);
+        return;
+      }
+      this.checkedAt = now;
+    }
     const told = this.unseen ? undefined : this.notice;
     this.pending = false;
     this.notice = undefined;

@@ -4,7 +4,6 @@
 // the queue, queue-positions.ts: at most one per QUEUE_CHECK_INTERVAL_MS when the pending set changes). Each
 // follows beside the status wait of build-wait.ts, which stops them and flushes the log's last lines once the
 // build ends.
-import { sleep } from '../shared/errors.js';
 import type { BuildLogData, ProgressStage, QueuePosition } from '../shared/contract.js';
 import { topics, type Build, type JobContext } from './ports.js';
 
@@ -17,24 +16,6 @@ export const BUILD_LOG_INTERVAL_MS = 500;
 const FOLLOW_OVER = new Error('the build wait no longer follows this');
 /** Lines one build_log event carries at most: a preview, the logs endpoint serves the whole log. */
 export const BUILD_LOG_LINES = 20;
-
-/**
- * `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. `last`:
- * when it last ran, if it did before (a read the caller made itself).
- */
-export function throttled<T>(
-  intervalMs: number,
-  signal: AbortSignal,
-  check: () => Promise<T>,
-  last = -Infinity,
-): () => Promise<T> {
-  return async () => {
-    const wait = last + intervalMs - Date.now();
-    if (wait > 0) await sleep(wait, signal);
-    last = Date.now();
-    return check();
-  };
-}
 
 /**
  * The side-channels of one build wait. Its events go out one at a time, in the order they were asked for
@@ -91,11 +72,12 @@ export class BuildWatch {
     this.spawn(
       this.ctx.waiter.waitFor(
         [topics.provisionerJobLogs(this.build.jobId)],
-        throttled(BUILD_LOG_INTERVAL_MS, signal, async () => {
+        async () => {
           await this.flushLogs();
           return undefined;
-        }),
-        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal },
+        },
+        // Paced by the wait, not by a sleep inside the check: a check holds an admission slot.
+        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal, minIntervalMs: BUILD_LOG_INTERVAL_MS },
       ),
       signal,
     );

@@ -283,11 +283,13 @@ export interface ChangeWaiter {
    * `WaitTimeoutError` after `timeoutMs`, and with the signal's reason when `signal` aborts. `recheckMs`:
    * also re-check about this often (±20 %), for a condition that can change without a notification (a
    * heartbeat column no trigger watches, the clock); without it a wait costs no query until a change.
+   * `minIntervalMs`: checks begin at least this far apart; what comes sooner is answered by one check once
+   * the interval is over (a build's log, read at most every BUILD_LOG_INTERVAL_MS).
    */
   waitFor<T>(
     topics: string[],
     check: (notice?: NotificationPayload) => Promise<T | undefined>,
-    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number },
+    options: { timeoutMs: number; signal?: AbortSignal; recheckMs?: number; minIntervalMs?: number },
   ): Promise<T>;
 }
 

@@ -4,12 +4,29 @@
 // changed, answers them all; the first positions (at build_queued) asked while a read runs share the next
 // read, and so do the estimates of pending builds alike.
 import { channelTopic } from '../shared/notifications.js';
-import { WaitTimeoutError } from '../shared/errors.js';
+import { sleep, WaitTimeoutError } from '../shared/errors.js';
 import { Wait, type WaitBounds } from '../shared/wait.js';
 import type { Logger } from '../shared/logger.js';
 import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
 import type { Build, ChangeWaiter, QueueWatch, WorkspaceStore } from './ports.js';
-import { throttled } from './build-watch.js';
+
+/**
+ * `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. `last`:
+ * when it last ran, if it did before (a read the caller made itself).
+ */
+function throttled<T>(
+  intervalMs: number,
+  signal: AbortSignal,
+  check: () => Promise<T>,
+  last = -Infinity,
+): () => Promise<T> {
+  return async () => {
+    const wait = last + intervalMs - Date.now();
+    if (wait > 0) await sleep(wait, signal);
+    last = Date.now();
+    return check();
+  };
+}
 
 export const QUEUE_CHECK_INTERVAL_MS = 1_000;
 /** Every provisioner job's status change: a job that starts, completes or is canceled leaves the pending set. */

@@ -7,6 +7,7 @@ import {
   PgNotificationHub,
   type NotificationPayload,
 } from '../../src/shared/notifications.js';
+import { Admission } from '../../src/worker/admission.js';
 import { topics } from '../../src/worker/ports.js';
 import { startFreezableProxy } from '../helpers/freezable-proxy.js';
 import { useListeningDatabase } from '../helpers/listening-database.js';
@@ -75,6 +76,66 @@ describe('PgNotificationHub', () => {
     await expect.poll(() => changes).toBe(6);
     // Channel-wide listeners run first, so each entry is the count including the pending notification.
     expect(pending).toEqual([1, 3]);
+  });
+
+  describe('when a wait has minIntervalMs', () => {
+    const INTERVAL_MS = 300;
+    /** A change of the job's status (pending ⇄ running): each one notifies. */
+    const update = (jobId: string) =>
+      t.db.pool.query(
+        'UPDATE provisioner_jobs SET started_at = CASE WHEN started_at IS NULL THEN now() END WHERE id = $1',
+        [jobId],
+      );
+
+    it('begins its checks that far apart, one check answering what came in between', async () => {
+      const jobId = await insertJob();
+      const began: number[] = [];
+      let answer: string | undefined = undefined;
+      const waiting = t.hub.waitFor(
+        [topics.provisionerJob(jobId)],
+        async () => {
+          began.push(performance.now());
+          return answer;
+        },
+        { timeoutMs: 10_000, minIntervalMs: INTERVAL_MS },
+      );
+      await expect.poll(() => began.length).toBe(1);
+      for (let i = 0; i < 3; i++) await update(jobId);
+      await expect.poll(() => began.length, { timeout: 2_000 }).toBe(2);
+      answer = 'done';
+      await update(jobId);
+
+      await expect(waiting).resolves.toBe('done');
+      expect(began).toHaveLength(3);
+      // A timer may fire a millisecond before its time on another clock.
+      expect(began[1]! - began[0]!).toBeGreaterThanOrEqual(INTERVAL_MS - 2);
+      expect(began[2]! - began[1]!).toBeGreaterThanOrEqual(INTERVAL_MS - 2);
+    });
+
+    it("waits out the interval outside the check: an attempt's admission slot is free meanwhile", async () => {
+      const jobId = await insertJob();
+      const admission = new Admission({ limit: 1 });
+      const ticket = admission.ticket();
+      await ticket.enter();
+      let checks = 0;
+      let notified = 0;
+      const waiting = ticket
+        .waiter(t.hub)
+        .waitFor([topics.provisionerJob(jobId)], async () => (++checks === 2 ? 'done' : undefined), {
+          timeoutMs: 10_000,
+          minIntervalMs: INTERVAL_MS,
+        });
+      t.hub.on(topics.provisionerJob(jobId), () => notified++);
+      await expect.poll(() => checks).toBe(1);
+      await update(jobId);
+      await expect.poll(() => notified).toBe(1);
+
+      // Notified, its next check not due yet: nothing of the wait holds a slot.
+      expect(checks).toBe(1);
+      expect(admission.admitted).toBe(0);
+      await expect(waiting).resolves.toBe('done');
+      ticket.done();
+    });
   });
 
   it('when nothing changes › rejects with WaitTimeoutError after the timeout', async () => {
