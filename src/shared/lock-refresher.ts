@@ -24,7 +24,7 @@
 // command) keeps it until its watchdog, in case the nodes come back. On a Redis Cluster one script's keys
 // must be in one slot: every chat lock key is under the prefix, whose hash tag REDIS_CLUSTER requires.
 import type { LockOperation } from './lock.js';
-import { countBatchVotes, unreachableReason, type Vote } from './lock-vote.js';
+import { askNodes, countBatchVotes, unreachableReason, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import { LuaScript } from './lua-script.js';
 import type { RedisClient } from './redis.js';
@@ -269,16 +269,10 @@ export class LockRefresher {
     }
     args.push(lockTimeoutMs);
     const started = performance.now();
-    let cause: string | undefined;
-    const answers = clients.map((client) =>
-      refreshEach.run(client, keys, args).then(
-        (notOurs) => notOurs as number[],
-        (error: unknown) => {
-          cause ??= error instanceof Error ? error.message : String(error);
-          onNodeError?.(client, error);
-          throw error;
-        },
-      ),
+    const { answers, cause } = askNodes(
+      clients,
+      async (client) => (await refreshEach.run(client, keys, args)) as number[],
+      onNodeError,
     );
     const votes = new Array<Vote>(batch.length);
     let unreachable = 0;
@@ -293,7 +287,7 @@ export class LockRefresher {
       else if (!vote.quorumUnavailable) lock.onNotOurs();
       else {
         unreachable++;
-        reason ??= unreachableReason(vote, cause ?? `no answer within ${this.options.nodeTimeoutMs} ms`);
+        reason ??= unreachableReason(vote, cause() ?? `no answer within ${this.options.nodeTimeoutMs} ms`);
         lock.onUnreachable(reason);
       }
       // Lost now, or else waiting for its next refresh (the watched list drops it at the next tick).

@@ -8,7 +8,7 @@
 // answered; too few nodes reached (a refused, failed or timed-out command) fails it, and the key expires on
 // its own. On a Redis Cluster one script's keys must be in one slot: every chat lock key is under the prefix,
 // whose hash tag REDIS_CLUSTER requires.
-import { countBatchVotes, type Vote } from './lock-vote.js';
+import { askNodes, countBatchVotes, type Vote } from './lock-vote.js';
 import { MAX_KEYS_PER_COMMAND, eachKeyStillOurs } from './lock-refresher.js';
 import type { RedisClient } from './redis.js';
 
@@ -73,19 +73,17 @@ export class LockReleaser {
     const identifiers = batch.map(({ lock }) => lock.identifier);
     // Every node that answers counts as yes, whether it deleted the key or it was not ours there any more.
     const noneRefused: number[] = [];
-    let cause: string | undefined;
-    const answers = clients.map((client) =>
-      releaseEach.run(client, keys, identifiers).then(
-        () => noneRefused,
-        (error: unknown) => {
-          cause ??= error instanceof Error ? error.message : String(error);
-          onNodeError?.(client, error);
-          throw error;
-        },
-      ),
+    const { answers, cause } = askNodes(
+      clients,
+      async (client) => {
+        await releaseEach.run(client, keys, identifiers);
+        return noneRefused;
+      },
+      onNodeError,
     );
-    await countBatchVotes(answers, batch.length, nodeTimeoutMs, (i, vote) =>
-      batch[i]!.resolve({ vote, ...(cause !== undefined && { cause }) }),
-    );
+    await countBatchVotes(answers, batch.length, nodeTimeoutMs, (i, vote) => {
+      const failed = cause();
+      batch[i]!.resolve({ vote, ...(failed !== undefined && { cause: failed }) });
+    });
   }
 }

@@ -6,6 +6,8 @@
 // A batch (the refresh of many locks by one command per node) is one vote per lock, counted from each node's
 // one answer for all of them.
 
+import type { RedisClient } from './redis.js';
+
 export interface Vote {
   /** A quorum of nodes said yes. */
   readonly won: boolean;
@@ -126,4 +128,24 @@ export function unreachableReason(vote: Vote, cause: string): string {
   return vote.nodes > 1
     ? `lock quorum unavailable: ${describeVote(vote)}`
     : `the lock node is unreachable: ${cause}`;
+}
+
+/**
+ * `command` on every node, one answer each for a vote: a node's failure goes to `onNodeError` (its
+ * connection's handling) and rejects its answer; `cause()` is the first failure's message, if one came.
+ */
+export function askNodes<T>(
+  clients: readonly RedisClient[],
+  command: (client: RedisClient) => Promise<T>,
+  onNodeError?: (client: RedisClient, error: unknown) => void,
+): { answers: Promise<T>[]; cause: () => string | undefined } {
+  let cause: string | undefined;
+  const answers = clients.map((client) =>
+    command(client).catch((error: unknown) => {
+      cause ??= error instanceof Error ? error.message : String(error);
+      onNodeError?.(client, error);
+      throw error;
+    }),
+  );
+  return { answers, cause: () => cause };
 }

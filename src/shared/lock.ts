@@ -33,7 +33,7 @@ import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { redisKeys } from './keys.js';
 import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
 import { LockReleaser } from './lock-releaser.js';
-import { countVotes, describeVote, quorumOf, unreachableReason, type Vote } from './lock-vote.js';
+import { askNodes, countVotes, describeVote, quorumOf, unreachableReason, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
 
@@ -139,12 +139,7 @@ class QuorumMutex extends RedlockMutex {
 
   /** `command` on every node, one answer each, decided by the first majority. */
   private vote(command: (client: RedisClient) => Promise<boolean>): Promise<Vote> {
-    const answers = this._clients.map((client) =>
-      command(client as RedisClient).catch((error: unknown) => {
-        onNodeError(client as RedisClient, error);
-        throw error;
-      }),
-    );
+    const { answers } = askNodes(this._clients as RedisClient[], command, onNodeError);
     return countVotes(answers, this.nodeTimeoutMs);
   }
 
