@@ -149,18 +149,17 @@ describe('ChatLocks on the real Redis', () => {
     });
   });
 
+  /** `n` fresh chats locked at once, each kept for the cleanup; every one must be taken. */
+  async function acquireMany(locks: ChatLocks, n: number): Promise<HeldLock[]> {
+    const taken = await Promise.all(Array.from({ length: n }, () => locks.tryAcquire(randomUUID())));
+    expect(taken.filter((lock) => lock === null)).toEqual([]);
+    return taken.map((lock) => keep(lock)!);
+  }
+
   describe('many locks held by one ChatLocks (batched refresh)', () => {
     const LOCKS = 50;
     /** No jitter: locks taken together stay due together, so every tick refreshes all of them. */
     const options = { lockTimeoutMs: 1_000, refreshIntervalMs: 200, refreshJitter: 0 };
-
-    async function acquireMany(locks: ChatLocks, n: number): Promise<HeldLock[]> {
-      const taken = await Promise.all(Array.from({ length: n }, () => locks.tryAcquire(randomUUID())));
-      return taken.map((lock) => {
-        expect(lock).not.toBeNull();
-        return keep(lock)!;
-      });
-    }
 
     /** ChatLocks on `nodes` with the options above, counting its lock refreshes. */
     function countingLocks(nodes: Redis[]): { locks: ChatLocks; refreshes: () => number } {
@@ -267,12 +266,6 @@ describe('ChatLocks on the real Redis', () => {
   });
 
   describe('many locks released in one turn of the event loop (batched release)', () => {
-    async function acquireMany(locks: ChatLocks, n: number): Promise<HeldLock[]> {
-      const taken = await Promise.all(Array.from({ length: n }, () => locks.tryAcquire(randomUUID())));
-      expect(taken.filter((lock) => lock === null)).toEqual([]);
-      return taken.map((lock) => keep(lock)!);
-    }
-
     it('deletes them by one command per node, each only where it is still ours', async () => {
       prefix = uniquePrefix('lock');
       const redis = client();
