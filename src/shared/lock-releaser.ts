@@ -10,6 +10,7 @@
 // whose hash tag REDIS_CLUSTER requires.
 import { askNodes, countBatchVotes, type Vote } from './lock-vote.js';
 import { MAX_KEYS_PER_COMMAND, eachKeyStillOurs } from './lock-refresher.js';
+import { ReadBatcher } from './read-batcher.js';
 import type { RedisClient } from './redis.js';
 
 /** DEL each key still holding its token. */
@@ -35,42 +36,29 @@ export interface ReleaseOutcome {
   cause?: string;
 }
 
-interface Release {
-  lock: ReleasedLock;
-  resolve: (outcome: ReleaseOutcome) => void;
-}
-
 export class LockReleaser {
-  private collecting: Release[] | undefined;
+  // The read batcher's collecting and chunking: a batch's locks are deleted by one script per node.
+  private readonly batcher: ReadBatcher<ReleasedLock, ReleaseOutcome>;
 
-  constructor(private readonly options: LockReleaserOptions) {}
+  constructor(private readonly options: LockReleaserOptions) {
+    this.batcher = new ReadBatcher((locks) => this.releaseBatch(locks), {
+      maxBatchSize: MAX_KEYS_PER_COMMAND,
+    });
+  }
 
   /**
    * Deletes `lock`'s key on every node where it still holds its identifier, with the other locks released in
-   * this turn of the event loop (setImmediate, as the read batcher collects reads); resolves with its vote.
+   * this turn of the event loop; resolves with its vote.
    */
   release(lock: ReleasedLock): Promise<ReleaseOutcome> {
-    let batch = this.collecting;
-    if (!batch) {
-      batch = this.collecting = [];
-      setImmediate(() => this.send());
-    }
-    return new Promise((resolve) => batch.push({ lock, resolve }));
-  }
-
-  private send(): void {
-    const batch = this.collecting!;
-    this.collecting = undefined;
-    for (let start = 0; start < batch.length; start += MAX_KEYS_PER_COMMAND) {
-      void this.releaseBatch(batch.slice(start, start + MAX_KEYS_PER_COMMAND));
-    }
+    return this.batcher.get(lock);
   }
 
   /** One script per node for the batch, then each lock's vote. */
-  private async releaseBatch(batch: Release[]): Promise<void> {
+  private async releaseBatch(locks: readonly ReleasedLock[]): Promise<ReleaseOutcome[]> {
     const { clients, nodeTimeoutMs, onNodeError } = this.options;
-    const keys = batch.map(({ lock }) => lock.resource);
-    const identifiers = batch.map(({ lock }) => lock.identifier);
+    const keys = locks.map((lock) => lock.resource);
+    const identifiers = locks.map((lock) => lock.identifier);
     // Every node that answers counts as yes, whether it deleted the key or it was not ours there any more.
     const noneRefused: number[] = [];
     const { answers, cause } = askNodes(
@@ -81,9 +69,11 @@ export class LockReleaser {
       },
       onNodeError,
     );
-    await countBatchVotes(answers, batch.length, nodeTimeoutMs, (i, vote) => {
+    const outcomes = new Array<ReleaseOutcome>(locks.length);
+    await countBatchVotes(answers, locks.length, nodeTimeoutMs, (i, vote) => {
       const failed = cause();
-      batch[i]!.resolve({ vote, ...(failed !== undefined && { cause: failed }) });
+      outcomes[i] = { vote, ...(failed !== undefined && { cause: failed }) };
     });
+    return outcomes;
   }
 }

@@ -2,6 +2,7 @@
 // builds wakes k waiting jobs, each reading its one row; one `= ANY($1)` query serves them all). DataLoader's
 // batching without its cache: a read joins only a batch that has not been sent yet, so its answer always comes
 // from a query sent after it was asked, and a read asked after a write sees the write.
+// The chat locks released in one turn go through it too (lock-releaser.ts): one delete script per batch.
 
 export interface ReadBatcherOptions<K> {
   /**

@@ -113,6 +113,7 @@ export class QueuePositions implements QueueWatch {
   }
 
   /** One read for every position asked while the previous one ran. */
+  // Not a ReadBatcher: that sends a batch every turn, several at once; here one read runs at a time.
   private async answerAsked(): Promise<void> {
     if (this.answering) return;
     this.answering = true;
