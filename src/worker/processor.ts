@@ -37,7 +37,13 @@ import {
   type WaitTimeouts,
   type WorkspaceStore,
 } from './ports.js';
-import { LockLostError, LockUnavailableError, type ChatLocks, type HeldLock } from '../shared/lock.js';
+import {
+  LockLostError,
+  LockUnavailableError,
+  type ChatLocks,
+  type HeldLock,
+  type LockLossListener,
+} from '../shared/lock.js';
 import { DEFAULT_ORDER_GRACE_MS, type ChatOrder, type JobStateReader } from '../shared/chat-order.js';
 import { handOffChat, type Promote } from '../shared/chat-hand-off.js';
 import { LazyChildLogger, type JobLogger, type Logger } from '../shared/logger.js';
@@ -855,9 +861,10 @@ function unrecoverable(failure: JobFailure): UnrecoverableError {
  * LockLostError) or the worker shuts down (the processor aborts it: the shutdown signal is the worker's,
  * shared by every attempt). One controller for all three, whose signal is the job context's: a signal with
  * a listener is about 0.94 KiB in Node 20, and a cancel watch of its own was one more per waiting job
- * (issue 11). It listens itself (no closure) and stops listening when the lock is released.
+ * (issue 11). The lock tells it of a loss itself (onLoss: the lock makes no signal for it), until the lock
+ * is released.
  */
-class AttemptStop extends AbortController {
+class AttemptStop extends AbortController implements LockLossListener {
   private held: HeldLock | undefined;
 
   constructor(private readonly metrics: Metrics | undefined) {
@@ -867,19 +874,17 @@ class AttemptStop extends AbortController {
   /** The chat lock is taken: its loss stops the attempt too; so does a loss or shutdown that came already. */
   follow(held: HeldLock, shutdown: AbortSignal | undefined): void {
     this.held = held;
-    const aborted = [held.signal, shutdown].find((s) => s?.aborted);
-    if (aborted) this.abort(aborted.reason);
-    held.signal.addEventListener('abort', this);
+    held.onLoss(this);
+    if (shutdown?.aborted) this.abort(shutdown.reason);
   }
 
-  handleEvent(): void {
-    const reason: unknown = this.held?.signal.reason;
-    if (reason instanceof LockLostError) this.metrics?.locksLost.inc();
+  lockLost(reason: LockLostError): void {
+    this.metrics?.locksLost.inc();
     this.abort(reason);
   }
 
   unfollow(): void {
-    this.held?.signal.removeEventListener('abort', this);
+    this.held?.onLoss(undefined);
   }
 }
 

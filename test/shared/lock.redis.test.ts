@@ -106,7 +106,7 @@ describe('ChatLocks on the real Redis', () => {
       expect(keep(await locks.tryAcquire(chatId))).not.toBeNull();
     });
 
-    it('when the key is removed externally › the holder is aborted with a LockLostError', async () => {
+    it('when the key is removed externally › the holder is aborted with a LockLostError, its loss listener told it too', async () => {
       prefix = uniquePrefix('lock');
       const redis = client();
       const lock = keep(
@@ -114,10 +114,17 @@ describe('ChatLocks on the real Redis', () => {
           randomUUID(),
         ),
       )!;
+      const told: LockLostError[] = [];
+      lock.onLoss({ lockLost: (reason) => told.push(reason) });
 
       await redis.del(lock.resource);
 
       await expect.poll(() => lock.signal.reason, POLL).toBeInstanceOf(LockLostError);
+      expect(told).toEqual([lock.signal.reason]);
+      // One that listens after the loss is told at once.
+      const late: LockLostError[] = [];
+      lock.onLoss({ lockLost: (reason) => late.push(reason) });
+      expect(late).toEqual(told);
     });
 
     it('when the holder stops refreshing › it is aborted first, then the TTL frees the lock for another worker', async () => {

@@ -97,6 +97,7 @@ describe('the chat lock', () => {
             return {
               resource: lock.resource,
               signal: lock.signal,
+              onLoss: (listener) => lock.onLoss(listener),
               isHeld: () => lock.isHeld(),
               release: () => {
                 const jobId = [...held].reverse().find((e) => e.worker === worker && e.phase === 'acquired');
