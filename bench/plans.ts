@@ -57,7 +57,7 @@ const SEED_SQL = [
    FROM generate_series(1, 900000) i, LATERAL (SELECT now() - interval '400 days' + i * interval '10 s' AS ts) t`,
   // Build b's job is job 900000 + b; one build a minute, the newest 200 not completed.
   `INSERT INTO provisioner_jobs (id, type, created_at, updated_at, started_at, canceled_at, completed_at, error,
-                                 worker_id)
+                                 worker_id, claim_id)
    SELECT ${id('job', '900000 + b')}, 'workspace_build', ts,
           -- Running jobs heart-beaten an hour ahead: still fresh for the reaper when the plans run.
           CASE WHEN b <= 99800 THEN ts + interval '30 s' ELSE now() + interval '1 hour' END,
@@ -65,7 +65,8 @@ const SEED_SQL = [
           CASE WHEN b <= 99800 AND b % 97 = 0 THEN ts + interval '5 s' END,
           CASE WHEN b <= 99800 THEN ts + (21 + b % 40) * interval '1 s' END,
           CASE WHEN b <= 99800 AND b % 50 = 0 THEN 'build failed' END,
-          CASE WHEN b <= 99900 THEN ${id('daemon', 'b % 4')} END
+          CASE WHEN b <= 99900 THEN ${id('daemon', 'b % 4')} END,
+          CASE WHEN b <= 99900 THEN ${id('claim', 'b')} END
    FROM generate_series(1, 100000) b, LATERAL (SELECT now() - (100001 - b) * interval '1 min' AS ts) t`,
   `INSERT INTO workspace_builds (id, created_at, workspace_id, template_version_id, build_number, transition,
                                  initiator_id, job_id)
@@ -213,8 +214,8 @@ void runBench('plans', 150_000, async (cleanup) => {
   const pendingJobs = await db.pool.query<{ ids: string[] }>(
     `SELECT array_agg(${id('job', '900000 + b')}::text) AS ids FROM generate_series(99901, 100000) b`,
   );
-  const running = await db.pool.query<{ id: string; claims: number }>(
-    `SELECT id, claims FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
+  const running = await db.pool.query<{ id: string; claim_id: string }>(
+    `SELECT id, claim_id FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
   );
   const store = (pool: Pool) => new PgWorkspaceStore(pool);
   // A burst's batch (the store's reads of a waiting job's end, ReadBatcher's 500 keys): the newest builds.
@@ -242,7 +243,7 @@ void runBench('plans', 150_000, async (cleanup) => {
       statements: [
         {
           text: HEARTBEAT.text,
-          values: [running.rows.map((r) => r.id), at.daemon, running.rows.map((r) => r.claims)],
+          values: [running.rows.map((r) => r.id), at.daemon, running.rows.map((r) => r.claim_id)],
         },
       ],
     },
@@ -265,7 +266,7 @@ void runBench('plans', 150_000, async (cleanup) => {
         const writer = new JobLogWriter({
           pool,
           jobId: running.rows[0]!.id,
-          claim: { workerId: at.daemon!, claims: 0 },
+          claim: { workerId: at.daemon!, claimId: running.rows[0]!.claim_id },
         });
         await writer.append('provisioner', 'info', 'a line', 'Starting workspace');
       }),
@@ -278,7 +279,7 @@ void runBench('plans', 150_000, async (cleanup) => {
           values: [
             running.rows[0]!.id,
             at.daemon,
-            running.rows[0]!.claims,
+            running.rows[0]!.claim_id,
             null,
             null,
             null,

@@ -17,8 +17,8 @@ export class ProvisionerShutdownError extends Error {
 }
 
 /**
- * The job is no longer ours (the stale reaper or someone else completed it, or it was re-assigned):
- * nothing is written, the row already has its outcome.
+ * The job is no longer ours (the stale reaper or someone else completed it, or it was re-assigned, or a
+ * Postgres crash lost our unflushed claim): nothing is written, the job is another claim's or settled.
  */
 export class JobLostError extends Error {
   override name = 'JobLostError';

@@ -28,8 +28,8 @@ export type JobState = 'canceled' | 'lost';
 export interface JobLogWriterOptions {
   pool: Pool;
   jobId: string;
-  /** The claim the lines belong to: provisioner_jobs.worker_id and .claims when the daemon claimed the job. */
-  claim: { workerId: string; claims: number };
+  /** The claim the lines belong to: provisioner_jobs.worker_id and .claim_id when the daemon claimed the job. */
+  claim: { workerId: string; claimId: string };
   /** Longer lines are cut (a runaway line must not bloat the table). Default 4096 characters. */
   maxLineLength?: number;
   /** Lines kept per job; after that one notice is written and the rest dropped. Default 10000. */
@@ -62,7 +62,7 @@ const INSERT_LOGS = prepared(
   'provisioner.insert_logs',
   `WITH job AS (
      SELECT canceled_at IS NOT NULL AS canceled FROM provisioner_jobs
-     WHERE id = $1 AND worker_id = $6 AND claims = $7 AND completed_at IS NULL
+     WHERE id = $1 AND worker_id = $6 AND claim_id = $7 AND completed_at IS NULL
    ), unflushed AS (
      -- Local to this statement's transaction; joined below, so that it is evaluated.
      SELECT set_config('synchronous_commit', 'off', true)
@@ -196,7 +196,7 @@ export class JobLogWriter {
         stages,
         outputs,
         this.options.claim.workerId,
-        this.options.claim.claims,
+        this.options.claim.claimId,
       ]);
       const job = rows[0];
       if (!job) this.options.onJobState?.('lost');

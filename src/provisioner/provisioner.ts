@@ -1,11 +1,11 @@
 // A provisioner daemon: claims pending workspace-build jobs from Postgres, runs them with an executor and
 // settles them. Any number of daemons may share one database: a job is claimed with
 // FOR UPDATE SKIP LOCKED (exactly one daemon gets it, nobody blocks), and every write of a run is fenced
-// by its claim (worker_id plus the job's claim counter). A daemon that dies mid-job is detected by its
-// missing heartbeat: whichever daemon notices first hands a start or stop build back to pending for
-// another run (builds are safe to repeat), at most maxReruns times, and only then fails it as stale. A
-// daemon that was only paused finds its claim gone when it wakes: its heartbeat, logs and completion are
-// refused, so the re-run's outcome stands.
+// by its claim (worker_id plus the claim's own id, provisioner_jobs.claim_id). A daemon that dies mid-job
+// is detected by its missing heartbeat: whichever daemon notices first hands a start or stop build back to
+// pending for another run (builds are safe to repeat), at most maxReruns times, and only then fails it as
+// stale. A daemon that was only paused finds its claim gone when it wakes: its heartbeat, logs and
+// completion are refused, so the re-run's outcome stands.
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { topics, type QuotaUsage } from '../worker/ports.js';
@@ -94,10 +94,13 @@ type Outcome =
   | ({ kind: 'failed' } & Failure)
   | { kind: 'aborted'; reason: unknown };
 
-/** One claim of a job: the value of provisioner_jobs.claims it was made with fences every write of the run. */
+/**
+ * One claim of a job: the provisioner_jobs.claim_id it set fences every write of the run. Unique per claim:
+ * a daemon that claims a job again after Postgres lost its claim (and rolled back `claims`) gets a new one.
+ */
 interface Claim {
   job: BuildJob;
-  claims: number;
+  claimId: string;
   /** How often the job was handed back before this claim. */
   reruns: number;
 }
@@ -110,7 +113,7 @@ interface RunningJob {
 
 interface ClaimRow {
   job_id: string;
-  claims: number;
+  claim_id: string;
   reruns: number;
   build_id: string | null;
   workspace_id: string;
@@ -141,12 +144,15 @@ const NO_LINES: LogColumns = { sources: [], levels: [], stages: [], outputs: [] 
  * server waits for the one before it. A claim a Postgres crash loses leaves the job pending, as though never
  * claimed: the run finds it lost at its next write or heartbeat and drops its outcome, and the job is built
  * again, as a stale start or stop build is (they are safe to repeat). A delete build is never re-run: its
- * claim is flushed.
+ * claim is flushed. The crash rolls `claims` back too, so each claim sets an id of its own (claim_id) that
+ * its run's writes are fenced by: when this daemon claims the job again, its lost run's late writes (a log
+ * batch still on its way) do not pass the new claim's fence.
  */
 export const CLAIM = prepared(
   'provisioner.claim',
   `WITH claimed AS (
-     UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1
+     UPDATE provisioner_jobs SET started_at = now(), updated_at = now(), worker_id = $1, claims = claims + 1,
+            claim_id = gen_random_uuid()
      WHERE id = (
        SELECT id FROM provisioner_jobs
        WHERE started_at IS NULL AND canceled_at IS NULL AND completed_at IS NULL
@@ -156,9 +162,9 @@ export const CLAIM = prepared(
        ORDER BY created_at
        LIMIT 1
        FOR UPDATE SKIP LOCKED)
-     RETURNING id, claims, reruns, trace_context
+     RETURNING id, claim_id, reruns, trace_context
    )
-   SELECT c.id AS job_id, c.claims, c.reruns, c.trace_context, b.id AS build_id, b.workspace_id,
+   SELECT c.id AS job_id, c.claim_id, c.reruns, c.trace_context, b.id AS build_id, b.workspace_id,
           w.name AS workspace_name, w.owner_id,
           b.template_version_id, b.build_number, b.transition,
           coalesce((SELECT jsonb_object_agg(p.name, p.value) FROM workspace_build_parameters p
@@ -175,7 +181,7 @@ export const CLAIM = prepared(
 const RELEASE = prepared(
   'provisioner.release',
   `UPDATE provisioner_jobs SET started_at = NULL, worker_id = NULL, updated_at = now()
-   WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL`,
+   WHERE id = $1 AND worker_id = $2 AND claim_id = $3 AND completed_at IS NULL`,
 );
 
 /**
@@ -191,7 +197,7 @@ export const COMPLETE = prepared(
   `WITH done AS (
      UPDATE provisioner_jobs SET completed_at = now(), updated_at = now(), error = $4, error_code = $5,
             quota_credits_consumed = $6, quota_budget = $7
-     WHERE id = $1 AND worker_id = $2 AND claims = $3 AND completed_at IS NULL
+     WHERE id = $1 AND worker_id = $2 AND claim_id = $3 AND completed_at IS NULL
      RETURNING id, canceled_at IS NOT NULL AS canceled
    ), logged AS (
      INSERT INTO provisioner_job_logs (job_id, source, level, stage, output)
@@ -217,16 +223,16 @@ export const COMPLETE = prepared(
 const CHECK_JOB = prepared(
   'provisioner.check_job',
   `SELECT canceled_at IS NOT NULL AS canceled,
-          (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid AND claims = $3) AS ours
+          (completed_at IS NULL AND worker_id IS NOT DISTINCT FROM $2::uuid AND claim_id = $3) AS ours
    FROM provisioner_jobs WHERE id = $1`,
 );
 
-/** Refreshes this daemon's running jobs: $1 job ids, $2 this daemon's id, $3 each job's claim counter. */
+/** Refreshes this daemon's running jobs: $1 job ids, $2 this daemon's id, $3 each job's claim id. */
 export const HEARTBEAT = prepared(
   'provisioner.heartbeat',
   `UPDATE provisioner_jobs j SET updated_at = now()
-   FROM unnest($1::uuid[], $3::int[]) AS mine(id, claims)
-   WHERE j.id = mine.id AND j.claims = mine.claims AND j.worker_id = $2 AND j.completed_at IS NULL
+   FROM unnest($1::uuid[], $3::uuid[]) AS mine(id, claim_id)
+   WHERE j.id = mine.id AND j.claim_id = mine.claim_id AND j.worker_id = $2 AND j.completed_at IS NULL
    RETURNING j.id, j.canceled_at IS NOT NULL AS canceled`,
 );
 
@@ -410,12 +416,12 @@ export class Provisioner {
       if (!row) return;
       if (row.build_id === null) {
         // A job without a build cannot be built; failing it beats leaving it for the reaper.
-        await this.settle(row.job_id, row.claims, NO_LINES, {
+        await this.settle(row.job_id, row.claim_id, NO_LINES, {
           message: 'workspace build not found for provisioner job',
         });
         continue;
       }
-      const claim: Claim = { job: toBuildJob(row), claims: row.claims, reruns: row.reruns };
+      const claim: Claim = { job: toBuildJob(row), claimId: row.claim_id, reruns: row.reruns };
       if (this.state !== 'running') {
         await this.release(claim);
         return;
@@ -430,8 +436,8 @@ export class Provisioner {
   }
 
   /** Hands a job claimed during shutdown back, so another daemon starts it at once. */
-  private async release({ job, claims }: Claim): Promise<void> {
-    await runPrepared(this.pool, RELEASE, [job.jobId, this.id, claims]);
+  private async release({ job, claimId }: Claim): Promise<void> {
+    await runPrepared(this.pool, RELEASE, [job.jobId, this.id, claimId]);
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -451,12 +457,12 @@ export class Provisioner {
   }
 
   private async execute(claim: Claim, controller: AbortController): Promise<void> {
-    const { job, claims, reruns } = claim;
+    const { job, claimId, reruns } = claim;
     const log = this.log.child({ jobId: job.jobId, buildId: job.buildId, transition: job.transition });
     const logs = new JobLogWriter({
       pool: this.pool,
       jobId: job.jobId,
-      claim: { workerId: this.id, claims },
+      claim: { workerId: this.id, claimId },
       // Every batch of lines reads the job under this claim, so it is a check of the job too.
       onJobState: (state) => abortFor(controller, state),
       log,
@@ -493,24 +499,26 @@ export class Provisioner {
       if (outcome.kind === 'aborted') {
         const { reason } = outcome;
         if (reason instanceof JobLostError) {
-          log.warn('job was handed back or settled by another daemon (stale reaper); dropping its outcome');
+          log.warn(
+            'job is no longer this claim’s (handed back or settled by a stale reaper, or the claim lost in a Postgres crash); dropping its outcome',
+          );
           return;
         }
         if (reason instanceof JobCanceledError) {
           void logs.append('provisioner_daemon', 'warn', 'Job canceled', 'Cleaning Up');
-          await this.settle(job.jobId, claims, await logs.close(), null);
+          await this.settle(job.jobId, claimId, await logs.close(), null);
           log.info('job canceled');
           return;
         }
         const message = reason instanceof Error ? reason.message : 'provisioner job aborted';
         void logs.append('provisioner_daemon', 'error', message, 'Cleaning Up');
-        await this.settle(job.jobId, claims, await logs.close(), { message });
+        await this.settle(job.jobId, claimId, await logs.close(), { message });
         log.warn({ error: message }, 'job aborted');
         return;
       }
       if (outcome.kind === 'failed') {
         void logs.append('provisioner_daemon', 'error', `Build failed: ${outcome.message}`, 'Cleaning Up');
-        await this.settle(job.jobId, claims, await logs.close(), outcome);
+        await this.settle(job.jobId, claimId, await logs.close(), outcome);
         log.info({ error: outcome.message, errorCode: outcome.errorCode }, 'job failed');
         return;
       }
@@ -567,13 +575,13 @@ export class Provisioner {
    * when the job was no longer ours or was canceled meanwhile (then no resource is written).
    */
   private async succeed(
-    { job, claims }: Claim,
+    { job, claimId }: Claim,
     lines: LogColumns,
     result: ExecutorResult,
   ): Promise<CommittedAgent[] | undefined> {
     const start = job.transition === 'start';
     try {
-      const row = await this.complete(job.jobId, claims, lines, null, {
+      const row = await this.complete(job.jobId, claimId, lines, null, {
         type: start ? (result.resourceType ?? 'workspace') : null,
         agents: start ? [...new Set(result.agents ?? [])] : [],
       });
@@ -595,7 +603,7 @@ export class Provisioner {
         { err: error, jobId: job.jobId, linesDropped: lines.outputs.length },
         'could not complete provisioner job',
       );
-      await this.settle(job.jobId, claims, NO_LINES, {
+      await this.settle(job.jobId, claimId, NO_LINES, {
         message: `could not record the build's results: ${errorMessage(error)}`,
       });
       return undefined;
@@ -608,12 +616,12 @@ export class Provisioner {
    */
   private async settle(
     jobId: string,
-    claims: number,
+    claimId: string,
     lines: LogColumns,
     failure: Failure | null,
   ): Promise<void> {
     try {
-      await this.complete(jobId, claims, lines, failure, { type: null, agents: [] });
+      await this.complete(jobId, claimId, lines, failure, { type: null, agents: [] });
     } catch (err) {
       this.log.error({ err, jobId }, 'could not settle provisioner job; the stale reaper will');
     }
@@ -622,7 +630,7 @@ export class Provisioner {
   /** Runs COMPLETE; undefined when the job is no longer this claim's. */
   private async complete(
     jobId: string,
-    claims: number,
+    claimId: string,
     lines: LogColumns,
     failure: Failure | null,
     resource: { type: string | null; agents: string[] },
@@ -630,7 +638,7 @@ export class Provisioner {
     const { rows } = await runPrepared<{ canceled: boolean; agents: CommittedAgent[] }>(this.pool, COMPLETE, [
       jobId,
       this.id,
-      claims,
+      claimId,
       failure?.message ?? null,
       failure?.errorCode ?? null,
       failure?.quota?.creditsConsumed ?? null,
@@ -646,10 +654,10 @@ export class Provisioner {
   }
 
   /** Aborts the executor when the job was canceled or is no longer this claim's. */
-  private checkJob({ job, claims }: Claim, controller: AbortController): void {
+  private checkJob({ job, claimId }: Claim, controller: AbortController): void {
     if (controller.signal.aborted) return;
     const { jobId } = job;
-    runPrepared<{ canceled: boolean; ours: boolean }>(this.pool, CHECK_JOB, [jobId, this.id, claims])
+    runPrepared<{ canceled: boolean; ours: boolean }>(this.pool, CHECK_JOB, [jobId, this.id, claimId])
       .then(({ rows }) => {
         const row = rows[0];
         abortFor(controller, !row?.ours ? 'lost' : row.canceled ? 'canceled' : undefined);
@@ -669,7 +677,7 @@ export class Provisioner {
     this.heartbeating = runPrepared<{ id: string; canceled: boolean }>(this.pool, HEARTBEAT, [
       claims.map((c) => c.job.jobId),
       this.id,
-      claims.map((c) => c.claims),
+      claims.map((c) => c.claimId),
     ])
       .then(({ rows }) => {
         const alive = new Map(rows.map((r) => [r.id, r.canceled]));

@@ -282,18 +282,25 @@ export class RecordingExecutor implements Executor {
 /**
  * A daemon's view of the database that can be frozen: while paused, its queries (and transactions) wait
  * and reach Postgres only on resume(), in order — what a daemon stopped with SIGSTOP and continued later
- * looks like from the database.
+ * looks like from the database. Paused for one statement, only that one waits: a write still on its way.
  */
 export class PausablePool {
   readonly pool: Pool;
   private gate: Promise<void> = Promise.resolve();
   private open: () => void = () => {};
+  /** The prepared statement's name that waits, if only one does. */
+  private held: string | undefined;
 
   constructor(target: Pool) {
     const waitForGate =
       (method: 'query' | 'connect') =>
-      (...args: unknown[]) =>
-        this.gate.then(() => (target[method] as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+      (...args: unknown[]) => {
+        const send = () => (target[method] as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        const waits =
+          this.held === undefined ||
+          (method === 'query' && (args[0] as { name?: string }).name === this.held);
+        return waits ? this.gate.then(send) : send();
+      };
     this.pool = new Proxy(target, {
       get(pool, property) {
         if (property === 'query' || property === 'connect') return waitForGate(property);
@@ -303,7 +310,9 @@ export class PausablePool {
     });
   }
 
-  pause(): void {
+  /** Holds every query and transaction, or with `statement` only the queries of that prepared statement. */
+  pause(statement?: string): void {
+    this.held = statement;
     this.gate = new Promise<void>((resolve) => (this.open = resolve));
   }
 

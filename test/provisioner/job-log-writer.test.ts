@@ -14,6 +14,7 @@ describe('JobLogWriter', () => {
   let counting: CountingPool;
   let jobId: string;
   const daemon = randomUUID();
+  const claimId = randomUUID();
   const writers: JobLogWriter[] = [];
 
   beforeEach(async () => {
@@ -21,8 +22,9 @@ describe('JobLogWriter', () => {
     counting = new CountingPool(db.pool);
     // A job this daemon claimed once and is running.
     const { rows } = await db.pool.query<{ id: string }>(
-      `INSERT INTO provisioner_jobs (started_at, worker_id, claims) VALUES (now(), $1, 1) RETURNING id`,
-      [daemon],
+      `INSERT INTO provisioner_jobs (started_at, worker_id, claims, claim_id) VALUES (now(), $1, 1, $2)
+       RETURNING id`,
+      [daemon, claimId],
     );
     jobId = rows[0]!.id;
   });
@@ -36,7 +38,7 @@ describe('JobLogWriter', () => {
     const created = new JobLogWriter({
       pool: counting.pool,
       jobId,
-      claim: { workerId: daemon, claims: 1 },
+      claim: { workerId: daemon, claimId },
       ...options,
     });
     writers.push(created);
@@ -101,7 +103,19 @@ describe('JobLogWriter', () => {
 
   it.each([
     ['canceled', 'canceled', ['line'], `UPDATE provisioner_jobs SET canceled_at = now() WHERE id = $1`],
-    ['claimed again by another daemon', 'lost', [], `UPDATE provisioner_jobs SET claims = 2 WHERE id = $1`],
+    [
+      'claimed again by another daemon',
+      'lost',
+      [],
+      `UPDATE provisioner_jobs SET worker_id = gen_random_uuid(), claims = 2, claim_id = gen_random_uuid()
+       WHERE id = $1`,
+    ],
+    [
+      'claimed again by this daemon (its claim lost in a Postgres crash)',
+      'lost',
+      [],
+      `UPDATE provisioner_jobs SET claim_id = gen_random_uuid() WHERE id = $1`,
+    ],
     [
       'completed by the reaper',
       'lost',

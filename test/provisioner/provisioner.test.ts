@@ -503,7 +503,7 @@ describe('Provisioner', () => {
     const deadDaemon = randomUUID();
     await db.pool.query(
       `UPDATE provisioner_jobs SET started_at = now() - interval '1 hour', updated_at = now() - interval '1 hour',
-       worker_id = $2, claims = claims + 1, reruns = $3 WHERE id = $1`,
+       worker_id = $2, claims = claims + 1, claim_id = gen_random_uuid(), reruns = $3 WHERE id = $1`,
       [jobId, deadDaemon, reruns],
     );
     return deadDaemon;
@@ -640,6 +640,39 @@ describe('Provisioner', () => {
       // One success in the log: the re-run's, never the woken daemon's as well.
       expect(logsBefore.filter((l) => l.output === 'Build succeeded')).toHaveLength(1);
     });
+  });
+
+  it("when a Postgres crash loses a claim and the daemon claims the job again › the old run's late write is refused", async () => {
+    const build = await insertBuild(db.pool, fixture, await createWorkspace(db.pool, fixture));
+    // The first run's first log batch is still on its way to Postgres when the crash's loss is found.
+    const slow = new PausablePool(db.pool);
+    slow.pause('provisioner.insert_logs');
+    const executor = new RecordingExecutor({ hold: true });
+    const provisioner = await startProvisioner({ pool: slow.pool, executor });
+    await executor.whenStarted(build.jobId);
+
+    // The unflushed claim lost: the job is pending again as before it, its claim counter rolled back.
+    await db.pool.query(
+      `UPDATE provisioner_jobs SET started_at = NULL, updated_at = created_at, worker_id = NULL,
+       claims = claims - 1, claim_id = NULL WHERE id = $1`,
+      [build.jobId],
+    );
+    // The daemon drops its first run and claims the job again: the same daemon, the same claim count.
+    await vi.waitFor(() => expect(executor.runs).toEqual([build.jobId, build.jobId]), POLL);
+    expect(await getClaims(db.pool, build.jobId)).toEqual({ claims: 1, reruns: 0 });
+    expect(executor.aborted).toEqual([build.jobId]);
+
+    // Both runs' first batches reach Postgres now; only the second run's is its claim's.
+    slow.resume();
+    executor.release(build.jobId);
+    const job = await waitForCompletion(db.pool, build.jobId);
+
+    expect(job).toMatchObject({ job_status: 'succeeded', worker_id: provisioner.id });
+    expect((await getLogs(db.pool, build.jobId)).map((l) => l.output)).toEqual([
+      expect.stringContaining(`Provisioner ${provisioner.id} acquired the job: start of workspace`),
+      'recording start',
+      'Build succeeded',
+    ]);
   });
 
   it('when a daemon is alive › its heartbeat keeps other daemons from reaping its long job', async () => {
