@@ -33,10 +33,14 @@ export async function waitForBuild(
   const report = async (b: Build) => {
     const stage = STAGE_OF_STATUS[b.jobStatus as keyof typeof STAGE_OF_STATUS];
     if (!stage || watch.reported === stage) return;
-    // Running, then pending again: its provisioner stopped responding and the build waits for a re-run.
+    // Running, then pending again: the run ended without an outcome and the build waits for another. Its
+    // daemon stopped responding (handed back by another daemon's reaper), shut down as it claimed the job,
+    // or Postgres crashed and lost the claim, which it had committed unflushed (docs/design.md §8).
     const requeued = stage === 'build_queued' && watch.reported === 'build_running';
     const verb = {
-      build_queued: requeued ? 'is queued again: its provisioner stopped responding' : 'is queued',
+      build_queued: requeued
+        ? 'is queued again: its run was interrupted (its provisioner stopped responding or shut down, or the database restarted)'
+        : 'is queued',
       build_running: 'is running',
       build_succeeded: 'succeeded',
     }[stage];

@@ -117,7 +117,7 @@ describe('when the provisioner daemon running a start build is killed', () => {
       .slice(stages.indexOf('build_running'))
       .filter((e) => e.stage === 'build_queued')) {
       expect(queued.message).toBe(
-        `Build #${String(running.data?.build_number)} is queued again: its provisioner stopped responding`,
+        `Build #${String(running.data?.build_number)} is queued again: its run was interrupted (its provisioner stopped responding or shut down, or the database restarted)`,
       );
     }
     expect(events.at(-1)).toMatchObject({ type: 'result', stage: 'completed' });

@@ -11,7 +11,7 @@ import {
 } from '../../src/jobs/contract-schemas.js';
 import type { ProgressEvent, QueuePositionData } from '../../src/shared/contract.js';
 import { BUILD_LOG_INTERVAL_MS, BUILD_LOG_LINES } from '../../src/worker/build-watch.js';
-import { completeJob } from '../helpers/fixtures.js';
+import { completeJob, startJob } from '../helpers/fixtures.js';
 import { POLL, WAIT_MS, WorkerHarness, type SeededOwner } from '../helpers/worker-harness.js';
 
 /** A workspace of the owner's template whose only build is a succeeded stop: no start history. */
@@ -122,6 +122,52 @@ describe('build events', () => {
       expect(e.agent_ms).toBeGreaterThan(0);
       expect(Date.parse(e.ready_at!) - Date.parse(e.done_at)).toBe(e.agent_ms);
     }
+  });
+
+  it('a build whose claim a Postgres crash lost is told it is queued again, its run interrupted, then succeeds', async () => {
+    await h.startWorker();
+    const ws = await h.seedStoppedWorkspace();
+    const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+    const queued = await h.waitForEvent(ws.chatId, 'build_queued', (e) => e.job.id === jobId);
+    const {
+      rows: [build],
+    } = await h.db.pool.query<{ job_id: string }>('SELECT job_id FROM workspace_builds WHERE id = $1', [
+      queued.data!.build_id,
+    ]);
+    const buildJobId = build!.job_id;
+    await startJob(h.db.pool, buildJobId);
+    await h.waitForEvent(ws.chatId, 'build_running', (e) => e.job.id === jobId);
+
+    // The crash: the job is pending again without a notification (recovery runs no trigger), and every
+    // connection ends, the worker's LISTEN connection among them.
+    const client = await h.db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SET LOCAL session_replication_role = replica');
+      await client.query('UPDATE provisioner_jobs SET started_at = NULL WHERE id = $1', [buildJobId]);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    await h.db.pool.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'workspace-jobs-listener'`,
+    );
+
+    const again = await vi.waitFor(async () => {
+      const found = (await progressEvents(h, ws.chatId, jobId)).filter((e) => e.stage === 'build_queued');
+      expect(found).toHaveLength(2);
+      return found[1]!;
+    }, POLL);
+    expect(again.message).toBe(
+      `Build #${String(queued.data!.build_number)} is queued again: its run was interrupted (its provisioner stopped responding or shut down, or the database restarted)`,
+    );
+    await completeJob(h.db.pool, buildJobId);
+    expect(await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS })).toMatchObject({ ok: true });
+    const stages = (await progressEvents(h, ws.chatId, jobId)).map((e) => e.stage);
+    expect(stages.filter((x) => x.startsWith('build_')).join(' ')).toMatch(
+      /^build_queued build_running build_queued (build_running )?build_succeeded$/,
+    );
   });
 
   it('a build writing 10,000 log lines in 5 s adds a bounded number of build_log events, the last at its last line', async () => {
