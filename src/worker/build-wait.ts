@@ -51,7 +51,7 @@ export async function waitForBuild(
         ? null
         : await (stage === 'build_queued' ? ctx.queue.estimate(b) : ctx.store.getBuildEstimate(b.id));
     await watch.say(async () => {
-      watch.reported = stage;
+      watch.told(stage);
       const data = { ...buildData(b), ...position, ...(estimate && { estimate }) };
       await ctx.progress(stage, `Build #${b.buildNumber} ${verb}`, data, workspaceId);
     });

@@ -1,5 +1,6 @@
 // What a waiting build tells its chat besides its status (docs/design.md §6): the newest lines of its log
-// (`build_log`, at most one event per BUILD_LOG_INTERVAL_MS, however chatty the build) and, while it is
+// (`build_log`, at most one event per BUILD_LOG_INTERVAL_MS, however chatty the build; followed from its run
+// on) and, while it is
 // pending, its place among the pending provisioner jobs (`queue_position`, from the process's shared reads of
 // the queue, queue-positions.ts: at most one per QUEUE_CHECK_INTERVAL_MS when the pending set changes). Each
 // follows beside the status wait of build-wait.ts, which stops them and flushes the log's last lines once the
@@ -22,8 +23,11 @@ export const BUILD_LOG_LINES = 20;
  * (`say`), so that a queue position read before the build started cannot follow its `build_running`.
  */
 export class BuildWatch {
-  /** The status stage last reported. */
+  /** The status stage last reported (told). */
   reported: ProgressStage | undefined;
+  /** followLogs() was called: the log is followed once the build runs. */
+  private logsWanted = false;
+  private logsFollowed = false;
   private after = '0';
   private chain: Promise<unknown> = Promise.resolve();
   /**
@@ -66,8 +70,25 @@ export class BuildWatch {
     return this.lastPosition;
   }
 
-  /** Starts following the log. */
+  /** The status stage is reported: a build that runs has its log followed from now on, once wanted. */
+  told(stage: ProgressStage): void {
+    this.reported = stage;
+    if (stage === 'build_running' && this.logsWanted) this.startLogs();
+  }
+
+  /**
+   * Follows the log from the build's run on (now, when it runs already). A pending build writes none, and
+   * 10,000 pending builds following theirs held about 1.5 KiB each (issue 11): the lines of an earlier run
+   * of a build queued again come with the first check once it runs again, or with end()'s flush.
+   */
   followLogs(): void {
+    this.logsWanted = true;
+    if (this.reported === 'build_running') this.startLogs();
+  }
+
+  private startLogs(): void {
+    if (this.logsFollowed) return;
+    this.logsFollowed = true;
     const signal = this.stopped.signal;
     this.spawn(
       this.ctx.waiter.waitFor(
