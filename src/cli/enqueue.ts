@@ -5,6 +5,7 @@ import type { Config } from '../shared/config.js';
 import { isFailure, type JobResult, type WorkspaceJobEvent } from '../shared/contract.js';
 import { redisKeys } from '../shared/keys.js';
 import { withTimeout } from '../shared/errors.js';
+import { describeIssues } from '../shared/schemas.js';
 import type { Logger } from '../shared/logger.js';
 import { createPool } from '../shared/postgres.js';
 import { closeRedis, createRedis } from '../shared/redis.js';
@@ -87,11 +88,21 @@ const FIELD_FLAG_OPTIONS = Object.fromEntries(
   Object.values(FIELD_FLAGS).map((f) => [f.flag, { type: 'string' as const, multiple: f.multiple ?? false }]),
 );
 
-/** A flag's value as the producer takes it: ids checked and in lower case, `--param`s as one map. */
-function fieldValue(flag: FieldFlag, raw: string | string[] | undefined): unknown {
-  if (flag.multiple) return parseParams(raw as string[] | undefined);
-  if (flag.field.endsWith('Id')) return requireId(`--${flag.flag}`, raw as string | undefined);
-  return raw;
+/**
+ * A flag's value as the producer takes it (ids in lower case, `--param`s as one map), checked by the kind's own
+ * schema of that field: a bad value is exit 2 naming the flag before any service is asked, not a service that
+ * happens to be down.
+ */
+function fieldValue(kind: AnyJobKind, flag: FieldFlag, raw: string | string[] | undefined): unknown {
+  const value = flag.multiple
+    ? parseParams(raw as string[] | undefined)
+    : flag.field.endsWith('Id')
+      ? requireId(`--${flag.flag}`, raw as string | undefined)
+      : raw;
+  if (value === undefined) return undefined;
+  const checked = kind.inputSchema.shape[flag.field]!.safeParse(value);
+  if (!checked.success) throw new UsageError(describeIssues(`--${flag.flag}`, checked.error));
+  return value;
 }
 
 export async function enqueueCommand(
@@ -137,7 +148,7 @@ export async function enqueueCommand(
   }
   const fields: Record<string, unknown> = {};
   for (const flag of flags) {
-    const value = fieldValue(flag, given[flag.flag] as string | string[] | undefined);
+    const value = fieldValue(kind, flag, given[flag.flag] as string | string[] | undefined);
     if (value !== undefined) fields[flag.field] = value;
   }
   const givenOwner = values.owner === undefined ? undefined : requireId('--owner', values.owner);
@@ -150,7 +161,7 @@ export async function enqueueCommand(
   const producer = WorkspaceJobsProducer.fromConfig(config, log);
   try {
     const since = values.wait ? await lastEventId(config, chatId, log) : undefined;
-    // The flags' values go to the producer as they are: it validates them and names what is wrong.
+    // The producer validates the whole payload again (the chat's owner included) and names what is wrong.
     const enqueued = await producer.enqueue(kind.name, { ...fields, chatId, ownerId } as never);
     console.log(JSON.stringify(enqueued));
     if (!values.wait) return 0;

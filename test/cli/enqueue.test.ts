@@ -246,7 +246,7 @@ describe('workspace-jobs enqueue create', () => {
         ['--chat', chatId, '--template', templateId, '--timeout=-5'],
         '--timeout must be a positive whole number of milliseconds, got "-5"',
       ],
-      [['--chat', chatId, '--template', templateId, '--name', 'bad name!'], 'name:'],
+      [['--chat', chatId, '--template', templateId, '--name', 'bad name!'], 'invalid --name: must be'],
       [['--chat', missingChat, '--template', templateId], `chat ${missingChat} not found`],
     ];
     const runs = await Promise.all(

@@ -54,15 +54,7 @@ describe('start-up checks', () => {
   });
 
   describe('when Redis and Postgres are both unreachable', () => {
-    it.each([
-      [['cancel'], 'give --job ID or --chat ID'],
-      [['cancel', '--job', 'x'], '--job must be a UUID'],
-      [['watch', '--chat', CHAT, '--since', 'now'], '--since must be a stream entry id'],
-      [['logs', '--build', CHAT, '--after', 'abc'], '--after:'],
-      [['enqueue', 'start', '--chat', CHAT, '--timeout', 'soon'], '--timeout'],
-      [['enqueue', 'start', '--chat', CHAT, '--owner', 'x'], '--owner must be a UUID'],
-      [['demo', '--exti'], '--exti'],
-    ])('%j › a bad flag is still named first, exit 2', async (args, named) => {
+    async function expectNamedFirst(args: string[], named: string): Promise<void> {
       const [redisPort, postgresPort] = [await freePort(), await freePort()];
       const result = await runCli(
         args,
@@ -77,7 +69,28 @@ describe('start-up checks', () => {
       expect(lines, JSON.stringify(result)).toHaveLength(1);
       expect(lines[0]).toContain(named);
       expect(lines[0]).not.toContain('unreachable');
-    });
+    }
+
+    it.each([
+      [['cancel'], 'give --job ID or --chat ID'],
+      [['cancel', '--job', 'x'], '--job must be a UUID'],
+      [['watch', '--chat', CHAT, '--since', 'now'], '--since must be a stream entry id'],
+      [['logs', '--build', CHAT, '--after', 'abc'], '--after:'],
+      [['enqueue', 'start', '--chat', CHAT, '--timeout', 'soon'], '--timeout'],
+      [['enqueue', 'start', '--chat', CHAT, '--owner', 'x'], '--owner must be a UUID'],
+      // A value the producer's schema refuses, checked with that schema before any service is asked.
+      [
+        ['enqueue', 'create', '--chat', CHAT, '--template', CHAT, '--name', 'bad name!'],
+        'invalid --name: must be 1-32 letters',
+      ],
+      [['demo', '--exti'], '--exti'],
+    ])('%j › a bad flag is still named first, exit 2', expectNamedFirst);
+
+    it('enqueue start --param with a value over 4096 characters › named first, exit 2', () =>
+      expectNamedFirst(
+        ['enqueue', 'start', '--chat', CHAT, '--param', `size=${'x'.repeat(4097)}`],
+        'invalid --param: size: Too big',
+      ));
   });
 
   describe('when no seed node of a Redis Cluster answers', () => {
