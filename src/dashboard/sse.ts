@@ -10,8 +10,9 @@
 // SSE has that built in: every event we send carries `id: <seq>`. When the connection drops, the browser's
 // EventSource reconnects by itself (after the `retry:` delay we send) with the header `Last-Event-ID: <the
 // last id it saw>`. The first connection has no such header, so the page passes `?since=<seq>` (`0` = all
-// that is retained); the header wins when both are present, which is what makes `?since=0` in the URL safe
-// across reconnects. Neither = live events only.
+// that is retained, `$` = live events only: Redis's "from now", as `watch --since $`); the header wins when
+// both are present, which is what makes a fixed `?since=0` or `?since=$` in the URL right across
+// reconnects. Neither = live events only.
 //
 // The bridge itself is `producer.subscribe(chatId, onEvent, { since })` (EventSubscriber): it SUBSCRIBEs to
 // the chat's channel first and buffers, then reads the stream after `since`, delivers that, then the buffered
@@ -53,6 +54,9 @@ function sseBlock(event: WorkspaceJobEvent): SharedBlock {
   return block;
 }
 
+/** A `since` of "from now" (Redis's `$`): no replay, live events only, the same as no `since`. */
+const LIVE_ONLY = '$';
+
 /** The chat event-stream handler; its streams take slots of the dashboard's EventStreamSlots. */
 export class ChatEventStreams {
   constructor(
@@ -75,18 +79,18 @@ export class ChatEventStreams {
     const [raw, sinceFrom] =
       header !== undefined && header !== '' ? [header, 'Last-Event-ID'] : [query, 'since'];
     const problem =
-      raw === undefined
+      raw === undefined || raw === LIVE_ONLY
         ? undefined
         : typeof raw === 'string'
           ? streamIdProblem(raw)
           : 'expected a single value';
     if (problem !== undefined) {
       res.status(400).json({
-        error: `invalid ${sinceFrom} ${JSON.stringify(raw)}: ${problem} (0 = from the beginning)`,
+        error: `invalid ${sinceFrom} ${JSON.stringify(raw)}: ${problem} (an event's seq; 0 = from the beginning, $ = live events only)`,
       });
       return;
     }
-    const since = typeof raw === 'string' ? raw : undefined;
+    const since = typeof raw === 'string' && raw !== LIVE_ONLY ? raw : undefined;
 
     // 2. Take a slot and commit to the stream (or answer 503/429).
     let unsubscribe: (() => Promise<void>) | undefined;

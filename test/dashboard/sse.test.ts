@@ -116,6 +116,32 @@ describe('replay and live delivery', () => {
     }
   });
 
+  it('with ?since=$ sends live events only, and a reconnect with that URL resumes after its Last-Event-ID', async () => {
+    const chatId = randomUUID();
+    await publish(chatId, 3);
+    const first = await openSse(t.url(`/chats/${chatId}/events?since=$`));
+    let live: WorkspaceJobEvent[];
+    try {
+      expect(first.status).toBe(200);
+      await first.comment('live');
+      live = await publish(chatId, 2, 4);
+      // Events 4 and 5, not 1-3: nothing the stream held was replayed.
+      expect(await take(first, 2)).toEqual(live);
+      expect(first.pending()).toEqual([]);
+    } finally {
+      first.close();
+    }
+    // What EventSource does on a reconnect: the same URL plus the header, which wins.
+    const again = await openSse(t.url(`/chats/${chatId}/events?since=$`), { lastEventId: live[0]!.seq });
+    try {
+      expect(await take(again, 1)).toEqual([live[1]]);
+      await again.comment('live');
+      expect(again.pending()).toEqual([]);
+    } finally {
+      again.close();
+    }
+  });
+
   it('a reconnect with the last id it saw continues without a gap or a duplicate', async () => {
     const chatId = randomUUID();
     await publish(chatId, 3);
@@ -166,7 +192,7 @@ describe('validation', () => {
       const query = await fetch(t.url(`/chats/${chatId}/events?since=${since}`));
       expect(query.status, since).toBe(400);
       expect(await query.json(), since).toEqual({
-        error: `invalid since ${JSON.stringify(since)}: each part of a stream id is at most ${max} (64 bits) (0 = from the beginning)`,
+        error: `invalid since ${JSON.stringify(since)}: each part of a stream id is at most ${max} (64 bits) (an event's seq; 0 = from the beginning, $ = live events only)`,
       });
       const header = await fetch(t.url(`/chats/${chatId}/events`), { headers: { 'Last-Event-ID': since } });
       expect(header.status, since).toBe(400);
