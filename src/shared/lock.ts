@@ -18,7 +18,8 @@
 //   does well: the acquire loop, the identifier, and Lock's acquired state.
 // - Release: one compare-and-delete script per lock. Released in a burst (10,000 builds completed at once),
 //   that was a write and a round trip per lock, so lock-releaser.ts deletes the locks let go in one turn of
-//   the event loop with one script per node, voted per lock as below.
+//   the event loop with one script per node, voted per lock as below. A Redlock acquire that loses its
+//   vote deletes the keys it took there too, with the same script.
 // - Redlock: RedlockMutex sends each step to every node and awaits them all (Promise.all), swallowing
 //   per-node errors. So one dead or hung node makes every acquire and release as slow as that node's
 //   timeout (with a client's offline queue: its reconnect backoff), and an unreachable majority looks like
@@ -29,7 +30,6 @@
 //   confirmed refresh for WATCHDOG_SHARE of the TTL). Its key is left alone until release(), which every
 //   job path calls: the compare-and-delete then frees what is still ours, on every node.
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
-import { delIfEqualLua } from 'redis-semaphore/lib/mutex/release.js';
 import { redisKeys } from './keys.js';
 import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
 import { LockReleaser } from './lock-releaser.js';
@@ -137,6 +137,8 @@ class QuorumMutex extends RedlockMutex {
     key: string,
     options: LockOptions,
     private readonly nodeTimeoutMs: number,
+    /** Deletes what a lost attempt took: its key, where it still holds our identifier. */
+    private readonly undo: () => void,
   ) {
     super(clients, key, options);
     this._key = key;
@@ -146,7 +148,7 @@ class QuorumMutex extends RedlockMutex {
     const vote = await this.vote((client) => this.take(client));
     if (vote.won) return true;
     // Undo the nodes this attempt took; on each connection the delete queues behind its SET.
-    void this.deleteEverywhere();
+    this.undo();
     if (vote.quorumUnavailable) throw unavailable(vote);
     return false;
   }
@@ -160,13 +162,6 @@ class QuorumMutex extends RedlockMutex {
   private take(client: Pick<RedisClient, 'set'>): Promise<boolean> {
     const { identifier, lockTimeout } = this._acquireOptions;
     return takeLock(client, this._key, identifier, lockTimeout);
-  }
-
-  /** Compare-and-delete on every node; decided once a quorum has answered (deleted or not ours). */
-  private deleteEverywhere(): Promise<Vote> {
-    return this.vote((client) =>
-      delIfEqualLua(client, [this._key, this._acquireOptions.identifier]).then(() => true),
-    );
   }
 }
 
@@ -194,7 +189,8 @@ function reconnect(client: RedisClient): void {
   client.disconnect(true);
 }
 
-type MutexFactory = (key: string, options: LockOptions) => Mutex | RedlockMutex;
+/** `undo`: a lost Redlock attempt's clean-up (one node's SET NX takes nothing when it is refused). */
+type MutexFactory = (key: string, options: LockOptions, undo: () => void) => Mutex | RedlockMutex;
 
 class ChatLock implements HeldLock, RefreshedLock {
   readonly identifier: string;
@@ -220,15 +216,19 @@ class ChatLock implements HeldLock, RefreshedLock {
     private readonly log: Logger | undefined,
     private readonly onOperation: ChatLocksOptions['onOperation'],
   ) {
-    this.mutex = factory(resource, {
-      lockTimeout: lockTimeoutMs,
-      // The refresher refreshes every lock of the ChatLocks (see the top of the file).
-      refreshInterval: 0,
-      // Try once (only a 0 ms timer after a miss): a busy chat is re-delayed by the caller instead.
-      acquireAttemptsLimit: 1,
-      acquireTimeout: lockTimeoutMs,
-      retryInterval: 0,
-    });
+    this.mutex = factory(
+      resource,
+      {
+        lockTimeout: lockTimeoutMs,
+        // The refresher refreshes every lock of the ChatLocks (see the top of the file).
+        refreshInterval: 0,
+        // Try once (only a 0 ms timer after a miss): a busy chat is re-delayed by the caller instead.
+        acquireAttemptsLimit: 1,
+        acquireTimeout: lockTimeoutMs,
+        retryInterval: 0,
+      },
+      () => this.undoAcquire(),
+    );
     this.identifier = this.mutex.identifier;
   }
 
@@ -294,6 +294,11 @@ class ChatLock implements HeldLock, RefreshedLock {
       { err: new LockUnavailableError(reason), resource: this.resource },
       'could not release the chat lock; it expires on its own',
     );
+  }
+
+  /** A lost Redlock attempt: its keys are deleted with the releases of this turn, as a release's are. */
+  private undoAcquire(): void {
+    void this.releaser.release(this);
   }
 
   private async timed<T>(operation: LockOperation, run: () => Promise<T>): Promise<T> {
@@ -373,7 +378,7 @@ export class ChatLocks {
     this.factory =
       clients.length === 1
         ? (key, lockOptions) => new SingleNodeMutex(first!, key, lockOptions)
-        : (key, lockOptions) => new QuorumMutex(clients, key, lockOptions, nodeTimeoutMs);
+        : (key, lockOptions, undo) => new QuorumMutex(clients, key, lockOptions, nodeTimeoutMs, undo);
     this.refresher = new LockRefresher({
       clients,
       lockTimeoutMs: this.lockTimeoutMs,

@@ -377,6 +377,26 @@ describe('ChatLocks on the real Redis', () => {
       );
     });
 
+    /** A chat whose lock another holder has on nodes 2 and 3: an acquire takes node 1 only, and loses. */
+    async function heldOnTwoNodes(): Promise<{ chatId: string; resource: string }> {
+      const chatId = randomUUID();
+      const resource = `${prefix}:lock:chat:${chatId}`;
+      await cleaners.get(2)!.set(resource, 'another-holder', 'PX', 10_000);
+      await cleaners.get(3)!.set(resource, 'another-holder', 'PX', 10_000);
+      return { chatId, resource };
+    }
+
+    it("when an acquire loses the vote › it deletes the key it took, and leaves the other holder's", async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      const { chatId, resource } = await heldOnTwoNodes();
+
+      expect(await new ChatLocks(nodes, prefix).tryAcquire(chatId)).toBeNull();
+
+      await expect.poll(() => cleaners.get(1)!.exists(resource), POLL).toBe(0);
+      for (const db of [2, 3]) expect(await cleaners.get(db)!.get(resource)).toBe('another-holder');
+    });
+
     it('when a majority of nodes loses the key › the holder is aborted', async () => {
       prefix = uniquePrefix('lock');
       const nodes = [client(1), client(2), client(3)];
