@@ -32,7 +32,7 @@
 import { Mutex, RedlockMutex, type LockOptions } from 'redis-semaphore';
 import { redisKeys } from './keys.js';
 import { LockRefresher, takeLock, type RefreshedLock } from './lock-refresher.js';
-import { LockReleaser } from './lock-releaser.js';
+import { LockReleaser, type ReleaseOutcome } from './lock-releaser.js';
 import { askNodes, countVotes, describeVote, quorumOf, unreachableReason, type Vote } from './lock-vote.js';
 import type { Logger } from './logger.js';
 import type { RedisClient } from './redis.js';
@@ -286,19 +286,27 @@ class ChatLock implements HeldLock, RefreshedLock {
     this.refresher.remove(this);
     // Deletes the key only while it still holds our identifier (Lua compare-and-delete, on every node), so
     // releasing a lost lock never frees someone else's. Each node is waited for nodeTimeoutMs at most.
-    const { vote, cause } = await this.timed('release', () => this.releaser.release(this));
-    if (vote.won) return;
+    const outcome = await this.timed('release', () => this.releaser.release(this));
     // Refreshing stopped first, so a lock we could not free just expires.
-    const reason = unreachableReason(vote, cause ?? 'no answer');
-    this.log?.warn(
-      { err: new LockUnavailableError(reason), resource: this.resource },
-      'could not release the chat lock; it expires on its own',
-    );
+    this.warnUnlessDeleted(outcome, 'could not release the chat lock; it expires on its own');
   }
 
   /** A lost Redlock attempt: its keys are deleted with the releases of this turn, as a release's are. */
   private undoAcquire(): void {
-    void this.releaser.release(this);
+    void this.releaser
+      .release(this)
+      .then((outcome) =>
+        this.warnUnlessDeleted(
+          outcome,
+          'could not undo a lost acquire of the chat lock; its keys expire on their own',
+        ),
+      );
+  }
+
+  private warnUnlessDeleted({ vote, cause }: ReleaseOutcome, message: string): void {
+    if (vote.won) return;
+    const reason = unreachableReason(vote, cause ?? 'no answer');
+    this.log?.warn({ err: new LockUnavailableError(reason), resource: this.resource }, message);
   }
 
   private async timed<T>(operation: LockOperation, run: () => Promise<T>): Promise<T> {

@@ -397,6 +397,27 @@ describe('ChatLocks on the real Redis', () => {
       for (const db of [2, 3]) expect(await cleaners.get(db)!.get(resource)).toBe('another-holder');
     });
 
+    it('when a lost acquire cannot delete its key on a quorum › it says so, and the key is left to expire', async () => {
+      prefix = uniquePrefix('lock');
+      const nodes = [client(1), client(2), client(3)];
+      const { chatId, resource } = await heldOnTwoNodes();
+      const warn = vi.fn();
+      // The deletes fail on two nodes: only node 3 answers the undo.
+      for (const node of nodes.slice(0, 2)) {
+        vi.spyOn(node, 'evalsha').mockRejectedValue(new Error('Connection is closed.'));
+      }
+
+      expect(await new ChatLocks(nodes, prefix, { log: { warn } as never }).tryAcquire(chatId)).toBeNull();
+
+      await expect
+        .poll(() => warn.mock.calls, POLL)
+        .toContainEqual([
+          expect.objectContaining({ resource, err: expect.any(LockUnavailableError) }),
+          expect.stringContaining('could not undo a lost acquire'),
+        ]);
+      expect(await cleaners.get(1)!.pttl(resource)).toBeGreaterThan(0);
+    });
+
     it('when a majority of nodes loses the key › the holder is aborted', async () => {
       prefix = uniquePrefix('lock');
       const nodes = [client(1), client(2), client(3)];
