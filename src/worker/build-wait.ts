@@ -60,67 +60,70 @@ export async function waitForBuild(
 
   // The status the caller saw first (a new build is pending), even if the provisioner is quicker than our check.
   await report(build);
-  let outcome: BuildOutcome;
-  try {
-    // The build's wait before the log follower's: an attempt's first wait is the one whose ending check keeps
-    // its admission slot for the job to go on with (admission.ts), and the follower's is the side wait.
-    const waited = ctx.waiter.waitFor<BuildOutcome>(
-      [topics.provisionerJob(build.jobId)],
-      async (notice) => {
-        // A notification of a status the build is still active in (`running`, or `pending` again) says all a
-        // progress event needs: the build is read only at its end, or when no notification says why we look.
-        const noticed = notice?.job_status && {
-          ...build,
-          jobStatus: notice.job_status as Build['jobStatus'],
-        };
-        if (noticed && isBuildActive(noticed)) {
-          await report(noticed);
+  // The build's wait before the log follower's: an attempt's first wait is the one whose ending check keeps
+  // its admission slot for the job to go on with (admission.ts), and the follower's is the side wait.
+  const waited = ctx.waiter.waitFor<BuildOutcome>(
+    [topics.provisionerJob(build.jobId)],
+    async (notice) => {
+      // A notification of a status the build is still active in (`running`, or `pending` again) says all a
+      // progress event needs: the build is read only at its end, or when no notification says why we look.
+      const noticed = notice?.job_status && {
+        ...build,
+        jobStatus: notice.job_status as Build['jobStatus'],
+      };
+      if (noticed && isBuildActive(noticed)) {
+        await report(noticed);
+        return undefined;
+      }
+      const current = await ctx.store.getBuild(build.id);
+      if (!current) throw new Error(`get build: build ${build.id} not found`);
+      switch (current.jobStatus) {
+        case 'succeeded':
+          return { ok: true, build: current };
+        case 'failed':
+          return {
+            ok: false,
+            reason: current.jobError || 'build failed',
+            code: 'build_failed',
+            details: buildFailureDetails(current),
+          };
+        case 'canceled':
+          return { ok: false, reason: 'build was canceled', code: 'build_canceled' };
+        case 'pending':
+        case 'running':
+        case 'canceling':
+          await report(current);
           return undefined;
-        }
-        const current = await ctx.store.getBuild(build.id);
-        if (!current) throw new Error(`get build: build ${build.id} not found`);
-        switch (current.jobStatus) {
-          case 'succeeded':
-            return { ok: true, build: current };
-          case 'failed':
-            return {
-              ok: false,
-              reason: current.jobError || 'build failed',
-              code: 'build_failed',
-              details: buildFailureDetails(current),
-            };
-          case 'canceled':
-            return { ok: false, reason: 'build was canceled', code: 'build_canceled' };
-          case 'pending':
-          case 'running':
-          case 'canceling':
-            await report(current);
-            return undefined;
-          default:
-            return { ok: false, reason: `unexpected job status: ${current.jobStatus}`, code: 'build_failed' };
-        }
-      },
-      // No timed re-check: every change of job_status notifies (migrations/0001), and the hub's ping covers loss.
-      { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: watch.signal },
-    );
-    watch.followLogs();
-    outcome = await waited;
-  } catch (error) {
-    if (error instanceof WaitTimeoutError) {
+        default:
+          return { ok: false, reason: `unexpected job status: ${current.jobStatus}`, code: 'build_failed' };
+      }
+    },
+    // No timed re-check: every change of job_status notifies (migrations/0001), and the hub's ping covers loss.
+    { timeoutMs: ctx.timeouts.buildTimeoutMs, signal: watch.signal },
+  );
+  watch.followLogs();
+  // The wait's end in callbacks, not after an await: a frame suspended for the whole wait holds its
+  // registers and promises, about 1.1 KiB per waiting start (issue 11).
+  return waited.then(
+    async (outcome) => {
+      // The log's last lines before the build's last status, so a chat sees the output that led to it.
+      await watch.end(true);
+      if (outcome.ok) await report(outcome.build);
+      return outcome;
+    },
+    async (error: unknown): Promise<BuildOutcome> => {
+      if (!(error instanceof WaitTimeoutError)) {
+        await watch.end(false);
+        throw error;
+      }
       await watch.end(true);
       return {
         ok: false,
         reason: `timed out waiting for workspace build: ${error.message}`,
         code: 'build_timeout',
       };
-    }
-    await watch.end(false);
-    throw error;
-  }
-  // The log's last lines before the build's last status, so a chat sees the output that led to it.
-  await watch.end(true);
-  if (outcome.ok) await report(outcome.build);
-  return outcome;
+    },
+  );
 }
 
 /**

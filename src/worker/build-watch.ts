@@ -27,7 +27,6 @@ export class BuildWatch {
   reported: ProgressStage | undefined;
   /** followLogs() was called: the log is followed once the build runs. */
   private logsWanted = false;
-  private logsFollowed = false;
   private after = '0';
   private chain: Promise<unknown> = Promise.resolve();
   /**
@@ -35,18 +34,23 @@ export class BuildWatch {
    * worker holds thousands of watches): aborted by the job's signal, a failed follower or end().
    */
   private readonly stopped = new AbortController();
-  private readonly followers = new Set<Promise<void>>();
+  /** The followers while they run (end() waits for them): fields, not a Set and its promises (issue 11). */
+  private logFollower: Promise<void> | undefined;
   private queueFollower: Promise<void> | undefined;
   private lastPosition: QueuePosition | null = null;
-  private readonly jobAborted = () => this.stopped.abort(this.ctx.signal.reason);
 
   constructor(
     private readonly ctx: JobContext,
     private readonly build: Build,
     private readonly workspaceId: string,
   ) {
-    if (ctx.signal.aborted) this.jobAborted();
-    else ctx.signal.addEventListener('abort', this.jobAborted, { once: true });
+    if (ctx.signal.aborted) this.handleEvent();
+    else ctx.signal.addEventListener('abort', this, { once: true });
+  }
+
+  /** The job's signal aborted: the watch stops with its reason (the watch listens itself, no closure). */
+  handleEvent(): void {
+    this.stopped.abort(this.ctx.signal.reason);
   }
 
   /**
@@ -87,10 +91,8 @@ export class BuildWatch {
   }
 
   private startLogs(): void {
-    if (this.logsFollowed) return;
-    this.logsFollowed = true;
-    const signal = this.stopped.signal;
-    this.spawn(
+    if (this.logFollower) return;
+    this.logFollower = this.spawn(
       this.ctx.waiter.waitFor(
         [topics.provisionerJobLogs(this.build.jobId)],
         async () => {
@@ -98,9 +100,12 @@ export class BuildWatch {
           return undefined;
         },
         // Paced by the wait, not by a sleep inside the check: a check holds an admission slot.
-        { timeoutMs: this.ctx.timeouts.buildTimeoutMs, signal, minIntervalMs: BUILD_LOG_INTERVAL_MS },
+        {
+          timeoutMs: this.ctx.timeouts.buildTimeoutMs,
+          signal: this.stopped.signal,
+          minIntervalMs: BUILD_LOG_INTERVAL_MS,
+        },
       ),
-      signal,
     );
   }
 
@@ -113,21 +118,20 @@ export class BuildWatch {
    */
   followQueue(): void {
     if (this.queueFollower) return;
-    const signal = this.stopped.signal;
     const follow = this.ctx.queue.follow(this.build.jobId, (position) => this.checkPosition(position), {
       timeoutMs: this.ctx.timeouts.buildTimeoutMs,
-      signal,
+      signal: this.stopped.signal,
     });
-    this.queueFollower = this.spawn(follow, signal).finally(() => {
+    this.queueFollower = this.spawn(follow, () => {
       this.queueFollower = undefined;
     });
   }
 
   /** Stops the followers (the build ended) and, with `flush`, publishes the log lines not carried yet. */
   async end(flush: boolean): Promise<void> {
-    this.ctx.signal.removeEventListener('abort', this.jobAborted);
+    this.ctx.signal.removeEventListener('abort', this);
     this.stopped.abort(FOLLOW_OVER);
-    await Promise.all(this.followers);
+    await Promise.all([this.logFollower, this.queueFollower]);
     if (flush) await this.flushLogs();
   }
 
@@ -185,19 +189,18 @@ export class BuildWatch {
   }
 
   /**
-   * Tracks a follower, which runs until `signal` aborts: one that fails ends the whole wait with its error
-   * (`signal` of the watch); ending by its signal's abort (end(), the job's) or by itself is normal.
+   * A follower, which runs until the watch's signal aborts: one that fails ends the whole wait with its error
+   * (the watch's signal); ending by that signal's abort (end(), the job's) or by itself is normal. `ended`
+   * is called as it ends, either way.
    */
-  private spawn(run: Promise<unknown>, signal: AbortSignal): Promise<void> {
-    const follower = run.then(
-      () => {},
+  private spawn(run: Promise<unknown>, ended?: () => void): Promise<void> {
+    return run.then(
+      () => ended?.(),
       (error: unknown) => {
-        if (!signal.aborted) this.stopped.abort(error);
+        ended?.();
+        if (!this.stopped.signal.aborted) this.stopped.abort(error);
       },
     );
-    this.followers.add(follower);
-    void follower.finally(() => this.followers.delete(follower));
-    return follower;
   }
 }
 
