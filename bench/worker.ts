@@ -67,6 +67,15 @@ const BASELINE_JOBS = 20_000;
  * `zero-delay-window.json` the measured window on the same monotonic clock (µs), to cut the profiles to it.
  */
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+/**
+ * `BENCH_WORKER_CASES=zero` (or any of `fast,zero,raw`): only those cases, e.g. to compare two trees on the
+ * zero-delay case alone in a third of the time. Default: all three.
+ */
+const CASES = new Set((process.env.BENCH_WORKER_CASES ?? 'fast,zero,raw').split(','));
+for (const name of CASES) {
+  if (!['fast', 'zero', 'raw'].includes(name))
+    throw new Error(`BENCH_WORKER_CASES: unknown case ${JSON.stringify(name)} (fast, zero, raw)`);
+}
 
 /** A child's Node options for a profile named `name`, when BENCH_CPU_PROFILE asks for one. */
 function profileArgs(name: string): string[] {
@@ -382,7 +391,7 @@ async function rawBullmq(outer: Cleanup) {
   return { jobsPerSec: (BASELINE_JOBS / elapsedMs) * 1000, elapsedMs, cpu: cpuSplit };
 }
 
-await runBench('worker', 100_000, async (cleanup) => {
+async function fastBuilds(cleanup: Cleanup): Promise<void> {
   const fast = await startWorkspaces(cleanup, {
     workspaces: 200,
     workerConcurrency: 50,
@@ -418,7 +427,9 @@ await runBench('worker', 100_000, async (cleanup) => {
     `${fastTrips.redis.toFixed(1)} Redis commands per start, more than the ceiling of ${MAX_REDIS_PER_START}`,
   );
   reportProcess('memory and CPU: producer + worker + provisioner in one process', 200, fast);
+}
 
+async function zeroDelayBuilds(cleanup: Cleanup): Promise<void> {
   const zero = await startWorkspaces(cleanup, {
     workspaces: ZERO_DELAY_STARTS,
     workerConcurrency: 200,
@@ -454,7 +465,9 @@ await runBench('worker', 100_000, async (cleanup) => {
       `WAL flushes ${(zero.backendStates!.walFlushes / ZERO_DELAY_STARTS).toFixed(1)} per start ` +
       `(pg_stat_wal, the whole server's)`,
   });
+}
 
+async function rawBaseline(cleanup: Cleanup): Promise<void> {
   const raw = await rawBullmq(cleanup);
   report({
     case: `raw BullMQ no-op jobs, concurrency 200 (baseline)`,
@@ -464,4 +477,10 @@ await runBench('worker', 100_000, async (cleanup) => {
       `${BASELINE_JOBS} jobs added first, then one Worker; ${(raw.elapsedMs / 1000).toFixed(2)} s; ` +
       `${cpuPerUnit(raw.cpu, BASELINE_JOBS)} per job (issue 11: ~9,700/s)`,
   });
+}
+
+await runBench('worker', 100_000, async (cleanup) => {
+  if (CASES.has('fast')) await fastBuilds(cleanup);
+  if (CASES.has('zero')) await zeroDelayBuilds(cleanup);
+  if (CASES.has('raw')) await rawBaseline(cleanup);
 });
