@@ -218,6 +218,9 @@ void runBench('plans', 150_000, async (cleanup) => {
     `SELECT id, claim_id FROM provisioner_jobs WHERE worker_id = ${daemon} AND completed_at IS NULL LIMIT 4`,
   );
   const store = (pool: Pool) => new PgWorkspaceStore(pool);
+  // The estimate reads by the build's template version and transition, which the caller has at hand.
+  const pendingBuild = await store(db.pool).getBuild(at.pending_build!);
+  check(pendingBuild !== null, `no pending build ${at.pending_build}`);
   // A burst's batch (the store's reads of a waiting job's end, ReadBatcher's 500 keys): the newest builds.
   const { rows: burst } = await db.pool.query<{ build: string; workspace: string; job: string }>(
     `SELECT id::text AS build, workspace_id::text AS workspace, job_id::text AS job
@@ -342,7 +345,7 @@ void runBench('plans', 150_000, async (cleanup) => {
     },
     {
       name: 'worker: build estimate',
-      statements: await sqlOf((pool) => store(pool).getBuildEstimate(at.pending_build!)),
+      statements: await sqlOf((pool) => store(pool).getBuildEstimate(pendingBuild!)),
     },
     {
       name: 'worker: newest build log lines',

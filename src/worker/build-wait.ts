@@ -45,11 +45,7 @@ export async function waitForBuild(
       build_succeeded: 'succeeded',
     }[stage];
     const position = stage === 'build_queued' ? await watch.position() : null;
-    // A pending build's is its template's from now: the builds queued together share its read.
-    const estimate =
-      stage === 'build_succeeded'
-        ? null
-        : await (stage === 'build_queued' ? ctx.queue.estimate(b) : ctx.store.getBuildEstimate(b.id));
+    const estimate = stage === 'build_succeeded' ? null : await ctx.store.getBuildEstimate(b);
     await watch.say(async () => {
       watch.told(stage);
       const data = { ...buildData(b), ...position, ...(estimate && { estimate }) };

@@ -168,7 +168,7 @@ export class BuildWatch {
     if (!now) return true;
     if (this.lastPosition?.position === now.position) return undefined;
     this.lastPosition = now;
-    const estimate = await this.ctx.queue.estimate(this.build);
+    const estimate = await this.ctx.store.getBuildEstimate(this.build);
     await this.say(async () => {
       // The status wait may have reported the build running meanwhile: this position is past.
       if (this.reported !== 'build_queued') return;

@@ -61,7 +61,7 @@ async function unlessTaken<T>(
 }
 
 const BUILD_COLUMNS = `b.id, b.workspace_id, b.build_number, b.transition, b.template_version_id, b.job_id,
-  j.job_status, j.error, j.error_code, j.quota_credits_consumed, j.quota_budget`;
+  j.job_status, j.started_at, j.error, j.error_code, j.quota_credits_consumed, j.quota_budget`;
 
 const WORKSPACE_COLUMNS = 'id, owner_id, template_id, name, deleted, automatic_updates';
 
@@ -162,6 +162,8 @@ const toBuild = (r: Row): Build => ({
   templateVersionId: r.template_version_id as string,
   jobId: r.job_id as string,
   jobStatus: r.job_status as Build['jobStatus'],
+  // A Date, or its ISO text in the start state's JSON.
+  jobStartedAt: r.started_at === null ? null : new Date(r.started_at as Date | string),
   jobError: r.error as string | null,
   jobErrorCode: r.error_code as string | null,
   jobQuota:
@@ -209,6 +211,7 @@ function insertedBuild(id: string, input: NewBuild, jobId: string, jobStatus: st
     templateVersionId: input.templateVersionId,
     jobId,
     jobStatus: jobStatus as Build['jobStatus'],
+    jobStartedAt: null,
     jobError: null,
     jobErrorCode: null,
     jobQuota: null,
@@ -284,34 +287,47 @@ const QUEUE_POSITIONS = prepared(
     WHERE id = ANY($1::uuid[])`,
 );
 
+/** A template version's recent builds of one transition, as an estimate's medians. */
+interface TemplateEstimate {
+  samples: number;
+  buildMs: number;
+  agentMs: number | null;
+}
+
+/** The builds an estimate is the median of. */
+const ESTIMATE_SAMPLES = 20;
+/**
+ * How long a template version's estimate from a full history (ESTIMATE_SAMPLES builds) is kept: one more build
+ * moves a median of 20 little, and at a hundred starts a second the read was most of what the worker's
+ * backends did (bench/README.md). A younger history is read for every estimate (the reads running shared), so
+ * that its first builds count at once.
+ */
+export const ESTIMATE_MAX_AGE_MS = 1_000;
+
 // The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
-// is its ready (else first connect) time after its build completed, the slowest agent's per build.
+// is its ready (else first connect) time after its build completed, the slowest agent's per build. By
+// template version and transition, not by build: the builds of a version share what it answers.
 const BUILD_ESTIMATE = prepared(
   'worker.get_build_estimate',
-  `WITH me AS (
-     SELECT b.transition, v.template_id, coalesce(j.started_at, now()) AS base
-       FROM workspace_builds b
-       JOIN provisioner_jobs j ON j.id = b.job_id
-       JOIN template_versions v ON v.id = b.template_version_id
-      WHERE b.id = $1
-   ), recent AS (
+  `WITH recent AS (
      -- Newest first per version of the template, down workspace_builds' (version, transition, created_at)
      -- index (migrations/0007): a few probes per version however long the template's history.
-     SELECT r.* FROM me
-       JOIN template_versions v ON v.template_id = me.template_id
+     SELECT r.* FROM template_versions mine
+       JOIN template_versions v ON v.template_id = mine.template_id
       CROSS JOIN LATERAL (
         SELECT j.id, j.completed_at, b.created_at,
                extract(epoch FROM j.completed_at - j.started_at) * 1000 AS build_ms
           FROM workspace_builds b
           JOIN provisioner_jobs j ON j.id = b.job_id
-         WHERE b.template_version_id = v.id AND b.transition = me.transition
+         WHERE b.template_version_id = v.id AND b.transition = $2
            -- The derived status (a stored column with statistics): the planner then walks the index.
            AND j.job_status = 'succeeded' AND j.started_at IS NOT NULL
          ORDER BY b.created_at DESC
-         LIMIT 20
+         LIMIT ${ESTIMATE_SAMPLES}
       ) r
+      WHERE mine.id = $1
       ORDER BY r.created_at DESC
-      LIMIT 20
+      LIMIT ${ESTIMATE_SAMPLES}
    ), agents AS (
      SELECT max(greatest(0, extract(epoch FROM coalesce(a.ready_at, a.first_connected_at) - r.completed_at)
                 * 1000)) AS agent_ms
@@ -323,9 +339,7 @@ const BUILD_ESTIMATE = prepared(
    )
    SELECT (SELECT count(*) FROM recent)::int AS samples,
           (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY build_ms) FROM recent) AS build_ms,
-          (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY agent_ms) FROM agents) AS agent_ms,
-          me.base
-     FROM me`,
+          (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY agent_ms) FROM agents) AS agent_ms`,
 );
 
 // Per (job, cursor, limit) of the batch (`ask`, its place in the arrays): newest first down (job_id, id),
@@ -446,6 +460,11 @@ export class PgWorkspaceStore implements WorkspaceStore {
   private readonly agentsOfLatestBuilds: ReadBatcher<string, Agent[]>;
   private readonly agents: ReadBatcher<string, Agent | null>;
   private readonly newestBuildLogs: ReadBatcher<LogsAsk, NewestBuildLogs>;
+  /** Estimate reads by template version and transition: running (kept until Infinity), or kept a while. */
+  private readonly estimates = new Map<
+    string,
+    { read: Promise<TemplateEstimate | null>; keptUntil: number }
+  >();
 
   constructor(private readonly pool: Pool) {
     this.builds = new ReadBatcher(async (ids) => {
@@ -526,27 +545,61 @@ export class PgWorkspaceStore implements WorkspaceStore {
     return new Map(rows.map((r) => [r.id, { position: r.position, pending: r.pending }]));
   }
 
-  async getBuildEstimate(buildId: string): Promise<BuildEstimate | null> {
-    const { rows } = await runPrepared<{
-      samples: number;
-      build_ms: number | null;
-      agent_ms: number | null;
-      base: Date;
-    }>(this.pool, BUILD_ESTIMATE, [buildId]);
-    const row = rows[0];
-    if (!row || row.samples === 0 || row.build_ms === null) return null;
-    const buildMs = Math.round(row.build_ms);
-    const doneAt = row.base.getTime() + buildMs;
+  async getBuildEstimate(build: Build): Promise<BuildEstimate | null> {
+    const history = await this.templateEstimate(build.templateVersionId, build.transition);
+    if (!history) return null;
+    // A pending build's is measured from now, a running one's from its claim (as far as the caller knows it).
+    const doneAt = (build.jobStartedAt?.getTime() ?? Date.now()) + history.buildMs;
     const estimate: BuildEstimate = {
-      build_ms: buildMs,
+      build_ms: history.buildMs,
       done_at: new Date(doneAt).toISOString(),
-      samples: row.samples,
+      samples: history.samples,
     };
-    if (row.agent_ms !== null) {
-      estimate.agent_ms = Math.round(row.agent_ms);
+    if (history.agentMs !== null) {
+      estimate.agent_ms = history.agentMs;
       estimate.ready_at = new Date(doneAt + estimate.agent_ms).toISOString();
     }
     return estimate;
+  }
+
+  /**
+   * The version's history of the transition: one read for the builds that ask while it runs, kept for
+   * ESTIMATE_MAX_AGE_MS when it is full.
+   */
+  private templateEstimate(versionId: string, transition: string): Promise<TemplateEstimate | null> {
+    const key = `${versionId} ${transition}`;
+    const now = Date.now();
+    const known = this.estimates.get(key);
+    if (known && known.keptUntil > now) return known.read;
+    for (const [k, kept] of this.estimates) if (kept.keptUntil <= now) this.estimates.delete(k);
+    const entry = { read: this.readTemplateEstimate(versionId, transition), keptUntil: Infinity };
+    this.estimates.set(key, entry);
+    const forget = () => {
+      if (this.estimates.get(key) === entry) this.estimates.delete(key);
+    };
+    entry.read.then((history) => {
+      if (history?.samples === ESTIMATE_SAMPLES) entry.keptUntil = Date.now() + ESTIMATE_MAX_AGE_MS;
+      else forget();
+    }, forget);
+    return entry.read;
+  }
+
+  private async readTemplateEstimate(
+    versionId: string,
+    transition: string,
+  ): Promise<TemplateEstimate | null> {
+    const { rows } = await runPrepared<{ samples: number; build_ms: number | null; agent_ms: number | null }>(
+      this.pool,
+      BUILD_ESTIMATE,
+      [versionId, transition],
+    );
+    const row = rows[0];
+    if (!row || row.samples === 0 || row.build_ms === null) return null;
+    return {
+      samples: row.samples,
+      buildMs: Math.round(row.build_ms),
+      agentMs: row.agent_ms === null ? null : Math.round(row.agent_ms),
+    };
   }
 
   getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs> {

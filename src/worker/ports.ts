@@ -95,6 +95,8 @@ export interface Build {
   templateVersionId: string;
   jobId: string;
   jobStatus: ProvisionerJobStatus;
+  /** When a provisioner claimed the job: null while pending, and where the caller only heard it was claimed. */
+  jobStartedAt: Date | null;
   jobError: string | null;
   /** provisioner_jobs.error_code: a failed build's machine-readable reason, e.g. INSUFFICIENT_QUOTA. */
   jobErrorCode: string | null;
@@ -140,8 +142,12 @@ export interface WorkspaceStore {
    * a job that is not pending has none.
    */
   getQueuePositions(jobIds: readonly string[]): Promise<Map<string, QueuePosition>>;
-  /** When the build will be done, from its template's recent builds; null without history. */
-  getBuildEstimate(buildId: string): Promise<BuildEstimate | null>;
+  /**
+   * When the build will be done, from its template's recent builds of its transition, measured from its claim
+   * (`jobStartedAt`) or, without one, from now; null without history. The builds of one template version
+   * share the read while it runs, and a full history for a second (pg-store.ts, ESTIMATE_MAX_AGE_MS).
+   */
+  getBuildEstimate(build: Build): Promise<BuildEstimate | null>;
   /** The newest `limit` log lines of the job after line `after` (oldest first), and how many there are in all. */
   getNewestBuildLogs(jobId: string, after: string, limit: number): Promise<NewestBuildLogs>;
   /**
@@ -311,11 +317,6 @@ export interface QueueWatch {
     check: (position: QueuePosition | null) => Promise<T | undefined>,
     options: { timeoutMs: number; signal?: AbortSignal },
   ): Promise<T>;
-  /**
-   * A pending build's estimate (as WorkspaceStore.getBuildEstimate), shared with the pending builds of its
-   * template version and transition that ask while its read runs.
-   */
-  estimate(build: Build): Promise<BuildEstimate | null>;
 }
 
 /** Topics a ChangeWaiter understands: one per provisioner job, one per job's log lines, one per agent. */

@@ -2,13 +2,13 @@
 // place in the queue; read per wait, k waits cost k counts of the k pending jobs whenever any job changed,
 // O(k²). Here the waits register their job and ONE read of the queue per interval, after a provisioner job
 // changed, answers them all; the first positions (at build_queued) asked while a read runs share the next
-// read, and so do the estimates of pending builds alike.
+// read.
 import { channelTopic } from '../shared/notifications.js';
 import { sleep, WaitTimeoutError } from '../shared/errors.js';
 import { Wait, type WaitBounds } from '../shared/wait.js';
 import type { Logger } from '../shared/logger.js';
-import type { BuildEstimate, QueuePosition } from '../shared/contract.js';
-import type { Build, ChangeWaiter, QueueWatch, WorkspaceStore } from './ports.js';
+import type { QueuePosition } from '../shared/contract.js';
+import type { ChangeWaiter, QueueWatch, WorkspaceStore } from './ports.js';
 
 /**
  * `check`, run at most once per `intervalMs`: a call that comes sooner first waits out the interval. `last`:
@@ -56,12 +56,10 @@ export class QueuePositions implements QueueWatch {
   /** The reads, while anyone follows. */
   private reading: Promise<void> | undefined;
   private failing = false;
-  /** The estimate reads running, by template version and transition. */
-  private readonly estimates = new Map<string, Promise<BuildEstimate | null>>();
   private readonly closing = new AbortController();
 
   constructor(
-    private readonly store: Pick<WorkspaceStore, 'getQueuePositions' | 'getBuildEstimate'>,
+    private readonly store: Pick<WorkspaceStore, 'getQueuePositions'>,
     private readonly waiter: ChangeWaiter,
     private readonly options: QueuePositionsOptions = {},
   ) {
@@ -87,22 +85,6 @@ export class QueuePositions implements QueueWatch {
     this.followers.add(follower);
     this.startReading();
     return follower.promise;
-  }
-
-  /**
-   * A pending build's estimate, shared by the pending builds of its template version and transition that ask
-   * while its read runs (a pending build's is measured from now, so theirs are the same).
-   */
-  estimate(build: Build): Promise<BuildEstimate | null> {
-    const key = `${build.templateVersionId} ${build.transition}`;
-    let estimate = this.estimates.get(key);
-    if (!estimate) {
-      estimate = this.store.getBuildEstimate(build.id);
-      this.estimates.set(key, estimate);
-      const done = () => this.estimates.delete(key);
-      estimate.then(done, done);
-    }
-    return estimate;
   }
 
   /** Ends the reads and every follow (they reject); resolves once no read is left running. */

@@ -3,7 +3,6 @@
 // interval however many follow, and a failed read costs the waits nothing but an interval.
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { insertBuild, insertTemplate, insertUser, insertWorkspace } from '../../src/cli/fixtures.js';
 import { WaitTimeoutError } from '../../src/shared/errors.js';
 import { PgNotificationHub } from '../../src/shared/notifications.js';
 import type { QueuePosition } from '../../src/shared/contract.js';
@@ -41,7 +40,7 @@ describe('queue positions', () => {
     return rows[0]!.id;
   };
 
-  const start = (store: Pick<WorkspaceStore, 'getQueuePositions' | 'getBuildEstimate'>, logs?: string[]) => {
+  const start = (store: Pick<WorkspaceStore, 'getQueuePositions'>, logs?: string[]) => {
     const log = logs && pino({ level: 'info' }, { write: (line: string) => void logs.push(line) });
     queue = new QueuePositions(store, hub, { intervalMs: INTERVAL_MS, log });
   };
@@ -138,7 +137,6 @@ describe('queue positions', () => {
     const logs: string[] = [];
     start(
       {
-        getBuildEstimate: (buildId) => real.getBuildEstimate(buildId),
         getQueuePositions: async (jobIds) => {
           if (failing) {
             failures++;
@@ -176,34 +174,6 @@ describe('queue positions', () => {
     ]);
     // The first asked alone, the other four while it ran.
     expect(counting.count(READ)).toBe(2);
-  });
-
-  it('when pending builds alike ask their estimates together › one read serves them', async () => {
-    const { userId } = await insertUser(db.pool);
-    const template = await insertTemplate(db.pool, { versions: [{}] });
-    const builds = [];
-    for (let i = 0; i < 3; i++) {
-      const { workspaceId } = await insertWorkspace(db.pool, {
-        ownerId: userId,
-        templateId: template.templateId,
-      });
-      for (const transition of ['start', 'stop'] as const) {
-        const { buildId } = await insertBuild(db.pool, {
-          workspaceId,
-          templateVersionId: template.versionIds[0]!,
-          transition,
-          status: 'pending',
-          initiatorId: userId,
-        });
-        builds.push((await new PgWorkspaceStore(db.pool).getBuild(buildId))!);
-      }
-    }
-    await Promise.all(builds.map((b) => queue.estimate(b)));
-    // One per transition: a stop's estimate comes from the template's stops.
-    expect(counting.count('worker.get_build_estimate')).toBe(2);
-    // Asked once those are done: the history may have grown since, so it is read anew.
-    await queue.estimate(builds[2]!);
-    expect(counting.count('worker.get_build_estimate')).toBe(3);
   });
 
   it('when a follow outlives its timeout › it ends with a WaitTimeoutError', async () => {
