@@ -180,7 +180,8 @@ export class WorkspaceWorker {
       limit: config.workerAdmittedJobs ?? ADMITTED_PER_CONNECTION * poolSize,
       onWaiting: (waiting) => metrics?.admissionWaiting.set(waiting),
     });
-    const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log });
+    // Its events are its own typed code's: the schema is checked where events come in (subscribers) instead.
+    const publisher = new EventPublisher(eventsRedis, config.queuePrefix, { log, validate: false });
     const store = new PgWorkspaceStore(pool);
     const queuePositions = new QueuePositions(store, hub, { log });
     const shutdown = new AbortController();

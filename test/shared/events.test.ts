@@ -205,6 +205,17 @@ describe('events on ioredis-mock', () => {
       expect(await redis.exists(`${prefix}:events:chat:${chatId}:log`)).toBe(0);
     });
 
+    it('with validate off › writes the event as built, unchecked (the worker: its events are typed code)', async () => {
+      const redis = client();
+      const prefix = uniquePrefix();
+      const chatId = randomUUID();
+      const bad = draft(chatId, { stage: 'nonsense' as EventDraft['stage'] });
+
+      const written = await new EventPublisher(redis, prefix, { validate: false }).publish(bad);
+      expect(written).toMatchObject({ stage: 'nonsense' });
+      expect(await redis.exists(`${prefix}:events:chat:${chatId}:log`)).toBe(1);
+    });
+
     it.each([
       ['a result stage on a progress event', { stage: 'completed' }, /stage/],
       [
