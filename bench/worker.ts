@@ -339,7 +339,8 @@ function roundTrips(run: StartsRun, workspaces: number) {
     redis: sum(redis) / workspaces,
     redisTrips: sum(trips) / workspaces,
     notes:
-      `Postgres statements ${per(pg)} (${perStart(pg, workspaces)}); ` +
+      `Postgres statements ${per(pg)} (${perStart(pg, workspaces)}; by name: ` +
+      `${perStart(run.counted.pgStatements, workspaces)}); ` +
       `Redis round trips ${per(trips)} (${perStart(trips, workspaces)}), ` +
       `commands ${per(redis)} (${perStart(redis, workspaces)}); ` +
       `the caller's waitForResult besides: ${per(tripsWaits)} round trips, ${per(redisWaits)} commands`,
