@@ -6,10 +6,12 @@ import { sleep } from './errors.js';
 import type { ChatOrder } from './chat-order.js';
 
 /**
- * Promotes a delayed job so that it runs now: resolves `promoted`, or the job's state when it is not delayed
- * (`unknown` when gone).
+ * Finds the job to promote, once per hand-off (undefined when it is gone), and gives its promotion: each call
+ * tries once to make the delayed job run now, resolving `promoted`, or the job's state when it is not delayed
+ * (`unknown` when gone meanwhile).
  */
-export type Promote = (jobId: string) => Promise<string>;
+export type Promote = (jobId: string) => Promise<Promotion | undefined>;
+export type Promotion = () => Promise<string>;
 
 /** How often a hand-off tries to promote the chat's next job, and how long it waits between tries. */
 const HAND_OFF_TRIES = 5;
@@ -22,14 +24,16 @@ const HAND_OFF_RETRY_MS = 20;
 export function promoteThrough(queue: Queue): Promote {
   return async (jobId) => {
     const job = await Job.fromId(queue, jobId);
-    if (!job) return 'unknown';
-    try {
-      await job.promote();
-      return 'promoted';
-    } catch (error) {
-      if ((error as { code?: unknown }).code !== ErrorCode.JobNotInState) throw error;
-      return queue.getJobState(jobId);
-    }
+    if (!job) return undefined;
+    return async () => {
+      try {
+        await job.promote();
+        return 'promoted';
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== ErrorCode.JobNotInState) throw error;
+        return queue.getJobState(jobId);
+      }
+    };
   };
 }
 
@@ -47,7 +51,9 @@ export async function handOffChat(
 ): Promise<void> {
   const next = await order.head(chatId);
   if (next === undefined || next === endedJobId) return;
-  for (let tries = 1; (await promote(next)) === 'active' && tries < HAND_OFF_TRIES; tries++) {
+  const promotion = await promote(next);
+  if (!promotion) return;
+  for (let tries = 1; (await promotion()) === 'active' && tries < HAND_OFF_TRIES; tries++) {
     await sleep(HAND_OFF_RETRY_MS);
   }
 }
