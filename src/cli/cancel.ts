@@ -8,7 +8,8 @@ import { parseFlags, requireId, UsageError } from './args.js';
 const CANCEL_HELP = `Usage: workspace-jobs cancel --job ID [--reason TEXT] [--json]
        workspace-jobs cancel --chat ID [--reason TEXT] [--json]
 
-Cancels a job, or every waiting, delayed or running job of a chat (oldest first), and prints one line per job:
+Cancels a job, or every waiting, delayed or running job of a chat (oldest first; then any of another chat it
+was deduplicated onto, which ends for both chats), and prints one line per job:
   job <id>: canceled (was waiting)          removed from the queue; its one canceled result is published
   job <id>: cancel requested (its worker ends it)
   job <id>: already finished (succeeded)    a no-op; in parentheses how it ended (or its failure code)

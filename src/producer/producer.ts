@@ -9,7 +9,8 @@ import { pino } from 'pino';
 import { followBuildLogs, type BuildLogLine } from '../shared/build-logs.js';
 import { WaitTimeoutError } from '../shared/errors.js';
 import { PgNotificationHub } from '../shared/notifications.js';
-import { EventPublisher, EventSubscriber } from '../shared/events.js';
+import { EventPublisher, EventSubscriber, readChatEvents } from '../shared/events.js';
+import { redisKeys } from '../shared/keys.js';
 import { ChatOrder } from '../shared/chat-order.js';
 import { handOffChat, promoteThrough } from '../shared/chat-hand-off.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
@@ -513,16 +514,36 @@ export class WorkspaceJobsProducer {
     );
   }
 
-  /** Cancels every live job of the chat (its order set lists them), oldest first. */
+  /**
+   * Cancels every live job of the chat: its own (its order set lists them), oldest first, then those of other
+   * chats it was deduplicated onto (two chats sharing a workspace), in the order it joined them. Such a job is
+   * the chat's request too: its stream shows the job and gets its result. Canceled, it ends for every chat.
+   */
   async cancelChat(givenChatId: string, options: CancelOptions = {}): Promise<CancelAnswer[]> {
     this.assertOpen();
     const chatId = parseOrThrow(idSchema, 'chatId', givenChatId);
     // Checked before the list is read: a bad reason is refused even when the chat has no live job.
     const reason = reasonOf(options);
-    const jobIds = await this.order.jobs(chatId);
+    const jobIds = [...(await this.order.jobs(chatId)), ...(await this.watchedJobs(chatId))];
     const answers: CancelAnswer[] = [];
     for (const jobId of jobIds) answers.push(await this.cancel(jobId, { reason }));
     return answers;
+  }
+
+  /**
+   * The unfinished jobs of other chats this chat watches: the jobs its stream names whose watcher set still
+   * holds the chat (a job's result deletes that set). A watcher gets each of the job's events, so the job stays
+   * named there while it runs, unless ~1000 other events of the chat came after its last one.
+   */
+  private async watchedJobs(chatId: string): Promise<string[]> {
+    const events = await readChatEvents(this.connection, this.prefix, chatId, '0', undefined, this.log);
+    // A chat is a watcher only of other chats' jobs: its own are left out by the membership check.
+    const named = [...new Set(events.map((event) => event.job.id))];
+    const keys = redisKeys(this.prefix);
+    const watching = await Promise.all(
+      named.map((jobId) => this.connection.sismember(keys.jobChats(jobId), chatId)),
+    );
+    return named.filter((_, i) => watching[i] === 1);
   }
 
   /** Rejects pending waits, closes the queue and the subscriber, and connections built by fromConfig. */

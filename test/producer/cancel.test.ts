@@ -1,5 +1,6 @@
 // Cancel on real Redis, with no worker running: a waiting job is removed and answers canceled once; a
-// finished job and an unknown one are no-op answers; cancelChat reaches every live job of the chat.
+// finished job and an unknown one are no-op answers; cancelChat reaches every live job of the chat, also one
+// of another chat it was deduplicated onto.
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -164,5 +165,44 @@ describe('WorkspaceJobsProducer.cancel', () => {
       [b.jobId, 'canceled'],
     ]);
     expect(await results(chatId)).toHaveLength(2);
+  });
+
+  it('cancels the job of another chat it was deduplicated onto, which both chats are told, and only while it is live', async () => {
+    const own = await enqueue();
+    const chatId = randomUUID();
+    // Another chat of the same workspace: its start is deduplicated onto the first chat's job.
+    const joined = await producer.startWorkspace({
+      chatId,
+      ownerId: own.ownerId,
+      workspaceId: own.workspaceId,
+    });
+    expect(joined).toMatchObject({ jobId: own.jobId, deduplicated: true });
+
+    const answers = await producer.cancelChat(chatId, { reason: 'second chat pressed stop' });
+
+    expect(answers).toEqual([
+      expect.objectContaining({ jobId: own.jobId, outcome: 'canceled', was: 'waiting' }),
+    ]);
+    for (const chat of [own.chatId, chatId]) {
+      expect(await results(chat)).toMatchObject([
+        { job: { id: own.jobId }, data: { error: 'canceled: second chat pressed stop' } },
+      ]);
+    }
+    // Its result is out: nothing of the chat is live any more.
+    expect(await producer.cancelChat(chatId)).toEqual([]);
+  });
+
+  it('lists a job deduplicated onto within the chat once', async () => {
+    const first = await enqueue();
+    const again = await producer.startWorkspace({
+      chatId: first.chatId,
+      ownerId: first.ownerId,
+      workspaceId: first.workspaceId,
+    });
+    expect(again).toMatchObject({ jobId: first.jobId, deduplicated: true });
+
+    const answers = await producer.cancelChat(first.chatId);
+
+    expect(answers.map((answer) => [answer.jobId, answer.outcome])).toEqual([[first.jobId, 'canceled']]);
   });
 });
