@@ -14,9 +14,11 @@
 // 20 ticks a second that walk was 200,000 visits a second, half of a waiting worker's idle CPU; a heap's
 // O(log n) cost as much, in cache misses). A lock waiting for its next refresh is in the bucket of the window
 // its next look falls in (its refresh due, or its watchdog if that comes first); a tick takes the buckets up
-// to its horizon. A lock whose refresh is in flight, or whose watchdog comes before its next refresh, is in
-// the watched list, which each tick looks through for the watchdog: about one batch. Nodes answer with the
-// locks that were not theirs only, so a batch whose locks all are costs one empty reply to read.
+// to its horizon, and the next tick's time is the next bucket's earliest, kept as locks go in (finding it by a
+// look at that bucket's locks looked at each of them twice a refresh). A lock whose refresh is in flight, or
+// whose watchdog comes before its next refresh, is in the watched list, which each tick looks through for the
+// watchdog: about one batch. Nodes answer with the locks that were not theirs only, so a batch whose locks
+// all are costs one empty reply to read.
 //
 // Per lock, per node answer, the vote is the one every other step takes (lock-vote.ts): a quorum of "ours"
 // confirms it, as of when the batch was sent (a node that answered "not ours" is written to again, as it
@@ -118,10 +120,22 @@ class Schedule {
   }
 }
 
+/** The waiting locks of one window, and the earliest nextAt put in (the next tick's time, without a look at them). */
+class Bucket {
+  readonly schedules: Schedule[] = [];
+  /** At or before the first waiting one's nextAt: a lock removed since may have been it. */
+  earliest = Infinity;
+
+  add(schedule: Schedule): void {
+    this.schedules.push(schedule);
+    this.earliest = Math.min(this.earliest, schedule.nextAt);
+  }
+}
+
 export class LockRefresher {
   private readonly held = new Map<RefreshedLock, Schedule>();
   /** The waiting locks by window: bucket i holds those whose nextAt is in [i × window, (i + 1) × window). */
-  private buckets = new Map<number, Schedule[]>();
+  private buckets = new Map<number, Bucket>();
   /** The first bucket the next tick takes: a lock whose nextAt is earlier goes in it. */
   private cursor = 0;
   /** The last bucket a lock was put in. */
@@ -171,9 +185,9 @@ export class LockRefresher {
     schedule.state = 'waiting';
     const at = schedule.nextAt;
     const index = Math.max(this.bucketOf(at), this.cursor);
-    const bucket = this.buckets.get(index);
-    if (bucket) bucket.push(schedule);
-    else this.buckets.set(index, [schedule]);
+    let bucket = this.buckets.get(index);
+    if (!bucket) this.buckets.set(index, (bucket = new Bucket()));
+    bucket.add(schedule);
     this.lastBucket = Math.max(this.lastBucket, index);
     this.wakeBy(at);
   }
@@ -228,30 +242,30 @@ export class LockRefresher {
     // At least the cursor's bucket: a tick earlier than it (an in-flight lock's heldUntil) must still look at
     // what wait() put there, or a lock refused at once would be neither sent nor watched until it was late.
     const last = Math.max(this.bucketOf(horizon), this.cursor);
-    const later: Schedule[] = [];
+    const later = new Bucket();
     for (; this.cursor <= last; this.cursor++) {
       const bucket = this.buckets.get(this.cursor);
       if (!bucket) continue;
       this.buckets.delete(this.cursor);
-      for (const schedule of bucket) {
-        if (schedule.state === 'waiting' && !look(schedule)) later.push(schedule);
+      for (const schedule of bucket.schedules) {
+        if (schedule.state === 'waiting' && !look(schedule)) later.add(schedule);
       }
     }
     // What the horizon's own bucket holds beyond the horizon stays in it, for the next tick.
-    if (later.length > 0) {
+    if (later.schedules.length > 0) {
       this.cursor = last;
       this.buckets.set(last, later);
-      for (const schedule of later) next = Math.min(next, schedule.nextAt);
+      next = Math.min(next, later.earliest);
     } else {
       // The next tick at the first lock due (not at its bucket's start: no lock is sent earlier than the
-      // window asks), a look at one bucket.
-      let due = Infinity;
-      for (let index = this.cursor; index <= this.lastBucket && due === Infinity; index++) {
-        for (const schedule of this.buckets.get(index) ?? []) {
-          if (schedule.state === 'waiting') due = Math.min(due, schedule.nextAt);
+      // window asks), from the first bucket's earliest: its locks are looked at once, when it is taken.
+      for (let index = this.cursor; index <= this.lastBucket; index++) {
+        const bucket = this.buckets.get(index);
+        if (bucket) {
+          next = Math.min(next, bucket.earliest);
+          break;
         }
       }
-      next = Math.min(next, due);
     }
     if (batch.length > 0) void this.refresh(batch, now);
     if (this.held.size > 0) this.wakeBy(next);

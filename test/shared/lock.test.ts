@@ -241,6 +241,40 @@ describe('ChatLocks on one node (ioredis-mock)', () => {
       expect(commands).toBe(1);
     });
 
+    it('when a tick sends part of a window › the locks it left are sent when due, no later', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+      try {
+        // On a window's start (windows of 2.5 % of the interval, 25 ms, from epoch 0).
+        const start = 1_000_000_000_000;
+        vi.setSystemTime(start);
+        const redis = client();
+        const locks = new ChatLocks([redis], uniquePrefix(), {
+          lockTimeoutMs: 3_000,
+          refreshIntervalMs: 1_000,
+          refreshJitter: 0,
+        });
+        const sent: { at: number; keys: unknown[] }[] = [];
+        const evalsha = redis.evalsha.bind(redis);
+        vi.spyOn(redis, 'evalsha').mockImplementation((...args: Parameters<Redis['evalsha']>) => {
+          sent.push({ at: Date.now() - start, keys: args.slice(2, 2 + Number(args[1])) });
+          return evalsha(...args);
+        });
+        // Due at 1,000 and 1,020 (one tick at 1,000 takes both: within its window) and at 1,043 (in the
+        // window the tick reached into, beyond it: left for a tick of its own).
+        const taken: HeldLock[] = [];
+        for (const wait of [0, 20, 23]) {
+          await vi.advanceTimersByTimeAsync(wait);
+          taken.push(await acquire(locks, randomUUID()));
+        }
+        await vi.advanceTimersByTimeAsync(1_100);
+
+        const firstRefreshes = taken.map((lock) => sent.find(({ keys }) => keys.includes(lock.resource))!.at);
+        expect(firstRefreshes).toEqual([1_000, 1_000, 1_043]);
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
     it('stays within (interval × (1 − jitter), interval] for any draw in [0, 1)', () => {
       const draws = [0, 1e-9, 0.25, 0.5, 0.75, 1 - 1e-12, ...Array.from({ length: 1_000 }, Math.random)];
       for (const draw of draws) {
