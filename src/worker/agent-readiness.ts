@@ -1,10 +1,12 @@
 // Agent readiness after a start (Coder's waitForAgentAndRespond + waitForAgentReady): choose the chat
 // agent, wait for it to connect, then for its startup scripts. Problems are reported in the result,
-// never as a failure: the workspace did start.
+// never as a failure: the workspace did start. So is a cancel that comes during these waits: too late to
+// stop the start (its build succeeded), it ends the wait, not the job (docs/start-workspace.md D19).
 import { WaitTimeoutError } from '../shared/errors.js';
 import type { AgentReadiness } from '../shared/contract.js';
 import { topics, type Agent, type JobContext } from './ports.js';
 import { isAgentConnected, selectChatAgent } from './agent-selection.js';
+import { JobCancelRequestedError } from './cancel-requested.js';
 
 /** Lifecycle states in which the startup scripts are still running. */
 const STARTING = new Set(['created', 'starting']);
@@ -59,6 +61,14 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     agent_status: 'not_ready',
     agent_error: `agent "${chosen.name}" no longer exists`,
   };
+  /** A wait the job's cancel ended, as the readiness it leaves; any other error is rethrown. */
+  const endedByCancel = (error: unknown, waitedFor: string): AgentReadiness => {
+    if (!(error instanceof JobCancelRequestedError)) throw error;
+    return {
+      agent_status: 'not_ready',
+      agent_error: `canceled while waiting for agent "${chosen.name}" ${waitedFor}: ${error.request.reason ?? 'cancel requested'}`,
+    };
+  };
 
   // Phase 1: reachability.
   let announced = false;
@@ -86,7 +96,7 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     );
     if (connected === 'gone') return gone;
   } catch (error) {
-    if (!(error instanceof WaitTimeoutError)) throw error;
+    if (!(error instanceof WaitTimeoutError)) return endedByCancel(error, 'to connect');
     return {
       agent_status: 'not_ready',
       agent_error: `agent "${chosen.name}" did not connect within ${ctx.timeouts.agentConnectTimeoutMs} ms`,
@@ -123,6 +133,6 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     return outcome === 'gone' ? gone : outcome;
   } catch (error) {
     if (error instanceof WaitTimeoutError) return { startup_scripts: 'startup_scripts_timeout' };
-    throw error;
+    return endedByCancel(error, 'to run its startup scripts');
   }
 }

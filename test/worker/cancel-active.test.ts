@@ -2,7 +2,8 @@
 // worker running the job, which aborts it, cancels the build it created (Coder's semantics: a pending one
 // completes canceled at once, a running one is aborted by its daemon, whose command's process group is
 // killed) and ends it with one canceled result; the chat lock is free for the chat's next job. A job delayed
-// while its chat lock is busy is removed by the producer instead, with the same one result.
+// while its chat lock is busy is removed by the producer instead, with the same one result. One whose build
+// succeeded, waiting for its agent, ends started: the cancel only ends that wait.
 import { describe, expect, it, vi } from 'vitest';
 import { insertBuild, type BuildStatus } from '../../src/cli/fixtures.js';
 import { WorkspaceJobsProducer } from '../../src/producer/producer.js';
@@ -270,6 +271,39 @@ describe('cancel of a delayed or an active job', () => {
       canceled_at: null,
     });
   });
+
+  // D19: too late to stop the start, the cancel ends the wait for the agent, and the job reports the start.
+  it.each([
+    ['agent_connecting', { SIM_AGENT_CONNECT_MS: '60000' }, 'to connect'],
+    ['agent_starting', { SIM_STARTUP_MS: '60000' }, 'to run its startup scripts'],
+  ] as const)(
+    'when its build succeeded and it waits for the agent (%s) › it ends started, saying the wait was canceled',
+    async (stage, env, waitedFor) => {
+      const { h, ws } = t;
+      await h.startProvisionerDaemon(env);
+      await h.startWorker();
+      const { jobId } = await h.producer.startWorkspace({ chatId: ws.chatId, ownerId: ws.ownerId });
+      const succeeded = await h.waitForEvent(ws.chatId, 'build_succeeded', (e) => e.job.id === jobId);
+      await h.waitForEvent(ws.chatId, stage, (e) => e.job.id === jobId);
+
+      const answer = await h.producer.cancel(jobId, { reason: 'user pressed stop' });
+
+      expect(answer).toEqual({ jobId, outcome: 'cancel_requested' });
+      const result = await h.producer.waitForResult(jobId, { timeoutMs: WAIT_MS });
+      expect(result).toEqual({
+        kind: 'start-workspace',
+        ok: true,
+        started: true,
+        workspace_name: ws.workspaceName,
+        build_id: succeeded.data?.build_id,
+        agent_status: 'not_ready',
+        agent_error: `canceled while waiting for agent "main" ${waitedFor}: user pressed stop`,
+      });
+      const events = await h.jobEvents(ws.chatId, jobId);
+      expect(events.filter((e) => e.type === 'result')).toMatchObject([{ stage: 'completed' }]);
+      expect(await h.activeBuilds(ws.workspaceId)).toEqual([]);
+    },
+  );
 
   describe('while its worker shuts down', () => {
     it('a cancel in the grace period ends the job canceled instead of handing it back', async () => {
