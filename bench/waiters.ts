@@ -148,11 +148,14 @@ const diff = (after: Record<string, number>, before: Record<string, number>) =>
   Object.fromEntries(Object.entries(after).map(([k, n]) => [k, n - (before[k] ?? 0)]));
 /** A rate with a decimal below 10/s, so that the hub's 0.1 ping/s does not read as 0. */
 const perSecond = (rate: number) => rate.toFixed(rate < 10 ? 1 : 0);
-const top = (table: Record<string, number>, seconds: number, n = 4) =>
+/** The table's `n` largest counts above 0, largest first. */
+const largest = (table: Record<string, number>, n: number) =>
   Object.entries(table)
     .filter(([, count]) => count > 0)
     .sort((a, b) => b[1] - a[1])
-    .slice(0, n)
+    .slice(0, n);
+const top = (table: Record<string, number>, seconds: number, n = 4) =>
+  largest(table, n)
     .map(([name, count]) => `${name} ${perSecond(count / seconds)}/s`)
     .join(', ');
 
@@ -484,10 +487,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   const perResult = (pick: (c: CallCounts) => Record<string, number>) =>
     (sum(pick(completedCalls)) - sum(pick(resultsBefore))) / WAITERS;
   // The statements the results cost, in all: what the burst's reads coalesced into (or did not).
-  const statements = Object.entries(diff(completedCalls.pgStatements, resultsBefore.pgStatements))
-    .filter(([, count]) => count > 0)
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 6)
+  const statements = largest(diff(completedCalls.pgStatements, resultsBefore.pgStatements), 6)
     .map(([name, count]) => `${name} ${count}`)
     .join(', ');
   report({
