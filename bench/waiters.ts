@@ -11,8 +11,8 @@
 // writes a heap snapshot at the end of the idle window and one before the enqueue (<file>.before.heapsnapshot,
 // to diff: what the waiters hold); writing one leaves about 90 MiB of RSS behind, so such a run's RSS figures
 // are not measurements. BENCH_CPU_PROFILE=<dir> writes V8 CPU profiles of the idle window and of the results
-// (the sampler adds a little to the windows' CPU figures). JOB_LOCK_MS, STALLED_INTERVAL_MS and CHAT_LOCK_TTL_MS, when set,
-// configure the worker.
+// (the sampler adds a little to the windows' CPU figures). JOB_LOCK_MS, STALLED_INTERVAL_MS, CHAT_LOCK_TTL_MS and
+// WORKER_ADMITTED_JOBS, when set, configure the worker.
 import { readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeHeapSnapshot } from 'node:v8';
@@ -112,11 +112,17 @@ const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
 const WORKER_CLOSE_MS = 60_000;
 
 /** Passed through from the environment when set. */
-const LOCK_SETTINGS = ['JOB_LOCK_MS', 'STALLED_INTERVAL_MS', 'CHAT_LOCK_TTL_MS'] as const;
+const WORKER_SETTINGS = [
+  'JOB_LOCK_MS',
+  'STALLED_INTERVAL_MS',
+  'CHAT_LOCK_TTL_MS',
+  'WORKER_ADMITTED_JOBS',
+] as const;
 const SETTING_FIELDS = {
   JOB_LOCK_MS: 'jobLockMs',
   STALLED_INTERVAL_MS: 'stalledIntervalMs',
   CHAT_LOCK_TTL_MS: 'chatLockTtlMs',
+  WORKER_ADMITTED_JOBS: 'workerAdmittedJobs',
 } as const;
 /** How long every job may take to tell build_queued, and how often the ramp says how far it is. */
 const RAMP_LIMIT_MS = 480_000;
@@ -196,12 +202,15 @@ await runBench('waiters', 600_000, async (cleanup) => {
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: 'silent',
     WORKER_CONCURRENCY: String(WAITERS),
-    // The worker's lock settings, as an operator would set them for this many jobs; unset = the defaults.
+    // The worker's lock and admission settings, as an operator would set them for this many jobs; unset = the
+    // defaults.
     ...Object.fromEntries(
-      LOCK_SETTINGS.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])),
+      WORKER_SETTINGS.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])),
     ),
   });
-  const settings = LOCK_SETTINGS.map((name) => `${name}=${config[SETTING_FIELDS[name]]}`).join(' ');
+  const settings = WORKER_SETTINGS.map((name) => `${name}=${config[SETTING_FIELDS[name]] ?? 'default'}`).join(
+    ' ',
+  );
   console.log(
     `waiters: ${WAITERS} waiters, ${settings}; the worker's code from ${COMPILED ? 'dist/ (compiled)' : 'src/ (tsx)'}`,
   );
