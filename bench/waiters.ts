@@ -12,8 +12,12 @@
 // to diff: what the waiters hold); writing one leaves about 90 MiB of RSS behind, so such a run's RSS figures
 // are not measurements. BENCH_CPU_PROFILE=<dir> writes V8 CPU profiles of the idle window and of the results
 // (the sampler adds a little to the windows' CPU figures). JOB_LOCK_MS, STALLED_INTERVAL_MS, CHAT_LOCK_TTL_MS and
-// WORKER_ADMITTED_JOBS, when set, configure the worker.
-import { readdirSync, statSync } from 'node:fs';
+// WORKER_ADMITTED_JOBS, when set, configure the worker. BENCH_HEAP_PROFILE=<file> writes V8's sampling heap
+// profile from before the enqueue to the end of the idle window (after its GC): what is live, by allocation
+// site; with BENCH_HEAP_PROFILE_PROMOTED=1 also what a major GC collected, so every object that survived a
+// scavenge (promoted). The two runs' difference is what the ramp promotes and then lets die in old space.
+import { readdirSync, statSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { fileURLToPath } from 'node:url';
 import { writeHeapSnapshot } from 'node:v8';
 import { Queue } from 'bullmq';
@@ -107,6 +111,23 @@ const BURST_FACTOR = 2;
  * and from the completing statement to the last result.
  */
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+
+/** V8's sampling heap profiler (see BENCH_HEAP_PROFILE above); the returned function writes it to `file`. */
+async function startHeapProfile(promoted: boolean): Promise<(file: string) => Promise<void>> {
+  const session = new Session();
+  session.connect();
+  await session.post('HeapProfiler.enable');
+  await session.post('HeapProfiler.startSampling', {
+    includeObjectsCollectedByMajorGC: promoted,
+    includeObjectsCollectedByMinorGC: false,
+  });
+  return async (file) => {
+    const { profile } = await session.post('HeapProfiler.stopSampling');
+    writeFileSync(file, JSON.stringify(profile));
+    session.disconnect();
+    console.log(`waiters: sampling heap profile (${promoted ? 'promoted' : 'live'}) written to ${file}`);
+  };
+}
 
 /** The cleanup's bound on the worker's close. */
 const WORKER_CLOSE_MS = 60_000;
@@ -259,6 +280,11 @@ await runBench('waiters', 600_000, async (cleanup) => {
     const file = process.env.BENCH_HEAP_SNAPSHOT.replace(/(\.heapsnapshot)?$/, '.before.heapsnapshot');
     console.log(`heap snapshot before the enqueue: ${writeHeapSnapshot(file)}`);
   }
+  const heapProfile = process.env.BENCH_HEAP_PROFILE;
+  const stopHeapProfile =
+    heapProfile === undefined
+      ? undefined
+      : await startHeapProfile(process.env.BENCH_HEAP_PROFILE_PROMOTED === '1');
   const calls = countCalls();
   const started = performance.now();
   const rampCpu = process.cpuUsage();
@@ -339,6 +365,7 @@ await runBench('waiters', 600_000, async (cleanup) => {
   await stopIdleProfile?.(`${PROFILE_DIR}/waiters-${WAITERS}-idle.cpuprofile`, 'the idle window');
   const during = memory(true);
   const breakdownDuring = memoryBreakdown();
+  await stopHeapProfile?.(heapProfile!);
   const fmt = (b: Record<string, number>) =>
     Object.entries(b)
       .map(([k, v]) => `${k} ${v.toFixed(1)}`)
