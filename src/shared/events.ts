@@ -370,7 +370,7 @@ export class EventPublisher {
     draft: EventDraft,
     options: { owner?: JobOwner; record?: JobRecord; leaving?: JobLeaving } = {},
   ): Promise<WorkspaceJobEvent | null> {
-    const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
+    const body = this.body(draft);
     // The streams hold the envelope without seq (its entry id is the seq); the script splices v and seq in.
     const tail = JSON.stringify(body);
     const log = this.keys.chatLog(draft.chatId);
@@ -432,7 +432,7 @@ export class EventPublisher {
         );
       }
       if (!seq) return null;
-      return { v, seq: String(seq), ...body };
+      return { v: 1, seq: String(seq), ...body } as WorkspaceJobEvent;
     }
     throw new Error(
       `job ${draft.job.id}'s watcher chats changed ${WATCHER_TRIES} times while its ${draft.stage} event was published`,
@@ -450,7 +450,7 @@ export class EventPublisher {
     draft: EventDraft,
     job: { chatId: string; differs: readonly string[] },
   ): Promise<WorkspaceJobEvent | null> {
-    const { v, seq: _placeholder, ...body } = this.envelope(draft, '0-1');
+    const body = this.body(draft);
     const chatId = draft.chatId.toLowerCase();
     const keys = [
       this.keys.chatLog(draft.chatId),
@@ -469,7 +469,7 @@ export class EventPublisher {
       // A space cannot be in a chat id or a field name.
       `${chatId} ${[...job.differs].sort().join(' ')}`,
     ])) as string | null | false;
-    return seq ? { v, seq, ...body } : null;
+    return seq ? ({ v: 1, seq, ...body } as WorkspaceJobEvent) : null;
   }
 
   /**
@@ -506,27 +506,38 @@ export class EventPublisher {
     return parsed.success && parsed.data.type === 'result' ? parsed.data : null;
   }
 
-  /** The envelope in the contract's field order; throws a ValidationError naming bad fields (when validating). */
-  private envelope(draft: EventDraft, seq: string): WorkspaceJobEvent {
-    // Copied field by field, `type` loses its link to `stage` and `data`; the schema below checks them.
-    const event = {
-      v: 1,
-      seq,
-      type: draft.type,
-      stage: draft.stage,
-      job: draft.job,
-      chatId: draft.chatId,
-      ...(draft.workspaceId !== undefined && { workspaceId: draft.workspaceId }),
-      at: new Date().toISOString(),
-      message: draft.message,
-      ...(draft.data !== undefined && { data: draft.data }),
-    } as WorkspaceJobEvent;
-    if (!this.validate) return event;
+  /**
+   * The envelope without `v` and `seq` (the script splices them in), in the contract's field order; throws a
+   * ValidationError naming bad fields (when validating). Built by assignment, not spreads and a rest copy of
+   * the whole envelope: 10,000 results at once publish 40,000 of them (issue 11).
+   */
+  private body(draft: EventDraft): EventBody {
+    const body: EventBody = { type: draft.type, stage: draft.stage, job: draft.job, chatId: draft.chatId };
+    if (draft.workspaceId !== undefined) body.workspaceId = draft.workspaceId;
+    body.at = new Date().toISOString();
+    body.message = draft.message;
+    if (draft.data !== undefined) body.data = draft.data;
+    if (!this.validate) return body;
     // Subscribers drop envelopes that do not validate; refuse to write one.
-    const parsed = workspaceJobEventSchema.safeParse(event);
+    const parsed = workspaceJobEventSchema.safeParse({ v: 1, seq: '0-1', ...body });
     if (!parsed.success) throw new ValidationError(describeIssues('event', parsed.error));
-    return event;
+    return body;
   }
+}
+
+/**
+ * An envelope's fields but `v` and `seq`, loosely typed while it is built: copied field by field, `type`
+ * loses its link to `stage` and `data`, which the schema checks when validating.
+ */
+interface EventBody {
+  type: EventDraft['type'];
+  stage: EventDraft['stage'];
+  job: EventDraft['job'];
+  chatId: string;
+  workspaceId?: string;
+  at?: string;
+  message?: string;
+  data?: unknown;
 }
 
 /** Which once-per-job marker an event sets: a result's, a `queued` event's, or none. */
