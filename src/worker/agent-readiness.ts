@@ -57,10 +57,11 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
       { ...timeouts, signal: ctx.signal },
     );
   };
-  const gone: AgentReadiness = {
+  // Made only when it is the answer: 10,000 ready agents at once would build as many unused ones.
+  const gone = (): AgentReadiness => ({
     agent_status: 'not_ready',
     agent_error: `agent "${chosen.name}" no longer exists`,
-  };
+  });
   /** A wait the job's cancel ended, as the readiness it leaves; any other error is rethrown. */
   const endedByCancel = (error: unknown, waitedFor: string): AgentReadiness => {
     if (!(error instanceof JobCancelRequestedError)) throw error;
@@ -94,7 +95,7 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
         recheckMs: ctx.timeouts.agentConnectRecheckMs ?? AGENT_CONNECT_RECHECK_MS,
       },
     );
-    if (connected === 'gone') return gone;
+    if (connected === 'gone') return gone();
   } catch (error) {
     if (!(error instanceof WaitTimeoutError)) return endedByCancel(error, 'to connect');
     return {
@@ -130,7 +131,7 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
       // No timed re-check: the check looks only at lifecycle_state, and every change of it notifies.
       { timeoutMs: ctx.timeouts.startupScriptTimeoutMs },
     );
-    return outcome === 'gone' ? gone : outcome;
+    return outcome === 'gone' ? gone() : outcome;
   } catch (error) {
     if (error instanceof WaitTimeoutError) return { startup_scripts: 'startup_scripts_timeout' };
     return endedByCancel(error, 'to run its startup scripts');

@@ -19,6 +19,15 @@ const STAGE_OF_STATUS = {
   succeeded: 'build_succeeded',
 } as const;
 
+/** What a status event says the build does (its message's verb). */
+const VERB_OF_STAGE = {
+  build_queued: 'is queued',
+  build_running: 'is running',
+  build_succeeded: 'succeeded',
+} as const;
+const REQUEUED_VERB =
+  'is queued again: its run was interrupted (its provisioner stopped responding or shut down, or the database restarted)';
+
 /** How a build appears in progress events. */
 export function buildData(build: Build) {
   return { build_id: build.id, build_number: build.buildNumber, transition: build.transition };
@@ -37,13 +46,7 @@ export async function waitForBuild(
     // daemon stopped responding (handed back by another daemon's reaper), shut down as it claimed the job,
     // or Postgres crashed and lost the claim, which it had committed unflushed (docs/design.md §8).
     const requeued = stage === 'build_queued' && watch.reported === 'build_running';
-    const verb = {
-      build_queued: requeued
-        ? 'is queued again: its run was interrupted (its provisioner stopped responding or shut down, or the database restarted)'
-        : 'is queued',
-      build_running: 'is running',
-      build_succeeded: 'succeeded',
-    }[stage];
+    const verb = requeued ? REQUEUED_VERB : VERB_OF_STAGE[stage];
     const position = stage === 'build_queued' ? await watch.position() : null;
     const estimate = stage === 'build_succeeded' ? null : await ctx.store.getBuildEstimate(b);
     await watch.say(async () => {

@@ -131,7 +131,9 @@ export class BuildWatch {
   async end(flush: boolean): Promise<void> {
     this.ctx.signal.removeEventListener('abort', this);
     this.stopped.abort(FOLLOW_OVER);
-    await Promise.all([this.logFollower, this.queueFollower]);
+    // Most builds end with neither follower running (a pending build follows no log; a running one, no queue).
+    if (this.logFollower) await this.logFollower;
+    if (this.queueFollower) await this.queueFollower;
     if (flush) await this.flushLogs();
   }
 
