@@ -39,23 +39,82 @@ export interface AdmissionOptions {
   onWaiting?: (waiting: number) => void;
 }
 
-interface Waiter {
-  grant: () => void;
-  refuse: (error: Error) => void;
+/**
+ * A job waiting for a slot. One object, its own abort listener (handleEvent), no closures and no timer of
+ * its own (its queue's one timer times it out): at WORKER_CONCURRENCY 10,000 every job picked up waits here
+ * for seconds, long enough for V8 to move it to old space, where it dies once admitted (issue 11: the ramp's
+ * garbage in old space is what its RSS keeps).
+ */
+class Waiter {
   /** Set once it was granted, timed out or aborted: skipped when its turn comes. */
-  settled: boolean;
+  settled = false;
+
+  constructor(
+    private readonly queue: WaiterQueue,
+    /** When it times out (performance.now()). */
+    readonly deadline: number,
+    private readonly resolve: () => void,
+    private readonly reject: (error: unknown) => void,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    signal?.addEventListener('abort', this, { once: true });
+  }
+
+  grant(): void {
+    if (this.settle()) this.resolve();
+  }
+
+  refuse(error: unknown): void {
+    if (this.settle()) this.reject(error);
+  }
+
+  /** Its signal aborted. */
+  handleEvent(): void {
+    this.refuse(this.signal!.reason);
+  }
+
+  private settle(): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    this.signal?.removeEventListener('abort', this);
+    this.queue.settled();
+    return true;
+  }
 }
 
-/** A FIFO of waiters; one that gave up stays in it, settled, and is skipped (removal in O(1)). */
+/**
+ * A FIFO of waiters; one that gave up stays in it, settled, and is skipped (removal in O(1)). Every waiter
+ * waits the same timeout, so deadlines come in queue order: one timer, for the first waiter not settled.
+ */
 class WaiterQueue {
   private items: Waiter[] = [];
   private head = 0;
+  private timer: NodeJS.Timeout | undefined;
   /** Waiters not settled. */
   size = 0;
 
-  push(waiter: Waiter): void {
-    this.items.push(waiter);
+  constructor(
+    private readonly timeoutMs: number,
+    /** Told the waiters not settled whenever their number changes. */
+    private readonly onSize?: (size: number) => void,
+  ) {}
+
+  /** A new waiter at the end; it settles with `resolve` when granted, `reject` otherwise. */
+  push(resolve: () => void, reject: (error: unknown) => void, signal: AbortSignal | undefined): void {
+    this.items.push(new Waiter(this, performance.now() + this.timeoutMs, resolve, reject, signal));
     this.size++;
+    this.onSize?.(this.size);
+    this.timer ??= setTimeout(this.expire, this.timeoutMs);
+  }
+
+  /** Counts a waiter out as it settles. */
+  settled(): void {
+    this.size--;
+    this.onSize?.(this.size);
+    if (this.size === 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
   }
 
   /** The first waiter not settled, taken out. */
@@ -83,17 +142,31 @@ class WaiterQueue {
     this.head = 0;
     return rest;
   }
+
+  /** Times out the waiters whose deadline has come, then waits for the next one's. */
+  private readonly expire = (): void => {
+    this.timer = undefined;
+    const now = performance.now();
+    for (let i = this.head; i < this.items.length; i++) {
+      const waiter = this.items[i]!;
+      if (waiter.settled) continue;
+      if (waiter.deadline > now) {
+        this.timer = setTimeout(this.expire, waiter.deadline - now);
+        return;
+      }
+      waiter.refuse(new WaitTimeoutError(`no worker slot free after ${this.timeoutMs} ms`, this.timeoutMs));
+    }
+  };
 }
 
 export class Admission {
   readonly limit: number;
   readonly resumeLimit: number;
-  private readonly timeoutMs: number;
   private inUse = 0;
   /** Jobs going on after a wait, and the checks of waits: served first. */
-  private readonly resuming = new WaiterQueue();
+  private readonly resuming: WaiterQueue;
   /** Jobs not admitted yet. */
-  private readonly starting = new WaiterQueue();
+  private readonly starting: WaiterQueue;
   private closed = false;
 
   constructor(private readonly options: AdmissionOptions) {
@@ -107,7 +180,9 @@ export class Admission {
         `the resume limit must be a whole number of at least the limit (${this.limit}), got ${this.resumeLimit}`,
       );
     }
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_ADMISSION_TIMEOUT_MS;
+    const timeoutMs = options.timeoutMs ?? DEFAULT_ADMISSION_TIMEOUT_MS;
+    this.resuming = new WaiterQueue(timeoutMs);
+    this.starting = new WaiterQueue(timeoutMs, options.onWaiting);
   }
 
   /** Slots taken now. */
@@ -134,37 +209,7 @@ export class Admission {
       return Promise.resolve();
     }
     const queue = kind === 'start' ? this.starting : this.resuming;
-    return new Promise((resolve, reject) => {
-      const settle = () => {
-        waiter.settled = true;
-        queue.size--;
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if (kind === 'start') this.options.onWaiting?.(this.starting.size);
-      };
-      const waiter: Waiter = {
-        settled: false,
-        grant: () => {
-          settle();
-          resolve();
-        },
-        refuse: (error) => {
-          settle();
-          reject(error);
-        },
-      };
-      const onAbort = () => {
-        settle();
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        settle();
-        reject(new WaitTimeoutError(`no worker slot free after ${this.timeoutMs} ms`, this.timeoutMs));
-      }, this.timeoutMs);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      queue.push(waiter);
-      if (kind === 'start') this.options.onWaiting?.(this.starting.size);
-    });
+    return new Promise((resolve, reject) => queue.push(resolve, reject, signal));
   }
 
   /** Gives a slot back: to the next job going on, else to the next one to start while below the limit. */

@@ -67,6 +67,28 @@ describe('Admission', () => {
       admission.release();
       expect(admission.admitted).toBe(0);
     });
+    it('times out each waiter its own timeout after it began waiting, in the order they came', async () => {
+      const admission = new Admission({ limit: 1, timeoutMs: 200 });
+      await admission.acquire('start');
+      const began = performance.now();
+      const first = admission.acquire('start');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const second = admission.acquire('start');
+      const timedOutAfter = (wait: Promise<void>) =>
+        wait.then(
+          () => Number.NaN,
+          (error: unknown) => {
+            expect(error).toBeInstanceOf(WaitTimeoutError);
+            return performance.now() - began;
+          },
+        );
+      const [firstAfter, secondAfter] = await Promise.all([timedOutAfter(first), timedOutAfter(second)]);
+      expect(firstAfter).toBeGreaterThanOrEqual(195);
+      expect(firstAfter).toBeLessThan(290);
+      expect(secondAfter).toBeGreaterThanOrEqual(295);
+      expect(secondAfter).toBeLessThan(385);
+      expect(admission.waiting).toBe(0);
+    });
   });
 
   describe('when it closes', () => {
