@@ -62,14 +62,6 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     agent_status: 'not_ready',
     agent_error: `agent "${chosen.name}" no longer exists`,
   });
-  /** A wait the job's cancel ended, as the readiness it leaves; any other error is rethrown. */
-  const endedByCancel = (error: unknown, waitedFor: string): AgentReadiness => {
-    if (!(error instanceof JobCancelRequestedError)) throw error;
-    return {
-      agent_status: 'not_ready',
-      agent_error: `canceled while waiting for agent "${chosen.name}" ${waitedFor}: ${error.request.reason ?? 'cancel requested'}`,
-    };
-  };
 
   // Phase 1: reachability.
   let announced = false;
@@ -97,7 +89,13 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     );
     if (connected === 'gone') return gone();
   } catch (error) {
-    if (!(error instanceof WaitTimeoutError)) return endedByCancel(error, 'to connect');
+    if (error instanceof JobCancelRequestedError) {
+      return {
+        agent_status: 'not_ready',
+        agent_error: `canceled while waiting for agent "${chosen.name}" to connect: ${error.request.reason ?? 'cancel requested'}`,
+      };
+    }
+    if (!(error instanceof WaitTimeoutError)) throw error;
     return {
       agent_status: 'not_ready',
       agent_error: `agent "${chosen.name}" did not connect within ${ctx.timeouts.agentConnectTimeoutMs} ms`,
@@ -134,6 +132,9 @@ export async function agentReadiness(ctx: JobContext, workspaceId: string): Prom
     return outcome === 'gone' ? gone() : outcome;
   } catch (error) {
     if (error instanceof WaitTimeoutError) return { startup_scripts: 'startup_scripts_timeout' };
-    return endedByCancel(error, 'to run its startup scripts');
+    if (!(error instanceof JobCancelRequestedError)) throw error;
+    // Coder's answer to any other end of this wait: the agent is connected, its scripts' outcome unknown. No
+    // result field carries the reason here (agent_error goes with agent_status); the cancel's marker keeps it.
+    return { startup_scripts: 'startup_scripts_unknown' };
   }
 }
