@@ -9,6 +9,7 @@ import {
   insertUser,
   insertWorkspace,
   randomSuffix,
+  type InsertedBuild,
   type InsertedTemplate,
   type ParameterInput,
 } from './fixtures.js';
@@ -118,6 +119,53 @@ function seedTemplate(t: InsertedTemplate): SeedTemplate {
   };
 }
 
+/** A whole number of seconds in [min, max]. */
+function between(min: number, max: number): number {
+  return min + Math.floor(Math.random() * (max - min + 1));
+}
+
+// A completed build of the history as it would have run `ago` seconds before now: picked up by a provisioner
+// 1-5 s after it was queued, 20-90 s of work, its agents connected 5-15 s after and ready 10-40 s later.
+// As inserted, all its times are the seed's now() (one transaction), and a start's estimate, the median of its
+// template's recent builds (docs/design.md §6), would say 0 ms. An agent's times are shifted, so NULLs stay.
+const BACKDATE_BUILD = `
+  WITH t AS (
+    SELECT now() - make_interval(secs => $2::int) AS created,
+           now() - make_interval(secs => $2::int - $3::int) AS started,
+           now() - make_interval(secs => $2::int - $3::int - $4::int) AS completed
+  ), job AS (
+    UPDATE provisioner_jobs j
+       SET created_at = t.created, started_at = t.started, completed_at = t.completed, updated_at = t.completed
+      FROM t WHERE j.id = $1
+  ), build AS (
+    UPDATE workspace_builds b SET created_at = t.created, updated_at = t.completed FROM t WHERE b.job_id = $1
+    RETURNING b.workspace_id
+  ), workspace AS (
+    -- Made just before its first build.
+    UPDATE workspaces w SET created_at = least(w.created_at, t.created) FROM t, build WHERE w.id = build.workspace_id
+  )
+  UPDATE workspace_agents a
+     SET created_at = t.completed,
+         first_connected_at = a.first_connected_at - (now() - t.completed - make_interval(secs => $5::int)),
+         last_connected_at = a.last_connected_at - (now() - t.completed - make_interval(secs => $5::int)),
+         started_at = a.started_at - (now() - t.completed - make_interval(secs => $5::int)),
+         ready_at = a.ready_at - (now() - t.completed - make_interval(secs => $5::int + $6::int)),
+         updated_at = t.completed + make_interval(secs => $5::int + $6::int)
+    FROM t, workspace_resources r
+   WHERE r.id = a.resource_id AND r.job_id = $1`;
+
+/** Moves a just-inserted completed build into the past, `ago` seconds (more than its 140 s at most) back. */
+async function backdate(db: Queryable, build: InsertedBuild, ago: number): Promise<void> {
+  await db.query(BACKDATE_BUILD, [
+    build.jobId,
+    ago,
+    between(1, 5),
+    between(20, 90),
+    between(5, 15),
+    between(10, 40),
+  ]);
+}
+
 /** Inserts one independent demo set in one transaction and returns its ids. */
 export async function seed(pool: Pool): Promise<SeedResult> {
   return withTransaction(pool, (client) => seedWith(client));
@@ -170,7 +218,7 @@ async function seedWith(db: Queryable): Promise<SeedResult> {
       name,
       automaticUpdates,
     });
-    await insertBuild(db, {
+    const start = await insertBuild(db, {
       workspaceId: ws.workspaceId,
       templateVersionId: versionId,
       transition: 'start',
@@ -179,6 +227,8 @@ async function seedWith(db: Queryable): Promise<SeedResult> {
       parameters: v1Params,
       agents: [{ name: 'dev', lifecycleState: 'ready', connected: true }],
     });
+    // Started 3-6 hours ago, stopped 10 minutes to 2 hours ago.
+    await backdate(db, start, between(3 * 3600, 6 * 3600));
     const stop = await insertBuild(db, {
       workspaceId: ws.workspaceId,
       templateVersionId: versionId,
@@ -187,6 +237,7 @@ async function seedWith(db: Queryable): Promise<SeedResult> {
       initiatorId: ownerId,
       parameters: v1Params,
     });
+    await backdate(db, stop, between(600, 2 * 3600));
     return { ...ws, buildId: stop.buildId };
   };
 
@@ -212,6 +263,7 @@ async function seedWith(db: Queryable): Promise<SeedResult> {
     parameters: v1Params,
     agents: [{ name: 'dev', lifecycleState: 'ready', connected: true }],
   });
+  await backdate(db, runningBuild, between(600, 2 * 3600));
   const runningChat = await chat('Running workspace', running.workspaceId, runningBuild.buildId);
 
   // (c) no workspace

@@ -3,6 +3,7 @@ import { insertAgents } from '../../src/cli/fixtures.js';
 import { completeJob } from '../helpers/fixtures.js';
 import { formatSeedResult, seed, type SeedResult } from '../../src/cli/seed.js';
 import { isFailure, type StartWorkspaceResult } from '../../src/shared/contract.js';
+import { PgWorkspaceStore } from '../../src/worker/pg-store.js';
 import { topics } from '../../src/worker/ports.js';
 import { startWorkspace } from '../../src/jobs/start-workspace/start-workspace.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
@@ -276,6 +277,41 @@ describe('seed', () => {
         WHERE j.input->>'workspace_build_id' IS DISTINCT FROM b.id::text`,
     );
     expect(mismatched).toEqual([]);
+  });
+
+  it('the history builds took time › a start or stop reads an estimate of seconds, not 0 ms', async () => {
+    const r = await seed(db.pool);
+    const store = new PgWorkspaceStore(db.pool);
+    // The demo's waiting start asks for its pending build's estimate; every template's other builds ask too.
+    const pending = (await store.getBuild((await latestBuild(r.chats.building.workspaceId!)).build_id))!;
+    expect(pending.jobStatus).toBe('pending');
+    for (const template of Object.values(r.templates)) {
+      for (const transition of ['start', 'stop'] as const) {
+        const estimate = await store.getBuildEstimate({
+          ...pending,
+          templateVersionId: template.activeVersionId,
+          transition,
+        });
+        expect(estimate?.build_ms).toBeGreaterThanOrEqual(20_000);
+        expect(estimate?.build_ms).toBeLessThanOrEqual(90_000);
+        if (transition === 'start') expect(estimate?.agent_ms).toBeGreaterThan(0);
+      }
+    }
+
+    // Each completed job was queued, then run, in the past; a workspace's builds follow their numbers.
+    const { rows } = await db.pool.query<{ workspace_id: string; ordered: boolean }>(
+      `SELECT b.workspace_id, b.build_number,
+              j.created_at < j.started_at AND j.started_at < j.completed_at AND j.completed_at < now()
+              AND w.created_at <= b.created_at
+              AND b.created_at > coalesce(lag(j.completed_at) OVER (PARTITION BY b.workspace_id
+                                                                  ORDER BY b.build_number), '-infinity')
+                AS ordered
+         FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+         JOIN workspaces w ON w.id = b.workspace_id
+        WHERE j.job_status = 'succeeded'`,
+    );
+    expect(rows.length).toBeGreaterThan(0);
+    expect(rows.filter((row) => !row.ordered)).toEqual([]);
   });
 
   it('writes the whole set in one transaction', async () => {
