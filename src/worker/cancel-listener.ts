@@ -94,8 +94,25 @@ export class CancelListener {
   }
 
   private abort(jobId: string, request: CancelRequest): void {
+    const attempts = this.running.get(jobId);
+    if (!attempts) return;
     const reason = new JobCancelRequestedError(jobId, request);
-    for (const watched of this.running.get(jobId) ?? []) watched.cancel(reason);
+    // Logged once per attempt, with who asked: a re-check after a reconnect finds the same request again.
+    let fresh = false;
+    for (const watched of attempts) {
+      if (watched.request === undefined) fresh = true;
+      watched.cancel(reason);
+    }
+    if (fresh) {
+      this.log.info(
+        {
+          jobId,
+          requestedAt: request.at,
+          ...(request.reason === undefined ? {} : { reason: request.reason }),
+        },
+        'cancel requested for a job running here; aborting it',
+      );
+    }
   }
 
   /** Aborts the job's attempts with its marker's request; `broadcast`: it was asked for even without one. */
@@ -113,7 +130,6 @@ export class CancelListener {
 
   private readonly onMessage = (channel: string, jobId: string): void => {
     if (channel !== this.channel || !this.running.has(jobId)) return;
-    this.log.info({ jobId }, 'cancel requested for a job running here; aborting it');
     void this.check(jobId, true);
   };
 

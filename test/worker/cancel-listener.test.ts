@@ -2,10 +2,10 @@
 // request; a marker made before the watch aborts it at once; and, pub/sub being at-most-once, a marker
 // whose broadcast never arrived is read again for every watched job once the subscriber reconnects.
 import { randomBytes, randomUUID } from 'node:crypto';
+import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CancelRequests } from '../../src/shared/cancel-requests.js';
 import { redisKeys } from '../../src/shared/keys.js';
-import { createLogger } from '../../src/shared/logger.js';
 import { closeRedis, duplicateSubscriber, type Redis, type RedisClient } from '../../src/shared/redis.js';
 import { CancelListener, type CancelWatch } from '../../src/worker/cancel-listener.js';
 import { JobCancelRequestedError } from '../../src/worker/cancel-requested.js';
@@ -19,6 +19,7 @@ describe('CancelListener', () => {
   let requests: CancelRequests;
   let listener: CancelListener;
   const watches: CancelWatch[] = [];
+  let logs: Record<string, unknown>[];
 
   beforeEach(async () => {
     prefix = uniquePrefix('cancel-listener');
@@ -26,7 +27,9 @@ describe('CancelListener', () => {
     subscriberName = `wsjtest-cancel-subscriber-${randomBytes(4).toString('hex')}`;
     subscriber = duplicateSubscriber(redis, subscriberName);
     requests = new CancelRequests(redis, prefix);
-    listener = new CancelListener(subscriber, requests, prefix, createLogger('silent'));
+    logs = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void logs.push(JSON.parse(line)) });
+    listener = new CancelListener(subscriber, requests, prefix, log);
     await listener.start();
   });
 
@@ -59,6 +62,27 @@ describe('CancelListener', () => {
     expect(watched.signal.reason).toBeInstanceOf(JobCancelRequestedError);
     expect((watched.signal.reason as JobCancelRequestedError).request).toEqual(request);
     expect(other.signal.aborted).toBe(false);
+  });
+
+  it('when a cancel is broadcast twice › logs the abort once, with who asked and when', async () => {
+    const jobId = randomUUID();
+    const watched = await watch(jobId);
+
+    const request = await requests.mark(jobId, 'user pressed stop');
+    await requests.broadcast(jobId);
+    await requests.broadcast(jobId);
+
+    await expect.poll(() => watched.signal.aborted).toBe(true);
+    // The second broadcast's marker read is answered before a later job's, on the same connection.
+    const laterId = randomUUID();
+    const later = await watch(laterId);
+    await requests.mark(laterId);
+    await requests.broadcast(laterId);
+    await expect.poll(() => later.signal.aborted).toBe(true);
+    const aborts = logs.filter((line) => line.msg === 'cancel requested for a job running here; aborting it');
+    expect(aborts.filter((line) => line.jobId === jobId)).toEqual([
+      expect.objectContaining({ jobId, reason: 'user pressed stop', requestedAt: request.at }),
+    ]);
   });
 
   it('when the job was marked before it is watched › the watch starts aborted', async () => {
