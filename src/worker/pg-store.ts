@@ -304,9 +304,10 @@ const ESTIMATE_SAMPLES = 20;
  */
 export const ESTIMATE_MAX_AGE_MS = 1_000;
 
-// The template's last 20 succeeded builds of this transition (by when they were created); an agent's time
-// is its ready (else first connect) time after its build completed, the slowest agent's per build. By
-// template version and transition, not by build: the builds of a version share what it answers.
+// The template's last 20 succeeded builds of this transition (by when they were created), over all of its
+// versions, so that a new version's first builds are estimated from the ones before it; an agent's time is
+// its ready (else first connect) time after its build completed, the slowest agent's per build. Asked by a
+// build's template version and transition: the builds of a version share what it answers.
 const BUILD_ESTIMATE = prepared(
   'worker.get_build_estimate',
   `WITH recent AS (
@@ -465,6 +466,7 @@ export class PgWorkspaceStore implements WorkspaceStore {
     string,
     { read: Promise<TemplateEstimate | null>; keptUntil: number }
   >();
+  private nextEstimateSweep = 0;
 
   constructor(private readonly pool: Pool) {
     this.builds = new ReadBatcher(async (ids) => {
@@ -571,7 +573,12 @@ export class PgWorkspaceStore implements WorkspaceStore {
     const now = Date.now();
     const known = this.estimates.get(key);
     if (known && known.keptUntil > now) return known.read;
-    for (const [k, kept] of this.estimates) if (kept.keptUntil <= now) this.estimates.delete(k);
+    // Expired entries go at most once a keeping period: a sweep per miss would be quadratic in a burst of
+    // starts on many templates.
+    if (now >= this.nextEstimateSweep) {
+      this.nextEstimateSweep = now + ESTIMATE_MAX_AGE_MS;
+      for (const [k, kept] of this.estimates) if (kept.keptUntil <= now) this.estimates.delete(k);
+    }
     const entry = { read: this.readTemplateEstimate(versionId, transition), keptUntil: Infinity };
     this.estimates.set(key, entry);
     const forget = () => {
