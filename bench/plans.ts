@@ -4,7 +4,10 @@
 // start and the dashboard on each page, and prints each plan's nodes and time. The SQL is the code's own: exported
 // constants, or what the real functions send to a pool that records it. Fails when a plan reads a big table
 // with a Seq Scan. Each plan is also run with migration 0008's indexes dropped (inside a transaction that is
-// rolled back), so the figures before and after the migration stand side by side.
+// rolled back), so the figures before and after the migration stand side by side. EXPLAIN shows a call of a
+// SQL function (create_start_build) as one node, so every case also runs as often again per side on a
+// connection with auto_explain, whose plans of the statements inside functions, triggers and foreign-key checks
+// get the same printing and Seq Scan check.
 import pg from 'pg';
 import { getBuild, listChats, parseChatsQuery } from '../src/dashboard/chats.js';
 import { JobLogWriter } from '../src/provisioner/job-log-writer.js';
@@ -22,7 +25,9 @@ import { readBuildLogs } from '../src/shared/build-logs.js';
 import { readMigrations } from '../src/shared/migrate.js';
 import type { Pool } from '../src/shared/postgres.js';
 import { PgWorkspaceStore } from '../src/worker/pg-store.js';
-import { benchDatabase, check, ms, now, report, runBench, stats } from './lib.js';
+import type { JobContext } from '../src/worker/ports.js';
+import { createStartBuild } from '../src/worker/start-build.js';
+import { BenchFailure, benchDatabase, check, ms, now, report, runBench, stats } from './lib.js';
 
 /** A table with at least this many rows is big: a Seq Scan of it fails the benchmark. */
 const BIG_TABLE_ROWS = 10_000;
@@ -103,24 +108,30 @@ interface Statement {
   values: unknown[];
 }
 
+type Row = Record<string, unknown>;
+
 /**
- * A pool that keeps the statements it is asked to run and answers each with no rows: what the code sends,
- * verbatim. Transactions (connect, BEGIN, COMMIT) are played along and not kept.
+ * A pool that keeps the statements it is asked to run and answers each with `answer` (default no rows): what
+ * the code sends, verbatim. Transactions (connect, BEGIN, COMMIT) are played along and not kept.
  */
-function recordingPool(): { pool: Pool; take: () => Statement[] } {
+function recordingPool(): { pool: Pool; take: () => Statement[]; answerWith: (rows: Row[]) => void } {
   let kept: Statement[] = [];
+  let answer: Row[] = [];
   const query = async (text: string | { text: string; values?: unknown[] }, values?: unknown[]) => {
     const statement =
       typeof text === 'string'
         ? { text, values: values ?? [] }
         : { text: text.text, values: text.values ?? values ?? [] };
     if (!/^(BEGIN|COMMIT|ROLLBACK)$/i.test(statement.text.trim())) kept.push(statement);
-    return { rows: [], rowCount: 0 };
+    return { rows: answer, rowCount: answer.length };
   };
   const client = { query, release: () => {} };
   const pool = { query, connect: async () => client } as unknown as Pool;
   return {
     pool,
+    answerWith: (rows) => {
+      answer = rows;
+    },
     take: () => {
       const taken = kept;
       kept = [];
@@ -140,6 +151,11 @@ interface Explained {
   ms: number;
   nodes: string[];
   seqScans: string[];
+}
+
+/** A statement that ran inside another (in a function, trigger or foreign-key check), as auto_explain saw it. */
+interface Inner extends Explained {
+  text: string;
 }
 
 function nodesOf(plan: PlanNode): { nodes: string[]; seqScans: string[] } {
@@ -190,8 +206,14 @@ void runBench('plans', 150_000, async (cleanup) => {
   // ---------------------------------------------------------------------------------------------------
   // The statements, from the code
   const rec = recordingPool();
-  const sqlOf = async (call: (pool: Pool) => Promise<unknown>): Promise<Statement[]> => {
-    await call(rec.pool);
+  /** What `call` sends, each statement answered with `answer` (what the code needs to go on). */
+  const sqlOf = async (call: (pool: Pool) => Promise<unknown>, answer: Row[] = []): Promise<Statement[]> => {
+    rec.answerWith(answer);
+    try {
+      await call(rec.pool);
+    } finally {
+      rec.answerWith([]);
+    }
     const taken = rec.take();
     check(taken.length > 0, 'a call sent no query');
     return taken;
@@ -207,6 +229,7 @@ void runBench('plans', 150_000, async (cleanup) => {
             md5('user' || 123)::uuid::text AS user,
             md5('template' || 1)::uuid::text AS template,
             (SELECT id::text FROM chats ORDER BY created_at DESC LIMIT 1) AS chat,
+            (SELECT id::text FROM chats WHERE workspace_id = md5('workspace' || 1)::uuid) AS workspace_chat,
             (SELECT id::text FROM workspace_agents LIMIT 1) AS agent`,
   );
   const at = ids.rows[0]!;
@@ -235,10 +258,14 @@ void runBench('plans', 150_000, async (cleanup) => {
       const s = store(pool);
       await Promise.all(keys.map((key) => read(s, key)));
     });
+  // A start of workspace 1 (its latest build a completed stop), planned by the worker's own code on what the
+  // job reads; create_start_build creates it (the traced run checks that) and binds the chat.
+  const startState = await store(db.pool).getStartState(at.workspace!);
+  check(startState?.latestBuild, `workspace ${at.workspace} has no build`);
   const firstPage = await listChats(db.pool, {});
   check(firstPage.next_cursor, 'the first chats page has no next page');
 
-  const cases: { name: string; statements: Statement[] }[] = [
+  const cases: { name: string; statements: Statement[]; tracedRow?: Row }[] = [
     // The provisioner daemon: every poll (5 s) and wake-up, every heartbeat (2 s), every batch of log lines.
     { name: 'provisioner: claim', statements: [{ text: CLAIM.text, values: [at.daemon, []] }] },
     {
@@ -336,6 +363,26 @@ void runBench('plans', 150_000, async (cleanup) => {
       ),
     },
     {
+      name: 'worker: start build (create_start_build: lock, checks, job, build, parameters; chat bound)',
+      statements: await sqlOf(
+        (pool) =>
+          // The store and the signal: what createStartBuild needs of the job's context (its observer is optional).
+          createStartBuild(
+            { store: store(pool), signal: new AbortController().signal } as unknown as JobContext,
+            {
+              workspace: startState.workspace,
+              previousBuild: startState.latestBuild,
+              chatId: at.workspace_chat!,
+              inputs: startState.inputs,
+              initiatorId: at.user!,
+              parameters: {},
+            },
+          ),
+        [{ outcome: 'changed' }],
+      ),
+      tracedRow: { outcome: 'created' },
+    },
+    {
       name: 'worker: bind chat',
       statements: await sqlOf((pool) => store(pool).bindChat(at.chat!, at.workspace!, at.build!)),
     },
@@ -407,29 +454,82 @@ void runBench('plans', 150_000, async (cleanup) => {
 
   // ---------------------------------------------------------------------------------------------------
   // EXPLAIN ANALYZE each, before (0008's indexes dropped) and after; writes are rolled back.
-  const client = new pg.Client({ connectionString: db.url });
-  client.on('error', () => {});
-  await client.connect();
-  cleanup.add('explain connection', () => client.end());
+  const connect = async (what: string) => {
+    const connection = new pg.Client({ connectionString: db.url });
+    connection.on('error', () => {});
+    await connection.connect();
+    cleanup.add(what, () => connection.end());
+    return connection;
+  };
+  const client = await connect('explain connection');
+  // EXPLAIN shows a SQL function's call as one Function Scan and a trigger's or foreign-key check's statements
+  // not at all: auto_explain plans every statement that runs inside one (sent to the client as NOTICEs), on a
+  // connection of its own, so that its instrumentation is not in the figures measured on `client`.
+  const tracer = await connect('auto_explain connection');
+  const notices: string[] = [];
+  tracer.on('notice', (notice) => notices.push(notice.message ?? ''));
+  try {
+    await tracer.query(`LOAD 'auto_explain'`);
+  } catch (error) {
+    throw new BenchFailure(
+      `LOAD 'auto_explain' failed (${(error as Error).message}): the plans inside SQL functions need it ` +
+        `(PostgreSQL's contrib modules) and a superuser`,
+    );
+  }
+  for (const setting of [
+    'auto_explain.log_min_duration = 0',
+    'auto_explain.log_analyze = on',
+    'auto_explain.log_nested_statements = on',
+    'auto_explain.log_format = json',
+    'auto_explain.log_level = notice',
+    'client_min_messages = notice',
+  ])
+    await tracer.query(`SET ${setting}`);
 
-  const explain = async (statement: Statement): Promise<Explained> => {
-    await client.query('SAVEPOINT plan');
+  /** `fn` in a transaction that is rolled back, 0008's indexes dropped in it unless `withIndexes`. */
+  const inTransaction = async <T>(on: pg.Client, withIndexes: boolean, fn: () => Promise<T>): Promise<T> => {
+    await on.query('BEGIN');
     try {
+      if (!withIndexes) for (const index of dropped) await on.query(`DROP INDEX ${index}`);
+      return await fn();
+    } finally {
+      await on.query('ROLLBACK');
+    }
+  };
+  const rolledBack = async <T>(on: pg.Client, fn: () => Promise<T>): Promise<T> => {
+    await on.query('SAVEPOINT plan');
+    try {
+      return await fn();
+    } finally {
+      await on.query('ROLLBACK TO SAVEPOINT plan');
+    }
+  };
+  const explain = (statement: Statement): Promise<Explained> =>
+    rolledBack(client, async () => {
       const { rows } = await client.query<{ 'QUERY PLAN': [{ Plan: PlanNode; 'Execution Time': number }] }>(
         `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.text}`,
         statement.values,
       );
       const [{ Plan, 'Execution Time': time }] = rows[0]!['QUERY PLAN'];
       return { ms: time, ...nodesOf(Plan) };
-    } finally {
-      await client.query('ROLLBACK TO SAVEPOINT plan');
-    }
+    });
+  /** Runs `statement` on the tracer: the plans of what ran inside it, and the first row it returned. */
+  const trace = async (statement: Statement): Promise<{ inner: Inner[]; row: Row | undefined }> => {
+    notices.length = 0;
+    const { rows } = await rolledBack(tracer, () => tracer.query<Row>(statement.text, statement.values));
+    const inner = notices.flatMap((notice) => {
+      const logged = /^duration: ([\d.]+) ms\s+plan:\n([\s\S]*)$/.exec(notice);
+      check(logged, `a NOTICE that is not auto_explain's: ${notice.slice(0, 200)}`);
+      const plan = JSON.parse(logged[2]!) as { 'Query Text': string; Plan: PlanNode };
+      // The statement's own plan (logged as its portal closes, with the ROLLBACK TO) is EXPLAIN's.
+      if (plan['Query Text'] === statement.text) return [];
+      return [{ text: plan['Query Text'], ms: Number(logged[1]), ...nodesOf(plan.Plan) }];
+    });
+    return { inner, row: rows[0] };
   };
   /** Each statement of a case once: the summed time and every node. */
-  const runCase = async (statements: Statement[], withIndexes: boolean): Promise<Explained[]> => {
-    await client.query('BEGIN');
-    try {
-      if (!withIndexes) for (const index of dropped) await client.query(`DROP INDEX ${index}`);
+  const runCase = (statements: Statement[], withIndexes: boolean): Promise<Explained[]> =>
+    inTransaction(client, withIndexes, async () => {
       const runs: Explained[] = [];
       for (let run = 0; run <= RUNS; run++) {
         const parts: Explained[] = [];
@@ -442,29 +542,77 @@ void runBench('plans', 150_000, async (cleanup) => {
           });
       }
       return runs;
-    } finally {
-      await client.query('ROLLBACK');
-    }
-  };
+    });
+  /**
+   * What runs inside a case's statements, as often as runCase runs them: each inner statement's p50 and last
+   * plan, and the row the case's last statement returned.
+   */
+  const traceCase = (statements: Statement[], withIndexes: boolean) =>
+    inTransaction(tracer, withIndexes, async () => {
+      const runs: Inner[][] = [];
+      let row: Row | undefined;
+      for (let run = 0; run <= RUNS; run++) {
+        const inner: Inner[] = [];
+        for (const statement of statements) {
+          const traced = await trace(statement);
+          inner.push(...traced.inner);
+          row = traced.row;
+        }
+        if (run > 0) runs.push(inner);
+      }
+      const last = runs.at(-1)!;
+      check(
+        runs.every((r) => r.map((s) => s.text).join() === last.map((s) => s.text).join()),
+        'the statements inside a case differ from run to run',
+      );
+      return { row, inner: last.map((s, i) => ({ ...s, ms: stats(runs.map((r) => r[i]!.ms)).p50 })) };
+    });
   const scans = (e: Explained) =>
     e.nodes.filter((n) => /Scan/.test(n) && !/^(CTE|Subquery|Function|Values) Scan/.test(n));
   const bigSeqScans = (e: Explained) => [...new Set(e.seqScans.filter((t) => big.has(t)))];
+  /** Both sides' lines; true when the plan before differs. */
+  const printSides = (indent: string, bMs: number, aMs: number, before: Explained, after: Explained) => {
+    const changed = scans(before).join(', ') !== scans(after).join(', ');
+    console.log(
+      `${indent}before ${ms(bMs).padStart(7)} ms  ${changed ? scans(before).join(', ') : '(same plan)'}`,
+    );
+    console.log(`${indent}after  ${ms(aMs).padStart(7)} ms  ${after.nodes.join(' > ')}`);
+    return changed;
+  };
 
   const failures: string[] = [];
-  for (const { name, statements } of cases) {
+  for (const { name, statements, tracedRow } of cases) {
     const before = await runCase(statements, false);
     const after = await runCase(statements, true);
+    const innerBefore = await traceCase(statements, false);
+    const innerAfter = await traceCase(statements, true);
+    for (const traced of [innerBefore, innerAfter])
+      for (const [column, value] of Object.entries(tracedRow ?? {}))
+        check(
+          traced.row?.[column] === value,
+          `${name}: returned ${JSON.stringify(traced.row)}, not ${column} ${JSON.stringify(value)}`,
+        );
+    check(
+      innerBefore.inner.map((s) => s.text).join() === innerAfter.inner.map((s) => s.text).join(),
+      `${name}: other statements ran inside it without ${MIGRATION}'s indexes`,
+    );
     const b = stats(before.map((r) => r.ms));
     const a = stats(after.map((r) => r.ms));
     const last = after.at(-1)!;
     const seq = bigSeqScans(last);
     if (seq.length > 0) failures.push(`${name}: Seq Scan on ${seq.join(', ')}`);
-    const changed = scans(before.at(-1)!).join(', ') !== scans(last).join(', ');
     console.log(`plans: ${name}`);
-    console.log(
-      `  before ${ms(b.p50).padStart(7)} ms  ${changed ? scans(before.at(-1)!).join(', ') : '(same plan)'}`,
-    );
-    console.log(`  after  ${ms(a.p50).padStart(7)} ms  ${last.nodes.join(' > ')}`);
+    const changed = printSides('  ', b.p50, a.p50, before.at(-1)!, last);
+    const innerSeq: string[] = [];
+    innerAfter.inner.forEach((inside, i) => {
+      const text = inside.text.replace(/\s+/g, ' ').trim();
+      console.log(`  inside: ${text.length > 100 ? `${text.slice(0, 99)}…` : text}`);
+      printSides('    ', innerBefore.inner[i]!.ms, inside.ms, innerBefore.inner[i]!, inside);
+      const insideSeq = bigSeqScans(inside);
+      if (insideSeq.length > 0) failures.push(`${name}, inside ${text}: Seq Scan on ${insideSeq.join(', ')}`);
+      innerSeq.push(...insideSeq);
+    });
+    const allSeq = [...new Set([...seq, ...innerSeq])];
     report({
       case: name,
       n: RUNS,
@@ -478,7 +626,11 @@ void runBench('plans', 150_000, async (cleanup) => {
                   .join(', ') || 'another plan'
               })`
             : ''
-        }; ` + `${seq.length ? `SEQ SCAN on ${seq.join(', ')}` : 'no Seq Scan on a big table'}`,
+        }; ` +
+        (innerAfter.inner.length
+          ? `${innerAfter.inner.length} statement${innerAfter.inner.length === 1 ? '' : 's'} inside; `
+          : '') +
+        `${allSeq.length ? `SEQ SCAN on ${allSeq.join(', ')}` : 'no Seq Scan on a big table'}`,
     });
   }
   check(failures.length === 0, `plans with a Seq Scan on a big table:\n  ${failures.join('\n  ')}`);
