@@ -16,6 +16,8 @@
 // notifying commit of every backend waits for the one before it, and a log batch's flush was one of the six
 // a zero-delay start waited in line for. A Postgres crash can lose the last batches (a few hundred ms of
 // them), never a build's end: the next flushed commit (the completion among them) makes them durable too.
+// It can lose their ids' sequence advance with them, after a follower read them; the lines after a server
+// start get ids 10^9 further on (migrations/0011), so none gets an id a follower has seen.
 import type { Logger } from '../shared/logger.js';
 import { prepared, runPrepared, type Pool } from '../shared/postgres.js';
 import type { LogLevel } from './executor.js';

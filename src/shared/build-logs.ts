@@ -1,6 +1,8 @@
 // A build's log, as stored by the provisioner in provisioner_job_logs: read in pages after a cursor, or
-// followed live. The cursor is a line's id (a bigserial, as a decimal string): ids only grow, so "after X"
-// is exact across reconnects, with no gap and no duplicate. Following waits on the NOTIFY every log insert
+// followed live. The cursor is a line's id (a bigserial, as a decimal string): ids only grow, across a
+// Postgres crash too (migrations/0011), so "after X" is exact across reconnects, with no gap and no
+// duplicate. A crash may lose the last unflushed log batches after a follower read them: it keeps what it
+// got (nothing tells it), and a read from the start no longer has them. Following waits on the NOTIFY every log insert
 // raises (migrations/0006) and on the job's own change notification, so a follower costs no polling.
 import type { ChangeWaiter } from '../worker/ports.js';
 import { topics } from '../worker/ports.js';

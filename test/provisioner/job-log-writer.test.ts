@@ -6,8 +6,8 @@ import {
   type JobLogWriterOptions,
 } from '../../src/provisioner/job-log-writer.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import type { Pool } from '../../src/shared/postgres.js';
-import { CountingPool, getLogs, synchronousCommit } from './helpers.js';
+import type { Pool, PoolClient } from '../../src/shared/postgres.js';
+import { CountingPool, POLL, getLogs, synchronousCommit } from './helpers.js';
 
 describe('JobLogWriter', () => {
   let db: TestDatabase;
@@ -45,6 +45,9 @@ describe('JobLogWriter', () => {
     return created;
   }
 
+  /** The writer's statements on `client`: inside a transaction the test keeps open, to look at its settings. */
+  const inTransaction = (client: PoolClient) =>
+    ({ query: (config: unknown) => client.query(config as never) }) as unknown as Pool;
   const inserts = () => counting.count('provisioner.insert_logs');
   const outputs = async () => (await getLogs(db.pool, jobId)).map((l) => l.output);
 
@@ -139,12 +142,10 @@ describe('JobLogWriter', () => {
   it('when a batch is written › its transaction commits without waiting for the WAL flush, and only it', async () => {
     const client = await db.pool.connect();
     try {
-      // The writer's statement inside a transaction the test keeps open, to look at its settings.
-      const inTransaction = { query: (config: unknown) => client.query(config as never) } as unknown as Pool;
       const show = () => synchronousCommit(client);
       const before = await show();
       await client.query('BEGIN');
-      await writer({ pool: inTransaction }).append('provisioner', 'info', 'line');
+      await writer({ pool: inTransaction(client) }).append('provisioner', 'info', 'line');
 
       expect(await show()).toBe('off');
       await client.query('COMMIT');
@@ -154,6 +155,72 @@ describe('JobLogWriter', () => {
     } finally {
       client.release();
     }
+  });
+
+  describe('after the Postgres server started again (migrations/0011)', () => {
+    const JUMP = 1_000_000_000n;
+    // What a restarted server shows the trigger: a start time other than the one it last jumped on.
+    const restart = () =>
+      db.pool.query(
+        `UPDATE provisioner_job_logs_server_start SET started_at = started_at - interval '1 hour'`,
+      );
+    const ids = async () =>
+      (await db.pool.query<{ id: string }>(`SELECT id FROM provisioner_job_logs ORDER BY id`)).rows.map((r) =>
+        BigInt(r.id),
+      );
+
+    it('when the first batch is written › its ids are 10^9 past every one handed out before, flushed, and the next batch follows on', async () => {
+      await writer().append('provisioner', 'info', 'before');
+      await restart();
+      const client = await db.pool.connect();
+      try {
+        await client.query('BEGIN');
+        await writer({ pool: inTransaction(client) }).append('provisioner', 'info', 'first after');
+
+        // The jump commits flushed: a crash that lost it would let the next start jump from the same place.
+        expect(await synchronousCommit(client)).toBe('on');
+        await client.query('COMMIT');
+      } finally {
+        client.release();
+      }
+      const next = writer();
+      await next.append('provisioner', 'info', 'second after');
+      await next.append('provisioner', 'info', 'third after');
+
+      const [before, first, second, third] = await ids();
+      expect(first! - before!).toBeGreaterThan(JUMP);
+      expect([second! - first!, third! - second!]).toEqual([1n, 1n]);
+    });
+
+    it('when a second statement comes before the first one’s jump is committed › it waits, and the sequence jumps once', async () => {
+      await writer().append('provisioner', 'info', 'before');
+      await restart();
+      const client = await db.pool.connect();
+      let second: Promise<void> | undefined;
+      try {
+        await client.query('BEGIN');
+        await writer({ pool: inTransaction(client) }).append('provisioner', 'info', 'first after');
+        second = writer().append('provisioner', 'info', 'second after');
+        await expect
+          .poll(async () => {
+            const { rows } = await db.pool.query<{ waiting: number }>(
+              `SELECT count(*)::int AS waiting FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+            );
+            return rows[0]!.waiting;
+          }, POLL)
+          .toBe(1);
+        await client.query('COMMIT');
+      } finally {
+        client.release();
+      }
+      await second;
+
+      const [before, first, secondId] = await ids();
+      expect(first! - before!).toBeGreaterThan(JUMP);
+      expect(secondId! - first!).toBe(1n);
+      expect(await outputs()).toEqual(['before', 'first after', 'second after']);
+    });
   });
 
   it('when the job is still its claim’s and not canceled › a write says nothing', async () => {
