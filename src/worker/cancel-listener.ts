@@ -104,12 +104,9 @@ export class CancelListener {
       watched.cancel(reason);
     }
     if (fresh) {
+      // An unsaid reason is undefined, which pino leaves out.
       this.log.info(
-        {
-          jobId,
-          requestedAt: request.at,
-          ...(request.reason === undefined ? {} : { reason: request.reason }),
-        },
+        { jobId, requestedAt: request.at, reason: request.reason },
         'cancel requested for a job running here; aborting it',
       );
     }
