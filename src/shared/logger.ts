@@ -3,6 +3,7 @@
 // terminal (and pino-pretty, a dev dependency, is installed); JSON lines otherwise.
 import { createRequire } from 'node:module';
 import { pino, type Bindings, type Level, type Logger } from 'pino';
+import { LogDestination } from './log-destination.js';
 
 export type { Logger };
 
@@ -17,10 +18,9 @@ function prettyAvailable(): boolean {
 
 export interface LoggerOptions {
   /**
-   * Write each line before returning (the default), or in the background (the daemons: a slow stderr reader
-   * must not stall their event loop; the provisioner spent 14 % of its time in synchronous writes, issue 11).
-   * In the background, lines logged while a write is in flight go out together in the next one; what is
-   * still buffered at exit is written by pino's own `exit` handler, and by flushLogSync before that.
+   * Write each line before returning (the default), or all the lines of one event-loop turn in one write at
+   * its end (the daemons: the provisioner spent 14 % of its time in a write per line, issue 11). What is
+   * still held at exit is written in order by the destination's `exit` handler, and by flushLogSync before.
    */
   sync?: boolean;
 }
@@ -33,24 +33,20 @@ export function createLogger(level: string, name?: string, options: LoggerOption
       transport: { target: 'pino-pretty', options: { colorize: true, destination: 2 } },
     });
   }
-  // No minLength: a line goes out as soon as the write before it is done, not when some buffer fills.
-  return pino({ level, name }, pino.destination({ fd: 2, sync: options.sync ?? true }));
+  return pino(
+    { level, name },
+    options.sync === false ? new LogDestination() : pino.destination({ fd: 2, sync: true }),
+  );
 }
 
 /**
- * Writes what the logger still buffers, now: before a command's last line on stderr (its fatal error, say),
+ * Writes what the logger still holds, now: before a command's last line on stderr (its fatal error, say),
  * so that its log lines come first. A no-op for a synchronous destination; the pretty transport's worker
  * thread flushes itself at exit.
  */
 export function flushLogSync(log: Logger): void {
-  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as
-    { flushSync?: () => void; sync?: boolean } | undefined;
-  if (stream?.sync !== false || typeof stream.flushSync !== 'function') return;
-  try {
-    stream.flushSync();
-  } catch {
-    // Destroyed (stderr's reader gone, EPIPE): nothing more can be written.
-  }
+  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym];
+  if (stream instanceof LogDestination) stream.flushSync();
 }
 
 /** What a job logs with: a LazyChildLogger, or any pino logger. */

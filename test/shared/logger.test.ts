@@ -9,18 +9,31 @@ const EXIT_MS = 15_000;
 
 afterEach(killAll);
 
+/** One threadpool thread, which the helper keeps busy (see there). */
+const BUSY_THREADPOOL = { UV_THREADPOOL_SIZE: '1' };
+
 const numbers = (stderr: string[]) => logLines(stderr).map((l) => (l as unknown as { i: number }).i);
 const oneTo = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
 
 describe('a background (asynchronous) logger', () => {
   it('when the process calls process.exit right after logging › every line reaches stderr, in order', async () => {
-    const cli = new CliProcess('log-then-exit', ['exit', String(LINES)], {}, 'test/helpers/log-then-exit.ts');
+    const cli = new CliProcess(
+      'log-then-exit',
+      ['exit', String(LINES)],
+      BUSY_THREADPOOL,
+      'test/helpers/log-then-exit.ts',
+    );
     expect(await cli.waitForExit(EXIT_MS)).toEqual({ code: 3, signal: null });
     expect(numbers(cli.stderr)).toEqual(oneTo(LINES));
   });
 
   it('when a command fails › its log lines come before its one-line error', async () => {
-    const cli = new CliProcess('log-then-exit', ['fail', String(LINES)], {}, 'test/helpers/log-then-exit.ts');
+    const cli = new CliProcess(
+      'log-then-exit',
+      ['fail', String(LINES)],
+      BUSY_THREADPOOL,
+      'test/helpers/log-then-exit.ts',
+    );
     expect(await cli.waitForExit(EXIT_MS)).toEqual({ code: 1, signal: null });
     expect(numbers(cli.stderr)).toEqual(oneTo(LINES));
     expect(cli.stderr.at(-1)).toBe('log-then-exit: the last word');
