@@ -25,6 +25,7 @@ const BENCHES: Record<string, number> = {
   waiters: 700_000,
   worker: 120_000,
   logs: 60_000,
+  logging: 60_000,
   recovery: 160_000,
   plans: 180_000,
 };
