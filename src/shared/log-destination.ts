@@ -1,36 +1,43 @@
 // The daemons' log destination (issue 11): the lines logged in one turn of the event loop go out in one
 // write, at the end of that turn, instead of one write per line (the provisioner spent 14 % of its time in
-// them). The write is synchronous, as Node's own stderr is on Linux for pipes and files: pino's asynchronous
-// destination keeps a write in flight in the threadpool, and its flushSync writes the rest past it, so
-// lines logged just before exit came out of order (sonic-boom #101). Here a flush always writes in order.
+// them). The write is a synchronous call on the main thread, which never waits on a piped stderr: Node makes
+// it non-blocking, so a full pipe is EAGAIN, and what it did not take is held and retried. pino's
+// asynchronous destination keeps a write in flight in the threadpool instead, and its flushSync writes the
+// rest past it, so lines logged just before exit came out of order (sonic-boom #101). Here they cannot.
 import { writeSync } from 'node:fs';
 
 export interface LogDestinationOptions {
   /** The file descriptor written to. Default: 2 (stderr). */
   fd?: number;
   /**
-   * The most characters held while the descriptor takes nothing (a non-blocking pipe whose reader stopped).
-   * Beyond it lines are dropped, and a line saying how many follows the ones held. Default: 16 Mi.
+   * The most characters held while the descriptor takes nothing (a pipe whose reader is slow or stopped;
+   * Node makes a piped stderr non-blocking). Beyond it lines are dropped, and a line saying how many follows
+   * the ones held. Default: 16 Mi.
    */
   maxHeldChars?: number;
+  /**
+   * How long flushSync (and the flush at exit) waits for a descriptor that takes nothing. Once it has waited
+   * in vain, later flushes try once without waiting, until a write goes through. Default: 3000 ms.
+   */
+  flushTimeoutMs?: number;
 }
-
-/** How long a flush at exit retries a descriptor that takes nothing, before dropping what it holds. */
-const FLUSH_SYNC_MS = 1_000;
 /** How soon a background write retries a descriptor that took nothing. */
 const RETRY_MS = 10;
 const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4));
 
 /** Flushed on `exit`, whether the process ends by itself or by process.exit; held weakly. */
 const live = new Set<WeakRef<LogDestination>>();
+let processExiting = false;
 process.once('exit', () => {
-  for (const ref of live) ref.deref()?.flushAtExit();
+  processExiting = true;
+  for (const ref of live) ref.deref()?.flushSync();
 });
 
 /** A pino destination stream (`pino(options, destination)`) that writes once per event-loop turn. */
 export class LogDestination {
   private readonly fd: number;
   private readonly maxHeldChars: number;
+  private readonly flushTimeoutMs: number;
   private held: string[] = [];
   private heldChars = 0;
   /** What the descriptor has not taken of the last write (it took part, or would block). */
@@ -39,11 +46,14 @@ export class LogDestination {
   private nextTurn: NodeJS.Immediate | undefined;
   private retry: NodeJS.Timeout | undefined;
   private gone = false;
-  private exiting = false;
+  /** A flush waited in vain, and no write has gone through since. */
+  private stalled = false;
 
   constructor(options: LogDestinationOptions = {}) {
     this.fd = options.fd ?? 2;
     this.maxHeldChars = options.maxHeldChars ?? 16 * 1024 * 1024;
+    this.flushTimeoutMs = options.flushTimeoutMs ?? 3_000;
+    for (const ref of live) if (ref.deref() === undefined) live.delete(ref);
     live.add(new WeakRef(this));
   }
 
@@ -57,36 +67,38 @@ export class LogDestination {
     this.held.push(line);
     this.heldChars += line.length;
     // Lines logged by other `exit` listeners have no later turn to wait for.
-    if (this.exiting) this.flushSync();
+    if (processExiting) this.flushSync();
     else if (this.retry === undefined) this.nextTurn ??= setImmediate(this.writeInBackground);
     return true;
   }
 
-  /** Writes everything held, now, in order. */
+  /**
+   * Writes everything held, now, in order, waiting up to flushTimeoutMs for a descriptor that takes nothing.
+   * What it could not write stays held, in order, for the writes in the background.
+   */
   flushSync(): void {
     this.cancelScheduled();
-    const deadline = Date.now() + FLUSH_SYNC_MS;
+    const deadline = Date.now() + (this.stalled ? 0 : this.flushTimeoutMs);
     while (!this.writeHeld()) {
       if (Date.now() >= deadline) {
-        this.discard();
+        this.stalled = true;
+        this.retryLater();
         return;
       }
       Atomics.wait(SLEEP_CELL, 0, 0, 1);
     }
   }
 
-  /** Called once, on `exit`: flushes, and from then on writes each line as it comes. */
-  flushAtExit(): void {
-    this.exiting = true;
-    this.flushSync();
-  }
-
   private readonly writeInBackground = (): void => {
     this.nextTurn = undefined;
     this.retry = undefined;
-    // Unref'd: a reader that stopped must not keep the process alive; the flush at exit has the last go.
-    if (!this.writeHeld()) this.retry = setTimeout(this.writeInBackground, RETRY_MS).unref();
+    if (!this.writeHeld()) this.retryLater();
   };
+
+  private retryLater(): void {
+    // Unref'd: a reader that stopped must not keep the process alive; the flush at exit has the last go.
+    this.retry ??= setTimeout(this.writeInBackground, RETRY_MS).unref();
+  }
 
   /** Writes what is held; false when the descriptor would block and something is still held. */
   private writeHeld(): boolean {
@@ -101,6 +113,7 @@ export class LogDestination {
       const text = this.unwritten;
       let written: number;
       try {
+        // The same call: one overload takes a string, the other a Buffer.
         written = typeof text === 'string' ? writeSync(this.fd, text) : writeSync(this.fd, text);
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code;
@@ -110,8 +123,11 @@ export class LogDestination {
         this.discard();
         return true;
       }
-      const length = typeof text === 'string' ? Buffer.byteLength(text) : text.length;
-      this.unwritten = written < length ? Buffer.from(text).subarray(written) : undefined;
+      if (written === 0) return false;
+      this.stalled = false;
+      const bytes = typeof text === 'string' ? Buffer.byteLength(text) : text.length;
+      if (written >= bytes) this.unwritten = undefined;
+      else this.unwritten = (typeof text === 'string' ? Buffer.from(text) : text).subarray(written);
     }
     return true;
   }

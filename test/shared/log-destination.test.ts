@@ -25,6 +25,41 @@ function open(path: string, flags: number): number {
   return fd;
 }
 
+/** A named pipe whose reader reads only when asked: `readUntil` reads until what it has read passes `done`. */
+function stalledPipe() {
+  const path = join(dir, 'fifo');
+  execFileSync('mkfifo', [path]);
+  // Read-write, so that the open does not wait for a reader; non-blocking, so that a full pipe is EAGAIN.
+  const writeFd = open(path, constants.O_RDWR | constants.O_NONBLOCK);
+  const readFd = open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  const chunks: Buffer[] = [];
+  const buffer = Buffer.alloc(1 << 16);
+  const readAvailable = () => {
+    for (;;) {
+      try {
+        const n = readSync(readFd, buffer);
+        if (n === 0) return;
+        chunks.push(Buffer.from(buffer.subarray(0, n)));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EAGAIN') return;
+        throw error;
+      }
+    }
+  };
+  // Decoded whole: a read may end inside a character.
+  const text = () => Buffer.concat(chunks).toString('utf8');
+  const readUntil = async (done: (text: string) => boolean) => {
+    await expect
+      .poll(() => {
+        readAvailable();
+        return done(text());
+      })
+      .toBe(true);
+    return text();
+  };
+  return { writeFd, readUntil };
+}
+
 const line = (i: number) => `${JSON.stringify({ i })}\n`;
 
 describe('a log destination', () => {
@@ -53,30 +88,6 @@ describe('a log destination', () => {
   });
 
   describe('when the reader stops reading (a full non-blocking pipe)', () => {
-    function stalledPipe() {
-      const path = join(dir, 'fifo');
-      execFileSync('mkfifo', [path]);
-      // Read-write, so that the open does not wait for a reader; non-blocking, so that a full pipe is EAGAIN.
-      const writeFd = open(path, constants.O_RDWR | constants.O_NONBLOCK);
-      const readFd = open(path, constants.O_RDONLY | constants.O_NONBLOCK);
-      const readAll = () => {
-        const chunks: Buffer[] = [];
-        const buffer = Buffer.alloc(1 << 16);
-        for (;;) {
-          try {
-            const n = readSync(readFd, buffer);
-            if (n === 0) break;
-            chunks.push(Buffer.from(buffer.subarray(0, n)));
-          } catch (error) {
-            if ((error as NodeJS.ErrnoException).code === 'EAGAIN') break;
-            throw error;
-          }
-        }
-        return Buffer.concat(chunks).toString('utf8');
-      };
-      return { writeFd, readAll };
-    }
-
     it('› holds what it cannot write, drops lines beyond its bound, and says how many once the reader is back', async () => {
       const pipe = stalledPipe();
       const destination = new LogDestination({ fd: pipe.writeFd, maxHeldChars: 200_000 });
@@ -90,19 +101,37 @@ describe('a log destination', () => {
       }
       expect(accepted.length).toBeGreaterThan(100);
       expect(accepted.length).toBeLessThan(300);
-      let received = '';
-      await expect
-        .poll(() => {
-          received += pipe.readAll();
-          return received.includes('dropped');
-        })
-        .toBe(true);
+      const received = await pipe.readUntil((text) => text.includes('dropped'));
       const lines = received.trimEnd().split('\n');
       expect(lines.slice(0, -1)).toEqual(accepted.map((text) => text.trimEnd()));
       expect(JSON.parse(lines.at(-1)!)).toMatchObject({
         level: 40,
         msg: `${1_000 - accepted.length} log line(s) dropped: the log's reader took nothing for too long`,
       });
+    });
+  });
+
+  describe('when a flush waits in vain for a stalled reader', () => {
+    it('› gives up after its timeout, keeps every line, and writes them all, whole and in order, once the reader is back', async () => {
+      const pipe = stalledPipe();
+      const destination = new LogDestination({ fd: pipe.writeFd, flushTimeoutMs: 1_000 });
+      // Multi-byte characters, so that the pipe's partial writes split some of them.
+      const text = 'é€😀'.repeat(300);
+      const accepted: string[] = [];
+      for (let i = 1; i <= 100; i++) {
+        const entry = `${JSON.stringify({ i, text })}\n`;
+        expect(destination.write(entry)).toBe(true);
+        accepted.push(entry);
+      }
+      let started = performance.now();
+      destination.flushSync();
+      expect(performance.now() - started).toBeGreaterThanOrEqual(990);
+      started = performance.now();
+      destination.flushSync();
+      // Stalled: it tries once, without waiting out its timeout again.
+      expect(performance.now() - started).toBeLessThan(500);
+      const all = accepted.join('');
+      expect(await pipe.readUntil((text) => text.length >= all.length)).toBe(all);
     });
   });
 
