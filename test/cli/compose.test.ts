@@ -17,6 +17,8 @@ const hasCompose = spawnSync('docker-compose', ['version'], { stdio: 'ignore' })
 interface Service {
   environment?: Record<string, string>;
   healthcheck?: { test: string[] };
+  image?: string;
+  logging?: { driver: string; options?: Record<string, string> };
 }
 
 describe.skipIf(!hasCompose)('docker-compose.yml', () => {
@@ -76,6 +78,17 @@ describe.skipIf(!hasCompose)('docker-compose.yml', () => {
       expect(service.environment?.DASHBOARD_PASSWORD, name).toBe(
         name === 'dashboard' ? 'from-the-env' : undefined,
       );
+    }
+  }, 60_000);
+
+  it("rotates every workspace-jobs service's logs", () => {
+    const ours = Object.entries(resolve()).filter(([, service]) => service.image === 'workspace-jobs:local');
+    expect(ours.map(([name]) => name).sort()).toEqual(['dashboard', 'migrate', 'provisioner', 'worker']);
+    for (const [name, service] of ours) {
+      expect(service.logging, name).toEqual({
+        driver: 'json-file',
+        options: { 'max-size': '10m', 'max-file': '5' },
+      });
     }
   }, 60_000);
 
