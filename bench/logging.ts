@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { pino, type DestinationStream } from 'pino';
 import { LogDestination } from '../src/shared/log-destination.js';
-import { check, num, report, runBench, threadsCpuMs } from './lib.js';
+import { check, num, report, runBench, stats, threadsCpuMs } from './lib.js';
 
 const LINES = 200_000;
 const LINES_PER_TURN = 6;
@@ -38,7 +38,7 @@ const DESTINATIONS: Destination[] = [
   },
 ];
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const median = (values: number[]) => stats(values).p50;
 
 function endSonicBoom(stream: DestinationStream): Promise<void> {
   const sonic = stream as unknown as NodeJS.EventEmitter & { end: () => void };

@@ -21,6 +21,7 @@ export interface LogDestinationOptions {
    */
   flushTimeoutMs?: number;
 }
+
 /** How soon a background write retries a descriptor that took nothing. */
 const RETRY_MS = 10;
 const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4));
@@ -120,7 +121,8 @@ export class LogDestination {
         if (code === 'EAGAIN' || code === 'EINTR') return false;
         // EPIPE, EBADF: the reader is gone; nothing more can be written, and logging must not throw.
         this.gone = true;
-        this.discard();
+        this.held = [];
+        this.unwritten = undefined;
         return true;
       }
       if (written === 0) return false;
@@ -130,13 +132,6 @@ export class LogDestination {
       else this.unwritten = (typeof text === 'string' ? Buffer.from(text) : text).subarray(written);
     }
     return true;
-  }
-
-  private discard(): void {
-    this.cancelScheduled();
-    this.held = [];
-    this.heldChars = 0;
-    this.unwritten = undefined;
   }
 
   private cancelScheduled(): void {
