@@ -9,6 +9,7 @@ import { ValidationError } from '../shared/schemas.js';
 import { startTracing } from '../shared/telemetry.js';
 import { startDashboard } from '../dashboard/server.js';
 import { loadProvisionerConfig, startProvisioner } from '../provisioner/index.js';
+import { compactHeapOnFullGc } from '../worker/heap-compaction.js';
 import { WorkspaceWorker } from '../worker/worker.js';
 import { parseFlags, UsageError } from './args.js';
 import { DEMO_HELP, demoCommand } from './demo.js';
@@ -165,6 +166,7 @@ async function runCommand(command: string, args: string[], config: Config, log: 
       const grace = graceMs();
       await servicesReady();
       return runService(log, async () => {
+        compactHeapOnFullGc();
         const worker = await WorkspaceWorker.start(config, log);
         return { stop: () => worker.close(grace) };
       });

@@ -30,6 +30,7 @@ import { QueuePositions } from './queue-positions.js';
 import { CancelRequests } from '../shared/cancel-requests.js';
 import { CancelListener } from './cancel-listener.js';
 import { Admission } from './admission.js';
+import { heapCompactedOnFullGc } from './heap-compaction.js';
 import {
   createProcessor,
   observeFailedJob,
@@ -271,6 +272,7 @@ export class WorkspaceWorker {
         prefix: config.queuePrefix,
         concurrency: config.workerConcurrency,
         admitted: admission.limit,
+        heapCompactedOnFullGc: heapCompactedOnFullGc(),
       },
       'worker started',
     );
