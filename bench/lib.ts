@@ -61,6 +61,21 @@ export function memory(afterGc = false): { rssMb: number; heapMb: number } {
 }
 
 /**
+ * RSS in MiB after a full collection, once what it emptied is given back: a compacting GC (the worker's,
+ * src/worker/heap-compaction.ts) maps the pages it moves objects to first, and a V8 thread releases the old
+ * ones within about a second. The least of `ms` of samples, every 50 ms.
+ */
+export async function settledRssAfterGc(ms = 1_500): Promise<{ rssMb: number; heapMb: number }> {
+  const { heapMb } = memory(true);
+  let rssMb = memory().rssMb;
+  for (let waited = 0; waited < ms; waited += 50) {
+    await sleep(50);
+    rssMb = Math.min(rssMb, memory().rssMb);
+  }
+  return { rssMb, heapMb };
+}
+
+/**
  * Where the RSS is, in MiB: V8's heap used and committed (heapTotal; per space: new, old, code, large
  * objects), memory outside it that JS objects hold (external, of which arrayBuffers: Buffers), and the
  * rest (rss − heapTotal − external: native code, malloc arenas, thread stacks).
