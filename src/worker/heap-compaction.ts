@@ -7,9 +7,12 @@
 import { setFlagsFromString } from 'node:v8';
 
 const FLAG = 'compact-on-every-full-gc';
+/** Node's options that turn the flag off: V8 reads `_` as `-`, and a negation as `--no-flag` or `--noflag`. */
+const OPT_OUTS = new Set([`--no-${FLAG}`, `--no${FLAG}`]);
+const asV8ReadsIt = (arg: string) => arg.replaceAll('_', '-');
 
 /** Whether this process compacts on every full GC: V8 has no getter for its flags, so this module keeps it. */
-let compacting = process.execArgv.some((arg) => arg.replaceAll('_', '-') === `--${FLAG}`);
+let compacting = process.execArgv.some((arg) => asV8ReadsIt(arg) === `--${FLAG}`);
 
 /**
  * Makes every full GC of this process compact its old space, unless the process was started with
@@ -17,9 +20,7 @@ let compacting = process.execArgv.some((arg) => arg.replaceAll('_', '-') === `--
  * each full GC, so setting it at start-up, after the VM has started, takes effect from the next one.
  */
 export function compactHeapOnFullGc(execArgv: readonly string[] = process.execArgv): boolean {
-  // V8 spells a flag with dashes or underscores, and its negation `--no-flag` or `--noflag`.
-  const optedOut = execArgv.some((arg) => /^--no-?$/.test(arg.replaceAll('_', '-').replace(FLAG, '')));
-  if (optedOut) return false;
+  if (execArgv.some((arg) => OPT_OUTS.has(asV8ReadsIt(arg)))) return false;
   setFlagsFromString(`--${FLAG}`);
   compacting = true;
   return true;
